@@ -1,0 +1,23 @@
+// Twin of cpu::gather_pixels (src/cpu/gather.rs).
+// x: (rows, d) = data[idx[idx_off + r]] / 255, data = image bytes packed 4 per u32
+// (little-endian). One thread per output element; dispatch ceil(rows*d / 256).
+
+struct Params { rows: u32, d: u32, idx_off: u32, _pad: u32 }
+
+@group(0) @binding(0) var<storage, read> data: array<u32>;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(1) @binding(0) var<uniform> p: Params;
+
+@compute @workgroup_size(256)
+fn gather_pixels(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.x;
+    if (t >= p.rows * p.d) {
+        return;
+    }
+    let r = t / p.d;
+    let c = t % p.d;
+    let i = idx[p.idx_off + r] * p.d + c;
+    let byte = (data[i / 4u] >> (8u * (i % 4u))) & 255u;
+    x[t] = f32(byte) / 255.0;
+}

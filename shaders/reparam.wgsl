@@ -1,0 +1,93 @@
+// Twin of cpu::reparam_forward / cpu::reparam_backward (src/cpu/reparam.rs) and of
+// rng::pcg4d / rng::normal (src/rng.rs).
+// Forward: head (B, 2L) = [μ | log σ²] → z, eps (B·K, L), kl (B).
+// Backward: dz (B·K, L) → dhead (B, 2L), including the KL gradient.
+// One thread per image; dispatch ceil(B / 64).
+
+struct Params {
+    images: u32, l: u32, draws: u32, seed: u32,
+    stream: u32, row_base: u32, _pad0: u32, _pad1: u32,
+}
+
+// reparam_forward
+@group(0) @binding(0) var<storage, read> head: array<f32>;
+@group(0) @binding(1) var<storage, read_write> z: array<f32>;
+@group(0) @binding(2) var<storage, read_write> eps: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kl: array<f32>;
+// reparam_backward
+@group(0) @binding(4) var<storage, read> dz: array<f32>;
+@group(0) @binding(5) var<storage, read> eps_in: array<f32>;
+@group(0) @binding(6) var<storage, read> head_in: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dhead: array<f32>;
+@group(1) @binding(0) var<uniform> p: Params;
+
+fn pcg4d(v_in: vec4<u32>) -> vec4<u32> {
+    var v = v_in * 1664525u + 1013904223u;
+    v.x += v.y * v.w;
+    v.y += v.z * v.x;
+    v.z += v.x * v.y;
+    v.w += v.y * v.z;
+    v = v ^ (v >> vec4<u32>(16u));
+    v.x += v.y * v.w;
+    v.y += v.z * v.x;
+    v.z += v.x * v.y;
+    v.w += v.y * v.z;
+    return v;
+}
+
+const PI: f32 = 3.14159265358979;
+
+// Standard normal for (seed, stream, row, index): Box–Muller on the top 24 bits of two
+// hash words. The angle is kept in [-π, π) where Vulkan bounds cos's absolute error.
+fn normal(seed: u32, stream: u32, row: u32, index: u32) -> f32 {
+    let h = pcg4d(vec4<u32>(seed, stream, row, index));
+    let u1 = f32((h.x >> 8u) + 1u) * (1.0 / 16777216.0);
+    let u2 = f32(h.y >> 8u) * (1.0 / 16777216.0);
+    return -sqrt(-2.0 * log(u1)) * cos(2.0 * PI * u2 - PI);
+}
+
+@compute @workgroup_size(64)
+fn reparam_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b = gid.x;
+    if (b >= p.images) {
+        return;
+    }
+    let l = p.l;
+    var acc = 0.0;
+    for (var j = 0u; j < l; j++) {
+        let mu = head[b * 2u * l + j];
+        let lv = head[b * 2u * l + l + j];
+        acc += 1.0 + lv - mu * mu - exp(lv);
+        let sd = exp(0.5 * lv);
+        for (var k = 0u; k < p.draws; k++) {
+            let ev = normal(p.seed, p.stream, p.row_base + b, k * l + j);
+            let r = (b * p.draws + k) * l + j;
+            eps[r] = ev;
+            z[r] = mu + ev * sd;
+        }
+    }
+    kl[b] = -0.5 * acc;
+}
+
+@compute @workgroup_size(64)
+fn reparam_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b = gid.x;
+    if (b >= p.images) {
+        return;
+    }
+    let l = p.l;
+    for (var j = 0u; j < l; j++) {
+        let mu = head_in[b * 2u * l + j];
+        let lv = head_in[b * 2u * l + l + j];
+        let half_sd = 0.5 * exp(0.5 * lv);
+        var gmu = mu;
+        var glv = 0.5 * (exp(lv) - 1.0);
+        for (var k = 0u; k < p.draws; k++) {
+            let r = (b * p.draws + k) * l + j;
+            gmu += dz[r];
+            glv += dz[r] * eps_in[r] * half_sd;
+        }
+        dhead[b * 2u * l + j] = gmu;
+        dhead[b * 2u * l + l + j] = glv;
+    }
+}

@@ -1,0 +1,64 @@
+//! The two backends behind one trait: they own the buffers named by [`Buf`] and
+//! execute [`Op`] lists. Everything above this (training loop, scoring) is shared.
+
+use crate::plan::{Buf, Op, Sizes};
+use anyhow::Result;
+use std::ops::Range;
+
+pub trait Backend {
+    /// "cpu (2 threads)" or "gpu: <adapter> (<api>)".
+    fn describe(&self) -> String;
+    /// "cpu" or "gpu".
+    fn kind(&self) -> &'static str;
+    fn sizes(&self) -> &Sizes;
+    /// Overwrite `data.len()` elements of `buf` starting at element `offset`.
+    fn write(&mut self, buf: Buf, offset: usize, data: &[f32]) -> Result<()>;
+    /// Overwrite part of the index buffer (image ids into the image store).
+    fn write_idx(&mut self, offset: usize, idx: &[u32]) -> Result<()>;
+    /// Run the ops in order. The GPU backend records them all in one command
+    /// encoder and one compute pass and submits without waiting.
+    fn run(&mut self, ops: &[Op]) -> Result<()>;
+    /// Read elements of `buf` (waits for all submitted work).
+    fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>>;
+}
+
+/// Which backend the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// a hardware GPU through wgpu if there is one, else the CPU backend
+    Auto,
+    /// the wgpu shaders on whatever adapter wgpu picks (lavapipe included)
+    Gpu,
+    /// the CPU backend
+    Cpu,
+}
+
+/// Create the backend for `choice` over an image store (bytes, 784 per image).
+pub fn create(choice: DeviceChoice, store: &[u8], idx_len: usize, sizes: Sizes, quiet: bool) -> Result<Box<dyn Backend>> {
+    let cpu = |store: &[u8]| -> Result<Box<dyn Backend>> {
+        Ok(Box::new(crate::cpu_backend::CpuBackend::new(store, idx_len, sizes)))
+    };
+    match choice {
+        DeviceChoice::Cpu => cpu(store),
+        DeviceChoice::Gpu => {
+            let adapter = crate::gpu::select_adapter()?.ok_or_else(crate::gpu::no_adapter_error)?;
+            Ok(Box::new(crate::gpu::GpuBackend::new(adapter, store, idx_len, sizes)?))
+        }
+        DeviceChoice::Auto => match crate::gpu::select_adapter()? {
+            Some(a) if a.get_info().device_type != wgpu::DeviceType::Cpu => {
+                Ok(Box::new(crate::gpu::GpuBackend::new(a, store, idx_len, sizes)?))
+            }
+            other => {
+                if !quiet {
+                    let why = match other {
+                        Some(a) => format!("only a software adapter ({})", a.get_info().name),
+                        None => "no GPU adapter".to_string(),
+                    };
+                    eprintln!("note: {why} found; using the CPU backend (--device gpu forces the shaders)");
+                }
+                cpu(store)
+            }
+        },
+    }
+}

@@ -1,0 +1,156 @@
+//! `model.safetensors`: the parameters under PyTorch's names and layouts, so
+//! `VAE().load_state_dict(safetensors.torch.load_file(...))` works as it is.
+
+use crate::fsutil::write_atomic;
+use crate::model::{Dims, Layout};
+use anyhow::{bail, Context, Result};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Largest checkpoint we agree to read (a 784-16384-1024 model is ~100 MB).
+const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
+
+/// Serialise `params` (flat, in `layout`'s order) with `metadata` added to the header.
+pub fn to_bytes(layout: &Layout, params: &[f32], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut views = Vec::new();
+    let bytes: &[u8] = bytemuck::cast_slice(params);
+    for t in &layout.tensors {
+        let data = &bytes[t.offset * 4..(t.offset + t.len()) * 4];
+        views.push((t.name, TensorView::new(Dtype::F32, t.shape.clone(), data)?));
+    }
+    let mut meta = metadata;
+    meta.insert("format".into(), "pt".into());
+    let d = layout.dims;
+    meta.insert("vae_ood.dims".into(), format!("{},{},{}", d.d, d.h, d.l));
+    Ok(safetensors::serialize(views, Some(meta))?)
+}
+
+pub fn save(path: &Path, layout: &Layout, params: &[f32], metadata: HashMap<String, String>) -> Result<()> {
+    write_atomic(path, &to_bytes(layout, params, metadata)?)
+}
+
+/// A checkpoint read back: its dims, flat parameters and header metadata.
+pub struct Checkpoint {
+    pub layout: Layout,
+    pub params: Vec<f32>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Parse a checkpoint. Errors (one line each) for a truncated or corrupt file,
+/// missing or unknown tensors, dtypes other than F32, inconsistent shapes, and
+/// non-finite values.
+pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Checkpoint> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{name}: not a valid safetensors file ({e})"))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let shape_of = |t: &str| -> Result<Vec<usize>> {
+        let v = st.tensor(t).map_err(|_| anyhow::anyhow!("{name}: tensor {t} is missing"))?;
+        Ok(v.shape().to_vec())
+    };
+    let w1 = shape_of("fc1.weight")?;
+    let w21 = shape_of("fc21.weight")?;
+    if w1.len() != 2 || w21.len() != 2 {
+        bail!("{name}: fc1.weight and fc21.weight must be 2-D, found {w1:?} and {w21:?}");
+    }
+    let dims = Dims {
+        d: w1[1],
+        h: w1[0],
+        l: w21[0],
+    };
+    if dims.d == 0 || dims.h == 0 || dims.l == 0 {
+        bail!("{name}: a layer has size 0");
+    }
+    let layout = Layout::new(dims);
+    let mut params = vec![0.0f32; layout.total];
+    for t in &layout.tensors {
+        let v = st.tensor(t.name).map_err(|_| anyhow::anyhow!("{name}: tensor {} is missing", t.name))?;
+        if v.dtype() != Dtype::F32 {
+            bail!("{name}: tensor {} has dtype {:?}, expected F32", t.name, v.dtype());
+        }
+        if v.shape() != t.shape.as_slice() {
+            bail!(
+                "{name}: tensor {} has shape {:?}, expected {:?} for a {}-{}-{} model",
+                t.name,
+                v.shape(),
+                t.shape,
+                dims.d,
+                dims.h,
+                dims.l
+            );
+        }
+        for (o, c) in params[t.range()].iter_mut().zip(v.data().chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        if params[t.range()].iter().any(|x| !x.is_finite()) {
+            bail!("{name}: tensor {} holds non-finite values", t.name);
+        }
+    }
+    let known: Vec<&str> = layout.tensors.iter().map(|t| t.name).collect();
+    if let Some(extra) = st.names().into_iter().find(|n| !known.contains(n)) {
+        bail!("{name}: unexpected tensor {extra} (not a vae-ood / PyTorch VAE checkpoint)");
+    }
+    Ok(Checkpoint {
+        layout,
+        params,
+        metadata: meta.metadata().clone().unwrap_or_default(),
+    })
+}
+
+/// Read and parse a checkpoint file; `expect` checks it fits the model to be used.
+pub fn load(path: &Path, expect: Option<Dims>) -> Result<Checkpoint> {
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot open checkpoint {name}"))?;
+    if meta.len() > MAX_CHECKPOINT_BYTES {
+        bail!("{name}: {} bytes is too large for a vae-ood checkpoint", meta.len());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {name}"))?;
+    let ck = from_bytes(&bytes, &name)?;
+    if let Some(d) = expect {
+        if d != ck.layout.dims {
+            let c = ck.layout.dims;
+            bail!(
+                "{name}: checkpoint is for a {}-{}-{} model, but {}-{}-{} was asked for",
+                c.d,
+                c.h,
+                c.l,
+                d.d,
+                d.h,
+                d.l
+            );
+        }
+    }
+    Ok(ck)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors() {
+        let lay = Layout::new(Dims { d: 13, h: 7, l: 3 });
+        let p = lay.init(3);
+        let bytes = to_bytes(&lay, &p, HashMap::new()).unwrap();
+        let ck = from_bytes(&bytes, "x").unwrap();
+        assert_eq!(ck.params, p);
+        assert_eq!(ck.layout, lay);
+        assert_eq!(ck.metadata["vae_ood.dims"], "13,7,3");
+        // truncated
+        let e = from_bytes(&bytes[..bytes.len() - 5], "x").err().unwrap().to_string();
+        assert!(e.contains("not a valid safetensors"), "{e}");
+        // garbage
+        assert!(from_bytes(b"hello", "x").is_err());
+        // wrong dtype / missing tensor
+        let mut views = Vec::new();
+        let raw: &[u8] = bytemuck::cast_slice(&p);
+        for t in &lay.tensors {
+            if t.name == "fc3.bias" {
+                continue;
+            }
+            views.push((t.name, TensorView::new(Dtype::F32, t.shape.clone(), &raw[t.offset * 4..(t.offset + t.len()) * 4]).unwrap()));
+        }
+        let b2 = safetensors::serialize(views, None).unwrap();
+        let e = from_bytes(&b2, "x").err().unwrap().to_string();
+        assert!(e.contains("fc3.bias is missing"), "{e}");
+    }
+}

@@ -1,0 +1,50 @@
+//! CPU twin of `shaders/adam.wgsl`: one Adam step over the whole flat parameter
+//! buffer, with PyTorch's bias correction.
+
+use bytemuck::{Pod, Zeroable};
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq, Default)]
+pub struct AdamParams {
+    /// number of parameters
+    pub n: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// 1 − β1^t and 1 − β2^t for this step t (computed on the host in f64)
+    pub bc1: f32,
+    pub bc2: f32,
+    pub _pad: u32,
+}
+
+impl AdamParams {
+    /// Parameters for step `t` (1-based, as PyTorch counts).
+    pub fn at_step(n: usize, lr: f32, beta1: f32, beta2: f32, eps: f32, t: u64) -> Self {
+        AdamParams {
+            n: n as u32,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            bc1: (1.0 - (beta1 as f64).powf(t as f64)) as f32,
+            bc2: (1.0 - (beta2 as f64).powf(t as f64)) as f32,
+            _pad: 0,
+        }
+    }
+}
+
+/// PyTorch `torch.optim.Adam` (amsgrad off, no weight decay), per element:
+/// m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;
+/// p −= (lr / bc1) · m / (√v / √bc2 + eps).
+pub fn adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: &AdamParams) {
+    let n = p.n as usize;
+    let step = p.lr / p.bc1;
+    let sqrt_bc2 = p.bc2.sqrt();
+    for i in 0..n {
+        let g = grads[i];
+        m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+        v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+        params[i] -= step * m[i] / (v[i].sqrt() / sqrt_bc2 + p.eps);
+    }
+}

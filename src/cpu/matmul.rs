@@ -1,0 +1,159 @@
+//! CPU twin of `shaders/matmul.wgsl`: one strided matmul with a fused epilogue,
+//! used for every linear layer forward (X·Wᵀ + b, ReLU), backward to the input
+//! (dY·W ⊙ [h > 0]) and backward to the weight (dYᵀ·X).
+
+use bytemuck::{Pod, Zeroable};
+
+/// Epilogue: add `e[e_off + j]` (the bias) to every row.
+pub const MM_BIAS: u32 = 1;
+/// Epilogue: ReLU.
+pub const MM_RELU: u32 = 2;
+/// Epilogue: multiply by the mask `e[e_off + i*e_si + j] > 0` (ReLU backward).
+pub const MM_MASK: u32 = 4;
+
+/// C (m, n) = A (m, k) · B (k, n) with arbitrary strides, all offsets in elements:
+/// A(i, p) = a[a_off + i*a_si + p*a_sp], B(p, j) = b[b_off + p*b_sp + j*b_sj],
+/// C(i, j) = c[c_off + i*c_si + j].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq, Default)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub flags: u32,
+    pub a_off: u32,
+    pub a_si: u32,
+    pub a_sp: u32,
+    pub b_off: u32,
+    pub b_sp: u32,
+    pub b_sj: u32,
+    pub c_off: u32,
+    pub c_si: u32,
+    pub e_off: u32,
+    pub e_si: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+impl MatmulParams {
+    /// out (m, n) = act(inp (m, k) · W (n, k)ᵀ + bias): a linear layer forward.
+    /// `inp` row-major at `a_off`; `W` PyTorch layout [n, k] at `w_off`; bias at `b_off`.
+    pub fn linear(m: usize, k: usize, n: usize, w_off: usize, b_off: usize, relu: bool) -> Self {
+        MatmulParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            flags: MM_BIAS | if relu { MM_RELU } else { 0 },
+            a_si: k as u32,
+            a_sp: 1,
+            b_off: w_off as u32,
+            b_sp: 1,
+            b_sj: k as u32,
+            c_si: n as u32,
+            e_off: b_off as u32,
+            ..Default::default()
+        }
+    }
+
+    /// dinp (m, k) = dout (m, n) · W (n, k), times the ReLU mask `act (m, k) > 0`
+    /// when `masked`: backward of a linear layer to its input.
+    pub fn linear_backward_input(m: usize, k: usize, n: usize, w_off: usize, masked: bool) -> Self {
+        MatmulParams {
+            m: m as u32,
+            n: k as u32,
+            k: n as u32,
+            flags: if masked { MM_MASK } else { 0 },
+            a_si: n as u32,
+            a_sp: 1,
+            b_off: w_off as u32,
+            b_sp: k as u32,
+            b_sj: 1,
+            c_si: k as u32,
+            e_si: k as u32,
+            ..Default::default()
+        }
+    }
+
+    /// dW (n, k) = dout (m, n)ᵀ · inp (m, k), written at `w_off` of the gradient
+    /// buffer: backward of a linear layer to its weight.
+    pub fn linear_backward_weight(m: usize, k: usize, n: usize, w_off: usize) -> Self {
+        MatmulParams {
+            m: n as u32,
+            n: k as u32,
+            k: m as u32,
+            flags: 0,
+            a_si: 1,
+            a_sp: n as u32,
+            b_sp: k as u32,
+            b_sj: 1,
+            c_off: w_off as u32,
+            c_si: k as u32,
+            ..Default::default()
+        }
+    }
+}
+
+/// c = epilogue(A · B); see [`MatmulParams`]. `e` is the bias (MM_BIAS) or the
+/// ReLU mask source (MM_MASK); pass any slice when neither flag is set.
+pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let c_si = p.c_si as usize;
+    let c_len = (m - 1) * c_si + n;
+    let cs = &mut c[p.c_off as usize..p.c_off as usize + c_len];
+    if k == 0 {
+        for i in 0..m {
+            cs[i * c_si..i * c_si + n].fill(0.0);
+        }
+    } else {
+        // SAFETY: the strided views lie inside `a`, `b` and `cs` (checked below by
+        // computing the last element each touches), and `cs` is exclusively borrowed.
+        let a_last = p.a_off as usize + (m - 1) * p.a_si as usize + (k - 1) * p.a_sp as usize;
+        let b_last = p.b_off as usize + (k - 1) * p.b_sp as usize + (n - 1) * p.b_sj as usize;
+        assert!(a_last < a.len() && b_last < b.len(), "matmul operand out of bounds");
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add(p.a_off as usize),
+                p.a_si as isize,
+                p.a_sp as isize,
+                b.as_ptr().add(p.b_off as usize),
+                p.b_sp as isize,
+                p.b_sj as isize,
+                0.0,
+                cs.as_mut_ptr(),
+                c_si as isize,
+                1,
+            );
+        }
+    }
+    if p.flags & (MM_BIAS | MM_RELU | MM_MASK) != 0 {
+        let (e_off, e_si) = (p.e_off as usize, p.e_si as usize);
+        for i in 0..m {
+            let row = &mut cs[i * c_si..i * c_si + n];
+            if p.flags & MM_BIAS != 0 {
+                for (v, bias) in row.iter_mut().zip(&e[e_off..e_off + n]) {
+                    *v += bias;
+                }
+            }
+            if p.flags & MM_RELU != 0 {
+                for v in row.iter_mut() {
+                    *v = v.max(0.0);
+                }
+            }
+            if p.flags & MM_MASK != 0 {
+                let mask = &e[e_off + i * e_si..e_off + i * e_si + n];
+                for (v, h) in row.iter_mut().zip(mask) {
+                    if *h <= 0.0 {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `GpuContext`: device, queue, one compute pipeline per kernel, explicit
+//! bind-group layouts, and wgpu errors turned into `anyhow` errors.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::sync::{Arc, Mutex};
+
+/// Every WGSL entry point, with its file and its group-0 bindings
+/// (binding number, read-only?). Group 1 is always the one dynamic-offset uniform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Gather,
+    Matmul,
+    BiasGrad,
+    ReparamForward,
+    ReparamBackward,
+    Bce,
+    Loss,
+    Adam,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 8] = [
+        Kernel::Gather,
+        Kernel::Matmul,
+        Kernel::BiasGrad,
+        Kernel::ReparamForward,
+        Kernel::ReparamBackward,
+        Kernel::Bce,
+        Kernel::Loss,
+        Kernel::Adam,
+    ];
+
+    /// (file name, WGSL source)
+    pub fn source(self) -> (&'static str, &'static str) {
+        match self {
+            Kernel::Gather => ("gather.wgsl", include_str!("../../shaders/gather.wgsl")),
+            Kernel::Matmul => ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+            Kernel::BiasGrad => ("bias_grad.wgsl", include_str!("../../shaders/bias_grad.wgsl")),
+            Kernel::ReparamForward | Kernel::ReparamBackward => {
+                ("reparam.wgsl", include_str!("../../shaders/reparam.wgsl"))
+            }
+            Kernel::Bce => ("bce.wgsl", include_str!("../../shaders/bce.wgsl")),
+            Kernel::Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
+            Kernel::Adam => ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
+        }
+    }
+
+    pub fn entry(self) -> &'static str {
+        match self {
+            Kernel::Gather => "gather_pixels",
+            Kernel::Matmul => "matmul",
+            Kernel::BiasGrad => "bias_grad",
+            Kernel::ReparamForward => "reparam_forward",
+            Kernel::ReparamBackward => "reparam_backward",
+            Kernel::Bce => "bce_logits",
+            Kernel::Loss => "loss_reduce",
+            Kernel::Adam => "adam",
+        }
+    }
+
+    /// Group-0 storage bindings in the order the backend supplies buffers.
+    pub fn bindings(self) -> &'static [(u32, bool)] {
+        match self {
+            // data, idx → x
+            Kernel::Gather => &[(0, true), (1, true), (2, false)],
+            // a, b, e → c
+            Kernel::Matmul => &[(0, true), (1, true), (2, true), (3, false)],
+            // dy → g
+            Kernel::BiasGrad => &[(0, true), (1, false)],
+            // head → z, eps, kl
+            Kernel::ReparamForward => &[(0, true), (1, false), (2, false), (3, false)],
+            // dz, eps, head → dhead
+            Kernel::ReparamBackward => &[(4, true), (5, true), (6, true), (7, false)],
+            // x, logits (in/out) → bce
+            Kernel::Bce => &[(0, true), (1, false), (2, false)],
+            // bce, kl → sample_loss, batch_loss
+            Kernel::Loss => &[(0, true), (1, true), (2, false), (3, false)],
+            // params (in/out), grads, m, v
+            Kernel::Adam => &[(0, false), (1, true), (2, false), (3, false)],
+        }
+    }
+}
+
+/// Size of the uniform window every kernel sees (the largest params struct).
+pub const UNIFORM_BYTES: u64 = 64;
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub layouts: Vec<wgpu::BindGroupLayout>,
+    pub uniform_layout: wgpu::BindGroupLayout,
+    pub pipelines: Vec<wgpu::ComputePipeline>,
+    /// first uncaptured wgpu error (validation, out of memory), reported by `check`
+    errors: Arc<Mutex<Option<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    /// Open a device on `adapter` with the limits vae-ood needs (`max_buffer` bytes
+    /// for the largest storage buffer) and build every pipeline.
+    pub fn new(adapter: wgpu::Adapter, max_buffer: u64) -> Result<GpuContext> {
+        let info = adapter.get_info();
+        let have = adapter.limits();
+        if have.max_storage_buffer_binding_size < max_buffer || have.max_buffer_size < max_buffer {
+            bail!(
+                "GPU adapter {} allows storage buffers of {} bytes; vae-ood needs {max_buffer}",
+                info.name,
+                have.max_storage_buffer_binding_size.min(have.max_buffer_size)
+            );
+        }
+        // WebGPU's default limits (which lavapipe and every desktop GPU meet), with the
+        // storage-buffer size raised to what the image store needs.
+        let mut limits = wgpu::Limits::default();
+        limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.max(max_buffer);
+        limits.max_buffer_size = limits.max_buffer_size.max(max_buffer);
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("vae-ood"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .with_context(|| format!("cannot open GPU device {}", info.name))?;
+
+        let errors: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let e2 = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = e2.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        let lost: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let l2 = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *l2.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+        });
+
+        let uniform_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("params uniform"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                },
+                count: None,
+            }],
+        });
+        let mut layouts = Vec::new();
+        let mut pipelines = Vec::new();
+        for k in Kernel::ALL {
+            let (file, src) = k.source();
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(file),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = k
+                .bindings()
+                .iter()
+                .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(k.entry()),
+                entries: &entries,
+            });
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(k.entry()),
+                bind_group_layouts: &[Some(&bgl), Some(&uniform_layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.entry()),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(k.entry()),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                bail!("shader {file}, entry point {}: {e}", k.entry());
+            }
+            layouts.push(bgl);
+            pipelines.push(pipeline);
+        }
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            layouts,
+            uniform_layout,
+            pipelines,
+            errors,
+            lost,
+        })
+    }
+
+    pub fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {
+        &self.pipelines[k as usize]
+    }
+    pub fn layout(&self, k: Kernel) -> &wgpu::BindGroupLayout {
+        &self.layouts[k as usize]
+    }
+
+    /// Turn a recorded wgpu error or a lost device into an error.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if let Some(m) = self.lost.lock().unwrap().clone() {
+            return Err(anyhow!("GPU device lost during {what}: {m}"));
+        }
+        if let Some(m) = self.errors.lock().unwrap().take() {
+            return Err(anyhow!("GPU error during {what}: {}", m.lines().next().unwrap_or("")));
+        }
+        Ok(())
+    }
+
+    /// Wait for all submitted work.
+    pub fn wait(&self, what: &str) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("GPU wait failed during {what}: {e}"))?;
+        self.check(what)
+    }
+}

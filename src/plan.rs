@@ -1,0 +1,281 @@
+//! What a training step or a scoring batch does, as a list of kernel launches.
+//!
+//! Both backends execute the same [`Op`] lists: the CPU backend calls the reference
+//! kernels in `cpu/`, the GPU backend records one dispatch per op (all steps of an
+//! epoch in one compute pass). So "GPU equals CPU" reduces to "each shader equals
+//! its twin", which the tests check kernel by kernel.
+
+use crate::cpu::{AdamParams, BceParams, BiasGradParams, GatherParams, LossParams, MatmulParams, ReparamParams};
+use crate::model::{Dims, Offsets};
+
+/// The f32 buffers a plan reads and writes. The image store (`data`, u32-packed bytes)
+/// and the index buffer (`idx`, u32) are separate, see [`Op::Gather`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Buf {
+    /// flat parameters (P)
+    Params,
+    /// flat gradients (P)
+    Grads,
+    /// Adam first and second moments (P)
+    AdamM,
+    AdamV,
+    /// inputs (B, D)
+    X,
+    /// encoder hidden, after ReLU (B, H)
+    H1,
+    /// encoder head [μ | log σ²] (B, 2L)
+    Head,
+    /// noise and latent samples (B·K, L)
+    Eps,
+    Z,
+    /// decoder hidden, after ReLU (B·K, H)
+    H3,
+    /// decoder logits (B·K, D); overwritten by their gradient when training
+    Logits,
+    /// gradients of the activations
+    Dh3,
+    Dz,
+    Dhead,
+    Dh1,
+    /// per-row reconstruction loss (B·K) and per-image KL (B)
+    Bce,
+    Kl,
+    /// per-image −ELBO, at the image's position in the epoch or split
+    SampleLoss,
+    /// one sum per batch
+    BatchLoss,
+}
+
+impl Buf {
+    pub const ALL: [Buf; 19] = [
+        Buf::Params,
+        Buf::Grads,
+        Buf::AdamM,
+        Buf::AdamV,
+        Buf::X,
+        Buf::H1,
+        Buf::Head,
+        Buf::Eps,
+        Buf::Z,
+        Buf::H3,
+        Buf::Logits,
+        Buf::Dh3,
+        Buf::Dz,
+        Buf::Dhead,
+        Buf::Dh1,
+        Buf::Bce,
+        Buf::Kl,
+        Buf::SampleLoss,
+        Buf::BatchLoss,
+    ];
+
+    /// Number of f32 elements for this buffer.
+    pub fn len(self, s: &Sizes) -> usize {
+        let Dims { d, h, l } = s.dims;
+        let (b, r) = (s.max_images, s.max_rows);
+        match self {
+            Buf::Params | Buf::Grads | Buf::AdamM | Buf::AdamV => s.params,
+            Buf::X => b * d,
+            Buf::H1 | Buf::Dh1 => b * h,
+            Buf::Head | Buf::Dhead => b * 2 * l,
+            Buf::Eps | Buf::Z | Buf::Dz => r * l,
+            Buf::H3 | Buf::Dh3 => r * h,
+            Buf::Logits => r * d,
+            Buf::Bce => r,
+            Buf::Kl => b,
+            Buf::SampleLoss => s.sample_slots,
+            Buf::BatchLoss => s.batch_slots,
+        }
+    }
+}
+
+/// Buffer sizes a backend allocates once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sizes {
+    pub dims: Dims,
+    pub params: usize,
+    /// most images in one batch (training or scoring)
+    pub max_images: usize,
+    /// most decoder rows in one batch (images × draws)
+    pub max_rows: usize,
+    /// per-image loss slots (the largest epoch or split)
+    pub sample_slots: usize,
+    /// per-batch loss slots (the most batches in one run)
+    pub batch_slots: usize,
+}
+
+/// One kernel launch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Op {
+    /// X ← data[idx[..]] / 255
+    Gather(GatherParams),
+    /// c ← epilogue(a · b) with e the bias or ReLU mask
+    Matmul { a: Buf, b: Buf, e: Buf, c: Buf, p: MatmulParams },
+    /// Grads[g_off..] ← column sums of dy
+    BiasGrad { dy: Buf, p: BiasGradParams },
+    /// Head → Z, Eps, Kl
+    ReparamForward(ReparamParams),
+    /// Dz, Eps, Head → Dhead
+    ReparamBackward(ReparamParams),
+    /// Logits, X → Bce (and Logits ← gradient)
+    Bce(BceParams),
+    /// Bce, Kl → SampleLoss, BatchLoss
+    Loss(LossParams),
+    /// Params, Grads → Params, AdamM, AdamV
+    Adam(AdamParams),
+}
+
+/// Where a batch's images come from and where its losses go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batch {
+    /// images in the batch
+    pub images: usize,
+    /// z draws per image (1 when training)
+    pub draws: usize,
+    /// first entry of the index buffer for this batch
+    pub idx_off: usize,
+    /// RNG key of ε
+    pub seed: u32,
+    pub stream: u32,
+    pub row_base: u32,
+    /// per-image losses go to SampleLoss[out_off..], the batch sum to BatchLoss[slot]
+    pub out_off: usize,
+    pub slot: usize,
+}
+
+/// Forward pass and loss for one batch: gather, encoder, reparameterisation,
+/// decoder, BCE (+ its gradient when `train`), per-image loss.
+pub fn forward_ops(dims: Dims, o: &Offsets, bt: &Batch, train: bool) -> Vec<Op> {
+    let Dims { d, h, l } = dims;
+    let (b, k) = (bt.images, bt.draws);
+    let r = b * k;
+    let rp = ReparamParams {
+        images: b as u32,
+        l: l as u32,
+        draws: k as u32,
+        seed: bt.seed,
+        stream: bt.stream,
+        row_base: bt.row_base,
+        ..Default::default()
+    };
+    let lin = |a, c, m, kin, n, w, bias, relu| Op::Matmul {
+        a,
+        b: Buf::Params,
+        e: Buf::Params,
+        c,
+        p: MatmulParams::linear(m, kin, n, w, bias, relu),
+    };
+    vec![
+        Op::Gather(GatherParams {
+            rows: b as u32,
+            d: d as u32,
+            idx_off: bt.idx_off as u32,
+            _pad: 0,
+        }),
+        lin(Buf::X, Buf::H1, b, d, h, o.w1, o.b1, true),
+        lin(Buf::H1, Buf::Head, b, h, 2 * l, o.w2, o.b2, false),
+        Op::ReparamForward(rp),
+        lin(Buf::Z, Buf::H3, r, l, h, o.w3, o.b3, true),
+        lin(Buf::H3, Buf::Logits, r, h, d, o.w4, o.b4, false),
+        Op::Bce(BceParams {
+            rows: r as u32,
+            d: d as u32,
+            draws: k as u32,
+            write_grad: train as u32,
+        }),
+        Op::Loss(LossParams {
+            images: b as u32,
+            draws: k as u32,
+            out_off: bt.out_off as u32,
+            slot: bt.slot as u32,
+        }),
+    ]
+}
+
+/// Backward pass of the summed batch loss into Grads (every entry overwritten).
+/// Requires the forward of the same batch with `train` (Logits hold dLoss/dlogits).
+pub fn backward_ops(dims: Dims, o: &Offsets, bt: &Batch) -> Vec<Op> {
+    let Dims { d, h, l } = dims;
+    let (b, k) = (bt.images, bt.draws);
+    let r = b * k;
+    let dw = |a, bb, m, kin, n, w| Op::Matmul {
+        a,
+        b: bb,
+        e: Buf::Params,
+        c: Buf::Grads,
+        p: MatmulParams::linear_backward_weight(m, kin, n, w),
+    };
+    let dx = |a, mask, c, m, kin, n, w, masked| Op::Matmul {
+        a,
+        b: Buf::Params,
+        e: mask,
+        c,
+        p: MatmulParams::linear_backward_input(m, kin, n, w, masked),
+    };
+    let db = |dy, m, n, off: usize| Op::BiasGrad {
+        dy,
+        p: BiasGradParams {
+            m: m as u32,
+            n: n as u32,
+            g_off: off as u32,
+            _pad: 0,
+        },
+    };
+    vec![
+        // fc4: logits = h3 W4ᵀ + b4
+        dw(Buf::Logits, Buf::H3, r, h, d, o.w4),
+        db(Buf::Logits, r, d, o.b4),
+        dx(Buf::Logits, Buf::H3, Buf::Dh3, r, h, d, o.w4, true),
+        // fc3: h3 = relu(z W3ᵀ + b3)
+        dw(Buf::Dh3, Buf::Z, r, l, h, o.w3),
+        db(Buf::Dh3, r, h, o.b3),
+        dx(Buf::Dh3, Buf::Params, Buf::Dz, r, l, h, o.w3, false),
+        // z = μ + ε σ, plus KL
+        Op::ReparamBackward(ReparamParams {
+            images: b as u32,
+            l: l as u32,
+            draws: k as u32,
+            seed: bt.seed,
+            stream: bt.stream,
+            row_base: bt.row_base,
+            ..Default::default()
+        }),
+        // head: [μ | log σ²] = h1 W2ᵀ + b2
+        dw(Buf::Dhead, Buf::H1, b, h, 2 * l, o.w2),
+        db(Buf::Dhead, b, 2 * l, o.b2),
+        dx(Buf::Dhead, Buf::H1, Buf::Dh1, b, h, 2 * l, o.w2, true),
+        // fc1: h1 = relu(x W1ᵀ + b1)
+        dw(Buf::Dh1, Buf::X, b, d, h, o.w1),
+        db(Buf::Dh1, b, h, o.b1),
+    ]
+}
+
+/// Adam hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// One full training step: forward, backward, Adam step number `t` (1-based).
+pub fn train_step_ops(dims: Dims, o: &Offsets, bt: &Batch, n_params: usize, adam: &AdamConfig, t: u64) -> Vec<Op> {
+    let mut ops = forward_ops(dims, o, bt, true);
+    ops.extend(backward_ops(dims, o, bt));
+    ops.push(Op::Adam(AdamParams::at_step(
+        n_params, adam.lr, adam.beta1, adam.beta2, adam.eps, t,
+    )));
+    ops
+}

@@ -1,0 +1,303 @@
+//! The experiment: data splits resident on the backend, the training loop (one
+//! `Backend::run` per epoch), and batched scoring. Shared by both backends.
+
+use crate::backend::{self, Backend, DeviceChoice};
+use crate::dataset::{load_splits, Split, Splits, PIXELS};
+use crate::model::{Dims, Layout};
+use crate::plan::{self, AdamConfig, Batch, Buf, Op, Sizes};
+use anyhow::{bail, ensure, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Everything that defines a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub data_dir: PathBuf,
+    pub holdout_digit: u8,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub adam: AdamConfig,
+    pub seed: u64,
+    pub hidden: usize,
+    pub latent: usize,
+    /// train on the first N images of the training split only
+    pub train_limit: Option<usize>,
+    /// images per scoring batch
+    pub score_batch: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data_dir: PathBuf::from("data/mnist"),
+            holdout_digit: 5,
+            epochs: 20,
+            batch_size: 128,
+            adam: AdamConfig::default(),
+            seed: 1,
+            hidden: 400,
+            latent: 20,
+            train_limit: None,
+            score_batch: 1024,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reject values that cannot train, with a one-line message.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.holdout_digit <= 9, "--holdout-digit must be 0..=9, got {}", self.holdout_digit);
+        ensure!(self.epochs >= 1, "--epochs must be at least 1");
+        ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(self.batch_size <= 65_536, "--batch-size must be at most 65536");
+        ensure!(self.adam.lr.is_finite() && self.adam.lr > 0.0, "--lr must be a positive number, got {}", self.adam.lr);
+        ensure!(self.hidden >= 1 && self.hidden <= 16_384, "--hidden must be in 1..=16384");
+        ensure!(self.latent >= 1 && self.latent <= 1024, "--latent must be in 1..=1024");
+        ensure!(self.train_limit != Some(0), "--train-limit must be at least 1");
+        ensure!(self.score_batch >= 1 && self.score_batch <= 16_384, "score batch must be in 1..=16384");
+        Ok(())
+    }
+    pub fn dims(&self) -> Dims {
+        Dims {
+            d: PIXELS,
+            h: self.hidden,
+            l: self.latent,
+        }
+    }
+}
+
+/// Which split a score belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitId {
+    Train,
+    TestNormal,
+    TestAnomaly,
+}
+
+impl SplitId {
+    pub const ALL: [SplitId; 3] = [SplitId::Train, SplitId::TestNormal, SplitId::TestAnomaly];
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitId::Train => "train",
+            SplitId::TestNormal => "test_normal",
+            SplitId::TestAnomaly => "test_anomaly",
+        }
+    }
+    /// RNG stream for scoring ε: fixed per split, far above any training step number.
+    pub fn stream(self) -> u32 {
+        0xF000_0000 | self as u32
+    }
+}
+
+/// Losses of one epoch, averaged per image (nats), as the seed prints them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub anomaly_loss: f64,
+    pub seconds: f64,
+}
+
+pub struct Experiment {
+    pub cfg: TrainConfig,
+    pub layout: Layout,
+    pub splits: Splits,
+    pub backend: Box<dyn Backend>,
+    /// start of each split in the image store (train, test normal, test anomaly)
+    bases: [usize; 3],
+    /// Adam steps taken so far
+    pub step: u64,
+    /// epochs completed
+    pub epoch: usize,
+    shuffle_rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Experiment {
+    /// Load the data, build the backend and initialise the parameters.
+    pub fn new(cfg: TrainConfig, device: DeviceChoice, quiet: bool) -> Result<Experiment> {
+        cfg.validate()?;
+        let mut splits = load_splits(&cfg.data_dir, cfg.holdout_digit)?;
+        if let Some(n) = cfg.train_limit {
+            splits.train.truncate(n);
+        }
+        Self::with_splits(cfg, splits, device, quiet)
+    }
+
+    pub fn with_splits(cfg: TrainConfig, splits: Splits, device: DeviceChoice, quiet: bool) -> Result<Experiment> {
+        cfg.validate()?;
+        if splits.train.is_empty() {
+            bail!("the training split is empty");
+        }
+        let dims = cfg.dims();
+        let layout = Layout::new(dims);
+        let parts: [&Split; 3] = [&splits.train, &splits.test_normal, &splits.test_anomaly];
+        let mut store = Vec::with_capacity(parts.iter().map(|s| s.pixels.len()).sum());
+        let mut bases = [0usize; 3];
+        for (i, s) in parts.iter().enumerate() {
+            bases[i] = store.len() / PIXELS;
+            store.extend_from_slice(&s.pixels);
+        }
+        let n_total = store.len() / PIXELS;
+        let n_train = splits.train.len();
+        let steps = n_train.div_ceil(cfg.batch_size);
+        let largest_split = parts.iter().map(|s| s.len()).max().unwrap_or(0);
+        let sizes = Sizes {
+            dims,
+            params: layout.total,
+            max_images: cfg.batch_size.max(cfg.score_batch),
+            max_rows: cfg.batch_size.max(cfg.score_batch),
+            sample_slots: largest_split.max(1),
+            batch_slots: (steps + splits.test_anomaly.len().div_ceil(cfg.score_batch))
+                .max(largest_split.div_ceil(cfg.score_batch))
+                .max(1),
+        };
+        // index buffer: [epoch permutation of the training images | identity over the store]
+        let idx_len = n_train + n_total;
+        let mut backend = backend::create(device, &store, idx_len, sizes, quiet)?;
+        let identity: Vec<u32> = (0..n_total as u32).collect();
+        backend.write_idx(n_train, &identity)?;
+        backend.write(Buf::Params, 0, &layout.init(cfg.seed))?;
+        let zeros = vec![0.0f32; layout.total];
+        backend.write(Buf::AdamM, 0, &zeros)?;
+        backend.write(Buf::AdamV, 0, &zeros)?;
+        let shuffle_rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_5eed_5eed_5eed);
+        Ok(Experiment {
+            cfg,
+            layout,
+            splits,
+            backend,
+            bases,
+            step: 0,
+            epoch: 0,
+            shuffle_rng,
+        })
+    }
+
+    pub fn split(&self, s: SplitId) -> &Split {
+        match s {
+            SplitId::Train => &self.splits.train,
+            SplitId::TestNormal => &self.splits.test_normal,
+            SplitId::TestAnomaly => &self.splits.test_anomaly,
+        }
+    }
+
+    fn split_base(&self, s: SplitId) -> usize {
+        self.bases[s as usize]
+    }
+
+    /// Forward-only ops scoring split `s` in batches; batch j's sum goes to
+    /// BatchLoss[slot0 + j], image i's −ELBO to SampleLoss[i].
+    fn score_ops(&self, s: SplitId, slot0: usize) -> Vec<Op> {
+        let n = self.split(s).len();
+        let o = self.layout.offsets();
+        let idx0 = self.splits.train.len() + self.split_base(s);
+        let mut ops = Vec::new();
+        for (j, start) in (0..n).step_by(self.cfg.score_batch).enumerate() {
+            let bt = Batch {
+                images: self.cfg.score_batch.min(n - start),
+                draws: 1,
+                idx_off: idx0 + start,
+                seed: self.cfg.seed as u32,
+                stream: s.stream(),
+                row_base: start as u32,
+                out_off: start,
+                slot: slot0 + j,
+            };
+            ops.extend(plan::forward_ops(self.layout.dims, &o, &bt, false));
+        }
+        ops
+    }
+
+    /// One epoch: shuffle, every training step, then the anomaly set's loss, all in
+    /// one `run`; one readback of the per-batch sums.
+    pub fn train_epoch(&mut self) -> Result<EpochStats> {
+        let t0 = Instant::now();
+        let n = self.splits.train.len();
+        let bs = self.cfg.batch_size;
+        let mut perm: Vec<u32> = (0..n as u32).collect();
+        perm.shuffle(&mut self.shuffle_rng);
+        self.backend.write_idx(0, &perm)?;
+        let o = self.layout.offsets();
+        let mut ops = Vec::new();
+        let steps = n.div_ceil(bs);
+        for s in 0..steps {
+            self.step += 1;
+            let bt = Batch {
+                images: bs.min(n - s * bs),
+                draws: 1,
+                idx_off: s * bs,
+                seed: self.cfg.seed as u32,
+                stream: self.step as u32,
+                row_base: 0,
+                out_off: s * bs,
+                slot: s,
+            };
+            ops.extend(plan::train_step_ops(self.layout.dims, &o, &bt, self.layout.total, &self.cfg.adam, self.step));
+        }
+        ops.extend(self.score_ops(SplitId::TestAnomaly, steps));
+        let n_anom = self.splits.test_anomaly.len();
+        let anom_batches = n_anom.div_ceil(self.cfg.score_batch);
+        self.backend.run(&ops)?;
+        let sums = self.backend.read(Buf::BatchLoss, 0..steps + anom_batches)?;
+        self.epoch += 1;
+        let train_sum: f64 = sums[..steps].iter().map(|&v| v as f64).sum();
+        let anom_sum: f64 = sums[steps..].iter().map(|&v| v as f64).sum();
+        let stats = EpochStats {
+            epoch: self.epoch,
+            train_loss: train_sum / n as f64,
+            anomaly_loss: if n_anom > 0 { anom_sum / n_anom as f64 } else { f64::NAN },
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if !stats.train_loss.is_finite() {
+            bail!(
+                "training diverged in epoch {}: the average loss is {} (try a smaller --lr)",
+                self.epoch,
+                stats.train_loss
+            );
+        }
+        Ok(stats)
+    }
+
+    /// −ELBO of every image of split `s` (one z draw per image, fixed ε stream).
+    pub fn score(&mut self, s: SplitId) -> Result<Vec<f32>> {
+        let n = self.split(s).len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ops = self.score_ops(s, 0);
+        self.backend.run(&ops)?;
+        self.backend.read(Buf::SampleLoss, 0..n)
+    }
+
+    /// Decoder means σ(logits) of the first `n` images of split `s` (one z draw,
+    /// the same ε as scoring), each 784 values in [0, 1].
+    pub fn reconstruct(&mut self, s: SplitId, n: usize) -> Result<Vec<Vec<f32>>> {
+        let n = n.min(self.split(s).len()).min(self.cfg.score_batch);
+        let bt = Batch {
+            images: n,
+            draws: 1,
+            idx_off: self.splits.train.len() + self.split_base(s),
+            seed: self.cfg.seed as u32,
+            stream: s.stream(),
+            row_base: 0,
+            out_off: 0,
+            slot: 0,
+        };
+        let ops = plan::forward_ops(self.layout.dims, &self.layout.offsets(), &bt, false);
+        self.backend.run(&ops)?;
+        let d = self.layout.dims.d;
+        let logits = self.backend.read(Buf::Logits, 0..n * d)?;
+        Ok(logits
+            .chunks(d)
+            .map(|r| r.iter().map(|&t| 1.0 / (1.0 + (-t).exp())).collect())
+            .collect())
+    }
+
+    pub fn params(&mut self) -> Result<Vec<f32>> {
+        self.backend.read(Buf::Params, 0..self.layout.total)
+    }
+}
