@@ -288,7 +288,7 @@ def main():
     if args.train_limit > 0:
         x_train = x_train[:args.train_limit]
     n = len(x_train)
-    data = torch.from_numpy(np.ascontiguousarray(x_train)).to(device)  # uint8 [n, 784]
+    data = torch.from_numpy(np.array(x_train, dtype=np.uint8, order="C", copy=True)).to(device)  # uint8 [n, 784]
     t_load = time.perf_counter() - t_load
 
     torch.manual_seed(args.seed)
@@ -370,7 +370,7 @@ def score(model, x_u8, device, batch=1000):
     """Per-sample -ELBO with one z sample (the training loss per image)."""
     model.eval()
     out = []
-    data = torch.from_numpy(np.ascontiguousarray(x_u8)).to(device)
+    data = torch.from_numpy(np.array(x_u8, dtype=np.uint8, order="C", copy=True)).to(device)
     for s in range(0, len(data), batch):
         xb = data[s:s + batch].float().div_(255.0)
         recon, mu, logvar = model(xb)

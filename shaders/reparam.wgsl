@@ -1,12 +1,13 @@
 // Twin of cpu::reparam_forward / cpu::reparam_backward (src/cpu/reparam.rs) and of
 // rng::pcg4d / rng::normal (src/rng.rs).
-// Forward: head (B, 2L) = [μ | log σ²] → z, eps (B·K, L), kl (B).
+// Forward: head (B, 2L) = [μ | log σ²] → z, eps (B·K, L), kl (B); ε drawn from the
+// counter-based generator, or read from eps when eps_given (fixtures).
 // Backward: dz (B·K, L) → dhead (B, 2L), including the KL gradient.
 // One thread per image; dispatch ceil(B / 64).
 
 struct Params {
     images: u32, l: u32, draws: u32, seed: u32,
-    stream: u32, row_base: u32, _pad0: u32, _pad1: u32,
+    stream: u32, row_base: u32, eps_given: u32, _pad: u32,
 }
 
 // reparam_forward
@@ -60,8 +61,13 @@ fn reparam_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += 1.0 + lv - mu * mu - exp(lv);
         let sd = exp(0.5 * lv);
         for (var k = 0u; k < p.draws; k++) {
-            let ev = normal(p.seed, p.stream, p.row_base + b, k * l + j);
             let r = (b * p.draws + k) * l + j;
+            var ev: f32;
+            if (p.eps_given != 0u) {
+                ev = eps[r];
+            } else {
+                ev = normal(p.seed, p.stream, p.row_base + b, k * l + j);
+            }
             eps[r] = ev;
             z[r] = mu + ev * sd;
         }

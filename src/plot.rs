@@ -36,10 +36,17 @@ const SEP_GREY: u8 = 128;
 const MAX_PIXELS: usize = 1 << 28;
 
 const FONT: &str = "sans-serif";
-const CAPTION_SIZE: u32 = 26;
-const DESC_SIZE: u32 = 20;
-const LABEL_SIZE: u32 = 16;
-const LEGEND_SIZE: u32 = 17;
+// plotters' ab_glyph backend places each glyph at a whole pixel, so digits
+// spaced by a fractional advance look unevenly spaced ("0.5 00"). DejaVu Sans
+// digits advance 1303/2384 of the font size (and '.' and ' ' half that), so
+// these sizes, k · 2384/1303 plus a hair, give whole-pixel digit advances
+// (k = 14, 11, 9, 10).
+const CAPTION_SIZE: f64 = 25.63;
+const DESC_SIZE: f64 = 20.14;
+const LABEL_SIZE: f64 = 16.48;
+const LEGEND_SIZE: f64 = 18.31;
+/// Most tick labels per axis.
+const MAX_TICKS: usize = 10;
 
 /// Colours for successive series (matplotlib's "tab10").
 const PALETTE: [RGBColor; 6] = [
@@ -134,14 +141,48 @@ fn finite_runs(points: impl IntoIterator<Item = (f64, f64)>) -> Vec<Vec<(f64, f6
     runs
 }
 
-/// Short, readable number: 3 significant decimals for small values.
+/// Short, readable number for a legend: 1 decimal from 10 up, else 2 or 3.
 fn fmt_num(v: f64) -> String {
-    if v.abs() >= 100.0 {
+    if v.abs() >= 10.0 {
         format!("{v:.1}")
     } else if v.abs() >= 1.0 {
         format!("{v:.2}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+/// A tick-label formatter for an axis over `lo..hi` with at most `max_ticks`
+/// ticks: plotters puts ticks every 1, 2 or 5 × 10^k (the smallest such step
+/// giving at most `max_ticks` ticks), so every label gets the decimals that
+/// step needs, no more ("100", "0.025").
+fn tick_formatter(lo: f64, hi: f64, max_ticks: usize) -> impl Fn(&f64) -> String {
+    let mut step = f64::NAN;
+    if hi > lo && max_ticks > 0 {
+        let mut exp = (hi - lo).log10().floor() as i32 - 3;
+        'search: while exp < 400 {
+            for m in [1.0, 2.0, 5.0] {
+                let s = m * 10f64.powi(exp);
+                if (hi / s).floor() - (lo / s).ceil() + 1.0 <= max_ticks as f64 {
+                    step = s;
+                    break 'search;
+                }
+            }
+            exp += 1;
+        }
+    }
+    let decimals = if step.is_finite() {
+        (-step.log10().floor()).clamp(0.0, 12.0) as usize
+    } else {
+        3
+    };
+    move |v: &f64| {
+        let v = if step.is_finite() && v.abs() < step * 1e-6 {
+            0.0
+        } else {
+            *v
+        };
+        format!("{v:.decimals$}")
     }
 }
 
@@ -273,6 +314,7 @@ pub fn plot_elbo(
     } else {
         "Average −ELBO per epoch: training set vs anomaly set"
     };
+    let y_fmt = tick_formatter(y_lo, y_hi, MAX_TICKS);
     render_chart(path, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, CAPTION_SIZE))
@@ -293,7 +335,8 @@ pub fn plot_elbo(
                     String::new()
                 }
             })
-            .y_label_formatter(&|v| fmt_num(*v))
+            .y_labels(MAX_TICKS)
+            .y_label_formatter(&y_fmt)
             .label_style((FONT, LABEL_SIZE))
             .axis_desc_style((FONT, DESC_SIZE))
             .bold_line_style(GRID_COLOUR)
@@ -407,6 +450,7 @@ pub fn plot_score_hist(
         label: String,
         density: Vec<f64>,
         colour: RGBColor,
+        empty: bool,
     }
     let mut sets = Vec::new();
     for (name, values, colour) in [
@@ -433,6 +477,7 @@ pub fn plot_score_hist(
             label,
             density,
             colour,
+            empty: finite == 0,
         });
     }
     let y_max = sets
@@ -442,6 +487,8 @@ pub fn plot_score_hist(
     // Headroom for the legend.
     let y_hi = if y_max > 0.0 { y_max * 1.3 } else { 1.0 };
 
+    let x_fmt = tick_formatter(x_lo, x_hi, MAX_TICKS);
+    let y_fmt = tick_formatter(0.0, y_hi, MAX_TICKS);
     render_chart(path, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, CAPTION_SIZE))
@@ -454,16 +501,10 @@ pub fn plot_score_hist(
             .configure_mesh()
             .x_desc("score (−ELBO, nats)")
             .y_desc("density")
-            .x_label_formatter(&|v| fmt_num(*v))
-            .y_label_formatter(&|v| {
-                if *v == 0.0 {
-                    "0".into()
-                } else if v.abs() < 1e-3 {
-                    format!("{v:.1e}")
-                } else {
-                    fmt_num(*v)
-                }
-            })
+            .x_labels(MAX_TICKS)
+            .y_labels(MAX_TICKS)
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
             .label_style((FONT, LABEL_SIZE))
             .axis_desc_style((FONT, DESC_SIZE))
             .bold_line_style(GRID_COLOUR)
@@ -488,6 +529,9 @@ pub fn plot_score_hist(
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 7), (x + 22, y + 7)], colour.mix(0.55).filled())
                 });
+            if s.empty {
+                continue;
+            }
             // Solid outline of the histogram as a step line.
             let mut outline = vec![(lo, 0.0)];
             for (i, &d) in s.density.iter().enumerate() {

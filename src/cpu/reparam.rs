@@ -19,13 +19,15 @@ pub struct ReparamParams {
     pub seed: u32,
     pub stream: u32,
     pub row_base: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    /// 1: read ε from `eps` instead of drawing it (fixtures, fixed-noise scoring)
+    pub eps_given: u32,
+    pub _pad: u32,
 }
 
 /// head: (B, 2L) = [μ | log σ²] per image.
 /// z, eps: (B·K, L); kl: (B) = −½ Σ_j (1 + log σ² − μ² − σ²).
-/// ε for (image b, draw k, latent j) = normal(seed, stream, row_base + b, k·L + j).
+/// ε for (image b, draw k, latent j) = normal(seed, stream, row_base + b, k·L + j),
+/// or the value already in `eps` when `eps_given`.
 pub fn reparam_forward(z: &mut [f32], eps: &mut [f32], kl: &mut [f32], head: &[f32], p: &ReparamParams) {
     let (l, kd) = (p.l as usize, p.draws as usize);
     for b in 0..p.images as usize {
@@ -36,8 +38,12 @@ pub fn reparam_forward(z: &mut [f32], eps: &mut [f32], kl: &mut [f32], head: &[f
             acc += 1.0 + lv - mu * mu - lv.exp();
             let sd = (0.5 * lv).exp();
             for k in 0..kd {
-                let e = normal(p.seed, p.stream, p.row_base + b as u32, (k * l + j) as u32);
                 let r = (b * kd + k) * l + j;
+                let e = if p.eps_given != 0 {
+                    eps[r]
+                } else {
+                    normal(p.seed, p.stream, p.row_base + b as u32, (k * l + j) as u32)
+                };
                 eps[r] = e;
                 z[r] = mu + e * sd;
             }

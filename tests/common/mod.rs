@@ -1,0 +1,135 @@
+//! Shared test helpers: backends to run one test body on, random data, comparison.
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+use vae_ood::backend::Backend;
+use vae_ood::cpu_backend::CpuBackend;
+use vae_ood::gpu::{self, GpuBackend};
+use vae_ood::plan::Sizes;
+
+/// Set to 1 to let GPU tests pass without an adapter (for users without Vulkan).
+/// CI never sets it: there a missing adapter fails the GPU tests.
+pub const SKIP_ENV: &str = "VAE_OOD_SKIP_GPU_TESTS";
+
+/// The wgpu backend on whatever adapter wgpu picks (lavapipe in CI). Panics when
+/// there is none, unless VAE_OOD_SKIP_GPU_TESTS=1, in which case it returns None
+/// and the test says it skipped.
+pub fn gpu_backend(store: &[u8], idx_len: usize, sizes: Sizes) -> Option<Box<dyn Backend>> {
+    match gpu::select_adapter().expect("adapter selection") {
+        Some(a) => Some(Box::new(GpuBackend::new(a, store, idx_len, sizes).expect("GPU backend"))),
+        None => {
+            if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
+                eprintln!("SKIPPED: no GPU adapter and {SKIP_ENV}=1");
+                None
+            } else {
+                panic!(
+                    "no GPU adapter found: install mesa-vulkan-drivers libvulkan1 (lavapipe), or set {SKIP_ENV}=1 to skip GPU tests"
+                );
+            }
+        }
+    }
+}
+
+pub fn cpu_backend(store: &[u8], idx_len: usize, sizes: Sizes) -> Box<dyn Backend> {
+    Box::new(CpuBackend::new(store, idx_len, sizes))
+}
+
+/// Every backend: the CPU one, and the GPU one when available (see `gpu_backend`).
+pub fn all_backends(store: &[u8], idx_len: usize, sizes: Sizes) -> Vec<Box<dyn Backend>> {
+    let mut v = vec![cpu_backend(store, idx_len, sizes)];
+    if let Some(g) = gpu_backend(store, idx_len, sizes) {
+        v.push(g);
+    }
+    v
+}
+
+/// A fresh RNG: seeded from the clock unless VAE_OOD_TEST_SEED is set; the seed is
+/// printed so a failure can be replayed.
+pub fn fresh_rng(name: &str) -> rand::rngs::StdRng {
+    let seed = std::env::var("VAE_OOD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{name}: VAE_OOD_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+pub fn uniform(rng: &mut impl Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// Assert |a − b| ≤ atol + rtol·|b| element-wise, reporting the worst element.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite() == w.is_finite(), "{what}[{i}]: got {g}, want {w}");
+        if !g.is_finite() {
+            continue; // both poisoned (untouched): compared by the caller's region checks
+        }
+        let err = (g - w).abs() - (atol + rtol * w.abs());
+        if err > worst.1 || err.is_nan() {
+            worst = (i, err);
+        }
+    }
+    let (i, e) = worst;
+    assert!(
+        e <= 0.0,
+        "{what}[{i}]: got {}, want {} (|diff| {} > atol {atol} + rtol {rtol}·|want|)",
+        got[i],
+        want[i],
+        (got[i] - want[i]).abs()
+    );
+}
+
+use vae_ood::model::{Dims, Layout};
+use vae_ood::plan::{self, AdamConfig, Batch, Op};
+
+/// Sizes for a tiny model and batch (no image store needed).
+pub fn tiny_sizes(dims: Dims, b: usize) -> Sizes {
+    Sizes {
+        dims,
+        params: Layout::new(dims).total,
+        max_images: b,
+        max_rows: b,
+        sample_slots: b,
+        batch_slots: 1,
+    }
+}
+
+/// A training step on inputs already in X and noise already in Eps: the real
+/// `plan::train_step_ops` without its Gather op, with ε read from Eps. With
+/// `adam: None`, forward and backward only.
+pub fn step_ops_given(dims: Dims, b: usize, adam: Option<(AdamConfig, u64)>) -> Vec<Op> {
+    let lay = Layout::new(dims);
+    let bt = Batch {
+        images: b,
+        draws: 1,
+        idx_off: 0,
+        seed: 0,
+        stream: 0,
+        row_base: 0,
+        out_off: 0,
+        slot: 0,
+    };
+    let (cfg, t) = adam.unwrap_or((AdamConfig::default(), 1));
+    let mut ops = plan::train_step_ops(dims, &lay.offsets(), &bt, lay.total, &cfg, t);
+    assert!(matches!(ops[0], Op::Gather(_)));
+    ops.remove(0);
+    for op in ops.iter_mut() {
+        if let Op::ReparamForward(p) = op {
+            p.eps_given = 1;
+        }
+    }
+    if adam.is_none() {
+        assert!(matches!(ops.last(), Some(Op::Adam(_))));
+        ops.pop();
+    }
+    ops
+}

@@ -1,0 +1,376 @@
+//! Every shader against its CPU twin (src/cpu/*.rs), on fresh random inputs, at
+//! sizes that cross workgroup boundaries (37 rows, 53 and 129 columns against
+//! 32×32 matmul tiles, 64- and 256-thread workgroups), with every output buffer
+//! poisoned (NaN) before the kernel runs. Checks, for each kernel:
+//! - the CPU twin wrote every element of the output region and nothing outside it;
+//! - the GPU wrote the same region, equal to the CPU within a stated tolerance.
+//! Runs on lavapipe in CI; fails without an adapter (see tests/common).
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use std::ops::Range;
+use vae_ood::cpu::matmul::{MM_BIAS, MM_MASK, MM_RELU};
+use vae_ood::cpu::*;
+use vae_ood::model::Dims;
+use vae_ood::plan::{Buf, Op, Sizes};
+
+const D: usize = 129;
+const SIZES: Sizes = Sizes {
+    dims: Dims { d: D, h: 67, l: 5 },
+    params: 20_000,
+    max_images: 300,
+    max_rows: 600,
+    sample_slots: 700,
+    batch_slots: 9,
+};
+const N_IMAGES: usize = 50;
+
+struct Case<'a> {
+    name: &'a str,
+    store: Vec<u8>,
+    idx: Vec<u32>,
+    inputs: Vec<(Buf, Vec<f32>)>,
+    /// output buffer, the region the kernel must write, atol, rtol
+    outputs: Vec<(Buf, Range<usize>, f32, f32)>,
+    op: Op,
+}
+
+fn run_case(c: Case) {
+    let mut results: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+    for mut be in all_backends(&c.store, c.idx.len(), SIZES) {
+        be.write_idx(0, &c.idx).unwrap();
+        for (b, v) in &c.inputs {
+            be.write(*b, 0, v).unwrap();
+        }
+        for (b, ..) in &c.outputs {
+            if !c.inputs.iter().any(|(i, _)| i == b) {
+                be.write(*b, 0, &vec![f32::NAN; b.len(&SIZES)]).unwrap();
+            }
+        }
+        be.run(&[c.op]).unwrap();
+        let outs = c.outputs.iter().map(|(b, ..)| be.read(*b, 0..b.len(&SIZES)).unwrap()).collect();
+        results.push((be.describe(), outs));
+    }
+    let (_, cpu) = &results[0];
+    for ((b, region, ..), out) in c.outputs.iter().zip(cpu) {
+        let in_place = c.inputs.iter().any(|(i, _)| i == b);
+        for (i, v) in out.iter().enumerate() {
+            if region.contains(&i) {
+                assert!(v.is_finite(), "{}: CPU left {b:?}[{i}] unwritten ({v})", c.name);
+            } else if !in_place {
+                assert!(v.is_nan(), "{}: CPU wrote {b:?}[{i}] outside its output region", c.name);
+            }
+        }
+    }
+    for (desc, outs) in &results[1..] {
+        for ((b, region, atol, rtol), (g, w)) in c.outputs.iter().zip(outs.iter().zip(cpu)) {
+            for i in 0..g.len() {
+                if !region.contains(&i) && !c.inputs.iter().any(|(x, _)| x == b) {
+                    assert!(g[i].is_nan(), "{}: {desc} wrote {b:?}[{i}] outside its output region", c.name);
+                }
+            }
+            assert_close(&format!("{} {b:?} on {desc}", c.name), &g[region.clone()], &w[region.clone()], *atol, *rtol);
+        }
+    }
+}
+
+fn random_store(rng: &mut impl Rng) -> Vec<u8> {
+    (0..N_IMAGES * D).map(|_| rng.random()).collect()
+}
+
+// Matmul tolerance: f32 sums of up to 129 products of O(1) terms in a different
+// order (tiles + fma on the GPU, sgemm blocking on the CPU); rounding error grows
+// like √K·ε·Σ|terms| ≈ 1e-5, so 1e-4 absolute + 1e-4 relative has a 10× margin.
+const MM_ATOL: f32 = 1e-4;
+const MM_RTOL: f32 = 1e-4;
+
+#[test]
+fn matmul_linear_forward_bias_relu() {
+    let mut rng = fresh_rng("matmul_linear_forward_bias_relu");
+    let (m, k, n) = (37, 53, 129);
+    let p = MatmulParams::linear(m, k, n, 100, 10_000, true);
+    assert_eq!(p.flags, MM_BIAS | MM_RELU);
+    run_case(Case {
+        name: "matmul linear",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
+            (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
+        ],
+        outputs: vec![(Buf::Logits, 0..m * n, MM_ATOL, MM_RTOL)],
+        op: Op::Matmul { a: Buf::X, b: Buf::Params, e: Buf::Params, c: Buf::Logits, p },
+    });
+}
+
+#[test]
+fn matmul_backward_input_masked() {
+    let mut rng = fresh_rng("matmul_backward_input_masked");
+    let (m, k, n) = (37, 53, 129);
+    let p = MatmulParams::linear_backward_input(m, k, n, 100, true);
+    assert_eq!(p.flags, MM_MASK);
+    run_case(Case {
+        name: "matmul backward input",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::Logits, uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0)),
+            (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
+            // mask source: about half the entries ≤ 0
+            (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
+        ],
+        outputs: vec![(Buf::H3, 0..m * k, MM_ATOL, MM_RTOL)],
+        op: Op::Matmul { a: Buf::Logits, b: Buf::Params, e: Buf::X, c: Buf::H3, p },
+    });
+}
+
+#[test]
+fn matmul_backward_weight_at_offset() {
+    let mut rng = fresh_rng("matmul_backward_weight_at_offset");
+    let (m, k, n) = (37, 53, 129);
+    let off = 7;
+    run_case(Case {
+        name: "matmul backward weight",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::Logits, uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0)),
+            (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
+        ],
+        outputs: vec![(Buf::Grads, off..off + n * k, MM_ATOL, MM_RTOL)],
+        op: Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::X,
+            e: Buf::Params,
+            c: Buf::Grads,
+            p: MatmulParams::linear_backward_weight(m, k, n, off),
+        },
+    });
+}
+
+#[test]
+fn matmul_single_element_and_long_k() {
+    let mut rng = fresh_rng("matmul_single_element_and_long_k");
+    for (m, k, n) in [(1, 1, 1), (3, 600, 2), (65, 7, 33)] {
+        run_case(Case {
+            name: "matmul small",
+            store: random_store(&mut rng),
+            idx: vec![0],
+            inputs: vec![
+                (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
+                (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
+            ],
+            // K = 600: error bound √600·ε·600 ≈ 2e-4 → 1e-3
+            outputs: vec![(Buf::Logits, 0..m * n, 1e-3, 1e-4)],
+            op: Op::Matmul {
+                a: Buf::X,
+                b: Buf::Params,
+                e: Buf::Params,
+                c: Buf::Logits,
+                p: MatmulParams::linear(m, k, n, 0, 19_000, false),
+            },
+        });
+    }
+}
+
+#[test]
+fn bias_grad_sums_columns() {
+    let mut rng = fresh_rng("bias_grad_sums_columns");
+    let (m, n, off) = (37, 129, 5);
+    run_case(Case {
+        name: "bias_grad",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![(Buf::Logits, uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0))],
+        // same summation order on both sides: only fma contraction differs
+        outputs: vec![(Buf::Grads, off..off + n, 1e-5, 1e-5)],
+        op: Op::BiasGrad {
+            dy: Buf::Logits,
+            p: BiasGradParams { m: m as u32, n: n as u32, g_off: off as u32, _pad: 0 },
+        },
+    });
+}
+
+#[test]
+fn gather_unpacks_bytes() {
+    let mut rng = fresh_rng("gather_unpacks_bytes");
+    let rows = 37;
+    let idx: Vec<u32> = (0..rows + 3).map(|_| rng.random_range(0..N_IMAGES as u32)).collect();
+    run_case(Case {
+        name: "gather",
+        store: random_store(&mut rng),
+        idx,
+        inputs: vec![],
+        // byte/255: WGSL division is within 2.5 ULP, so 1e-6 absolute on values ≤ 1
+        outputs: vec![(Buf::X, 0..rows * D, 1e-6, 0.0)],
+        op: Op::Gather(GatherParams { rows: rows as u32, d: D as u32, idx_off: 3, _pad: 0 }),
+    });
+}
+
+fn reparam_params(eps_given: bool) -> ReparamParams {
+    ReparamParams {
+        images: 37,
+        l: 5,
+        draws: 3,
+        seed: 12345,
+        stream: 77,
+        row_base: 1000,
+        eps_given: eps_given as u32,
+        _pad: 0,
+    }
+}
+
+// ε: pcg4d integers are identical on both sides (if one bit differed, the normals
+// would differ by O(1)); Box–Muller's log and cos on the GPU are not correctly
+// rounded — Vulkan bounds cos's absolute error by 2⁻¹¹ on [−π, π] — so normals of
+// magnitude ≤ 5.6 agree within 3e-3, and z = μ + ε·σ (σ ≤ 1.65 here) within 5e-3.
+#[test]
+fn reparam_forward_draws_same_noise() {
+    let mut rng = fresh_rng("reparam_forward_draws_same_noise");
+    let p = reparam_params(false);
+    let (b, l, k) = (37, 5, 3);
+    run_case(Case {
+        name: "reparam_forward",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![(Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0))],
+        outputs: vec![
+            (Buf::Eps, 0..b * k * l, 3e-3, 0.0),
+            (Buf::Z, 0..b * k * l, 5e-3, 0.0),
+            // KL: exp(lv) on both sides, 5 terms: relative 1e-5
+            (Buf::Kl, 0..b, 1e-5, 1e-5),
+        ],
+        op: Op::ReparamForward(p),
+    });
+}
+
+#[test]
+fn reparam_forward_given_noise() {
+    let mut rng = fresh_rng("reparam_forward_given_noise");
+    let p = reparam_params(true);
+    let (b, l, k) = (37, 5, 3);
+    run_case(Case {
+        name: "reparam_forward eps_given",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0)),
+            (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
+        ],
+        // exp on the GPU is within 3 ULP: 1e-5 relative
+        outputs: vec![(Buf::Z, 0..b * k * l, 1e-5, 1e-5), (Buf::Kl, 0..b, 1e-5, 1e-5)],
+        op: Op::ReparamForward(p),
+    });
+}
+
+#[test]
+fn reparam_backward_matches() {
+    let mut rng = fresh_rng("reparam_backward_matches");
+    let p = reparam_params(false);
+    let (b, l) = (37, 5);
+    run_case(Case {
+        name: "reparam_backward",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0)),
+            (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
+            (Buf::Dz, uniform(&mut rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
+        ],
+        outputs: vec![(Buf::Dhead, 0..b * 2 * l, 1e-5, 1e-5)],
+        op: Op::ReparamBackward(p),
+    });
+}
+
+// BCE: GPU log(1 + exp(−|t|)) vs CPU ln_1p differ by ≤ 1e-7 per pixel (the value
+// is ≤ ln 2); a row sums 129 terms up to 100 (logits of ±100 are included), so
+// sums agree within 1e-3 + 1e-5 relative. Gradient σ(t) − x: within 1e-6.
+fn bce_case(rng: &mut impl Rng, write_grad: bool) -> Case<'static> {
+    let (rows, k) = (111, 3);
+    let mut logits = uniform(rng, Buf::Logits.len(&SIZES), -8.0, 8.0);
+    for (i, v) in logits.iter_mut().enumerate().take(rows * D) {
+        match i % 17 {
+            0 => *v = 100.0,
+            1 => *v = -100.0,
+            2 => *v = 0.0,
+            _ => {}
+        }
+    }
+    let mut x = uniform(rng, Buf::X.len(&SIZES), 0.0, 1.0);
+    for (i, v) in x.iter_mut().enumerate() {
+        match i % 5 {
+            0 => *v = 0.0,
+            1 => *v = 1.0,
+            _ => {}
+        }
+    }
+    let mut outputs = vec![(Buf::Bce, 0..rows, 1e-3, 1e-5)];
+    if write_grad {
+        outputs.push((Buf::Logits, 0..rows * D, 1e-6, 0.0));
+    }
+    Case {
+        name: if write_grad { "bce_logits grad" } else { "bce_logits" },
+        store: random_store(rng),
+        idx: vec![0],
+        inputs: vec![(Buf::Logits, logits), (Buf::X, x)],
+        outputs,
+        op: Op::Bce(BceParams { rows: rows as u32, d: D as u32, draws: k as u32, write_grad: write_grad as u32 }),
+    }
+}
+
+#[test]
+fn bce_logits_with_extreme_logits() {
+    let mut rng = fresh_rng("bce_logits_with_extreme_logits");
+    run_case(bce_case(&mut rng, true));
+    run_case(bce_case(&mut rng, false));
+}
+
+#[test]
+fn loss_reduce_per_image_and_batch() {
+    let mut rng = fresh_rng("loss_reduce_per_image_and_batch");
+    let (images, k) = (300, 2);
+    run_case(Case {
+        name: "loss_reduce",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::Bce, uniform(&mut rng, Buf::Bce.len(&SIZES), 50.0, 300.0)),
+            (Buf::Kl, uniform(&mut rng, Buf::Kl.len(&SIZES), 0.0, 30.0)),
+        ],
+        outputs: vec![
+            (Buf::SampleLoss, 17..17 + images, 1e-4, 1e-6),
+            // a sum of 300 values ≈ 200 in a tree vs in sequence: ~1e-6 relative
+            (Buf::BatchLoss, 4..5, 0.0, 1e-5),
+        ],
+        op: Op::Loss(LossParams { images: images as u32, draws: k as u32, out_off: 17, slot: 4 }),
+    });
+}
+
+#[test]
+fn adam_matches_at_first_and_later_steps() {
+    let mut rng = fresh_rng("adam_matches_at_first_and_later_steps");
+    for t in [1u64, 7] {
+        let n = SIZES.params;
+        run_case(Case {
+            name: "adam",
+            store: random_store(&mut rng),
+            idx: vec![0],
+            inputs: vec![
+                (Buf::Params, uniform(&mut rng, n, -1.0, 1.0)),
+                (Buf::Grads, uniform(&mut rng, n, -10.0, 10.0)),
+                (Buf::AdamM, uniform(&mut rng, n, -1.0, 1.0)),
+                (Buf::AdamV, uniform(&mut rng, n, 0.0, 2.0)),
+            ],
+            // same formula; GPU sqrt and division are within 3 ULP: relative 1e-5 on
+            // m, v and the update (which is ≤ lr·|m|/√v, added to |p| ≤ 1)
+            outputs: vec![
+                (Buf::Params, 0..n, 1e-6, 1e-5),
+                (Buf::AdamM, 0..n, 1e-6, 1e-5),
+                (Buf::AdamV, 0..n, 1e-6, 1e-5),
+            ],
+            op: Op::Adam(AdamParams::at_step(n, 1e-3, 0.9, 0.999, 1e-8, t)),
+        });
+    }
+}
