@@ -297,6 +297,12 @@ impl Experiment {
             .collect())
     }
 
+    /// Replace the parameters (e.g. from a checkpoint); `params` in layout order.
+    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        ensure!(params.len() == self.layout.total, "parameter count {} does not fit the model ({})", params.len(), self.layout.total);
+        self.backend.write(Buf::Params, 0, params)
+    }
+
     pub fn params(&mut self) -> Result<Vec<f32>> {
         self.backend.read(Buf::Params, 0..self.layout.total)
     }
