@@ -2,10 +2,12 @@
 //! out-of-distribution images. See README.md.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
 pub mod cpu_backend;
 pub mod dataset;
+pub mod evaluate;
 pub mod fsutil;
 pub mod gpu;
 pub mod idx;

@@ -23,8 +23,36 @@ struct Cli {
 enum Command {
     /// Train the reference experiment and evaluate it (the default)
     Train(TrainArgs),
+    /// Evaluate a saved checkpoint on the MNIST splits: both protocols, scores.csv, metrics.json, plots
+    Eval(EvalArgs),
+    /// Score 28x28 PNG files, folders of PNGs or IDX image files with a saved checkpoint
+    Score(ScoreArgs),
     /// List the GPU adapters wgpu can see
     Devices,
+    /// Measure training and scoring speed of the reference experiment
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Backend: auto, gpu or cpu
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Timed epochs
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Untimed warm-up epochs before them
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Train on the first N images only
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Skip the per-kernel breakdown
+    #[arg(long)]
+    no_breakdown: bool,
+    /// Print one JSON line instead of the table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -106,6 +134,21 @@ fn run() -> Result<()> {
         None => train(&cli.train),
         Some(Command::Train(a)) => train(&a),
         Some(Command::Devices) => devices(),
+        Some(Command::Eval(a)) => vae_ood::evaluate::eval(&a.options()),
+        Some(Command::Score(a)) => vae_ood::evaluate::score(&a.options()),
+        Some(Command::Bench(b)) => {
+            let cfg = TrainConfig {
+                train_limit: b.train_limit,
+                ..TrainConfig::default()
+            };
+            let r = vae_ood::bench::bench(cfg, b.device, b.epochs, b.warmup, !b.no_breakdown)?;
+            if b.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                vae_ood::bench::print(&r);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -122,4 +165,106 @@ fn devices() -> Result<()> {
         println!("{:?}\t{:?}\t{}\t{} {}", a.backend, a.device_type, a.name, a.driver, a.driver_info);
     }
     Ok(())
+}
+
+#[derive(Args, Debug, Clone)]
+struct EvalArgs {
+    /// The checkpoint written by training (model.safetensors); its tensors give the layer sizes
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Folder with the four gzipped IDX files [default: the checkpoint's training data folder, else data/mnist]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The digit treated as the anomaly class, 0-9 [default: the checkpoint's, else 5]
+    #[arg(long)]
+    holdout_digit: Option<u8>,
+    /// Seed of the scoring ε [default: the checkpoint's, else 1]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Score only the first N training images [default: the checkpoint's --train-limit, else all]
+    #[arg(long, conflicts_with = "full_train")]
+    train_limit: Option<usize>,
+    /// Score every training image even if the checkpoint was trained with --train-limit
+    #[arg(long)]
+    full_train: bool,
+    /// Images per scoring batch [default: the checkpoint's, else 1024]
+    #[arg(long)]
+    score_batch: Option<usize>,
+    /// Refuse a checkpoint whose hidden layer width is not this
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Refuse a checkpoint whose latent dimension is not this
+    #[arg(long)]
+    latent: Option<usize>,
+    /// Backend: auto (hardware GPU if present, else CPU), gpu (wgpu shaders, any adapter), cpu
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Output folder for metrics.json, scores.csv, roc.png, score_hist.png, recon_*.png
+    #[arg(long, default_value = "output/eval")]
+    out: PathBuf,
+    /// Print only errors
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl EvalArgs {
+    fn options(&self) -> vae_ood::evaluate::EvalOptions {
+        vae_ood::evaluate::EvalOptions {
+            checkpoint: self.checkpoint.clone(),
+            data: self.data.clone(),
+            holdout_digit: self.holdout_digit,
+            seed: self.seed,
+            score_batch: self.score_batch,
+            train_limit: self.train_limit,
+            full_train: self.full_train,
+            hidden: self.hidden,
+            latent: self.latent,
+            device: self.device,
+            out: self.out.clone(),
+            quiet: self.quiet,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct ScoreArgs {
+    /// The checkpoint written by training (model.safetensors)
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// 28x28 PNG files, folders (their *.png files, sorted by name) and IDX image files (.gz or plain)
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// CSV file to write, one `name,score_neg_elbo` row per image in input order (replaced atomically)
+    #[arg(long, default_value = "output/score.csv")]
+    out: PathBuf,
+    /// Seed of the scoring ε [default: the checkpoint's, else 1]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Refuse a checkpoint whose hidden layer width is not this
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Refuse a checkpoint whose latent dimension is not this
+    #[arg(long)]
+    latent: Option<usize>,
+    /// Backend: auto (hardware GPU if present, else CPU), gpu (wgpu shaders, any adapter), cpu
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Print only errors
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl ScoreArgs {
+    fn options(&self) -> vae_ood::evaluate::ScoreOptions {
+        vae_ood::evaluate::ScoreOptions {
+            checkpoint: self.checkpoint.clone(),
+            inputs: self.inputs.clone(),
+            out: self.out.clone(),
+            seed: self.seed,
+            hidden: self.hidden,
+            latent: self.latent,
+            device: self.device,
+            quiet: self.quiet,
+        }
+    }
 }

@@ -40,7 +40,7 @@ struct Timing {
     train_samples_per_second: f64,
 }
 
-fn to_f64(v: &[f32]) -> Vec<f64> {
+pub(crate) fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
@@ -133,7 +133,7 @@ pub fn train_and_report(cfg: TrainConfig, device: DeviceChoice, out: &Path, quie
     Ok(())
 }
 
-fn write_scores_csv(path: &Path, ex: &Experiment, scores: &HashMap<SplitId, Vec<f64>>) -> Result<()> {
+pub(crate) fn write_scores_csv(path: &Path, ex: &Experiment, scores: &HashMap<SplitId, Vec<f64>>) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["split", "index", "label", "score_neg_elbo"])?;
     for s in SplitId::ALL {

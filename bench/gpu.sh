@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Side-by-side speed on a Linux machine with an NVIDIA GPU and no internet:
+# vae-ood (prebuilt, wgpu over Vulkan) and the PyTorch baseline (eager, fused Adam,
+# CUDA graph) in one call, then one comparison table; then the whole default run
+# (load, train 20 epochs, score, plot) timed end to end.
+#
+#   bench/gpu.sh [path/to/vae-ood]          (default: target/release/vae-ood)
+#   EPOCHS=3 WARMUP=1 OUTDIR=bench/out bench/gpu.sh
+#
+# Vulkan: if the system has no libvulkan.so.1, the loader (and glvnd, which the
+# NVIDIA ICD links against) is unpacked from the Debian .debs in bench/debs/ into a
+# temporary prefix; the NVIDIA ICD manifest is looked up in the usual places.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-target/release/vae-ood}
+EPOCHS=${EPOCHS:-3}
+WARMUP=${WARMUP:-1}
+OUTDIR=${OUTDIR:-bench/out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUTDIR"
+
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
+  prefix=$(mktemp -d)
+  for deb in bench/debs/*.deb; do dpkg-deb -x "$deb" "$prefix"; done
+  export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "# Vulkan loader unpacked from bench/debs into $prefix"
+fi
+if [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ]; then
+  for f in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json \
+           /etc/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.x86_64.json; do
+    if [ -f "$f" ]; then export VK_DRIVER_FILES="$f"; break; fi
+  done
+fi
+if [ -z "${__EGL_VENDOR_LIBRARY_FILENAMES:-}" ] && [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ]; then
+  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+"$BIN" devices
+"$BIN" bench --device gpu --epochs "$EPOCHS" --warmup "$WARMUP" --json | tee "$OUTDIR/vae_gpu.json"
+for v in eager fused graph; do
+  $PY bench/torch_baseline.py --device cuda --variant "$v" --epochs "$EPOCHS" --warmup "$WARMUP" --json \
+    | tail -n 1 | tee "$OUTDIR/torch_cuda_$v.json" || echo "{}" > "$OUTDIR/torch_cuda_$v.json"
+done
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json | tee "$OUTDIR/table.md"
+
+echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"
+start=$(date +%s%N)
+"$BIN" --device gpu --out "$OUTDIR/run"
+end=$(date +%s%N)
+echo "# whole default run, wall time: $(( (end - start) / 1000000 )) ms" | tee -a "$OUTDIR/table.md"

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Print one Markdown table from `vae-ood bench --json` and torch_baseline.py --json lines.
+
+usage: bench/table.py VAE_JSON TORCH_JSON...   (the first file is the vae-ood run)
+Ratios are vae-ood samples/s over each baseline's, measured in the same call.
+"""
+import json
+import sys
+
+
+def load(p):
+    try:
+        with open(p) as f:
+            lines = [l for l in f.read().splitlines() if l.strip().startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return {}
+
+
+vae = load(sys.argv[1])
+rows = [("vae-ood " + vae.get("device", "?"), vae.get("backend", "?"), vae.get("samples_per_s"), vae.get("us_per_step"))]
+for p in sys.argv[2:]:
+    t = load(p)
+    if not t:
+        rows.append((p, "failed", None, None))
+        continue
+    rows.append((f"pytorch {t.get('variant')}", f"{t.get('device_name')} torch {t.get('torch')}", t.get("samples_per_s"), t.get("us_per_step")))
+ours = vae.get("samples_per_s")
+print("| implementation | device | samples/s | µs/step | vae-ood speed-up |")
+print("| --- | --- | ---: | ---: | ---: |")
+for name, dev, sps, us in rows:
+    ratio = f"{ours / sps:.2f}×" if ours and sps else ""
+    print(f"| {name} | {dev} | {sps:,.0f} | {us:,.1f} | {ratio} |" if sps else f"| {name} | {dev} | – | – | |")
+if vae.get("breakdown_us_per_step"):
+    print()
+    print("vae-ood per-kernel breakdown (µs per step):", ", ".join(f"{n} {u:.1f}" for n, u in vae["breakdown_us_per_step"]))
+print()
+print(f"scoring: {vae.get('score_images_per_s', 0):,.0f} images/s (−ELBO, 1 draw)")
