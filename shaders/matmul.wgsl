@@ -2,9 +2,16 @@
 // C (m, n) = epilogue(A (m, k) · B (k, n)) with arbitrary strides (element offsets):
 //   A(i, p) = a[a_off + i*a_si + p*a_sp], B(p, j) = b[b_off + p*b_sp + j*b_sj],
 //   C(i, j) = c[c_off + i*c_si + j].
-// Epilogue flags: 1 add bias e[e_off + j]; 2 ReLU; 4 multiply by mask e[e_off + i*e_si + j] > 0.
-// Tiling: one 32×32 tile of C per workgroup of 16×16 threads, each thread 2×2 outputs,
-// K consumed 32 at a time through workgroup memory. Dispatch (ceil(n/32), ceil(m/32)).
+// Flags: 1 add bias e[e_off + j]; 2 ReLU; 4 multiply by mask e[e_off + i*e_si + j] > 0;
+//        8 also write the row sums of A to c[e_off + i] (the bias gradient next to dW).
+//
+// matmul: one 32×32 tile of C per workgroup of 16×16 threads (2×2 outputs each); K is
+// consumed 32 at a time through workgroup memory, loaded so that consecutive threads
+// read consecutive addresses whichever operand is transposed. Dispatch
+// (ceil(n/32), ceil(m/32), splits). With splits > 1 (skinny products whose few
+// workgroups would each walk a long K), workgroup z sums only its share of K and
+// writes raw partial sums to `partial` (splits, m, n); matmul_reduce then adds the
+// shares and applies the epilogue (dispatch ceil(m*n/256)).
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
@@ -12,69 +19,131 @@ struct Params {
     b_off: u32, b_sp: u32, b_sj: u32,
     c_off: u32, c_si: u32,
     e_off: u32, e_si: u32,
-    _pad0: u32, _pad1: u32,
+    splits: u32, _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read> e: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(5) var<storage, read> partial_in: array<f32>;
 @group(1) @binding(0) var<uniform> p: Params;
 
 const TILE: u32 = 32u;
-var<workgroup> ta: array<f32, 1024>; // [i][kk]
-var<workgroup> tb: array<f32, 1024>; // [kk][j]
+const PAD: u32 = 33u; // row stride in workgroup memory: avoids bank conflicts on transposed stores
+var<workgroup> ta: array<f32, 1056>; // [i][kk], stride PAD
+var<workgroup> tb: array<f32, 1056>; // [kk][j], stride PAD
+
+fn split_len() -> u32 {
+    let s = max(p.splits, 1u);
+    return ((p.k + s - 1u) / s + TILE - 1u) / TILE * TILE;
+}
 
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
     let t = lid.y * 16u + lid.x;
+    let kc = split_len();
+    let k_begin = wg.z * kc;
+    let k_end = min(p.k, k_begin + kc);
+    let a_t = p.a_si == 1u && p.a_sp != 1u; // A stored transposed: walk i fastest
+    let b_t = p.b_sp == 1u && p.b_sj != 1u; // B stored transposed: walk p fastest
     var acc00 = 0.0;
     var acc01 = 0.0;
     var acc10 = 0.0;
     var acc11 = 0.0;
-    for (var k0 = 0u; k0 < p.k; k0 += TILE) {
+    var rs0 = 0.0; // row sums of A (flag 8)
+    var rs1 = 0.0;
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
         for (var q = 0u; q < 4u; q++) {
             let idx = t + q * 256u;
-            let r = idx / TILE;
-            let cc = idx % TILE;
-            let gi = row0 + r;
-            let gk = k0 + cc;
+            let fast = idx % TILE;
+            let slow = idx / TILE;
+            // A tile element (ii, kk)
+            var ii = slow;
+            var kk = fast;
+            if (a_t) {
+                ii = fast;
+                kk = slow;
+            }
             var va = 0.0;
-            if (gi < p.m && gk < p.k) {
-                va = a[p.a_off + gi * p.a_si + gk * p.a_sp];
+            if (row0 + ii < p.m && k0 + kk < k_end) {
+                va = a[p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp];
             }
-            ta[r * TILE + cc] = va;
-            let bk = k0 + r;
-            let bj = col0 + cc;
+            ta[ii * PAD + kk] = va;
+            // B tile element (kk, jj)
+            var kb = slow;
+            var jj = fast;
+            if (b_t) {
+                kb = fast;
+                jj = slow;
+            }
             var vb = 0.0;
-            if (bk < p.k && bj < p.n) {
-                vb = b[p.b_off + bk * p.b_sp + bj * p.b_sj];
+            if (k0 + kb < k_end && col0 + jj < p.n) {
+                vb = b[p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj];
             }
-            tb[r * TILE + cc] = vb;
+            tb[kb * PAD + jj] = vb;
         }
         workgroupBarrier();
-        let ar = lid.y * 2u * TILE;
+        let ar = lid.y * 2u * PAD;
         let bc = lid.x * 2u;
         for (var kk = 0u; kk < TILE; kk++) {
             let a0 = ta[ar + kk];
-            let a1 = ta[ar + TILE + kk];
-            let b0 = tb[kk * TILE + bc];
-            let b1 = tb[kk * TILE + bc + 1u];
+            let a1 = ta[ar + PAD + kk];
+            let b0 = tb[kk * PAD + bc];
+            let b1 = tb[kk * PAD + bc + 1u];
             acc00 = fma(a0, b0, acc00);
             acc01 = fma(a0, b1, acc01);
             acc10 = fma(a1, b0, acc10);
             acc11 = fma(a1, b1, acc11);
+            rs0 += a0;
+            rs1 += a1;
         }
         workgroupBarrier();
     }
     let i0 = row0 + lid.y * 2u;
     let j0 = col0 + lid.x * 2u;
+    if (p.splits > 1u) {
+        let base = wg.z * p.m * p.n;
+        store_partial(base, i0, j0, acc00);
+        store_partial(base, i0, j0 + 1u, acc01);
+        store_partial(base, i0 + 1u, j0, acc10);
+        store_partial(base, i0 + 1u, j0 + 1u, acc11);
+        return;
+    }
     store(i0, j0, acc00);
     store(i0, j0 + 1u, acc01);
     store(i0 + 1u, j0, acc10);
     store(i0 + 1u, j0 + 1u, acc11);
+    if ((p.flags & 8u) != 0u && wg.x == 0u && lid.x == 0u) {
+        if (i0 < p.m) {
+            c[p.e_off + i0] = rs0;
+        }
+        if (i0 + 1u < p.m) {
+            c[p.e_off + i0 + 1u] = rs1;
+        }
+    }
+}
+
+fn store_partial(base: u32, i: u32, j: u32, v: f32) {
+    if (i < p.m && j < p.n) {
+        partial[base + i * p.n + j] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * 256u;
+    if (t >= p.m * p.n) {
+        return;
+    }
+    var v = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        v += partial_in[s * p.m * p.n + t];
+    }
+    store(t / p.n, t % p.n, v);
 }
 
 fn store(i: u32, j: u32, v_in: f32) {

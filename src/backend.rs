@@ -35,20 +35,30 @@ pub enum DeviceChoice {
 }
 
 /// Create the backend for `choice` over an image store (bytes, 784 per image).
-pub fn create(choice: DeviceChoice, store: &[u8], idx_len: usize, sizes: Sizes, quiet: bool) -> Result<Box<dyn Backend>> {
+pub fn create(
+    choice: DeviceChoice,
+    store: &[u8],
+    idx_len: usize,
+    sizes: Sizes,
+    quiet: bool,
+) -> Result<Box<dyn Backend>> {
     let cpu = |store: &[u8]| -> Result<Box<dyn Backend>> {
-        Ok(Box::new(crate::cpu_backend::CpuBackend::new(store, idx_len, sizes)))
+        Ok(Box::new(crate::cpu_backend::CpuBackend::new(
+            store, idx_len, sizes,
+        )))
     };
     match choice {
         DeviceChoice::Cpu => cpu(store),
         DeviceChoice::Gpu => {
             let adapter = crate::gpu::select_adapter()?.ok_or_else(crate::gpu::no_adapter_error)?;
-            Ok(Box::new(crate::gpu::GpuBackend::new(adapter, store, idx_len, sizes)?))
+            Ok(Box::new(crate::gpu::GpuBackend::new(
+                adapter, store, idx_len, sizes,
+            )?))
         }
         DeviceChoice::Auto => match crate::gpu::select_adapter()? {
-            Some(a) if a.get_info().device_type != wgpu::DeviceType::Cpu => {
-                Ok(Box::new(crate::gpu::GpuBackend::new(a, store, idx_len, sizes)?))
-            }
+            Some(a) if a.get_info().device_type != wgpu::DeviceType::Cpu => Ok(Box::new(
+                crate::gpu::GpuBackend::new(a, store, idx_len, sizes)?,
+            )),
             other => {
                 if !quiet {
                     let why = match other {

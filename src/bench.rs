@@ -16,9 +16,27 @@ use std::time::Instant;
 
 /// Names of the ops of one training step, in `plan::train_step_ops` order.
 pub const STEP_OP_NAMES: [&str; 21] = [
-    "gather x", "fc1 fwd", "head fwd", "reparam fwd", "fc3 fwd", "fc4 fwd", "bce+grad", "loss reduce", "fc4 dW",
-    "fc4 db", "fc4 dX", "fc3 dW", "fc3 db", "fc3 dX", "reparam bwd", "head dW", "head db", "head dX", "fc1 dW",
-    "fc1 db", "adam",
+    "gather x",
+    "fc1 fwd",
+    "head fwd",
+    "reparam fwd",
+    "fc3 fwd",
+    "fc4 fwd",
+    "bce+grad",
+    "loss reduce",
+    "fc4 dW",
+    "fc4 db",
+    "fc4 dX",
+    "fc3 dW",
+    "fc3 db",
+    "fc3 dX",
+    "reparam bwd",
+    "head dW",
+    "head db",
+    "head dX",
+    "fc1 dW",
+    "fc1 db",
+    "adam",
 ];
 
 #[derive(Debug, Serialize)]
@@ -38,7 +56,13 @@ pub struct BenchResult {
     pub breakdown_us_per_step: Vec<(String, f64)>,
 }
 
-pub fn bench(mut cfg: TrainConfig, device: DeviceChoice, epochs: usize, warmup: usize, breakdown: bool) -> Result<BenchResult> {
+pub fn bench(
+    mut cfg: TrainConfig,
+    device: DeviceChoice,
+    epochs: usize,
+    warmup: usize,
+    breakdown: bool,
+) -> Result<BenchResult> {
     cfg.epochs = epochs + warmup;
     let mut ex = Experiment::new(cfg.clone(), device, true)?;
     for _ in 0..warmup {
@@ -78,7 +102,14 @@ pub fn bench(mut cfg: TrainConfig, device: DeviceChoice, epochs: usize, warmup: 
                     out_off: s * bs,
                     slot: s,
                 };
-                plan::train_step_ops(ex.layout.dims, &o, &bt, ex.layout.total, &cfg.adam, s as u64 + 1)
+                plan::train_step_ops(
+                    ex.layout.dims,
+                    &o,
+                    &bt,
+                    ex.layout.total,
+                    &cfg.adam,
+                    s as u64 + 1,
+                )
             })
             .collect();
         for (i, name) in STEP_OP_NAMES.iter().enumerate() {
@@ -88,7 +119,10 @@ pub fn bench(mut cfg: TrainConfig, device: DeviceChoice, epochs: usize, warmup: 
             let t = Instant::now();
             ex.backend.run(&ops)?;
             ex.backend.read(Buf::BatchLoss, 0..1)?;
-            parts.push((name.to_string(), t.elapsed().as_secs_f64() * 1e6 / steps as f64));
+            parts.push((
+                name.to_string(),
+                t.elapsed().as_secs_f64() * 1e6 / steps as f64,
+            ));
         }
     }
     Ok(BenchResult {
@@ -113,10 +147,15 @@ pub fn print(r: &BenchResult) {
         "train: {} epochs of {} images ({} steps/epoch) after {} warm-up: {:.3} s, {:.0} samples/s, {:.1} µs/step, final avg loss {:.4}",
         r.epochs, r.train_images, r.steps_per_epoch, r.warmup, r.train_seconds, r.samples_per_s, r.us_per_step, r.final_avg_loss
     );
-    println!("score (−ELBO, 1 draw): {:.0} images/s; IWAE (K = 64): not implemented yet", r.score_images_per_s);
+    println!(
+        "score (−ELBO, 1 draw): {:.0} images/s; IWAE (K = 64): not implemented yet",
+        r.score_images_per_s
+    );
     if !r.breakdown_us_per_step.is_empty() {
         let total: f64 = r.breakdown_us_per_step.iter().map(|p| p.1).sum();
-        println!("per-kernel breakdown (each op alone over one epoch, µs per step; sum {total:.1}):");
+        println!(
+            "per-kernel breakdown (each op alone over one epoch, µs per step; sum {total:.1}):"
+        );
         for (name, us) in &r.breakdown_us_per_step {
             println!("  {name:<12} {us:>9.2} µs  {:>5.1}%", 100.0 * us / total);
         }

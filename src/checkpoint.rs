@@ -12,7 +12,11 @@ use std::path::Path;
 const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
 
 /// Serialise `params` (flat, in `layout`'s order) with `metadata` added to the header.
-pub fn to_bytes(layout: &Layout, params: &[f32], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn to_bytes(
+    layout: &Layout,
+    params: &[f32],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut views = Vec::new();
     let bytes: &[u8] = bytemuck::cast_slice(params);
     for t in &layout.tensors {
@@ -26,7 +30,12 @@ pub fn to_bytes(layout: &Layout, params: &[f32], metadata: HashMap<String, Strin
     Ok(safetensors::serialize(views, Some(meta))?)
 }
 
-pub fn save(path: &Path, layout: &Layout, params: &[f32], metadata: HashMap<String, String>) -> Result<()> {
+pub fn save(
+    path: &Path,
+    layout: &Layout,
+    params: &[f32],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     write_atomic(path, &to_bytes(layout, params, metadata)?)
 }
 
@@ -41,10 +50,14 @@ pub struct Checkpoint {
 /// missing or unknown tensors, dtypes other than F32, inconsistent shapes, and
 /// non-finite values.
 pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Checkpoint> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{name}: not a valid safetensors file ({e})"))?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow::anyhow!("{name}: not a valid safetensors file ({e})"))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let shape_of = |t: &str| -> Result<Vec<usize>> {
-        let v = st.tensor(t).map_err(|_| anyhow::anyhow!("{name}: tensor {t} is missing"))?;
+        let v = st
+            .tensor(t)
+            .map_err(|_| anyhow::anyhow!("{name}: tensor {t} is missing"))?;
         Ok(v.shape().to_vec())
     };
     let w1 = shape_of("fc1.weight")?;
@@ -63,9 +76,15 @@ pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Checkpoint> {
     let layout = Layout::new(dims);
     let mut params = vec![0.0f32; layout.total];
     for t in &layout.tensors {
-        let v = st.tensor(t.name).map_err(|_| anyhow::anyhow!("{name}: tensor {} is missing", t.name))?;
+        let v = st
+            .tensor(t.name)
+            .map_err(|_| anyhow::anyhow!("{name}: tensor {} is missing", t.name))?;
         if v.dtype() != Dtype::F32 {
-            bail!("{name}: tensor {} has dtype {:?}, expected F32", t.name, v.dtype());
+            bail!(
+                "{name}: tensor {} has dtype {:?}, expected F32",
+                t.name,
+                v.dtype()
+            );
         }
         if v.shape() != t.shape.as_slice() {
             bail!(
@@ -101,7 +120,10 @@ pub fn load(path: &Path, expect: Option<Dims>) -> Result<Checkpoint> {
     let name = path.display().to_string();
     let meta = std::fs::metadata(path).with_context(|| format!("cannot open checkpoint {name}"))?;
     if meta.len() > MAX_CHECKPOINT_BYTES {
-        bail!("{name}: {} bytes is too large for a vae-ood checkpoint", meta.len());
+        bail!(
+            "{name}: {} bytes is too large for a vae-ood checkpoint",
+            meta.len()
+        );
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {name}"))?;
     let ck = from_bytes(&bytes, &name)?;
@@ -136,7 +158,10 @@ mod tests {
         assert_eq!(ck.layout, lay);
         assert_eq!(ck.metadata["vae_ood.dims"], "13,7,3");
         // truncated
-        let e = from_bytes(&bytes[..bytes.len() - 5], "x").err().unwrap().to_string();
+        let e = from_bytes(&bytes[..bytes.len() - 5], "x")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not a valid safetensors"), "{e}");
         // garbage
         assert!(from_bytes(b"hello", "x").is_err());
@@ -147,7 +172,15 @@ mod tests {
             if t.name == "fc3.bias" {
                 continue;
             }
-            views.push((t.name, TensorView::new(Dtype::F32, t.shape.clone(), &raw[t.offset * 4..(t.offset + t.len()) * 4]).unwrap()));
+            views.push((
+                t.name,
+                TensorView::new(
+                    Dtype::F32,
+                    t.shape.clone(),
+                    &raw[t.offset * 4..(t.offset + t.len()) * 4],
+                )
+                .unwrap(),
+            ));
         }
         let b2 = safetensors::serialize(views, None).unwrap();
         let e = from_bytes(&b2, "x").err().unwrap().to_string();

@@ -18,7 +18,10 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(store: &[u8], idx_len: usize, sizes: Sizes) -> Self {
-        let bufs = Buf::ALL.iter().map(|b| vec![0.0f32; b.len(&sizes)]).collect();
+        let bufs = Buf::ALL
+            .iter()
+            .map(|b| vec![0.0f32; b.len(&sizes)])
+            .collect();
         CpuBackend {
             sizes,
             data: cpu::gather::pack_bytes(store),
@@ -49,13 +52,9 @@ impl CpuBackend {
                 par_matmul(&mut cv, self.get(a), self.get(b), self.get(e), &p);
                 self.put(c, cv);
             }
-            Op::BiasGrad { dy, p } => {
-                let mut g = self.take(Buf::Grads);
-                cpu::bias_grad(&mut g, self.get(dy), &p);
-                self.put(Buf::Grads, g);
-            }
             Op::ReparamForward(p) => {
-                let (mut z, mut eps, mut kl) = (self.take(Buf::Z), self.take(Buf::Eps), self.take(Buf::Kl));
+                let (mut z, mut eps, mut kl) =
+                    (self.take(Buf::Z), self.take(Buf::Eps), self.take(Buf::Kl));
                 cpu::reparam_forward(&mut z, &mut eps, &mut kl, self.get(Buf::Head), &p);
                 self.put(Buf::Z, z);
                 self.put(Buf::Eps, eps);
@@ -63,7 +62,13 @@ impl CpuBackend {
             }
             Op::ReparamBackward(p) => {
                 let mut dh = self.take(Buf::Dhead);
-                cpu::reparam_backward(&mut dh, self.get(Buf::Dz), self.get(Buf::Eps), self.get(Buf::Head), &p);
+                cpu::reparam_backward(
+                    &mut dh,
+                    self.get(Buf::Dz),
+                    self.get(Buf::Eps),
+                    self.get(Buf::Head),
+                    &p,
+                );
                 self.put(Buf::Dhead, dh);
             }
             Op::Bce(p) => {
@@ -79,7 +84,11 @@ impl CpuBackend {
                 self.put(Buf::BatchLoss, bl);
             }
             Op::Adam(p) => {
-                let (mut params, mut m, mut v) = (self.take(Buf::Params), self.take(Buf::AdamM), self.take(Buf::AdamV));
+                let (mut params, mut m, mut v) = (
+                    self.take(Buf::Params),
+                    self.take(Buf::AdamM),
+                    self.take(Buf::AdamV),
+                );
                 par_adam(&mut params, self.get(Buf::Grads), &mut m, &mut v, &p);
                 self.put(Buf::Params, params);
                 self.put(Buf::AdamM, m);
@@ -93,6 +102,15 @@ impl CpuBackend {
 /// shifted view (the same kernel, the same per-element arithmetic).
 fn par_matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) {
     let m = p.m as usize;
+    if p.flags & cpu::matmul::MM_BIASGRAD != 0 {
+        // the bias sums land outside C: do them once, then the product in bands
+        cpu::matmul::bias_sums(c, a, p);
+        let q = MatmulParams {
+            flags: p.flags & !cpu::matmul::MM_BIASGRAD,
+            ..*p
+        };
+        return par_matmul(c, a, b, e, &q);
+    }
     let threads = rayon::current_num_threads().max(1);
     let flops = m * p.n as usize * p.k as usize;
     if threads == 1 || m < 2 * threads || flops < 1 << 18 {
@@ -108,7 +126,11 @@ fn par_matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
     let mut i0 = 0;
     while i0 < m {
         let rows = band.min(m - i0);
-        let take = if i0 + rows == m { rest.len() } else { rows * c_si };
+        let take = if i0 + rows == m {
+            rest.len()
+        } else {
+            rows * c_si
+        };
         let (head, tail) = rest.split_at_mut(take);
         bands.push((i0, head));
         rest = tail;
@@ -176,12 +198,18 @@ impl Backend for CpuBackend {
     }
     fn write(&mut self, buf: Buf, offset: usize, data: &[f32]) -> Result<()> {
         let b = &mut self.bufs[buf as usize];
-        ensure!(offset + data.len() <= b.len(), "write past the end of {buf:?}");
+        ensure!(
+            offset + data.len() <= b.len(),
+            "write past the end of {buf:?}"
+        );
         b[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
     fn write_idx(&mut self, offset: usize, idx: &[u32]) -> Result<()> {
-        ensure!(offset + idx.len() <= self.idx.len(), "write past the end of the index buffer");
+        ensure!(
+            offset + idx.len() <= self.idx.len(),
+            "write past the end of the index buffer"
+        );
         self.idx[offset..offset + idx.len()].copy_from_slice(idx);
         Ok(())
     }

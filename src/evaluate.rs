@@ -45,7 +45,12 @@ pub struct LoadedModel {
 
 /// Read a checkpoint for a 784-pixel model. `hidden` / `latent`, when given,
 /// must match the checkpoint's sizes (else a one-line error naming both).
-pub fn load_model(path: &Path, hidden: Option<usize>, latent: Option<usize>, quiet: bool) -> Result<LoadedModel> {
+pub fn load_model(
+    path: &Path,
+    hidden: Option<usize>,
+    latent: Option<usize>,
+    quiet: bool,
+) -> Result<LoadedModel> {
     let ck = checkpoint::load(path, None)?;
     let d = ck.layout.dims;
     let name = path.display();
@@ -207,14 +212,19 @@ pub fn eval(o: &EvalOptions) -> Result<()> {
     ));
 
     let out = &o.out;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
     write_scores_csv(&out.join("scores.csv"), &ex, &scores)?;
     let n_scored: usize = scores.values().map(|v| v.len()).sum();
     let backend = ex.backend.describe();
     let mf = EvalMetricsFile {
         mode: "eval",
         checkpoint: o.checkpoint.display().to_string(),
-        config_source: if model.config_stored { "checkpoint" } else { "defaults" },
+        config_source: if model.config_stored {
+            "checkpoint"
+        } else {
+            "defaults"
+        },
         config: &cfg,
         backend,
         device: ex.backend.kind(),
@@ -225,7 +235,10 @@ pub fn eval(o: &EvalOptions) -> Result<()> {
             score_samples_per_second: n_scored as f64 / score_seconds.max(1e-9),
         },
     };
-    write_atomic(&out.join("metrics.json"), serde_json::to_string_pretty(&mf)?.as_bytes())?;
+    write_atomic(
+        &out.join("metrics.json"),
+        serde_json::to_string_pretty(&mf)?.as_bytes(),
+    )?;
     write_eval_plots(out, &mut ex, &scores, &protocols)?;
     say(format!(
         "scored {} images in {:.2} s, total {:.2} s; wrote {}/{{metrics.json,scores.csv,roc.png,score_hist.png,recon_normal.png,recon_anomaly.png}}",
@@ -240,7 +253,12 @@ pub fn eval(o: &EvalOptions) -> Result<()> {
 /// The plots that need no training history: roc.png (both protocols),
 /// score_hist.png (clean protocol, Youden cutoff), recon_normal.png and
 /// recon_anomaly.png (8 test inputs over their reconstructions).
-pub fn write_eval_plots(out: &Path, ex: &mut Experiment, scores: &HashMap<SplitId, Vec<f64>>, p: &Protocols) -> Result<()> {
+pub fn write_eval_plots(
+    out: &Path,
+    ex: &mut Experiment,
+    scores: &HashMap<SplitId, Vec<f64>>,
+    p: &Protocols,
+) -> Result<()> {
     let anomaly = &scores[&SplitId::TestAnomaly];
     let roc_seed = roc_curve(&scores[&SplitId::Train], anomaly);
     let roc_clean = roc_curve(&scores[&SplitId::TestNormal], anomaly);
@@ -268,7 +286,10 @@ pub fn write_eval_plots(out: &Path, ex: &mut Experiment, scores: &HashMap<SplitI
         anomaly,
         Some(p.clean.youden_threshold),
     )?;
-    for (s, file) in [(SplitId::TestNormal, "recon_normal.png"), (SplitId::TestAnomaly, "recon_anomaly.png")] {
+    for (s, file) in [
+        (SplitId::TestNormal, "recon_normal.png"),
+        (SplitId::TestAnomaly, "recon_anomaly.png"),
+    ] {
         let n = ex.split(s).len().min(8);
         if n == 0 {
             continue;
@@ -382,12 +403,27 @@ mod tests {
     #[test]
     fn config_from_checkpoint_or_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let dims = Dims { d: PIXELS, h: 16, l: 3 };
+        let dims = Dims {
+            d: PIXELS,
+            h: 16,
+            l: 3,
+        };
         let p = write_ck(dir.path(), dims, HashMap::new());
         let m = load_model(&p, None, None, true).unwrap();
         assert!(!m.config_stored);
-        assert_eq!((m.config.hidden, m.config.latent, m.config.seed, m.config.holdout_digit), (16, 3, 1, 5));
-        let e = load_model(&p, Some(400), None, true).err().unwrap().to_string();
+        assert_eq!(
+            (
+                m.config.hidden,
+                m.config.latent,
+                m.config.seed,
+                m.config.holdout_digit
+            ),
+            (16, 3, 1, 5)
+        );
+        let e = load_model(&p, Some(400), None, true)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("784-16-3") && e.contains("--hidden 400"), "{e}");
         assert!(load_model(&p, Some(16), Some(3), true).is_ok());
 
@@ -401,7 +437,10 @@ mod tests {
         let p = write_ck(dir.path(), dims, meta);
         let m = load_model(&p, None, None, true).unwrap();
         assert!(m.config_stored);
-        assert_eq!((m.config.hidden, m.config.seed, m.config.holdout_digit), (16, 9, 3));
+        assert_eq!(
+            (m.config.hidden, m.config.seed, m.config.holdout_digit),
+            (16, 9, 3)
+        );
         let mut o = EvalOptions {
             checkpoint: p.clone(),
             data: None,
@@ -430,9 +469,19 @@ mod tests {
     #[test]
     fn score_images_is_position_deterministic() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_ck(dir.path(), Dims { d: PIXELS, h: 16, l: 3 }, HashMap::new());
+        let p = write_ck(
+            dir.path(),
+            Dims {
+                d: PIXELS,
+                h: 16,
+                l: 3,
+            },
+            HashMap::new(),
+        );
         let m = load_model(&p, None, None, true).unwrap();
-        let imgs: Vec<(String, [u8; PIXELS])> = (0..5u8).map(|i| (format!("i{i}"), [i * 40; PIXELS])).collect();
+        let imgs: Vec<(String, [u8; PIXELS])> = (0..5u8)
+            .map(|i| (format!("i{i}"), [i * 40; PIXELS]))
+            .collect();
         let a = score_images(&m, &imgs, None, DeviceChoice::Cpu, true).unwrap();
         let b = score_images(&m, &imgs, None, DeviceChoice::Cpu, true).unwrap();
         assert_eq!(a.len(), 5);

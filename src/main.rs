@@ -10,7 +10,12 @@ use vae_ood::train::TrainConfig;
 
 /// Train a VAE in WGSL compute shaders (or on the CPU) and flag out-of-distribution images.
 #[derive(Parser, Debug)]
-#[command(name = "vae-ood", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "vae-ood",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -159,10 +164,15 @@ fn train(a: &TrainArgs) -> Result<()> {
 fn devices() -> Result<()> {
     let list = vae_ood::gpu::list_adapters();
     if list.is_empty() {
-        println!("no GPU adapters found (apt-get install mesa-vulkan-drivers libvulkan1 for Vulkan)");
+        println!(
+            "no GPU adapters found (apt-get install mesa-vulkan-drivers libvulkan1 for Vulkan)"
+        );
     }
     for a in list {
-        println!("{:?}\t{:?}\t{}\t{} {}", a.backend, a.device_type, a.name, a.driver, a.driver_info);
+        println!(
+            "{:?}\t{:?}\t{}\t{} {}",
+            a.backend, a.device_type, a.name, a.driver, a.driver_info
+        );
     }
     Ok(())
 }

@@ -18,7 +18,11 @@ pub struct Dims {
 }
 
 impl Dims {
-    pub const MNIST: Dims = Dims { d: 784, h: 400, l: 20 };
+    pub const MNIST: Dims = Dims {
+        d: 784,
+        h: 400,
+        l: 20,
+    };
 }
 
 /// One named tensor inside the flat buffer.
@@ -165,7 +169,10 @@ mod tests {
     #[test]
     fn layout_matches_pytorch_shapes_and_is_contiguous() {
         let lay = Layout::new(Dims::MNIST);
-        assert_eq!(lay.total, 784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784);
+        assert_eq!(
+            lay.total,
+            784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784
+        );
         assert_eq!(lay.get("fc1.weight").unwrap().shape, vec![400, 784]);
         assert_eq!(lay.get("fc4.weight").unwrap().shape, vec![784, 400]);
         let o = lay.offsets();

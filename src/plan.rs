@@ -5,7 +5,7 @@
 //! epoch in one compute pass). So "GPU equals CPU" reduces to "each shader equals
 //! its twin", which the tests check kernel by kernel.
 
-use crate::cpu::{AdamParams, BceParams, BiasGradParams, GatherParams, LossParams, MatmulParams, ReparamParams};
+use crate::cpu::{AdamParams, BceParams, GatherParams, LossParams, MatmulParams, ReparamParams};
 use crate::model::{Dims, Offsets};
 
 /// The f32 buffers a plan reads and writes. The image store (`data`, u32-packed bytes)
@@ -109,10 +109,15 @@ pub struct Sizes {
 pub enum Op {
     /// X ← data[idx[..]] / 255
     Gather(GatherParams),
-    /// c ← epilogue(a · b) with e the bias or ReLU mask
-    Matmul { a: Buf, b: Buf, e: Buf, c: Buf, p: MatmulParams },
-    /// Grads[g_off..] ← column sums of dy
-    BiasGrad { dy: Buf, p: BiasGradParams },
+    /// c ← epilogue(a · b) with e the bias or ReLU mask (and, for weight
+    /// gradients, the bias gradient into c as well)
+    Matmul {
+        a: Buf,
+        b: Buf,
+        e: Buf,
+        c: Buf,
+        p: MatmulParams,
+    },
     /// Head → Z, Eps, Kl
     ReparamForward(ReparamParams),
     /// Dz, Eps, Head → Dhead
@@ -198,12 +203,12 @@ pub fn backward_ops(dims: Dims, o: &Offsets, bt: &Batch) -> Vec<Op> {
     let Dims { d, h, l } = dims;
     let (b, k) = (bt.images, bt.draws);
     let r = b * k;
-    let dw = |a, bb, m, kin, n, w| Op::Matmul {
+    let dw = |a, bb, m, kin, n, w, bias| Op::Matmul {
         a,
         b: bb,
         e: Buf::Params,
         c: Buf::Grads,
-        p: MatmulParams::linear_backward_weight(m, kin, n, w),
+        p: MatmulParams::linear_backward_weight(m, kin, n, w, bias),
     };
     let dx = |a, mask, c, m, kin, n, w, masked| Op::Matmul {
         a,
@@ -212,23 +217,12 @@ pub fn backward_ops(dims: Dims, o: &Offsets, bt: &Batch) -> Vec<Op> {
         c,
         p: MatmulParams::linear_backward_input(m, kin, n, w, masked),
     };
-    let db = |dy, m, n, off: usize| Op::BiasGrad {
-        dy,
-        p: BiasGradParams {
-            m: m as u32,
-            n: n as u32,
-            g_off: off as u32,
-            _pad: 0,
-        },
-    };
     vec![
         // fc4: logits = h3 W4ᵀ + b4
-        dw(Buf::Logits, Buf::H3, r, h, d, o.w4),
-        db(Buf::Logits, r, d, o.b4),
+        dw(Buf::Logits, Buf::H3, r, h, d, o.w4, o.b4),
         dx(Buf::Logits, Buf::H3, Buf::Dh3, r, h, d, o.w4, true),
         // fc3: h3 = relu(z W3ᵀ + b3)
-        dw(Buf::Dh3, Buf::Z, r, l, h, o.w3),
-        db(Buf::Dh3, r, h, o.b3),
+        dw(Buf::Dh3, Buf::Z, r, l, h, o.w3, o.b3),
         dx(Buf::Dh3, Buf::Params, Buf::Dz, r, l, h, o.w3, false),
         // z = μ + ε σ, plus KL
         Op::ReparamBackward(ReparamParams {
@@ -241,12 +235,10 @@ pub fn backward_ops(dims: Dims, o: &Offsets, bt: &Batch) -> Vec<Op> {
             ..Default::default()
         }),
         // head: [μ | log σ²] = h1 W2ᵀ + b2
-        dw(Buf::Dhead, Buf::H1, b, h, 2 * l, o.w2),
-        db(Buf::Dhead, b, 2 * l, o.b2),
+        dw(Buf::Dhead, Buf::H1, b, h, 2 * l, o.w2, o.b2),
         dx(Buf::Dhead, Buf::H1, Buf::Dh1, b, h, 2 * l, o.w2, true),
         // fc1: h1 = relu(x W1ᵀ + b1)
-        dw(Buf::Dh1, Buf::X, b, d, h, o.w1),
-        db(Buf::Dh1, b, h, o.b1),
+        dw(Buf::Dh1, Buf::X, b, d, h, o.w1, o.b1),
     ]
 }
 
@@ -271,7 +263,14 @@ impl Default for AdamConfig {
 }
 
 /// One full training step: forward, backward, Adam step number `t` (1-based).
-pub fn train_step_ops(dims: Dims, o: &Offsets, bt: &Batch, n_params: usize, adam: &AdamConfig, t: u64) -> Vec<Op> {
+pub fn train_step_ops(
+    dims: Dims,
+    o: &Offsets,
+    bt: &Batch,
+    n_params: usize,
+    adam: &AdamConfig,
+    t: u64,
+) -> Vec<Op> {
     let mut ops = forward_ops(dims, o, bt, true);
     ops.extend(backward_ops(dims, o, bt));
     ops.push(Op::Adam(AdamParams::at_step(

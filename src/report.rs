@@ -45,7 +45,12 @@ pub(crate) fn to_f64(v: &[f32]) -> Vec<f64> {
 }
 
 /// Train, evaluate and write every output file into `out`.
-pub fn train_and_report(cfg: TrainConfig, device: DeviceChoice, out: &Path, quiet: bool) -> Result<()> {
+pub fn train_and_report(
+    cfg: TrainConfig,
+    device: DeviceChoice,
+    out: &Path,
+    quiet: bool,
+) -> Result<()> {
     let t0 = Instant::now();
     let mut ex = Experiment::new(cfg.clone(), device, quiet)?;
     let say = |s: String| {
@@ -64,15 +69,22 @@ pub fn train_and_report(cfg: TrainConfig, device: DeviceChoice, out: &Path, quie
         cfg.hidden,
         cfg.latent
     ));
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let setup = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
     let mut epochs = Vec::new();
     for _ in 0..cfg.epochs {
         let st = ex.train_epoch()?;
-        say(format!("====> Epoch: {} Average loss: {:.4}", st.epoch, st.train_loss));
-        say(format!("====> Anomaly set loss: {:.4}  ({:.2} s)", st.anomaly_loss, st.seconds));
+        say(format!(
+            "====> Epoch: {} Average loss: {:.4}",
+            st.epoch, st.train_loss
+        ));
+        say(format!(
+            "====> Anomaly set loss: {:.4}  ({:.2} s)",
+            st.anomaly_loss, st.seconds
+        ));
         epochs.push(st);
     }
     let train_seconds = t1.elapsed().as_secs_f64();
@@ -102,7 +114,10 @@ pub fn train_and_report(cfg: TrainConfig, device: DeviceChoice, out: &Path, quie
     let mut meta = HashMap::new();
     meta.insert("vae_ood.config".into(), serde_json::to_string(&cfg)?);
     checkpoint::save(&out.join("model.safetensors"), &ex.layout, &params, meta)?;
-    write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     write_scores_csv(&out.join("scores.csv"), &ex, &scores)?;
     let n_train_total = ex.splits.train.len() * cfg.epochs;
     let timing = Timing {
@@ -120,7 +135,10 @@ pub fn train_and_report(cfg: TrainConfig, device: DeviceChoice, out: &Path, quie
         protocols: &protocols,
         timing,
     };
-    write_atomic(&out.join("metrics.json"), serde_json::to_string_pretty(&mf)?.as_bytes())?;
+    write_atomic(
+        &out.join("metrics.json"),
+        serde_json::to_string_pretty(&mf)?.as_bytes(),
+    )?;
     write_plots(out, &mut ex, &epochs, &scores, &protocols)?;
     say(format!(
         "train {:.2} s ({:.0} samples/s), score {:.2} s, total {:.2} s; wrote {}/{{metrics.json,scores.csv,config.json,model.safetensors,*.png}}",
@@ -133,7 +151,11 @@ pub fn train_and_report(cfg: TrainConfig, device: DeviceChoice, out: &Path, quie
     Ok(())
 }
 
-pub(crate) fn write_scores_csv(path: &Path, ex: &Experiment, scores: &HashMap<SplitId, Vec<f64>>) -> Result<()> {
+pub(crate) fn write_scores_csv(
+    path: &Path,
+    ex: &Experiment,
+    scores: &HashMap<SplitId, Vec<f64>>,
+) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["split", "index", "label", "score_neg_elbo"])?;
     for s in SplitId::ALL {
@@ -180,7 +202,12 @@ fn write_plots(
     )?;
     let tr: Vec<f64> = epochs.iter().map(|e| e.train_loss).collect();
     let an: Vec<f64> = epochs.iter().map(|e| e.anomaly_loss).collect();
-    plot::plot_elbo(&out.join("elbo.png"), &tr, &an, Some(p.clean.youden_threshold))?;
+    plot::plot_elbo(
+        &out.join("elbo.png"),
+        &tr,
+        &an,
+        Some(p.clean.youden_threshold),
+    )?;
     plot::plot_score_hist(
         &out.join("score_hist.png"),
         &format!("−ELBO of test images: other digits vs digit {d}"),
@@ -188,7 +215,10 @@ fn write_plots(
         anomaly,
         Some(p.clean.youden_threshold),
     )?;
-    for (s, file) in [(SplitId::TestNormal, "recon_normal.png"), (SplitId::TestAnomaly, "recon_anomaly.png")] {
+    for (s, file) in [
+        (SplitId::TestNormal, "recon_normal.png"),
+        (SplitId::TestAnomaly, "recon_anomaly.png"),
+    ] {
         let n = ex.split(s).len().min(8);
         if n == 0 {
             continue;

@@ -49,15 +49,38 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reject values that cannot train, with a one-line message.
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.holdout_digit <= 9, "--holdout-digit must be 0..=9, got {}", self.holdout_digit);
+        ensure!(
+            self.holdout_digit <= 9,
+            "--holdout-digit must be 0..=9, got {}",
+            self.holdout_digit
+        );
         ensure!(self.epochs >= 1, "--epochs must be at least 1");
         ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
-        ensure!(self.batch_size <= 65_536, "--batch-size must be at most 65536");
-        ensure!(self.adam.lr.is_finite() && self.adam.lr > 0.0, "--lr must be a positive number, got {}", self.adam.lr);
-        ensure!(self.hidden >= 1 && self.hidden <= 16_384, "--hidden must be in 1..=16384");
-        ensure!(self.latent >= 1 && self.latent <= 1024, "--latent must be in 1..=1024");
-        ensure!(self.train_limit != Some(0), "--train-limit must be at least 1");
-        ensure!(self.score_batch >= 1 && self.score_batch <= 16_384, "score batch must be in 1..=16384");
+        ensure!(
+            self.batch_size <= 65_536,
+            "--batch-size must be at most 65536"
+        );
+        ensure!(
+            self.adam.lr.is_finite() && self.adam.lr > 0.0,
+            "--lr must be a positive number, got {}",
+            self.adam.lr
+        );
+        ensure!(
+            self.hidden >= 1 && self.hidden <= 16_384,
+            "--hidden must be in 1..=16384"
+        );
+        ensure!(
+            self.latent >= 1 && self.latent <= 1024,
+            "--latent must be in 1..=1024"
+        );
+        ensure!(
+            self.train_limit != Some(0),
+            "--train-limit must be at least 1"
+        );
+        ensure!(
+            self.score_batch >= 1 && self.score_batch <= 16_384,
+            "score batch must be in 1..=16384"
+        );
         Ok(())
     }
     pub fn dims(&self) -> Dims {
@@ -127,7 +150,12 @@ impl Experiment {
         Self::with_splits(cfg, splits, device, quiet)
     }
 
-    pub fn with_splits(cfg: TrainConfig, splits: Splits, device: DeviceChoice, quiet: bool) -> Result<Experiment> {
+    pub fn with_splits(
+        cfg: TrainConfig,
+        splits: Splits,
+        device: DeviceChoice,
+        quiet: bool,
+    ) -> Result<Experiment> {
         cfg.validate()?;
         if splits.train.is_empty() {
             bail!("the training split is empty");
@@ -236,7 +264,14 @@ impl Experiment {
                 out_off: s * bs,
                 slot: s,
             };
-            ops.extend(plan::train_step_ops(self.layout.dims, &o, &bt, self.layout.total, &self.cfg.adam, self.step));
+            ops.extend(plan::train_step_ops(
+                self.layout.dims,
+                &o,
+                &bt,
+                self.layout.total,
+                &self.cfg.adam,
+                self.step,
+            ));
         }
         ops.extend(self.score_ops(SplitId::TestAnomaly, steps));
         let n_anom = self.splits.test_anomaly.len();
@@ -249,7 +284,11 @@ impl Experiment {
         let stats = EpochStats {
             epoch: self.epoch,
             train_loss: train_sum / n as f64,
-            anomaly_loss: if n_anom > 0 { anom_sum / n_anom as f64 } else { f64::NAN },
+            anomaly_loss: if n_anom > 0 {
+                anom_sum / n_anom as f64
+            } else {
+                f64::NAN
+            },
             seconds: t0.elapsed().as_secs_f64(),
         };
         if !stats.train_loss.is_finite() {
@@ -299,7 +338,12 @@ impl Experiment {
 
     /// Replace the parameters (e.g. from a checkpoint); `params` in layout order.
     pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
-        ensure!(params.len() == self.layout.total, "parameter count {} does not fit the model ({})", params.len(), self.layout.total);
+        ensure!(
+            params.len() == self.layout.total,
+            "parameter count {} does not fit the model ({})",
+            params.len(),
+            self.layout.total
+        );
         self.backend.write(Buf::Params, 0, params)
     }
 

@@ -14,7 +14,9 @@ use vae_ood::idx::{self, Images};
 use vae_ood::model::{Dims, Layout};
 
 fn mnist() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join("mnist")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("mnist")
 }
 
 fn bin() -> Command {
@@ -39,10 +41,17 @@ fn stderr(o: &Output) -> String {
 /// starting with "error", with no panic.
 fn assert_one_line_error(o: &Output, what: &str) -> String {
     let err = stderr(o);
-    assert!(!o.status.success(), "{what}: expected failure, stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "{what}: expected failure, stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "{what}: panicked: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected one stderr line, got {err:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected one stderr line, got {err:?}"
+    );
     assert!(lines[0].starts_with("error: "), "{what}: {err:?}");
     assert_eq!(o.status.code(), Some(1), "{what}: {err:?}");
     lines[0].to_string()
@@ -52,7 +61,10 @@ fn assert_one_line_error(o: &Output, what: &str) -> String {
 /// with "error:" (clap adds a usage block after it), no panic.
 fn assert_parse_error(o: &Output, what: &str) -> String {
     let err = stderr(o);
-    assert!(!o.status.success(), "{what}: expected failure, stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "{what}: expected failure, stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "{what}: panicked: {err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "{what}: {err:?}");
@@ -81,7 +93,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 fn precious_out(root: &Path) -> PathBuf {
     let out = root.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("scores.csv"), b"split,index,label,score_neg_elbo\ntrain,1,0,100\n").unwrap();
+    std::fs::write(
+        out.join("scores.csv"),
+        b"split,index,label,score_neg_elbo\ntrain,1,0,100\n",
+    )
+    .unwrap();
     std::fs::write(out.join("metrics.json"), b"{\"precious\": true}").unwrap();
     out
 }
@@ -90,7 +106,17 @@ fn precious_out(root: &Path) -> PathBuf {
 fn train_tiny(root: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out = root.join(name);
     let data = mnist();
-    let mut args = vec!["--device", "cpu", "--data", s(&data), "--epochs", "1", "-q", "--out", s(&out)];
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "--data",
+        s(&data),
+        "--epochs",
+        "1",
+        "-q",
+        "--out",
+        s(&out),
+    ];
     args.extend_from_slice(extra);
     let o = run(&args);
     assert!(o.status.success(), "training failed: {}", stderr(&o));
@@ -119,7 +145,9 @@ fn grey_png(path: &Path, w: u32, h: u32, value: u8) {
 /// (split, index, label, score) rows of a scores.csv / (name, score) rows of a score CSV.
 fn csv_rows(path: &Path) -> Vec<Vec<String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
-    r.records().map(|x| x.unwrap().iter().map(str::to_string).collect()).collect()
+    r.records()
+        .map(|x| x.unwrap().iter().map(str::to_string).collect())
+        .collect()
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -131,16 +159,35 @@ fn json(path: &Path) -> serde_json::Value {
 #[test]
 fn eval_reproduces_training_scores() {
     let dir = tempfile::tempdir().unwrap();
-    let train = train_tiny(dir.path(), "train", &["--train-limit", "300", "--seed", "3"]);
+    let train = train_tiny(
+        dir.path(),
+        "train",
+        &["--train-limit", "300", "--seed", "3"],
+    );
     let ck = train.join("model.safetensors");
 
     let ev = dir.path().join("eval");
-    let o = run(&["eval", "--checkpoint", s(&ck), "--device", "cpu", "--out", s(&ev)]);
+    let o = run(&[
+        "eval",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&ev),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("AUROC seed protocol"), "{stdout}");
     assert!(stdout.contains("AUROC clean protocol"), "{stdout}");
-    for f in ["metrics.json", "scores.csv", "roc.png", "score_hist.png", "recon_normal.png", "recon_anomaly.png"] {
+    for f in [
+        "metrics.json",
+        "scores.csv",
+        "roc.png",
+        "score_hist.png",
+        "recon_normal.png",
+        "recon_anomaly.png",
+    ] {
         assert!(ev.join(f).is_file(), "{f} missing");
     }
     assert!(!ev.join("model.safetensors").exists() && !ev.join("elbo.png").exists());
@@ -161,14 +208,40 @@ fn eval_reproduces_training_scores() {
 
     // the scoring batch size does not change a score (ε is per image row)
     let ev2 = dir.path().join("eval2");
-    let o = run(&["eval", "-q", "--checkpoint", s(&ck), "--device", "cpu", "--score-batch", "77", "--out", s(&ev2)]);
+    let o = run(&[
+        "eval",
+        "-q",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--score-batch",
+        "77",
+        "--out",
+        s(&ev2),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(o.stdout.is_empty(), "-q printed {:?}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.stdout.is_empty(),
+        "-q printed {:?}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert!(a == std::fs::read_to_string(ev2.join("scores.csv")).unwrap());
 
     // another seed draws another ε: different scores, same rows
     let ev3 = dir.path().join("eval3");
-    let o = run(&["eval", "-q", "--checkpoint", s(&ck), "--device", "cpu", "--seed", "4", "--out", s(&ev3)]);
+    let o = run(&[
+        "eval",
+        "-q",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--seed",
+        "4",
+        "--out",
+        s(&ev3),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let c = std::fs::read_to_string(ev3.join("scores.csv")).unwrap();
     assert_eq!(c.lines().count(), a.lines().count());
@@ -187,7 +260,17 @@ fn eval_reproduces_training_scores() {
     let idx_path = dir.path().join("first.idx.gz");
     idx::write_images(&idx_path, &images, true).unwrap();
     let sc = dir.path().join("first.csv");
-    let o = run(&["score", "-q", "--checkpoint", s(&ck), "--device", "cpu", "--out", s(&sc), s(&idx_path)]);
+    let o = run(&[
+        "score",
+        "-q",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&sc),
+        s(&idx_path),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = csv_rows(&sc);
     let want = csv_rows(&train.join("scores.csv"));
@@ -203,27 +286,74 @@ fn eval_reproduces_training_scores() {
 #[test]
 fn eval_other_model_size() {
     let dir = tempfile::tempdir().unwrap();
-    let train = train_tiny(dir.path(), "h50", &["--hidden", "50", "--train-limit", "100"]);
+    let train = train_tiny(
+        dir.path(),
+        "h50",
+        &["--hidden", "50", "--train-limit", "100"],
+    );
     let ck = train.join("model.safetensors");
     // sizes come from the checkpoint
     let ev = dir.path().join("eval");
-    let o = run(&["eval", "-q", "--checkpoint", s(&ck), "--device", "cpu", "--out", s(&ev)]);
+    let o = run(&[
+        "eval",
+        "-q",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&ev),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&ev.join("metrics.json"))["config"]["hidden"], 50);
-    assert!(std::fs::read(train.join("scores.csv")).unwrap() == std::fs::read(ev.join("scores.csv")).unwrap());
+    assert!(
+        std::fs::read(train.join("scores.csv")).unwrap()
+            == std::fs::read(ev.join("scores.csv")).unwrap()
+    );
 
     // an expectation the checkpoint does not meet
     let out = precious_out(dir.path());
     let before = snapshot(&out);
-    let o = run(&["eval", "--checkpoint", s(&ck), "--hidden", "400", "--device", "cpu", "--out", s(&out)]);
+    let o = run(&[
+        "eval",
+        "--checkpoint",
+        s(&ck),
+        "--hidden",
+        "400",
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+    ]);
     let e = assert_one_line_error(&o, "eval --hidden 400 on a 784-50-20 checkpoint");
     assert!(e.contains("784-50-20") && e.contains("--hidden 400"), "{e}");
-    let o = run(&["eval", "--checkpoint", s(&ck), "--latent", "8", "--device", "cpu", "--out", s(&out)]);
+    let o = run(&[
+        "eval",
+        "--checkpoint",
+        s(&ck),
+        "--latent",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+    ]);
     assert_one_line_error(&o, "eval --latent 8");
     let png = dir.path().join("g.png");
     grey_png(&png, 28, 28, 0);
     let csv_out = out.join("scores.csv");
-    let o = run(&["score", "--checkpoint", s(&ck), "--hidden", "400", "--device", "cpu", "--out", s(&csv_out), s(&png)]);
+    let o = run(&[
+        "score",
+        "--checkpoint",
+        s(&ck),
+        "--hidden",
+        "400",
+        "--device",
+        "cpu",
+        "--out",
+        s(&csv_out),
+        s(&png),
+    ]);
     assert_one_line_error(&o, "score --hidden 400");
     assert_eq!(snapshot(&out), before);
 }
@@ -250,7 +380,18 @@ fn score_png_folder_and_idx() {
     idx::write_images(&idx_path, &images, false).unwrap();
 
     let out = dir.path().join("res").join("scores.csv");
-    let o = run(&["score", "--checkpoint", s(&ck), "--device", "cpu", "--out", s(&out), s(&grey), s(&folder), s(&idx_path)]);
+    let o = run(&[
+        "score",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+        s(&grey),
+        s(&folder),
+        s(&idx_path),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("scored 6 images"));
     let text = std::fs::read_to_string(&out).unwrap();
@@ -267,21 +408,46 @@ fn score_png_folder_and_idx() {
     ];
     assert_eq!(names, want);
     let scores: Vec<f64> = rows.iter().map(|r| r[1].parse().unwrap()).collect();
-    assert!(scores.iter().all(|v| v.is_finite() && *v > 0.0), "{scores:?}");
+    assert!(
+        scores.iter().all(|v| v.is_finite() && *v > 0.0),
+        "{scores:?}"
+    );
     // black and white images are far apart under an untrained decoder (σ ≈ 0.5 everywhere
     // gives ~ln 2 per pixel either way, so just check they are distinct and sane)
     assert!(scores[1] != scores[2]);
 
     // deterministic: the same inputs give the same file
     let out2 = dir.path().join("again.csv");
-    let o = run(&["score", "-q", "--checkpoint", s(&ck), "--device", "cpu", "--out", s(&out2), s(&grey), s(&folder), s(&idx_path)]);
+    let o = run(&[
+        "score",
+        "-q",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&out2),
+        s(&grey),
+        s(&folder),
+        s(&idx_path),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&out2).unwrap());
 
     // a single grey PNG alone scores like the first row (same position, same ε row)
     let out3 = dir.path().join("one.csv");
-    let o = run(&["score", "-q", "--checkpoint", s(&ck), "--device", "cpu", "--out", s(&out3), s(&grey)]);
+    let o = run(&[
+        "score",
+        "-q",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&out3),
+        s(&grey),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(csv_rows(&out3), vec![rows[0].clone()]);
 }
@@ -293,7 +459,15 @@ fn score_png_folder_and_idx() {
 fn eval_fails(root: &Path, ck: &Path, extra: &[&str], what: &str) -> String {
     let out = precious_out(root);
     let before = snapshot(&out);
-    let mut args = vec!["eval", "--checkpoint", s(ck), "--device", "cpu", "--out", s(&out)];
+    let mut args = vec![
+        "eval",
+        "--checkpoint",
+        s(ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+    ];
     args.extend_from_slice(extra);
     let e = assert_one_line_error(&run(&args), what);
     assert_eq!(snapshot(&out), before, "{what}: output folder changed");
@@ -303,7 +477,12 @@ fn eval_fails(root: &Path, ck: &Path, extra: &[&str], what: &str) -> String {
 #[test]
 fn eval_missing_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let e = eval_fails(dir.path(), &dir.path().join("nope.safetensors"), &[], "missing checkpoint");
+    let e = eval_fails(
+        dir.path(),
+        &dir.path().join("nope.safetensors"),
+        &[],
+        "missing checkpoint",
+    );
     assert!(e.contains("nope.safetensors"), "{e}");
 }
 
@@ -323,7 +502,9 @@ fn eval_corrupted_checkpoints() {
             "random bytes",
             (0..4096u64)
                 .scan(0x1234_5678u64, |x, _| {
-                    *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    *x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     Some((*x >> 56) as u8)
                 })
                 .collect(),
@@ -331,13 +512,26 @@ fn eval_corrupted_checkpoints() {
         ("text", b"this is not a checkpoint\n".to_vec()),
     ];
     for (what, b) in cases {
-        let p = dir.path().join(format!("{}.safetensors", what.replace(' ', "_")));
+        let p = dir
+            .path()
+            .join(format!("{}.safetensors", what.replace(' ', "_")));
         std::fs::write(&p, b).unwrap();
         let e = eval_fails(dir.path(), &p, &[], what);
         assert!(e.contains(&p.display().to_string()), "{what}: {e}");
     }
     // the good one is fine (sanity: the failures above are about the bytes)
-    let o = run(&["eval", "-q", "--checkpoint", s(&good), "--device", "cpu", "--train-limit", "50", "--out", s(&dir.path().join("ok"))]);
+    let o = run(&[
+        "eval",
+        "-q",
+        "--checkpoint",
+        s(&good),
+        "--device",
+        "cpu",
+        "--train-limit",
+        "50",
+        "--out",
+        s(&dir.path().join("ok")),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -346,7 +540,14 @@ fn eval_checkpoint_with_wrong_shapes() {
     let dir = tempfile::tempdir().unwrap();
     // a valid checkpoint, but of a model for 100-pixel inputs
     let small = dir.path().join("small.safetensors");
-    fresh_checkpoint(&small, Dims { d: 100, h: 30, l: 4 });
+    fresh_checkpoint(
+        &small,
+        Dims {
+            d: 100,
+            h: 30,
+            l: 4,
+        },
+    );
     let e = eval_fails(dir.path(), &small, &[], "100-pixel model");
     assert!(e.contains("100"), "{e}");
 
@@ -360,7 +561,15 @@ fn eval_checkpoint_with_wrong_shapes() {
         if t.name == "fc3.weight" {
             shape.reverse();
         }
-        views.push((t.name, TensorView::new(Dtype::F32, shape, &raw[t.offset * 4..(t.offset + t.len()) * 4]).unwrap()));
+        views.push((
+            t.name,
+            TensorView::new(
+                Dtype::F32,
+                shape,
+                &raw[t.offset * 4..(t.offset + t.len()) * 4],
+            )
+            .unwrap(),
+        ));
     }
     let bad = dir.path().join("transposed.safetensors");
     std::fs::write(&bad, safetensors::serialize(views, None).unwrap()).unwrap();
@@ -373,7 +582,10 @@ fn eval_checkpoint_with_wrong_shapes() {
     let wide_raw: &[u8] = bytemuck::cast_slice(&wide);
     for t in &lay.tensors {
         let (dt, data) = if t.name == "fc1.bias" {
-            (Dtype::F64, &wide_raw[t.offset * 8..(t.offset + t.len()) * 8])
+            (
+                Dtype::F64,
+                &wide_raw[t.offset * 8..(t.offset + t.len()) * 8],
+            )
         } else {
             (Dtype::F32, &raw[t.offset * 4..(t.offset + t.len()) * 4])
         };
@@ -390,12 +602,32 @@ fn eval_bad_data_and_digit() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("m.safetensors");
     fresh_checkpoint(&ck, Dims::MNIST);
-    let e = eval_fails(dir.path(), &ck, &["--holdout-digit", "10"], "eval --holdout-digit 10");
+    let e = eval_fails(
+        dir.path(),
+        &ck,
+        &["--holdout-digit", "10"],
+        "eval --holdout-digit 10",
+    );
     assert!(e.contains("holdout-digit"), "{e}");
-    let e = eval_fails(dir.path(), &ck, &["--data", s(&dir.path().join("no-data"))], "eval --data missing");
+    let e = eval_fails(
+        dir.path(),
+        &ck,
+        &["--data", s(&dir.path().join("no-data"))],
+        "eval --data missing",
+    );
     assert!(e.contains("no-data"), "{e}");
-    eval_fails(dir.path(), &ck, &["--score-batch", "0"], "eval --score-batch 0");
-    eval_fails(dir.path(), &ck, &["--train-limit", "0"], "eval --train-limit 0");
+    eval_fails(
+        dir.path(),
+        &ck,
+        &["--score-batch", "0"],
+        "eval --score-batch 0",
+    );
+    eval_fails(
+        dir.path(),
+        &ck,
+        &["--train-limit", "0"],
+        "eval --train-limit 0",
+    );
     let o = run(&["eval", "--device", "cpu"]);
     assert_parse_error(&o, "eval without --checkpoint");
 }
@@ -433,16 +665,37 @@ fn score_bad_inputs() {
         ("empty folder", &ck, vec![&empty], "empty"),
         ("IDX label file", &ck, vec![&bad_idx], "labels.idx.gz"),
         ("missing checkpoint", &missing, vec![&good], "missing.png"),
-        ("corrupt checkpoint", &corrupt_ck, vec![&good], "corrupt.safetensors"),
+        (
+            "corrupt checkpoint",
+            &corrupt_ck,
+            vec![&good],
+            "corrupt.safetensors",
+        ),
     ];
     for (what, ckp, inputs, needle) in cases {
-        let mut args = vec!["score", "--checkpoint", s(ckp), "--device", "cpu", "--out", s(&target)];
+        let mut args = vec![
+            "score",
+            "--checkpoint",
+            s(ckp),
+            "--device",
+            "cpu",
+            "--out",
+            s(&target),
+        ];
         args.extend(inputs.iter().map(|p| s(p)));
         let e = assert_one_line_error(&run(&args), what);
         assert!(e.contains(needle), "{what}: {e}");
         assert_eq!(snapshot(&out), before, "{what}: output changed");
     }
-    let o = run(&["score", "--checkpoint", s(&ck), "--device", "cpu", "--out", s(&target)]);
+    let o = run(&[
+        "score",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--out",
+        s(&target),
+    ]);
     assert_parse_error(&o, "score without inputs");
     assert_eq!(snapshot(&out), before);
 }
@@ -475,7 +728,14 @@ fn bad_training_flags() {
     let o = run(&["--device", "cpu", "--out", s(&out), "--lr", "-1"]);
     assert_eq!(o.status.code(), Some(2));
     assert_parse_error(&o, "--lr -1");
-    let o = run(&["--device", "cpu", "--out", s(&out), "--holdout-digit", "300"]);
+    let o = run(&[
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+        "--holdout-digit",
+        "300",
+    ]);
     assert_parse_error(&o, "--holdout-digit 300");
     let o = run(&["--device", "cpu", "--out", s(&out), "--batch-size", "many"]);
     assert_parse_error(&o, "--batch-size many");

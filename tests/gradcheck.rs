@@ -17,8 +17,15 @@ fn loss_f64(lay: &Layout, p: &[f64], x: &[f64], eps: &[f64], b: usize) -> Vec<f6
     let lin = |w: &[f64], bias: &[f64], inp: &[f64], n_out: usize, relu: bool| -> Vec<f64> {
         (0..n_out)
             .map(|o| {
-                let v = bias[o] + (0..inp.len()).map(|i| w[o * inp.len() + i] * inp[i]).sum::<f64>();
-                if relu { v.max(0.0) } else { v }
+                let v = bias[o]
+                    + (0..inp.len())
+                        .map(|i| w[o * inp.len() + i] * inp[i])
+                        .sum::<f64>();
+                if relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
             })
             .collect()
     };
@@ -28,7 +35,9 @@ fn loss_f64(lay: &Layout, p: &[f64], x: &[f64], eps: &[f64], b: usize) -> Vec<f6
             let h1 = lin(t("fc1.weight"), t("fc1.bias"), xs, h, true);
             let mu = lin(t("fc21.weight"), t("fc21.bias"), &h1, l, false);
             let lv = lin(t("fc22.weight"), t("fc22.bias"), &h1, l, false);
-            let z: Vec<f64> = (0..l).map(|j| mu[j] + eps[s * l + j] * (0.5 * lv[j]).exp()).collect();
+            let z: Vec<f64> = (0..l)
+                .map(|j| mu[j] + eps[s * l + j] * (0.5 * lv[j]).exp())
+                .collect();
             let h3 = lin(t("fc3.weight"), t("fc3.bias"), &z, h, true);
             let logits = lin(t("fc4.weight"), t("fc4.bias"), &h3, d, false);
             let bce: f64 = logits
@@ -39,7 +48,10 @@ fn loss_f64(lay: &Layout, p: &[f64], x: &[f64], eps: &[f64], b: usize) -> Vec<f6
                     -(xv * pr.ln() + (1.0 - xv) * (1.0 - pr).ln())
                 })
                 .sum();
-            let kl: f64 = -0.5 * (0..l).map(|j| 1.0 + lv[j] - mu[j] * mu[j] - lv[j].exp()).sum::<f64>();
+            let kl: f64 = -0.5
+                * (0..l)
+                    .map(|j| 1.0 + lv[j] - mu[j] * mu[j] - lv[j].exp())
+                    .sum::<f64>();
             bce + kl
         })
         .collect()
@@ -68,7 +80,10 @@ fn cpu_backward_matches_finite_differences_for_every_parameter() {
     let l0 = loss_f64(&lay, &p64, &x64, &e64, b);
     // the f32 forward agrees with the f64 one: ~100 nats in f32 sums of 13 terms
     for (g, w) in per_sample.iter().zip(&l0) {
-        assert!((*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0), "per-sample loss {g} vs {w}");
+        assert!(
+            (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+            "per-sample loss {g} vs {w}"
+        );
     }
     let total = |p: &[f64]| loss_f64(&lay, p, &x64, &e64, b).iter().sum::<f64>();
     let hstep = 1e-6;

@@ -11,8 +11,9 @@ mod common;
 use common::*;
 use rand::Rng;
 use std::ops::Range;
-use vae_ood::cpu::matmul::{MM_BIAS, MM_MASK, MM_RELU};
+use vae_ood::cpu::matmul::{MM_BIAS, MM_BIASGRAD, MM_MASK, MM_RELU};
 use vae_ood::cpu::*;
+use vae_ood::gpu::choose_splits;
 use vae_ood::model::Dims;
 use vae_ood::plan::{Buf, Op, Sizes};
 
@@ -32,8 +33,8 @@ struct Case<'a> {
     store: Vec<u8>,
     idx: Vec<u32>,
     inputs: Vec<(Buf, Vec<f32>)>,
-    /// output buffer, the region the kernel must write, atol, rtol
-    outputs: Vec<(Buf, Range<usize>, f32, f32)>,
+    /// output buffer, the regions the kernel must write, atol, rtol
+    outputs: Vec<(Buf, Vec<Range<usize>>, f32, f32)>,
     op: Op,
 }
 
@@ -50,28 +51,52 @@ fn run_case(c: Case) {
             }
         }
         be.run(&[c.op]).unwrap();
-        let outs = c.outputs.iter().map(|(b, ..)| be.read(*b, 0..b.len(&SIZES)).unwrap()).collect();
+        let outs = c
+            .outputs
+            .iter()
+            .map(|(b, ..)| be.read(*b, 0..b.len(&SIZES)).unwrap())
+            .collect();
         results.push((be.describe(), outs));
     }
     let (_, cpu) = &results[0];
     for ((b, region, ..), out) in c.outputs.iter().zip(cpu) {
         let in_place = c.inputs.iter().any(|(i, _)| i == b);
         for (i, v) in out.iter().enumerate() {
-            if region.contains(&i) {
-                assert!(v.is_finite(), "{}: CPU left {b:?}[{i}] unwritten ({v})", c.name);
+            if region.iter().any(|r| r.contains(&i)) {
+                assert!(
+                    v.is_finite(),
+                    "{}: CPU left {b:?}[{i}] unwritten ({v})",
+                    c.name
+                );
             } else if !in_place {
-                assert!(v.is_nan(), "{}: CPU wrote {b:?}[{i}] outside its output region", c.name);
+                assert!(
+                    v.is_nan(),
+                    "{}: CPU wrote {b:?}[{i}] outside its output region",
+                    c.name
+                );
             }
         }
     }
     for (desc, outs) in &results[1..] {
         for ((b, region, atol, rtol), (g, w)) in c.outputs.iter().zip(outs.iter().zip(cpu)) {
             for i in 0..g.len() {
-                if !region.contains(&i) && !c.inputs.iter().any(|(x, _)| x == b) {
-                    assert!(g[i].is_nan(), "{}: {desc} wrote {b:?}[{i}] outside its output region", c.name);
+                if !region.iter().any(|r| r.contains(&i)) && !c.inputs.iter().any(|(x, _)| x == b) {
+                    assert!(
+                        g[i].is_nan(),
+                        "{}: {desc} wrote {b:?}[{i}] outside its output region",
+                        c.name
+                    );
                 }
             }
-            assert_close(&format!("{} {b:?} on {desc}", c.name), &g[region.clone()], &w[region.clone()], *atol, *rtol);
+            for r in region {
+                assert_close(
+                    &format!("{} {b:?} on {desc}", c.name),
+                    &g[r.clone()],
+                    &w[r.clone()],
+                    *atol,
+                    *rtol,
+                );
+            }
         }
     }
 }
@@ -100,8 +125,14 @@ fn matmul_linear_forward_bias_relu() {
             (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
             (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
         ],
-        outputs: vec![(Buf::Logits, 0..m * n, MM_ATOL, MM_RTOL)],
-        op: Op::Matmul { a: Buf::X, b: Buf::Params, e: Buf::Params, c: Buf::Logits, p },
+        outputs: vec![(Buf::Logits, vec![0..m * n], MM_ATOL, MM_RTOL)],
+        op: Op::Matmul {
+            a: Buf::X,
+            b: Buf::Params,
+            e: Buf::Params,
+            c: Buf::Logits,
+            p,
+        },
     });
 }
 
@@ -116,36 +147,139 @@ fn matmul_backward_input_masked() {
         store: random_store(&mut rng),
         idx: vec![0],
         inputs: vec![
-            (Buf::Logits, uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0)),
+            (
+                Buf::Logits,
+                uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0),
+            ),
             (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
             // mask source: about half the entries ≤ 0
             (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
         ],
-        outputs: vec![(Buf::H3, 0..m * k, MM_ATOL, MM_RTOL)],
-        op: Op::Matmul { a: Buf::Logits, b: Buf::Params, e: Buf::X, c: Buf::H3, p },
+        outputs: vec![(Buf::H3, vec![0..m * k], MM_ATOL, MM_RTOL)],
+        op: Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::Params,
+            e: Buf::X,
+            c: Buf::H3,
+            p,
+        },
     });
 }
 
 #[test]
-fn matmul_backward_weight_at_offset() {
-    let mut rng = fresh_rng("matmul_backward_weight_at_offset");
+fn matmul_backward_weight_and_bias_at_offset() {
+    let mut rng = fresh_rng("matmul_backward_weight_and_bias_at_offset");
     let (m, k, n) = (37, 53, 129);
-    let off = 7;
+    let (off, b_off) = (7, 9000);
+    let p = MatmulParams::linear_backward_weight(m, k, n, off, b_off);
+    assert_eq!(p.flags, MM_BIASGRAD);
+    assert_eq!(choose_splits(&p), 1, "bias-gradient products are not split");
     run_case(Case {
         name: "matmul backward weight",
         store: random_store(&mut rng),
         idx: vec![0],
         inputs: vec![
-            (Buf::Logits, uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0)),
+            (
+                Buf::Logits,
+                uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0),
+            ),
             (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
         ],
-        outputs: vec![(Buf::Grads, off..off + n * k, MM_ATOL, MM_RTOL)],
+        // dW rows and the bias gradient (sums of 37 values: 1e-5 absolute)
+        outputs: vec![(
+            Buf::Grads,
+            vec![off..off + n * k, b_off..b_off + n],
+            MM_ATOL,
+            MM_RTOL,
+        )],
         op: Op::Matmul {
             a: Buf::Logits,
             b: Buf::X,
             e: Buf::Params,
             c: Buf::Grads,
-            p: MatmulParams::linear_backward_weight(m, k, n, off),
+            p,
+        },
+    });
+    // the bias region separately: poisoning the whole buffer above already checks
+    // that nothing else was written; here the values
+    let mut rng2 = fresh_rng("bias part");
+    let dy = uniform(&mut rng2, Buf::Logits.len(&SIZES), -1.0, 1.0);
+    let x = uniform(&mut rng2, Buf::X.len(&SIZES), -1.0, 1.0);
+    for mut be in all_backends(&[0; 4], 1, SIZES) {
+        be.write(Buf::Logits, 0, &dy).unwrap();
+        be.write(Buf::X, 0, &x).unwrap();
+        be.write(Buf::Grads, 0, &vec![f32::NAN; SIZES.params])
+            .unwrap();
+        be.run(&[Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::X,
+            e: Buf::Params,
+            c: Buf::Grads,
+            p,
+        }])
+        .unwrap();
+        let g = be.read(Buf::Grads, b_off..b_off + n).unwrap();
+        let want: Vec<f32> = (0..n)
+            .map(|j| (0..m).map(|i| dy[i * n + j]).sum())
+            .collect();
+        // 37 terms in [-1, 1], any order: |error| ≤ 37·ε·37 ≈ 1e-4
+        assert_close(
+            &format!("bias gradient on {}", be.describe()),
+            &g,
+            &want,
+            1e-4,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn matmul_split_k_for_skinny_products() {
+    let mut rng = fresh_rng("matmul_split_k_for_skinny_products");
+    // forward with bias + ReLU: m 37, k 400, n 20 (2 output tiles: K split in 13)
+    let p = MatmulParams::linear(37, 400, 20, 300, 19_000, true);
+    assert!(choose_splits(&p) > 1, "this shape must exercise split-K");
+    // K = 400 of O(1) terms: √400·ε·400 ≈ 5e-4
+    run_case(Case {
+        name: "matmul split-K linear",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
+            (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
+        ],
+        outputs: vec![(Buf::Logits, vec![0..37 * 20], 1e-3, 1e-4)],
+        op: Op::Matmul {
+            a: Buf::X,
+            b: Buf::Params,
+            e: Buf::Params,
+            c: Buf::Logits,
+            p,
+        },
+    });
+    // backward to the input with the ReLU mask: dX (37, 53) = dY (37, 129) · W (129, 53)
+    // is not skinny enough; use dX (37, 20) = dY (37, 400) · W (400, 20)
+    let p = MatmulParams::linear_backward_input(37, 20, 400, 100, true);
+    assert!(choose_splits(&p) > 1);
+    run_case(Case {
+        name: "matmul split-K backward input",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (
+                Buf::Logits,
+                uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0),
+            ),
+            (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
+            (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0)),
+        ],
+        outputs: vec![(Buf::H3, vec![0..37 * 20], 1e-3, 1e-4)],
+        op: Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::Params,
+            e: Buf::X,
+            c: Buf::H3,
+            p,
         },
     });
 }
@@ -163,7 +297,7 @@ fn matmul_single_element_and_long_k() {
                 (Buf::Params, uniform(&mut rng, SIZES.params, -1.0, 1.0)),
             ],
             // K = 600: error bound √600·ε·600 ≈ 2e-4 → 1e-3
-            outputs: vec![(Buf::Logits, 0..m * n, 1e-3, 1e-4)],
+            outputs: vec![(Buf::Logits, vec![0..m * n], 1e-3, 1e-4)],
             op: Op::Matmul {
                 a: Buf::X,
                 b: Buf::Params,
@@ -176,36 +310,25 @@ fn matmul_single_element_and_long_k() {
 }
 
 #[test]
-fn bias_grad_sums_columns() {
-    let mut rng = fresh_rng("bias_grad_sums_columns");
-    let (m, n, off) = (37, 129, 5);
-    run_case(Case {
-        name: "bias_grad",
-        store: random_store(&mut rng),
-        idx: vec![0],
-        inputs: vec![(Buf::Logits, uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0))],
-        // same summation order on both sides: only fma contraction differs
-        outputs: vec![(Buf::Grads, off..off + n, 1e-5, 1e-5)],
-        op: Op::BiasGrad {
-            dy: Buf::Logits,
-            p: BiasGradParams { m: m as u32, n: n as u32, g_off: off as u32, _pad: 0 },
-        },
-    });
-}
-
-#[test]
 fn gather_unpacks_bytes() {
     let mut rng = fresh_rng("gather_unpacks_bytes");
     let rows = 37;
-    let idx: Vec<u32> = (0..rows + 3).map(|_| rng.random_range(0..N_IMAGES as u32)).collect();
+    let idx: Vec<u32> = (0..rows + 3)
+        .map(|_| rng.random_range(0..N_IMAGES as u32))
+        .collect();
     run_case(Case {
         name: "gather",
         store: random_store(&mut rng),
         idx,
         inputs: vec![],
         // byte/255: WGSL division is within 2.5 ULP, so 1e-6 absolute on values ≤ 1
-        outputs: vec![(Buf::X, 0..rows * D, 1e-6, 0.0)],
-        op: Op::Gather(GatherParams { rows: rows as u32, d: D as u32, idx_off: 3, _pad: 0 }),
+        outputs: vec![(Buf::X, vec![0..rows * D], 1e-6, 0.0)],
+        op: Op::Gather(GatherParams {
+            rows: rows as u32,
+            d: D as u32,
+            idx_off: 3,
+            _pad: 0,
+        }),
     });
 }
 
@@ -235,12 +358,15 @@ fn reparam_forward_draws_same_noise() {
         name: "reparam_forward",
         store: random_store(&mut rng),
         idx: vec![0],
-        inputs: vec![(Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0))],
+        inputs: vec![(
+            Buf::Head,
+            uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0),
+        )],
         outputs: vec![
-            (Buf::Eps, 0..b * k * l, 3e-3, 0.0),
-            (Buf::Z, 0..b * k * l, 5e-3, 0.0),
+            (Buf::Eps, vec![0..b * k * l], 3e-3, 0.0),
+            (Buf::Z, vec![0..b * k * l], 5e-3, 0.0),
             // KL: exp(lv) on both sides, 5 terms: relative 1e-5
-            (Buf::Kl, 0..b, 1e-5, 1e-5),
+            (Buf::Kl, vec![0..b], 1e-5, 1e-5),
         ],
         op: Op::ReparamForward(p),
     });
@@ -256,11 +382,17 @@ fn reparam_forward_given_noise() {
         store: random_store(&mut rng),
         idx: vec![0],
         inputs: vec![
-            (Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0)),
+            (
+                Buf::Head,
+                uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0),
+            ),
             (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
         ],
         // exp on the GPU is within 3 ULP: 1e-5 relative
-        outputs: vec![(Buf::Z, 0..b * k * l, 1e-5, 1e-5), (Buf::Kl, 0..b, 1e-5, 1e-5)],
+        outputs: vec![
+            (Buf::Z, vec![0..b * k * l], 1e-5, 1e-5),
+            (Buf::Kl, vec![0..b], 1e-5, 1e-5),
+        ],
         op: Op::ReparamForward(p),
     });
 }
@@ -275,11 +407,14 @@ fn reparam_backward_matches() {
         store: random_store(&mut rng),
         idx: vec![0],
         inputs: vec![
-            (Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0)),
+            (
+                Buf::Head,
+                uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0),
+            ),
             (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
             (Buf::Dz, uniform(&mut rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
         ],
-        outputs: vec![(Buf::Dhead, 0..b * 2 * l, 1e-5, 1e-5)],
+        outputs: vec![(Buf::Dhead, vec![0..b * 2 * l], 1e-5, 1e-5)],
         op: Op::ReparamBackward(p),
     });
 }
@@ -306,17 +441,26 @@ fn bce_case(rng: &mut impl Rng, write_grad: bool) -> Case<'static> {
             _ => {}
         }
     }
-    let mut outputs = vec![(Buf::Bce, 0..rows, 1e-3, 1e-5)];
+    let mut outputs = vec![(Buf::Bce, vec![0..rows], 1e-3, 1e-5)];
     if write_grad {
-        outputs.push((Buf::Logits, 0..rows * D, 1e-6, 0.0));
+        outputs.push((Buf::Logits, vec![0..rows * D], 1e-6, 0.0));
     }
     Case {
-        name: if write_grad { "bce_logits grad" } else { "bce_logits" },
+        name: if write_grad {
+            "bce_logits grad"
+        } else {
+            "bce_logits"
+        },
         store: random_store(rng),
         idx: vec![0],
         inputs: vec![(Buf::Logits, logits), (Buf::X, x)],
         outputs,
-        op: Op::Bce(BceParams { rows: rows as u32, d: D as u32, draws: k as u32, write_grad: write_grad as u32 }),
+        op: Op::Bce(BceParams {
+            rows: rows as u32,
+            d: D as u32,
+            draws: k as u32,
+            write_grad: write_grad as u32,
+        }),
     }
 }
 
@@ -336,15 +480,23 @@ fn loss_reduce_per_image_and_batch() {
         store: random_store(&mut rng),
         idx: vec![0],
         inputs: vec![
-            (Buf::Bce, uniform(&mut rng, Buf::Bce.len(&SIZES), 50.0, 300.0)),
+            (
+                Buf::Bce,
+                uniform(&mut rng, Buf::Bce.len(&SIZES), 50.0, 300.0),
+            ),
             (Buf::Kl, uniform(&mut rng, Buf::Kl.len(&SIZES), 0.0, 30.0)),
         ],
         outputs: vec![
-            (Buf::SampleLoss, 17..17 + images, 1e-4, 1e-6),
+            (Buf::SampleLoss, vec![17..17 + images], 1e-4, 1e-6),
             // a sum of 300 values ≈ 200 in a tree vs in sequence: ~1e-6 relative
-            (Buf::BatchLoss, 4..5, 0.0, 1e-5),
+            (Buf::BatchLoss, vec![4..5], 0.0, 1e-5),
         ],
-        op: Op::Loss(LossParams { images: images as u32, draws: k as u32, out_off: 17, slot: 4 }),
+        op: Op::Loss(LossParams {
+            images: images as u32,
+            draws: k as u32,
+            out_off: 17,
+            slot: 4,
+        }),
     });
 }
 
@@ -366,9 +518,9 @@ fn adam_matches_at_first_and_later_steps() {
             // same formula; GPU sqrt and division are within 3 ULP: relative 1e-5 on
             // m, v and the update (which is ≤ lr·|m|/√v, added to |p| ≤ 1)
             outputs: vec![
-                (Buf::Params, 0..n, 1e-6, 1e-5),
-                (Buf::AdamM, 0..n, 1e-6, 1e-5),
-                (Buf::AdamV, 0..n, 1e-6, 1e-5),
+                (Buf::Params, vec![0..n], 1e-6, 1e-5),
+                (Buf::AdamM, vec![0..n], 1e-6, 1e-5),
+                (Buf::AdamV, vec![0..n], 1e-6, 1e-5),
             ],
             op: Op::Adam(AdamParams::at_step(n, 1e-3, 0.9, 0.999, 1e-8, t)),
         });

@@ -11,7 +11,11 @@ use vae_ood::model::{Dims, Layout};
 use vae_ood::plan::{AdamConfig, Buf};
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
 }
 
 /// A name → values map in PyTorch layout, into our flat buffer.
@@ -30,11 +34,20 @@ fn matches_pytorch_loss_gradients_and_adam_steps() {
     let f: Value = serde_json::from_str(include_str!("fixtures/torch_step.json")).unwrap();
     let dm = &f["dims"];
     let u = |k: &str| dm[k].as_u64().unwrap() as usize;
-    let dims = Dims { d: u("d"), h: u("h"), l: u("l") };
+    let dims = Dims {
+        d: u("d"),
+        h: u("h"),
+        l: u("l"),
+    };
     let b = u("b");
     let lay = Layout::new(dims);
     for t in &lay.tensors {
-        let shape: Vec<usize> = f["shapes"][t.name].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = f["shapes"][t.name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(shape, t.shape, "PyTorch shape of {}", t.name);
     }
     let a = &f["adam"];
@@ -53,27 +66,49 @@ fn matches_pytorch_loss_gradients_and_adam_steps() {
         be.write(Buf::X, 0, &floats(&f["x"])).unwrap();
         be.write(Buf::Eps, 0, &floats(&f["eps"])).unwrap();
         for s in 0..steps {
-            be.run(&step_ops_given(dims, b, Some((adam, s as u64 + 1)))).unwrap();
+            be.run(&step_ops_given(dims, b, Some((adam, s as u64 + 1))))
+                .unwrap();
             let loss = be.read(Buf::SampleLoss, 0..b).unwrap();
             if s == 0 {
                 // f32 against float64: per-image losses ≈ 9 nats summed over 13 pixels
-                assert_close(&format!("loss per image on {desc}"), &loss, &floats(&f["loss_per_sample"]), 1e-5, 1e-5);
+                assert_close(
+                    &format!("loss per image on {desc}"),
+                    &loss,
+                    &floats(&f["loss_per_sample"]),
+                    1e-5,
+                    1e-5,
+                );
                 let z = be.read(Buf::Z, 0..b * dims.l).unwrap();
                 assert_close(&format!("z on {desc}"), &z, &floats(&f["z"]), 1e-6, 1e-5);
             }
             let total: f64 = loss.iter().map(|&v| v as f64).sum();
             let want = f["loss_per_step"][s].as_f64().unwrap();
-            assert!((total - want).abs() < 1e-4, "step {s} loss {total} vs PyTorch {want} on {desc}");
+            assert!(
+                (total - want).abs() < 1e-4,
+                "step {s} loss {total} vs PyTorch {want} on {desc}"
+            );
             // gradients of the summed loss: f32 vs float64, O(1) values
             let g = be.read(Buf::Grads, 0..lay.total).unwrap();
             let gw = flat(&lay, &f["grads_per_step"][s]);
             for t in &lay.tensors {
-                assert_close(&format!("step {s} grad {} on {desc}", t.name), &g[t.range()], &gw[t.range()], 1e-5, 1e-4);
+                assert_close(
+                    &format!("step {s} grad {} on {desc}", t.name),
+                    &g[t.range()],
+                    &gw[t.range()],
+                    1e-5,
+                    1e-4,
+                );
             }
             // parameters after Adam: |p| ≤ 0.5, updates ≈ lr; f32 rounding ≈ 3e-8
             let p = be.read(Buf::Params, 0..lay.total).unwrap();
             let pw = flat(&lay, &f["params_after_step"][s]);
-            assert_close(&format!("params after step {} on {desc}", s + 1), &p, &pw, 1e-6, 1e-6);
+            assert_close(
+                &format!("params after step {} on {desc}", s + 1),
+                &p,
+                &pw,
+                1e-6,
+                1e-6,
+            );
         }
     }
 }

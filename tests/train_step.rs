@@ -17,7 +17,9 @@ fn three_training_steps_gpu_equal_cpu() {
     let lay = Layout::new(dims);
     let (b, n_img) = (19, 40);
     let store: Vec<u8> = (0..n_img * dims.d).map(|_| rng.random()).collect();
-    let idx: Vec<u32> = (0..3 * b).map(|_| rng.random_range(0..n_img as u32)).collect();
+    let idx: Vec<u32> = (0..3 * b)
+        .map(|_| rng.random_range(0..n_img as u32))
+        .collect();
     let sizes = plan::Sizes {
         dims,
         params: lay.total,
@@ -47,7 +49,15 @@ fn three_training_steps_gpu_equal_cpu() {
                 out_off: s * b,
                 slot: s,
             };
-            be.run(&plan::train_step_ops(dims, &lay.offsets(), &bt, lay.total, &adam, s as u64 + 1)).unwrap();
+            be.run(&plan::train_step_ops(
+                dims,
+                &lay.offsets(),
+                &bt,
+                lay.total,
+                &adam,
+                s as u64 + 1,
+            ))
+            .unwrap();
             grads.push(be.read(Buf::Grads, 0..lay.total).unwrap());
         }
         let p = be.read(Buf::Params, 0..lay.total).unwrap();
@@ -57,13 +67,28 @@ fn three_training_steps_gpu_equal_cpu() {
     let (_, g_cpu, p_cpu, l_cpu) = &out[0];
     for (desc, g_gpu, p_gpu, l_gpu) in &out[1..] {
         // per-image losses: ~550 nats summed over 784 pixels in f32, different order
-        assert_close(&format!("per-image loss on {desc}"), l_gpu, l_cpu, 1e-2, 1e-5);
+        assert_close(
+            &format!("per-image loss on {desc}"),
+            l_gpu,
+            l_cpu,
+            1e-2,
+            1e-5,
+        );
         for (s, (gg, gc)) in g_gpu.iter().zip(g_cpu).enumerate() {
             for t in &lay.tensors {
                 // gradients are sums over the batch of O(scale) terms: tolerance
                 // relative to the tensor's largest gradient
-                let scale = gc[t.range()].iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
-                assert_close(&format!("step {s} grad {} on {desc}", t.name), &gg[t.range()], &gc[t.range()], 1e-4 * scale, 1e-3);
+                let scale = gc[t.range()]
+                    .iter()
+                    .fold(0.0f32, |m, v| m.max(v.abs()))
+                    .max(1e-3);
+                assert_close(
+                    &format!("step {s} grad {} on {desc}", t.name),
+                    &gg[t.range()],
+                    &gc[t.range()],
+                    1e-4 * scale,
+                    1e-3,
+                );
             }
         }
         // Parameters after 3 Adam steps. Adam's first steps move each parameter by
@@ -79,7 +104,11 @@ fn three_training_steps_gpu_equal_cpu() {
                 loose += 1;
             }
         }
-        assert!(loose * 1000 < lay.total, "{loose} of {} parameters differ by > 1e-5 on {desc}", lay.total);
+        assert!(
+            loose * 1000 < lay.total,
+            "{loose} of {} parameters differ by > 1e-5 on {desc}",
+            lay.total
+        );
         assert_ne!(p_cpu, &params, "parameters must have moved");
     }
 }
@@ -121,6 +150,9 @@ fn same_seed_same_backend_gives_identical_runs_gpu() {
     // and the GPU run tracks the CPU run of the same seed
     let c = small_run(DeviceChoice::Cpu, 300);
     for ((g, _), (cc, _)) in a.0.iter().zip(&c.0) {
-        assert!((g - cc).abs() < 1e-2 * cc.abs(), "GPU epoch loss {g} vs CPU {cc}");
+        assert!(
+            (g - cc).abs() < 1e-2 * cc.abs(),
+            "GPU epoch loss {g} vs CPU {cc}"
+        );
     }
 }

@@ -17,7 +17,13 @@ pub struct LossParams {
 
 /// sample_loss[out_off + b] = mean_k bce[b·K + k] + kl[b]  (−ELBO of image b);
 /// batch_loss[slot] = Σ_b of those. bce: (B·K), kl: (B).
-pub fn loss_reduce(sample_loss: &mut [f32], batch_loss: &mut [f32], bce: &[f32], kl: &[f32], p: &LossParams) {
+pub fn loss_reduce(
+    sample_loss: &mut [f32],
+    batch_loss: &mut [f32],
+    bce: &[f32],
+    kl: &[f32],
+    p: &LossParams,
+) {
     let kd = p.draws as usize;
     let mut total = 0.0f32;
     for b in 0..p.images as usize {

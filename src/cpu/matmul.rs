@@ -10,6 +10,9 @@ pub const MM_BIAS: u32 = 1;
 pub const MM_RELU: u32 = 2;
 /// Epilogue: multiply by the mask `e[e_off + i*e_si + j] > 0` (ReLU backward).
 pub const MM_MASK: u32 = 4;
+/// Also write the row sums of A, `c[e_off + i] = Σ_p A(i, p)`: the bias gradient
+/// computed alongside the weight gradient dW = dYᵀ·X (A = dYᵀ), in the same kernel.
+pub const MM_BIASGRAD: u32 = 8;
 
 /// C (m, n) = A (m, k) · B (k, n) with arbitrary strides, all offsets in elements:
 /// A(i, p) = a[a_off + i*a_si + p*a_sp], B(p, j) = b[b_off + p*b_sp + j*b_sj],
@@ -31,8 +34,11 @@ pub struct MatmulParams {
     pub c_si: u32,
     pub e_off: u32,
     pub e_si: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    /// GPU only: K is split over this many workgroups whose partial sums a second
+    /// kernel adds up (set by the GPU backend for skinny products; 0 or 1 = no split).
+    /// The CPU ignores it: the result is the same product.
+    pub splits: u32,
+    pub _pad: u32,
 }
 
 impl MatmulParams {
@@ -75,13 +81,21 @@ impl MatmulParams {
     }
 
     /// dW (n, k) = dout (m, n)ᵀ · inp (m, k), written at `w_off` of the gradient
-    /// buffer: backward of a linear layer to its weight.
-    pub fn linear_backward_weight(m: usize, k: usize, n: usize, w_off: usize) -> Self {
+    /// buffer, and db (n) = Σ_rows dout at `b_off`: backward of a linear layer to
+    /// its weight and bias.
+    pub fn linear_backward_weight(
+        m: usize,
+        k: usize,
+        n: usize,
+        w_off: usize,
+        b_off: usize,
+    ) -> Self {
         MatmulParams {
             m: n as u32,
             n: k as u32,
             k: m as u32,
-            flags: 0,
+            flags: MM_BIASGRAD,
+            e_off: b_off as u32,
             a_si: 1,
             a_sp: n as u32,
             b_sp: k as u32,
@@ -94,11 +108,15 @@ impl MatmulParams {
 }
 
 /// c = epilogue(A · B); see [`MatmulParams`]. `e` is the bias (MM_BIAS) or the
-/// ReLU mask source (MM_MASK); pass any slice when neither flag is set.
+/// ReLU mask source (MM_MASK); pass any slice when neither flag is set. With
+/// MM_BIASGRAD, also c[e_off + i] = Σ_p A(i, p) (outside the C region).
 pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     if m == 0 || n == 0 {
         return;
+    }
+    if p.flags & MM_BIASGRAD != 0 {
+        bias_sums(c, a, p);
     }
     let c_si = p.c_si as usize;
     let c_len = (m - 1) * c_si + n;
@@ -112,7 +130,10 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
         // computing the last element each touches), and `cs` is exclusively borrowed.
         let a_last = p.a_off as usize + (m - 1) * p.a_si as usize + (k - 1) * p.a_sp as usize;
         let b_last = p.b_off as usize + (k - 1) * p.b_sp as usize + (n - 1) * p.b_sj as usize;
-        assert!(a_last < a.len() && b_last < b.len(), "matmul operand out of bounds");
+        assert!(
+            a_last < a.len() && b_last < b.len(),
+            "matmul operand out of bounds"
+        );
         unsafe {
             matrixmultiply::sgemm(
                 m,
@@ -132,6 +153,22 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
             );
         }
     }
+    epilogue(cs, e, p);
+}
+
+/// The MM_BIASGRAD part: c[e_off + i] = Σ_p A(i, p).
+pub fn bias_sums(c: &mut [f32], a: &[f32], p: &MatmulParams) {
+    let (a_off, a_si, a_sp) = (p.a_off as usize, p.a_si as usize, p.a_sp as usize);
+    for i in 0..p.m as usize {
+        c[p.e_off as usize + i] = (0..p.k as usize)
+            .map(|q| a[a_off + i * a_si + q * a_sp])
+            .sum();
+    }
+}
+
+/// Bias, ReLU and mask on C (cs starts at C(0, 0)).
+fn epilogue(cs: &mut [f32], e: &[f32], p: &MatmulParams) {
+    let (m, n, c_si) = (p.m as usize, p.n as usize, p.c_si as usize);
     if p.flags & (MM_BIAS | MM_RELU | MM_MASK) != 0 {
         let (e_off, e_si) = (p.e_off as usize, p.e_si as usize);
         for i in 0..m {

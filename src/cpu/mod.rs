@@ -5,7 +5,6 @@
 
 pub mod adam;
 pub mod bce;
-pub mod bias_grad;
 pub mod gather;
 pub mod loss;
 pub mod matmul;
@@ -15,6 +14,5 @@ pub use adam::{adam, AdamParams};
 pub use bce::{bce_logits, BceParams};
 pub use gather::{gather_pixels, GatherParams};
 pub use loss::{loss_reduce, LossParams};
-pub use bias_grad::{bias_grad, BiasGradParams};
 pub use matmul::{matmul, MatmulParams};
 pub use reparam::{reparam_backward, reparam_forward, ReparamParams};

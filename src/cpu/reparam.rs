@@ -28,7 +28,13 @@ pub struct ReparamParams {
 /// z, eps: (B·K, L); kl: (B) = −½ Σ_j (1 + log σ² − μ² − σ²).
 /// ε for (image b, draw k, latent j) = normal(seed, stream, row_base + b, k·L + j),
 /// or the value already in `eps` when `eps_given`.
-pub fn reparam_forward(z: &mut [f32], eps: &mut [f32], kl: &mut [f32], head: &[f32], p: &ReparamParams) {
+pub fn reparam_forward(
+    z: &mut [f32],
+    eps: &mut [f32],
+    kl: &mut [f32],
+    head: &[f32],
+    p: &ReparamParams,
+) {
     let (l, kd) = (p.l as usize, p.draws as usize);
     for b in 0..p.images as usize {
         let h = &head[b * 2 * l..(b + 1) * 2 * l];
@@ -54,7 +60,13 @@ pub fn reparam_forward(z: &mut [f32], eps: &mut [f32], kl: &mut [f32], head: &[f
 
 /// dhead: (B, 2L) from dz: (B·K, L), the upstream gradient of the decoder loss
 /// summed over the K draws, plus the KL gradient (dKL/dμ = μ, dKL/dlog σ² = ½(σ² − 1)).
-pub fn reparam_backward(dhead: &mut [f32], dz: &[f32], eps: &[f32], head: &[f32], p: &ReparamParams) {
+pub fn reparam_backward(
+    dhead: &mut [f32],
+    dz: &[f32],
+    eps: &[f32],
+    head: &[f32],
+    p: &ReparamParams,
+) {
     let (l, kd) = (p.l as usize, p.draws as usize);
     for b in 0..p.images as usize {
         for j in 0..l {

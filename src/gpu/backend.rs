@@ -6,6 +6,7 @@
 
 use super::context::{GpuContext, Kernel, UNIFORM_BYTES};
 use crate::backend::Backend;
+use crate::cpu::matmul::{MatmulParams, MM_BIASGRAD};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{anyhow, ensure, Result};
 use std::collections::HashMap;
@@ -17,6 +18,8 @@ enum Res {
     F(Buf),
     Data,
     Idx,
+    /// split-K partial sums (GPU only)
+    Partial,
 }
 
 pub struct GpuBackend {
@@ -27,9 +30,11 @@ pub struct GpuBackend {
     idx: wgpu::Buffer,
     uniforms: wgpu::Buffer,
     uniform_bg: wgpu::BindGroup,
+    partial: wgpu::Buffer,
     slots: usize,
     stride: usize,
-    bind_groups: HashMap<(Kernel, Vec<Res>), wgpu::BindGroup>,
+    bind_group_index: HashMap<(Kernel, Vec<Res>), usize>,
+    bind_groups: Vec<wgpu::BindGroup>,
 }
 
 /// Split a 1-D workgroup count over x and y (each ≤ 65535); kernels that can get
@@ -39,62 +44,104 @@ fn groups_1d(n: usize) -> (u32, u32) {
     (x as u32, n.div_ceil(x).max(1) as u32)
 }
 
-/// The kernel, bound resources (in `Kernel::bindings` order), workgroup counts and
-/// parameter bytes of an op.
-fn lower(op: &Op) -> (Kernel, Vec<Res>, (u32, u32), Vec<u8>) {
+/// How many workgroups share K in a product (1 = no split). Skinny products have
+/// few 32×32 output tiles, each walking all of K serially; splitting K over up to
+/// 16 workgroups (≥ 32 each) shortens that chain at the cost of one small reduce
+/// dispatch. Products that also write bias gradients are never split.
+pub fn choose_splits(p: &MatmulParams) -> u32 {
+    let tiles = p.n.div_ceil(32) * p.m.div_ceil(32);
+    if p.flags & MM_BIASGRAD != 0 || tiles >= 128 || p.k < 128 {
+        return 1;
+    }
+    let want = (256 / tiles.max(1)).clamp(1, 16);
+    let kc = p.k.div_ceil(want).div_ceil(32) * 32;
+    p.k.div_ceil(kc)
+}
+
+/// One dispatch: kernel, bound resources (in `Kernel::bindings` order), workgroups.
+type Dispatch = (Kernel, Vec<Res>, (u32, u32, u32));
+
+/// The dispatches of an op and the parameter bytes they read (one uniform slot).
+fn lower(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
     use bytemuck::bytes_of;
     use Buf::*;
     let f = Res::F;
+    let one =
+        |k, res, (x, y): (u32, u32), bytes: &[u8]| (vec![(k, res, (x, y, 1))], bytes.to_vec());
     match op {
-        Op::Gather(p) => (
+        Op::Gather(p) => one(
             Kernel::Gather,
             vec![Res::Data, Res::Idx, f(X)],
             groups_1d((p.rows * p.d).div_ceil(256) as usize),
-            bytes_of(p).to_vec(),
+            bytes_of(p),
         ),
-        Op::Matmul { a, b, e, c, p } => (
-            Kernel::Matmul,
-            vec![f(*a), f(*b), f(*e), f(*c)],
-            (p.n.div_ceil(32).max(1), p.m.div_ceil(32).max(1)),
-            bytes_of(p).to_vec(),
-        ),
-        Op::BiasGrad { dy, p } => (
-            Kernel::BiasGrad,
-            vec![f(*dy), f(Grads)],
-            (p.n.div_ceil(64).max(1), 1),
-            bytes_of(p).to_vec(),
-        ),
-        Op::ReparamForward(p) => (
+        Op::Matmul { a, b, e, c, p } => {
+            let mut q = *p;
+            q.splits = choose_splits(p);
+            let mut d = vec![(
+                Kernel::Matmul,
+                vec![f(*a), f(*b), f(*e), f(*c), Res::Partial],
+                (q.n.div_ceil(32).max(1), q.m.div_ceil(32).max(1), q.splits),
+            )];
+            if q.splits > 1 {
+                let (x, y) = groups_1d(((q.m * q.n) as usize).div_ceil(256));
+                d.push((
+                    Kernel::MatmulReduce,
+                    vec![Res::Partial, f(*e), f(*c)],
+                    (x, y, 1),
+                ));
+            }
+            (d, bytes_of(&q).to_vec())
+        }
+        Op::ReparamForward(p) => one(
             Kernel::ReparamForward,
             vec![f(Head), f(Z), f(Eps), f(Kl)],
             (p.images.div_ceil(64).max(1), 1),
-            bytes_of(p).to_vec(),
+            bytes_of(p),
         ),
-        Op::ReparamBackward(p) => (
+        Op::ReparamBackward(p) => one(
             Kernel::ReparamBackward,
             vec![f(Dz), f(Eps), f(Head), f(Dhead)],
             (p.images.div_ceil(64).max(1), 1),
-            bytes_of(p).to_vec(),
+            bytes_of(p),
         ),
-        Op::Bce(p) => (
+        Op::Bce(p) => one(
             Kernel::Bce,
             vec![f(X), f(Logits), f(Bce)],
             (p.rows.max(1), 1),
-            bytes_of(p).to_vec(),
+            bytes_of(p),
         ),
-        Op::Loss(p) => (
+        Op::Loss(p) => one(
             Kernel::Loss,
             vec![f(Bce), f(Kl), f(SampleLoss), f(BatchLoss)],
             (1, 1),
-            bytes_of(p).to_vec(),
+            bytes_of(p),
         ),
-        Op::Adam(p) => (
+        Op::Adam(p) => one(
             Kernel::Adam,
             vec![f(Params), f(Grads), f(AdamM), f(AdamV)],
             groups_1d((p.n as usize).div_ceil(256)),
-            bytes_of(p).to_vec(),
+            bytes_of(p),
         ),
     }
+}
+
+/// f32 elements of split-K scratch that `ops` need.
+fn partial_len(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Matmul { p, .. } => {
+                let s = choose_splits(p);
+                if s > 1 {
+                    (s * p.m * p.n) as usize
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 impl GpuBackend {
@@ -108,7 +155,9 @@ impl GpuBackend {
             .unwrap_or(4);
         let ctx = GpuContext::new(adapter, largest)?;
         let dev = &ctx.device;
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
         let bufs = Buf::ALL
             .iter()
             .map(|b| {
@@ -127,7 +176,8 @@ impl GpuBackend {
             mapped_at_creation: false,
         });
         if !words.is_empty() {
-            ctx.queue.write_buffer(&data, 0, bytemuck::cast_slice(&words));
+            ctx.queue
+                .write_buffer(&data, 0, bytemuck::cast_slice(&words));
         }
         let idx = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("index"),
@@ -135,8 +185,10 @@ impl GpuBackend {
             usage: storage,
             mapped_at_creation: false,
         });
-        let stride = (ctx.device.limits().min_uniform_buffer_offset_alignment as usize).max(UNIFORM_BYTES as usize);
+        let stride = (ctx.device.limits().min_uniform_buffer_offset_alignment as usize)
+            .max(UNIFORM_BYTES as usize);
         let (uniforms, uniform_bg) = Self::make_uniforms(&ctx, 1, stride);
+        let partial = Self::make_partial(&ctx, 1);
         let me = GpuBackend {
             ctx,
             sizes,
@@ -145,9 +197,11 @@ impl GpuBackend {
             idx,
             uniforms,
             uniform_bg,
+            partial,
             slots: 1,
             stride,
-            bind_groups: HashMap::new(),
+            bind_group_index: HashMap::new(),
+            bind_groups: Vec::new(),
         };
         me.ctx.check("buffer creation")?;
         Ok(me)
@@ -157,7 +211,11 @@ impl GpuBackend {
         &self.ctx
     }
 
-    fn make_uniforms(ctx: &GpuContext, slots: usize, stride: usize) -> (wgpu::Buffer, wgpu::BindGroup) {
+    fn make_uniforms(
+        ctx: &GpuContext,
+        slots: usize,
+        stride: usize,
+    ) -> (wgpu::Buffer, wgpu::BindGroup) {
         let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("op params"),
             size: (slots * stride) as u64,
@@ -179,18 +237,29 @@ impl GpuBackend {
         (buf, bg)
     }
 
+    fn make_partial(ctx: &GpuContext, len: usize) -> wgpu::Buffer {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("split-K partial sums"),
+            size: (len.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    }
+
     fn res(&self, r: Res) -> &wgpu::Buffer {
         match r {
             Res::F(b) => &self.bufs[b as usize],
             Res::Data => &self.data,
             Res::Idx => &self.idx,
+            Res::Partial => &self.partial,
         }
     }
 
-    fn ensure_bind_group(&mut self, k: Kernel, res: &[Res]) {
+    /// The cached bind group for (kernel, resources), created on first use.
+    fn bind_group(&mut self, k: Kernel, res: &[Res]) -> usize {
         let key = (k, res.to_vec());
-        if self.bind_groups.contains_key(&key) {
-            return;
+        if let Some(&i) = self.bind_group_index.get(&key) {
+            return i;
         }
         let entries: Vec<wgpu::BindGroupEntry> = k
             .bindings()
@@ -201,12 +270,18 @@ impl GpuBackend {
                 resource: self.res(r).as_entire_binding(),
             })
             .collect();
-        let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(k.entry()),
-            layout: self.ctx.layout(k),
-            entries: &entries,
-        });
-        self.bind_groups.insert(key, bg);
+        let bg = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(k.entry()),
+                layout: self.ctx.layout(k),
+                entries: &entries,
+            });
+        self.bind_groups.push(bg);
+        self.bind_group_index
+            .insert(key, self.bind_groups.len() - 1);
+        self.bind_groups.len() - 1
     }
 }
 
@@ -222,19 +297,29 @@ impl Backend for GpuBackend {
     }
 
     fn write(&mut self, buf: Buf, offset: usize, data: &[f32]) -> Result<()> {
-        ensure!(offset + data.len() <= buf.len(&self.sizes), "write past the end of {buf:?}");
+        ensure!(
+            offset + data.len() <= buf.len(&self.sizes),
+            "write past the end of {buf:?}"
+        );
         if !data.is_empty() {
-            self.ctx
-                .queue
-                .write_buffer(&self.bufs[buf as usize], (offset * 4) as u64, bytemuck::cast_slice(data));
+            self.ctx.queue.write_buffer(
+                &self.bufs[buf as usize],
+                (offset * 4) as u64,
+                bytemuck::cast_slice(data),
+            );
         }
         Ok(())
     }
 
     fn write_idx(&mut self, offset: usize, idx: &[u32]) -> Result<()> {
-        ensure!((offset + idx.len()) as u64 * 4 <= self.idx.size(), "write past the end of the index buffer");
+        ensure!(
+            (offset + idx.len()) as u64 * 4 <= self.idx.size(),
+            "write past the end of the index buffer"
+        );
         if !idx.is_empty() {
-            self.ctx.queue.write_buffer(&self.idx, (offset * 4) as u64, bytemuck::cast_slice(idx));
+            self.ctx
+                .queue
+                .write_buffer(&self.idx, (offset * 4) as u64, bytemuck::cast_slice(idx));
         }
         Ok(())
     }
@@ -250,11 +335,23 @@ impl Backend for GpuBackend {
             self.uniform_bg = bg;
             self.slots = slots;
         }
-        let lowered: Vec<_> = ops.iter().map(lower).collect();
+        let need = partial_len(ops);
+        if need as u64 * 4 > self.partial.size() {
+            self.partial = Self::make_partial(&self.ctx, need);
+            // bind groups hold the old scratch buffer: rebuild them all lazily
+            self.bind_group_index.clear();
+            self.bind_groups.clear();
+        }
         let mut bytes = vec![0u8; ops.len() * self.stride];
-        for (i, (k, res, _, pbytes)) in lowered.iter().enumerate() {
-            bytes[i * self.stride..i * self.stride + pbytes.len()].copy_from_slice(pbytes);
-            self.ensure_bind_group(*k, res);
+        // (uniform slot, kernel, bind group, workgroups) per dispatch
+        let mut plan = Vec::with_capacity(ops.len() * 2);
+        for (i, op) in ops.iter().enumerate() {
+            let (dispatches, pbytes) = lower(op);
+            bytes[i * self.stride..i * self.stride + pbytes.len()].copy_from_slice(&pbytes);
+            for (k, res, groups) in dispatches {
+                let bg = self.bind_group(k, &res);
+                plan.push((i, k, bg, groups));
+            }
         }
         self.ctx.queue.write_buffer(&self.uniforms, 0, &bytes);
         let mut enc = self
@@ -267,15 +364,14 @@ impl Backend for GpuBackend {
                 timestamp_writes: None,
             });
             let mut current: Option<Kernel> = None;
-            for (i, (k, res, (gx, gy), _)) in lowered.iter().enumerate() {
-                if current != Some(*k) {
-                    pass.set_pipeline(self.ctx.pipeline(*k));
-                    current = Some(*k);
+            for &(i, k, bg, (gx, gy, gz)) in &plan {
+                if current != Some(k) {
+                    pass.set_pipeline(self.ctx.pipeline(k));
+                    current = Some(k);
                 }
-                let bg = &self.bind_groups[&(*k, res.clone())];
-                pass.set_bind_group(0, bg, &[]);
+                pass.set_bind_group(0, &self.bind_groups[bg], &[]);
                 pass.set_bind_group(1, &self.uniform_bg, &[(i * self.stride) as u32]);
-                pass.dispatch_workgroups(*gx, *gy, 1);
+                pass.dispatch_workgroups(gx, gy, gz);
             }
         }
         self.ctx.queue.submit([enc.finish()]);
@@ -283,7 +379,10 @@ impl Backend for GpuBackend {
     }
 
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>> {
-        ensure!(range.end <= buf.len(&self.sizes), "read past the end of {buf:?}");
+        ensure!(
+            range.end <= buf.len(&self.sizes),
+            "read past the end of {buf:?}"
+        );
         if range.is_empty() {
             return Ok(Vec::new());
         }
@@ -297,8 +396,16 @@ impl Backend for GpuBackend {
         let mut enc = self
             .ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
-        enc.copy_buffer_to_buffer(&self.bufs[buf as usize], (range.start * 4) as u64, &staging, 0, size);
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        enc.copy_buffer_to_buffer(
+            &self.bufs[buf as usize],
+            (range.start * 4) as u64,
+            &staging,
+            0,
+            size,
+        );
         self.ctx.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 pub enum Kernel {
     Gather,
     Matmul,
-    BiasGrad,
+    MatmulReduce,
     ReparamForward,
     ReparamBackward,
     Bce,
@@ -22,7 +22,7 @@ impl Kernel {
     pub const ALL: [Kernel; 8] = [
         Kernel::Gather,
         Kernel::Matmul,
-        Kernel::BiasGrad,
+        Kernel::MatmulReduce,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
         Kernel::Bce,
@@ -34,8 +34,9 @@ impl Kernel {
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::Gather => ("gather.wgsl", include_str!("../../shaders/gather.wgsl")),
-            Kernel::Matmul => ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
-            Kernel::BiasGrad => ("bias_grad.wgsl", include_str!("../../shaders/bias_grad.wgsl")),
+            Kernel::Matmul | Kernel::MatmulReduce => {
+                ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"))
+            }
             Kernel::ReparamForward | Kernel::ReparamBackward => {
                 ("reparam.wgsl", include_str!("../../shaders/reparam.wgsl"))
             }
@@ -49,7 +50,7 @@ impl Kernel {
         match self {
             Kernel::Gather => "gather_pixels",
             Kernel::Matmul => "matmul",
-            Kernel::BiasGrad => "bias_grad",
+            Kernel::MatmulReduce => "matmul_reduce",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
             Kernel::Bce => "bce_logits",
@@ -63,10 +64,10 @@ impl Kernel {
         match self {
             // data, idx → x
             Kernel::Gather => &[(0, true), (1, true), (2, false)],
-            // a, b, e → c
-            Kernel::Matmul => &[(0, true), (1, true), (2, true), (3, false)],
-            // dy → g
-            Kernel::BiasGrad => &[(0, true), (1, false)],
+            // a, b, e → c, or → partial sums when K is split
+            Kernel::Matmul => &[(0, true), (1, true), (2, true), (3, false), (4, false)],
+            // partial sums, e → c
+            Kernel::MatmulReduce => &[(5, true), (2, true), (3, false)],
             // head → z, eps, kl
             Kernel::ReparamForward => &[(0, true), (1, false), (2, false), (3, false)],
             // dz, eps, head → dhead
@@ -106,13 +107,15 @@ impl GpuContext {
             bail!(
                 "GPU adapter {} allows storage buffers of {} bytes; vae-ood needs {max_buffer}",
                 info.name,
-                have.max_storage_buffer_binding_size.min(have.max_buffer_size)
+                have.max_storage_buffer_binding_size
+                    .min(have.max_buffer_size)
             );
         }
         // WebGPU's default limits (which lavapipe and every desktop GPU meet), with the
         // storage-buffer size raised to what the image store needs.
         let mut limits = wgpu::Limits::default();
-        limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.max(max_buffer);
+        limits.max_storage_buffer_binding_size =
+            limits.max_storage_buffer_binding_size.max(max_buffer);
         limits.max_buffer_size = limits.max_buffer_size.max(max_buffer);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vae-ood"),
@@ -220,7 +223,10 @@ impl GpuContext {
             return Err(anyhow!("GPU device lost during {what}: {m}"));
         }
         if let Some(m) = self.errors.lock().unwrap().take() {
-            return Err(anyhow!("GPU error during {what}: {}", m.lines().next().unwrap_or("")));
+            return Err(anyhow!(
+                "GPU error during {what}: {}",
+                m.lines().next().unwrap_or("")
+            ));
         }
         Ok(())
     }

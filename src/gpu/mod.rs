@@ -5,7 +5,7 @@
 mod backend;
 mod context;
 
-pub use backend::GpuBackend;
+pub use backend::{choose_splits, GpuBackend};
 pub use context::{GpuContext, Kernel};
 
 use anyhow::{bail, Result};
@@ -33,15 +33,27 @@ pub fn select_adapter() -> Result<Option<wgpu::Adapter>> {
     if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
         let want = name.to_lowercase();
         let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
-        if !adapters.iter().any(|a| a.get_info().name.to_lowercase().contains(&want)) {
+        if !adapters
+            .iter()
+            .any(|a| a.get_info().name.to_lowercase().contains(&want))
+        {
             let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
             bail!(
                 "WGPU_ADAPTER_NAME={name:?} matches no adapter (found: {})",
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
             );
         }
     }
-    Ok(pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(&inst, None)).ok())
+    Ok(
+        pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
+            &inst, None,
+        ))
+        .ok(),
+    )
 }
 
 pub fn no_adapter_error() -> anyhow::Error {

@@ -16,7 +16,9 @@ pub const SKIP_ENV: &str = "VAE_OOD_SKIP_GPU_TESTS";
 /// and the test says it skipped.
 pub fn gpu_backend(store: &[u8], idx_len: usize, sizes: Sizes) -> Option<Box<dyn Backend>> {
     match gpu::select_adapter().expect("adapter selection") {
-        Some(a) => Some(Box::new(GpuBackend::new(a, store, idx_len, sizes).expect("GPU backend"))),
+        Some(a) => Some(Box::new(
+            GpuBackend::new(a, store, idx_len, sizes).expect("GPU backend"),
+        )),
         None => {
             if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
                 eprintln!("SKIPPED: no GPU adapter and {SKIP_ENV}=1");
@@ -69,7 +71,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0usize, 0.0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite() == w.is_finite(), "{what}[{i}]: got {g}, want {w}");
+        assert!(
+            g.is_finite() == w.is_finite(),
+            "{what}[{i}]: got {g}, want {w}"
+        );
         if !g.is_finite() {
             continue; // both poisoned (untouched): compared by the caller's region checks
         }
