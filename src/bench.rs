@@ -14,31 +14,6 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
-/// Names of the ops of one training step, in `plan::train_step_ops` order.
-pub const STEP_OP_NAMES: [&str; 21] = [
-    "gather x",
-    "fc1 fwd",
-    "head fwd",
-    "reparam fwd",
-    "fc3 fwd",
-    "fc4 fwd",
-    "bce+grad",
-    "loss reduce",
-    "fc4 dW",
-    "fc4 db",
-    "fc4 dX",
-    "fc3 dW",
-    "fc3 db",
-    "fc3 dX",
-    "reparam bwd",
-    "head dW",
-    "head db",
-    "head dX",
-    "fc1 dW",
-    "fc1 db",
-    "adam",
-];
-
 #[derive(Debug, Serialize)]
 pub struct BenchResult {
     pub device: String,
@@ -112,7 +87,7 @@ pub fn bench(
                 )
             })
             .collect();
-        for (i, name) in STEP_OP_NAMES.iter().enumerate() {
+        for (i, name) in plan::TRAIN_STEP_OP_NAMES.iter().enumerate() {
             let ops: Vec<plan::Op> = all.iter().map(|st| st[i]).collect();
             ex.backend.run(&ops)?; // warm (pipelines, bind groups)
             ex.backend.read(Buf::BatchLoss, 0..1)?;

@@ -262,6 +262,27 @@ impl Default for AdamConfig {
     }
 }
 
+/// A label for each op of [`train_step_ops`], in order (for benchmarks and logs).
+pub const TRAIN_STEP_OP_NAMES: [&str; 17] = [
+    "gather x",
+    "fc1 fwd",
+    "head fwd",
+    "reparam fwd",
+    "fc3 fwd",
+    "fc4 fwd",
+    "bce+grad",
+    "loss reduce",
+    "fc4 dW+db",
+    "fc4 dX",
+    "fc3 dW+db",
+    "fc3 dX",
+    "reparam bwd",
+    "head dW+db",
+    "head dX",
+    "fc1 dW+db",
+    "adam",
+];
+
 /// One full training step: forward, backward, Adam step number `t` (1-based).
 pub fn train_step_ops(
     dims: Dims,
@@ -277,4 +298,36 @@ pub fn train_step_ops(
         n_params, adam.lr, adam.beta1, adam.beta2, adam.eps, t,
     )));
     ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Layout;
+
+    #[test]
+    fn every_step_op_has_a_name() {
+        let dims = Dims::MNIST;
+        let lay = Layout::new(dims);
+        let bt = Batch {
+            images: 3,
+            draws: 1,
+            idx_off: 0,
+            seed: 0,
+            stream: 0,
+            row_base: 0,
+            out_off: 0,
+            slot: 0,
+        };
+        let ops = train_step_ops(
+            dims,
+            &lay.offsets(),
+            &bt,
+            lay.total,
+            &AdamConfig::default(),
+            1,
+        );
+        assert_eq!(ops.len(), TRAIN_STEP_OP_NAMES.len());
+        assert!(matches!(ops[0], Op::Gather(_)) && matches!(ops[16], Op::Adam(_)));
+    }
 }
