@@ -101,6 +101,9 @@ struct TrainArgs {
     /// Print only errors
     #[arg(short, long)]
     quiet: bool,
+    /// Continue from OUT/train_state.safetensors (written after every epoch) up to --epochs
+    #[arg(long)]
+    resume: bool,
 }
 
 impl TrainArgs {
@@ -158,7 +161,7 @@ fn run() -> Result<()> {
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
-    report::train_and_report(a.config(), a.device, &a.out, a.quiet)
+    report::train_and_report(a.config(), a.device, &a.out, a.quiet, a.resume)
 }
 
 fn devices() -> Result<()> {

@@ -2,12 +2,11 @@
 //! score every split, compute both protocols' metrics, and write `output/`.
 
 use crate::backend::DeviceChoice;
-use crate::checkpoint;
 use crate::fsutil::write_atomic;
 use crate::metrics::{ood_metrics, roc_curve, OodMetrics};
 use crate::plot;
 use crate::train::{EpochStats, Experiment, SplitId, TrainConfig};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,11 +44,40 @@ pub(crate) fn to_f64(v: &[f32]) -> Vec<f64> {
 }
 
 /// Train, evaluate and write every output file into `out`.
+/// The resumable training state in the output folder.
+pub const STATE_FILE: &str = "train_state.safetensors";
+
+/// A progress bar on stderr; hidden when quiet or when stderr is not a terminal.
+/// Print through `bar.suspend(|| println!(..))` so lines and bar don't mix.
+pub(crate) fn progress_bar(quiet: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(len)
+    } else {
+        // no terminal: print the lines, draw no bar
+        indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::hidden())
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Train (or, with `resume`, continue from `out/train_state.safetensors`), evaluate
+/// and write every output file into `out`.
 pub fn train_and_report(
     cfg: TrainConfig,
     device: DeviceChoice,
     out: &Path,
     quiet: bool,
+    resume: bool,
 ) -> Result<()> {
     let t0 = Instant::now();
     let mut ex = Experiment::new(cfg.clone(), device, quiet)?;
@@ -73,21 +101,78 @@ pub fn train_and_report(
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let setup = t0.elapsed().as_secs_f64();
 
-    let t1 = Instant::now();
+    let state_path = out.join(STATE_FILE);
+    let model_path = out.join("model.safetensors");
     let mut epochs = Vec::new();
-    for _ in 0..cfg.epochs {
-        let st = ex.train_epoch()?;
+    if resume {
+        epochs = ex.load_state(&state_path)?;
         say(format!(
-            "====> Epoch: {} Average loss: {:.4}",
-            st.epoch, st.train_loss
+            "resumed from {} after epoch {}",
+            state_path.display(),
+            ex.epoch
         ));
-        say(format!(
-            "====> Anomaly set loss: {:.4}  ({:.2} s)",
-            st.anomaly_loss, st.seconds
-        ));
-        epochs.push(st);
+        if ex.epoch >= cfg.epochs {
+            say(format!(
+                "(already trained {} of {} epochs)",
+                ex.epoch, cfg.epochs
+            ));
+        }
     }
+
+    let t1 = Instant::now();
+    let bar = progress_bar(quiet, cfg.epochs as u64, "epochs");
+    bar.set_position(ex.epoch as u64);
+    // After every epoch the state is read back and written on a writer thread
+    // (overlapping the next epoch): a crash, Ctrl-C or SIGKILL loses at most the
+    // epoch in flight, and a diverged epoch never overwrites the last good files.
+    let mut writer: Option<std::thread::JoinHandle<Result<()>>> = None;
+    let epochs_before = ex.epoch;
+    while ex.epoch < cfg.epochs {
+        let st = match ex.train_epoch() {
+            Ok(st) => st,
+            Err(e) => {
+                if let Some(w) = writer.take() {
+                    let _ = w.join();
+                }
+                let note = if ex.epoch == epochs_before && !resume {
+                    "no checkpoint was written".to_string()
+                } else {
+                    format!(
+                        "the last good checkpoint (epoch {}) is {}",
+                        ex.epoch,
+                        model_path.display()
+                    )
+                };
+                bail!("{e:#}; {note}");
+            }
+        };
+        bar.suspend(|| {
+            say(format!(
+                "====> Epoch: {} Average loss: {:.4}",
+                st.epoch, st.train_loss
+            ));
+            say(format!(
+                "====> Anomaly set loss: {:.4}  ({:.2} s)",
+                st.anomaly_loss, st.seconds
+            ));
+        });
+        bar.inc(1);
+        epochs.push(st);
+        let snap = ex.snapshot(&epochs)?;
+        if let Some(w) = writer.take() {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("checkpoint writer panicked"))??;
+        }
+        let (sp, mp) = (state_path.clone(), model_path.clone());
+        writer = Some(std::thread::spawn(move || snap.write(&sp, &mp)));
+    }
+    if let Some(w) = writer.take() {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("checkpoint writer panicked"))??;
+    }
+    bar.finish_and_clear();
     let train_seconds = t1.elapsed().as_secs_f64();
+    let trained_now = ex.epoch - epochs_before;
 
     let t2 = Instant::now();
     let mut scores: HashMap<SplitId, Vec<f64>> = HashMap::new();
@@ -109,17 +194,13 @@ pub fn train_and_report(
         cfg.holdout_digit, protocols.clean.auroc, protocols.clean.aupr_in, protocols.clean.aupr_out, protocols.clean.fpr_at_95_tpr
     ));
 
-    // files
-    let params = ex.params()?;
-    let mut meta = HashMap::new();
-    meta.insert("vae_ood.config".into(), serde_json::to_string(&cfg)?);
-    checkpoint::save(&out.join("model.safetensors"), &ex.layout, &params, meta)?;
+    // files (model.safetensors was written after the last epoch)
     write_atomic(
         &out.join("config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
     write_scores_csv(&out.join("scores.csv"), &ex, &scores)?;
-    let n_train_total = ex.splits.train.len() * cfg.epochs;
+    let n_train_total = ex.splits.train.len() * trained_now;
     let timing = Timing {
         setup_seconds: setup,
         train_seconds,

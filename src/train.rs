@@ -5,11 +5,13 @@ use crate::backend::{self, Backend, DeviceChoice};
 use crate::dataset::{load_splits, Split, Splits, PIXELS};
 use crate::model::{Dims, Layout};
 use crate::plan::{self, AdamConfig, Batch, Buf, Op, Sizes};
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Everything that defines a run.
@@ -117,12 +119,69 @@ impl SplitId {
 }
 
 /// Losses of one epoch, averaged per image (nats), as the seed prints them.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct EpochStats {
     pub epoch: usize,
     pub train_loss: f64,
     pub anomaly_loss: f64,
     pub seconds: f64,
+}
+
+/// What `save_state` keeps besides the three flat tensors.
+#[derive(Serialize, Deserialize)]
+struct StateMeta {
+    step: u64,
+    epoch: usize,
+    /// ChaCha word position of the shuffle RNG (a u128, as a string for JSON)
+    rng_word_pos: String,
+    config: TrainConfig,
+    history: Vec<EpochStats>,
+}
+
+/// A training state read back from the device, ready to be written.
+pub struct Snapshot {
+    layout: Layout,
+    params: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    meta: StateMeta,
+}
+
+impl Snapshot {
+    /// Write the resumable state to `state_path` and the model (PyTorch names) to
+    /// `model_path`, each atomically (temp file + rename).
+    pub fn write(&self, state_path: &Path, model_path: &Path) -> Result<()> {
+        let mut md = HashMap::new();
+        md.insert(
+            "vae_ood.state".to_string(),
+            serde_json::to_string(&self.meta)?,
+        );
+        let views = [
+            ("params", &self.params),
+            ("adam.m", &self.m),
+            ("adam.v", &self.v),
+        ]
+        .into_iter()
+        .map(|(name, t)| {
+            Ok((
+                name,
+                TensorView::new(Dtype::F32, vec![t.len()], bytemuck::cast_slice(t))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        crate::fsutil::write_atomic(state_path, &safetensors::serialize(views, Some(md))?)?;
+        let mut meta = HashMap::new();
+        meta.insert(
+            "vae_ood.config".into(),
+            serde_json::to_string(&self.meta.config)?,
+        );
+        meta.insert("vae_ood.epoch".into(), self.meta.epoch.to_string());
+        crate::checkpoint::save(model_path, &self.layout, &self.params, meta)
+    }
+
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
 }
 
 pub struct Experiment {
@@ -278,11 +337,10 @@ impl Experiment {
         let anom_batches = n_anom.div_ceil(self.cfg.score_batch);
         self.backend.run(&ops)?;
         let sums = self.backend.read(Buf::BatchLoss, 0..steps + anom_batches)?;
-        self.epoch += 1;
         let train_sum: f64 = sums[..steps].iter().map(|&v| v as f64).sum();
         let anom_sum: f64 = sums[steps..].iter().map(|&v| v as f64).sum();
         let stats = EpochStats {
-            epoch: self.epoch,
+            epoch: self.epoch + 1,
             train_loss: train_sum / n as f64,
             anomaly_loss: if n_anom > 0 {
                 anom_sum / n_anom as f64
@@ -294,10 +352,11 @@ impl Experiment {
         if !stats.train_loss.is_finite() {
             bail!(
                 "training diverged in epoch {}: the average loss is {} (try a smaller --lr)",
-                self.epoch,
+                stats.epoch,
                 stats.train_loss
             );
         }
+        self.epoch += 1;
         Ok(stats)
     }
 
@@ -345,6 +404,83 @@ impl Experiment {
             self.layout.total
         );
         self.backend.write(Buf::Params, 0, params)
+    }
+
+    /// Everything needed to continue training exactly where it stands:
+    /// parameters, Adam moments, step and epoch counters, the shuffle RNG's
+    /// position, the epoch history and the config. Reading it back is the only
+    /// device work; [`Snapshot::write`] can then run on another thread.
+    pub fn snapshot(&mut self, history: &[EpochStats]) -> Result<Snapshot> {
+        let n = self.layout.total;
+        Ok(Snapshot {
+            layout: self.layout.clone(),
+            params: self.backend.read(Buf::Params, 0..n)?,
+            m: self.backend.read(Buf::AdamM, 0..n)?,
+            v: self.backend.read(Buf::AdamV, 0..n)?,
+            meta: StateMeta {
+                step: self.step,
+                epoch: self.epoch,
+                rng_word_pos: self.shuffle_rng.get_word_pos().to_string(),
+                config: self.cfg.clone(),
+                history: history.to_vec(),
+            },
+        })
+    }
+
+    /// Restore a state written by [`Snapshot::write`]; returns the
+    /// epoch history. The config must match this run's except for `epochs`.
+    pub fn load_state(&mut self, path: &Path) -> Result<Vec<EpochStats>> {
+        let name = path.display();
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read training state {name} (nothing to resume)"))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{name}: not a valid training state ({e})"))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let meta: StateMeta = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("vae_ood.state"))
+            .ok_or_else(|| anyhow::anyhow!("{name}: not a vae-ood training state"))
+            .and_then(|s| {
+                serde_json::from_str(s)
+                    .with_context(|| format!("{name}: unreadable training state"))
+            })?;
+        let mut want = self.cfg.clone();
+        want.epochs = meta.config.epochs;
+        ensure!(
+            serde_json::to_value(&want)? == serde_json::to_value(&meta.config)?,
+            "{name}: saved for a different configuration ({}); only --epochs may change on --resume",
+            serde_json::to_string(&meta.config)?
+        );
+        let n = self.layout.total;
+        for (t, buf) in [
+            ("params", Buf::Params),
+            ("adam.m", Buf::AdamM),
+            ("adam.v", Buf::AdamV),
+        ] {
+            let v = st
+                .tensor(t)
+                .map_err(|_| anyhow::anyhow!("{name}: tensor {t} is missing"))?;
+            ensure!(
+                v.dtype() == Dtype::F32 && v.shape() == [n],
+                "{name}: tensor {t} has the wrong shape or dtype"
+            );
+            let vals: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            self.backend.write(buf, 0, &vals)?;
+        }
+        self.step = meta.step;
+        self.epoch = meta.epoch;
+        let pos: u128 = meta
+            .rng_word_pos
+            .parse()
+            .with_context(|| format!("{name}: bad RNG position"))?;
+        self.shuffle_rng.set_word_pos(pos);
+        Ok(meta.history)
     }
 
     pub fn params(&mut self) -> Result<Vec<f32>> {
