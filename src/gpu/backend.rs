@@ -48,12 +48,22 @@ fn groups_1d(n: usize) -> (u32, u32) {
 /// few 32×32 output tiles, each walking all of K serially; splitting K over up to
 /// 16 workgroups (≥ 32 each) shortens that chain at the cost of one small reduce
 /// dispatch. Products that also write bias gradients are never split.
+/// The workgroup count aimed for is 256, or `VAE_OOD_SPLIT_TARGET` (a tuning knob
+/// for benchmarks; any value gives the same results up to rounding).
 pub fn choose_splits(p: &MatmulParams) -> u32 {
+    static TARGET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let target = *TARGET.get_or_init(|| {
+        std::env::var("VAE_OOD_SPLIT_TARGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &u32| (1..=65_536).contains(&v))
+            .unwrap_or(256)
+    });
     let tiles = p.n.div_ceil(32) * p.m.div_ceil(32);
-    if p.flags & MM_BIASGRAD != 0 || tiles >= 128 || p.k < 128 {
+    if p.flags & MM_BIASGRAD != 0 || tiles >= target / 2 || p.k < 128 {
         return 1;
     }
-    let want = (256 / tiles.max(1)).clamp(1, 16);
+    let want = (target / tiles.max(1)).clamp(1, 16);
     let kc = p.k.div_ceil(want).div_ceil(32) * 32;
     p.k.div_ceil(kc)
 }
