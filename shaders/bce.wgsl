@@ -1,6 +1,7 @@
 // Twin of cpu::bce_logits (src/cpu/bce.rs).
 // logits: (R, d), x: (R / K, d) → bce: (R) = Σ_d [max(t,0) − t·x + log(1 + e^{−|t|})];
-// when write_grad, logits[r, d] ← σ(t) − x (gradient of the summed loss).
+// when write_grad, logits[r, d] ← σ(t) − x (gradient of the summed loss), σ from the
+// same e = e^{−|t|}: 1/(1+e) for t ≥ 0, e/(1+e) for t < 0.
 // One workgroup of 256 threads per row, strided loop then a tree reduction.
 
 struct Params { rows: u32, d: u32, draws: u32, write_grad: u32 }
@@ -22,9 +23,14 @@ fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
         for (var c = t; c < p.d; c += 256u) {
             let l = logits[r * p.d + c];
             let xv = x[xb + c];
-            acc += max(l, 0.0) - l * xv + log(1.0 + exp(-abs(l)));
+            let ex = exp(-abs(l));
+            acc += max(l, 0.0) - l * xv + log(1.0 + ex);
             if (p.write_grad != 0u) {
-                logits[r * p.d + c] = 1.0 / (1.0 + exp(-l)) - xv;
+                var sig = 1.0 / (1.0 + ex);
+                if (l < 0.0) {
+                    sig = ex / (1.0 + ex);
+                }
+                logits[r * p.d + c] = sig - xv;
             }
         }
     }

@@ -41,10 +41,14 @@ pub fn adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: 
     let n = p.n as usize;
     let step = p.lr / p.bc1;
     let sqrt_bc2 = p.bc2.sqrt();
-    for i in 0..n {
-        let g = grads[i];
-        m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * g;
-        v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
-        params[i] -= step * m[i] / (v[i].sqrt() / sqrt_bc2 + p.eps);
+    let it = params[..n]
+        .iter_mut()
+        .zip(&grads[..n])
+        .zip(&mut m[..n])
+        .zip(&mut v[..n]);
+    for (((pi, &g), mi), vi) in it {
+        *mi = p.beta1 * *mi + (1.0 - p.beta1) * g;
+        *vi = p.beta2 * *vi + (1.0 - p.beta2) * g * g;
+        *pi -= step * *mi / (vi.sqrt() / sqrt_bc2 + p.eps);
     }
 }

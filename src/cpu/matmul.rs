@@ -128,6 +128,7 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
     } else {
         // SAFETY: the strided views lie inside `a`, `b` and `cs` (checked below by
         // computing the last element each touches), and `cs` is exclusively borrowed.
+        // gemm computes dst = alpha·dst + beta·lhs·rhs; read_dst = false ignores dst.
         let a_last = p.a_off as usize + (m - 1) * p.a_si as usize + (k - 1) * p.a_sp as usize;
         let b_last = p.b_off as usize + (k - 1) * p.b_sp as usize + (n - 1) * p.b_sj as usize;
         assert!(
@@ -135,21 +136,26 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
             "matmul operand out of bounds"
         );
         unsafe {
-            matrixmultiply::sgemm(
+            gemm::gemm(
                 m,
-                k,
                 n,
-                1.0,
-                a.as_ptr().add(p.a_off as usize),
-                p.a_si as isize,
-                p.a_sp as isize,
-                b.as_ptr().add(p.b_off as usize),
-                p.b_sp as isize,
-                p.b_sj as isize,
-                0.0,
+                k,
                 cs.as_mut_ptr(),
-                c_si as isize,
                 1,
+                c_si as isize,
+                false,
+                a.as_ptr().add(p.a_off as usize),
+                p.a_sp as isize,
+                p.a_si as isize,
+                b.as_ptr().add(p.b_off as usize),
+                p.b_sj as isize,
+                p.b_sp as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
             );
         }
     }
