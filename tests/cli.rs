@@ -279,7 +279,10 @@ fn eval_reproduces_training_scores() {
         assert_eq!(got[i][0], format!("{}[{i}]", idx_path.display()));
         assert_eq!(want[i][0], "train");
         assert_eq!(want[i][1], splits.train.source_index[i].to_string());
-        assert_eq!(got[i][1], want[i][3], "image {i}");
+        // same ε; the product's blocking differs between a batch of 6 and one of
+        // 1024 (gemm), so equal up to f32 rounding of a ~800-term sum
+        let (g, w): (f64, f64) = (got[i][1].parse().unwrap(), want[i][3].parse().unwrap());
+        assert!((g - w).abs() <= 1e-5 * w.abs(), "image {i}: {g} vs {w}");
     }
 }
 
