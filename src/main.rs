@@ -127,12 +127,33 @@ impl TrainArgs {
 }
 
 fn main() {
+    quiet_mesa_without_runtime_dir();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run() {
         // one line: the error and its causes joined
         let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", msg.join(": "));
         std::process::exit(1);
+    }
+}
+
+/// Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid or not set" on
+/// every device probe when that variable is missing (containers, CI, cron). Give the
+/// process a private one so that the only `error:` line a user sees is ours. Runs
+/// first in `main`, before any thread exists.
+fn quiet_mesa_without_runtime_dir() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("vae-ood-runtime-{uid}"));
+    if std::fs::create_dir_all(&dir).is_ok()
+        && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+    {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
     }
 }
 

@@ -526,3 +526,86 @@ fn adam_matches_at_first_and_later_steps() {
         });
     }
 }
+
+/// Adversarial inputs: logits of ±1e4 (recon → exactly 0 or 1) and log σ² of ±60
+/// (σ² ≈ 1e26 or 1e-26) give finite losses, noise, latents and gradients on every
+/// backend, equal between backends (f32 has room for e^60; at log σ² ≳ 88 the KL is
+/// +∞ mathematically, which the training loop reports as divergence).
+#[test]
+fn extreme_logits_and_logvar_stay_finite() {
+    let mut rng = fresh_rng("extreme_logits_and_logvar_stay_finite");
+    let (b, l) = (37usize, 5usize);
+    let mut head = uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0);
+    for i in 0..b {
+        for j in 0..l {
+            head[i * 2 * l + l + j] = if (i + j) % 2 == 0 { 60.0 } else { -60.0 };
+            head[i * 2 * l + j] = if i % 3 == 0 { 1e4 } else { head[i * 2 * l + j] };
+        }
+    }
+    run_case(Case {
+        name: "reparam_forward extreme",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![(Buf::Head, head.clone())],
+        // z reaches μ + ε·e^30 ≈ 1e13: relative tolerance (GPU exp is within 3 ULP)
+        outputs: vec![
+            (Buf::Z, vec![0..b * 3 * l], 1e-3, 1e-3),
+            (Buf::Kl, vec![0..b], 1e-3, 1e-5),
+        ],
+        op: Op::ReparamForward(ReparamParams {
+            images: b as u32,
+            l: l as u32,
+            draws: 3,
+            seed: 5,
+            stream: 1,
+            row_base: 0,
+            eps_given: 0,
+            _pad: 0,
+        }),
+    });
+    run_case(Case {
+        name: "reparam_backward extreme",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (Buf::Head, head),
+            (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
+            (Buf::Dz, uniform(&mut rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
+        ],
+        outputs: vec![(Buf::Dhead, vec![0..b * 2 * l], 1e-3, 1e-5)],
+        op: Op::ReparamBackward(ReparamParams {
+            images: b as u32,
+            l: l as u32,
+            draws: 3,
+            seed: 5,
+            stream: 1,
+            row_base: 0,
+            eps_given: 0,
+            _pad: 0,
+        }),
+    });
+    let rows = 37;
+    let logits: Vec<f32> = (0..Buf::Logits.len(&SIZES))
+        .map(|i| if i % 2 == 0 { 1e4 } else { -1e4 })
+        .collect();
+    let x: Vec<f32> = (0..Buf::X.len(&SIZES))
+        .map(|i| [0.0, 1.0, 0.5][i % 3])
+        .collect();
+    run_case(Case {
+        name: "bce extreme",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![(Buf::Logits, logits), (Buf::X, x)],
+        // sums of 129 terms of size up to 1e4: relative 1e-6
+        outputs: vec![
+            (Buf::Bce, vec![0..rows], 1e-2, 1e-6),
+            (Buf::Logits, vec![0..rows * D], 1e-6, 0.0),
+        ],
+        op: Op::Bce(BceParams {
+            rows: rows as u32,
+            d: D as u32,
+            draws: 1,
+            write_grad: 1,
+        }),
+    });
+}

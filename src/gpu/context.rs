@@ -85,6 +85,65 @@ impl Kernel {
 /// Size of the uniform window every kernel sees (the largest params struct).
 pub const UNIFORM_BYTES: u64 = 64;
 
+/// Compile `entry` of the WGSL `src` into a compute pipeline whose group 0 holds
+/// storage buffers at `bindings` (number, read-only?) and group 1 the op-parameter
+/// uniform. Validation errors come back as one error naming the file and entry point.
+pub fn build_pipeline(
+    device: &wgpu::Device,
+    uniform_layout: &wgpu::BindGroupLayout,
+    file: &str,
+    src: &str,
+    entry: &str,
+    bindings: &[(u32, bool)],
+) -> Result<(wgpu::BindGroupLayout, wgpu::ComputePipeline)> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(file),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+        .iter()
+        .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(entry),
+        entries: &entries,
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(entry),
+        bind_group_layouts: &[Some(&bgl), Some(uniform_layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        let first = e.to_string();
+        let first = first
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        bail!("shader {file}, entry point {entry}: {first}");
+    }
+    Ok((bgl, pipeline))
+}
+
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -156,48 +215,19 @@ impl GpuContext {
         let mut pipelines = Vec::new();
         for k in Kernel::ALL {
             let (file, src) = k.source();
-            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(file),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-            let entries: Vec<wgpu::BindGroupLayoutEntry> = k
-                .bindings()
-                .iter()
-                .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
-                    binding,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                })
-                .collect();
-            let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(k.entry()),
-                entries: &entries,
-            });
-            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(k.entry()),
-                bind_group_layouts: &[Some(&bgl), Some(&uniform_layout)],
-                immediate_size: 0,
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(k.entry()),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(k.entry()),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                bail!("shader {file}, entry point {}: {e}", k.entry());
-            }
+            let (bgl, pipeline) =
+                build_pipeline(&device, &uniform_layout, file, src, k.entry(), k.bindings())?;
             layouts.push(bgl);
             pipelines.push(pipeline);
         }
+        log::info!(
+            "GPU {} ({:?}, {:?}): {} pipelines, max storage binding {} MiB",
+            info.name,
+            info.device_type,
+            info.backend,
+            pipelines.len(),
+            device.limits().max_storage_buffer_binding_size >> 20
+        );
         Ok(GpuContext {
             device,
             queue,

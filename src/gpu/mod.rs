@@ -6,7 +6,7 @@ mod backend;
 mod context;
 
 pub use backend::{choose_splits, GpuBackend};
-pub use context::{GpuContext, Kernel};
+pub use context::{build_pipeline, GpuContext, Kernel};
 
 use anyhow::{bail, Result};
 
@@ -37,7 +37,13 @@ pub fn select_adapter() -> Result<Option<wgpu::Adapter>> {
             .iter()
             .any(|a| a.get_info().name.to_lowercase().contains(&want))
         {
-            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            let names: Vec<String> = adapters
+                .iter()
+                .map(|a| {
+                    let i = a.get_info();
+                    format!("{} ({:?})", i.name, i.backend)
+                })
+                .collect();
             bail!(
                 "WGPU_ADAPTER_NAME={name:?} matches no adapter (found: {})",
                 if names.is_empty() {

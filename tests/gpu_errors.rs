@@ -1,0 +1,95 @@
+//! GPU faults become clear errors: a shader that fails validation names its file and
+//! entry point; an adapter name that matches nothing is a one-line error (wgpu
+//! itself would panic); the loss kernels stay finite on adversarial inputs.
+
+mod common;
+
+use assert_cmd::Command;
+use common::*;
+use vae_ood::gpu::{self, build_pipeline, GpuContext};
+
+fn context() -> Option<GpuContext> {
+    // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
+    gpu_backend(
+        &[0; 4],
+        1,
+        tiny_sizes(vae_ood::model::Dims { d: 4, h: 2, l: 1 }, 1),
+    )?;
+    let adapter = gpu::select_adapter().unwrap().unwrap();
+    Some(GpuContext::new(adapter, 1 << 20).unwrap())
+}
+
+#[test]
+fn invalid_shader_is_an_error_naming_file_and_entry_point() {
+    let Some(ctx) = context() else { return };
+    let bad = "@compute @workgroup_size(64) fn broken() { let x: u32 = 1.5; }";
+    let e = build_pipeline(
+        &ctx.device,
+        &ctx.uniform_layout,
+        "broken.wgsl",
+        bad,
+        "broken",
+        &[],
+    )
+    .err()
+    .expect("invalid WGSL must fail")
+    .to_string();
+    assert!(
+        e.starts_with("shader broken.wgsl, entry point broken:"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+
+    let good = "@compute @workgroup_size(64) fn main() {}";
+    let e = build_pipeline(
+        &ctx.device,
+        &ctx.uniform_layout,
+        "good.wgsl",
+        good,
+        "missing",
+        &[],
+    )
+    .err()
+    .expect("a missing entry point must fail")
+    .to_string();
+    assert!(e.contains("good.wgsl") && e.contains("missing"), "{e}");
+    // and the device is still usable afterwards
+    build_pipeline(
+        &ctx.device,
+        &ctx.uniform_layout,
+        "good.wgsl",
+        good,
+        "main",
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn unknown_adapter_name_is_a_one_line_error() {
+    let out = Command::cargo_bin("vae-ood")
+        .unwrap()
+        .env("WGPU_ADAPTER_NAME", "no-such-adapter-xyz")
+        .args([
+            "--device",
+            "gpu",
+            "--train-limit",
+            "100",
+            "--epochs",
+            "1",
+            "-q",
+            "--out",
+        ])
+        .arg(tempfile::tempdir().unwrap().path().join("o"))
+        .assert()
+        .failure()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("WGPU_ADAPTER_NAME") && lines[0].contains("no-such-adapter-xyz"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
