@@ -176,10 +176,25 @@ pub fn make_splits(
 
 /// Load `data_dir` (e.g. `data/mnist`) and split it with `holdout_digit` held out
 /// of training.
+/// A relative data folder that does not exist from the current directory is looked
+/// up in the source tree the binary was built from, so `data/mnist` works from any
+/// directory of a checkout (`cargo run` in a subfolder, an installed binary with the
+/// checkout still in place). Anything else is returned unchanged.
+pub fn resolve_data_dir(dir: &Path) -> std::path::PathBuf {
+    if dir.is_relative() && !dir.exists() {
+        let in_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        if in_tree.exists() {
+            return in_tree;
+        }
+    }
+    dir.to_path_buf()
+}
+
 pub fn load_splits(data_dir: &Path, holdout_digit: u8) -> Result<Splits> {
     if holdout_digit > 9 {
         bail!("holdout digit {holdout_digit} is out of range, expected 0-9");
     }
+    let data_dir = &resolve_data_dir(data_dir);
     let (train_images, train_labels) = load_mnist_like(data_dir, true)?;
     let (test_images, test_labels) = load_mnist_like(data_dir, false)?;
     make_splits(

@@ -150,3 +150,24 @@ fn resume_refuses_a_different_configuration_and_a_missing_state() {
     assert!(err.contains("different configuration"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Same seed, same backend: metrics.json is identical apart from wall-clock timing.
+#[test]
+fn same_seed_gives_bit_identical_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&a, 2, &[]).success();
+    train(&b, 2, &[]).success();
+    let strip = |p: &Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("metrics.json")).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("timing");
+        for e in v["epochs"].as_array_mut().unwrap() {
+            e.as_object_mut().unwrap().remove("seconds");
+        }
+        v
+    };
+    let (ma, mb) = (strip(&a), strip(&b));
+    assert!(ma["protocols"]["clean"]["auroc"].as_f64().unwrap() > 0.0);
+    assert_eq!(ma, mb, "metrics.json differs between two identical runs");
+    assert_eq!(std::fs::read(a.join("scores.csv")).unwrap(), std::fs::read(b.join("scores.csv")).unwrap());
+}
