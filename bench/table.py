@@ -35,4 +35,5 @@ if vae.get("breakdown_us_per_step"):
     print()
     print("vae-ood per-kernel breakdown (µs per step):", ", ".join(f"{n} {u:.1f}" for n, u in vae["breakdown_us_per_step"]))
 print()
-print(f"scoring: {vae.get('score_images_per_s', 0):,.0f} images/s (−ELBO, 1 draw)")
+print(f"scoring: {vae.get('score_images_per_s', 0):,.0f} images/s (−ELBO, 1 draw); "
+      f"{vae.get('iwae_images_per_s', 0):,.0f} images/s (IWAE, K = {vae.get('iwae_k', '?')})")

@@ -1,6 +1,7 @@
 // Twin of cpu::reparam_forward / cpu::reparam_backward (src/cpu/reparam.rs) and of
 // rng::pcg4d / rng::normal (src/rng.rs).
-// Forward: head (B, 2L) = [μ | log σ²] → z, eps (B·K, L), kl (B); ε drawn from the
+// Forward: head (B, 2L) = [μ | log σ²] → z, eps (B·K, L), kl (B), logpq (B·K) =
+// log p(z) − log q(z|x) = Σ_j (−½ z² + ½ ε² + ½ log σ²); ε drawn from the
 // counter-based generator, or read from eps when eps_given (fixtures).
 // Backward: dz (B·K, L) → dhead (B, 2L), including the KL gradient.
 // One thread per image; dispatch ceil(B / 64).
@@ -15,6 +16,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> z: array<f32>;
 @group(0) @binding(2) var<storage, read_write> eps: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kl: array<f32>;
+@group(0) @binding(8) var<storage, read_write> logpq: array<f32>;
 // reparam_backward
 @group(0) @binding(4) var<storage, read> dz: array<f32>;
 @group(0) @binding(5) var<storage, read> eps_in: array<f32>;
@@ -54,6 +56,9 @@ fn reparam_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let l = p.l;
+    for (var k = 0u; k < p.draws; k++) {
+        logpq[b * p.draws + k] = 0.0;
+    }
     var acc = 0.0;
     for (var j = 0u; j < l; j++) {
         let mu = head[b * 2u * l + j];
@@ -69,7 +74,9 @@ fn reparam_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
                 ev = normal(p.seed, p.stream, p.row_base + b, k * l + j);
             }
             eps[r] = ev;
-            z[r] = mu + ev * sd;
+            let zv = mu + ev * sd;
+            z[r] = zv;
+            logpq[b * p.draws + k] += 0.5 * (ev * ev - zv * zv + lv);
         }
     }
     kl[b] = -0.5 * acc;

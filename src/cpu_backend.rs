@@ -53,9 +53,10 @@ impl CpuBackend {
                 self.put(c, cv);
             }
             Op::ReparamForward(p) => {
-                let (mut z, mut eps, mut kl) =
-                    (self.take(Buf::Z), self.take(Buf::Eps), self.take(Buf::Kl));
-                cpu::reparam_forward(&mut z, &mut eps, &mut kl, self.get(Buf::Head), &p);
+                let (mut z, mut eps) = (self.take(Buf::Z), self.take(Buf::Eps));
+                let (mut kl, mut lpq) = (self.take(Buf::Kl), self.take(Buf::LogPq));
+                cpu::reparam_forward(&mut z, &mut eps, &mut kl, &mut lpq, self.get(Buf::Head), &p);
+                self.put(Buf::LogPq, lpq);
                 self.put(Buf::Z, z);
                 self.put(Buf::Eps, eps);
                 self.put(Buf::Kl, kl);
@@ -79,7 +80,8 @@ impl CpuBackend {
             }
             Op::Loss(p) => {
                 let (mut s, mut bl) = (self.take(Buf::SampleLoss), self.take(Buf::BatchLoss));
-                cpu::loss_reduce(&mut s, &mut bl, self.get(Buf::Bce), self.get(Buf::Kl), &p);
+                let (bce, kl, lpq) = (self.get(Buf::Bce), self.get(Buf::Kl), self.get(Buf::LogPq));
+                cpu::loss_reduce(&mut s, &mut bl, bce, kl, lpq, &p);
                 self.put(Buf::SampleLoss, s);
                 self.put(Buf::BatchLoss, bl);
             }

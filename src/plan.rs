@@ -40,6 +40,8 @@ pub enum Buf {
     /// per-row reconstruction loss (B·K) and per-image KL (B)
     Bce,
     Kl,
+    /// per-row log p(z) − log q(z|x) (B·K), for importance weights
+    LogPq,
     /// per-image −ELBO, at the image's position in the epoch or split
     SampleLoss,
     /// one sum per batch
@@ -47,7 +49,7 @@ pub enum Buf {
 }
 
 impl Buf {
-    pub const ALL: [Buf; 19] = [
+    pub const ALL: [Buf; 20] = [
         Buf::Params,
         Buf::Grads,
         Buf::AdamM,
@@ -65,6 +67,7 @@ impl Buf {
         Buf::Dh1,
         Buf::Bce,
         Buf::Kl,
+        Buf::LogPq,
         Buf::SampleLoss,
         Buf::BatchLoss,
     ];
@@ -81,7 +84,7 @@ impl Buf {
             Buf::Eps | Buf::Z | Buf::Dz => r * l,
             Buf::H3 | Buf::Dh3 => r * h,
             Buf::Logits => r * d,
-            Buf::Bce => r,
+            Buf::Bce | Buf::LogPq => r,
             Buf::Kl => b,
             Buf::SampleLoss => s.sample_slots,
             Buf::BatchLoss => s.batch_slots,
@@ -118,13 +121,13 @@ pub enum Op {
         c: Buf,
         p: MatmulParams,
     },
-    /// Head → Z, Eps, Kl
+    /// Head → Z, Eps, Kl, LogPq
     ReparamForward(ReparamParams),
     /// Dz, Eps, Head → Dhead
     ReparamBackward(ReparamParams),
     /// Logits, X → Bce (and Logits ← gradient)
     Bce(BceParams),
-    /// Bce, Kl → SampleLoss, BatchLoss
+    /// Bce, Kl, LogPq → SampleLoss, BatchLoss
     Loss(LossParams),
     /// Params, Grads → Params, AdamM, AdamV
     Adam(AdamParams),
@@ -146,6 +149,8 @@ pub struct Batch {
     /// per-image losses go to SampleLoss[out_off..], the batch sum to BatchLoss[slot]
     pub out_off: usize,
     pub slot: usize,
+    /// what SampleLoss receives: LOSS_ELBO (−ELBO) or LOSS_IWAE (−log p̂(x) over the draws)
+    pub mode: u32,
 }
 
 /// Forward pass and loss for one batch: gather, encoder, reparameterisation,
@@ -193,6 +198,8 @@ pub fn forward_ops(dims: Dims, o: &Offsets, bt: &Batch, train: bool) -> Vec<Op> 
             draws: k as u32,
             out_off: bt.out_off as u32,
             slot: bt.slot as u32,
+            mode: bt.mode,
+            _pad: [0; 3],
         }),
     ]
 }
@@ -318,6 +325,7 @@ mod tests {
             row_base: 0,
             out_off: 0,
             slot: 0,
+            mode: 0,
         };
         let ops = train_step_ops(
             dims,

@@ -238,8 +238,10 @@ impl Experiment {
             max_images: cfg.batch_size.max(cfg.score_batch),
             max_rows: cfg.batch_size.max(cfg.score_batch),
             sample_slots: largest_split.max(1),
+            // one slot per training step plus the anomaly batches; scoring with K draws
+            // uses up to one batch per image (K = score_batch)
             batch_slots: (steps + splits.test_anomaly.len().div_ceil(cfg.score_batch))
-                .max(largest_split.div_ceil(cfg.score_batch))
+                .max(largest_split)
                 .max(1),
         };
         // index buffer: [epoch permutation of the training images | identity over the store]
@@ -276,23 +278,28 @@ impl Experiment {
         self.bases[s as usize]
     }
 
-    /// Forward-only ops scoring split `s` in batches; batch j's sum goes to
-    /// BatchLoss[slot0 + j], image i's −ELBO to SampleLoss[i].
-    fn score_ops(&self, s: SplitId, slot0: usize) -> Vec<Op> {
+    /// Forward-only ops scoring split `s` in batches with `draws` z samples per
+    /// image (`mode`: LOSS_ELBO or LOSS_IWAE); batch j's sum goes to
+    /// BatchLoss[slot0 + j], image i's score to SampleLoss[i]. A batch holds
+    /// score_batch / draws images, so decoder rows never exceed score_batch; ε of
+    /// image i, draw k depends only on (seed, split, i, k), not on the batching.
+    fn score_ops(&self, s: SplitId, slot0: usize, draws: usize, mode: u32) -> Vec<Op> {
         let n = self.split(s).len();
         let o = self.layout.offsets();
         let idx0 = self.splits.train.len() + self.split_base(s);
+        let per_batch = (self.cfg.score_batch / draws).max(1);
         let mut ops = Vec::new();
-        for (j, start) in (0..n).step_by(self.cfg.score_batch).enumerate() {
+        for (j, start) in (0..n).step_by(per_batch).enumerate() {
             let bt = Batch {
-                images: self.cfg.score_batch.min(n - start),
-                draws: 1,
+                images: per_batch.min(n - start),
+                draws,
                 idx_off: idx0 + start,
                 seed: self.cfg.seed as u32,
                 stream: s.stream(),
                 row_base: start as u32,
                 out_off: start,
                 slot: slot0 + j,
+                mode,
             };
             ops.extend(plan::forward_ops(self.layout.dims, &o, &bt, false));
         }
@@ -322,6 +329,7 @@ impl Experiment {
                 row_base: 0,
                 out_off: s * bs,
                 slot: s,
+                mode: crate::cpu::LOSS_ELBO,
             };
             ops.extend(plan::train_step_ops(
                 self.layout.dims,
@@ -332,7 +340,7 @@ impl Experiment {
                 self.step,
             ));
         }
-        ops.extend(self.score_ops(SplitId::TestAnomaly, steps));
+        ops.extend(self.score_ops(SplitId::TestAnomaly, steps, 1, crate::cpu::LOSS_ELBO));
         let n_anom = self.splits.test_anomaly.len();
         let anom_batches = n_anom.div_ceil(self.cfg.score_batch);
         self.backend.run(&ops)?;
@@ -362,11 +370,26 @@ impl Experiment {
 
     /// −ELBO of every image of split `s` (one z draw per image, fixed ε stream).
     pub fn score(&mut self, s: SplitId) -> Result<Vec<f32>> {
+        self.score_with(s, 1, crate::cpu::LOSS_ELBO)
+    }
+
+    /// −log p̂(x) of every image of split `s`: the importance-weighted estimate
+    /// with `draws` z samples per image (IWAE bound; tighter than −ELBO as K grows).
+    pub fn score_iwae(&mut self, s: SplitId, draws: usize) -> Result<Vec<f32>> {
+        self.score_with(s, draws, crate::cpu::LOSS_IWAE)
+    }
+
+    fn score_with(&mut self, s: SplitId, draws: usize, mode: u32) -> Result<Vec<f32>> {
         let n = self.split(s).len();
+        ensure!(
+            (1..=self.backend.sizes().max_rows).contains(&draws),
+            "draws per image must be in 1..={}",
+            self.backend.sizes().max_rows
+        );
         if n == 0 {
             return Ok(Vec::new());
         }
-        let ops = self.score_ops(s, 0);
+        let ops = self.score_ops(s, 0, draws, mode);
         self.backend.run(&ops)?;
         self.backend.read(Buf::SampleLoss, 0..n)
     }
@@ -384,6 +407,7 @@ impl Experiment {
             row_base: 0,
             out_off: 0,
             slot: 0,
+            mode: crate::cpu::LOSS_ELBO,
         };
         let ops = plan::forward_ops(self.layout.dims, &self.layout.offsets(), &bt, false);
         self.backend.run(&ops)?;

@@ -367,6 +367,8 @@ fn reparam_forward_draws_same_noise() {
             (Buf::Z, vec![0..b * k * l], 5e-3, 0.0),
             // KL: exp(lv) on both sides, 5 terms: relative 1e-5
             (Buf::Kl, vec![0..b], 1e-5, 1e-5),
+            // log p(z) − log q(z|x): squares of ε and z carry their tolerances
+            (Buf::LogPq, vec![0..b * k], 5e-2, 1e-3),
         ],
         op: Op::ReparamForward(p),
     });
@@ -392,6 +394,7 @@ fn reparam_forward_given_noise() {
         outputs: vec![
             (Buf::Z, vec![0..b * k * l], 1e-5, 1e-5),
             (Buf::Kl, vec![0..b], 1e-5, 1e-5),
+            (Buf::LogPq, vec![0..b * k], 1e-4, 1e-5),
         ],
         op: Op::ReparamForward(p),
     });
@@ -496,6 +499,43 @@ fn loss_reduce_per_image_and_batch() {
             draws: k as u32,
             out_off: 17,
             slot: 4,
+            mode: LOSS_ELBO,
+            _pad: [0; 3],
+        }),
+    });
+}
+
+#[test]
+fn loss_reduce_importance_weighted() {
+    let mut rng = fresh_rng("loss_reduce_importance_weighted");
+    let (images, k) = (9, 64);
+    run_case(Case {
+        name: "loss_reduce iwae",
+        store: random_store(&mut rng),
+        idx: vec![0],
+        inputs: vec![
+            (
+                Buf::Bce,
+                uniform(&mut rng, Buf::Bce.len(&SIZES), 50.0, 300.0),
+            ),
+            (
+                Buf::LogPq,
+                uniform(&mut rng, Buf::LogPq.len(&SIZES), -40.0, 5.0),
+            ),
+        ],
+        // logsumexp of 64 terms after subtracting the max: GPU exp/log within a few
+        // ULP, so 1e-4 absolute on values of 50-300 nats
+        outputs: vec![
+            (Buf::SampleLoss, vec![3..3 + images], 1e-4, 1e-6),
+            (Buf::BatchLoss, vec![2..3], 0.0, 1e-5),
+        ],
+        op: Op::Loss(LossParams {
+            images: images as u32,
+            draws: k as u32,
+            out_off: 3,
+            slot: 2,
+            mode: LOSS_IWAE,
+            _pad: [0; 3],
         }),
     });
 }

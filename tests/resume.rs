@@ -159,7 +159,8 @@ fn same_seed_gives_bit_identical_metrics() {
     train(&a, 2, &[]).success();
     train(&b, 2, &[]).success();
     let strip = |p: &Path| {
-        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("metrics.json")).unwrap()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.join("metrics.json")).unwrap()).unwrap();
         v.as_object_mut().unwrap().remove("timing");
         for e in v["epochs"].as_array_mut().unwrap() {
             e.as_object_mut().unwrap().remove("seconds");
@@ -169,5 +170,8 @@ fn same_seed_gives_bit_identical_metrics() {
     let (ma, mb) = (strip(&a), strip(&b));
     assert!(ma["protocols"]["clean"]["auroc"].as_f64().unwrap() > 0.0);
     assert_eq!(ma, mb, "metrics.json differs between two identical runs");
-    assert_eq!(std::fs::read(a.join("scores.csv")).unwrap(), std::fs::read(b.join("scores.csv")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("scores.csv")).unwrap(),
+        std::fs::read(b.join("scores.csv")).unwrap()
+    );
 }

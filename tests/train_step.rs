@@ -48,6 +48,7 @@ fn three_training_steps_gpu_equal_cpu() {
                 row_base: 0,
                 out_off: s * b,
                 slot: s,
+                mode: vae_ood::cpu::LOSS_ELBO,
             };
             be.run(&plan::train_step_ops(
                 dims,
@@ -155,4 +156,31 @@ fn same_seed_same_backend_gives_identical_runs_gpu() {
             "GPU epoch loss {g} vs CPU {cc}"
         );
     }
+}
+
+/// The importance-weighted score with K draws bounds log p(x) more tightly than the
+/// ELBO, so on average −log p̂(x) (K = 64) < −ELBO, and it is finite everywhere.
+#[test]
+fn importance_weighted_scores_are_tighter_than_elbo() {
+    use vae_ood::train::SplitId;
+    let cfg = TrainConfig {
+        train_limit: Some(1000),
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    let mut ex = Experiment::new(cfg, DeviceChoice::Cpu, true).unwrap();
+    ex.train_epoch().unwrap();
+    let elbo = ex.score(SplitId::TestAnomaly).unwrap();
+    let iwae = ex.score_iwae(SplitId::TestAnomaly, 64).unwrap();
+    assert_eq!(elbo.len(), iwae.len());
+    assert!(iwae.iter().all(|v| v.is_finite()));
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    let (me, mi) = (mean(&elbo), mean(&iwae));
+    assert!(mi < me, "mean IWAE score {mi} is not below mean −ELBO {me}");
+    // and not absurdly far: the gap is the (average) KL slack, a few nats here
+    assert!(me - mi < 50.0, "gap {}", me - mi);
+    // one draw: the estimate is −log w with the same ε as the −ELBO score, and
+    // its mean over images is within the sampling noise of the −ELBO mean
+    let one = ex.score_iwae(SplitId::TestAnomaly, 1).unwrap();
+    assert!((mean(&one) - me).abs() < 5.0, "{} vs {me}", mean(&one));
 }

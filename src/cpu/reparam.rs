@@ -25,19 +25,23 @@ pub struct ReparamParams {
 }
 
 /// head: (B, 2L) = [μ | log σ²] per image.
-/// z, eps: (B·K, L); kl: (B) = −½ Σ_j (1 + log σ² − μ² − σ²).
+/// z, eps: (B·K, L); kl: (B) = −½ Σ_j (1 + log σ² − μ² − σ²);
+/// logpq: (B·K) = log p(z) − log q(z|x) = Σ_j (−½ z² + ½ ε² + ½ log σ²) per draw
+/// (the log 2π terms cancel): the prior/posterior part of an importance weight.
 /// ε for (image b, draw k, latent j) = normal(seed, stream, row_base + b, k·L + j),
 /// or the value already in `eps` when `eps_given`.
 pub fn reparam_forward(
     z: &mut [f32],
     eps: &mut [f32],
     kl: &mut [f32],
+    logpq: &mut [f32],
     head: &[f32],
     p: &ReparamParams,
 ) {
     let (l, kd) = (p.l as usize, p.draws as usize);
     for b in 0..p.images as usize {
         let h = &head[b * 2 * l..(b + 1) * 2 * l];
+        logpq[b * kd..(b + 1) * kd].fill(0.0);
         let mut acc = 0.0f32;
         for j in 0..l {
             let (mu, lv) = (h[j], h[l + j]);
@@ -52,6 +56,7 @@ pub fn reparam_forward(
                 };
                 eps[r] = e;
                 z[r] = mu + e * sd;
+                logpq[b * kd + k] += 0.5 * (e * e - z[r] * z[r] + lv);
             }
         }
         kl[b] = -0.5 * acc;

@@ -105,7 +105,7 @@ fn lower(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
         }
         Op::ReparamForward(p) => one(
             Kernel::ReparamForward,
-            vec![f(Head), f(Z), f(Eps), f(Kl)],
+            vec![f(Head), f(Z), f(Eps), f(Kl), f(LogPq)],
             (p.images.div_ceil(64).max(1), 1),
             bytes_of(p),
         ),
@@ -123,7 +123,7 @@ fn lower(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
         ),
         Op::Loss(p) => one(
             Kernel::Loss,
-            vec![f(Bce), f(Kl), f(SampleLoss), f(BatchLoss)],
+            vec![f(Bce), f(Kl), f(SampleLoss), f(BatchLoss), f(LogPq)],
             (1, 1),
             bytes_of(p),
         ),

@@ -68,14 +68,14 @@ impl Kernel {
             Kernel::Matmul => &[(0, true), (1, true), (2, true), (3, false), (4, false)],
             // partial sums, e → c
             Kernel::MatmulReduce => &[(5, true), (2, true), (3, false)],
-            // head → z, eps, kl
-            Kernel::ReparamForward => &[(0, true), (1, false), (2, false), (3, false)],
+            // head → z, eps, kl, logpq
+            Kernel::ReparamForward => &[(0, true), (1, false), (2, false), (3, false), (8, false)],
             // dz, eps, head → dhead
             Kernel::ReparamBackward => &[(4, true), (5, true), (6, true), (7, false)],
             // x, logits (in/out) → bce
             Kernel::Bce => &[(0, true), (1, false), (2, false)],
-            // bce, kl → sample_loss, batch_loss
-            Kernel::Loss => &[(0, true), (1, true), (2, false), (3, false)],
+            // bce, kl → sample_loss, batch_loss; logpq
+            Kernel::Loss => &[(0, true), (1, true), (2, false), (3, false), (4, true)],
             // params (in/out), grads, m, v
             Kernel::Adam => &[(0, false), (1, true), (2, false), (3, false)],
         }

@@ -122,6 +122,7 @@ pub fn step_ops_given(dims: Dims, b: usize, adam: Option<(AdamConfig, u64)>) -> 
         row_base: 0,
         out_off: 0,
         slot: 0,
+        mode: vae_ood::cpu::LOSS_ELBO,
     };
     let (cfg, t) = adam.unwrap_or((AdamConfig::default(), 1));
     let mut ops = plan::train_step_ops(dims, &lay.offsets(), &bt, lay.total, &cfg, t);
