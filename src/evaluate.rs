@@ -17,9 +17,9 @@ use crate::backend::DeviceChoice;
 use crate::checkpoint::{self, Checkpoint};
 use crate::dataset::{Split, Splits, PIXELS};
 use crate::fsutil::write_atomic;
-use crate::metrics::{ood_metrics, roc_curve};
+use crate::metrics::roc_curve;
 use crate::plot;
-use crate::report::{to_f64, write_scores_csv, Protocols};
+use crate::report::{score_all, write_scores_csv, Protocols};
 use crate::train::{Experiment, SplitId, TrainConfig};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -192,24 +192,12 @@ pub fn eval(o: &EvalOptions) -> Result<()> {
     let setup = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let mut scores: HashMap<SplitId, Vec<f64>> = HashMap::new();
-    for s in SplitId::ALL {
-        scores.insert(s, to_f64(&ex.score(s)?));
-    }
+    let scores = score_all(&mut ex)?;
     let score_seconds = t1.elapsed().as_secs_f64();
-    let anomaly = &scores[&SplitId::TestAnomaly];
-    let protocols = Protocols {
-        seed: ood_metrics(&scores[&SplitId::Train], anomaly).context("seed protocol")?,
-        clean: ood_metrics(&scores[&SplitId::TestNormal], anomaly).context("clean protocol")?,
-    };
-    say(format!(
-        "AUROC seed protocol  (training images vs test {}s): {:.4}",
-        cfg.holdout_digit, protocols.seed.auroc
-    ));
-    say(format!(
-        "AUROC clean protocol (test other digits vs test {}s): {:.4}   AUPR-in {:.4}  AUPR-out {:.4}  FPR@95%TPR {:.4}",
-        cfg.holdout_digit, protocols.clean.auroc, protocols.clean.aupr_in, protocols.clean.aupr_out, protocols.clean.fpr_at_95_tpr
-    ));
+    let protocols = Protocols::from_scores(&scores)?;
+    for line in protocols.summary(cfg.holdout_digit) {
+        say(line);
+    }
 
     let out = &o.out;
     std::fs::create_dir_all(out)

@@ -3,7 +3,7 @@
 
 use crate::backend::DeviceChoice;
 use crate::fsutil::write_atomic;
-use crate::metrics::{ood_metrics, roc_curve, OodMetrics};
+use crate::metrics::{ood_metrics, OodMetrics};
 use crate::plot;
 use crate::train::{EpochStats, Experiment, SplitId, TrainConfig};
 use anyhow::{bail, Context, Result};
@@ -19,6 +19,37 @@ pub struct Protocols {
     pub seed: OodMetrics,
     /// normals = the test images of the other digits
     pub clean: OodMetrics,
+}
+
+impl Protocols {
+    /// Both protocols from the −ELBO of every split.
+    pub fn from_scores(scores: &HashMap<SplitId, Vec<f64>>) -> Result<Protocols> {
+        let anomaly = &scores[&SplitId::TestAnomaly];
+        Ok(Protocols {
+            seed: ood_metrics(&scores[&SplitId::Train], anomaly).context("seed protocol")?,
+            clean: ood_metrics(&scores[&SplitId::TestNormal], anomaly).context("clean protocol")?,
+        })
+    }
+
+    /// The two lines a run prints.
+    pub fn summary(&self, digit: u8) -> [String; 2] {
+        let c = &self.clean;
+        [
+            format!("AUROC seed protocol  (training images vs test {digit}s): {:.4}", self.seed.auroc),
+            format!(
+                "AUROC clean protocol (test other digits vs test {digit}s): {:.4}   AUPR-in {:.4}  AUPR-out {:.4}  FPR@95%TPR {:.4}",
+                c.auroc, c.aupr_in, c.aupr_out, c.fpr_at_95_tpr
+            ),
+        ]
+    }
+}
+
+/// −ELBO of every image of every split.
+pub(crate) fn score_all(ex: &mut Experiment) -> Result<HashMap<SplitId, Vec<f64>>> {
+    SplitId::ALL
+        .iter()
+        .map(|&s| Ok((s, to_f64(&ex.score(s)?))))
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -175,24 +206,12 @@ pub fn train_and_report(
     let trained_now = ex.epoch - epochs_before;
 
     let t2 = Instant::now();
-    let mut scores: HashMap<SplitId, Vec<f64>> = HashMap::new();
-    for s in SplitId::ALL {
-        scores.insert(s, to_f64(&ex.score(s)?));
-    }
+    let scores = score_all(&mut ex)?;
     let score_seconds = t2.elapsed().as_secs_f64();
-    let anomaly = &scores[&SplitId::TestAnomaly];
-    let protocols = Protocols {
-        seed: ood_metrics(&scores[&SplitId::Train], anomaly).context("seed protocol")?,
-        clean: ood_metrics(&scores[&SplitId::TestNormal], anomaly).context("clean protocol")?,
-    };
-    say(format!(
-        "AUROC seed protocol  (training images vs test {}s): {:.4}",
-        cfg.holdout_digit, protocols.seed.auroc
-    ));
-    say(format!(
-        "AUROC clean protocol (test other digits vs test {}s): {:.4}   AUPR-in {:.4}  AUPR-out {:.4}  FPR@95%TPR {:.4}",
-        cfg.holdout_digit, protocols.clean.auroc, protocols.clean.aupr_in, protocols.clean.aupr_out, protocols.clean.fpr_at_95_tpr
-    ));
+    let protocols = Protocols::from_scores(&scores)?;
+    for line in protocols.summary(cfg.holdout_digit) {
+        say(line);
+    }
 
     // files (model.safetensors was written after the last epoch)
     write_atomic(
@@ -261,26 +280,7 @@ fn write_plots(
     scores: &HashMap<SplitId, Vec<f64>>,
     p: &Protocols,
 ) -> Result<()> {
-    let anomaly = &scores[&SplitId::TestAnomaly];
-    let roc_seed = roc_curve(&scores[&SplitId::Train], anomaly);
-    let roc_clean = roc_curve(&scores[&SplitId::TestNormal], anomaly);
-    let d = ex.cfg.holdout_digit;
-    plot::plot_roc(
-        &out.join("roc.png"),
-        &format!("ROC: digit {d} as anomaly (score = −ELBO)"),
-        &[
-            plot::RocSeries {
-                label: "clean: test normals vs test anomalies",
-                roc: &roc_clean,
-                auroc: p.clean.auroc,
-            },
-            plot::RocSeries {
-                label: "seed: training images vs test anomalies",
-                roc: &roc_seed,
-                auroc: p.seed.auroc,
-            },
-        ],
-    )?;
+    crate::evaluate::write_eval_plots(out, ex, scores, p)?;
     let tr: Vec<f64> = epochs.iter().map(|e| e.train_loss).collect();
     let an: Vec<f64> = epochs.iter().map(|e| e.anomaly_loss).collect();
     plot::plot_elbo(
@@ -288,25 +288,5 @@ fn write_plots(
         &tr,
         &an,
         Some(p.clean.youden_threshold),
-    )?;
-    plot::plot_score_hist(
-        &out.join("score_hist.png"),
-        &format!("−ELBO of test images: other digits vs digit {d}"),
-        &scores[&SplitId::TestNormal],
-        anomaly,
-        Some(p.clean.youden_threshold),
-    )?;
-    for (s, file) in [
-        (SplitId::TestNormal, "recon_normal.png"),
-        (SplitId::TestAnomaly, "recon_anomaly.png"),
-    ] {
-        let n = ex.split(s).len().min(8);
-        if n == 0 {
-            continue;
-        }
-        let recon = ex.reconstruct(s, n)?;
-        let inputs: Vec<Vec<f32>> = (0..n).map(|i| ex.split(s).to_f32(i)).collect();
-        plot::write_image_grid(&out.join(file), &[inputs, recon], 4)?;
-    }
-    Ok(())
+    )
 }
