@@ -48,7 +48,10 @@ pub fn create(
         )))
     };
     match choice {
-        DeviceChoice::Cpu => cpu(store),
+        DeviceChoice::Cpu => {
+            log::info!("CPU backend: {} threads", rayon::current_num_threads());
+            cpu(store)
+        }
         DeviceChoice::Gpu => {
             let adapter = crate::gpu::select_adapter()?.ok_or_else(crate::gpu::no_adapter_error)?;
             Ok(Box::new(crate::gpu::GpuBackend::new(

@@ -365,6 +365,15 @@ impl Experiment {
             );
         }
         self.epoch += 1;
+        log::info!(
+            "epoch {}: {} steps ({} ops) in {:.3} s, train loss {:.4}, anomaly loss {:.4}",
+            stats.epoch,
+            steps,
+            ops.len(),
+            stats.seconds,
+            stats.train_loss,
+            stats.anomaly_loss
+        );
         Ok(stats)
     }
 
