@@ -10,6 +10,8 @@ use std::path::Path;
 
 /// Largest checkpoint we agree to read (a 784-16384-1024 model is ~100 MB).
 const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
+/// Largest layer size accepted from a checkpoint header.
+const MAX_DIM: usize = 1 << 20;
 
 /// Serialise `params` (flat, in `layout`'s order) with `metadata` added to the header.
 pub fn to_bytes(
@@ -72,6 +74,32 @@ pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Checkpoint> {
     };
     if dims.d == 0 || dims.h == 0 || dims.l == 0 {
         bail!("{name}: a layer has size 0");
+    }
+    if w21[1] != dims.h {
+        bail!(
+            "{name}: fc21.weight has shape {w21:?}, but fc1.weight gives a hidden width of {}",
+            dims.h
+        );
+    }
+    if dims.d > MAX_DIM || dims.h > MAX_DIM || dims.l > MAX_DIM {
+        bail!(
+            "{name}: a layer size above {MAX_DIM} ({}-{}-{}) is not a vae-ood model",
+            dims.d,
+            dims.h,
+            dims.l
+        );
+    }
+    // every parameter is 4 bytes of the file: a header that claims more is refused
+    // before anything is allocated (sizes ≤ 2^20 keep these products in range)
+    let needed = Layout::new(dims).total * 4;
+    if needed > bytes.len() {
+        bail!(
+            "{name}: a {}-{}-{} model needs {needed} bytes of parameters, the file has {}",
+            dims.d,
+            dims.h,
+            dims.l,
+            bytes.len()
+        );
     }
     let layout = Layout::new(dims);
     let mut params = vec![0.0f32; layout.total];
@@ -185,5 +213,28 @@ mod tests {
         let b2 = safetensors::serialize(views, None).unwrap();
         let e = from_bytes(&b2, "x").err().unwrap().to_string();
         assert!(e.contains("fc3.bias is missing"), "{e}");
+    }
+
+    /// Inputs the fuzzer found (fuzz/regressions): zero-element tensors whose other
+    /// dimension is huge made the loader size a layout of 2^40+ parameters.
+    #[test]
+    fn fuzz_regressions_are_clean_errors() {
+        for (what, bytes) in [
+            (
+                "huge alloc",
+                &include_bytes!("../fuzz/regressions/checkpoint-huge-alloc.bin")[..],
+            ),
+            (
+                "layout overflow",
+                &include_bytes!("../fuzz/regressions/checkpoint-layout-overflow.bin")[..],
+            ),
+        ] {
+            let e = from_bytes(bytes, "f")
+                .err()
+                .unwrap_or_else(|| panic!("{what}: accepted"))
+                .to_string();
+            assert!(e.starts_with("f: "), "{what}: {e}");
+            assert_eq!(e.lines().count(), 1);
+        }
     }
 }
