@@ -192,7 +192,7 @@ pub fn eval(o: &EvalOptions) -> Result<()> {
     let setup = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let scores = score_all(&mut ex)?;
+    let scores = score_all(&mut ex, o.quiet)?;
     let score_seconds = t1.elapsed().as_secs_f64();
     let protocols = Protocols::from_scores(&scores)?;
     for line in protocols.summary(cfg.holdout_digit) {

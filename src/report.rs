@@ -206,7 +206,7 @@ pub fn train_and_report(
     let trained_now = ex.epoch - epochs_before;
 
     let t2 = Instant::now();
-    let scores = score_all(&mut ex)?;
+    let scores = score_all(&mut ex, quiet)?;
     let score_seconds = t2.elapsed().as_secs_f64();
     let protocols = Protocols::from_scores(&scores)?;
     for line in protocols.summary(cfg.holdout_digit) {

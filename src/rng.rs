@@ -45,8 +45,14 @@ mod tests {
         // Values from an independent Python transcription of the published pcg4d
         // (wrapping u32 arithmetic); the WGSL twin must give the same integers,
         // which tests/kernels.rs checks through the normals it produces.
-        assert_eq!(pcg4d([0, 0, 0, 0]), [251852841, 760645481, 850445371, 3542436074]);
-        assert_eq!(pcg4d([1, 2, 3, 4]), [908250390, 4044648920, 3775961919, 45698095]);
+        assert_eq!(
+            pcg4d([0, 0, 0, 0]),
+            [251852841, 760645481, 850445371, 3542436074]
+        );
+        assert_eq!(
+            pcg4d([1, 2, 3, 4]),
+            [908250390, 4044648920, 3775961919, 45698095]
+        );
         // Box–Muller on those words (f64 reference 1.6458917823)
         assert!((normal(1, 2, 3, 4) - 1.645_891_8).abs() < 1e-5);
     }
