@@ -44,12 +44,17 @@ impl Protocols {
     }
 }
 
-/// −ELBO of every image of every split.
-pub(crate) fn score_all(ex: &mut Experiment) -> Result<HashMap<SplitId, Vec<f64>>> {
-    SplitId::ALL
-        .iter()
-        .map(|&s| Ok((s, to_f64(&ex.score(s)?))))
-        .collect()
+/// −ELBO of every image of every split, with a progress bar (images) on a terminal.
+pub(crate) fn score_all(ex: &mut Experiment, quiet: bool) -> Result<HashMap<SplitId, Vec<f64>>> {
+    let total: usize = SplitId::ALL.iter().map(|&s| ex.split(s).len()).sum();
+    let bar = progress_bar(quiet, total as u64, "images scored");
+    let mut out = HashMap::new();
+    for s in SplitId::ALL {
+        out.insert(s, to_f64(&ex.score(s)?));
+        bar.inc(ex.split(s).len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 #[derive(Serialize)]
