@@ -71,6 +71,17 @@ pub fn decode_png_28x28(bytes: &[u8], name: &str) -> Result<[u8; PIXELS]> {
     }
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(bad)?;
+    // png 0.18 accepts a PLTE chunk whose length is not a multiple of 3 and then
+    // panics while expanding it (image-rs/image-png#694; found by our fuzzer,
+    // fuzz/regressions/png-plte-len7.bin): refuse such a palette here.
+    if let Some(pal) = reader.info().palette.as_ref() {
+        if pal.is_empty() || pal.len() % 3 != 0 || pal.len() > 256 * 3 {
+            bail!("{name}: invalid PNG palette of {} bytes (expected 3 per entry, at most 256 entries)", pal.len());
+        }
+    }
+    if color == png::ColorType::Indexed && reader.info().palette.is_none() {
+        bail!("{name}: palette PNG without a palette");
+    }
     let (out_color, out_depth) = reader.output_color_type();
     if out_depth != png::BitDepth::Eight {
         bail!(
@@ -203,6 +214,20 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<(String, [u8; PIXELS])>> 
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// A 28x28 4-bit palette PNG with a 7-byte PLTE chunk: png 0.18 panicked on it.
+    #[test]
+    fn palette_of_bad_length_is_an_error() {
+        let bytes = include_bytes!("../fuzz/regressions/png-plte-len7.bin");
+        let e = decode_png_28x28(bytes, "p.png").err().expect("must be refused").to_string();
+        assert!(e.starts_with("p.png: "), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
 }
 
 #[cfg(test)]
