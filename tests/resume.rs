@@ -9,20 +9,23 @@ use vae_ood::checkpoint;
 
 const LIMIT: &str = "1500";
 
+/// The arguments of a small CPU training run into `out`.
+fn run_args(out: &Path, epochs: u32) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> =
+        ["--device", "cpu", "--train-limit", LIMIT, "-q", "--epochs"]
+            .iter()
+            .map(Into::into)
+            .collect();
+    v.push(epochs.to_string().into());
+    v.push("--out".into());
+    v.push(out.into());
+    v
+}
+
 fn train(out: &Path, epochs: u32, extra: &[&str]) -> assert_cmd::assert::Assert {
     Command::cargo_bin("vae-ood")
         .unwrap()
-        .args([
-            "--device",
-            "cpu",
-            "--train-limit",
-            LIMIT,
-            "-q",
-            "--epochs",
-            &epochs.to_string(),
-            "--out",
-        ])
-        .arg(out)
+        .args(run_args(out, epochs))
         .args(extra)
         .assert()
 }
@@ -67,17 +70,7 @@ fn resume_after_sigkill_mid_training_equals_an_uninterrupted_run() {
     train(&a, 4, &[]).success();
     let bin = assert_cmd::cargo::cargo_bin("vae-ood");
     let mut child = std::process::Command::new(bin)
-        .args([
-            "--device",
-            "cpu",
-            "--train-limit",
-            LIMIT,
-            "-q",
-            "--epochs",
-            "4",
-            "--out",
-        ])
-        .arg(&b)
+        .args(run_args(&b, 4))
         .spawn()
         .unwrap();
     // wait for the first epoch's state, then kill without warning
