@@ -224,15 +224,8 @@ struct EvalArgs {
     /// Images per scoring batch [default: the checkpoint's, else 1024]
     #[arg(long)]
     score_batch: Option<usize>,
-    /// Refuse a checkpoint whose hidden layer width is not this
-    #[arg(long)]
-    hidden: Option<usize>,
-    /// Refuse a checkpoint whose latent dimension is not this
-    #[arg(long)]
-    latent: Option<usize>,
-    /// Backend: auto (hardware GPU if present, else CPU), gpu (wgpu shaders, any adapter), cpu
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Output folder for metrics.json, scores.csv, roc.png, score_hist.png, recon_*.png
     #[arg(long, default_value = "output/eval")]
     out: PathBuf,
@@ -251,13 +244,27 @@ impl EvalArgs {
             score_batch: self.score_batch,
             train_limit: self.train_limit,
             full_train: self.full_train,
-            hidden: self.hidden,
-            latent: self.latent,
-            device: self.device,
+            hidden: self.model.hidden,
+            latent: self.model.latent,
+            device: self.model.device,
             out: self.out.clone(),
             quiet: self.quiet,
         }
     }
+}
+
+/// Checks on the checkpoint and the backend, shared by `eval` and `score`.
+#[derive(Args, Debug, Clone)]
+struct ModelArgs {
+    /// Refuse a checkpoint whose hidden layer width is not this
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Refuse a checkpoint whose latent dimension is not this
+    #[arg(long)]
+    latent: Option<usize>,
+    /// Backend: auto (hardware GPU if present, else CPU), gpu (wgpu shaders, any adapter), cpu
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -274,15 +281,8 @@ struct ScoreArgs {
     /// Seed of the scoring ε [default: the checkpoint's, else 1]
     #[arg(long)]
     seed: Option<u64>,
-    /// Refuse a checkpoint whose hidden layer width is not this
-    #[arg(long)]
-    hidden: Option<usize>,
-    /// Refuse a checkpoint whose latent dimension is not this
-    #[arg(long)]
-    latent: Option<usize>,
-    /// Backend: auto (hardware GPU if present, else CPU), gpu (wgpu shaders, any adapter), cpu
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Print only errors
     #[arg(short, long)]
     quiet: bool,
@@ -295,9 +295,9 @@ impl ScoreArgs {
             inputs: self.inputs.clone(),
             out: self.out.clone(),
             seed: self.seed,
-            hidden: self.hidden,
-            latent: self.latent,
-            device: self.device,
+            hidden: self.model.hidden,
+            latent: self.model.latent,
+            device: self.model.device,
             quiet: self.quiet,
         }
     }
