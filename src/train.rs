@@ -127,7 +127,10 @@ pub struct EpochStats {
     pub seconds: f64,
 }
 
-/// What `save_state` keeps besides the three flat tensors.
+/// Header key of the training state's metadata (JSON of [`StateMeta`]).
+const STATE_KEY: &str = "vae_ood.state";
+
+/// What a training state keeps besides the three flat tensors.
 #[derive(Serialize, Deserialize)]
 struct StateMeta {
     step: u64,
@@ -152,10 +155,7 @@ impl Snapshot {
     /// `model_path`, each atomically (temp file + rename).
     pub fn write(&self, state_path: &Path, model_path: &Path) -> Result<()> {
         let mut md = HashMap::new();
-        md.insert(
-            "vae_ood.state".to_string(),
-            serde_json::to_string(&self.meta)?,
-        );
+        md.insert(STATE_KEY.to_string(), serde_json::to_string(&self.meta)?);
         let views = [
             ("params", &self.params),
             ("adam.m", &self.m),
@@ -172,7 +172,7 @@ impl Snapshot {
         crate::fsutil::write_atomic(state_path, &safetensors::serialize(views, Some(md))?)?;
         let mut meta = HashMap::new();
         meta.insert(
-            "vae_ood.config".into(),
+            crate::evaluate::CONFIG_KEY.into(),
             serde_json::to_string(&self.meta.config)?,
         );
         meta.insert("vae_ood.epoch".into(), self.meta.epoch.to_string());
@@ -473,7 +473,7 @@ impl Experiment {
         let meta: StateMeta = header
             .metadata()
             .as_ref()
-            .and_then(|m| m.get("vae_ood.state"))
+            .and_then(|m| m.get(STATE_KEY))
             .ok_or_else(|| anyhow::anyhow!("{name}: not a vae-ood training state"))
             .and_then(|s| {
                 serde_json::from_str(s)
