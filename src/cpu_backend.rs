@@ -1,9 +1,19 @@
 //! The CPU backend: the reference kernels of `cpu/`, run on disjoint pieces in
-//! parallel with rayon (batch rows for matmul and BCE, chunks for Adam), with all
-//! buffers allocated once.
+//! parallel with rayon (one band of rows per thread), with all buffers allocated once.
+//!
+//! It runs the same op lists as the GPU, with two fusions that change where the
+//! work happens but not one bit of the result (each piece is the same reference
+//! kernel on a band of rows, `tests/train_step.rs` checks fused against unfused):
+//! - decoder output + BCE: each thread computes its band of logits and at once its
+//!   BCE and gradient, while the band is in its cache;
+//! - weight gradient + Adam: each thread computes its band of a layer's dW and at
+//!   once the Adam update of those parameters (when the step's Adam op comes later
+//!   in the same list and nothing in between reads those parameters); the Adam op
+//!   then updates only what no fused product covered.
 
 use crate::backend::Backend;
-use crate::cpu::{self, MatmulParams};
+use crate::cpu::{self, AdamParams, MatmulParams};
+use crate::cpu_sparse::{self, Csr, SPARSE_MAX_DENSITY};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -14,6 +24,24 @@ pub struct CpuBackend {
     data: Vec<u32>,
     idx: Vec<u32>,
     bufs: Vec<Vec<f32>>,
+    /// parameter ranges already updated by a fused dW + Adam since the last Adam op
+    adam_done: Vec<Range<usize>>,
+    /// run every op on its own, no fusion (for tests and the benchmark's comparison)
+    unfused: bool,
+    /// how many times each fusion ran: (decoder output + BCE, dW + Adam)
+    fused: (usize, usize),
+    /// never use the sparse first-layer products (`cpu_sparse`)
+    dense_only: bool,
+    /// the nonzeros of X's first `x_rows` rows (0: not known since X was last written),
+    /// and of Xᵀ when `xt_ok`
+    x_csr: Csr,
+    x_rows: usize,
+    xt_csr: Csr,
+    xt_ok: bool,
+    /// W1ᵀ scratch for the sparse forward
+    wt: Vec<f32>,
+    /// how many products ran sparse
+    sparse_runs: usize,
 }
 
 impl CpuBackend {
@@ -27,6 +55,156 @@ impl CpuBackend {
             data: cpu::gather::pack_bytes(store),
             idx: vec![0; idx_len],
             bufs,
+            adam_done: Vec::new(),
+            fused: (0, 0),
+            dense_only: std::env::var_os("VAE_OOD_CPU_DENSE").is_some(),
+            x_csr: Csr::default(),
+            x_rows: 0,
+            xt_csr: Csr::default(),
+            xt_ok: false,
+            wt: Vec::new(),
+            sparse_runs: 0,
+            unfused: std::env::var_os("VAE_OOD_CPU_UNFUSED").is_some(),
+        }
+    }
+
+    /// Turn the two fusions off (`true`) or on (the default, unless the environment
+    /// sets `VAE_OOD_CPU_UNFUSED`).
+    pub fn set_unfused(&mut self, unfused: bool) {
+        self.unfused = unfused;
+    }
+
+    /// How many times each fusion has run: (decoder output + BCE, dW + Adam).
+    pub fn fusions(&self) -> (usize, usize) {
+        self.fused
+    }
+
+    /// Never (`true`) or when the input is sparse enough (the default, unless the
+    /// environment sets `VAE_OOD_CPU_DENSE`) use the sparse first-layer products.
+    pub fn set_dense_only(&mut self, dense_only: bool) {
+        self.dense_only = dense_only;
+    }
+
+    /// How many products have run on the sparse kernels.
+    pub fn sparse_runs(&self) -> usize {
+        self.sparse_runs
+    }
+
+    /// Whether X's first `rows` rows are sparse enough for `cpu_sparse` (building
+    /// their nonzero lists if X changed since).
+    fn x_is_sparse(&mut self, rows: usize) -> bool {
+        if self.dense_only || rows == 0 {
+            return false;
+        }
+        if self.x_rows != rows {
+            let d = self.sizes.dims.d;
+            let x = std::mem::take(&mut self.bufs[Buf::X as usize]);
+            self.x_csr.fill_from_dense(&x, rows, d);
+            self.bufs[Buf::X as usize] = x;
+            self.x_rows = rows;
+            self.xt_ok = false;
+        }
+        self.x_csr.density() <= SPARSE_MAX_DENSITY
+    }
+
+    fn x_changed(&mut self) {
+        self.x_rows = 0;
+        self.xt_ok = false;
+    }
+
+    /// The sparse kind of a product, if it has one and X is sparse now.
+    fn sparse_kind(&mut self, op: &Op) -> Option<SparseKind> {
+        let Op::Matmul { a, b, e, c, p } = *op else {
+            return None;
+        };
+        let d = self.sizes.dims.d as u32;
+        let bias_ok = p.flags & cpu::matmul::MM_BIAS == 0 || e == Buf::Params;
+        let forward = a == Buf::X
+            && b == Buf::Params
+            && bias_ok
+            && p.flags & !(cpu::matmul::MM_BIAS | cpu::matmul::MM_RELU) == 0
+            && (p.a_off, p.a_si, p.a_sp, p.k) == (0, d, 1, d)
+            && (p.b_sp, p.b_sj) == (1, d)
+            && p.c_si == p.n
+            && !matches!(c, Buf::X | Buf::Params);
+        if forward && self.x_is_sparse(p.m as usize) {
+            return Some(SparseKind::Forward);
+        }
+        let weight = b == Buf::X
+            && c == Buf::Grads
+            && p.flags == cpu::matmul::MM_BIASGRAD
+            && (p.a_off, p.a_si, p.a_sp) == (0, 1, p.m)
+            && (p.b_off, p.b_sp, p.b_sj, p.n) == (0, d, 1, d)
+            && p.c_si == p.n
+            && !matches!(a, Buf::X | Buf::Grads);
+        if weight && self.x_is_sparse(p.k as usize) {
+            if !self.xt_ok {
+                self.x_csr.transpose_into(&mut self.xt_csr);
+                self.xt_ok = true;
+            }
+            return Some(SparseKind::WeightGrad);
+        }
+        None
+    }
+
+    /// A product on the sparse kernels (`kind` from [`Self::sparse_kind`]), with the
+    /// Adam step of its weights right after when `adam` is given.
+    fn exec_sparse(&mut self, op: &Op, kind: SparseKind, adam: Option<&AdamParams>) {
+        let Op::Matmul { a, c, p, .. } = *op else {
+            unreachable!("sparse_kind accepts only matmuls")
+        };
+        self.sparse_runs += 1;
+        let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+        match kind {
+            SparseKind::Forward => {
+                let mut wt = std::mem::take(&mut self.wt);
+                wt.resize(k * n, 0.0);
+                let mut cv = self.take(c);
+                let params = &self.bufs[Buf::Params as usize];
+                // W1ᵀ: (k, n) from W1: (n, k), one band of W1ᵀ's rows per thread
+                let tb = row_bands(k, 16);
+                let tp = carve(&mut wt, 0, n, &tb);
+                tb.into_par_iter().zip(tp).for_each(|((p0, rows), w)| {
+                    cpu_sparse::transpose_rows(w, params, p.b_off as usize, n, k, p0, p0 + rows);
+                });
+                let bias: &[f32] = if p.flags & cpu::matmul::MM_BIAS != 0 {
+                    &params[p.e_off as usize..p.e_off as usize + n]
+                } else {
+                    &[]
+                };
+                let relu = p.flags & cpu::matmul::MM_RELU != 0;
+                let bands = row_bands(m, 1);
+                let pieces = carve(&mut cv, p.c_off as usize, n, &bands);
+                let (x, wt_ref) = (&self.x_csr, &wt);
+                bands.into_par_iter().zip(pieces).for_each(|((r0, rows), cs)| {
+                    cpu_sparse::linear_sparse(cs, x, r0, rows, wt_ref, n, bias, relu);
+                });
+                self.put(c, cv);
+                self.wt = wt;
+            }
+            SparseKind::WeightGrad => {
+                let mut params = self.take(Buf::Params);
+                let mut grads = self.take(Buf::Grads);
+                let (mut mo, mut vo) = (self.take(Buf::AdamM), self.take(Buf::AdamV));
+                let mut st = AdamState {
+                    params: &mut params,
+                    grads: &mut grads,
+                    m: &mut mo,
+                    v: &mut vo,
+                };
+                let (dy, xt) = (self.get(a), &self.xt_csr);
+                let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
+                    cpu_sparse::weight_grad_sparse(g, dy, m, xt, i0, i0 + rows);
+                };
+                par_grad_adam(&mut st, dy, &p, adam, &rows_of);
+                if adam.is_some() {
+                    self.adam_done.extend(grad_ranges(&p));
+                }
+                self.put(Buf::Params, params);
+                self.put(Buf::Grads, grads);
+                self.put(Buf::AdamM, mo);
+                self.put(Buf::AdamV, vo);
+            }
         }
     }
 
@@ -44,8 +222,9 @@ impl CpuBackend {
         match *op {
             Op::Gather(p) => {
                 let mut x = self.take(Buf::X);
-                cpu::gather_pixels(&mut x, &self.data, &self.idx, &p);
+                par_gather(&mut x, &self.data, &self.idx, &p);
                 self.put(Buf::X, x);
+                self.x_changed();
             }
             Op::Matmul { a, b, e, c, p } => {
                 let mut cv = self.take(c);
@@ -55,7 +234,7 @@ impl CpuBackend {
             Op::ReparamForward(p) => {
                 let (mut z, mut eps) = (self.take(Buf::Z), self.take(Buf::Eps));
                 let (mut kl, mut lpq) = (self.take(Buf::Kl), self.take(Buf::LogPq));
-                cpu::reparam_forward(&mut z, &mut eps, &mut kl, &mut lpq, self.get(Buf::Head), &p);
+                par_reparam_forward(&mut z, &mut eps, &mut kl, &mut lpq, self.get(Buf::Head), &p);
                 self.put(Buf::LogPq, lpq);
                 self.put(Buf::Z, z);
                 self.put(Buf::Eps, eps);
@@ -91,13 +270,167 @@ impl CpuBackend {
                     self.take(Buf::AdamM),
                     self.take(Buf::AdamV),
                 );
-                par_adam(&mut params, self.get(Buf::Grads), &mut m, &mut v, &p);
+                // the parts no fused dW + Adam has updated this step
+                let mut done = std::mem::take(&mut self.adam_done);
+                done.sort_by_key(|r| r.start);
+                let mut start = 0;
+                for r in done.iter().chain(std::iter::once(&(p.n as usize..p.n as usize))) {
+                    if r.start > start {
+                        let q = AdamParams {
+                            n: (r.start - start) as u32,
+                            ..p
+                        };
+                        par_adam(
+                            &mut params[start..],
+                            &self.bufs[Buf::Grads as usize][start..],
+                            &mut m[start..],
+                            &mut v[start..],
+                            &q,
+                        );
+                    }
+                    start = start.max(r.end);
+                }
                 self.put(Buf::Params, params);
                 self.put(Buf::AdamM, m);
                 self.put(Buf::AdamV, v);
             }
         }
     }
+
+    /// fc4 forward and the BCE that follows it, band by band.
+    fn exec_linear_bce(&mut self, mm: &MatmulParams, a: Buf, bce: &cpu::BceParams) {
+        let (mut logits, mut out) = (self.take(Buf::Logits), self.take(Buf::Bce));
+        par_linear_bce(
+            &mut logits,
+            &mut out,
+            self.get(a),
+            self.get(Buf::Params),
+            self.get(Buf::X),
+            mm,
+            bce,
+        );
+        self.put(Buf::Logits, logits);
+        self.put(Buf::Bce, out);
+    }
+
+    /// A weight gradient and the Adam step of those weights and their bias.
+    fn exec_grad_adam(&mut self, a: Buf, b: Buf, mm: &MatmulParams, adam: &AdamParams) {
+        let mut params = self.take(Buf::Params);
+        let mut grads = self.take(Buf::Grads);
+        let (mut m, mut v) = (self.take(Buf::AdamM), self.take(Buf::AdamV));
+        let mut st = AdamState {
+            params: &mut params,
+            grads: &mut grads,
+            m: &mut m,
+            v: &mut v,
+        };
+        let (av, bv) = (self.get(a), self.get(b));
+        let q = MatmulParams {
+            flags: mm.flags & !cpu::matmul::MM_BIASGRAD,
+            ..*mm
+        };
+        let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
+            cpu::matmul(g, av, bv, av, &band_params(&q, i0, rows));
+        };
+        par_grad_adam(&mut st, av, mm, Some(adam), &rows_of);
+        self.adam_done.extend(grad_ranges(mm));
+        self.put(Buf::Params, params);
+        self.put(Buf::Grads, grads);
+        self.put(Buf::AdamM, m);
+        self.put(Buf::AdamV, v);
+    }
+}
+
+/// Which sparse kernel of `cpu_sparse` a product runs on.
+#[derive(Debug, Clone, Copy)]
+enum SparseKind {
+    /// X·Wᵀ (+ bias, ReLU) with X sparse
+    Forward,
+    /// dYᵀ·X (+ bias sums) with X sparse
+    WeightGrad,
+}
+
+/// The parameter ranges a dW + db product writes: the weight rows and the bias.
+fn grad_ranges(p: &MatmulParams) -> [Range<usize>; 2] {
+    let (c_off, e_off, m, n) = (p.c_off as usize, p.e_off as usize, p.m as usize, p.n as usize);
+    [c_off..c_off + m * n, e_off..e_off + m]
+}
+
+/// The ranges of Params an op reads (only matmuls read parameters).
+fn param_reads(op: &Op) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    if let Op::Matmul { a, b, e, p, .. } = *op {
+        let last = |off: u32, si: u32, sp: u32, rows: u32, cols: u32| {
+            off as usize + (rows.max(1) - 1) as usize * si as usize + (cols.max(1) - 1) as usize * sp as usize
+        };
+        if a == Buf::Params {
+            out.push(p.a_off as usize..last(p.a_off, p.a_si, p.a_sp, p.m, p.k) + 1);
+        }
+        if b == Buf::Params {
+            out.push(p.b_off as usize..last(p.b_off, p.b_sp, p.b_sj, p.k, p.n) + 1);
+        }
+        if e == Buf::Params && p.flags & (cpu::matmul::MM_BIAS | cpu::matmul::MM_MASK) != 0 {
+            out.push(p.e_off as usize..last(p.e_off, p.e_si, 1, p.m, p.n) + 1);
+        }
+    }
+    out
+}
+
+fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+/// If `ops[i]` is a dense dW + db product into Grads whose Adam step can run right
+/// after it, that step's parameters.
+fn fusable_adam(ops: &[Op], i: usize) -> Option<AdamParams> {
+    let Op::Matmul { c: Buf::Grads, p, .. } = ops[i] else {
+        return None;
+    };
+    if p.flags != cpu::matmul::MM_BIASGRAD || p.c_si != p.n {
+        return None;
+    }
+    let mine = grad_ranges(&p);
+    for op in &ops[i + 1..] {
+        match op {
+            Op::Adam(ap) => {
+                let n = ap.n as usize;
+                return mine.iter().all(|r| r.end <= n).then_some(*ap);
+            }
+            // another write to these gradients, or a read of these parameters,
+            // before the Adam step: not fusable
+            Op::Matmul { c: Buf::Grads, p: q, .. } if grad_ranges(q).iter().any(|r| mine.iter().any(|m| overlaps(r, m))) => {
+                return None
+            }
+            _ if param_reads(op).iter().any(|r| mine.iter().any(|m| overlaps(r, m))) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Split `m` rows into one band per thread: (first row, rows).
+fn row_bands(m: usize, multiple: usize) -> Vec<(usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    let band = m.div_ceil(threads).div_ceil(multiple) * multiple;
+    (0..m).step_by(band.max(1)).map(|i0| (i0, band.min(m - i0))).collect()
+}
+
+/// Carve `buf` into one mutable piece per band: band t gets
+/// `buf[off + i0*stride ..]`, ending where the next band starts (the last one runs to
+/// the end of `buf`).
+fn carve<'a>(buf: &'a mut [f32], off: usize, stride: usize, bands: &[(usize, usize)]) -> Vec<&'a mut [f32]> {
+    let mut rest = &mut buf[off..];
+    let mut out = Vec::with_capacity(bands.len());
+    for (t, &(i0, _)) in bands.iter().enumerate() {
+        let take = match bands.get(t + 1) {
+            Some(&(next, _)) => (next - i0) * stride,
+            None => rest.len(),
+        };
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+        out.push(head);
+        rest = tail;
+    }
+    out
 }
 
 /// Rows of C split into one band per thread; each band is `cpu::matmul` on a
@@ -118,37 +451,156 @@ fn par_matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
     if threads == 1 || m < 2 * threads || flops < 1 << 18 {
         return cpu::matmul(c, a, b, e, p);
     }
-    let band = m.div_ceil(threads);
-    let c_si = p.c_si as usize;
-    let c_off = p.c_off as usize;
-    // C rows of band t live in c[c_off + t*band*c_si ..]; hand each band its own slice.
-    let region = &mut c[c_off..c_off + (m - 1) * c_si + p.n as usize];
-    let mut bands: Vec<(usize, &mut [f32])> = Vec::new();
-    let mut rest = region;
-    let mut i0 = 0;
-    while i0 < m {
-        let rows = band.min(m - i0);
-        let take = if i0 + rows == m {
-            rest.len()
-        } else {
-            rows * c_si
-        };
-        let (head, tail) = rest.split_at_mut(take);
-        bands.push((i0, head));
-        rest = tail;
-        i0 += rows;
-    }
-    bands.into_par_iter().for_each(|(i0, cs)| {
-        let rows = band.min(m - i0);
-        let mut q = *p;
-        q.m = rows as u32;
-        q.a_off += (i0 * p.a_si as usize) as u32;
-        q.c_off = 0;
-        if p.flags & cpu::matmul::MM_MASK != 0 {
-            q.e_off += (i0 * p.e_si as usize) as u32;
-        }
-        cpu::matmul(cs, a, b, e, &q);
+    let bands = row_bands(m, 1);
+    let pieces = carve(c, p.c_off as usize, p.c_si as usize, &bands);
+    bands.into_par_iter().zip(pieces).for_each(|((i0, rows), cs)| {
+        cpu::matmul(cs, a, b, e, &band_params(p, i0, rows));
     });
+}
+
+/// `p` restricted to rows i0..i0+rows of C, with C starting at the band's first row.
+fn band_params(p: &MatmulParams, i0: usize, rows: usize) -> MatmulParams {
+    let mut q = *p;
+    q.m = rows as u32;
+    q.a_off += (i0 * p.a_si as usize) as u32;
+    q.c_off = 0;
+    if p.flags & cpu::matmul::MM_MASK != 0 {
+        q.e_off += (i0 * p.e_si as usize) as u32;
+    }
+    q
+}
+
+/// logits = h Wᵀ + b (the decoder output layer, `mm`) and then `cpu::bce_logits` on
+/// the same rows, one band of whole images per thread.
+fn par_linear_bce(
+    logits: &mut [f32],
+    bce: &mut [f32],
+    h: &[f32],
+    params: &[f32],
+    x: &[f32],
+    mm: &MatmulParams,
+    bp: &cpu::BceParams,
+) {
+    let (k, d) = (bp.draws as usize, bp.d as usize);
+    let bands = row_bands(mm.m as usize, k);
+    let lp = carve(logits, 0, d, &bands);
+    let bp_pieces = carve(&mut bce[..mm.m as usize], 0, 1, &bands);
+    bands
+        .into_par_iter()
+        .zip(lp.into_par_iter().zip(bp_pieces))
+        .for_each(|((r0, rows), (lc, bc))| {
+            cpu::matmul(lc, h, params, params, &band_params(mm, r0, rows));
+            let q = cpu::BceParams {
+                rows: rows as u32,
+                ..*bp
+            };
+            cpu::bce_logits(bc, lc, &x[r0 / k * d..], &q);
+        });
+}
+
+/// The flat buffers Adam updates.
+struct AdamState<'a> {
+    params: &'a mut [f32],
+    grads: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+}
+
+/// dW and db of a dense `linear_backward_weight` product `mm` into the gradient
+/// buffer (`rows_of(band, i0, rows)` computes rows i0..i0+rows of dW into `band`;
+/// `a` is dY for the bias sums), then, when `adam` is given, the Adam step of those
+/// weights band by band (while each band is in its thread's cache) and of the bias.
+fn par_grad_adam(
+    st: &mut AdamState,
+    a: &[f32],
+    mm: &MatmulParams,
+    adam: Option<&AdamParams>,
+    rows_of: &(dyn Fn(&mut [f32], usize, usize) + Sync),
+) {
+    let (m, n) = (mm.m as usize, mm.n as usize);
+    let (c_off, e_off) = (mm.c_off as usize, mm.e_off as usize);
+    cpu::matmul::bias_sums(st.grads, a, mm);
+    let bands = row_bands(m, 1);
+    fn region<'a>(buf: &'a mut [f32], r: Range<usize>, n: usize, bands: &[(usize, usize)]) -> Vec<&'a mut [f32]> {
+        carve(&mut buf[r], 0, n, bands)
+    }
+    let w = c_off..c_off + m * n;
+    let (gp, pp) = (region(st.grads, w.clone(), n, &bands), region(st.params, w.clone(), n, &bands));
+    let (mp, vp) = (region(st.m, w.clone(), n, &bands), region(st.v, w, n, &bands));
+    bands
+        .par_iter()
+        .zip(gp)
+        .zip(pp)
+        .zip(mp)
+        .zip(vp)
+        .for_each(|((((&(i0, rows), g), pr), mo), vo)| {
+            rows_of(g, i0, rows);
+            if let Some(adam) = adam {
+                let ap = AdamParams {
+                    n: (rows * n) as u32,
+                    ..*adam
+                };
+                cpu::adam(pr, g, mo, vo, &ap);
+            }
+        });
+    if let Some(adam) = adam {
+        let ap = AdamParams { n: m as u32, ..*adam };
+        let r = e_off..e_off + m;
+        cpu::adam(
+            &mut st.params[r.clone()],
+            &st.grads[r.clone()],
+            &mut st.m[r.clone()],
+            &mut st.v[r],
+            &ap,
+        );
+    }
+}
+
+/// Images split across threads; each piece is `cpu::gather_pixels`.
+fn par_gather(x: &mut [f32], data: &[u32], idx: &[u32], p: &cpu::GatherParams) {
+    let d = p.d as usize;
+    let bands = row_bands(p.rows as usize, 1);
+    let pieces = carve(&mut x[..p.rows as usize * d], 0, d, &bands);
+    bands.into_par_iter().zip(pieces).for_each(|((r0, rows), xs)| {
+        let q = cpu::GatherParams {
+            rows: rows as u32,
+            idx_off: p.idx_off + r0 as u32,
+            ..*p
+        };
+        cpu::gather_pixels(xs, data, idx, &q);
+    });
+}
+
+/// Images split across threads; each piece is `cpu::reparam_forward` on a sub-batch
+/// (its RNG key `row_base` shifted by the piece's first image, so ε is unchanged).
+fn par_reparam_forward(
+    z: &mut [f32],
+    eps: &mut [f32],
+    kl: &mut [f32],
+    logpq: &mut [f32],
+    head: &[f32],
+    p: &cpu::ReparamParams,
+) {
+    let (l, k) = (p.l as usize, p.draws as usize);
+    let bands = row_bands(p.images as usize, 1);
+    let zs = carve(z, 0, k * l, &bands);
+    let es = carve(eps, 0, k * l, &bands);
+    let ks = carve(kl, 0, 1, &bands);
+    let ls = carve(logpq, 0, k, &bands);
+    bands
+        .into_par_iter()
+        .zip(zs)
+        .zip(es)
+        .zip(ks)
+        .zip(ls)
+        .for_each(|(((((b0, nb), z), e), kl), lpq)| {
+            let q = cpu::ReparamParams {
+                images: nb as u32,
+                row_base: p.row_base + b0 as u32,
+                ..*p
+            };
+            cpu::reparam_forward(z, e, kl, lpq, &head[b0 * 2 * l..], &q);
+        });
 }
 
 /// Rows of the BCE split across threads; each piece is `cpu::bce_logits`.
@@ -190,7 +642,11 @@ fn par_adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: 
 
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({} threads{})",
+            rayon::current_num_threads(),
+            if self.unfused { ", unfused" } else { "" }
+        )
     }
     fn kind(&self) -> &'static str {
         "cpu"
@@ -205,6 +661,9 @@ impl Backend for CpuBackend {
             "write past the end of {buf:?}"
         );
         b[offset..offset + data.len()].copy_from_slice(data);
+        if buf == Buf::X {
+            self.x_changed();
+        }
         Ok(())
     }
     fn write_idx(&mut self, offset: usize, idx: &[u32]) -> Result<()> {
@@ -216,8 +675,50 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn run(&mut self, ops: &[Op]) -> Result<()> {
-        for op in ops {
-            self.exec(op);
+        let mut i = 0;
+        while i < ops.len() {
+            if !self.unfused {
+                if let (Op::Matmul { a, b: Buf::Params, e: Buf::Params, c: Buf::Logits, p }, Some(Op::Bce(bp))) =
+                    (ops[i], ops.get(i + 1))
+                {
+                    let dense = p.c_off == 0 && p.c_si == p.n && p.n == bp.d && p.m == bp.rows;
+                    if dense && p.flags == cpu::matmul::MM_BIAS && a != Buf::Logits && a != Buf::Bce {
+                        self.exec_linear_bce(&p, a, bp);
+                        self.fused.0 += 1;
+                        i += 2;
+                        continue;
+                    }
+                }
+                if let Some(kind) = self.sparse_kind(&ops[i]) {
+                    let adam = fusable_adam(ops, i);
+                    self.exec_sparse(&ops[i], kind, adam.as_ref());
+                    if adam.is_some() {
+                        self.fused.1 += 1;
+                    }
+                    i += 1;
+                    continue;
+                }
+                if let Op::Matmul { a, b, c: Buf::Grads, p, .. } = ops[i] {
+                    if let Some(adam) = fusable_adam(ops, i) {
+                        let unaliased = [a, b].iter().all(|x| !matches!(x, Buf::Params | Buf::Grads | Buf::AdamM | Buf::AdamV));
+                        if unaliased {
+                            self.exec_grad_adam(a, b, &p, &adam);
+                            self.fused.1 += 1;
+                            i += 1;
+                            continue;
+                        }
+                    }
+                }
+            }
+            if self.unfused {
+                if let Some(kind) = self.sparse_kind(&ops[i]) {
+                    self.exec_sparse(&ops[i], kind, None);
+                    i += 1;
+                    continue;
+                }
+            }
+            self.exec(&ops[i]);
+            i += 1;
         }
         Ok(())
     }

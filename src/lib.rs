@@ -6,6 +6,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
 pub mod cpu_backend;
+pub mod cpu_sparse;
 pub mod dataset;
 pub mod evaluate;
 pub mod fsutil;

@@ -224,13 +224,17 @@ pub fn backward_ops(dims: Dims, o: &Offsets, bt: &Batch) -> Vec<Op> {
         c,
         p: MatmulParams::linear_backward_input(m, kin, n, w, masked),
     };
+    // Each layer's input gradient comes before its weight gradient, so that once a
+    // weight gradient is known nothing later in the pass reads that weight: the CPU
+    // backend applies Adam to each layer right after its weight gradient, while it
+    // is still in cache (see `cpu_backend`).
     vec![
         // fc4: logits = h3 W4ᵀ + b4
-        dw(Buf::Logits, Buf::H3, r, h, d, o.w4, o.b4),
         dx(Buf::Logits, Buf::H3, Buf::Dh3, r, h, d, o.w4, true),
+        dw(Buf::Logits, Buf::H3, r, h, d, o.w4, o.b4),
         // fc3: h3 = relu(z W3ᵀ + b3)
-        dw(Buf::Dh3, Buf::Z, r, l, h, o.w3, o.b3),
         dx(Buf::Dh3, Buf::Params, Buf::Dz, r, l, h, o.w3, false),
+        dw(Buf::Dh3, Buf::Z, r, l, h, o.w3, o.b3),
         // z = μ + ε σ, plus KL
         Op::ReparamBackward(ReparamParams {
             images: b as u32,
@@ -242,8 +246,8 @@ pub fn backward_ops(dims: Dims, o: &Offsets, bt: &Batch) -> Vec<Op> {
             ..Default::default()
         }),
         // head: [μ | log σ²] = h1 W2ᵀ + b2
-        dw(Buf::Dhead, Buf::H1, b, h, 2 * l, o.w2, o.b2),
         dx(Buf::Dhead, Buf::H1, Buf::Dh1, b, h, 2 * l, o.w2, true),
+        dw(Buf::Dhead, Buf::H1, b, h, 2 * l, o.w2, o.b2),
         // fc1: h1 = relu(x W1ᵀ + b1)
         dw(Buf::Dh1, Buf::X, b, d, h, o.w1, o.b1),
     ]
@@ -279,13 +283,13 @@ pub const TRAIN_STEP_OP_NAMES: [&str; 17] = [
     "fc4 fwd",
     "bce+grad",
     "loss reduce",
-    "fc4 dW+db",
     "fc4 dX",
-    "fc3 dW+db",
+    "fc4 dW+db",
     "fc3 dX",
+    "fc3 dW+db",
     "reparam bwd",
-    "head dW+db",
     "head dX",
+    "head dW+db",
     "fc1 dW+db",
     "adam",
 ];

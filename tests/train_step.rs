@@ -184,3 +184,91 @@ fn importance_weighted_scores_are_tighter_than_elbo() {
     let one = ex.score_iwae(SplitId::TestAnomaly, 1).unwrap();
     assert!((mean(&one) - me).abs() < 5.0, "{} vs {me}", mean(&one));
 }
+
+/// The CPU backend's fusions (decoder output + BCE, weight gradient + Adam) move work
+/// between threads and caches but must not change one bit. Checked on a whole
+/// "epoch" in one op list (so Adam fusion crosses step boundaries), on a scoring
+/// forward with K = 3 draws, and on an op list where fusing would be wrong (the
+/// fc4 input gradient moved after its weight gradient, so it reads W4: the backend
+/// must notice and run Adam only at the Adam op).
+#[test]
+fn cpu_fusions_change_no_bit() {
+    use vae_ood::backend::Backend;
+    use vae_ood::cpu_backend::CpuBackend;
+    let mut rng = fresh_rng("cpu_fusions_change_no_bit");
+    // odd sizes: bands of 19 and 18 rows on two threads, 53 pixels, 7 hidden, 3 latent
+    let dims = Dims { d: 53, h: 37, l: 3 };
+    let lay = Layout::new(dims);
+    let (b, n_img, steps, k) = (37, 50, 3, 3);
+    let store: Vec<u8> = (0..n_img * dims.d).map(|_| rng.random()).collect();
+    let idx: Vec<u32> = (0..steps * b)
+        .map(|_| rng.random_range(0..n_img as u32))
+        .collect();
+    let sizes = plan::Sizes {
+        dims,
+        params: lay.total,
+        max_images: b,
+        max_rows: b * k,
+        sample_slots: (steps + 1) * b,
+        batch_slots: steps + 1,
+    };
+    let params = lay.init(rng.random());
+    let batch = |s: usize, draws: usize, mode| Batch {
+        images: b,
+        draws,
+        idx_off: s * b,
+        seed: 5,
+        stream: s as u32 + 1,
+        row_base: 0,
+        out_off: s * b,
+        slot: s,
+        mode,
+    };
+    let mut epoch = Vec::new();
+    for s in 0..steps {
+        let bt = batch(s, 1, vae_ood::cpu::LOSS_ELBO);
+        let ops = plan::train_step_ops(dims, &lay.offsets(), &bt, lay.total, &AdamConfig::default(), s as u64 + 1);
+        epoch.extend(ops);
+    }
+    let score = plan::forward_ops(dims, &lay.offsets(), &batch(steps - 1, k, vae_ood::cpu::LOSS_IWAE), false);
+    let mut swapped = plan::train_step_ops(dims, &lay.offsets(), &batch(0, 1, vae_ood::cpu::LOSS_ELBO), lay.total, &AdamConfig::default(), 1);
+    let names = plan::TRAIN_STEP_OP_NAMES;
+    let (dx, dw) = (names.iter().position(|n| *n == "fc4 dX").unwrap(), names.iter().position(|n| *n == "fc4 dW+db").unwrap());
+    assert_eq!(dw, dx + 1);
+    swapped.swap(dx, dw);
+    let run = |unfused: bool, lists: &[&[plan::Op]]| {
+        let mut be = CpuBackend::new(&store, idx.len(), sizes);
+        be.set_unfused(unfused);
+        be.write_idx(0, &idx).unwrap();
+        be.write(Buf::Params, 0, &params).unwrap();
+        be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
+        be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
+        let mut out = Vec::new();
+        for ops in lists {
+            be.run(ops).unwrap();
+            for buf in [Buf::Params, Buf::Grads, Buf::AdamM, Buf::AdamV, Buf::SampleLoss, Buf::Bce, Buf::Logits, Buf::Dh3] {
+                let n = buf.len(&sizes);
+                out.push((buf, be.read(buf, 0..n).unwrap()));
+            }
+        }
+        (out, be.fusions())
+    };
+    // (decoder output + BCE, dW + Adam) fusions expected: every step and the scoring
+    // batch fuse BCE; each step fuses its 4 weight gradients, except fc4's in the
+    // swapped list
+    let cases = [
+        ("epoch + IWAE scoring", vec![&epoch[..], &score[..]], (steps + 1, 4 * steps)),
+        ("dX after dW", vec![&swapped[..]], (1, 3)),
+    ];
+    for (what, lists, want) in cases {
+        let ((fused, count), (plain, none)) = (run(false, &lists), run(true, &lists));
+        assert_eq!(count, want, "{what}: fusions (BCE, Adam) that ran");
+        assert_eq!(none, (0, 0), "{what}: the unfused backend fused");
+        for ((buf, f), (_, p)) in fused.iter().zip(&plain) {
+            let same = f.iter().zip(p).all(|(a, c)| a.to_bits() == c.to_bits());
+            assert!(same, "{what}: {buf:?} differs between fused and unfused CPU runs");
+        }
+        let moved = fused[0].1 != params;
+        assert!(moved, "{what}: parameters must have moved");
+    }
+}

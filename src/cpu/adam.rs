@@ -34,10 +34,16 @@ impl AdamParams {
     }
 }
 
-/// PyTorch `torch.optim.Adam` (amsgrad off, no weight decay), per element:
-/// m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;
-/// p −= (lr / bc1) · m / (√v / √bc2 + eps).
-pub fn adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: &AdamParams) {
+super::with_avx2! {
+    /// PyTorch `torch.optim.Adam` (amsgrad off, no weight decay), per element:
+    /// m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;
+    /// p −= (lr / bc1) · m / (√v / √bc2 + eps).
+    pub fn adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: &AdamParams)
+        => adam_body
+}
+
+#[inline(always)]
+fn adam_body(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: &AdamParams) {
     let n = p.n as usize;
     let step = p.lr / p.bc1;
     let sqrt_bc2 = p.bc2.sqrt();

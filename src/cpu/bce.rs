@@ -65,11 +65,17 @@ pub fn ln_1p_unit(e: f32) -> f32 {
     2.0 * u * s
 }
 
-/// logits: (R, d), x: (R / K, d); bce: (R) per-row sum of [`bce_with_logits`]
-/// (computed with the vectorisable [`exp_nonpositive`] and [`ln_1p_unit`]).
-/// When `write_grad`, logits are replaced in place by the gradient σ(t) − x of the
-/// summed loss, with σ(t) = 1/(1+e) for t ≥ 0 and e/(1+e) for t < 0, e = e^{−|t|}.
-pub fn bce_logits(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &BceParams) {
+super::with_avx2! {
+    /// logits: (R, d), x: (R / K, d); bce: (R) per-row sum of [`bce_with_logits`]
+    /// (computed with the vectorisable [`exp_nonpositive`] and [`ln_1p_unit`]).
+    /// When `write_grad`, logits are replaced in place by the gradient σ(t) − x of the
+    /// summed loss, with σ(t) = 1/(1+e) for t ≥ 0 and e/(1+e) for t < 0, e = e^{−|t|}.
+    pub fn bce_logits(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &BceParams)
+        => bce_logits_body
+}
+
+#[inline(always)]
+fn bce_logits_body(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &BceParams) {
     let (d, kd) = (p.d as usize, p.draws as usize);
     for r in 0..p.rows as usize {
         let xr = &x[(r / kd) * d..(r / kd + 1) * d];

@@ -15,19 +15,34 @@ pub struct GatherParams {
     pub _pad: u32,
 }
 
-/// x: (rows, d) = data[idx[idx_off + r]] / 255.
-///
-/// `data` holds the images as bytes packed four to a u32 (little-endian byte order:
-/// byte `i` of the store is `(data[i / 4] >> (8 * (i % 4))) & 255`), which keeps the
-/// 47 MB MNIST training set under wgpu's default 128 MiB binding limit.
-pub fn gather_pixels(x: &mut [f32], data: &[u32], idx: &[u32], p: &GatherParams) {
+super::with_avx2! {
+    /// x: (rows, d) = data[idx[idx_off + r]] / 255.
+    ///
+    /// `data` holds the images as bytes packed four to a u32 (little-endian byte order:
+    /// byte `i` of the store is `(data[i / 4] >> (8 * (i % 4))) & 255`), which keeps the
+    /// 47 MB MNIST training set under wgpu's default 128 MiB binding limit.
+    pub fn gather_pixels(x: &mut [f32], data: &[u32], idx: &[u32], p: &GatherParams)
+        => gather_pixels_body
+}
+
+#[inline(always)]
+fn gather_pixels_body(x: &mut [f32], data: &[u32], idx: &[u32], p: &GatherParams) {
     let d = p.d as usize;
     for r in 0..p.rows as usize {
         let base = idx[p.idx_off as usize + r] as usize * d;
-        for (c, out) in x[r * d..(r + 1) * d].iter_mut().enumerate() {
-            let i = base + c;
-            let byte = (data[i / 4] >> (8 * (i % 4))) & 255;
-            *out = byte as f32 / 255.0;
+        let out = &mut x[r * d..(r + 1) * d];
+        if cfg!(target_endian = "little") {
+            // on a little-endian machine the packed words are the store's bytes in order
+            let bytes: &[u8] = bytemuck::cast_slice(data);
+            for (o, &byte) in out.iter_mut().zip(&bytes[base..base + d]) {
+                *o = byte as f32 / 255.0;
+            }
+        } else {
+            for (c, o) in out.iter_mut().enumerate() {
+                let i = base + c;
+                let byte = (data[i / 4] >> (8 * (i % 4))) & 255;
+                *o = byte as f32 / 255.0;
+            }
         }
     }
 }

@@ -162,18 +162,41 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
     epilogue(cs, e, p);
 }
 
-/// The MM_BIASGRAD part: c[e_off + i] = Σ_p A(i, p).
-pub fn bias_sums(c: &mut [f32], a: &[f32], p: &MatmulParams) {
-    let (a_off, a_si, a_sp) = (p.a_off as usize, p.a_si as usize, p.a_sp as usize);
-    for i in 0..p.m as usize {
-        c[p.e_off as usize + i] = (0..p.k as usize)
-            .map(|q| a[a_off + i * a_si + q * a_sp])
-            .sum();
+super::with_avx2! {
+    /// The MM_BIASGRAD part: c[e_off + i] = Σ_p A(i, p), summed in order of p.
+    pub fn bias_sums(c: &mut [f32], a: &[f32], p: &MatmulParams) => bias_sums_body
+}
+
+#[inline(always)]
+fn bias_sums_body(c: &mut [f32], a: &[f32], p: &MatmulParams) {
+    let (m, a_off, a_si, a_sp) = (p.m as usize, p.a_off as usize, p.a_si as usize, p.a_sp as usize);
+    let sums = &mut c[p.e_off as usize..p.e_off as usize + m];
+    sums.fill(0.0);
+    if a_si == 1 {
+        // A's rows are columns in memory (A = dYᵀ): add whole contiguous rows of dY,
+        // the same additions in the same order as the strided loop below
+        for q in 0..p.k as usize {
+            let row = &a[a_off + q * a_sp..a_off + q * a_sp + m];
+            for (s, v) in sums.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+    } else {
+        for (i, s) in sums.iter_mut().enumerate() {
+            for q in 0..p.k as usize {
+                *s += a[a_off + i * a_si + q * a_sp];
+            }
+        }
     }
 }
 
-/// Bias, ReLU and mask on C (cs starts at C(0, 0)).
-fn epilogue(cs: &mut [f32], e: &[f32], p: &MatmulParams) {
+super::with_avx2! {
+    /// Bias, ReLU and mask on C (cs starts at C(0, 0)).
+    fn epilogue(cs: &mut [f32], e: &[f32], p: &MatmulParams) => epilogue_body
+}
+
+#[inline(always)]
+fn epilogue_body(cs: &mut [f32], e: &[f32], p: &MatmulParams) {
     let (m, n, c_si) = (p.m as usize, p.n as usize, p.c_si as usize);
     if p.flags & (MM_BIAS | MM_RELU | MM_MASK) != 0 {
         let (e_off, e_si) = (p.e_off as usize, p.e_si as usize);

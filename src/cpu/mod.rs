@@ -3,6 +3,32 @@
 //! shader receives as its uniform). They are the specification the shaders are
 //! tested against and, made fast with a GEMM crate and rayon, the CPU backend.
 
+/// `fn $name(args)` that runs the `#[inline(always)]` body `$body(args)`,
+/// compiled a second time with AVX2 enabled and chosen at run time when the CPU has
+/// it (the default x86-64 target stops at SSE2). Rust never fuses a·b + c into an
+/// FMA on its own, so both copies do the same arithmetic and give the same bits;
+/// only the vector width differs.
+macro_rules! with_avx2 {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use with_avx2;
+
 pub mod adam;
 pub mod bce;
 pub mod gather;
