@@ -33,7 +33,8 @@ for name, dev, sps, us in rows:
     print(f"| {name} | {dev} | {sps:,.0f} | {us:,.1f} | {ratio} |" if sps else f"| {name} | {dev} | – | – | |")
 if vae.get("breakdown_us_per_step"):
     print()
-    print("vae-ood per-kernel breakdown (µs per step):", ", ".join(f"{n} {u:.1f}" for n, u in vae["breakdown_us_per_step"]))
+    how = vae.get("breakdown_method") or "each_op_alone"
+    print(f"vae-ood per-kernel breakdown (µs per step, {how}):", ", ".join(f"{n} {u:.1f}" for n, u in vae["breakdown_us_per_step"]))
 print()
 print(f"scoring: {vae.get('score_images_per_s', 0):,.0f} images/s (−ELBO, 1 draw); "
       f"{vae.get('iwae_images_per_s', 0):,.0f} images/s (IWAE, K = {vae.get('iwae_k', '?')})")

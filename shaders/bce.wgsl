@@ -2,7 +2,9 @@
 // logits: (R, d), x: (R / K, d) → bce: (R) = Σ_d [max(t,0) − t·x + log(1 + e^{−|t|})];
 // when write_grad, logits[r, d] ← σ(t) − x (gradient of the summed loss), σ from the
 // same e = e^{−|t|}: 1/(1+e) for t ≥ 0, e/(1+e) for t < 0.
-// One workgroup of 256 threads per row, strided loop then a tree reduction.
+// One workgroup of REDUCE_THREADS (256) threads per row: a strided loop, then
+// workgroup_sum from reduce_portable.wgsl or reduce_subgroup.wgsl (appended to this
+// file when the pipeline is built).
 
 struct Params { rows: u32, d: u32, draws: u32, write_grad: u32 }
 
@@ -11,16 +13,14 @@ struct Params { rows: u32, d: u32, draws: u32, write_grad: u32 }
 @group(0) @binding(2) var<storage, read_write> bce: array<f32>;
 @group(1) @binding(0) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 256>;
-
-@compute @workgroup_size(256)
-fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+@compute @workgroup_size(REDUCE_THREADS)
+fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, ids: ReduceIds) {
     let r = wg.x;
     let t = lid.x;
     var acc = 0.0;
     if (r < p.rows) {
         let xb = (r / p.draws) * p.d;
-        for (var c = t; c < p.d; c += 256u) {
+        for (var c = t; c < p.d; c += REDUCE_THREADS) {
             let l = logits[r * p.d + c];
             let xv = x[xb + c];
             let ex = exp(-abs(l));
@@ -34,15 +34,8 @@ fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             }
         }
     }
-    partial[t] = acc;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            partial[t] += partial[t + s];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(acc, ids);
     if (t == 0u && r < p.rows) {
-        bce[r] = partial[0];
+        bce[r] = total;
     }
 }

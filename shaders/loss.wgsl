@@ -1,7 +1,9 @@
 // Twin of cpu::loss_reduce (src/cpu/loss.rs).
 // sample_loss[out_off + b] = mean_k bce[b·K + k] + kl[b]  (−ELBO per image; mode 0) or
 // −(logsumexp_k(logpq_k − bce_k) − ln K) (importance-weighted, mode 1);
-// batch_loss[slot] = Σ_b sample_loss. One workgroup of 256 threads.
+// batch_loss[slot] = Σ_b sample_loss. One workgroup of REDUCE_THREADS (256) threads;
+// the batch sum is workgroup_sum from reduce_portable.wgsl or reduce_subgroup.wgsl
+// (appended to this file when the pipeline is built).
 
 struct Params { images: u32, draws: u32, out_off: u32, slot: u32, mode: u32, _p0: u32, _p1: u32, _p2: u32 }
 
@@ -12,13 +14,11 @@ struct Params { images: u32, draws: u32, out_off: u32, slot: u32, mode: u32, _p0
 @group(0) @binding(4) var<storage, read> logpq: array<f32>;
 @group(1) @binding(0) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 256>;
-
-@compute @workgroup_size(256)
-fn loss_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
+@compute @workgroup_size(REDUCE_THREADS)
+fn loss_reduce(@builtin(local_invocation_id) lid: vec3<u32>, ids: ReduceIds) {
     let t = lid.x;
     var acc = 0.0;
-    for (var b = t; b < p.images; b += 256u) {
+    for (var b = t; b < p.images; b += REDUCE_THREADS) {
         var v = 0.0;
         if (p.mode == 1u) {
             // −(logsumexp_k(logpq_k − bce_k) − ln K), max subtracted first
@@ -41,15 +41,8 @@ fn loss_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
         sample_loss[p.out_off + b] = v;
         acc += v;
     }
-    partial[t] = acc;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            partial[t] += partial[t + s];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(acc, ids);
     if (t == 0u) {
-        batch_loss[p.slot] = partial[0];
+        batch_loss[p.slot] = total;
     }
 }

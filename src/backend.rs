@@ -6,7 +6,7 @@ use anyhow::Result;
 use std::ops::Range;
 
 pub trait Backend {
-    /// "cpu (2 threads)" or "gpu: <adapter> (<api>)".
+    /// "cpu (2 threads)" or "gpu: <adapter> (<api>, <subgroup or portable reductions>)".
     fn describe(&self) -> String;
     /// "cpu" or "gpu".
     fn kind(&self) -> &'static str;
@@ -20,6 +20,19 @@ pub trait Backend {
     fn run(&mut self, ops: &[Op]) -> Result<()>;
     /// Read elements of `buf` (waits for all submitted work).
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>>;
+    /// Whether [`Backend::run_timed`] can measure (GPU timestamp queries inside
+    /// compute passes).
+    fn has_timestamps(&self) -> bool {
+        false
+    }
+    /// `run(ops)`, with a timestamp written before the first dispatch of
+    /// `ops[timed.start]` and after the last dispatch of every op in `timed`; waits
+    /// and returns the nanoseconds each op of `timed` took. `None`, and nothing run,
+    /// where the backend has no timestamps.
+    fn run_timed(&mut self, ops: &[Op], timed: Range<usize>) -> Result<Option<Vec<f64>>> {
+        let _ = (ops, timed);
+        Ok(None)
+    }
 }
 
 /// Which backend the user asked for.

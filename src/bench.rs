@@ -1,16 +1,22 @@
 //! `vae-ood bench`: training and scoring throughput of the reference experiment on
-//! one backend, with a per-kernel breakdown.
+//! one backend, with a per-kernel breakdown measured one of two ways:
 //!
-//! The breakdown runs, for each op of the training step (fc1 forward, dW4, Adam,
-//! …), that op alone for every step of an epoch, recorded the same way as
-//! training (one compute pass on the GPU). Kernel times do not depend on the
-//! values, so this measures each kernel with its dispatch cost, on every backend
-//! and without timestamp queries; the parts add up to about the whole epoch.
+//! - **timestamps** (GPUs with `TIMESTAMP_QUERY | TIMESTAMP_QUERY_INSIDE_PASSES`):
+//!   a whole training epoch recorded as in training (one compute pass), with a
+//!   timestamp written between the dispatches of one step in the middle of it
+//!   (a query set sized for one step; resolved and read back once per epoch); the
+//!   differences are each op's time inside a real step, averaged over `epochs`
+//!   such epochs.
+//! - **each op alone** (every backend): for each op of the training step (fc1
+//!   forward, dW4, Adam, …), that op alone for every step of an epoch, recorded the
+//!   same way as training. Kernel times do not depend on the values, so this
+//!   measures each kernel with its dispatch cost; the parts add up to about the
+//!   whole epoch.
 
 use crate::backend::DeviceChoice;
 use crate::plan::{self, Batch, Buf};
 use crate::train::{Experiment, SplitId, TrainConfig};
-use anyhow::Result;
+use anyhow::{anyhow, ensure, Result};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -32,8 +38,33 @@ pub struct BenchResult {
     pub iwae_k: usize,
     pub iwae_images_per_s: f64,
     pub final_avg_loss: f64,
+    /// how the breakdown was measured; absent without one
+    pub breakdown_method: Option<BreakdownMethod>,
     /// (op, µs per step)
     pub breakdown_us_per_step: Vec<(String, f64)>,
+}
+
+/// How the per-kernel breakdown is measured (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakdownMethod {
+    /// GPU timestamps between the dispatches of a step inside a training epoch
+    Timestamps,
+    /// each op alone for every step of an epoch, timed on the host
+    EachOpAlone,
+}
+
+/// Which breakdown `bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Breakdown {
+    /// timestamps where the backend has them, else each op alone
+    Auto,
+    /// timestamps (an error where the backend has none)
+    Timestamps,
+    /// each op alone
+    EachOpAlone,
+    /// none
+    Off,
 }
 
 pub fn bench(
@@ -41,10 +72,25 @@ pub fn bench(
     device: DeviceChoice,
     epochs: usize,
     warmup: usize,
-    breakdown: bool,
+    breakdown: Breakdown,
 ) -> Result<BenchResult> {
     cfg.epochs = epochs + warmup;
     let mut ex = Experiment::new(cfg.clone(), device, true)?;
+    // decided first: asking for timestamps where there are none fails at once
+    let method = match breakdown {
+        Breakdown::Off => None,
+        Breakdown::EachOpAlone => Some(BreakdownMethod::EachOpAlone),
+        Breakdown::Timestamps => {
+            ensure!(
+                ex.backend.has_timestamps(),
+                "--breakdown timestamps: {} has no timestamp queries inside compute passes",
+                ex.backend.describe()
+            );
+            Some(BreakdownMethod::Timestamps)
+        }
+        Breakdown::Auto if ex.backend.has_timestamps() => Some(BreakdownMethod::Timestamps),
+        Breakdown::Auto => Some(BreakdownMethod::EachOpAlone),
+    };
     for _ in 0..warmup {
         ex.train_epoch()?;
     }
@@ -72,46 +118,10 @@ pub fn bench(
         + ex.score_iwae(SplitId::TestAnomaly, IWAE_K)?.len();
     let iwae_seconds = t.elapsed().as_secs_f64();
 
-    let mut parts = Vec::new();
-    if breakdown {
-        let o = ex.layout.offsets();
-        let bs = cfg.batch_size;
-        let all: Vec<Vec<plan::Op>> = (0..steps)
-            .map(|s| {
-                let bt = Batch {
-                    images: bs.min(n - s * bs),
-                    draws: 1,
-                    idx_off: s * bs,
-                    seed: 1,
-                    stream: s as u32 + 1,
-                    row_base: 0,
-                    out_off: s * bs,
-                    slot: s,
-                    mode: crate::cpu::LOSS_ELBO,
-                };
-                plan::train_step_ops(
-                    ex.layout.dims,
-                    &o,
-                    &bt,
-                    ex.layout.total,
-                    &cfg.adam,
-                    s as u64 + 1,
-                )
-            })
-            .collect();
-        for (i, name) in plan::TRAIN_STEP_OP_NAMES.iter().enumerate() {
-            let ops: Vec<plan::Op> = all.iter().map(|st| st[i]).collect();
-            ex.backend.run(&ops)?; // warm (pipelines, bind groups)
-            ex.backend.read(Buf::BatchLoss, 0..1)?;
-            let t = Instant::now();
-            ex.backend.run(&ops)?;
-            ex.backend.read(Buf::BatchLoss, 0..1)?;
-            parts.push((
-                name.to_string(),
-                t.elapsed().as_secs_f64() * 1e6 / steps as f64,
-            ));
-        }
-    }
+    let parts = match method {
+        None => Vec::new(),
+        Some(m) => per_kernel(&mut ex, m, epochs.max(1))?,
+    };
     Ok(BenchResult {
         device: ex.backend.kind().to_string(),
         backend: ex.backend.describe(),
@@ -126,8 +136,110 @@ pub fn bench(
         iwae_k: IWAE_K,
         iwae_images_per_s: iwae_n as f64 / iwae_seconds,
         final_avg_loss: last,
+        breakdown_method: method,
         breakdown_us_per_step: parts,
     })
+}
+
+/// The per-kernel breakdown of a training step on `ex`'s backend: (op name, µs per
+/// step) for every name of `plan::TRAIN_STEP_OP_NAMES`, in order, measured by
+/// `method` (with timestamps: the mean over `reps` epochs). Runs real training
+/// steps (the parameters change).
+pub fn per_kernel(
+    ex: &mut Experiment,
+    method: BreakdownMethod,
+    reps: usize,
+) -> Result<Vec<(String, f64)>> {
+    let all = epoch_ops(ex);
+    match method {
+        BreakdownMethod::Timestamps => by_timestamps(ex, &all, reps),
+        BreakdownMethod::EachOpAlone => each_op_alone(ex, &all),
+    }
+}
+
+/// The ops of every training step of an epoch over the (shuffled) training split.
+fn epoch_ops(ex: &Experiment) -> Vec<Vec<plan::Op>> {
+    let o = ex.layout.offsets();
+    let bs = ex.cfg.batch_size;
+    let n = ex.splits.train.len();
+    let steps = n.div_ceil(bs);
+    (0..steps)
+        .map(|s| {
+            let bt = Batch {
+                images: bs.min(n - s * bs),
+                draws: 1,
+                idx_off: s * bs,
+                seed: 1,
+                stream: s as u32 + 1,
+                row_base: 0,
+                out_off: s * bs,
+                slot: s,
+                mode: crate::cpu::LOSS_ELBO,
+            };
+            plan::train_step_ops(
+                ex.layout.dims,
+                &o,
+                &bt,
+                ex.layout.total,
+                &ex.cfg.adam,
+                s as u64 + 1,
+            )
+        })
+        .collect()
+}
+
+/// Each op alone for every step of an epoch (warm run, then timed): µs per step.
+fn each_op_alone(ex: &mut Experiment, all: &[Vec<plan::Op>]) -> Result<Vec<(String, f64)>> {
+    let mut parts = Vec::new();
+    for (i, name) in plan::TRAIN_STEP_OP_NAMES.iter().enumerate() {
+        let ops: Vec<plan::Op> = all.iter().map(|st| st[i]).collect();
+        ex.backend.run(&ops)?; // warm (pipelines, bind groups)
+        ex.backend.read(Buf::BatchLoss, 0..1)?;
+        let t = Instant::now();
+        ex.backend.run(&ops)?;
+        ex.backend.read(Buf::BatchLoss, 0..1)?;
+        parts.push((
+            name.to_string(),
+            t.elapsed().as_secs_f64() * 1e6 / all.len() as f64,
+        ));
+    }
+    Ok(parts)
+}
+
+/// Whole epochs as in training, the middle step timed by GPU timestamps: one warm
+/// epoch, then the mean over `reps` epochs of each op's time in that step, µs.
+fn by_timestamps(
+    ex: &mut Experiment,
+    all: &[Vec<plan::Op>],
+    reps: usize,
+) -> Result<Vec<(String, f64)>> {
+    let per_step = plan::TRAIN_STEP_OP_NAMES.len();
+    let ops: Vec<plan::Op> = all.iter().flatten().copied().collect();
+    let mid = all.len() / 2;
+    let timed = mid * per_step..(mid + 1) * per_step;
+    let mut sum = vec![0.0; per_step];
+    for rep in 0..=reps {
+        let ns = ex
+            .backend
+            .run_timed(&ops, timed.clone())?
+            .ok_or_else(|| anyhow!("{} has no timestamps", ex.backend.describe()))?;
+        ensure!(
+            ns.len() == per_step,
+            "{} timestamps for {per_step} ops",
+            ns.len()
+        );
+        if rep > 0 {
+            // rep 0 warms pipelines and bind groups
+            for (s, v) in sum.iter_mut().zip(&ns) {
+                *s += v;
+            }
+        }
+    }
+    Ok(plan::TRAIN_STEP_OP_NAMES
+        .iter()
+        .zip(sum)
+        .map(|(name, ns)| (name.to_string(), ns * 1e-3 / reps as f64))
+        .collect())
 }
 
 pub fn print(r: &BenchResult) {
@@ -142,9 +254,13 @@ pub fn print(r: &BenchResult) {
     );
     if !r.breakdown_us_per_step.is_empty() {
         let total: f64 = r.breakdown_us_per_step.iter().map(|p| p.1).sum();
-        println!(
-            "per-kernel breakdown (each op alone over one epoch, µs per step; sum {total:.1}):"
-        );
+        let how = match r.breakdown_method {
+            Some(BreakdownMethod::Timestamps) => {
+                "GPU timestamps between the dispatches of a step inside a training epoch"
+            }
+            _ => "each op alone over one epoch",
+        };
+        println!("per-kernel breakdown ({how}, µs per step; sum {total:.1}):");
         for (name, us) in &r.breakdown_us_per_step {
             println!("  {name:<12} {us:>9.2} µs  {:>5.1}%", 100.0 * us / total);
         }

@@ -52,9 +52,13 @@ struct BenchArgs {
     /// Train on the first N images only
     #[arg(long)]
     train_limit: Option<usize>,
-    /// Skip the per-kernel breakdown
+    /// Skip the per-kernel breakdown (same as --breakdown off)
     #[arg(long)]
     no_breakdown: bool,
+    /// How to measure the per-kernel breakdown: GPU timestamps where the adapter has
+    /// them (auto), or each op alone over an epoch
+    #[arg(long, value_enum, default_value_t = vae_ood::bench::Breakdown::Auto)]
+    breakdown: vae_ood::bench::Breakdown,
     /// Print one JSON line instead of the table
     #[arg(long)]
     json: bool,
@@ -170,7 +174,12 @@ fn run() -> Result<()> {
                 train_limit: b.train_limit,
                 ..TrainConfig::default()
             };
-            let r = vae_ood::bench::bench(cfg, b.device, b.epochs, b.warmup, !b.no_breakdown)?;
+            let breakdown = if b.no_breakdown {
+                vae_ood::bench::Breakdown::Off
+            } else {
+                b.breakdown
+            };
+            let r = vae_ood::bench::bench(cfg, b.device, b.epochs, b.warmup, breakdown)?;
             if b.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -192,10 +201,15 @@ fn devices() -> Result<()> {
             "no GPU adapters found (apt-get install mesa-vulkan-drivers libvulkan1 for Vulkan)"
         );
     }
-    for a in list {
+    for (a, f) in list {
         println!(
-            "{:?}\t{:?}\t{}\t{} {}",
-            a.backend, a.device_type, a.name, a.driver, a.driver_info
+            "{:?}\t{:?}\t{}\t{} {}\t{}",
+            a.backend,
+            a.device_type,
+            a.name,
+            a.driver,
+            a.driver_info,
+            f.summary()
         );
     }
     Ok(())

@@ -26,13 +26,11 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
     let e = build_pipeline(
         &ctx.device,
         &ctx.uniform_layout,
-        "broken.wgsl",
-        bad,
+        &[("broken.wgsl", bad)],
         "broken",
         &[],
     )
-    .err()
-    .expect("invalid WGSL must fail")
+    .expect_err("invalid WGSL must fail")
     .to_string();
     assert!(
         e.starts_with("shader broken.wgsl, entry point broken:"),
@@ -44,25 +42,67 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
     let e = build_pipeline(
         &ctx.device,
         &ctx.uniform_layout,
-        "good.wgsl",
-        good,
+        &[("good.wgsl", good)],
         "missing",
         &[],
     )
-    .err()
-    .expect("a missing entry point must fail")
+    .expect_err("a missing entry point must fail")
     .to_string();
     assert!(e.contains("good.wgsl") && e.contains("missing"), "{e}");
     // and the device is still usable afterwards
     build_pipeline(
         &ctx.device,
         &ctx.uniform_layout,
-        "good.wgsl",
-        good,
+        &[("good.wgsl", good)],
         "main",
         &[],
     )
     .unwrap();
+}
+
+/// Kernels are assembled from files (the kernel, then a reduction helper): an error
+/// names the file it is in and the line within that file.
+#[test]
+fn error_in_an_appended_file_names_that_file_and_line() {
+    let Some(ctx) = context() else { return };
+    let kernel = "// kernel\n@compute @workgroup_size(64)\nfn main() { let y = helper(); }\n";
+    let helper = "// helper\nfn helper() -> u32 {\n    return 1.5;\n}\n";
+    let e = build_pipeline(
+        &ctx.device,
+        &ctx.uniform_layout,
+        &[("kernel.wgsl", kernel), ("helper.wgsl", helper)],
+        "main",
+        &[],
+    )
+    .expect_err("invalid WGSL must fail")
+    .to_string();
+    assert!(
+        e.starts_with("shader helper.wgsl, entry point main:"),
+        "{e}"
+    );
+    assert!(
+        e.contains("line 3 of helper.wgsl, module kernel.wgsl + helper.wgsl"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    // and in the kernel's own file
+    let kernel =
+        "// kernel\n@compute @workgroup_size(64)\nfn main() { let y: u32 = helper() + 0.5; }\n";
+    let helper = "fn helper() -> u32 {\n    return 1u;\n}\n";
+    let e = build_pipeline(
+        &ctx.device,
+        &ctx.uniform_layout,
+        &[("kernel.wgsl", kernel), ("helper.wgsl", helper)],
+        "main",
+        &[],
+    )
+    .expect_err("invalid WGSL must fail")
+    .to_string();
+    assert!(
+        e.starts_with("shader kernel.wgsl, entry point main:"),
+        "{e}"
+    );
+    assert!(e.contains("line 3 of kernel.wgsl"), "{e}");
 }
 
 #[test]

@@ -1,55 +1,93 @@
-//! Every shader in shaders/ parses and validates with naga — no GPU needed.
+//! Every shader in shaders/ parses and validates with naga — no GPU needed: each
+//! kernel's module as the GPU backend assembles it, in both reduction variants
+//! (the subgroup one with naga's subgroup capability, the portable one without).
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use vae_ood::gpu::{Assembled, Kernel, Reduce};
+
+fn validate(label: &str, src: &str, caps: naga::valid::Capabilities) -> naga::Module {
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
+    module
+}
 
 #[test]
-fn every_wgsl_file_validates() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
-            continue;
+fn every_kernel_validates_in_both_reduction_variants() {
+    for r in Reduce::ALL {
+        for k in Kernel::ALL {
+            let src = Assembled::new(&k.parts(r));
+            let label = format!("{} ({r:?})", src.label());
+            let module = validate(&label, &src.text, r.capabilities());
+            assert!(
+                module.entry_points.iter().any(|e| e.name == k.entry()),
+                "{label} lacks entry point {}",
+                k.entry()
+            );
         }
-        let src = std::fs::read_to_string(&path).unwrap();
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&src)));
-        naga::valid::Validator::new(
+    }
+}
+
+#[test]
+fn subgroup_variant_needs_the_subgroup_capability() {
+    // what makes choosing the variant at pipeline-build time necessary: without
+    // Features::SUBGROUP (naga's SUBGROUP capability) the subgroup module is rejected
+    for k in Kernel::ALL.into_iter().filter(|k| k.reduces()) {
+        let src = Assembled::new(&k.parts(Reduce::Subgroup));
+        let module = naga::front::wgsl::parse_str(&src.text).unwrap();
+        let e = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::empty(),
         )
         .validate(&module)
-        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
-        assert!(
-            !module.entry_points.is_empty(),
-            "{}: no entry point",
-            path.display()
-        );
-        n += 1;
+        .expect_err("subgroup builtins must need the capability");
+        // and the error is located in the helper file, not the kernel's
+        let line = e.location(&src.text).expect("located").line_number as usize;
+        assert_eq!(src.locate(line).0, "reduce_subgroup.wgsl", "{k:?}: {e:?}");
     }
-    // every file is used by a kernel and every kernel's file is here
-    let mut files: Vec<&str> = vae_ood::gpu::Kernel::ALL
-        .iter()
-        .map(|k| k.source().0)
-        .collect();
-    files.dedup();
-    assert_eq!(
-        n,
-        files.len(),
-        "shaders/ holds {n} .wgsl files, the kernels use {files:?}"
-    );
+    // why reduce_subgroup.wgsl has no `enable subgroups;`: naga 30 rejects it
+    assert!(naga::front::wgsl::parse_str("enable subgroups;\n").is_err());
 }
 
 #[test]
-fn every_kernel_is_in_a_validated_file() {
-    use vae_ood::gpu::Kernel;
-    for k in Kernel::ALL {
-        let (file, src) = k.source();
-        let module = naga::front::wgsl::parse_str(src).unwrap();
-        assert!(
-            module.entry_points.iter().any(|e| e.name == k.entry()),
-            "{file} lacks entry point {}",
-            k.entry()
-        );
+fn every_wgsl_file_is_used_and_every_kernel_file_is_there() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut on_disk = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("wgsl") {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            // the embedded sources are these very files
+            let text = std::fs::read_to_string(&path).unwrap();
+            let embedded = Kernel::ALL
+                .iter()
+                .flat_map(|k| Reduce::ALL.map(|r| k.parts(r)))
+                .flatten()
+                .find(|p| p.0 == name)
+                .unwrap_or_else(|| panic!("shaders/{name} is used by no kernel"));
+            assert_eq!(embedded.1, text, "{name}: embedded source differs");
+            on_disk.insert(name);
+        }
     }
+    let used: BTreeSet<String> = Kernel::ALL
+        .iter()
+        .flat_map(|k| Reduce::ALL.map(|r| k.parts(r)))
+        .flatten()
+        .map(|p| p.0.to_string())
+        .collect();
+    assert_eq!(on_disk, used);
+}
+
+#[test]
+fn assembled_lines_map_back_to_their_files() {
+    let a = Assembled::new(&[("a.wgsl", "l1\nl2\n"), ("b.wgsl", "m1\nm2\nm3")]);
+    assert_eq!(a.text, "l1\nl2\nm1\nm2\nm3\n");
+    assert_eq!(a.label(), "a.wgsl + b.wgsl");
+    assert_eq!(a.locate(1), ("a.wgsl", 1));
+    assert_eq!(a.locate(2), ("a.wgsl", 2));
+    assert_eq!(a.locate(3), ("b.wgsl", 1));
+    assert_eq!(a.locate(5), ("b.wgsl", 3));
 }

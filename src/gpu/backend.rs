@@ -3,8 +3,10 @@
 //! epoch (all steps) into one command encoder and one compute pass. Each op reads
 //! its parameters from its own 256-byte slot of one uniform buffer (dynamic
 //! offset), written once per `run`; bind groups are created once and cached.
+//! `run_timed` (for `vae-ood bench`) records the same pass with timestamps written
+//! between the dispatches of chosen ops, into a query set kept across calls.
 
-use super::context::{GpuContext, Kernel, UNIFORM_BYTES};
+use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
 use crate::backend::Backend;
 use crate::cpu::matmul::{MatmulParams, MM_BIASGRAD};
 use crate::plan::{Buf, Op, Sizes};
@@ -35,6 +37,16 @@ pub struct GpuBackend {
     stride: usize,
     bind_group_index: HashMap<(Kernel, Vec<Res>), usize>,
     bind_groups: Vec<wgpu::BindGroup>,
+    /// timestamp query set and its readback buffers, created on first `run_timed`
+    timing: Option<Timing>,
+}
+
+/// A query set of `len` timestamps, the buffer it resolves into and a mappable copy.
+struct Timing {
+    len: u32,
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    staging: wgpu::Buffer,
 }
 
 /// Split a 1-D workgroup count over x and y (each ≤ 65535); kernels that can get
@@ -155,7 +167,19 @@ fn partial_len(ops: &[Op]) -> usize {
 }
 
 impl GpuBackend {
+    /// The backend on `adapter`, options from the environment (`VAE_OOD_NO_SUBGROUPS`).
     pub fn new(adapter: wgpu::Adapter, store: &[u8], idx_len: usize, sizes: Sizes) -> Result<Self> {
+        Self::with_options(adapter, store, idx_len, sizes, GpuOptions::from_env())
+    }
+
+    /// [`GpuBackend::new`] with explicit options (tests run both reduction variants).
+    pub fn with_options(
+        adapter: wgpu::Adapter,
+        store: &[u8],
+        idx_len: usize,
+        sizes: Sizes,
+        opts: GpuOptions,
+    ) -> Result<Self> {
         let words = crate::cpu::gather::pack_bytes(store);
         let largest = Buf::ALL
             .iter()
@@ -163,7 +187,7 @@ impl GpuBackend {
             .chain([words.len() as u64 * 4, idx_len as u64 * 4])
             .max()
             .unwrap_or(4);
-        let ctx = GpuContext::new(adapter, largest)?;
+        let ctx = GpuContext::with_options(adapter, largest, opts)?;
         let dev = &ctx.device;
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
@@ -212,6 +236,7 @@ impl GpuBackend {
             stride,
             bind_group_index: HashMap::new(),
             bind_groups: Vec::new(),
+            timing: None,
         };
         me.ctx.check("buffer creation")?;
         Ok(me)
@@ -293,48 +318,36 @@ impl GpuBackend {
             .insert(key, self.bind_groups.len() - 1);
         self.bind_groups.len() - 1
     }
-}
 
-impl Backend for GpuBackend {
-    fn describe(&self) -> String {
-        format!("gpu: {} ({:?})", self.ctx.info.name, self.ctx.info.backend)
-    }
-    fn kind(&self) -> &'static str {
-        "gpu"
-    }
-    fn sizes(&self) -> &Sizes {
-        &self.sizes
-    }
-
-    fn write(&mut self, buf: Buf, offset: usize, data: &[f32]) -> Result<()> {
-        ensure!(
-            offset + data.len() <= buf.len(&self.sizes),
-            "write past the end of {buf:?}"
-        );
-        if !data.is_empty() {
-            self.ctx.queue.write_buffer(
-                &self.bufs[buf as usize],
-                (offset * 4) as u64,
-                bytemuck::cast_slice(data),
-            );
+    fn make_timing(ctx: &GpuContext, len: u32) -> Timing {
+        let bytes = len as u64 * 8;
+        Timing {
+            len,
+            queries: ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("op timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: len,
+            }),
+            resolved: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("op timestamps resolved"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            staging: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("op timestamps readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
         }
-        Ok(())
     }
 
-    fn write_idx(&mut self, offset: usize, idx: &[u32]) -> Result<()> {
-        ensure!(
-            (offset + idx.len()) as u64 * 4 <= self.idx.size(),
-            "write past the end of the index buffer"
-        );
-        if !idx.is_empty() {
-            self.ctx
-                .queue
-                .write_buffer(&self.idx, (offset * 4) as u64, bytemuck::cast_slice(idx));
-        }
-        Ok(())
-    }
-
-    fn run(&mut self, ops: &[Op]) -> Result<()> {
+    /// Record `ops` into one command encoder and one compute pass and submit. With
+    /// `timed`, also write timestamps around the ops in `timed` (query 0 before the
+    /// first dispatch of `ops[timed.start]`, query j + 1 after the last dispatch of
+    /// `ops[timed.start + j]`) and resolve them into `timing`'s staging buffer.
+    fn record(&mut self, ops: &[Op], timed: Option<Range<usize>>) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -373,8 +386,19 @@ impl Backend for GpuBackend {
                 label: Some("ops"),
                 timestamp_writes: None,
             });
+            let queries = timed.as_ref().map(|t| {
+                (
+                    t,
+                    &self.timing.as_ref().expect("run_timed creates it").queries,
+                )
+            });
             let mut current: Option<Kernel> = None;
-            for &(i, k, bg, (gx, gy, gz)) in &plan {
+            for (d, &(i, k, bg, (gx, gy, gz))) in plan.iter().enumerate() {
+                if let Some((t, q)) = queries {
+                    if i == t.start && (d == 0 || plan[d - 1].0 != i) {
+                        pass.write_timestamp(q, 0);
+                    }
+                }
                 if current != Some(k) {
                     pass.set_pipeline(self.ctx.pipeline(k));
                     current = Some(k);
@@ -382,10 +406,119 @@ impl Backend for GpuBackend {
                 pass.set_bind_group(0, &self.bind_groups[bg], &[]);
                 pass.set_bind_group(1, &self.uniform_bg, &[(i * self.stride) as u32]);
                 pass.dispatch_workgroups(gx, gy, gz);
+                if let Some((t, q)) = queries {
+                    let last_of_op = plan.get(d + 1).is_none_or(|next| next.0 != i);
+                    if t.contains(&i) && last_of_op {
+                        pass.write_timestamp(q, (i - t.start + 1) as u32);
+                    }
+                }
             }
+        }
+        if let Some(t) = &timed {
+            let tm = self.timing.as_ref().expect("run_timed creates it");
+            let n = t.len() as u32 + 1;
+            enc.resolve_query_set(&tm.queries, 0..n, &tm.resolved, 0);
+            enc.copy_buffer_to_buffer(&tm.resolved, 0, &tm.staging, 0, n as u64 * 8);
         }
         self.ctx.queue.submit([enc.finish()]);
         self.ctx.check("kernel submission")
+    }
+}
+
+impl Backend for GpuBackend {
+    fn describe(&self) -> String {
+        format!(
+            "gpu: {} ({:?}, {})",
+            self.ctx.info.name, self.ctx.info.backend, self.ctx.features.subgroups_why
+        )
+    }
+    fn kind(&self) -> &'static str {
+        "gpu"
+    }
+    fn sizes(&self) -> &Sizes {
+        &self.sizes
+    }
+
+    fn write(&mut self, buf: Buf, offset: usize, data: &[f32]) -> Result<()> {
+        ensure!(
+            offset + data.len() <= buf.len(&self.sizes),
+            "write past the end of {buf:?}"
+        );
+        if !data.is_empty() {
+            self.ctx.queue.write_buffer(
+                &self.bufs[buf as usize],
+                (offset * 4) as u64,
+                bytemuck::cast_slice(data),
+            );
+        }
+        Ok(())
+    }
+
+    fn write_idx(&mut self, offset: usize, idx: &[u32]) -> Result<()> {
+        ensure!(
+            (offset + idx.len()) as u64 * 4 <= self.idx.size(),
+            "write past the end of the index buffer"
+        );
+        if !idx.is_empty() {
+            self.ctx
+                .queue
+                .write_buffer(&self.idx, (offset * 4) as u64, bytemuck::cast_slice(idx));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, ops: &[Op]) -> Result<()> {
+        self.record(ops, None)
+    }
+
+    fn has_timestamps(&self) -> bool {
+        self.ctx.features.timestamps
+    }
+
+    fn run_timed(&mut self, ops: &[Op], timed: Range<usize>) -> Result<Option<Vec<f64>>> {
+        if !self.ctx.features.timestamps {
+            return Ok(None);
+        }
+        ensure!(
+            !timed.is_empty() && timed.end <= ops.len(),
+            "timed ops {timed:?} outside the {} ops run",
+            ops.len()
+        );
+        let n = timed.len() as u32 + 1;
+        ensure!(
+            n <= wgpu::QUERY_SET_MAX_QUERIES,
+            "{} timed ops: a query set holds {} timestamps",
+            timed.len(),
+            wgpu::QUERY_SET_MAX_QUERIES
+        );
+        if self.timing.as_ref().is_none_or(|t| t.len < n) {
+            self.timing = Some(Self::make_timing(&self.ctx, n));
+        }
+        self.record(ops, Some(timed))?;
+        let t = self.timing.as_ref().expect("created above");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bytes = n as u64 * 8;
+        t.staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx.wait("timestamp readback")?;
+        rx.recv()
+            .map_err(|_| anyhow!("GPU timestamp readback was never answered"))?
+            .map_err(|e| anyhow!("GPU timestamp readback failed: {e}"))?;
+        let view = t
+            .staging
+            .get_mapped_range(..bytes)
+            .map_err(|e| anyhow!("GPU timestamp mapping failed: {e}"))?;
+        let ticks: Vec<u64> = bytemuck::cast_slice::<u8, u64>(&view).to_vec();
+        drop(view);
+        t.staging.unmap();
+        let period = self.ctx.queue.get_timestamp_period() as f64;
+        Ok(Some(
+            ticks
+                .windows(2)
+                .map(|w| w[1].saturating_sub(w[0]) as f64 * period)
+                .collect(),
+        ))
     }
 
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>> {

@@ -1,5 +1,8 @@
 //! `GpuContext`: device, queue, one compute pipeline per kernel, explicit
-//! bind-group layouts, and wgpu errors turned into `anyhow` errors.
+//! bind-group layouts, and wgpu errors turned into `anyhow` errors. The optional
+//! features used where offered (subgroups, timestamps) are decided here
+//! ([`FeatureUse`]); kernels that reduce over a workgroup get the subgroup or the
+//! portable `workgroup_sum` helper appended to their source ([`Reduce`]).
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::sync::{Arc, Mutex};
@@ -30,7 +33,7 @@ impl Kernel {
         Kernel::Adam,
     ];
 
-    /// (file name, WGSL source)
+    /// (file name, WGSL source) of the file that holds the entry point.
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::Gather => ("gather.wgsl", include_str!("../../shaders/gather.wgsl")),
@@ -44,6 +47,21 @@ impl Kernel {
             Kernel::Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
             Kernel::Adam => ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
         }
+    }
+
+    /// Whether the kernel calls `workgroup_sum` (and so needs a [`Reduce`] helper).
+    pub fn reduces(self) -> bool {
+        matches!(self, Kernel::Bce | Kernel::Loss)
+    }
+
+    /// The files its shader module is assembled from, in order: the kernel's file,
+    /// then the workgroup-reduction helper of variant `r` if the kernel reduces.
+    pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
+        let mut v = vec![self.source()];
+        if self.reduces() {
+            v.push(r.source());
+        }
+        v
     }
 
     pub fn entry(self) -> &'static str {
@@ -82,24 +100,248 @@ impl Kernel {
     }
 }
 
+/// How the kernels that reduce over a workgroup (`bce.wgsl`, `loss.wgsl`) do it:
+/// which helper file defining `workgroup_sum` is appended to their source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    /// a tree in workgroup memory (every device)
+    Portable,
+    /// subgroupAdd, then one step across subgroups (devices with `Features::SUBGROUP`)
+    Subgroup,
+}
+
+impl Reduce {
+    pub const ALL: [Reduce; 2] = [Reduce::Portable, Reduce::Subgroup];
+
+    /// (file name, WGSL source) of the helper.
+    pub fn source(self) -> (&'static str, &'static str) {
+        match self {
+            Reduce::Portable => (
+                "reduce_portable.wgsl",
+                include_str!("../../shaders/reduce_portable.wgsl"),
+            ),
+            Reduce::Subgroup => (
+                "reduce_subgroup.wgsl",
+                include_str!("../../shaders/reduce_subgroup.wgsl"),
+            ),
+        }
+    }
+
+    /// The naga capabilities a module of this variant needs.
+    pub fn capabilities(self) -> naga::valid::Capabilities {
+        match self {
+            Reduce::Portable => naga::valid::Capabilities::empty(),
+            Reduce::Subgroup => naga::valid::Capabilities::SUBGROUP,
+        }
+    }
+}
+
+/// Set to 1 to force the portable reductions on a device that offers subgroups.
+pub const NO_SUBGROUPS_ENV: &str = "VAE_OOD_NO_SUBGROUPS";
+
+/// Whether to use subgroup operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subgroups {
+    /// where the adapter offers `Features::SUBGROUP`
+    Auto,
+    /// never (the portable path)
+    Off,
+    /// always: opening a device without the feature is an error (tests)
+    Require,
+}
+
+/// Choices made when opening the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuOptions {
+    pub subgroups: Subgroups,
+}
+
+impl GpuOptions {
+    /// `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`.
+    pub fn from_env() -> GpuOptions {
+        let off = std::env::var(NO_SUBGROUPS_ENV).as_deref() == Ok("1");
+        GpuOptions {
+            subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
+        }
+    }
+}
+
+/// The optional adapter features vae-ood uses when offered: subgroup operations
+/// (for the workgroup reductions) and timestamps inside compute passes (for the
+/// per-kernel breakdown of `vae-ood bench`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureUse {
+    /// subgroup reductions are used
+    pub subgroups: bool,
+    /// in words: "subgroup reductions, sizes 8..8", "portable reductions: …"
+    pub subgroups_why: String,
+    /// timestamp queries inside compute passes are available
+    pub timestamps: bool,
+}
+
+impl FeatureUse {
+    pub fn of(adapter: &wgpu::Adapter, opts: GpuOptions) -> Result<FeatureUse> {
+        let f = adapter.features();
+        let info = adapter.get_info();
+        let offered = f.contains(wgpu::Features::SUBGROUP);
+        let sizes = format!(
+            "sizes {}..{}",
+            info.subgroup_min_size, info.subgroup_max_size
+        );
+        let (subgroups, subgroups_why) = match (opts.subgroups, offered) {
+            (Subgroups::Off, true) => (
+                false,
+                if std::env::var(NO_SUBGROUPS_ENV).as_deref() == Ok("1") {
+                    format!("portable reductions: {NO_SUBGROUPS_ENV}=1")
+                } else {
+                    "portable reductions: subgroups switched off".to_string()
+                },
+            ),
+            (_, true) => (true, format!("subgroup reductions, {sizes}")),
+            (Subgroups::Require, false) => bail!(
+                "GPU adapter {} does not offer Features::SUBGROUP, which was required",
+                info.name
+            ),
+            (_, false) => (
+                false,
+                "portable reductions: no subgroups offered".to_string(),
+            ),
+        };
+        Ok(FeatureUse {
+            subgroups,
+            subgroups_why,
+            timestamps: f.contains(TIMESTAMPS),
+        })
+    }
+
+    /// The features to request: those used.
+    pub fn features(&self) -> wgpu::Features {
+        let mut f = wgpu::Features::empty();
+        if self.subgroups {
+            f |= wgpu::Features::SUBGROUP;
+        }
+        if self.timestamps {
+            f |= TIMESTAMPS;
+        }
+        f
+    }
+
+    pub fn reduce(&self) -> Reduce {
+        if self.subgroups {
+            Reduce::Subgroup
+        } else {
+            Reduce::Portable
+        }
+    }
+
+    /// "subgroup reductions, sizes 8..8; timestamps" and the like.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}; {}",
+            self.subgroups_why,
+            if self.timestamps {
+                "timestamps"
+            } else {
+                "no timestamps"
+            }
+        )
+    }
+}
+
+const TIMESTAMPS: wgpu::Features =
+    wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
+/// A WGSL module assembled from files (concatenated in order) that remembers
+/// which file each line came from, for error messages.
+pub struct Assembled {
+    pub text: String,
+    /// (file, first line of it in `text`, 1-based)
+    files: Vec<(String, usize)>,
+}
+
+impl Assembled {
+    pub fn new(parts: &[(&str, &str)]) -> Assembled {
+        let mut text = String::new();
+        let mut files = Vec::new();
+        for (name, src) in parts {
+            files.push((name.to_string(), text.lines().count() + 1));
+            text.push_str(src);
+            if !src.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        Assembled { text, files }
+    }
+
+    /// "bce.wgsl + reduce_subgroup.wgsl"
+    pub fn label(&self) -> String {
+        let names: Vec<&str> = self.files.iter().map(|f| f.0.as_str()).collect();
+        names.join(" + ")
+    }
+
+    /// (file, line in that file) of `line` (1-based) of `text`.
+    pub fn locate(&self, line: usize) -> (&str, usize) {
+        let (name, first) = self
+            .files
+            .iter()
+            .rev()
+            .find(|f| f.1 <= line)
+            .unwrap_or(&self.files[0]);
+        (name, line + 1 - first)
+    }
+
+    /// The first error naga (parser, then validator with `caps`) finds, if it does:
+    /// (line in `text`, 1-based, where known; the message, innermost cause).
+    pub fn naga_error(&self, caps: naga::valid::Capabilities) -> Option<(Option<usize>, String)> {
+        let src = self.text.as_str();
+        let line = |span: naga::Span| Some(span.location(src).line_number as usize);
+        match naga::front::wgsl::parse_str(src) {
+            Err(e) => {
+                let at = e
+                    .labels()
+                    .map(|l| l.0)
+                    .find(|s| s.to_range().is_some_and(|r| !r.is_empty()));
+                Some((at.and_then(line), e.message().to_string()))
+            }
+            Ok(module) => {
+                let e = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                    .validate(&module)
+                    .err()?;
+                let at = e
+                    .spans()
+                    .map(|s| s.0)
+                    .find(|s| s.to_range().is_some_and(|r| !r.is_empty()));
+                let mut inner: &dyn std::error::Error = e.as_inner();
+                while let Some(next) = inner.source() {
+                    inner = next;
+                }
+                Some((at.and_then(line), inner.to_string()))
+            }
+        }
+    }
+}
+
 /// Size of the uniform window every kernel sees (the largest params struct).
 pub const UNIFORM_BYTES: u64 = 64;
 
-/// Compile `entry` of the WGSL `src` into a compute pipeline whose group 0 holds
-/// storage buffers at `bindings` (number, read-only?) and group 1 the op-parameter
-/// uniform. Validation errors come back as one error naming the file and entry point.
+/// Compile `entry` of the WGSL module assembled from `parts` ((file name, source),
+/// concatenated in order) into a compute pipeline whose group 0 holds storage
+/// buffers at `bindings` (number, read-only?) and group 1 the op-parameter uniform.
+/// Validation errors come back as one error naming the entry point and the file
+/// (and its line) where naga finds the fault.
 pub fn build_pipeline(
     device: &wgpu::Device,
     uniform_layout: &wgpu::BindGroupLayout,
-    file: &str,
-    src: &str,
+    parts: &[(&str, &str)],
     entry: &str,
     bindings: &[(u32, bool)],
 ) -> Result<(wgpu::BindGroupLayout, wgpu::ComputePipeline)> {
+    let src = Assembled::new(parts);
+    let label = src.label();
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(file),
-        source: wgpu::ShaderSource::Wgsl(src.into()),
+        label: Some(&label),
+        source: wgpu::ShaderSource::Wgsl(src.text.as_str().into()),
     });
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
         .iter()
@@ -139,7 +381,24 @@ pub fn build_pipeline(
             .unwrap_or("")
             .trim()
             .to_string();
-        bail!("shader {file}, entry point {entry}: {first}");
+        let caps = if device.features().contains(wgpu::Features::SUBGROUP) {
+            naga::valid::Capabilities::SUBGROUP
+        } else {
+            naga::valid::Capabilities::empty()
+        };
+        let in_module = if parts.len() > 1 {
+            format!(", module {label}")
+        } else {
+            String::new()
+        };
+        match src.naga_error(caps) {
+            Some((Some(line), msg)) => {
+                let (file, at) = src.locate(line);
+                bail!("shader {file}, entry point {entry}: {msg} (line {at} of {file}{in_module})")
+            }
+            Some((None, msg)) => bail!("shader {label}, entry point {entry}: {msg}"),
+            None => bail!("shader {label}, entry point {entry}: {first}"),
+        }
     }
     Ok((bgl, pipeline))
 }
@@ -151,6 +410,8 @@ pub struct GpuContext {
     pub layouts: Vec<wgpu::BindGroupLayout>,
     pub uniform_layout: wgpu::BindGroupLayout,
     pub pipelines: Vec<wgpu::ComputePipeline>,
+    /// the optional features in use (subgroup reductions, timestamps)
+    pub features: FeatureUse,
     /// first uncaptured wgpu error (validation, out of memory), reported by `check`
     errors: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -158,9 +419,20 @@ pub struct GpuContext {
 
 impl GpuContext {
     /// Open a device on `adapter` with the limits vae-ood needs (`max_buffer` bytes
-    /// for the largest storage buffer) and build every pipeline.
+    /// for the largest storage buffer) and build every pipeline; options from the
+    /// environment (`VAE_OOD_NO_SUBGROUPS`).
     pub fn new(adapter: wgpu::Adapter, max_buffer: u64) -> Result<GpuContext> {
+        Self::with_options(adapter, max_buffer, GpuOptions::from_env())
+    }
+
+    /// [`GpuContext::new`] with explicit options.
+    pub fn with_options(
+        adapter: wgpu::Adapter,
+        max_buffer: u64,
+        opts: GpuOptions,
+    ) -> Result<GpuContext> {
         let info = adapter.get_info();
+        let features = FeatureUse::of(&adapter, opts)?;
         let have = adapter.limits();
         if have.max_storage_buffer_binding_size < max_buffer || have.max_buffer_size < max_buffer {
             bail!(
@@ -178,7 +450,7 @@ impl GpuContext {
         limits.max_buffer_size = limits.max_buffer_size.max(max_buffer);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vae-ood"),
-            required_features: wgpu::Features::empty(),
+            required_features: features.features(),
             required_limits: limits,
             ..Default::default()
         }))
@@ -213,20 +485,26 @@ impl GpuContext {
         });
         let mut layouts = Vec::new();
         let mut pipelines = Vec::new();
+        let reduce = features.reduce();
         for k in Kernel::ALL {
-            let (file, src) = k.source();
-            let (bgl, pipeline) =
-                build_pipeline(&device, &uniform_layout, file, src, k.entry(), k.bindings())?;
+            let (bgl, pipeline) = build_pipeline(
+                &device,
+                &uniform_layout,
+                &k.parts(reduce),
+                k.entry(),
+                k.bindings(),
+            )?;
             layouts.push(bgl);
             pipelines.push(pipeline);
         }
         log::info!(
-            "GPU {} ({:?}, {:?}): {} pipelines, max storage binding {} MiB",
+            "GPU {} ({:?}, {:?}): {} pipelines, max storage binding {} MiB, {}",
             info.name,
             info.device_type,
             info.backend,
             pipelines.len(),
-            device.limits().max_storage_buffer_binding_size >> 20
+            device.limits().max_storage_buffer_binding_size >> 20,
+            features.summary()
         );
         Ok(GpuContext {
             device,
@@ -235,6 +513,7 @@ impl GpuContext {
             layouts,
             uniform_layout,
             pipelines,
+            features,
             errors,
             lost,
         })

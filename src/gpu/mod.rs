@@ -6,7 +6,10 @@ mod backend;
 mod context;
 
 pub use backend::{choose_splits, GpuBackend};
-pub use context::{build_pipeline, GpuContext, Kernel};
+pub use context::{
+    build_pipeline, Assembled, FeatureUse, GpuContext, GpuOptions, Kernel, Reduce, Subgroups,
+    NO_SUBGROUPS_ENV,
+};
 
 use anyhow::{bail, Result};
 
@@ -15,12 +18,17 @@ pub fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
 
-/// Every adapter wgpu can see.
-pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+/// Every adapter wgpu can see, with the optional features vae-ood would use on it
+/// (options from the environment).
+pub fn list_adapters() -> Vec<(wgpu::AdapterInfo, FeatureUse)> {
     let inst = instance();
+    let opts = GpuOptions::from_env();
     pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
         .iter()
-        .map(|a| a.get_info())
+        .map(|a| {
+            let f = FeatureUse::of(a, opts).expect("only Subgroups::Require can fail");
+            (a.get_info(), f)
+        })
         .collect()
 }
 

@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use vae_ood::backend::Backend;
 use vae_ood::cpu_backend::CpuBackend;
-use vae_ood::gpu::{self, GpuBackend};
+use vae_ood::gpu::{self, GpuBackend, GpuOptions, Reduce, Subgroups};
 use vae_ood::plan::Sizes;
 
 /// Set to 1 to let GPU tests pass without an adapter (for users without Vulkan).
@@ -36,11 +36,49 @@ pub fn cpu_backend(store: &[u8], idx_len: usize, sizes: Sizes) -> Box<dyn Backen
     Box::new(CpuBackend::new(store, idx_len, sizes))
 }
 
-/// Every backend: the CPU one, and the GPU one when available (see `gpu_backend`).
+/// The wgpu backend with the workgroup reductions of variant `r`, whatever
+/// VAE_OOD_NO_SUBGROUPS says. `Reduce::Subgroup` requires the adapter to offer
+/// `Features::SUBGROUP` (lavapipe, the CI adapter, does) and panics otherwise.
+/// None (test skipped) only as `gpu_backend`: no adapter and VAE_OOD_SKIP_GPU_TESTS=1.
+pub fn gpu_variant(
+    store: &[u8],
+    idx_len: usize,
+    sizes: Sizes,
+    r: Reduce,
+) -> Option<Box<dyn Backend>> {
+    let a = match gpu::select_adapter().expect("adapter selection") {
+        Some(a) => a,
+        None => return gpu_backend(store, idx_len, sizes), // skips or panics
+    };
+    let subgroups = match r {
+        Reduce::Portable => Subgroups::Off,
+        Reduce::Subgroup => {
+            assert!(
+                a.features().contains(wgpu::Features::SUBGROUP),
+                "GPU adapter {} does not offer Features::SUBGROUP: the subgroup reductions cannot be tested on it",
+                a.get_info().name
+            );
+            Subgroups::Require
+        }
+    };
+    let be = GpuBackend::with_options(a, store, idx_len, sizes, GpuOptions { subgroups })
+        .expect("GPU backend");
+    let want = match r {
+        Reduce::Portable => "portable reductions",
+        Reduce::Subgroup => "subgroup reductions",
+    };
+    assert!(be.describe().contains(want), "{}", be.describe());
+    Some(Box::new(be))
+}
+
+/// Every backend: the CPU one, then the GPU one in both reduction variants
+/// (portable, subgroup) when an adapter is available (see `gpu_backend`).
 pub fn all_backends(store: &[u8], idx_len: usize, sizes: Sizes) -> Vec<Box<dyn Backend>> {
     let mut v = vec![cpu_backend(store, idx_len, sizes)];
-    if let Some(g) = gpu_backend(store, idx_len, sizes) {
-        v.push(g);
+    for r in Reduce::ALL {
+        if let Some(g) = gpu_variant(store, idx_len, sizes, r) {
+            v.push(g);
+        }
     }
     v
 }
