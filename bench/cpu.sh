@@ -16,4 +16,12 @@ for v in eager fused; do
   $PY bench/torch_baseline.py --device cpu --variant "$v" --epochs "$EPOCHS" --warmup "$WARMUP" --json \
     | tail -n 1 | tee "$OUTDIR/torch_cpu_$v.json"
 done
-$PY bench/table.py "$OUTDIR/vae_cpu.json" "$OUTDIR"/torch_cpu_*.json | tee "$OUTDIR/table_cpu.md"
+# ablations, same call: without the sparse first layer, without the fusions, without both
+ABL=()
+for env in VAE_OOD_CPU_DENSE VAE_OOD_CPU_UNFUSED "VAE_OOD_CPU_DENSE VAE_OOD_CPU_UNFUSED"; do
+  name=$(echo "$env" | tr ' ' '+')
+  env $(for e in $env; do echo "$e=1"; done) "$BIN" bench --device cpu --epochs "$EPOCHS" --warmup "$WARMUP" \
+    --breakdown off --json | tail -n 1 > "$OUTDIR/vae_cpu_$name.json"
+  ABL+=("$OUTDIR/vae_cpu_$name.json")
+done
+$PY bench/table.py "$OUTDIR/vae_cpu.json" "$OUTDIR"/torch_cpu_*.json "${ABL[@]}" | tee "$OUTDIR/table_cpu.md"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Print one Markdown table from `vae-ood bench --json` and torch_baseline.py --json lines.
 
-usage: bench/table.py VAE_JSON TORCH_JSON...   (the first file is the vae-ood run)
-Ratios are vae-ood samples/s over each baseline's, measured in the same call.
+usage: bench/table.py VAE_JSON OTHER_JSON...   (the first file is the vae-ood run)
+Ratios are vae-ood samples/s over each other row's, measured in the same call. Other
+rows are PyTorch runs, or vae-ood runs with a part switched off (ablations).
 """
 import json
 import sys
@@ -24,7 +25,11 @@ for p in sys.argv[2:]:
     if not t:
         rows.append((p, "failed", None, None))
         continue
-    rows.append((f"pytorch {t.get('variant')}", f"{t.get('device_name')} torch {t.get('torch')}", t.get("samples_per_s"), t.get("us_per_step")))
+    if t.get("impl") == "pytorch":
+        rows.append((f"pytorch {t.get('variant')}", f"{t.get('device_name')} torch {t.get('torch')}", t.get("samples_per_s"), t.get("us_per_step")))
+    else:
+        # another vae-ood run (an ablation: its backend line says what was switched off)
+        rows.append((f"vae-ood {t.get('device', '?')}", t.get("backend", "?"), t.get("samples_per_s"), t.get("us_per_step")))
 ours = vae.get("samples_per_s")
 print("| implementation | device | samples/s | µs/step | vae-ood speed-up |")
 print("| --- | --- | ---: | ---: | ---: |")

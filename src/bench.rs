@@ -1,12 +1,14 @@
 //! `vae-ood bench`: training and scoring throughput of the reference experiment on
 //! one backend, with a per-kernel breakdown measured one of two ways:
 //!
-//! - **timestamps** (GPUs with `TIMESTAMP_QUERY | TIMESTAMP_QUERY_INSIDE_PASSES`):
-//!   a whole training epoch recorded as in training (one compute pass), with a
-//!   timestamp written between the dispatches of one step in the middle of it
-//!   (a query set sized for one step; resolved and read back once per epoch); the
-//!   differences are each op's time inside a real step, averaged over `epochs`
-//!   such epochs.
+//! - **timestamps** (GPUs with `TIMESTAMP_QUERY | TIMESTAMP_QUERY_INSIDE_PASSES`,
+//!   and the CPU): a whole training epoch run as in training (on the GPU one
+//!   compute pass), with a timestamp taken between the ops of one step in the
+//!   middle of it (GPU: a query set sized for one step, resolved and read back once
+//!   per epoch; CPU: the host clock, with the CPU backend's fusions in place, a
+//!   fused op's time charged to the first op of the fusion and the other reading
+//!   0); the differences are each op's time inside a real step, averaged over
+//!   `epochs` such epochs.
 //! - **each op alone** (every backend): for each op of the training step (fc1
 //!   forward, dW4, Adam, …), that op alone for every step of an epoch, recorded the
 //!   same way as training. Kernel times do not depend on the values, so this
@@ -48,7 +50,8 @@ pub struct BenchResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakdownMethod {
-    /// GPU timestamps between the dispatches of a step inside a training epoch
+    /// timestamps between the ops of a step inside a training epoch (GPU timestamp
+    /// queries; the host clock on the CPU)
     Timestamps,
     /// each op alone for every step of an epoch, timed on the host
     EachOpAlone,
@@ -255,6 +258,9 @@ pub fn print(r: &BenchResult) {
     if !r.breakdown_us_per_step.is_empty() {
         let total: f64 = r.breakdown_us_per_step.iter().map(|p| p.1).sum();
         let how = match r.breakdown_method {
+            Some(BreakdownMethod::Timestamps) if r.device == "cpu" => {
+                "host clock between the ops of a step inside a training epoch; a fused op's time is charged to the first op of its fusion, the other reads 0"
+            }
             Some(BreakdownMethod::Timestamps) => {
                 "GPU timestamps between the dispatches of a step inside a training epoch"
             }

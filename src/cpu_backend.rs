@@ -136,7 +136,10 @@ impl CpuBackend {
             && (p.a_off, p.a_si, p.a_sp) == (0, 1, p.m)
             && (p.b_off, p.b_sp, p.b_sj, p.n) == (0, d, 1, d)
             && p.c_si == p.n
-            && !matches!(a, Buf::X | Buf::Grads);
+            && !matches!(
+                a,
+                Buf::X | Buf::Grads | Buf::Params | Buf::AdamM | Buf::AdamV
+            );
         if weight && self.x_is_sparse(p.k as usize) {
             if !self.xt_ok {
                 self.x_csr.transpose_into(&mut self.xt_csr);
@@ -162,9 +165,7 @@ impl CpuBackend {
                 let mut cv = self.take(c);
                 let params = &self.bufs[Buf::Params as usize];
                 // W1ᵀ: (k, n) from W1: (n, k), one band of W1ᵀ's rows per thread
-                let tb = row_bands(k, 16);
-                let tp = carve(&mut wt, 0, n, &tb);
-                tb.into_par_iter().zip(tp).for_each(|((p0, rows), w)| {
+                bands_mut(&mut wt, 0, n, n, k, band_len(k, 16)).for_each(|(p0, rows, w)| {
                     cpu_sparse::transpose_rows(w, params, p.b_off as usize, n, k, p0, p0 + rows);
                 });
                 let bias: &[f32] = if p.flags & cpu::matmul::MM_BIAS != 0 {
@@ -173,12 +174,12 @@ impl CpuBackend {
                     &[]
                 };
                 let relu = p.flags & cpu::matmul::MM_RELU != 0;
-                let bands = row_bands(m, 1);
-                let pieces = carve(&mut cv, p.c_off as usize, n, &bands);
                 let (x, wt_ref) = (&self.x_csr, &wt);
-                bands.into_par_iter().zip(pieces).for_each(|((r0, rows), cs)| {
-                    cpu_sparse::linear_sparse(cs, x, r0, rows, wt_ref, n, bias, relu);
-                });
+                bands_mut(&mut cv, p.c_off as usize, n, n, m, band_len(m, 1)).for_each(
+                    |(r0, rows, cs)| {
+                        cpu_sparse::linear_sparse(cs, x, r0, rows, wt_ref, n, bias, relu);
+                    },
+                );
                 self.put(c, cv);
                 self.wt = wt;
             }
@@ -272,9 +273,12 @@ impl CpuBackend {
                 );
                 // the parts no fused dW + Adam has updated this step
                 let mut done = std::mem::take(&mut self.adam_done);
-                done.sort_by_key(|r| r.start);
+                done.sort_unstable_by_key(|r| r.start);
                 let mut start = 0;
-                for r in done.iter().chain(std::iter::once(&(p.n as usize..p.n as usize))) {
+                for r in done
+                    .iter()
+                    .chain(std::iter::once(&(p.n as usize..p.n as usize)))
+                {
                     if r.start > start {
                         let q = AdamParams {
                             n: (r.start - start) as u32,
@@ -293,8 +297,67 @@ impl CpuBackend {
                 self.put(Buf::Params, params);
                 self.put(Buf::AdamM, m);
                 self.put(Buf::AdamV, v);
+                done.clear(); // keep the allocation for the next step
+                self.adam_done = done;
             }
         }
+    }
+
+    /// Run `ops[i]`, fused with what follows where it can be; returns how many ops
+    /// that consumed (1, or 2 for decoder output + BCE).
+    fn exec_at(&mut self, ops: &[Op], i: usize) -> usize {
+        if !self.unfused {
+            if let (
+                Op::Matmul {
+                    a,
+                    b: Buf::Params,
+                    e: Buf::Params,
+                    c: Buf::Logits,
+                    p,
+                },
+                Some(Op::Bce(bp)),
+            ) = (ops[i], ops.get(i + 1))
+            {
+                let dense = p.c_off == 0 && p.c_si == p.n && p.n == bp.d && p.m == bp.rows;
+                if dense && p.flags == cpu::matmul::MM_BIAS && a != Buf::Logits && a != Buf::Bce {
+                    self.exec_linear_bce(&p, a, bp);
+                    self.fused.0 += 1;
+                    return 2;
+                }
+            }
+        }
+        let adam = if self.unfused {
+            None
+        } else {
+            fusable_adam(ops, i)
+        };
+        if let Some(kind) = self.sparse_kind(&ops[i]) {
+            self.exec_sparse(&ops[i], kind, adam.as_ref());
+            self.fused.1 += adam.is_some() as usize;
+            return 1;
+        }
+        if let (
+            Op::Matmul {
+                a,
+                b,
+                c: Buf::Grads,
+                p,
+                ..
+            },
+            Some(adam),
+        ) = (ops[i], adam)
+        {
+            let unaliased = [a, b]
+                .iter()
+                .all(|x| !matches!(x, Buf::Params | Buf::Grads | Buf::AdamM | Buf::AdamV));
+            if unaliased {
+                self.exec_grad_adam(a, b, &p, &adam);
+                self.fused.1 += 1;
+                return 1;
+            }
+        }
+        self.exec(&ops[i]);
+        1
     }
 
     /// fc4 forward and the BCE that follows it, band by band.
@@ -352,7 +415,12 @@ enum SparseKind {
 
 /// The parameter ranges a dW + db product writes: the weight rows and the bias.
 fn grad_ranges(p: &MatmulParams) -> [Range<usize>; 2] {
-    let (c_off, e_off, m, n) = (p.c_off as usize, p.e_off as usize, p.m as usize, p.n as usize);
+    let (c_off, e_off, m, n) = (
+        p.c_off as usize,
+        p.e_off as usize,
+        p.m as usize,
+        p.n as usize,
+    );
     [c_off..c_off + m * n, e_off..e_off + m]
 }
 
@@ -361,7 +429,9 @@ fn param_reads(op: &Op) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     if let Op::Matmul { a, b, e, p, .. } = *op {
         let last = |off: u32, si: u32, sp: u32, rows: u32, cols: u32| {
-            off as usize + (rows.max(1) - 1) as usize * si as usize + (cols.max(1) - 1) as usize * sp as usize
+            off as usize
+                + (rows.max(1) - 1) as usize * si as usize
+                + (cols.max(1) - 1) as usize * sp as usize
         };
         if a == Buf::Params {
             out.push(p.a_off as usize..last(p.a_off, p.a_si, p.a_sp, p.m, p.k) + 1);
@@ -383,7 +453,10 @@ fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
 /// If `ops[i]` is a dense dW + db product into Grads whose Adam step can run right
 /// after it, that step's parameters.
 fn fusable_adam(ops: &[Op], i: usize) -> Option<AdamParams> {
-    let Op::Matmul { c: Buf::Grads, p, .. } = ops[i] else {
+    let Op::Matmul {
+        c: Buf::Grads, p, ..
+    } = ops[i]
+    else {
         return None;
     };
     if p.flags != cpu::matmul::MM_BIASGRAD || p.c_si != p.n {
@@ -398,39 +471,56 @@ fn fusable_adam(ops: &[Op], i: usize) -> Option<AdamParams> {
             }
             // another write to these gradients, or a read of these parameters,
             // before the Adam step: not fusable
-            Op::Matmul { c: Buf::Grads, p: q, .. } if grad_ranges(q).iter().any(|r| mine.iter().any(|m| overlaps(r, m))) => {
+            Op::Matmul {
+                c: Buf::Grads,
+                p: q,
+                ..
+            } if grad_ranges(q)
+                .iter()
+                .any(|r| mine.iter().any(|m| overlaps(r, m))) =>
+            {
                 return None
             }
-            _ if param_reads(op).iter().any(|r| mine.iter().any(|m| overlaps(r, m))) => return None,
+            _ if param_reads(op)
+                .iter()
+                .any(|r| mine.iter().any(|m| overlaps(r, m))) =>
+            {
+                return None
+            }
             _ => {}
         }
     }
     None
 }
 
-/// Split `m` rows into one band per thread: (first row, rows).
-fn row_bands(m: usize, multiple: usize) -> Vec<(usize, usize)> {
+/// Rows per band when `m` rows are split into one band per thread (a multiple of
+/// `multiple`, so that bands hold whole images' draws).
+fn band_len(m: usize, multiple: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let band = m.div_ceil(threads).div_ceil(multiple) * multiple;
-    (0..m).step_by(band.max(1)).map(|i0| (i0, band.min(m - i0))).collect()
+    let multiple = multiple.max(1);
+    (m.div_ceil(threads).div_ceil(multiple) * multiple).max(1)
 }
 
-/// Carve `buf` into one mutable piece per band: band t gets
-/// `buf[off + i0*stride ..]`, ending where the next band starts (the last one runs to
-/// the end of `buf`).
-fn carve<'a>(buf: &'a mut [f32], off: usize, stride: usize, bands: &[(usize, usize)]) -> Vec<&'a mut [f32]> {
-    let mut rest = &mut buf[off..];
-    let mut out = Vec::with_capacity(bands.len());
-    for (t, &(i0, _)) in bands.iter().enumerate() {
-        let take = match bands.get(t + 1) {
-            Some(&(next, _)) => (next - i0) * stride,
-            None => rest.len(),
-        };
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
-        out.push(head);
-        rest = tail;
-    }
-    out
+/// The rows 0..m of a matrix in `buf` (row r at `off + r*stride`, `last` elements
+/// of the last row used) as one mutable piece per band of `band` rows, each
+/// starting at its band's first row: (first row, rows, piece). No allocation.
+fn bands_mut(
+    buf: &mut [f32],
+    off: usize,
+    stride: usize,
+    last: usize,
+    m: usize,
+    band: usize,
+) -> impl IndexedParallelIterator<Item = (usize, usize, &mut [f32])> {
+    let end = if m == 0 {
+        off
+    } else {
+        off + (m - 1) * stride + last
+    };
+    buf[off..end]
+        .par_chunks_mut(band * stride.max(1))
+        .enumerate()
+        .map(move |(t, piece)| (t * band, band.min(m - t * band), piece))
 }
 
 /// Rows of C split into one band per thread; each band is `cpu::matmul` on a
@@ -451,9 +541,8 @@ fn par_matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
     if threads == 1 || m < 2 * threads || flops < 1 << 18 {
         return cpu::matmul(c, a, b, e, p);
     }
-    let bands = row_bands(m, 1);
-    let pieces = carve(c, p.c_off as usize, p.c_si as usize, &bands);
-    bands.into_par_iter().zip(pieces).for_each(|((i0, rows), cs)| {
+    let (c_si, n) = (p.c_si as usize, p.n as usize);
+    bands_mut(c, p.c_off as usize, c_si, n, m, band_len(m, 1)).for_each(|(i0, rows, cs)| {
         cpu::matmul(cs, a, b, e, &band_params(p, i0, rows));
     });
 }
@@ -481,14 +570,11 @@ fn par_linear_bce(
     mm: &MatmulParams,
     bp: &cpu::BceParams,
 ) {
-    let (k, d) = (bp.draws as usize, bp.d as usize);
-    let bands = row_bands(mm.m as usize, k);
-    let lp = carve(logits, 0, d, &bands);
-    let bp_pieces = carve(&mut bce[..mm.m as usize], 0, 1, &bands);
-    bands
-        .into_par_iter()
-        .zip(lp.into_par_iter().zip(bp_pieces))
-        .for_each(|((r0, rows), (lc, bc))| {
+    let (k, d, m) = (bp.draws as usize, bp.d as usize, mm.m as usize);
+    let band = band_len(m, k);
+    bands_mut(logits, 0, d, d, m, band)
+        .zip(bands_mut(bce, 0, 1, 1, m, band))
+        .for_each(|((r0, rows, lc), (_, _, bc))| {
             cpu::matmul(lc, h, params, params, &band_params(mm, r0, rows));
             let q = cpu::BceParams {
                 rows: rows as u32,
@@ -520,20 +606,12 @@ fn par_grad_adam(
     let (m, n) = (mm.m as usize, mm.n as usize);
     let (c_off, e_off) = (mm.c_off as usize, mm.e_off as usize);
     cpu::matmul::bias_sums(st.grads, a, mm);
-    let bands = row_bands(m, 1);
-    fn region<'a>(buf: &'a mut [f32], r: Range<usize>, n: usize, bands: &[(usize, usize)]) -> Vec<&'a mut [f32]> {
-        carve(&mut buf[r], 0, n, bands)
-    }
-    let w = c_off..c_off + m * n;
-    let (gp, pp) = (region(st.grads, w.clone(), n, &bands), region(st.params, w.clone(), n, &bands));
-    let (mp, vp) = (region(st.m, w.clone(), n, &bands), region(st.v, w, n, &bands));
-    bands
-        .par_iter()
-        .zip(gp)
-        .zip(pp)
-        .zip(mp)
-        .zip(vp)
-        .for_each(|((((&(i0, rows), g), pr), mo), vo)| {
+    let band = band_len(m, 1);
+    bands_mut(st.grads, c_off, n, n, m, band)
+        .zip(bands_mut(st.params, c_off, n, n, m, band))
+        .zip(bands_mut(st.m, c_off, n, n, m, band))
+        .zip(bands_mut(st.v, c_off, n, n, m, band))
+        .for_each(|((((i0, rows, g), (_, _, pr)), (_, _, mo)), (_, _, vo))| {
             rows_of(g, i0, rows);
             if let Some(adam) = adam {
                 let ap = AdamParams {
@@ -544,7 +622,10 @@ fn par_grad_adam(
             }
         });
     if let Some(adam) = adam {
-        let ap = AdamParams { n: m as u32, ..*adam };
+        let ap = AdamParams {
+            n: m as u32,
+            ..*adam
+        };
         let r = e_off..e_off + m;
         cpu::adam(
             &mut st.params[r.clone()],
@@ -558,10 +639,8 @@ fn par_grad_adam(
 
 /// Images split across threads; each piece is `cpu::gather_pixels`.
 fn par_gather(x: &mut [f32], data: &[u32], idx: &[u32], p: &cpu::GatherParams) {
-    let d = p.d as usize;
-    let bands = row_bands(p.rows as usize, 1);
-    let pieces = carve(&mut x[..p.rows as usize * d], 0, d, &bands);
-    bands.into_par_iter().zip(pieces).for_each(|((r0, rows), xs)| {
+    let (d, m) = (p.d as usize, p.rows as usize);
+    bands_mut(x, 0, d, d, m, band_len(m, 1)).for_each(|(r0, rows, xs)| {
         let q = cpu::GatherParams {
             rows: rows as u32,
             idx_off: p.idx_off + r0 as u32,
@@ -581,19 +660,13 @@ fn par_reparam_forward(
     head: &[f32],
     p: &cpu::ReparamParams,
 ) {
-    let (l, k) = (p.l as usize, p.draws as usize);
-    let bands = row_bands(p.images as usize, 1);
-    let zs = carve(z, 0, k * l, &bands);
-    let es = carve(eps, 0, k * l, &bands);
-    let ks = carve(kl, 0, 1, &bands);
-    let ls = carve(logpq, 0, k, &bands);
-    bands
-        .into_par_iter()
-        .zip(zs)
-        .zip(es)
-        .zip(ks)
-        .zip(ls)
-        .for_each(|(((((b0, nb), z), e), kl), lpq)| {
+    let (l, k, b) = (p.l as usize, p.draws as usize, p.images as usize);
+    let band = band_len(b, 1);
+    bands_mut(z, 0, k * l, k * l, b, band)
+        .zip(bands_mut(eps, 0, k * l, k * l, b, band))
+        .zip(bands_mut(kl, 0, 1, 1, b, band))
+        .zip(bands_mut(logpq, 0, k, k, b, band))
+        .for_each(|((((b0, nb, z), (_, _, e)), (_, _, kl)), (_, _, lpq))| {
             let q = cpu::ReparamParams {
                 images: nb as u32,
                 row_base: p.row_base + b0 as u32,
@@ -643,9 +716,10 @@ fn par_adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: 
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
         format!(
-            "cpu ({} threads{})",
+            "cpu ({} threads{}{})",
             rayon::current_num_threads(),
-            if self.unfused { ", unfused" } else { "" }
+            if self.unfused { ", unfused" } else { "" },
+            if self.dense_only { ", dense first layer" } else { "" }
         )
     }
     fn kind(&self) -> &'static str {
@@ -677,50 +751,29 @@ impl Backend for CpuBackend {
     fn run(&mut self, ops: &[Op]) -> Result<()> {
         let mut i = 0;
         while i < ops.len() {
-            if !self.unfused {
-                if let (Op::Matmul { a, b: Buf::Params, e: Buf::Params, c: Buf::Logits, p }, Some(Op::Bce(bp))) =
-                    (ops[i], ops.get(i + 1))
-                {
-                    let dense = p.c_off == 0 && p.c_si == p.n && p.n == bp.d && p.m == bp.rows;
-                    if dense && p.flags == cpu::matmul::MM_BIAS && a != Buf::Logits && a != Buf::Bce {
-                        self.exec_linear_bce(&p, a, bp);
-                        self.fused.0 += 1;
-                        i += 2;
-                        continue;
-                    }
-                }
-                if let Some(kind) = self.sparse_kind(&ops[i]) {
-                    let adam = fusable_adam(ops, i);
-                    self.exec_sparse(&ops[i], kind, adam.as_ref());
-                    if adam.is_some() {
-                        self.fused.1 += 1;
-                    }
-                    i += 1;
-                    continue;
-                }
-                if let Op::Matmul { a, b, c: Buf::Grads, p, .. } = ops[i] {
-                    if let Some(adam) = fusable_adam(ops, i) {
-                        let unaliased = [a, b].iter().all(|x| !matches!(x, Buf::Params | Buf::Grads | Buf::AdamM | Buf::AdamV));
-                        if unaliased {
-                            self.exec_grad_adam(a, b, &p, &adam);
-                            self.fused.1 += 1;
-                            i += 1;
-                            continue;
-                        }
-                    }
-                }
-            }
-            if self.unfused {
-                if let Some(kind) = self.sparse_kind(&ops[i]) {
-                    self.exec_sparse(&ops[i], kind, None);
-                    i += 1;
-                    continue;
-                }
-            }
-            self.exec(&ops[i]);
-            i += 1;
+            i += self.exec_at(ops, i);
         }
         Ok(())
+    }
+    /// The CPU's "timestamps" are the host clock read between ops, in place inside
+    /// the real op list, fusions included: a fused pair's time is charged to its
+    /// first op (the second reads 0), and each weight gradient's time includes the
+    /// Adam update fused into it.
+    fn has_timestamps(&self) -> bool {
+        true
+    }
+    fn run_timed(&mut self, ops: &[Op], timed: Range<usize>) -> Result<Option<Vec<f64>>> {
+        let mut ns = vec![0.0; timed.len()];
+        let mut i = 0;
+        while i < ops.len() {
+            let t = std::time::Instant::now();
+            let used = self.exec_at(ops, i);
+            if timed.contains(&i) {
+                ns[i - timed.start] = t.elapsed().as_secs_f64() * 1e9;
+            }
+            i += used;
+        }
+        Ok(Some(ns))
     }
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>> {
         let b = &self.bufs[buf as usize];

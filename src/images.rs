@@ -225,8 +225,7 @@ mod fuzz_regressions {
     fn palette_of_bad_length_is_an_error() {
         let bytes = include_bytes!("../fuzz/regressions/png-plte-len7.bin");
         let e = decode_png_28x28(bytes, "p.png")
-            .err()
-            .expect("must be refused")
+            .expect_err("must be refused")
             .to_string();
         assert!(e.starts_with("p.png: "), "{e}");
         assert_eq!(e.lines().count(), 1);

@@ -4,6 +4,7 @@
 //! poisoned (NaN) before the kernel runs. Checks, for each kernel:
 //! - the CPU twin wrote every element of the output region and nothing outside it;
 //! - the GPU wrote the same region, equal to the CPU within a stated tolerance.
+//!
 //! Runs on lavapipe in CI; fails without an adapter (see tests/common).
 // output regions are lists of ranges; most kernels write one
 #![allow(clippy::single_range_in_vec_init)]
@@ -91,10 +92,10 @@ fn run_case_on(backends: &mut [Box<dyn Backend>], sizes: Sizes, c: &Case) {
     }
     for (desc, outs) in &results[1..] {
         for ((b, region, atol, rtol), (g, w)) in c.outputs.iter().zip(outs.iter().zip(cpu)) {
-            for i in 0..g.len() {
+            for (i, gi) in g.iter().enumerate() {
                 if !region.iter().any(|r| r.contains(&i)) && !c.inputs.iter().any(|(x, _)| x == b) {
                     assert!(
-                        g[i].is_nan(),
+                        gi.is_nan(),
                         "{}: {desc} wrote {b:?}[{i}] outside its output region",
                         c.name
                     );

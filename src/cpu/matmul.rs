@@ -169,7 +169,12 @@ super::with_avx2! {
 
 #[inline(always)]
 fn bias_sums_body(c: &mut [f32], a: &[f32], p: &MatmulParams) {
-    let (m, a_off, a_si, a_sp) = (p.m as usize, p.a_off as usize, p.a_si as usize, p.a_sp as usize);
+    let (m, a_off, a_si, a_sp) = (
+        p.m as usize,
+        p.a_off as usize,
+        p.a_si as usize,
+        p.a_sp as usize,
+    );
     let sums = &mut c[p.e_off as usize..p.e_off as usize + m];
     sums.fill(0.0);
     if a_si == 1 {
