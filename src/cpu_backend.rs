@@ -35,11 +35,15 @@ pub struct CpuBackend {
     /// the nonzeros of X's first `x_rows` rows (0: not known since X was last written),
     /// and of Xᵀ when `xt_ok`
     x_csr: Csr,
+    x_parts: Vec<Csr>,
     x_rows: usize,
     xt_csr: Csr,
     xt_ok: bool,
-    /// W1ᵀ scratch for the sparse forward
+    /// W1ᵀ for the sparse forward, and which weights it is the transpose of
+    /// (offset in Params, rows n, columns k) while it is current: the fused Adam of
+    /// those weights refreshes it band by band, any other write to them clears this
     wt: Vec<f32>,
+    wt_of: Option<(usize, usize, usize)>,
     /// how many products ran sparse
     sparse_runs: usize,
 }
@@ -59,10 +63,12 @@ impl CpuBackend {
             fused: (0, 0),
             dense_only: std::env::var_os("VAE_OOD_CPU_DENSE").is_some(),
             x_csr: Csr::default(),
+            x_parts: Vec::new(),
             x_rows: 0,
             xt_csr: Csr::default(),
             xt_ok: false,
             wt: Vec::new(),
+            wt_of: None,
             sparse_runs: 0,
             unfused: std::env::var_os("VAE_OOD_CPU_UNFUSED").is_some(),
         }
@@ -98,13 +104,22 @@ impl CpuBackend {
         }
         if self.x_rows != rows {
             let d = self.sizes.dims.d;
-            let x = std::mem::take(&mut self.bufs[Buf::X as usize]);
-            self.x_csr.fill_from_dense(&x, rows, d);
-            self.bufs[Buf::X as usize] = x;
+            let x = &self.bufs[Buf::X as usize];
+            self.x_csr
+                .fill_from_dense_par(&mut self.x_parts, x, rows, d);
             self.x_rows = rows;
             self.xt_ok = false;
         }
         self.x_csr.density() <= SPARSE_MAX_DENSITY
+    }
+
+    /// Parameters in `r` changed (other than through a refresh of W1ᵀ).
+    fn params_changed(&mut self, r: Range<usize>) {
+        if let Some((off, n, k)) = self.wt_of {
+            if overlaps(&r, &(off..off + n * k)) {
+                self.wt_of = None;
+            }
+        }
     }
 
     fn x_changed(&mut self) {
@@ -161,13 +176,25 @@ impl CpuBackend {
         match kind {
             SparseKind::Forward => {
                 let mut wt = std::mem::take(&mut self.wt);
-                wt.resize(k * n, 0.0);
                 let mut cv = self.take(c);
                 let params = &self.bufs[Buf::Params as usize];
-                // W1ᵀ: (k, n) from W1: (n, k), one band of W1ᵀ's rows per thread
-                bands_mut(&mut wt, 0, n, n, k, band_len(k, 16)).for_each(|(p0, rows, w)| {
-                    cpu_sparse::transpose_rows(w, params, p.b_off as usize, n, k, p0, p0 + rows);
-                });
+                let key = (p.b_off as usize, n, k);
+                if self.wt_of != Some(key) {
+                    // W1ᵀ: (k, n) from W1: (n, k), one band of W1ᵀ's rows per thread
+                    wt.resize(k * n, 0.0);
+                    bands_mut(&mut wt, 0, n, n, k, band_len(k, 16)).for_each(|(p0, rows, w)| {
+                        cpu_sparse::transpose_rows(
+                            w,
+                            params,
+                            p.b_off as usize,
+                            n,
+                            k,
+                            p0,
+                            p0 + rows,
+                        );
+                    });
+                    self.wt_of = Some(key);
+                }
                 let bias: &[f32] = if p.flags & cpu::matmul::MM_BIAS != 0 {
                     &params[p.e_off as usize..p.e_off as usize + n]
                 } else {
@@ -193,13 +220,28 @@ impl CpuBackend {
                     m: &mut mo,
                     v: &mut vo,
                 };
+                let wt = SyncPtr(self.wt.as_mut_ptr(), self.wt.len());
                 let (dy, xt) = (self.get(a), &self.xt_csr);
                 let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
                     cpu_sparse::weight_grad_sparse(g, dy, m, xt, i0, i0 + rows);
                 };
-                par_grad_adam(&mut st, dy, &p, adam, &rows_of);
+                // when W1ᵀ is current for these weights, refresh each band of it
+                // right after Adam updated that band (still in cache)
+                let refresh = adam.is_some() && self.wt_of == Some((p.c_off as usize, m, n));
+                let after = |i0: usize, rows: usize, w_band: &[f32]| {
+                    // SAFETY: wt is not otherwise borrowed during par_grad_adam, and
+                    // each band writes only its own columns i0..i0+rows
+                    let (ptr, len) = wt.get();
+                    unsafe { cpu_sparse::transpose_band_into(ptr, len, w_band, m, n, i0, rows) };
+                };
+                let after: Option<&(dyn Fn(usize, usize, &[f32]) + Sync)> =
+                    if refresh { Some(&after) } else { None };
+                par_grad_adam(&mut st, dy, &p, adam, &rows_of, after);
                 if adam.is_some() {
                     self.adam_done.extend(grad_ranges(&p));
+                    if !refresh {
+                        self.params_changed(p.c_off as usize..p.c_off as usize + m * n);
+                    }
                 }
                 self.put(Buf::Params, params);
                 self.put(Buf::Grads, grads);
@@ -228,6 +270,9 @@ impl CpuBackend {
                 self.x_changed();
             }
             Op::Matmul { a, b, e, c, p } => {
+                if c == Buf::Params {
+                    self.params_changed(0..usize::MAX);
+                }
                 let mut cv = self.take(c);
                 par_matmul(&mut cv, self.get(a), self.get(b), self.get(e), &p);
                 self.put(c, cv);
@@ -273,6 +318,7 @@ impl CpuBackend {
                 );
                 // the parts no fused dW + Adam has updated this step
                 let mut done = std::mem::take(&mut self.adam_done);
+                let mut changed = Vec::new();
                 done.sort_unstable_by_key(|r| r.start);
                 let mut start = 0;
                 for r in done
@@ -280,6 +326,7 @@ impl CpuBackend {
                     .chain(std::iter::once(&(p.n as usize..p.n as usize)))
                 {
                     if r.start > start {
+                        changed.push(start..r.start);
                         let q = AdamParams {
                             n: (r.start - start) as u32,
                             ..p
@@ -299,6 +346,9 @@ impl CpuBackend {
                 self.put(Buf::AdamV, v);
                 done.clear(); // keep the allocation for the next step
                 self.adam_done = done;
+                for r in changed {
+                    self.params_changed(r);
+                }
             }
         }
     }
@@ -395,8 +445,11 @@ impl CpuBackend {
         let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
             cpu::matmul(g, av, bv, av, &band_params(&q, i0, rows));
         };
-        par_grad_adam(&mut st, av, mm, Some(adam), &rows_of);
+        par_grad_adam(&mut st, av, mm, Some(adam), &rows_of, None);
         self.adam_done.extend(grad_ranges(mm));
+        for r in grad_ranges(mm) {
+            self.params_changed(r);
+        }
         self.put(Buf::Params, params);
         self.put(Buf::Grads, grads);
         self.put(Buf::AdamM, m);
@@ -547,6 +600,18 @@ fn par_matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
     });
 }
 
+/// A buffer's base and length, to hand disjoint parts of it to threads.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32, usize);
+// SAFETY: only used where each thread writes its own disjoint elements (see uses)
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> (*mut f32, usize) {
+        (self.0, self.1)
+    }
+}
+
 /// `p` restricted to rows i0..i0+rows of C, with C starting at the band's first row.
 fn band_params(p: &MatmulParams, i0: usize, rows: usize) -> MatmulParams {
     let mut q = *p;
@@ -602,6 +667,7 @@ fn par_grad_adam(
     mm: &MatmulParams,
     adam: Option<&AdamParams>,
     rows_of: &(dyn Fn(&mut [f32], usize, usize) + Sync),
+    after_adam: Option<&(dyn Fn(usize, usize, &[f32]) + Sync)>,
 ) {
     let (m, n) = (mm.m as usize, mm.n as usize);
     let (c_off, e_off) = (mm.c_off as usize, mm.e_off as usize);
@@ -619,6 +685,9 @@ fn par_grad_adam(
                     ..*adam
                 };
                 cpu::adam(pr, g, mo, vo, &ap);
+                if let Some(f) = after_adam {
+                    f(i0, rows, pr);
+                }
             }
         });
     if let Some(adam) = adam {
@@ -719,7 +788,11 @@ impl Backend for CpuBackend {
             "cpu ({} threads{}{})",
             rayon::current_num_threads(),
             if self.unfused { ", unfused" } else { "" },
-            if self.dense_only { ", dense first layer" } else { "" }
+            if self.dense_only {
+                ", dense first layer"
+            } else {
+                ""
+            }
         )
     }
     fn kind(&self) -> &'static str {
@@ -737,6 +810,9 @@ impl Backend for CpuBackend {
         b[offset..offset + data.len()].copy_from_slice(data);
         if buf == Buf::X {
             self.x_changed();
+        }
+        if buf == Buf::Params {
+            self.params_changed(offset..offset + data.len());
         }
         Ok(())
     }

@@ -57,6 +57,38 @@ impl Csr {
         }
     }
 
+    /// The nonzeros of x: (rows, cols), built in parallel by row bands into
+    /// `parts` (one per band, kept for their allocations) and joined into `self`.
+    pub fn fill_from_dense_par(
+        &mut self,
+        parts: &mut Vec<Csr>,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+    ) {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads().max(1);
+        let band = rows.div_ceil(threads).max(1);
+        parts.resize_with(rows.div_ceil(band), Csr::default);
+        parts.par_iter_mut().enumerate().for_each(|(t, part)| {
+            let r0 = t * band;
+            let n = band.min(rows - r0);
+            part.fill_from_dense(&x[r0 * cols..(r0 + n) * cols], n, cols);
+        });
+        self.rows = rows;
+        self.cols = cols;
+        self.ptr.clear();
+        self.idx.clear();
+        self.val.clear();
+        self.ptr.push(0);
+        for part in parts.iter() {
+            let base = self.idx.len() as u32;
+            self.ptr.extend(part.ptr[1..].iter().map(|&q| q + base));
+            self.idx.extend_from_slice(&part.idx);
+            self.val.extend_from_slice(&part.val);
+        }
+    }
+
     /// Fraction of entries that are nonzero.
     pub fn density(&self) -> f64 {
         self.idx.len() as f64 / (self.rows * self.cols).max(1) as f64
@@ -125,6 +157,49 @@ pub fn transpose_rows(
         return;
     }
     transpose_rows_portable(wt, w, w_off, n, k, p0, p1)
+}
+
+/// Columns j0..j0+rows of wt: (k, n) = w: (n, k)ᵀ from those rows of w, given as
+/// `w_band` (rows j0.. of w, row stride k); `wt` points at a (k, n) buffer of
+/// `wt_len` elements. Used to refresh W1ᵀ right after Adam updated a band of W1.
+///
+/// # Safety
+/// `wt` must be valid for `wt_len` elements, and no other thread may access
+/// columns j0..j0+rows of it meanwhile (other columns may be written concurrently).
+pub unsafe fn transpose_band_into(
+    wt: *mut f32,
+    wt_len: usize,
+    w_band: &[f32],
+    n: usize,
+    k: usize,
+    j0: usize,
+    rows: usize,
+) {
+    assert!(j0 + rows <= n && wt_len >= k * n && w_band.len() >= rows * k);
+    #[cfg(target_arch = "x86_64")]
+    if fma::available() && rows.is_multiple_of(8) && k.is_multiple_of(8) {
+        for jb in (0..rows).step_by(8) {
+            for pb in (0..k).step_by(8) {
+                // SAFETY: AVX2 present; the 8×8 source block is inside w_band
+                // (asserted), the destination block inside wt's columns j0..j0+rows
+                unsafe {
+                    fma::transpose8(
+                        w_band.as_ptr().add(jb * k + pb),
+                        k,
+                        wt.add(pb * n + j0 + jb),
+                        n,
+                    )
+                };
+            }
+        }
+        return;
+    }
+    for j in 0..rows {
+        for p in 0..k {
+            // SAFETY: p·n + j0 + j < k·n ≤ wt_len; column j0 + j is this caller's
+            unsafe { *wt.add(p * n + j0 + j) = w_band[j * k + p] };
+        }
+    }
 }
 
 with_avx2! {
@@ -577,6 +652,28 @@ mod tests {
     }
 
     #[test]
+    fn band_transpose_writes_its_columns_only() {
+        // (n, k) = (24, 40): AVX2 blocks for the 16-row band, scalar for the 5-row one
+        let (n, k) = (24, 40);
+        let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+        for (j0, rows) in [(8, 16), (3, 5)] {
+            let mut wt = vec![f32::NAN; k * n];
+            // SAFETY: wt has k·n elements and nothing else touches it
+            unsafe { transpose_band_into(wt.as_mut_ptr(), wt.len(), &w[j0 * k..], n, k, j0, rows) };
+            for p in 0..k {
+                for j in 0..n {
+                    let v = wt[p * n + j];
+                    if (j0..j0 + rows).contains(&j) {
+                        assert_eq!(v, w[j * k + p], "({p}, {j})");
+                    } else {
+                        assert!(v.is_nan(), "wrote outside its columns at ({p}, {j})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn csr_round_trip_and_transpose() {
         let (r, c) = (5, 7);
         let x: Vec<f32> = (0..r * c)
@@ -585,6 +682,9 @@ mod tests {
         let mut s = Csr::default();
         s.fill_from_dense(&x, r, c);
         assert_eq!(s.idx.len(), x.iter().filter(|v| **v != 0.0).count());
+        let (mut par, mut parts) = (Csr::default(), Vec::new());
+        par.fill_from_dense_par(&mut parts, &x, r, c);
+        assert_eq!((&par.ptr, &par.idx, &par.val), (&s.ptr, &s.idx, &s.val));
         let mut t = Csr::default();
         s.transpose_into(&mut t);
         assert_eq!((t.rows, t.cols), (c, r));

@@ -94,7 +94,10 @@ fn cpu_times_each_op_inside_a_training_epoch() {
     // weight gradient that now includes its share
     assert!(get("adam") < get("fc1 dW+db"), "{parts:?}");
     let step_us: f64 = parts.iter().map(|p| p.1).sum();
-    assert!(step_us < wall_us / (reps + 1) as f64, "timed step {step_us} µs vs {wall_us} µs");
+    assert!(
+        step_us < wall_us / (reps + 1) as f64,
+        "timed step {step_us} µs vs {wall_us} µs"
+    );
 
     let alone = per_kernel(&mut ex, BreakdownMethod::EachOpAlone, 1).unwrap();
     assert_one_positive_entry_per_op("each op alone (CPU)", &alone);
@@ -104,11 +107,26 @@ fn cpu_times_each_op_inside_a_training_epoch() {
 fn bench_json_says_how_the_breakdown_was_measured() {
     let out = Command::cargo_bin("vae-ood")
         .unwrap()
-        .args(["bench", "--device", "cpu", "--epochs", "1", "--warmup", "0", "--train-limit", "300", "--json"])
+        .args([
+            "bench",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--train-limit",
+            "300",
+            "--json",
+        ])
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON line");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["breakdown_method"], "timestamps", "{line}");
     let parts = v["breakdown_us_per_step"].as_array().unwrap();

@@ -200,114 +200,133 @@ fn cpu_fusions_change_no_bit() {
     let dims = Dims { d: 53, h: 37, l: 3 };
     let lay = Layout::new(dims);
     let (b, n_img, steps, k) = (37, 50, 3, 3);
-    let store: Vec<u8> = (0..n_img * dims.d).map(|_| rng.random()).collect();
-    let idx: Vec<u32> = (0..steps * b)
-        .map(|_| rng.random_range(0..n_img as u32))
-        .collect();
-    let sizes = plan::Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: b * k,
-        sample_slots: (steps + 1) * b,
-        batch_slots: steps + 1,
-    };
-    let params = lay.init(rng.random());
-    let batch = |s: usize, draws: usize, mode| Batch {
-        images: b,
-        draws,
-        idx_off: s * b,
-        seed: 5,
-        stream: s as u32 + 1,
-        row_base: 0,
-        out_off: s * b,
-        slot: s,
-        mode,
-    };
-    let mut epoch = Vec::new();
-    for s in 0..steps {
-        let bt = batch(s, 1, vae_ood::cpu::LOSS_ELBO);
-        let ops = plan::train_step_ops(
+    // random bytes (dense: the GEMM first layer) and ~80 % zero bytes (the sparse
+    // first layer, whose cached W1ᵀ the fused Adam refreshes and the unfused
+    // Adam invalidates: both must give the same bits)
+    for sparse_input in [false, true] {
+        let store: Vec<u8> = (0..n_img * dims.d)
+            .map(|_| {
+                if !sparse_input || rng.random_bool(0.2) {
+                    rng.random()
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let idx: Vec<u32> = (0..steps * b)
+            .map(|_| rng.random_range(0..n_img as u32))
+            .collect();
+        let sizes = plan::Sizes {
+            dims,
+            params: lay.total,
+            max_images: b,
+            max_rows: b * k,
+            sample_slots: (steps + 1) * b,
+            batch_slots: steps + 1,
+        };
+        let params = lay.init(rng.random());
+        let batch = |s: usize, draws: usize, mode| Batch {
+            images: b,
+            draws,
+            idx_off: s * b,
+            seed: 5,
+            stream: s as u32 + 1,
+            row_base: 0,
+            out_off: s * b,
+            slot: s,
+            mode,
+        };
+        let mut epoch = Vec::new();
+        for s in 0..steps {
+            let bt = batch(s, 1, vae_ood::cpu::LOSS_ELBO);
+            let ops = plan::train_step_ops(
+                dims,
+                &lay.offsets(),
+                &bt,
+                lay.total,
+                &AdamConfig::default(),
+                s as u64 + 1,
+            );
+            epoch.extend(ops);
+        }
+        let score = plan::forward_ops(
             dims,
             &lay.offsets(),
-            &bt,
+            &batch(steps - 1, k, vae_ood::cpu::LOSS_IWAE),
+            false,
+        );
+        let mut swapped = plan::train_step_ops(
+            dims,
+            &lay.offsets(),
+            &batch(0, 1, vae_ood::cpu::LOSS_ELBO),
             lay.total,
             &AdamConfig::default(),
-            s as u64 + 1,
+            1,
         );
-        epoch.extend(ops);
-    }
-    let score = plan::forward_ops(
-        dims,
-        &lay.offsets(),
-        &batch(steps - 1, k, vae_ood::cpu::LOSS_IWAE),
-        false,
-    );
-    let mut swapped = plan::train_step_ops(
-        dims,
-        &lay.offsets(),
-        &batch(0, 1, vae_ood::cpu::LOSS_ELBO),
-        lay.total,
-        &AdamConfig::default(),
-        1,
-    );
-    let names = plan::TRAIN_STEP_OP_NAMES;
-    let (dx, dw) = (
-        names.iter().position(|n| *n == "fc4 dX").unwrap(),
-        names.iter().position(|n| *n == "fc4 dW+db").unwrap(),
-    );
-    assert_eq!(dw, dx + 1);
-    swapped.swap(dx, dw);
-    let run = |unfused: bool, lists: &[&[plan::Op]]| {
-        let mut be = CpuBackend::new(&store, idx.len(), sizes);
-        be.set_unfused(unfused);
-        be.write_idx(0, &idx).unwrap();
-        be.write(Buf::Params, 0, &params).unwrap();
-        be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
-        be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
-        let mut out = Vec::new();
-        for ops in lists {
-            be.run(ops).unwrap();
-            for buf in [
-                Buf::Params,
-                Buf::Grads,
-                Buf::AdamM,
-                Buf::AdamV,
-                Buf::SampleLoss,
-                Buf::Bce,
-                Buf::Logits,
-                Buf::Dh3,
-            ] {
-                let n = buf.len(&sizes);
-                out.push((buf, be.read(buf, 0..n).unwrap()));
+        let names = plan::TRAIN_STEP_OP_NAMES;
+        let (dx, dw) = (
+            names.iter().position(|n| *n == "fc4 dX").unwrap(),
+            names.iter().position(|n| *n == "fc4 dW+db").unwrap(),
+        );
+        assert_eq!(dw, dx + 1);
+        swapped.swap(dx, dw);
+        let run = |unfused: bool, lists: &[&[plan::Op]]| {
+            let mut be = CpuBackend::new(&store, idx.len(), sizes);
+            be.set_unfused(unfused);
+            be.write_idx(0, &idx).unwrap();
+            be.write(Buf::Params, 0, &params).unwrap();
+            be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
+            be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
+            let mut out = Vec::new();
+            for ops in lists {
+                be.run(ops).unwrap();
+                for buf in [
+                    Buf::Params,
+                    Buf::Grads,
+                    Buf::AdamM,
+                    Buf::AdamV,
+                    Buf::SampleLoss,
+                    Buf::Bce,
+                    Buf::Logits,
+                    Buf::Dh3,
+                ] {
+                    let n = buf.len(&sizes);
+                    out.push((buf, be.read(buf, 0..n).unwrap()));
+                }
             }
-        }
-        (out, be.fusions())
-    };
-    // (decoder output + BCE, dW + Adam) fusions expected: every step and the scoring
-    // batch fuse BCE; each step fuses its 4 weight gradients, except fc4's in the
-    // swapped list
-    let cases = [
-        (
-            "epoch + IWAE scoring",
-            vec![&epoch[..], &score[..]],
-            (steps + 1, 4 * steps),
-        ),
-        ("dX after dW", vec![&swapped[..]], (1, 3)),
-    ];
-    for (what, lists, want) in cases {
-        let ((fused, count), (plain, none)) = (run(false, &lists), run(true, &lists));
-        assert_eq!(count, want, "{what}: fusions (BCE, Adam) that ran");
-        assert_eq!(none, (0, 0), "{what}: the unfused backend fused");
-        for ((buf, f), (_, p)) in fused.iter().zip(&plain) {
-            let same = f.iter().zip(p).all(|(a, c)| a.to_bits() == c.to_bits());
-            assert!(
-                same,
-                "{what}: {buf:?} differs between fused and unfused CPU runs"
+            (out, be.fusions(), be.sparse_runs())
+        };
+        // (decoder output + BCE, dW + Adam) fusions expected: every step and the scoring
+        // batch fuse BCE; each step fuses its 4 weight gradients, except fc4's in the
+        // swapped list
+        let cases = [
+            (
+                "epoch + IWAE scoring",
+                vec![&epoch[..], &score[..]],
+                (steps + 1, 4 * steps),
+            ),
+            ("dX after dW", vec![&swapped[..]], (1, 3)),
+        ];
+        for (what, lists, want) in cases {
+            let ((fused, count, sf), (plain, none, sp)) = (run(false, &lists), run(true, &lists));
+            assert_eq!(
+                sf > 0,
+                sparse_input,
+                "{what}: sparse products ran {sf} times"
             );
+            assert_eq!(sf, sp, "{what}: the same products must run sparse");
+            assert_eq!(count, want, "{what}: fusions (BCE, Adam) that ran");
+            assert_eq!(none, (0, 0), "{what}: the unfused backend fused");
+            for ((buf, f), (_, p)) in fused.iter().zip(&plain) {
+                let same = f.iter().zip(p).all(|(a, c)| a.to_bits() == c.to_bits());
+                assert!(
+                    same,
+                    "{what}: {buf:?} differs between fused and unfused CPU runs"
+                );
+            }
+            let moved = fused[0].1 != params;
+            assert!(moved, "{what}: parameters must have moved");
         }
-        let moved = fused[0].1 != params;
-        assert!(moved, "{what}: parameters must have moved");
     }
 }
 
