@@ -35,7 +35,8 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let poly = 1.0
         + r * (1.0
@@ -43,7 +44,11 @@ pub fn exp_nonpositive(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n as an integer without a float-to-int conversion (Rust's saturating `as`
+    // does not vectorise): t = 1.5·2²³ + n keeps ROUND's exponent, so the
+    // difference of the bit patterns is n (here −126 ≤ n ≤ 0)
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     poly * scale
 }
 
@@ -76,23 +81,35 @@ super::with_avx2! {
 
 #[inline(always)]
 fn bce_logits_body(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &BceParams) {
+    // two copies of the loop: a store under a run-time condition would become a
+    // masked store, which is slow on some CPUs
+    if p.write_grad != 0 {
+        bce_rows::<true>(bce, logits, x, p)
+    } else {
+        bce_rows::<false>(bce, logits, x, p)
+    }
+}
+
+#[inline(always)]
+fn bce_rows<const GRAD: bool>(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &BceParams) {
     let (d, kd) = (p.d as usize, p.draws as usize);
     for r in 0..p.rows as usize {
         let xr = &x[(r / kd) * d..(r / kd + 1) * d];
         let lr = &mut logits[r * d..(r + 1) * d];
-        // 8 independent partial sums so the loop vectorises (a single f32
-        // accumulator would force sequential adds)
-        let mut acc = [0.0f32; 8];
-        let grad = p.write_grad != 0;
-        let mut lc = lr.chunks_exact_mut(8);
-        let mut xc = xr.chunks_exact(8);
+        // LANES independent partial sums so the loop vectorises (a single f32
+        // accumulator would force sequential adds), two vectors' worth so that two
+        // polynomial chains overlap
+        const LANES: usize = 16;
+        let mut acc = [0.0f32; LANES];
+        let mut lc = lr.chunks_exact_mut(LANES);
+        let mut xc = xr.chunks_exact(LANES);
         for (tl, xl) in (&mut lc).zip(&mut xc) {
-            for k in 0..8 {
+            for k in 0..LANES {
                 let (t, xv) = (tl[k], xl[k]);
                 // one exp serves the loss and σ(t): e = e^{−|t|}
                 let e = exp_nonpositive(-t.abs());
                 acc[k] += t.max(0.0) - t * xv + ln_1p_unit(e);
-                if grad {
+                if GRAD {
                     let inv = 1.0 / (1.0 + e);
                     tl[k] = if t >= 0.0 { inv } else { e * inv } - xv;
                 }
@@ -102,7 +119,7 @@ fn bce_logits_body(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &BceParams
         for (t, &xv) in lc.into_remainder().iter_mut().zip(xc.remainder()) {
             let e = exp_nonpositive(-t.abs());
             tail += t.max(0.0) - *t * xv + ln_1p_unit(e);
-            if grad {
+            if GRAD {
                 let inv = 1.0 / (1.0 + e);
                 *t = if *t >= 0.0 { inv } else { e * inv } - xv;
             }
