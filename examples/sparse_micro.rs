@@ -78,10 +78,17 @@ fn main() -> anyhow::Result<()> {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     println!("max |sparse - dense| dW {maxdiff:e}");
-    let logits: Vec<f32> = (0..b * d).map(|i| ((i * 7919) % 2000) as f32 * 0.01 - 10.0).collect();
+    let logits: Vec<f32> = (0..b * d)
+        .map(|i| ((i * 7919) % 2000) as f32 * 0.01 - 10.0)
+        .collect();
     let mut l2 = logits.clone();
     let mut bce = vec![0.0f32; b];
-    let bp = cpu::BceParams { rows: b as u32, d: d as u32, draws: 1, write_grad: 1 };
+    let bp = cpu::BceParams {
+        rows: b as u32,
+        d: d as u32,
+        draws: 1,
+        write_grad: 1,
+    };
     time("bce_logits (1 thread)", 200, || {
         l2.copy_from_slice(&logits);
         cpu::bce_logits(&mut bce, &mut l2, &x, &bp)

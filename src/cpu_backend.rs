@@ -234,7 +234,7 @@ impl CpuBackend {
                     let (ptr, len) = wt.get();
                     unsafe { cpu_sparse::transpose_band_into(ptr, len, w_band, m, n, i0, rows) };
                 };
-                let after: Option<&(dyn Fn(usize, usize, &[f32]) + Sync)> =
+                let after: Option<&AfterAdam> =
                     if refresh { Some(&after) } else { None };
                 par_grad_adam(&mut st, dy, &p, adam, &rows_of, after);
                 if adam.is_some() {
@@ -318,7 +318,6 @@ impl CpuBackend {
                 );
                 // the parts no fused dW + Adam has updated this step
                 let mut done = std::mem::take(&mut self.adam_done);
-                let mut changed = Vec::new();
                 done.sort_unstable_by_key(|r| r.start);
                 let mut start = 0;
                 for r in done
@@ -326,7 +325,12 @@ impl CpuBackend {
                     .chain(std::iter::once(&(p.n as usize..p.n as usize)))
                 {
                     if r.start > start {
-                        changed.push(start..r.start);
+                        if let Some((off, n, k)) = self.wt_of {
+                            // these weights change outside the fused path: W1ᵀ is stale
+                            if overlaps(&(start..r.start), &(off..off + n * k)) {
+                                self.wt_of = None;
+                            }
+                        }
                         let q = AdamParams {
                             n: (r.start - start) as u32,
                             ..p
@@ -346,9 +350,6 @@ impl CpuBackend {
                 self.put(Buf::AdamV, v);
                 done.clear(); // keep the allocation for the next step
                 self.adam_done = done;
-                for r in changed {
-                    self.params_changed(r);
-                }
             }
         }
     }
@@ -477,9 +478,10 @@ fn grad_ranges(p: &MatmulParams) -> [Range<usize>; 2] {
     [c_off..c_off + m * n, e_off..e_off + m]
 }
 
-/// The ranges of Params an op reads (only matmuls read parameters).
-fn param_reads(op: &Op) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
+/// The ranges of Params an op reads (only matmuls read parameters; `0..0` where
+/// an operand is not Params).
+fn param_reads(op: &Op) -> [Range<usize>; 3] {
+    let mut out = [0..0, 0..0, 0..0];
     if let Op::Matmul { a, b, e, p, .. } = *op {
         let last = |off: u32, si: u32, sp: u32, rows: u32, cols: u32| {
             off as usize
@@ -487,13 +489,13 @@ fn param_reads(op: &Op) -> Vec<Range<usize>> {
                 + (cols.max(1) - 1) as usize * sp as usize
         };
         if a == Buf::Params {
-            out.push(p.a_off as usize..last(p.a_off, p.a_si, p.a_sp, p.m, p.k) + 1);
+            out[0] = p.a_off as usize..last(p.a_off, p.a_si, p.a_sp, p.m, p.k) + 1;
         }
         if b == Buf::Params {
-            out.push(p.b_off as usize..last(p.b_off, p.b_sp, p.b_sj, p.k, p.n) + 1);
+            out[1] = p.b_off as usize..last(p.b_off, p.b_sp, p.b_sj, p.k, p.n) + 1;
         }
         if e == Buf::Params && p.flags & (cpu::matmul::MM_BIAS | cpu::matmul::MM_MASK) != 0 {
-            out.push(p.e_off as usize..last(p.e_off, p.e_si, 1, p.m, p.n) + 1);
+            out[2] = p.e_off as usize..last(p.e_off, p.e_si, 1, p.m, p.n) + 1;
         }
     }
     out
@@ -649,6 +651,10 @@ fn par_linear_bce(
         });
 }
 
+/// Called with (first row, rows, the updated weights of those rows) after the Adam
+/// step of each band of a weight matrix.
+type AfterAdam = dyn Fn(usize, usize, &[f32]) + Sync;
+
 /// The flat buffers Adam updates.
 struct AdamState<'a> {
     params: &'a mut [f32],
@@ -667,7 +673,7 @@ fn par_grad_adam(
     mm: &MatmulParams,
     adam: Option<&AdamParams>,
     rows_of: &(dyn Fn(&mut [f32], usize, usize) + Sync),
-    after_adam: Option<&(dyn Fn(usize, usize, &[f32]) + Sync)>,
+    after_adam: Option<&AfterAdam>,
 ) {
     let (m, n) = (mm.m as usize, mm.n as usize);
     let (c_off, e_off) = (mm.c_off as usize, mm.e_off as usize);
@@ -825,10 +831,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn run(&mut self, ops: &[Op]) -> Result<()> {
-        let mut i = 0;
-        while i < ops.len() {
-            i += self.exec_at(ops, i);
-        }
+        // the whole list on one of rayon's workers: parallel loops started from a
+        // worker split without allocating, those started from outside the pool
+        // allocate to inject their jobs
+        rayon::scope(|_| {
+            let mut i = 0;
+            while i < ops.len() {
+                i += self.exec_at(ops, i);
+            }
+        });
         Ok(())
     }
     /// The CPU's "timestamps" are the host clock read between ops, in place inside
@@ -840,15 +851,17 @@ impl Backend for CpuBackend {
     }
     fn run_timed(&mut self, ops: &[Op], timed: Range<usize>) -> Result<Option<Vec<f64>>> {
         let mut ns = vec![0.0; timed.len()];
-        let mut i = 0;
-        while i < ops.len() {
-            let t = std::time::Instant::now();
-            let used = self.exec_at(ops, i);
-            if timed.contains(&i) {
-                ns[i - timed.start] = t.elapsed().as_secs_f64() * 1e9;
+        rayon::scope(|_| {
+            let mut i = 0;
+            while i < ops.len() {
+                let t = std::time::Instant::now();
+                let used = self.exec_at(ops, i);
+                if timed.contains(&i) {
+                    ns[i - timed.start] = t.elapsed().as_secs_f64() * 1e9;
+                }
+                i += used;
             }
-            i += used;
-        }
+        });
         Ok(Some(ns))
     }
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>> {

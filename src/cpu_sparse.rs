@@ -106,18 +106,23 @@ impl Csr {
         for c in 0..self.cols {
             out.ptr[c + 1] += out.ptr[c];
         }
-        let mut next: Vec<u32> = out.ptr[..self.cols].to_vec();
         out.idx.resize(self.idx.len(), 0);
         out.val.resize(self.idx.len(), 0.0);
+        // ptr[c] serves as column c's insertion cursor (no scratch allocation) and
+        // ends at column c's end, the start of c + 1; shifted back below
         for r in 0..self.rows {
             for e in self.ptr[r] as usize..self.ptr[r + 1] as usize {
                 let c = self.idx[e] as usize;
-                let at = next[c] as usize;
+                let at = out.ptr[c] as usize;
                 out.idx[at] = r as u32;
                 out.val[at] = self.val[e];
-                next[c] += 1;
+                out.ptr[c] += 1;
             }
         }
+        for c in (0..self.cols).rev() {
+            out.ptr[c + 1] = out.ptr[c];
+        }
+        out.ptr[0] = 0;
     }
 
     fn row(&self, r: usize) -> (&[u32], &[f32]) {

@@ -14,6 +14,11 @@ pub const MM_MASK: u32 = 4;
 /// computed alongside the weight gradient dW = dYᵀ·X (A = dYᵀ), in the same kernel.
 pub const MM_BIASGRAD: u32 = 8;
 
+/// How many times [`matmul`] has called the gemm crate (which allocates its packing
+/// buffers on every call: the only heap allocations of a CPU training step, see
+/// `tests/alloc.rs`).
+pub static GEMM_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// C (m, n) = A (m, k) · B (k, n) with arbitrary strides, all offsets in elements:
 /// A(i, p) = a[a_off + i*a_si + p*a_sp], B(p, j) = b[b_off + p*b_sp + j*b_sj],
 /// C(i, j) = c[c_off + i*c_si + j].
@@ -135,6 +140,7 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &MatmulParams) 
             a_last < a.len() && b_last < b.len(),
             "matmul operand out of bounds"
         );
+        GEMM_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         unsafe {
             gemm::gemm(
                 m,
