@@ -234,7 +234,7 @@ impl CpuBackend {
                     let (ptr, len) = wt.get();
                     unsafe { cpu_sparse::transpose_band_into(ptr, len, w_band, m, n, i0, rows) };
                 };
-                let after: Option<&AfterAdam> =
+                let after: Option<&AfterAdam<'_>> =
                     if refresh { Some(&after) } else { None };
                 par_grad_adam(&mut st, dy, &p, adam, &rows_of, after);
                 if adam.is_some() {
@@ -653,7 +653,7 @@ fn par_linear_bce(
 
 /// Called with (first row, rows, the updated weights of those rows) after the Adam
 /// step of each band of a weight matrix.
-type AfterAdam = dyn Fn(usize, usize, &[f32]) + Sync;
+type AfterAdam<'a> = dyn Fn(usize, usize, &[f32]) + Sync + 'a;
 
 /// The flat buffers Adam updates.
 struct AdamState<'a> {
@@ -673,7 +673,7 @@ fn par_grad_adam(
     mm: &MatmulParams,
     adam: Option<&AdamParams>,
     rows_of: &(dyn Fn(&mut [f32], usize, usize) + Sync),
-    after_adam: Option<&AfterAdam>,
+    after_adam: Option<&AfterAdam<'_>>,
 ) {
     let (m, n) = (mm.m as usize, mm.n as usize);
     let (c_off, e_off) = (mm.c_off as usize, mm.e_off as usize);
