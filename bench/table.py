@@ -18,28 +18,33 @@ def load(p):
         return {}
 
 
-vae = load(sys.argv[1])
-rows = [("vae-ood " + vae.get("device", "?"), vae.get("backend", "?"), vae.get("samples_per_s"), vae.get("us_per_step"))]
-for p in sys.argv[2:]:
-    t = load(p)
-    if not t:
-        rows.append((p, "failed", None, None))
-        continue
-    if t.get("impl") == "pytorch":
-        rows.append((f"pytorch {t.get('variant')}", f"{t.get('device_name')} torch {t.get('torch')}", t.get("samples_per_s"), t.get("us_per_step")))
-    else:
-        # another vae-ood run (an ablation: its backend line says what was switched off)
-        rows.append((f"vae-ood {t.get('device', '?')}", t.get("backend", "?"), t.get("samples_per_s"), t.get("us_per_step")))
-ours = vae.get("samples_per_s")
-print("| implementation | device | samples/s | µs/step | vae-ood speed-up |")
-print("| --- | --- | ---: | ---: | ---: |")
-for name, dev, sps, us in rows:
-    ratio = f"{ours / sps:.2f}×" if ours and sps else ""
-    print(f"| {name} | {dev} | {sps:,.0f} | {us:,.1f} | {ratio} |" if sps else f"| {name} | {dev} | – | – | |")
-if vae.get("breakdown_us_per_step"):
+def main(argv):
+    vae = load(argv[1])
+    rows = [("vae-ood " + vae.get("device", "?"), vae.get("backend", "?"), vae.get("samples_per_s"), vae.get("us_per_step"))]
+    for p in argv[2:]:
+        t = load(p)
+        if not t:
+            rows.append((p, "failed", None, None))
+            continue
+        if t.get("impl") == "pytorch":
+            rows.append((f"pytorch {t.get('variant')}", f"{t.get('device_name')} torch {t.get('torch')}", t.get("samples_per_s"), t.get("us_per_step")))
+        else:
+            # another vae-ood run (an ablation: its backend line says what was switched off)
+            rows.append((f"vae-ood {t.get('device', '?')}", t.get("backend", "?"), t.get("samples_per_s"), t.get("us_per_step")))
+    ours = vae.get("samples_per_s")
+    print("| implementation | device | samples/s | µs/step | vae-ood speed-up |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, dev, sps, us in rows:
+        ratio = f"{ours / sps:.2f}×" if ours and sps else ""
+        print(f"| {name} | {dev} | {sps:,.0f} | {us:,.1f} | {ratio} |" if sps else f"| {name} | {dev} | – | – | |")
+    if vae.get("breakdown_us_per_step"):
+        print()
+        how = vae.get("breakdown_method") or "each_op_alone"
+        print(f"vae-ood per-kernel breakdown (µs per step, {how}):", ", ".join(f"{n} {u:.1f}" for n, u in vae["breakdown_us_per_step"]))
     print()
-    how = vae.get("breakdown_method") or "each_op_alone"
-    print(f"vae-ood per-kernel breakdown (µs per step, {how}):", ", ".join(f"{n} {u:.1f}" for n, u in vae["breakdown_us_per_step"]))
-print()
-print(f"scoring: {vae.get('score_images_per_s', 0):,.0f} images/s (−ELBO, 1 draw); "
-      f"{vae.get('iwae_images_per_s', 0):,.0f} images/s (IWAE, K = {vae.get('iwae_k', '?')})")
+    print(f"scoring: {vae.get('score_images_per_s', 0):,.0f} images/s (−ELBO, 1 draw); "
+          f"{vae.get('iwae_images_per_s', 0):,.0f} images/s (IWAE, K = {vae.get('iwae_k', '?')})")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

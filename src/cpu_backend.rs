@@ -234,8 +234,7 @@ impl CpuBackend {
                     let (ptr, len) = wt.get();
                     unsafe { cpu_sparse::transpose_band_into(ptr, len, w_band, m, n, i0, rows) };
                 };
-                let after: Option<&AfterAdam<'_>> =
-                    if refresh { Some(&after) } else { None };
+                let after: Option<&AfterAdam<'_>> = if refresh { Some(&after) } else { None };
                 par_grad_adam(&mut st, dy, &p, adam, &rows_of, after);
                 if adam.is_some() {
                     self.adam_done.extend(grad_ranges(&p));

@@ -276,17 +276,44 @@ pub fn linear_sparse(
             if j0 < n {
                 let w = n - j0;
                 let mut acc = [0.0f32; W];
-                for (&p, &v) in idx.iter().zip(val) {
-                    for (a, &r) in acc[..w].iter_mut().zip(&wt[p as usize * n + j0..][..w]) {
-                        *a += v * r;
-                    }
-                }
+                block_portable(&mut acc, w, idx, val, wt, n, j0);
                 epilogue(&mut out[j0..], &acc[..w], bias, j0, relu);
             }
         }
         return;
     }
     linear_sparse_portable(c, x, r0, rows, wt, n, bias, relu)
+}
+
+/// acc[t] = Σ_e val[e] · m[idx[e]·stride + off + t] for t < w ≤ 64: the portable
+/// twin of `fma::block` (separate multiply and add), shared by both products.
+#[inline(always)]
+fn block_portable(
+    acc: &mut [f32; W],
+    w: usize,
+    idx: &[u32],
+    val: &[f32],
+    m: &[f32],
+    stride: usize,
+    off: usize,
+) {
+    if w == W {
+        for (&p, &v) in idx.iter().zip(val) {
+            let row: &[f32; W] = m[p as usize * stride + off..][..W].try_into().unwrap();
+            for t in 0..W {
+                acc[t] += v * row[t];
+            }
+        }
+    } else {
+        for (&p, &v) in idx.iter().zip(val) {
+            for (a, &r) in acc[..w]
+                .iter_mut()
+                .zip(&m[p as usize * stride + off..][..w])
+            {
+                *a += v * r;
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -328,21 +355,7 @@ fn linear_sparse_body(
         while j0 < n {
             let w = W.min(n - j0);
             let mut acc = [0.0f32; W];
-            if w == W {
-                for (&p, &v) in idx.iter().zip(val) {
-                    let row: &[f32; W] = wt[p as usize * n + j0..][..W].try_into().unwrap();
-                    for t in 0..W {
-                        acc[t] += v * row[t];
-                    }
-                }
-            } else {
-                for (&p, &v) in idx.iter().zip(val) {
-                    let row = &wt[p as usize * n + j0..][..w];
-                    for t in 0..w {
-                        acc[t] += v * row[t];
-                    }
-                }
-            }
+            block_portable(&mut acc, w, idx, val, wt, n, j0);
             for t in 0..w {
                 let mut s = acc[t];
                 if !bias.is_empty() {
@@ -493,21 +506,7 @@ fn weight_grad_sparse_body(
         for p in 0..k {
             let (idx, val) = xt.row(p);
             let mut acc = [0.0f32; W];
-            if w == W {
-                for (&b, &v) in idx.iter().zip(val) {
-                    let row: &[f32; W] = dy[b as usize * n_out + js..][..W].try_into().unwrap();
-                    for t in 0..W {
-                        acc[t] += v * row[t];
-                    }
-                }
-            } else {
-                for (&b, &v) in idx.iter().zip(val) {
-                    let row = &dy[b as usize * n_out + js..][..w];
-                    for t in 0..w {
-                        acc[t] += v * row[t];
-                    }
-                }
-            }
+            block_portable(&mut acc, w, idx, val, dy, n_out, js);
             for t in 0..w {
                 dw[(js - j0 + t) * k + p] = acc[t];
             }

@@ -12,9 +12,8 @@ use rand::Rng;
 use std::alloc::{GlobalAlloc, Layout as MemLayout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vae_ood::backend::Backend;
-use vae_ood::cpu_backend::CpuBackend;
 use vae_ood::model::{Dims, Layout};
-use vae_ood::plan::{self, AdamConfig, Batch, Buf};
+use vae_ood::plan::{self, AdamConfig, Batch};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -45,15 +44,9 @@ fn cpu_backend_allocates_nothing_per_step() {
     let (b, n_img, steps) = (64, 300, 16);
     // dense images in the first half, ~80 % zero bytes in the second, so the sparse
     // first layer runs for some batches and the GEMM for others
-    let store: Vec<u8> = (0..n_img * dims.d)
-        .map(|i| {
-            if i < n_img * dims.d / 2 || rng.random_bool(0.2) {
-                rng.random()
-            } else {
-                0
-            }
-        })
-        .collect();
+    let half_len = n_img * dims.d / 2;
+    let mut store = image_bytes(&mut rng, half_len, 1.0);
+    store.extend(image_bytes(&mut rng, n_img * dims.d - half_len, 0.2));
     let sizes = plan::Sizes {
         dims,
         params: lay.total,
@@ -70,11 +63,7 @@ fn cpu_backend_allocates_nothing_per_step() {
             (base + (i * 37) % half) as u32
         })
         .collect();
-    let mut be = CpuBackend::new(&store, idx.len(), sizes);
-    be.write_idx(0, &idx).unwrap();
-    be.write(Buf::Params, 0, &lay.init(rng.random())).unwrap();
-    be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
-    be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
+    let mut be = cpu_backend_ready(&store, &idx, sizes, &lay.init(rng.random()));
     let epoch = |t0: u64| -> Vec<plan::Op> {
         (0..steps)
             .flat_map(|s| {
@@ -142,7 +131,11 @@ fn cpu_backend_allocates_nothing_per_step() {
     be.run(&timed).unwrap();
     let (b1, g1) = (ALLOCS.load(Ordering::Relaxed), gemm.load(Ordering::Relaxed));
     assert_eq!(g1, g0, "a product went to gemm");
-    eprintln!("{} allocations in {} steps without gemm", b1 - b0, steps / 2);
+    eprintln!(
+        "{} allocations in {} steps without gemm",
+        b1 - b0,
+        steps / 2
+    );
     assert!(
         b1 - b0 <= PER_RUN,
         "{} allocations in {} steps without gemm",

@@ -194,7 +194,6 @@ fn importance_weighted_scores_are_tighter_than_elbo() {
 #[test]
 fn cpu_fusions_change_no_bit() {
     use vae_ood::backend::Backend;
-    use vae_ood::cpu_backend::CpuBackend;
     let mut rng = fresh_rng("cpu_fusions_change_no_bit");
     // odd sizes: bands of 19 and 18 rows on two threads, 53 pixels, 7 hidden, 3 latent
     let dims = Dims { d: 53, h: 37, l: 3 };
@@ -204,18 +203,9 @@ fn cpu_fusions_change_no_bit() {
     // first layer, whose cached W1ᵀ the fused Adam refreshes and the unfused
     // Adam invalidates: both must give the same bits)
     for sparse_input in [false, true] {
-        let store: Vec<u8> = (0..n_img * dims.d)
-            .map(|_| {
-                if !sparse_input || rng.random_bool(0.2) {
-                    rng.random()
-                } else {
-                    0
-                }
-            })
-            .collect();
-        let idx: Vec<u32> = (0..steps * b)
-            .map(|_| rng.random_range(0..n_img as u32))
-            .collect();
+        let nonzero = if sparse_input { 0.2 } else { 1.0 };
+        let store = image_bytes(&mut rng, n_img * dims.d, nonzero);
+        let idx = random_idx(&mut rng, steps * b, n_img);
         let sizes = plan::Sizes {
             dims,
             params: lay.total,
@@ -271,12 +261,8 @@ fn cpu_fusions_change_no_bit() {
         assert_eq!(dw, dx + 1);
         swapped.swap(dx, dw);
         let run = |unfused: bool, lists: &[&[plan::Op]]| {
-            let mut be = CpuBackend::new(&store, idx.len(), sizes);
+            let mut be = cpu_backend_ready(&store, &idx, sizes, &params);
             be.set_unfused(unfused);
-            be.write_idx(0, &idx).unwrap();
-            be.write(Buf::Params, 0, &params).unwrap();
-            be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
-            be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
             let mut out = Vec::new();
             for ops in lists {
                 be.run(ops).unwrap();
@@ -337,23 +323,12 @@ fn cpu_fusions_change_no_bit() {
 #[test]
 fn cpu_sparse_first_layer_matches_dense() {
     use vae_ood::backend::Backend;
-    use vae_ood::cpu_backend::CpuBackend;
     let mut rng = fresh_rng("cpu_sparse_first_layer_matches_dense");
     let dims = Dims::MNIST;
     let lay = Layout::new(dims);
     let (b, n_img, steps) = (37, 60, 3);
-    let store: Vec<u8> = (0..n_img * dims.d)
-        .map(|_| {
-            if rng.random_bool(0.2) {
-                rng.random()
-            } else {
-                0
-            }
-        })
-        .collect();
-    let idx: Vec<u32> = (0..steps * b)
-        .map(|_| rng.random_range(0..n_img as u32))
-        .collect();
+    let store = image_bytes(&mut rng, n_img * dims.d, 0.2);
+    let idx = random_idx(&mut rng, steps * b, n_img);
     let sizes = plan::Sizes {
         dims,
         params: lay.total,
@@ -385,45 +360,24 @@ fn cpu_sparse_first_layer_matches_dense() {
             s as u64 + 1,
         ));
     }
-    let fwd_only = plan::forward_ops(
-        dims,
-        &lay.offsets(),
-        &Batch {
-            images: b,
-            draws: 1,
-            idx_off: 0,
-            seed: 3,
-            stream: 9,
-            row_base: 0,
-            out_off: 0,
-            slot: 0,
-            mode: vae_ood::cpu::LOSS_ELBO,
-        },
-        true,
-    );
-    let mut bwd = plan::backward_ops(
-        dims,
-        &lay.offsets(),
-        &Batch {
-            images: b,
-            draws: 1,
-            idx_off: 0,
-            seed: 3,
-            stream: 9,
-            row_base: 0,
-            out_off: 0,
-            slot: 0,
-            mode: vae_ood::cpu::LOSS_ELBO,
-        },
-    );
+    // one more batch (the first images, its own noise stream), forward + backward
+    let one = Batch {
+        images: b,
+        draws: 1,
+        idx_off: 0,
+        seed: 3,
+        stream: 9,
+        row_base: 0,
+        out_off: 0,
+        slot: 0,
+        mode: vae_ood::cpu::LOSS_ELBO,
+    };
+    let fwd_only = plan::forward_ops(dims, &lay.offsets(), &one, true);
+    let mut bwd = plan::backward_ops(dims, &lay.offsets(), &one);
     bwd.splice(0..0, fwd_only);
     let run = |dense: bool| {
-        let mut be = CpuBackend::new(&store, idx.len(), sizes);
+        let mut be = cpu_backend_ready(&store, &idx, sizes, &params);
         be.set_dense_only(dense);
-        be.write_idx(0, &idx).unwrap();
-        be.write(Buf::Params, 0, &params).unwrap();
-        be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
-        be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
         // one forward + backward without Adam (gradients compared exactly where
         // they are computed), then three whole steps
         be.run(&bwd).unwrap();

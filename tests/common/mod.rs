@@ -177,3 +177,34 @@ pub fn step_ops_given(dims: Dims, b: usize, adam: Option<(AdamConfig, u64)>) -> 
     }
     ops
 }
+
+/// `len` image bytes, each drawn uniformly with probability `nonzero`, else 0
+/// (MNIST has ~0.19 of its pixels nonzero).
+pub fn image_bytes(rng: &mut impl Rng, len: usize, nonzero: f64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            if rng.random_bool(nonzero) {
+                rng.random()
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// `n` random image ids below `n_img`.
+pub fn random_idx(rng: &mut impl Rng, n: usize, n_img: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(0..n_img as u32)).collect()
+}
+
+/// The CPU backend with `idx` written, `params` loaded and Adam's moments zeroed:
+/// ready for training steps.
+pub fn cpu_backend_ready(store: &[u8], idx: &[u32], sizes: Sizes, params: &[f32]) -> CpuBackend {
+    use vae_ood::plan::Buf;
+    let mut be = CpuBackend::new(store, idx.len(), sizes);
+    be.write_idx(0, idx).unwrap();
+    be.write(Buf::Params, 0, params).unwrap();
+    be.write(Buf::AdamM, 0, &vec![0.0; params.len()]).unwrap();
+    be.write(Buf::AdamV, 0, &vec![0.0; params.len()]).unwrap();
+    be
+}
