@@ -202,7 +202,8 @@ pub fn load_splits(data_dir: &Path, holdout_digit: u8) -> Result<Splits> {
         (train, test.join())
     });
     let (train_images, train_labels) = train?;
-    let (test_images, test_labels) = test.map_err(|_| anyhow::anyhow!("loading the test set panicked"))??;
+    let (test_images, test_labels) =
+        test.map_err(|_| anyhow::anyhow!("loading the test set panicked"))??;
     make_splits(
         (&train_images, &train_labels),
         (&test_images, &test_labels),

@@ -422,3 +422,94 @@ fn cpu_sparse_first_layer_matches_dense() {
         "{loose} parameters differ by > 1e-5"
     );
 }
+
+/// The GPU backend submits a long run in pieces (a small first one, then doubling
+/// ones, each its own compute pass) so that the GPU starts while the host still
+/// encodes; the results must not depend on where the run is cut: three training
+/// steps and a scoring batch, cut every 5 ops (then 10, 20, 40), against one
+/// submission.
+#[test]
+fn gpu_results_do_not_depend_on_how_a_run_is_submitted() {
+    use vae_ood::backend::Backend;
+    use vae_ood::gpu::GpuBackend;
+    // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let mut rng = fresh_rng("gpu_results_do_not_depend_on_how_a_run_is_submitted");
+    let dims = Dims { d: 53, h: 37, l: 3 };
+    let lay = Layout::new(dims);
+    let (b, n_img, steps) = (19, 40, 3);
+    let store = image_bytes(&mut rng, n_img * dims.d, 0.5);
+    let idx = random_idx(&mut rng, steps * b, n_img);
+    let sizes = plan::Sizes {
+        dims,
+        params: lay.total,
+        max_images: b,
+        max_rows: 2 * b,
+        sample_slots: (steps + 1) * b,
+        batch_slots: steps + 1,
+    };
+    let params = lay.init(rng.random());
+    let mut ops = Vec::new();
+    for s in 0..steps {
+        let bt = Batch {
+            images: b,
+            draws: 1,
+            idx_off: s * b,
+            seed: 2,
+            stream: s as u32 + 1,
+            row_base: 0,
+            out_off: s * b,
+            slot: s,
+            mode: vae_ood::cpu::LOSS_ELBO,
+        };
+        ops.extend(plan::train_step_ops(
+            dims,
+            &lay.offsets(),
+            &bt,
+            lay.total,
+            &AdamConfig::default(),
+            s as u64 + 1,
+        ));
+    }
+    let score = Batch {
+        images: b,
+        draws: 2,
+        idx_off: 0,
+        seed: 2,
+        stream: 99,
+        row_base: 0,
+        out_off: steps * b,
+        slot: steps,
+        mode: vae_ood::cpu::LOSS_IWAE,
+    };
+    ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
+    let run = |chunk: usize| {
+        let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
+        let mut be = GpuBackend::new(a, &store, idx.len(), sizes).unwrap();
+        be.set_submit_chunk(chunk);
+        be.write_idx(0, &idx).unwrap();
+        be.write(Buf::Params, 0, &params).unwrap();
+        be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
+        be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
+        be.run(&ops).unwrap();
+        let p = be.read(Buf::Params, 0..lay.total).unwrap();
+        let l = be.read(Buf::SampleLoss, 0..(steps + 1) * b).unwrap();
+        (p, l)
+    };
+    assert!(
+        ops.len() > 40,
+        "{} ops: the cut must fall inside the run",
+        ops.len()
+    );
+    let (whole, cut) = (run(0), run(5));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&cut.0),
+        bits(&whole.0),
+        "parameters after {steps} steps"
+    );
+    assert_eq!(bits(&cut.1), bits(&whole.1), "per-image losses");
+    assert_ne!(whole.0, params, "parameters must have moved");
+}

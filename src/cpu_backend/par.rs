@@ -228,7 +228,13 @@ pub(super) fn par_bce(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &cpu::B
 }
 
 /// Adam over chunks of the flat buffer; each chunk is `cpu::adam`.
-pub(super) fn par_adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], p: &cpu::AdamParams) {
+pub(super) fn par_adam(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    p: &cpu::AdamParams,
+) {
     const CHUNK: usize = 1 << 14;
     let n = p.n as usize;
     params[..n]

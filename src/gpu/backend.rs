@@ -39,6 +39,8 @@ pub struct GpuBackend {
     bind_groups: Vec<wgpu::BindGroup>,
     /// timestamp query set and its readback buffers, created on first `run_timed`
     timing: Option<Timing>,
+    /// ops in a run's first submission (0: the whole run in one); see [`Self::record`]
+    submit_chunk: usize,
 }
 
 /// A query set of `len` timestamps, the buffer it resolves into and a mappable copy.
@@ -166,7 +168,25 @@ fn partial_len(ops: &[Op]) -> usize {
         .unwrap_or(0)
 }
 
+/// Ops in the first submission of a run unless `VAE_OOD_GPU_CHUNK` says otherwise
+/// (0: one submission per run): about 8 training steps.
+pub const SUBMIT_CHUNK_OPS: usize = 128;
+
+fn submit_chunk_from_env() -> usize {
+    std::env::var("VAE_OOD_GPU_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SUBMIT_CHUNK_OPS)
+}
+
 impl GpuBackend {
+    /// Ops in a run's first submission; later ones double up to 8× that; 0 puts a
+    /// whole run in one submission (the default is [`SUBMIT_CHUNK_OPS`], or
+    /// `VAE_OOD_GPU_CHUNK`). The results do not depend on it (tested).
+    pub fn set_submit_chunk(&mut self, ops: usize) {
+        self.submit_chunk = ops;
+    }
+
     /// The backend on `adapter`, options from the environment (`VAE_OOD_NO_SUBGROUPS`).
     pub fn new(adapter: wgpu::Adapter, store: &[u8], idx_len: usize, sizes: Sizes) -> Result<Self> {
         Self::with_options(adapter, store, idx_len, sizes, GpuOptions::from_env())
@@ -237,6 +257,7 @@ impl GpuBackend {
             bind_group_index: HashMap::new(),
             bind_groups: Vec::new(),
             timing: None,
+            submit_chunk: submit_chunk_from_env(),
         };
         me.ctx.check("buffer creation")?;
         Ok(me)
@@ -377,50 +398,71 @@ impl GpuBackend {
             }
         }
         self.ctx.queue.write_buffer(&self.uniforms, 0, &bytes);
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("ops"),
-                timestamp_writes: None,
-            });
-            let queries = timed.as_ref().map(|t| {
-                (
-                    t,
-                    &self.timing.as_ref().expect("run_timed creates it").queries,
-                )
-            });
-            let mut current: Option<Kernel> = None;
-            for (d, &(i, k, bg, (gx, gy, gz))) in plan.iter().enumerate() {
-                if let Some((t, q)) = queries {
-                    if i == t.start && (d == 0 || plan[d - 1].0 != i) {
-                        pass.write_timestamp(q, 0);
+        // Recording is cheap but turning a pass into Vulkan commands (`finish`) costs
+        // the host ~2 µs per dispatch (~15 ms for an epoch on a 2-core machine),
+        // during which the GPU would sit idle: submit the run in pieces — a small
+        // first one so the GPU starts at once, then doubling ones recorded while it
+        // works. Each piece is one compute pass; queue order keeps the semantics.
+        let queries = timed.as_ref().map(|t| {
+            (
+                t.clone(),
+                &self.timing.as_ref().expect("run_timed creates it").queries,
+            )
+        });
+        let mut chunk = if self.submit_chunk == 0 {
+            ops.len()
+        } else {
+            self.submit_chunk
+        };
+        let mut d0 = 0;
+        while d0 < plan.len() {
+            // this piece: the dispatches of ops [plan[d0].0, op_end)
+            let op_end = (plan[d0].0 + chunk).min(ops.len());
+            let d1 = d0 + plan[d0..].iter().take_while(|p| p.0 < op_end).count();
+            chunk = (chunk * 2).min(self.submit_chunk.max(1) * 8).max(chunk);
+            let mut enc = self
+                .ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("ops"),
+                    timestamp_writes: None,
+                });
+                let mut current: Option<Kernel> = None;
+                for d in d0..d1 {
+                    let (i, k, bg, (gx, gy, gz)) = plan[d];
+                    if let Some((t, q)) = &queries {
+                        if i == t.start && (d == 0 || plan[d - 1].0 != i) {
+                            pass.write_timestamp(q, 0);
+                        }
                     }
-                }
-                if current != Some(k) {
-                    pass.set_pipeline(self.ctx.pipeline(k));
-                    current = Some(k);
-                }
-                pass.set_bind_group(0, &self.bind_groups[bg], &[]);
-                pass.set_bind_group(1, &self.uniform_bg, &[(i * self.stride) as u32]);
-                pass.dispatch_workgroups(gx, gy, gz);
-                if let Some((t, q)) = queries {
-                    let last_of_op = plan.get(d + 1).is_none_or(|next| next.0 != i);
-                    if t.contains(&i) && last_of_op {
-                        pass.write_timestamp(q, (i - t.start + 1) as u32);
+                    if current != Some(k) {
+                        pass.set_pipeline(self.ctx.pipeline(k));
+                        current = Some(k);
+                    }
+                    pass.set_bind_group(0, &self.bind_groups[bg], &[]);
+                    pass.set_bind_group(1, &self.uniform_bg, &[(i * self.stride) as u32]);
+                    pass.dispatch_workgroups(gx, gy, gz);
+                    if let Some((t, q)) = &queries {
+                        let last_of_op = plan.get(d + 1).is_none_or(|next| next.0 != i);
+                        if t.contains(&i) && last_of_op {
+                            pass.write_timestamp(q, (i - t.start + 1) as u32);
+                        }
                     }
                 }
             }
+            if d1 == plan.len() {
+                if let Some(t) = &timed {
+                    let tm = self.timing.as_ref().expect("run_timed creates it");
+                    let n = t.len() as u32 + 1;
+                    enc.resolve_query_set(&tm.queries, 0..n, &tm.resolved, 0);
+                    enc.copy_buffer_to_buffer(&tm.resolved, 0, &tm.staging, 0, n as u64 * 8);
+                }
+            }
+            self.ctx.queue.submit([enc.finish()]);
+            d0 = d1;
         }
-        if let Some(t) = &timed {
-            let tm = self.timing.as_ref().expect("run_timed creates it");
-            let n = t.len() as u32 + 1;
-            enc.resolve_query_set(&tm.queries, 0..n, &tm.resolved, 0);
-            enc.copy_buffer_to_buffer(&tm.resolved, 0, &tm.staging, 0, n as u64 * 8);
-        }
-        self.ctx.queue.submit([enc.finish()]);
         self.ctx.check("kernel submission")
     }
 }
@@ -428,8 +470,15 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {})",
-            self.ctx.info.name, self.ctx.info.backend, self.ctx.features.subgroups_why
+            "gpu: {} ({:?}, {}{})",
+            self.ctx.info.name,
+            self.ctx.info.backend,
+            self.ctx.features.subgroups_why,
+            if self.submit_chunk == 0 {
+                ", one submission per run"
+            } else {
+                ""
+            }
         )
     }
     fn kind(&self) -> &'static str {

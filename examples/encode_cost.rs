@@ -1,0 +1,66 @@
+//! Host time to record and submit one training epoch's command buffer (all 427
+//! steps in one compute pass) on the GPU backend — the part of an epoch the GPU
+//! waits for, since each epoch is recorded after the previous one's loss is read
+//! back. Measured on whatever adapter wgpu picks (a kernel experiment, not part of
+//! the training path; on lavapipe it exits without waiting for the slow execution).
+//!
+//!   cargo run --release --example encode_cost [reps]
+use std::time::Instant;
+use vae_ood::backend::DeviceChoice;
+use vae_ood::plan::{self, Batch};
+use vae_ood::train::{Experiment, TrainConfig};
+
+fn main() -> anyhow::Result<()> {
+    let reps: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let cfg = TrainConfig::default();
+    let mut ex = Experiment::new(cfg.clone(), DeviceChoice::Gpu, true)?;
+    let o = ex.layout.offsets();
+    let n = ex.splits.train.len();
+    let bs = cfg.batch_size;
+    let steps = n.div_ceil(bs);
+    let ops: Vec<plan::Op> = (0..steps)
+        .flat_map(|s| {
+            let bt = Batch {
+                images: bs.min(n - s * bs),
+                draws: 1,
+                idx_off: s * bs,
+                seed: 1,
+                stream: s as u32 + 1,
+                row_base: 0,
+                out_off: s * bs,
+                slot: s,
+                mode: vae_ood::cpu::LOSS_ELBO,
+            };
+            plan::train_step_ops(
+                ex.layout.dims,
+                &o,
+                &bt,
+                ex.layout.total,
+                &cfg.adam,
+                s as u64 + 1,
+            )
+        })
+        .collect();
+    println!(
+        "{}: {} ops in {steps} steps",
+        ex.backend.describe(),
+        ops.len()
+    );
+    for r in 0..reps {
+        let t = Instant::now();
+        ex.backend.run(&ops)?;
+        let dt = t.elapsed().as_secs_f64();
+        println!(
+            "rep {r}: record + submit {:.1} ms ({:.2} µs per op, {:.1} µs per step)",
+            dt * 1e3,
+            dt * 1e6 / ops.len() as f64,
+            dt * 1e6 / steps as f64
+        );
+    }
+    // do not wait for a software adapter to execute it all
+    std::process::exit(0)
+}
