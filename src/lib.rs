@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod gpu;
 pub mod idx;
 pub mod images;
+pub mod knobs;
 pub mod metrics;
 pub mod model;
 pub mod plan;

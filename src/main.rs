@@ -163,6 +163,7 @@ fn quiet_mesa_without_runtime_dir() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    vae_ood::knobs::check()?;
     match cli.command {
         None => train(&cli.train),
         Some(Command::Train(a)) => train(&a),

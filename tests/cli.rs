@@ -744,3 +744,38 @@ fn bad_training_flags() {
     assert_parse_error(&o, "--batch-size many");
     assert!(!out.exists());
 }
+
+/// The environment switches (`src/knobs.rs`) with values vae-ood would not
+/// understand: one-line errors naming the switch, before anything is written.
+#[test]
+fn bad_environment_switches() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cases = [
+        ("VAE_OOD_CPU_DENSE", "yes"),
+        ("VAE_OOD_CPU_UNFUSED", "2"),
+        ("VAE_OOD_NO_SUBGROUPS", "true"),
+        ("VAE_OOD_GPU_CHUNK", "-1"),
+        ("VAE_OOD_SPLIT_TARGET", "0"),
+    ];
+    for (name, value) in cases {
+        let o = bin()
+            .env(name, value)
+            .args(["--device", "cpu", "--epochs", "1", "--train-limit", "128", "--out", s(&out)])
+            .output()
+            .unwrap();
+        let what = format!("{name}={value}");
+        let e = assert_one_line_error(&o, &what);
+        assert!(e.contains(name) && e.contains(value), "{what}: {e}");
+        assert!(!out.exists(), "{what}: created the output folder");
+    }
+    // understood values run
+    let o = bin()
+        .env("VAE_OOD_CPU_DENSE", "1")
+        .env("VAE_OOD_CPU_UNFUSED", "0")
+        .env("VAE_OOD_GPU_CHUNK", "64")
+        .args(["--device", "cpu", "--epochs", "1", "--train-limit", "128", "-q", "--out", s(&out)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -67,7 +67,7 @@ impl CpuBackend {
             bufs,
             adam_done: Vec::new(),
             fused: (0, 0),
-            dense_only: std::env::var_os("VAE_OOD_CPU_DENSE").is_some(),
+            dense_only: crate::knobs::flag(crate::knobs::CPU_DENSE),
             x_csr: Csr::default(),
             x_parts: Vec::new(),
             x_rows: 0,
@@ -76,7 +76,7 @@ impl CpuBackend {
             wt: Vec::new(),
             wt_of: None,
             sparse_runs: 0,
-            unfused: std::env::var_os("VAE_OOD_CPU_UNFUSED").is_some(),
+            unfused: crate::knobs::flag(crate::knobs::CPU_UNFUSED),
         }
     }
 

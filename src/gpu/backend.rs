@@ -67,11 +67,7 @@ fn groups_1d(n: usize) -> (u32, u32) {
 pub fn choose_splits(p: &MatmulParams) -> u32 {
     static TARGET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let target = *TARGET.get_or_init(|| {
-        std::env::var("VAE_OOD_SPLIT_TARGET")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v: &u32| (1..=65_536).contains(&v))
-            .unwrap_or(256)
+        crate::knobs::number(crate::knobs::SPLIT_TARGET, 1..=65_536).map_or(256, |v| v as u32)
     });
     let tiles = p.n.div_ceil(32) * p.m.div_ceil(32);
     if p.flags & MM_BIASGRAD != 0 || tiles >= target / 2 || p.k < 128 {
@@ -173,10 +169,7 @@ fn partial_len(ops: &[Op]) -> usize {
 pub const SUBMIT_CHUNK_OPS: usize = 128;
 
 fn submit_chunk_from_env() -> usize {
-    std::env::var("VAE_OOD_GPU_CHUNK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(SUBMIT_CHUNK_OPS)
+    crate::knobs::number(crate::knobs::GPU_CHUNK, 0..=1 << 24).map_or(SUBMIT_CHUNK_OPS, |v| v as usize)
 }
 
 impl GpuBackend {

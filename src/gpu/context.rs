@@ -137,7 +137,7 @@ impl Reduce {
 }
 
 /// Set to 1 to force the portable reductions on a device that offers subgroups.
-pub const NO_SUBGROUPS_ENV: &str = "VAE_OOD_NO_SUBGROUPS";
+pub const NO_SUBGROUPS_ENV: &str = crate::knobs::NO_SUBGROUPS;
 
 /// Whether to use subgroup operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

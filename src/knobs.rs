@@ -1,0 +1,57 @@
+//! The environment switches vae-ood reads, in one place. They exist to compare
+//! variants side by side (`bench/cpu.sh`, `bench/gpu.sh`) and change speed only,
+//! never what is computed beyond float rounding. `vae-ood` checks them all at
+//! start-up ([`check`]): a value it would not understand is a one-line error, not
+//! a silent default.
+
+use anyhow::{bail, Result};
+
+/// `1`: the CPU backend runs every op on its own (no fusions).
+pub const CPU_UNFUSED: &str = "VAE_OOD_CPU_UNFUSED";
+/// `1`: the CPU backend never uses the sparse first-layer products.
+pub const CPU_DENSE: &str = "VAE_OOD_CPU_DENSE";
+/// `1`: the portable workgroup reductions even where subgroups are offered.
+pub const NO_SUBGROUPS: &str = "VAE_OOD_NO_SUBGROUPS";
+/// Ops in the first submission of a GPU run (0: each run in one submission).
+pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
+/// Workgroups a split-K product aims for (1..=65536).
+pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
+
+const FLAGS: [&str; 3] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS];
+
+/// Whether a flag is on: set to `1` (unset, empty or `0`: off).
+pub fn flag(name: &str) -> bool {
+    std::env::var(name).as_deref() == Ok("1")
+}
+
+/// A number switch: `Some(value)` when set and in `range`, `None` when unset or
+/// not understood (which [`check`] reports at start-up).
+pub fn number(name: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|v| range.contains(v))
+}
+
+/// Every switch that is set has a value vae-ood understands.
+pub fn check() -> Result<()> {
+    for name in FLAGS {
+        if let Ok(v) = std::env::var(name) {
+            if !matches!(v.as_str(), "" | "0" | "1") {
+                bail!("{name}={v}: expected 0 or 1");
+            }
+        }
+    }
+    for (name, range) in [(GPU_CHUNK, 0..=1 << 24), (SPLIT_TARGET, 1..=65_536)] {
+        if let Ok(v) = std::env::var(name) {
+            if number(name, range.clone()).is_none() {
+                bail!(
+                    "{name}={v}: expected a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                );
+            }
+        }
+    }
+    Ok(())
+}
