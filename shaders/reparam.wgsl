@@ -4,7 +4,6 @@
 // log p(z) − log q(z|x) = Σ_j (−½ z² + ½ ε² + ½ log σ²); ε drawn from the
 // counter-based generator, or read from eps when eps_given (fixtures).
 // Backward: dz (B·K, L) → dhead (B, 2L), including the KL gradient.
-// One thread per image; dispatch ceil(B / 64).
 
 struct Params {
     images: u32, l: u32, draws: u32, seed: u32,
@@ -49,21 +48,23 @@ fn normal(seed: u32, stream: u32, row: u32, index: u32) -> f32 {
     return -sqrt(-2.0 * log(u1)) * cos(2.0 * PI * u2 - PI);
 }
 
+// Forward: one workgroup per image. First the threads split the latents (thread t
+// takes j = t, t + 64, …) and draw ε and z for every draw; then, after a barrier,
+// thread 0 sums the KL over the latents and thread t sums log p − log q of draws
+// k = t, t + 64, … — both in the order j = 0, 1, … as the CPU twin does. (One
+// thread per image walking all latents serially left ~2 busy warps on the GPU.)
+// Dispatch (B, 1, 1).
 @compute @workgroup_size(64)
-fn reparam_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let b = gid.x;
+fn reparam_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let b = wg.x;
     if (b >= p.images) {
         return;
     }
     let l = p.l;
-    for (var k = 0u; k < p.draws; k++) {
-        logpq[b * p.draws + k] = 0.0;
-    }
-    var acc = 0.0;
-    for (var j = 0u; j < l; j++) {
+    let t = lid.x;
+    for (var j = t; j < l; j += 64u) {
         let mu = head[b * 2u * l + j];
         let lv = head[b * 2u * l + l + j];
-        acc += 1.0 + lv - mu * mu - exp(lv);
         let sd = exp(0.5 * lv);
         for (var k = 0u; k < p.draws; k++) {
             let r = (b * p.draws + k) * l + j;
@@ -74,33 +75,53 @@ fn reparam_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
                 ev = normal(p.seed, p.stream, p.row_base + b, k * l + j);
             }
             eps[r] = ev;
-            let zv = mu + ev * sd;
-            z[r] = zv;
-            logpq[b * p.draws + k] += 0.5 * (ev * ev - zv * zv + lv);
+            z[r] = mu + ev * sd;
         }
     }
-    kl[b] = -0.5 * acc;
+    // eps and z of this image were written by other threads of this workgroup
+    storageBarrier();
+    if (t == 0u) {
+        var acc = 0.0;
+        for (var j = 0u; j < l; j++) {
+            let mu = head[b * 2u * l + j];
+            let lv = head[b * 2u * l + l + j];
+            acc += 1.0 + lv - mu * mu - exp(lv);
+        }
+        kl[b] = -0.5 * acc;
+    }
+    for (var k = t; k < p.draws; k += 64u) {
+        var s = 0.0;
+        for (var j = 0u; j < l; j++) {
+            let r = (b * p.draws + k) * l + j;
+            let ev = eps[r];
+            let zv = z[r];
+            s += 0.5 * (ev * ev - zv * zv + head[b * 2u * l + l + j]);
+        }
+        logpq[b * p.draws + k] = s;
+    }
 }
 
+// Backward: one thread per (image, latent), linear index b·L + j over a 2-D grid of
+// 64-thread workgroups; dispatch groups_1d(ceil(B·L / 64)).
 @compute @workgroup_size(64)
-fn reparam_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let b = gid.x;
-    if (b >= p.images) {
+fn reparam_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let l = p.l;
+    if (i >= p.images * l) {
         return;
     }
-    let l = p.l;
-    for (var j = 0u; j < l; j++) {
-        let mu = head_in[b * 2u * l + j];
-        let lv = head_in[b * 2u * l + l + j];
-        let half_sd = 0.5 * exp(0.5 * lv);
-        var gmu = mu;
-        var glv = 0.5 * (exp(lv) - 1.0);
-        for (var k = 0u; k < p.draws; k++) {
-            let r = (b * p.draws + k) * l + j;
-            gmu += dz[r];
-            glv += dz[r] * eps_in[r] * half_sd;
-        }
-        dhead[b * 2u * l + j] = gmu;
-        dhead[b * 2u * l + l + j] = glv;
+    let b = i / l;
+    let j = i % l;
+    let mu = head_in[b * 2u * l + j];
+    let lv = head_in[b * 2u * l + l + j];
+    let half_sd = 0.5 * exp(0.5 * lv);
+    var gmu = mu;
+    var glv = 0.5 * (exp(lv) - 1.0);
+    for (var k = 0u; k < p.draws; k++) {
+        let r = (b * p.draws + k) * l + j;
+        gmu += dz[r];
+        glv += dz[r] * eps_in[r] * half_sd;
     }
+    dhead[b * 2u * l + j] = gmu;
+    dhead[b * 2u * l + l + j] = glv;
 }

@@ -413,6 +413,53 @@ fn reparam_forward_given_noise() {
     });
 }
 
+/// The forward kernel splits an image's latents and then its draws over 64
+/// threads: 70 latents (threads take two), 67 draws (the same), and the batch's
+/// noise drawn, so every ε, z, KL and log p − log q crosses those boundaries.
+#[test]
+fn reparam_forward_many_latents_and_draws() {
+    let mut rng = fresh_rng("reparam_forward_many_latents_and_draws");
+    for (b, l, k) in [(3, 70, 2), (4, 3, 67)] {
+        let p = ReparamParams {
+            images: b as u32,
+            l: l as u32,
+            draws: k as u32,
+            ..reparam_params(false)
+        };
+        let head = uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0);
+        assert!(b * 2 * l <= head.len() && b * k * l <= Buf::Eps.len(&SIZES));
+        run_case(Case {
+            name: &format!("reparam_forward B={b} L={l} K={k}"),
+            store: random_store(&mut rng),
+            idx: vec![0],
+            inputs: vec![(Buf::Head, head)],
+            // as reparam_forward_draws_same_noise; KL and log p − log q sum 70
+            // terms here, so their absolute tolerances scale with that
+            outputs: vec![
+                (Buf::Eps, vec![0..b * k * l], 3e-3, 0.0),
+                (Buf::Z, vec![0..b * k * l], 5e-3, 0.0),
+                (Buf::Kl, vec![0..b], 1e-4, 1e-5),
+                (Buf::LogPq, vec![0..b * k], 5e-1, 1e-3),
+            ],
+            op: Op::ReparamForward(p),
+        });
+        // and the backward pass, one thread per (image, latent): 210 or 12 threads
+        run_case(Case {
+            name: &format!("reparam_backward B={b} L={l} K={k}"),
+            store: random_store(&mut rng),
+            idx: vec![0],
+            inputs: vec![
+                (Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0)),
+                (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
+                (Buf::Dz, uniform(&mut rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
+            ],
+            // 67 draws summed: 1e-4 absolute
+            outputs: vec![(Buf::Dhead, vec![0..b * 2 * l], 1e-4, 1e-5)],
+            op: Op::ReparamBackward(p),
+        });
+    }
+}
+
 #[test]
 fn reparam_backward_matches() {
     let mut rng = fresh_rng("reparam_backward_matches");

@@ -116,13 +116,13 @@ fn lower(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
         Op::ReparamForward(p) => one(
             Kernel::ReparamForward,
             vec![f(Head), f(Z), f(Eps), f(Kl), f(LogPq)],
-            (p.images.div_ceil(64).max(1), 1),
+            (p.images.max(1), 1),
             bytes_of(p),
         ),
         Op::ReparamBackward(p) => one(
             Kernel::ReparamBackward,
             vec![f(Dz), f(Eps), f(Head), f(Dhead)],
-            (p.images.div_ceil(64).max(1), 1),
+            groups_1d(((p.images * p.l) as usize).div_ceil(64)),
             bytes_of(p),
         ),
         Op::Bce(p) => one(
