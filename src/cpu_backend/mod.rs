@@ -10,6 +10,13 @@
 //!   once the Adam update of those parameters (when the step's Adam op comes later
 //!   in the same list and nothing in between reads those parameters); the Adam op
 //!   then updates only what no fused product covered.
+//!
+//! And one substitution that changes rounding, not math: when a batch's pixels are
+//! mostly zero, the first layer's forward product and weight gradient run on the
+//! sparse kernels of `cpu_sparse` (the forward reads W1ᵀ, which the fused Adam of
+//! W1 keeps current). Whole op lists run inside rayon's pool, so no step allocates
+//! (`tests/alloc.rs`). Files: `fuse.rs` decides what may fuse, `par.rs` runs the
+//! kernels in bands.
 
 use crate::backend::Backend;
 use crate::cpu::{self, AdamParams, MatmulParams};
