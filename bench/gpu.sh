@@ -19,22 +19,8 @@ OUTDIR=${OUTDIR:-bench/out}
 PY=${PYTHON:-python3}
 mkdir -p "$OUTDIR"
 
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
-  prefix=$(mktemp -d)
-  for deb in bench/debs/*.deb; do dpkg-deb -x "$deb" "$prefix"; done
-  export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "# Vulkan loader unpacked from bench/debs into $prefix"
-fi
-if [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ]; then
-  for f in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json \
-           /etc/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.x86_64.json; do
-    if [ -f "$f" ]; then export VK_DRIVER_FILES="$f"; break; fi
-  done
-fi
-if [ -z "${__EGL_VENDOR_LIBRARY_FILENAMES:-}" ] && [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ]; then
-  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-fi
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+# shellcheck source=bench/vulkan-env.sh
+source bench/vulkan-env.sh
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 "$BIN" devices

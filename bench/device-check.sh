@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On a GPU machine, from the repository root, with .devbin/ from bench/device-pack.sh
+# carried along: the GPU test binaries (shaders against their CPU twins on the real
+# driver, both reduction variants), then bench/gpu.sh (vae-ood against PyTorch and the
+# ablations, one table), in one call. Logs go to $OUT when it is set.
+#   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=${OUT:-bench/out}
+mkdir -p "$LOG"
+for f in .devbin/*.gz; do gunzip -kf "$f"; done
+chmod +x .devbin/vae-ood .devbin/test_*
+# shellcheck source=bench/vulkan-env.sh
+source bench/vulkan-env.sh
+.devbin/vae-ood devices 2>&1 | tee "$LOG/devices.txt"
+status=0
+# (tests/bench.rs: only its GPU test; the others start the vae-ood binary by its
+# build path, which is not there)
+for t in kernels torch_fixture train_step "bench timestamp" gpu_errors; do
+  set -- $t
+  echo "## $*"
+  # one test at a time (one device), each binary bounded so a hang cannot eat the lease
+  timeout 240 ".devbin/test_$1" --test-threads 1 ${2:-} 2>&1 | grep -v XDG_RUNTIME_DIR \
+    | tee "$LOG/test_$1.txt" | tail -n 3
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+done
+if [ -z "${SKIP_BENCH:-}" ]; then
+  OUTDIR="$LOG/bench" bash bench/gpu.sh .devbin/vae-ood 2>&1 | grep -v '^{' | tee "$LOG/bench.txt"
+fi
+exit $status

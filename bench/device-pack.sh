@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Here (a machine with Rust): build what a GPU machine without Rust needs for
+# bench/device-check.sh into .devbin/ (git-ignored): the release binary and the GPU
+# test binaries, stripped and gzipped to travel light. Then carry .devbin to the GPU
+# machine and run `bash bench/device-check.sh` there from the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.devbin/' .git/info/exclude 2>/dev/null || echo '/.devbin/' >> .git/info/exclude
+cargo build --release --quiet
+rm -rf .devbin && mkdir -p .devbin
+cp target/release/vae-ood .devbin/vae-ood
+for t in kernels torch_fixture train_step bench gpu_errors; do
+  exe=$(cargo test --release --no-run --message-format=json --test "$t" 2>/dev/null \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$t" | tail -n 1)
+  cp "$exe" ".devbin/test_$t"
+done
+strip .devbin/*
+gzip -f .devbin/*
+ls -la .devbin && du -sh .devbin
