@@ -7,7 +7,6 @@
 //!   cargo run --release --example encode_cost [reps]
 use std::time::Instant;
 use vae_ood::backend::DeviceChoice;
-use vae_ood::plan::{self, Batch};
 use vae_ood::train::{Experiment, TrainConfig};
 
 fn main() -> anyhow::Result<()> {
@@ -16,34 +15,16 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3);
+    // the whole epoch as one submission (what is timed is the host's part; pieces
+    // would wait for a slow software adapter between them)
+    // SAFETY: no other thread exists yet to read the environment
+    unsafe { std::env::set_var(vae_ood::knobs::GPU_CHUNK, "0") };
     let cfg = TrainConfig::default();
-    let mut ex = Experiment::new(cfg.clone(), DeviceChoice::Gpu, true)?;
-    let o = ex.layout.offsets();
-    let n = ex.splits.train.len();
-    let bs = cfg.batch_size;
-    let steps = n.div_ceil(bs);
-    let ops: Vec<plan::Op> = (0..steps)
-        .flat_map(|s| {
-            let bt = Batch {
-                images: bs.min(n - s * bs),
-                draws: 1,
-                idx_off: s * bs,
-                seed: 1,
-                stream: s as u32 + 1,
-                row_base: 0,
-                out_off: s * bs,
-                slot: s,
-                mode: vae_ood::cpu::LOSS_ELBO,
-            };
-            plan::train_step_ops(
-                ex.layout.dims,
-                &o,
-                &bt,
-                ex.layout.total,
-                &cfg.adam,
-                s as u64 + 1,
-            )
-        })
+    let mut ex = Experiment::new(cfg, DeviceChoice::Gpu, true)?;
+    let steps = ex.splits.train.len().div_ceil(ex.cfg.batch_size);
+    let ops: Vec<vae_ood::plan::Op> = vae_ood::bench::epoch_ops(&ex)
+        .into_iter()
+        .flatten()
         .collect();
     println!(
         "{}: {} ops in {steps} steps",

@@ -161,7 +161,7 @@ pub fn per_kernel(
 }
 
 /// The ops of every training step of an epoch over the (shuffled) training split.
-fn epoch_ops(ex: &Experiment) -> Vec<Vec<plan::Op>> {
+pub fn epoch_ops(ex: &Experiment) -> Vec<Vec<plan::Op>> {
     let o = ex.layout.offsets();
     let bs = ex.cfg.batch_size;
     let n = ex.splits.train.len();

@@ -13,7 +13,7 @@ use std::alloc::{GlobalAlloc, Layout as MemLayout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vae_ood::backend::Backend;
 use vae_ood::model::{Dims, Layout};
-use vae_ood::plan::{self, AdamConfig, Batch};
+use vae_ood::plan;
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -64,32 +64,7 @@ fn cpu_backend_allocates_nothing_per_step() {
         })
         .collect();
     let mut be = cpu_backend_ready(&store, &idx, sizes, &lay.init(rng.random()));
-    let epoch = |t0: u64| -> Vec<plan::Op> {
-        (0..steps)
-            .flat_map(|s| {
-                let bt = Batch {
-                    images: b,
-                    draws: 1,
-                    idx_off: s * b,
-                    seed: 1,
-                    stream: s as u32 + 1,
-                    row_base: 0,
-                    out_off: s * b,
-                    slot: s,
-                    mode: vae_ood::cpu::LOSS_ELBO,
-                };
-                let o = lay.offsets();
-                plan::train_step_ops(
-                    dims,
-                    &o,
-                    &bt,
-                    lay.total,
-                    &AdamConfig::default(),
-                    t0 + s as u64 + 1,
-                )
-            })
-            .collect()
-    };
+    let epoch = |t0: u64| train_steps_ops(dims, b, steps, 1, t0);
     let (first, second) = (epoch(0), epoch(steps as u64));
     be.run(&first).unwrap(); // warm-up: scratch buffers, rayon's threads
     let gemm = &vae_ood::cpu::matmul::GEMM_CALLS;

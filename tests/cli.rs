@@ -761,7 +761,16 @@ fn bad_environment_switches() {
     for (name, value) in cases {
         let o = bin()
             .env(name, value)
-            .args(["--device", "cpu", "--epochs", "1", "--train-limit", "128", "--out", s(&out)])
+            .args([
+                "--device",
+                "cpu",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "128",
+                "--out",
+                s(&out),
+            ])
             .output()
             .unwrap();
         let what = format!("{name}={value}");
@@ -774,7 +783,17 @@ fn bad_environment_switches() {
         .env("VAE_OOD_CPU_DENSE", "1")
         .env("VAE_OOD_CPU_UNFUSED", "0")
         .env("VAE_OOD_GPU_CHUNK", "64")
-        .args(["--device", "cpu", "--epochs", "1", "--train-limit", "128", "-q", "--out", s(&out)])
+        .args([
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "128",
+            "-q",
+            "--out",
+            s(&out),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

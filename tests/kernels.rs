@@ -449,7 +449,10 @@ fn reparam_forward_many_latents_and_draws() {
             store: random_store(&mut rng),
             idx: vec![0],
             inputs: vec![
-                (Buf::Head, uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0)),
+                (
+                    Buf::Head,
+                    uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0),
+                ),
                 (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
                 (Buf::Dz, uniform(&mut rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
             ],

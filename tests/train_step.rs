@@ -338,28 +338,7 @@ fn cpu_sparse_first_layer_matches_dense() {
         batch_slots: steps,
     };
     let params = lay.init(rng.random());
-    let mut ops = Vec::new();
-    for s in 0..steps {
-        let bt = Batch {
-            images: b,
-            draws: 1,
-            idx_off: s * b,
-            seed: 3,
-            stream: s as u32 + 1,
-            row_base: 0,
-            out_off: s * b,
-            slot: s,
-            mode: vae_ood::cpu::LOSS_ELBO,
-        };
-        ops.extend(plan::train_step_ops(
-            dims,
-            &lay.offsets(),
-            &bt,
-            lay.total,
-            &AdamConfig::default(),
-            s as u64 + 1,
-        ));
-    }
+    let ops = train_steps_ops(dims, b, steps, 3, 0);
     // one more batch (the first images, its own noise stream), forward + backward
     let one = Batch {
         images: b,
@@ -451,28 +430,7 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted() {
         batch_slots: steps + 1,
     };
     let params = lay.init(rng.random());
-    let mut ops = Vec::new();
-    for s in 0..steps {
-        let bt = Batch {
-            images: b,
-            draws: 1,
-            idx_off: s * b,
-            seed: 2,
-            stream: s as u32 + 1,
-            row_base: 0,
-            out_off: s * b,
-            slot: s,
-            mode: vae_ood::cpu::LOSS_ELBO,
-        };
-        ops.extend(plan::train_step_ops(
-            dims,
-            &lay.offsets(),
-            &bt,
-            lay.total,
-            &AdamConfig::default(),
-            s as u64 + 1,
-        ));
-    }
+    let mut ops = train_steps_ops(dims, b, steps, 2, 0);
     let score = Batch {
         images: b,
         draws: 2,

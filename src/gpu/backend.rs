@@ -169,7 +169,8 @@ fn partial_len(ops: &[Op]) -> usize {
 pub const SUBMIT_CHUNK_OPS: usize = 128;
 
 fn submit_chunk_from_env() -> usize {
-    crate::knobs::number(crate::knobs::GPU_CHUNK, 0..=1 << 24).map_or(SUBMIT_CHUNK_OPS, |v| v as usize)
+    crate::knobs::number(crate::knobs::GPU_CHUNK, 0..=1 << 24)
+        .map_or(SUBMIT_CHUNK_OPS, |v| v as usize)
 }
 
 impl GpuBackend {

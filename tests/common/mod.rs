@@ -208,3 +208,34 @@ pub fn cpu_backend_ready(store: &[u8], idx: &[u32], sizes: Sizes, params: &[f32]
     be.write(Buf::AdamV, 0, &vec![0.0; params.len()]).unwrap();
     be
 }
+
+/// `steps` training steps of `b` images each as one op list (an epoch's shape):
+/// step s reads idx[s·b..], draws noise stream s + 1 of `seed`, writes loss slot s,
+/// and takes Adam step t0 + s + 1 with the default hyper-parameters.
+pub fn train_steps_ops(dims: Dims, b: usize, steps: usize, seed: u32, t0: u64) -> Vec<Op> {
+    let lay = Layout::new(dims);
+    (0..steps)
+        .flat_map(|s| {
+            let bt = Batch {
+                images: b,
+                draws: 1,
+                idx_off: s * b,
+                seed,
+                stream: s as u32 + 1,
+                row_base: 0,
+                out_off: s * b,
+                slot: s,
+                mode: vae_ood::cpu::LOSS_ELBO,
+            };
+            let o = lay.offsets();
+            plan::train_step_ops(
+                dims,
+                &o,
+                &bt,
+                lay.total,
+                &AdamConfig::default(),
+                t0 + s as u64 + 1,
+            )
+        })
+        .collect()
+}
