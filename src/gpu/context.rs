@@ -486,14 +486,36 @@ impl GpuContext {
         let mut layouts = Vec::new();
         let mut pipelines = Vec::new();
         let reduce = features.reduce();
-        for k in Kernel::ALL {
-            let (bgl, pipeline) = build_pipeline(
-                &device,
-                &uniform_layout,
-                &k.parts(reduce),
-                k.entry(),
-                k.bindings(),
-            )?;
+        // one thread per kernel: the driver compiles each shader when its pipeline is
+        // made, and these compilations are independent (error scopes are per thread,
+        // so each build still catches its own validation errors); the first error in
+        // kernel order is the one reported
+        let built: Vec<Result<_>> = std::thread::scope(|s| {
+            let handles: Vec<_> = Kernel::ALL
+                .iter()
+                .map(|&k| {
+                    let (device, uniform_layout) = (&device, &uniform_layout);
+                    s.spawn(move || {
+                        build_pipeline(
+                            device,
+                            uniform_layout,
+                            &k.parts(reduce),
+                            k.entry(),
+                            k.bindings(),
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("building a pipeline panicked")))
+                })
+                .collect()
+        });
+        for b in built {
+            let (bgl, pipeline) = b?;
             layouts.push(bgl);
             pipelines.push(pipeline);
         }
