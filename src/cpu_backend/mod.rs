@@ -300,7 +300,7 @@ impl CpuBackend {
             }
             Op::ReparamBackward(p) => {
                 let mut dh = self.take(Buf::Dhead);
-                cpu::reparam_backward(
+                par_reparam_backward(
                     &mut dh,
                     self.get(Buf::Dz),
                     self.get(Buf::Eps),

@@ -208,6 +208,26 @@ pub(super) fn par_reparam_forward(
         });
 }
 
+/// Images split across threads; each piece is `cpu::reparam_backward` on a
+/// sub-batch (its rows of dz and ε, its images' head).
+pub(super) fn par_reparam_backward(
+    dhead: &mut [f32],
+    dz: &[f32],
+    eps: &[f32],
+    head: &[f32],
+    p: &cpu::ReparamParams,
+) {
+    let (l, k, b) = (p.l as usize, p.draws as usize, p.images as usize);
+    bands_mut(dhead, 0, 2 * l, 2 * l, b, band_len(b, 1)).for_each(|(b0, nb, dh)| {
+        let q = cpu::ReparamParams {
+            images: nb as u32,
+            ..*p
+        };
+        let r0 = b0 * k * l;
+        cpu::reparam_backward(dh, &dz[r0..], &eps[r0..], &head[b0 * 2 * l..], &q);
+    });
+}
+
 /// Rows of the BCE split across threads; each piece is `cpu::bce_logits`.
 pub(super) fn par_bce(bce: &mut [f32], logits: &mut [f32], x: &[f32], p: &cpu::BceParams) {
     let (rows, d, k) = (p.rows as usize, p.d as usize, p.draws as usize);
