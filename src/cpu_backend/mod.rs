@@ -224,43 +224,54 @@ impl CpuBackend {
                 self.wt = wt;
             }
             SparseKind::WeightGrad => {
-                let mut params = self.take(Buf::Params);
-                let mut grads = self.take(Buf::Grads);
-                let (mut mo, mut vo) = (self.take(Buf::AdamM), self.take(Buf::AdamV));
-                let mut st = AdamState {
-                    params: &mut params,
-                    grads: &mut grads,
-                    m: &mut mo,
-                    v: &mut vo,
-                };
-                let wt = SyncPtr(self.wt.as_mut_ptr(), self.wt.len());
-                let (dy, xt) = (self.get(a), &self.xt_csr);
-                let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
-                    cpu_sparse::weight_grad_sparse(g, dy, m, xt, i0, i0 + rows);
-                };
                 // when W1ᵀ is current for these weights, refresh each band of it
                 // right after Adam updated that band (still in cache)
                 let refresh = adam.is_some() && self.wt_of == Some((p.c_off as usize, m, n));
-                let after = |i0: usize, rows: usize, w_band: &[f32]| {
-                    // SAFETY: wt is not otherwise borrowed during par_grad_adam, and
-                    // each band writes only its own columns i0..i0+rows
-                    let (ptr, len) = wt.get();
-                    unsafe { cpu_sparse::transpose_band_into(ptr, len, w_band, m, n, i0, rows) };
-                };
-                let after: Option<&AfterAdam<'_>> = if refresh { Some(&after) } else { None };
-                par_grad_adam(&mut st, dy, &p, adam, &rows_of, after);
+                let wt = SyncPtr(self.wt.as_mut_ptr(), self.wt.len());
+                self.with_adam_state(|st, me| {
+                    let (dy, xt) = (me.get(a), &me.xt_csr);
+                    let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
+                        cpu_sparse::weight_grad_sparse(g, dy, m, xt, i0, i0 + rows);
+                    };
+                    let after = |i0: usize, rows: usize, w_band: &[f32]| {
+                        // SAFETY: nothing else touches wt during par_grad_adam, and
+                        // each band writes only its own columns i0..i0+rows
+                        let (ptr, len) = wt.get();
+                        unsafe {
+                            cpu_sparse::transpose_band_into(ptr, len, w_band, m, n, i0, rows)
+                        };
+                    };
+                    let after: Option<&AfterAdam<'_>> = if refresh { Some(&after) } else { None };
+                    par_grad_adam(st, dy, &p, adam, &rows_of, after);
+                });
                 if adam.is_some() {
                     self.adam_done.extend(grad_ranges(&p));
                     if !refresh {
                         self.params_changed(p.c_off as usize..p.c_off as usize + m * n);
                     }
                 }
-                self.put(Buf::Params, params);
-                self.put(Buf::Grads, grads);
-                self.put(Buf::AdamM, mo);
-                self.put(Buf::AdamV, vo);
             }
         }
+    }
+
+    /// Run `f` on the flat buffers Adam updates, taken out of `self` meanwhile (so
+    /// that `f` may read every other buffer through the `&Self` it is given).
+    fn with_adam_state<R>(&mut self, f: impl FnOnce(&mut AdamState, &Self) -> R) -> R {
+        let mut params = self.take(Buf::Params);
+        let mut grads = self.take(Buf::Grads);
+        let (mut m, mut v) = (self.take(Buf::AdamM), self.take(Buf::AdamV));
+        let mut st = AdamState {
+            params: &mut params,
+            grads: &mut grads,
+            m: &mut m,
+            v: &mut v,
+        };
+        let r = f(&mut st, self);
+        self.put(Buf::Params, params);
+        self.put(Buf::Grads, grads);
+        self.put(Buf::AdamM, m);
+        self.put(Buf::AdamV, v);
+        r
     }
 
     fn take(&mut self, b: Buf) -> Vec<f32> {
@@ -323,47 +334,50 @@ impl CpuBackend {
                 self.put(Buf::BatchLoss, bl);
             }
             Op::Adam(p) => {
-                let (mut params, mut m, mut v) = (
-                    self.take(Buf::Params),
-                    self.take(Buf::AdamM),
-                    self.take(Buf::AdamV),
-                );
                 // the parts no fused dW + Adam has updated this step
                 let mut done = std::mem::take(&mut self.adam_done);
                 done.sort_unstable_by_key(|r| r.start);
-                let mut start = 0;
-                for r in done
-                    .iter()
-                    .chain(std::iter::once(&(p.n as usize..p.n as usize)))
-                {
-                    if r.start > start {
-                        if let Some((off, n, k)) = self.wt_of {
-                            // these weights change outside the fused path: W1ᵀ is stale
-                            if overlaps(&(start..r.start), &(off..off + n * k)) {
-                                self.wt_of = None;
-                            }
-                        }
+                for r in adam_gaps(&done, p.n as usize) {
+                    self.params_changed(r);
+                }
+                self.with_adam_state(|st, _| {
+                    for r in adam_gaps(&done, p.n as usize) {
                         let q = AdamParams {
-                            n: (r.start - start) as u32,
+                            n: r.len() as u32,
                             ..p
                         };
                         par_adam(
-                            &mut params[start..],
-                            &self.bufs[Buf::Grads as usize][start..],
-                            &mut m[start..],
-                            &mut v[start..],
+                            &mut st.params[r.start..],
+                            &st.grads[r.start..],
+                            &mut st.m[r.start..],
+                            &mut st.v[r.start..],
                             &q,
                         );
                     }
-                    start = start.max(r.end);
-                }
-                self.put(Buf::Params, params);
-                self.put(Buf::AdamM, m);
-                self.put(Buf::AdamV, v);
+                });
                 done.clear(); // keep the allocation for the next step
                 self.adam_done = done;
             }
         }
+    }
+
+    /// Run `ops` in order, fusing where they allow, and write into `ns` the
+    /// nanoseconds each op of `timed` took (a fused pair's time goes to its first op).
+    /// The whole list runs on one of rayon's workers: parallel loops started from a
+    /// worker split without allocating, those started from outside the pool
+    /// allocate to inject their jobs.
+    fn run_list(&mut self, ops: &[Op], timed: Range<usize>, ns: &mut [f64]) {
+        rayon::scope(|_| {
+            let mut i = 0;
+            while i < ops.len() {
+                let t = std::time::Instant::now();
+                let used = self.exec_at(ops, i);
+                if timed.contains(&i) {
+                    ns[i - timed.start] = t.elapsed().as_secs_f64() * 1e9;
+                }
+                i += used;
+            }
+        });
     }
 
     /// Run `ops[i]`, fused with what follows where it can be; returns how many ops
@@ -441,33 +455,35 @@ impl CpuBackend {
 
     /// A weight gradient and the Adam step of those weights and their bias.
     fn exec_grad_adam(&mut self, a: Buf, b: Buf, mm: &MatmulParams, adam: &AdamParams) {
-        let mut params = self.take(Buf::Params);
-        let mut grads = self.take(Buf::Grads);
-        let (mut m, mut v) = (self.take(Buf::AdamM), self.take(Buf::AdamV));
-        let mut st = AdamState {
-            params: &mut params,
-            grads: &mut grads,
-            m: &mut m,
-            v: &mut v,
-        };
-        let (av, bv) = (self.get(a), self.get(b));
         let q = MatmulParams {
             flags: mm.flags & !cpu::matmul::MM_BIASGRAD,
             ..*mm
         };
-        let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
-            cpu::matmul(g, av, bv, av, &band_params(&q, i0, rows));
-        };
-        par_grad_adam(&mut st, av, mm, Some(adam), &rows_of, None);
+        self.with_adam_state(|st, me| {
+            let (av, bv) = (me.get(a), me.get(b));
+            let rows_of = |g: &mut [f32], i0: usize, rows: usize| {
+                cpu::matmul(g, av, bv, av, &band_params(&q, i0, rows));
+            };
+            par_grad_adam(st, av, mm, Some(adam), &rows_of, None);
+        });
         self.adam_done.extend(grad_ranges(mm));
         for r in grad_ranges(mm) {
             self.params_changed(r);
         }
-        self.put(Buf::Params, params);
-        self.put(Buf::Grads, grads);
-        self.put(Buf::AdamM, m);
-        self.put(Buf::AdamV, v);
     }
+}
+
+/// The non-empty ranges of 0..n that the sorted ranges `done` leave uncovered.
+fn adam_gaps(done: &[Range<usize>], n: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut start = 0;
+    done.iter()
+        .cloned()
+        .chain(std::iter::once(n..n))
+        .filter_map(move |r| {
+            let gap = start..r.start;
+            start = start.max(r.end);
+            (!gap.is_empty()).then_some(gap)
+        })
 }
 
 /// Which sparse kernel of `cpu_sparse` a product runs on.
@@ -522,15 +538,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn run(&mut self, ops: &[Op]) -> Result<()> {
-        // the whole list on one of rayon's workers: parallel loops started from a
-        // worker split without allocating, those started from outside the pool
-        // allocate to inject their jobs
-        rayon::scope(|_| {
-            let mut i = 0;
-            while i < ops.len() {
-                i += self.exec_at(ops, i);
-            }
-        });
+        self.run_list(ops, 0..0, &mut []);
         Ok(())
     }
     /// The CPU's "timestamps" are the host clock read between ops, in place inside
@@ -542,17 +550,7 @@ impl Backend for CpuBackend {
     }
     fn run_timed(&mut self, ops: &[Op], timed: Range<usize>) -> Result<Option<Vec<f64>>> {
         let mut ns = vec![0.0; timed.len()];
-        rayon::scope(|_| {
-            let mut i = 0;
-            while i < ops.len() {
-                let t = std::time::Instant::now();
-                let used = self.exec_at(ops, i);
-                if timed.contains(&i) {
-                    ns[i - timed.start] = t.elapsed().as_secs_f64() * 1e9;
-                }
-                i += used;
-            }
-        });
+        self.run_list(ops, timed, &mut ns);
         Ok(Some(ns))
     }
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>> {

@@ -413,7 +413,9 @@ impl GpuBackend {
             // this piece: the dispatches of ops [plan[d0].0, op_end)
             let op_end = (plan[d0].0 + chunk).min(ops.len());
             let d1 = d0 + plan[d0..].iter().take_while(|p| p.0 < op_end).count();
-            chunk = (chunk * 2).min(self.submit_chunk.max(1) * 8).max(chunk);
+            if self.submit_chunk > 0 {
+                chunk = (chunk * 2).min(self.submit_chunk * 8);
+            }
             let mut enc = self
                 .ctx
                 .device
