@@ -34,7 +34,8 @@ fn main() -> anyhow::Result<()> {
     time("csr build", 200, || csr.fill_from_dense(&x, b, d));
     let mut wt = vec![0.0f32; d * h];
     time("transpose (1 thread)", 200, || {
-        cpu_sparse::transpose_rows(&mut wt, &w, 0, h, d, 0, d)
+        // SAFETY: wt holds d·h elements and nothing else touches it
+        unsafe { cpu_sparse::transpose_band_into(wt.as_mut_ptr(), wt.len(), &w, h, d, 0, h) }
     });
     let mut c = vec![0.0f32; b * h];
     time("linear_sparse (1 thread)", 200, || {

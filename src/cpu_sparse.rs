@@ -131,42 +131,10 @@ impl Csr {
     }
 }
 
-/// Rows p0..p1 of wt: (k, n) = w: (n, k)ᵀ, written to `wt` from its start (row
-/// stride n); w at `w[w_off..]`.
-pub fn transpose_rows(
-    wt: &mut [f32],
-    w: &[f32],
-    w_off: usize,
-    n: usize,
-    k: usize,
-    p0: usize,
-    p1: usize,
-) {
-    assert!(p1 <= k && w.len() >= w_off + n * k && wt.len() >= (p1 - p0) * n);
-    #[cfg(target_arch = "x86_64")]
-    if fma::available() && n.is_multiple_of(8) && (p1 - p0).is_multiple_of(8) {
-        for pb in (p0..p1).step_by(8) {
-            for jb in (0..n).step_by(8) {
-                // SAFETY: AVX2 present; rows jb..jb+8 (≤ n) of w, columns pb..pb+8
-                // (≤ k), and rows pb-p0..+8, columns jb..jb+8 of wt are in bounds
-                unsafe {
-                    fma::transpose8(
-                        w.as_ptr().add(w_off + jb * k + pb),
-                        k,
-                        wt.as_mut_ptr().add((pb - p0) * n + jb),
-                        n,
-                    )
-                };
-            }
-        }
-        return;
-    }
-    transpose_rows_portable(wt, w, w_off, n, k, p0, p1)
-}
-
 /// Columns j0..j0+rows of wt: (k, n) = w: (n, k)ᵀ from those rows of w, given as
 /// `w_band` (rows j0.. of w, row stride k); `wt` points at a (k, n) buffer of
-/// `wt_len` elements. Used to refresh W1ᵀ right after Adam updated a band of W1.
+/// `wt_len` elements. The CPU backend transposes W1 in row bands across threads
+/// with it, and refreshes W1ᵀ band by band right after Adam updated W1.
 ///
 /// # Safety
 /// `wt` must be valid for `wt_len` elements, and no other thread may access
@@ -203,37 +171,6 @@ pub unsafe fn transpose_band_into(
         for p in 0..k {
             // SAFETY: p·n + j0 + j < k·n ≤ wt_len; column j0 + j is this caller's
             unsafe { *wt.add(p * n + j0 + j) = w_band[j * k + p] };
-        }
-    }
-}
-
-with_avx2! {
-    /// [`transpose_rows`] in 16×16 tiles so reads and writes stay in cache.
-    fn transpose_rows_portable(wt: &mut [f32], w: &[f32], w_off: usize, n: usize, k: usize, p0: usize, p1: usize)
-        => transpose_rows_body
-}
-
-#[inline(always)]
-fn transpose_rows_body(
-    wt: &mut [f32],
-    w: &[f32],
-    w_off: usize,
-    n: usize,
-    k: usize,
-    p0: usize,
-    p1: usize,
-) {
-    const T: usize = 16;
-    for pb in (p0..p1).step_by(T) {
-        let pe = (pb + T).min(p1);
-        for jb in (0..n).step_by(T) {
-            let je = (jb + T).min(n);
-            for j in jb..je {
-                let src = &w[w_off + j * k + pb..w_off + j * k + pe];
-                for (p, &v) in (pb..pe).zip(src) {
-                    wt[(p - p0) * n + j] = v;
-                }
-            }
         }
     }
 }
@@ -571,7 +508,8 @@ mod tests {
             let mut csr = Csr::default();
             csr.fill_from_dense(&x, m, k);
             let mut wt = vec![f32::NAN; k * n];
-            transpose_rows(&mut wt, &w, 0, n, k, 0, k);
+            // SAFETY: wt holds k·n elements and nothing else touches it
+            unsafe { transpose_band_into(wt.as_mut_ptr(), wt.len(), &w, n, k, 0, n) };
             let (r0, rows) = (3.min(m - 1), m - 3.min(m - 1));
             // poisoned output, one guard row past the end
             type F = fn(&mut [f32], &Csr, usize, usize, &[f32], usize, &[f32], bool);
@@ -636,21 +574,6 @@ mod tests {
                     dw[(j1 - j0) * k..].iter().all(|v| v.is_nan()),
                     "wrote past its rows"
                 );
-            }
-        }
-    }
-
-    #[test]
-    fn transposes_agree_with_the_definition() {
-        // 24 × 40 (the 8×8 AVX2 blocks) and 13 × 29 (the portable tiles), rows 8..24
-        for (n, k, p0, p1) in [(24, 40, 8, 24), (13, 29, 3, 20)] {
-            let w: Vec<f32> = (0..n * k + 5).map(|i| i as f32).collect();
-            let mut wt = vec![f32::NAN; (p1 - p0) * n];
-            transpose_rows(&mut wt, &w, 5, n, k, p0, p1);
-            for p in p0..p1 {
-                for j in 0..n {
-                    assert_eq!(wt[(p - p0) * n + j], w[5 + j * k + p], "({p}, {j})");
-                }
             }
         }
     }

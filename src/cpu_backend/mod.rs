@@ -193,18 +193,27 @@ impl CpuBackend {
                 let params = &self.bufs[Buf::Params as usize];
                 let key = (p.b_off as usize, n, k);
                 if self.wt_of != Some(key) {
-                    // W1ᵀ: (k, n) from W1: (n, k), one band of W1ᵀ's rows per thread
+                    // W1ᵀ: (k, n) from W1: (n, k), one band of W1's rows (W1ᵀ's
+                    // columns) per thread, 8 rows at a time where it can
                     wt.resize(k * n, 0.0);
-                    bands_mut(&mut wt, 0, n, n, k, band_len(k, 16)).for_each(|(p0, rows, w)| {
-                        cpu_sparse::transpose_rows(
-                            w,
-                            params,
-                            p.b_off as usize,
-                            n,
-                            k,
-                            p0,
-                            p0 + rows,
-                        );
+                    let wp = SyncPtr(wt.as_mut_ptr(), wt.len());
+                    let band = band_len(n, 8);
+                    let w1 = &params[p.b_off as usize..p.b_off as usize + n * k];
+                    w1.par_chunks(band * k).enumerate().for_each(|(t, w_band)| {
+                        let (ptr, len) = wp.get();
+                        // SAFETY: wt is borrowed by nothing else here, and each band
+                        // writes only its own columns
+                        unsafe {
+                            cpu_sparse::transpose_band_into(
+                                ptr,
+                                len,
+                                w_band,
+                                n,
+                                k,
+                                t * band,
+                                w_band.len() / k,
+                            )
+                        };
                     });
                     self.wt_of = Some(key);
                 }
