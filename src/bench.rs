@@ -168,17 +168,7 @@ pub fn epoch_ops(ex: &Experiment) -> Vec<Vec<plan::Op>> {
     let steps = n.div_ceil(bs);
     (0..steps)
         .map(|s| {
-            let bt = Batch {
-                images: bs.min(n - s * bs),
-                draws: 1,
-                idx_off: s * bs,
-                seed: 1,
-                stream: s as u32 + 1,
-                row_base: 0,
-                out_off: s * bs,
-                slot: s,
-                mode: crate::cpu::LOSS_ELBO,
-            };
+            let bt = Batch::train_step(s, n, bs, 1, s as u32 + 1);
             plan::train_step_ops(
                 ex.layout.dims,
                 &o,

@@ -153,6 +153,26 @@ pub struct Batch {
     pub mode: u32,
 }
 
+impl Batch {
+    /// Training step `s` of an epoch over `n` images (the first `n` entries of the
+    /// index buffer) in batches of `bs`: images s·bs.. (fewer in the last batch), one
+    /// draw, ε keyed by (`seed`, `stream`), −ELBO per image to SampleLoss[s·bs..],
+    /// the batch sum to BatchLoss[s].
+    pub fn train_step(s: usize, n: usize, bs: usize, seed: u32, stream: u32) -> Batch {
+        Batch {
+            images: bs.min(n - s * bs),
+            draws: 1,
+            idx_off: s * bs,
+            seed,
+            stream,
+            row_base: 0,
+            out_off: s * bs,
+            slot: s,
+            mode: crate::cpu::LOSS_ELBO,
+        }
+    }
+}
+
 /// Forward pass and loss for one batch: gather, encoder, reparameterisation,
 /// decoder, BCE (+ its gradient when `train`), per-image loss.
 pub fn forward_ops(dims: Dims, o: &Offsets, bt: &Batch, train: bool) -> Vec<Op> {

@@ -320,17 +320,7 @@ impl Experiment {
         let steps = n.div_ceil(bs);
         for s in 0..steps {
             self.step += 1;
-            let bt = Batch {
-                images: bs.min(n - s * bs),
-                draws: 1,
-                idx_off: s * bs,
-                seed: self.cfg.seed as u32,
-                stream: self.step as u32,
-                row_base: 0,
-                out_off: s * bs,
-                slot: s,
-                mode: crate::cpu::LOSS_ELBO,
-            };
+            let bt = Batch::train_step(s, n, bs, self.cfg.seed as u32, self.step as u32);
             ops.extend(plan::train_step_ops(
                 self.layout.dims,
                 &o,

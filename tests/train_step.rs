@@ -39,17 +39,7 @@ fn three_training_steps_gpu_equal_cpu() {
         be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
         let mut grads = Vec::new();
         for s in 0..steps {
-            let bt = Batch {
-                images: b,
-                draws: 1,
-                idx_off: s * b,
-                seed: 9,
-                stream: s as u32 + 1,
-                row_base: 0,
-                out_off: s * b,
-                slot: s,
-                mode: vae_ood::cpu::LOSS_ELBO,
-            };
+            let bt = Batch::train_step(s, steps * b, b, 9, s as u32 + 1);
             be.run(&plan::train_step_ops(
                 dims,
                 &lay.offsets(),

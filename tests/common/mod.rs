@@ -216,17 +216,7 @@ pub fn train_steps_ops(dims: Dims, b: usize, steps: usize, seed: u32, t0: u64) -
     let lay = Layout::new(dims);
     (0..steps)
         .flat_map(|s| {
-            let bt = Batch {
-                images: b,
-                draws: 1,
-                idx_off: s * b,
-                seed,
-                stream: s as u32 + 1,
-                row_base: 0,
-                out_off: s * b,
-                slot: s,
-                mode: vae_ood::cpu::LOSS_ELBO,
-            };
+            let bt = Batch::train_step(s, steps * b, b, seed, s as u32 + 1);
             let o = lay.offsets();
             plan::train_step_ops(
                 dims,
