@@ -65,17 +65,22 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
 #[test]
 fn error_in_an_appended_file_names_that_file_and_line() {
     let Some(ctx) = context() else { return };
-    let kernel = "// kernel\n@compute @workgroup_size(64)\nfn main() { let y = helper(); }\n";
-    let helper = "// helper\nfn helper() -> u32 {\n    return 1.5;\n}\n";
-    let e = build_pipeline(
-        &ctx.device,
-        &ctx.uniform_layout,
-        &[("kernel.wgsl", kernel), ("helper.wgsl", helper)],
-        "main",
-        &[],
-    )
-    .expect_err("invalid WGSL must fail")
-    .to_string();
+    let error_of = |kernel: &str, helper: &str| {
+        build_pipeline(
+            &ctx.device,
+            &ctx.uniform_layout,
+            &[("kernel.wgsl", kernel), ("helper.wgsl", helper)],
+            "main",
+            &[],
+        )
+        .expect_err("invalid WGSL must fail")
+        .to_string()
+    };
+    // in the appended helper
+    let e = error_of(
+        "// kernel\n@compute @workgroup_size(64)\nfn main() { let y = helper(); }\n",
+        "// helper\nfn helper() -> u32 {\n    return 1.5;\n}\n",
+    );
     assert!(
         e.starts_with("shader helper.wgsl, entry point main:"),
         "{e}"
@@ -86,18 +91,10 @@ fn error_in_an_appended_file_names_that_file_and_line() {
     );
     assert_eq!(e.lines().count(), 1, "{e}");
     // and in the kernel's own file
-    let kernel =
-        "// kernel\n@compute @workgroup_size(64)\nfn main() { let y: u32 = helper() + 0.5; }\n";
-    let helper = "fn helper() -> u32 {\n    return 1u;\n}\n";
-    let e = build_pipeline(
-        &ctx.device,
-        &ctx.uniform_layout,
-        &[("kernel.wgsl", kernel), ("helper.wgsl", helper)],
-        "main",
-        &[],
-    )
-    .expect_err("invalid WGSL must fail")
-    .to_string();
+    let e = error_of(
+        "// kernel\n@compute @workgroup_size(64)\nfn main() { let y: u32 = helper() + 0.5; }\n",
+        "fn helper() -> u32 {\n    return 1u;\n}\n",
+    );
     assert!(
         e.starts_with("shader kernel.wgsl, entry point main:"),
         "{e}"
