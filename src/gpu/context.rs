@@ -159,7 +159,7 @@ pub struct GpuOptions {
 impl GpuOptions {
     /// `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`.
     pub fn from_env() -> GpuOptions {
-        let off = std::env::var(NO_SUBGROUPS_ENV).as_deref() == Ok("1");
+        let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
         }
@@ -191,7 +191,7 @@ impl FeatureUse {
         let (subgroups, subgroups_why) = match (opts.subgroups, offered) {
             (Subgroups::Off, true) => (
                 false,
-                if std::env::var(NO_SUBGROUPS_ENV).as_deref() == Ok("1") {
+                if crate::knobs::flag(NO_SUBGROUPS_ENV) {
                     format!("portable reductions: {NO_SUBGROUPS_ENV}=1")
                 } else {
                     "portable reductions: subgroups switched off".to_string()
