@@ -12,12 +12,15 @@ pub const CPU_UNFUSED: &str = "VAE_OOD_CPU_UNFUSED";
 pub const CPU_DENSE: &str = "VAE_OOD_CPU_DENSE";
 /// `1`: the portable workgroup reductions even where subgroups are offered.
 pub const NO_SUBGROUPS: &str = "VAE_OOD_NO_SUBGROUPS";
+/// `1`: shaders compiled as trusted modules, without wgpu's runtime checks (index
+/// clamps, loop-bounding counters, division guards, zeroed workgroup memory).
+pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 3] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS];
+const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_TRUSTED];
 
 /// Whether a flag is on: set to `1` (unset, empty or `0`: off).
 pub fn flag(name: &str) -> bool {

@@ -133,6 +133,118 @@ pub enum Op {
     Adam(AdamParams),
 }
 
+impl Op {
+    /// Every element the op's kernel may read or write lies inside its buffer, the
+    /// index entries it reads inside the `idx_len` of the index buffer, and its
+    /// divisors are non-zero. The GPU backend checks every op before recording it,
+    /// because its shaders are compiled without wgpu's runtime bounds checks (see
+    /// [`crate::gpu::build_pipeline`]); image numbers in the index buffer are checked
+    /// where they are written. The error names the op and the first range that does
+    /// not fit.
+    pub fn check(&self, s: &Sizes, idx_len: usize) -> Result<(), String> {
+        use crate::cpu::matmul::{MM_BIAS, MM_BIASGRAD, MM_MASK};
+        // `count` elements from element 0 must fit `buf` (counts in u64: no overflow)
+        let fits = |what: &str, buf: Buf, count: u64| -> Result<(), String> {
+            let len = buf.len(s) as u64;
+            if count > len {
+                return Err(format!(
+                    "{self:?}: {what} needs {count} elements of {buf:?}, which has {len}"
+                ));
+            }
+            Ok(())
+        };
+        let nonzero = |what: &str, v: u32| -> Result<(), String> {
+            if v == 0 {
+                return Err(format!("{self:?}: {what} is 0"));
+            }
+            Ok(())
+        };
+        let u = |v: u32| v as u64;
+        match *self {
+            Op::Gather(p) => {
+                let (rows, d) = (u(p.rows), u(p.d));
+                fits("x", Buf::X, rows * d)?;
+                if rows > 0 && u(p.idx_off) + rows > idx_len as u64 {
+                    return Err(format!(
+                        "{self:?}: index entries {}..{} past the {idx_len} of the index buffer",
+                        p.idx_off,
+                        u(p.idx_off) + rows
+                    ));
+                }
+                // image numbers are checked against the store for `dims.d` pixels each
+                if d > s.dims.d as u64 {
+                    return Err(format!(
+                        "{self:?}: {d} pixels per image, the store has {}",
+                        s.dims.d
+                    ));
+                }
+            }
+            Op::Matmul { a, b, e, c, p } => {
+                let (m, n, k) = (u(p.m), u(p.n), u(p.k));
+                if m > 0 && n > 0 {
+                    // one past the last element touched: off + (rows−1)·stride + (cols−1)·stride + 1
+                    let last = |off: u32, i: u64, si: u32, j: u64, sj: u32| {
+                        u(off) + (i - 1) * u(si) + (j - 1) * u(sj) + 1
+                    };
+                    if k > 0 {
+                        fits("A", a, last(p.a_off, m, p.a_si, k, p.a_sp))?;
+                        fits("B", b, last(p.b_off, k, p.b_sp, n, p.b_sj))?;
+                    }
+                    fits("C", c, last(p.c_off, m, p.c_si, n, 1))?;
+                    if p.flags & MM_BIAS != 0 {
+                        fits("the bias", e, u(p.e_off) + n)?;
+                    }
+                    if p.flags & MM_MASK != 0 {
+                        fits("the mask", e, last(p.e_off, m, p.e_si, n, 1))?;
+                    }
+                    if p.flags & MM_BIASGRAD != 0 {
+                        fits("the bias gradient", c, u(p.e_off) + m)?;
+                    }
+                }
+            }
+            Op::ReparamForward(p) | Op::ReparamBackward(p) => {
+                let (b, l, k) = (u(p.images), u(p.l), u(p.draws));
+                fits("the head", Buf::Head, b * 2 * l)?;
+                fits("ε", Buf::Eps, b * k * l)?;
+                if let Op::ReparamForward(_) = self {
+                    fits("z", Buf::Z, b * k * l)?;
+                    fits("the KL", Buf::Kl, b)?;
+                    fits("log p − log q", Buf::LogPq, b * k)?;
+                } else {
+                    fits("dz", Buf::Dz, b * k * l)?;
+                    fits("the head gradient", Buf::Dhead, b * 2 * l)?;
+                }
+            }
+            Op::Bce(p) => {
+                let (rows, d) = (u(p.rows), u(p.d));
+                if rows > 0 {
+                    nonzero("draws", p.draws)?;
+                    fits("the logits", Buf::Logits, rows * d)?;
+                    fits("x", Buf::X, rows.div_ceil(u(p.draws)) * d)?;
+                    fits("the BCE", Buf::Bce, rows)?;
+                }
+            }
+            Op::Loss(p) => {
+                let (b, k) = (u(p.images), u(p.draws));
+                if b > 0 {
+                    nonzero("draws", p.draws)?;
+                }
+                fits("the BCE", Buf::Bce, b * k)?;
+                fits("log p − log q", Buf::LogPq, b * k)?;
+                fits("the KL", Buf::Kl, b)?;
+                fits("per-image losses", Buf::SampleLoss, u(p.out_off) + b)?;
+                fits("the batch sum", Buf::BatchLoss, u(p.slot) + 1)?;
+            }
+            Op::Adam(p) => {
+                for buf in [Buf::Params, Buf::Grads, Buf::AdamM, Buf::AdamV] {
+                    fits("Adam", buf, u(p.n))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where a batch's images come from and where its losses go.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Batch {
@@ -361,5 +473,103 @@ mod tests {
         );
         assert_eq!(ops.len(), TRAIN_STEP_OP_NAMES.len());
         assert!(matches!(ops[0], Op::Gather(_)) && matches!(ops[16], Op::Adam(_)));
+    }
+
+    /// Sizes that hold exactly one batch of `b` images with `k` draws.
+    fn exact_sizes(dims: Dims, params: usize, b: usize, k: usize) -> Sizes {
+        Sizes {
+            dims,
+            params,
+            max_images: b,
+            max_rows: b * k,
+            sample_slots: b,
+            batch_slots: 1,
+        }
+    }
+
+    /// The ops vae-ood builds fit buffers sized exactly for them; one element
+    /// fewer anywhere, or a shifted offset, is an error naming the op.
+    #[test]
+    fn op_check_accepts_exact_fits_and_rejects_overruns() {
+        let dims = Dims { d: 53, h: 37, l: 3 };
+        let lay = Layout::new(dims);
+        let (b, k) = (19, 4);
+        let score = Batch {
+            images: b,
+            draws: k,
+            idx_off: 0,
+            seed: 0,
+            stream: 0,
+            row_base: 0,
+            out_off: 0,
+            slot: 0,
+            mode: crate::cpu::LOSS_IWAE,
+        };
+        let train = train_step_ops(
+            dims,
+            &lay.offsets(),
+            &Batch::train_step(0, b, b, 0, 0),
+            lay.total,
+            &AdamConfig::default(),
+            1,
+        );
+        let scoring = forward_ops(dims, &lay.offsets(), &score, false);
+        for (ops, k) in [(&train, 1), (&scoring, k)] {
+            let exact = exact_sizes(dims, lay.total, b, k);
+            // every op fits, and fails when its buffers lose one image, one decoder
+            // row or one parameter
+            let short = [
+                exact_sizes(dims, lay.total - 1, b, k),
+                exact_sizes(dims, lay.total, b - 1, k),
+                Sizes {
+                    max_rows: b * k - 1,
+                    ..exact
+                },
+            ];
+            for op in ops {
+                op.check(&exact, b).unwrap();
+                assert!(
+                    short.iter().any(|s| op.check(s, b).is_err()),
+                    "{op:?} passed every short size"
+                );
+            }
+        }
+        let (ops, exact) = (train, exact_sizes(dims, lay.total, b, 1));
+        // offsets past the end
+        let Op::Matmul {
+            a,
+            b: bb,
+            e,
+            c,
+            mut p,
+        } = ops[1]
+        else {
+            panic!("op 1 is fc1")
+        };
+        p.c_off += 1;
+        let e1 = Op::Matmul { a, b: bb, e, c, p }
+            .check(&exact, b)
+            .unwrap_err();
+        assert!(e1.contains("C needs") && e1.contains("H1"), "{e1}");
+        let Op::Gather(mut g) = ops[0] else {
+            panic!("op 0 is the gather")
+        };
+        g.idx_off = 1;
+        let e2 = Op::Gather(g).check(&exact, b).unwrap_err();
+        assert!(e2.contains("index entries 1..20"), "{e2}");
+        let Op::Loss(mut l) = ops[7] else {
+            panic!("op 7 is the loss")
+        };
+        l.slot = 1;
+        assert!(Op::Loss(l)
+            .check(&exact, b)
+            .unwrap_err()
+            .contains("BatchLoss"));
+        l.slot = 0;
+        l.draws = 0;
+        assert!(Op::Loss(l)
+            .check(&exact, b)
+            .unwrap_err()
+            .contains("draws is 0"));
     }
 }

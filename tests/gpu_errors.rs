@@ -29,6 +29,7 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
         &[("broken.wgsl", bad)],
         "broken",
         &[],
+        false,
     )
     .expect_err("invalid WGSL must fail")
     .to_string();
@@ -45,6 +46,7 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
         &[("good.wgsl", good)],
         "missing",
         &[],
+        false,
     )
     .expect_err("a missing entry point must fail")
     .to_string();
@@ -56,6 +58,7 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
         &[("good.wgsl", good)],
         "main",
         &[],
+        false,
     )
     .unwrap();
 }
@@ -72,6 +75,7 @@ fn error_in_an_appended_file_names_that_file_and_line() {
             &[("kernel.wgsl", kernel), ("helper.wgsl", helper)],
             "main",
             &[],
+            false,
         )
         .expect_err("invalid WGSL must fail")
         .to_string()

@@ -748,7 +748,8 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
                 &Case {
                     name: &format!("bce_logits d={d} rows={rows}"),
                     store: vec![],
-                    idx: vec![0],
+                    // no gather: the store holds no image to index
+                    idx: vec![],
                     inputs: vec![(Buf::Logits, logits), (Buf::X, x)],
                     // terms in [0, 8.0004]; the CPU sums in 8 sequential partial sums,
                     // the GPU in a tree or by subgroups: rows of d = 1031 sum to ~2600,
@@ -779,7 +780,8 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
             &Case {
                 name: &format!("loss_reduce images={images} draws={draws} mode={mode}"),
                 store: vec![],
-                idx: vec![0],
+                // no gather: the store holds no image to index
+                idx: vec![],
                 inputs: vec![
                     (
                         Buf::Bce,

@@ -396,11 +396,15 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// ones, each its own compute pass) so that the GPU starts while the host still
 /// encodes; the results must not depend on where the run is cut: three training
 /// steps and a scoring batch, cut every 5 ops (then 10, 20, 40), against one
-/// submission.
+/// submission. Nor on wgpu's runtime checks: as trusted modules
+/// (`VAE_OOD_GPU_TRUSTED=1`: no index clamps, loop counters, division guards or
+/// zeroed workgroup memory) the shaders give the same bits as with the checks —
+/// which they must, since a check that changed a value would mean an access out
+/// of bounds.
 #[test]
-fn gpu_results_do_not_depend_on_how_a_run_is_submitted() {
+fn gpu_results_do_not_depend_on_how_a_run_is_submitted_or_trusted() {
     use vae_ood::backend::Backend;
-    use vae_ood::gpu::GpuBackend;
+    use vae_ood::gpu::{GpuBackend, GpuOptions, Subgroups};
     // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
@@ -433,9 +437,14 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted() {
         mode: vae_ood::cpu::LOSS_IWAE,
     };
     ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
-    let run = |chunk: usize| {
+    let run = |chunk: usize, trusted: bool| {
         let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
-        let mut be = GpuBackend::new(a, &store, idx.len(), sizes).unwrap();
+        let opts = GpuOptions {
+            subgroups: Subgroups::Auto,
+            trusted,
+        };
+        let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts).unwrap();
+        assert_eq!(be.describe().contains("trusted shaders"), trusted);
         be.set_submit_chunk(chunk);
         be.write_idx(0, &idx).unwrap();
         be.write(Buf::Params, 0, &params).unwrap();
@@ -451,7 +460,7 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let (whole, cut) = (run(0), run(5));
+    let (whole, cut, trusted) = (run(0, false), run(5, false), run(0, true));
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(
         bits(&cut.0),
@@ -459,5 +468,15 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted() {
         "parameters after {steps} steps"
     );
     assert_eq!(bits(&cut.1), bits(&whole.1), "per-image losses");
+    assert_eq!(
+        bits(&trusted.0),
+        bits(&whole.0),
+        "parameters, trusted shaders"
+    );
+    assert_eq!(
+        bits(&trusted.1),
+        bits(&whole.1),
+        "per-image losses, trusted shaders"
+    );
     assert_ne!(whole.0, params, "parameters must have moved");
 }

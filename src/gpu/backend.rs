@@ -41,6 +41,10 @@ pub struct GpuBackend {
     timing: Option<Timing>,
     /// ops in a run's first submission (0: the whole run in one); see [`Self::record`]
     submit_chunk: usize,
+    /// whole images in the store: the bound on every image number in `idx`
+    images: usize,
+    /// entries of `idx`
+    idx_len: usize,
 }
 
 /// A query set of `len` timestamps, the buffer it resolves into and a mappable copy.
@@ -252,6 +256,8 @@ impl GpuBackend {
             bind_groups: Vec::new(),
             timing: None,
             submit_chunk: submit_chunk_from_env(),
+            images: store.len() / sizes.dims.d.max(1),
+            idx_len,
         };
         me.ctx.check("buffer creation")?;
         Ok(me)
@@ -366,6 +372,12 @@ impl GpuBackend {
         if ops.is_empty() {
             return Ok(());
         }
+        // clear errors for bad plans, and what makes trusted shaders sound (see
+        // build_pipeline)
+        for op in ops {
+            op.check(&self.sizes, self.idx_len)
+                .map_err(|e| anyhow!("op not run on the GPU: {e}"))?;
+        }
         if ops.len() > self.slots {
             let slots = ops.len().next_power_of_two();
             let (u, bg) = Self::make_uniforms(&self.ctx, slots, self.stride);
@@ -466,10 +478,15 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{})",
+            "gpu: {} ({:?}, {}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
+            if self.ctx.options.trusted {
+                ", trusted shaders"
+            } else {
+                ""
+            },
             if self.submit_chunk == 0 {
                 ", one submission per run"
             } else {
@@ -501,9 +518,13 @@ impl Backend for GpuBackend {
 
     fn write_idx(&mut self, offset: usize, idx: &[u32]) -> Result<()> {
         ensure!(
-            (offset + idx.len()) as u64 * 4 <= self.idx.size(),
+            offset + idx.len() <= self.idx_len,
             "write past the end of the index buffer"
         );
+        // the gather reads image idx[r] unchecked on the GPU (see build_pipeline)
+        if let Some(&bad) = idx.iter().find(|&&i| i as usize >= self.images) {
+            anyhow::bail!("image {bad} in the index: the store holds {}", self.images);
+        }
         if !idx.is_empty() {
             self.ctx
                 .queue

@@ -154,14 +154,19 @@ pub enum Subgroups {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuOptions {
     pub subgroups: Subgroups,
+    /// compile the shaders as trusted modules, without wgpu's runtime checks (see
+    /// [`build_pipeline`]); false (wgpu's checks) is the default
+    pub trusted: bool,
 }
 
 impl GpuOptions {
-    /// `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`.
+    /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; trusted shaders
+    /// when `VAE_OOD_GPU_TRUSTED=1`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
+            trusted: crate::knobs::flag(crate::knobs::GPU_TRUSTED),
         }
     }
 }
@@ -329,20 +334,48 @@ pub const UNIFORM_BYTES: u64 = 64;
 /// buffers at `bindings` (number, read-only?) and group 1 the op-parameter uniform.
 /// Validation errors come back as one error naming the entry point and the file
 /// (and its line) where naga finds the fault.
+///
+/// Without `trusted` (the default), the module gets wgpu's runtime checks. With it
+/// (`VAE_OOD_GPU_TRUSTED=1`, a benchmark variant), it is a trusted module: naga adds
+/// no index clamps, no loop-bounding counters and no zero-divisor guards, and
+/// workgroup memory is not zeroed at start — costs that sit in the innermost loop
+/// of the matmul (a clamp per workgroup-memory read, a counter per iteration that
+/// may also hinder unrolling). On lavapipe they cost nothing measurable
+/// (`examples/shader_checks.rs`); whether they do on a hardware GPU is for
+/// `bench/gpu.sh` to say. Trusting is sound for the shaders in `shaders/` because:
+/// - every workgroup-memory index is in range by construction (matmul tiles:
+///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256);
+/// - every storage access is guarded by the op's sizes, which the backend checks
+///   against the buffer lengths before recording ([`crate::plan::Op::check`]),
+///   and image numbers in the index are checked where they are written;
+///   Vulkan's robust buffer access (on every adapter vae-ood has met) bounds the
+///   rest, and with it wgpu adds no storage clamps even for checked modules;
+/// - every loop advances a counter towards a bound from the op's sizes;
+/// - every integer divisor is a size that the guard before it makes non-zero;
+/// - workgroup memory is written before it is read (behind a barrier).
+/// Trusted and checked modules give the same bits (tested).
 pub fn build_pipeline(
     device: &wgpu::Device,
     uniform_layout: &wgpu::BindGroupLayout,
     parts: &[(&str, &str)],
     entry: &str,
     bindings: &[(u32, bool)],
+    trusted: bool,
 ) -> Result<(wgpu::BindGroupLayout, wgpu::ComputePipeline)> {
     let src = Assembled::new(parts);
     let label = src.label();
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some(&label),
         source: wgpu::ShaderSource::Wgsl(src.text.as_str().into()),
-    });
+    };
+    let module = if trusted {
+        // SAFETY: see the list above: the shaders stay in bounds, terminate, never
+        // divide by zero and never read workgroup memory they did not write.
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    } else {
+        device.create_shader_module(desc)
+    };
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
         .iter()
         .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
@@ -370,7 +403,10 @@ pub fn build_pipeline(
         layout: Some(&pl),
         module: &module,
         entry_point: Some(entry),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            zero_initialize_workgroup_memory: !trusted,
+            ..Default::default()
+        },
         cache: None,
     });
     if let Some(e) = pollster::block_on(scope.pop()) {
@@ -412,6 +448,8 @@ pub struct GpuContext {
     pub pipelines: Vec<wgpu::ComputePipeline>,
     /// the optional features in use (subgroup reductions, timestamps)
     pub features: FeatureUse,
+    /// the options it was opened with
+    pub options: GpuOptions,
     /// first uncaptured wgpu error (validation, out of memory), reported by `check`
     errors: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -502,6 +540,7 @@ impl GpuContext {
                             &k.parts(reduce),
                             k.entry(),
                             k.bindings(),
+                            opts.trusted,
                         )
                     })
                 })
@@ -536,6 +575,7 @@ impl GpuContext {
             uniform_layout,
             pipelines,
             features,
+            options: opts,
             errors,
             lost,
         })

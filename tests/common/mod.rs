@@ -61,8 +61,17 @@ pub fn gpu_variant(
             Subgroups::Require
         }
     };
-    let be = GpuBackend::with_options(a, store, idx_len, sizes, GpuOptions { subgroups })
-        .expect("GPU backend");
+    let be = GpuBackend::with_options(
+        a,
+        store,
+        idx_len,
+        sizes,
+        GpuOptions {
+            subgroups,
+            trusted: false,
+        },
+    )
+    .expect("GPU backend");
     let want = match r {
         Reduce::Portable => "portable reductions",
         Reduce::Subgroup => "subgroup reductions",

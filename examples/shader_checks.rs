@@ -1,0 +1,90 @@
+//! What wgpu's runtime shader checks cost: one MNIST training step (batch 128, the
+//! reference model) on the GPU backend with checked shader modules (the default:
+//! index clamps, loop-bounding counters, division guards, zeroed workgroup memory)
+//! and with trusted ones (`VAE_OOD_GPU_TRUSTED=1`), alternating, on whatever adapter
+//! wgpu picks. A kernel experiment, not part of the training path; on lavapipe a
+//! step takes about half a second.
+//!
+//!   cargo run --release --example shader_checks [rounds]
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+use vae_ood::backend::Backend;
+use vae_ood::gpu::{self, GpuBackend, GpuOptions, Subgroups};
+use vae_ood::model::{Dims, Layout};
+use vae_ood::plan::{self, AdamConfig, Batch, Buf, Sizes};
+
+fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let dims = Dims::MNIST;
+    let lay = Layout::new(dims);
+    let b = 128;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    // MNIST-like bytes: ~19 % of pixels lit
+    let store: Vec<u8> = (0..b * dims.d)
+        .map(|_| {
+            if rng.random::<f32>() < 0.19 {
+                rng.random()
+            } else {
+                0
+            }
+        })
+        .collect();
+    let idx: Vec<u32> = (0..b as u32).collect();
+    let sizes = Sizes {
+        dims,
+        params: lay.total,
+        max_images: b,
+        max_rows: b,
+        sample_slots: b,
+        batch_slots: 1,
+    };
+    let ops = plan::train_step_ops(
+        dims,
+        &lay.offsets(),
+        &Batch::train_step(0, b, b, 1, 0),
+        lay.total,
+        &AdamConfig::default(),
+        1,
+    );
+    let mut backends = Vec::new();
+    for trusted in [false, true] {
+        let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
+        let opts = GpuOptions {
+            subgroups: Subgroups::Auto,
+            trusted,
+        };
+        let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
+        be.write_idx(0, &idx)?;
+        be.write(Buf::Params, 0, &lay.init(1))?;
+        be.write(Buf::AdamM, 0, &vec![0.0; lay.total])?;
+        be.write(Buf::AdamV, 0, &vec![0.0; lay.total])?;
+        be.run(&ops)?; // warm
+        be.read(Buf::BatchLoss, 0..1)?;
+        println!("{}", be.describe());
+        backends.push((if trusted { "trusted" } else { "checked" }, be));
+    }
+    let mut ms = vec![Vec::new(); backends.len()];
+    for _ in 0..rounds {
+        for (i, (_, be)) in backends.iter_mut().enumerate() {
+            let t = Instant::now();
+            be.run(&ops)?;
+            be.read(Buf::BatchLoss, 0..1)?; // waits for the step
+            ms[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    for ((name, _), v) in backends.iter().zip(&ms) {
+        let mut s = v.clone();
+        s.sort_by(f64::total_cmp);
+        println!(
+            "{name}: one training step {:.2} ms median of {rounds} (min {:.2}, max {:.2})",
+            s[s.len() / 2],
+            s[0],
+            s[s.len() - 1]
+        );
+    }
+    Ok(())
+}
