@@ -29,14 +29,22 @@ for v in eager fused graph; do
   $PY bench/torch_baseline.py --device cuda --variant "$v" --epochs "$EPOCHS" --warmup "$WARMUP" --json \
     | tail -n 1 | tee "$OUTDIR/torch_cuda_$v.json" || echo "{}" > "$OUTDIR/torch_cuda_$v.json"
 done
-# ablations, same call: the portable workgroup-memory reductions instead of subgroup operations;
-# each epoch in one submission instead of pieces recorded while the GPU runs the previous ones
-VAE_OOD_NO_SUBGROUPS=1 "$BIN" bench --device gpu --epochs "$EPOCHS" --warmup "$WARMUP" --breakdown off --json \
-  | tail -n 1 > "$OUTDIR/vae_gpu_portable.json"
-VAE_OOD_GPU_CHUNK=0 "$BIN" bench --device gpu --epochs "$EPOCHS" --warmup "$WARMUP" --breakdown off --json \
-  | tail -n 1 > "$OUTDIR/vae_gpu_one_submit.json"
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR/vae_gpu_portable.json" \
-  "$OUTDIR/vae_gpu_one_submit.json" | tee "$OUTDIR/table.md"
+# variants, same call (each backend line says what differs):
+#   portable   the workgroup-memory reductions instead of subgroup operations
+#   one_submit each epoch in one submission instead of pieces recorded while the GPU runs
+#   no_pairs   a layer's input and weight gradients as two dispatches instead of one pair
+#   trusted    shaders without wgpu's runtime checks (index clamps, loop counters, …)
+variant() { # name, then VAR=value ...
+  local name=$1; shift
+  env "$@" "$BIN" bench --device gpu --epochs "$EPOCHS" --warmup "$WARMUP" --breakdown off --json \
+    | tail -n 1 > "$OUTDIR/vae_gpu_$name.json" || echo "{}" > "$OUTDIR/vae_gpu_$name.json"
+}
+variant portable VAE_OOD_NO_SUBGROUPS=1
+variant one_submit VAE_OOD_GPU_CHUNK=0
+variant no_pairs VAE_OOD_GPU_NO_PAIRS=1
+variant trusted VAE_OOD_GPU_TRUSTED=1
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,trusted}.json \
+  | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"
 start=$(date +%s%N)

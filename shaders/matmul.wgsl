@@ -12,7 +12,15 @@
 // workgroups would each walk a long K), workgroup z sums only its share of K and
 // writes raw partial sums to `partial` (splits, m, n); matmul_reduce then adds the
 // shares and applies the epilogue (dispatch ceil(m*n/256)).
-
+//
+// matmul_pair: two independent products in one dispatch — a layer's input gradient
+// (problem 0, pp[0], as matmul: B from b, mask from e, C into c or split into
+// partial) and its weight gradient (problem 1, pp[1]: the same A, B read from e,
+// C and bias gradient into c2, never split). Workgroups 0 .. G0 − 1 (G0 = tiles ×
+// splits of problem 0) take problem 0, the rest problem 1; linear workgroup id
+// wg.x + wg.y · nwg.x, dispatch groups_1d(G0 + G1). One dispatch and one barrier
+// instead of two, and the two products run side by side. Its CPU twin is the two
+// cpu::matmul calls.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_si: u32, a_sp: u32,
@@ -28,24 +36,57 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(5) var<storage, read> partial_in: array<f32>;
-@group(1) @binding(0) var<uniform> p: Params;
+@group(0) @binding(6) var<storage, read_write> c2: array<f32>;
+// pp[0]: the product (problem 0 of a pair); pp[1]: problem 1 of a pair
+@group(1) @binding(0) var<uniform> pp: array<Params, 2>;
 
 const TILE: u32 = 32u;
 const PAD: u32 = 33u; // row stride in workgroup memory: avoids bank conflicts on transposed stores
 var<workgroup> ta: array<f32, 1056>; // [i][kk], stride PAD
 var<workgroup> tb: array<f32, 1056>; // [kk][j], stride PAD
 
-fn split_len() -> u32 {
+fn split_len(p: Params) -> u32 {
     let s = max(p.splits, 1u);
     return ((p.k + s - 1u) / s + TILE - 1u) / TILE * TILE;
 }
 
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile(0u, wg, lid);
+}
+
+// workgroups of problem q: (x, y, z) = (ceil(n/32), ceil(m/32), max(splits, 1))
+fn grid(q: u32) -> vec3<u32> {
+    let p = pp[q];
+    return vec3<u32>((p.n + TILE - 1u) / TILE, (p.m + TILE - 1u) / TILE, max(p.splits, 1u));
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    var w = wg.x + wg.y * nwg.x;
+    var q = 0u;
+    var g = grid(0u);
+    if (w >= g.x * g.y * g.z) {
+        w -= g.x * g.y * g.z;
+        q = 1u;
+        g = grid(1u);
+        if (w >= g.x * g.y * g.z) {
+            return; // past the last tile (groups_1d rounds up)
+        }
+    }
+    // every index below is < the grid (g.x, g.y ≥ 1 whenever a workgroup gets here)
+    tile(q, vec3<u32>(w % g.x, (w / g.x) % g.y, w / (g.x * g.y)), lid);
+}
+
+// One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
+// uniform over the workgroup.
+fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
+    let p = pp[q];
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
     let t = lid.y * 16u + lid.x;
-    let kc = split_len();
+    let kc = split_len(p);
     let k_begin = wg.z * kc;
     let k_end = min(p.k, k_begin + kc);
     let a_t = p.a_si == 1u && p.a_sp != 1u; // A stored transposed: walk i fastest
@@ -57,8 +98,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     var rs0 = 0.0; // row sums of A (flag 8)
     var rs1 = 0.0;
     for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
-        for (var q = 0u; q < 4u; q++) {
-            let idx = t + q * 256u;
+        for (var r = 0u; r < 4u; r++) {
+            let idx = t + r * 256u;
             let fast = idx % TILE;
             let slow = idx / TILE;
             // A tile element (ii, kk)
@@ -82,7 +123,12 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             }
             var vb = 0.0;
             if (k0 + kb < k_end && col0 + jj < p.n) {
-                vb = b[p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj];
+                let at = p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj;
+                if (q == 0u) {
+                    vb = b[at];
+                } else {
+                    vb = e[at];
+                }
             }
             tb[kb * PAD + jj] = vb;
         }
@@ -107,27 +153,36 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     let j0 = col0 + lid.x * 2u;
     if (p.splits > 1u) {
         let base = wg.z * p.m * p.n;
-        store_partial(base, i0, j0, acc00);
-        store_partial(base, i0, j0 + 1u, acc01);
-        store_partial(base, i0 + 1u, j0, acc10);
-        store_partial(base, i0 + 1u, j0 + 1u, acc11);
+        store_partial(p, base, i0, j0, acc00);
+        store_partial(p, base, i0, j0 + 1u, acc01);
+        store_partial(p, base, i0 + 1u, j0, acc10);
+        store_partial(p, base, i0 + 1u, j0 + 1u, acc11);
         return;
     }
-    store(i0, j0, acc00);
-    store(i0, j0 + 1u, acc01);
-    store(i0 + 1u, j0, acc10);
-    store(i0 + 1u, j0 + 1u, acc11);
+    store(q, p, i0, j0, acc00);
+    store(q, p, i0, j0 + 1u, acc01);
+    store(q, p, i0 + 1u, j0, acc10);
+    store(q, p, i0 + 1u, j0 + 1u, acc11);
     if ((p.flags & 8u) != 0u && wg.x == 0u && lid.x == 0u) {
         if (i0 < p.m) {
-            c[p.e_off + i0] = rs0;
+            put(q, p.e_off + i0, rs0);
         }
         if (i0 + 1u < p.m) {
-            c[p.e_off + i0 + 1u] = rs1;
+            put(q, p.e_off + i0 + 1u, rs1);
         }
     }
 }
 
-fn store_partial(base: u32, i: u32, j: u32, v: f32) {
+// C of problem q: c, or c2 for problem 1 of a pair
+fn put(q: u32, at: u32, v: f32) {
+    if (q == 0u) {
+        c[at] = v;
+    } else {
+        c2[at] = v;
+    }
+}
+
+fn store_partial(p: Params, base: u32, i: u32, j: u32, v: f32) {
     if (i < p.m && j < p.n) {
         partial[base + i * p.n + j] = v;
     }
@@ -135,6 +190,7 @@ fn store_partial(base: u32, i: u32, j: u32, v: f32) {
 
 @compute @workgroup_size(256)
 fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = pp[0];
     let t = gid.x + gid.y * nwg.x * 256u;
     if (t >= p.m * p.n) {
         return;
@@ -143,10 +199,10 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     for (var s = 0u; s < p.splits; s++) {
         v += partial_in[s * p.m * p.n + t];
     }
-    store(t / p.n, t % p.n, v);
+    store(0u, p, t / p.n, t % p.n, v);
 }
 
-fn store(i: u32, j: u32, v_in: f32) {
+fn store(q: u32, p: Params, i: u32, j: u32, v_in: f32) {
     if (i >= p.m || j >= p.n) {
         return;
     }
@@ -162,5 +218,5 @@ fn store(i: u32, j: u32, v_in: f32) {
             v = 0.0;
         }
     }
-    c[p.c_off + i * p.c_si + j] = v;
+    put(q, p.c_off + i * p.c_si + j, v);
 }

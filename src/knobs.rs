@@ -15,12 +15,20 @@ pub const NO_SUBGROUPS: &str = "VAE_OOD_NO_SUBGROUPS";
 /// `1`: shaders compiled as trusted modules, without wgpu's runtime checks (index
 /// clamps, loop-bounding counters, division guards, zeroed workgroup memory).
 pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
+/// `1`: a layer's input and weight gradients as two dispatches, not one pair.
+pub const GPU_NO_PAIRS: &str = "VAE_OOD_GPU_NO_PAIRS";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_TRUSTED];
+const FLAGS: [&str; 5] = [
+    CPU_UNFUSED,
+    CPU_DENSE,
+    NO_SUBGROUPS,
+    GPU_TRUSTED,
+    GPU_NO_PAIRS,
+];
 
 /// Whether a flag is on: set to `1` (unset, empty or `0`: off).
 pub fn flag(name: &str) -> bool {

@@ -297,6 +297,117 @@ fn matmul_split_k_for_skinny_products() {
     });
 }
 
+/// A layer's input gradient and weight gradient (same A = dY) run as one
+/// `matmul_pair` dispatch on the GPU: against the CPU, which runs them one after
+/// the other, with the input gradient split over K (then a reduce) and not, and
+/// against the GPU running them as two dispatches.
+#[test]
+fn matmul_pair_input_and_weight_gradients() {
+    use vae_ood::gpu::{self, GpuBackend};
+    let mut rng = fresh_rng("matmul_pair_input_and_weight_gradients");
+    // (rows m, layer input k, layer output n): dX (m, k) = dY (m, n) · W (n, k),
+    // masked by the layer input X (m, k) > 0; dW (n, k) = dYᵀ · X, db = Σ_rows dY
+    for (m, k, n) in [(37usize, 20usize, 400usize), (37, 53, 101)] {
+        let (w_off, gw_off, gb_off) = (100, 9000, 18_500);
+        let dx = MatmulParams::linear_backward_input(m, k, n, w_off, true);
+        let dw = MatmulParams::linear_backward_weight(m, k, n, gw_off, gb_off);
+        let ops = [
+            Op::Matmul {
+                a: Buf::Logits,
+                b: Buf::Params,
+                e: Buf::X,
+                c: Buf::H3,
+                p: dx,
+            },
+            Op::Matmul {
+                a: Buf::Logits,
+                b: Buf::X,
+                e: Buf::Params,
+                c: Buf::Grads,
+                p: dw,
+            },
+        ];
+        let split = choose_splits(&dx);
+        assert_eq!(split > 1, n == 400, "split-K in the first case only");
+        let dy = uniform(&mut rng, m * n, -1.0, 1.0);
+        // a third of the mask zero
+        let x = uniform(&mut rng, m * k, -0.5, 1.0);
+        let w = uniform(&mut rng, SIZES.params, -1.0, 1.0);
+        let run = |be: &mut dyn Backend| {
+            be.write(Buf::Logits, 0, &dy).unwrap();
+            be.write(Buf::X, 0, &x).unwrap();
+            be.write(Buf::Params, 0, &w).unwrap();
+            be.write(Buf::H3, 0, &vec![f32::NAN; Buf::H3.len(&SIZES)])
+                .unwrap();
+            be.write(Buf::Grads, 0, &vec![f32::NAN; SIZES.params])
+                .unwrap();
+            be.run(&ops).unwrap();
+            (
+                be.read(Buf::H3, 0..Buf::H3.len(&SIZES)).unwrap(),
+                be.read(Buf::Grads, 0..SIZES.params).unwrap(),
+            )
+        };
+        let (cpu_dx, cpu_g) = run(&mut *cpu_backend(&[0; 4], 1, SIZES));
+        let Some(adapter) = gpu::select_adapter().unwrap() else {
+            // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
+            assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+            return;
+        };
+        let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
+        let mut results = Vec::new();
+        for pairs in [true, false] {
+            gpu.set_pairs(pairs);
+            let want = if pairs { 1 } else { 2 } + (split > 1) as usize;
+            assert_eq!(gpu.dispatches(&ops), want, "pairs {pairs}, split {split}");
+            results.push(run(&mut gpu));
+        }
+        let dx_region = 0..m * k;
+        let g_regions = [gw_off..gw_off + n * k, gb_off..gb_off + n];
+        for (i, v) in cpu_dx.iter().enumerate() {
+            assert_eq!(v.is_nan(), !dx_region.contains(&i), "CPU dX[{i}]");
+        }
+        for (i, v) in cpu_g.iter().enumerate() {
+            let inside = g_regions.iter().any(|r| r.contains(&i));
+            assert_eq!(v.is_nan(), !inside, "CPU grads[{i}]");
+        }
+        // K up to 400 of O(1) terms: as the split-K test, 1e-3 + 1e-4 relative
+        for (res, how) in results.iter().zip(["one pair dispatch", "two dispatches"]) {
+            let what = format!("{m}×{k}×{n}, {how}");
+            for (i, v) in res.0.iter().enumerate() {
+                assert_eq!(v.is_nan(), !dx_region.contains(&i), "{what}: dX[{i}]");
+            }
+            for (i, v) in res.1.iter().enumerate() {
+                let inside = g_regions.iter().any(|r| r.contains(&i));
+                assert_eq!(v.is_nan(), !inside, "{what}: grads[{i}]");
+            }
+            assert_close(
+                &format!("{what}: dX"),
+                &res.0[dx_region.clone()],
+                &cpu_dx[dx_region.clone()],
+                1e-3,
+                1e-4,
+            );
+            for r in &g_regions {
+                assert_close(
+                    &format!("{what}: dW, db"),
+                    &res.1[r.clone()],
+                    &cpu_g[r.clone()],
+                    1e-3,
+                    1e-4,
+                );
+            }
+        }
+        // the same tiles in the same order either way: the same bits
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&results[0].0), bits(&results[1].0), "dX, pair vs two");
+        assert_eq!(
+            bits(&results[0].1),
+            bits(&results[1].1),
+            "grads, pair vs two"
+        );
+    }
+}
+
 #[test]
 fn matmul_single_element_and_long_k() {
     let mut rng = fresh_rng("matmul_single_element_and_long_k");

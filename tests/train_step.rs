@@ -400,9 +400,10 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// (`VAE_OOD_GPU_TRUSTED=1`: no index clamps, loop counters, division guards or
 /// zeroed workgroup memory) the shaders give the same bits as with the checks —
 /// which they must, since a check that changed a value would mean an access out
-/// of bounds.
+/// of bounds. Nor on whether a layer's input and weight gradients run as one
+/// pair dispatch (three per step) or as two (`VAE_OOD_GPU_NO_PAIRS=1`).
 #[test]
-fn gpu_results_do_not_depend_on_how_a_run_is_submitted_or_trusted() {
+fn gpu_results_do_not_depend_on_submission_checks_or_pairs() {
     use vae_ood::backend::Backend;
     use vae_ood::gpu::{GpuBackend, GpuOptions, Subgroups};
     // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
@@ -437,7 +438,7 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted_or_trusted() {
         mode: vae_ood::cpu::LOSS_IWAE,
     };
     ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
-    let run = |chunk: usize, trusted: bool| {
+    let run = |chunk: usize, trusted: bool, pairs: bool| {
         let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
@@ -446,6 +447,11 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted_or_trusted() {
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts).unwrap();
         assert_eq!(be.describe().contains("trusted shaders"), trusted);
         be.set_submit_chunk(chunk);
+        let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
+        let paired = be.dispatches(one_step);
+        be.set_pairs(false);
+        assert_eq!(be.dispatches(one_step), paired + 3, "three pairs per step");
+        be.set_pairs(pairs);
         be.write_idx(0, &idx).unwrap();
         be.write(Buf::Params, 0, &params).unwrap();
         be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
@@ -460,7 +466,12 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted_or_trusted() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let (whole, cut, trusted) = (run(0, false), run(5, false), run(0, true));
+    let whole = run(0, false, true);
+    let (cut, trusted, unpaired) = (
+        run(5, false, true),
+        run(0, true, true),
+        run(0, false, false),
+    );
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(
         bits(&cut.0),
@@ -477,6 +488,12 @@ fn gpu_results_do_not_depend_on_how_a_run_is_submitted_or_trusted() {
         bits(&trusted.1),
         bits(&whole.1),
         "per-image losses, trusted shaders"
+    );
+    assert_eq!(bits(&unpaired.0), bits(&whole.0), "parameters, no pairs");
+    assert_eq!(
+        bits(&unpaired.1),
+        bits(&whole.1),
+        "per-image losses, no pairs"
     );
     assert_ne!(whole.0, params, "parameters must have moved");
 }

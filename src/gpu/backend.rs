@@ -8,7 +8,7 @@
 
 use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
 use crate::backend::Backend;
-use crate::cpu::matmul::{MatmulParams, MM_BIASGRAD};
+use crate::cpu::matmul::{MatmulParams, MM_BIAS, MM_BIASGRAD, MM_MASK};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{anyhow, ensure, Result};
 use std::collections::HashMap;
@@ -45,6 +45,8 @@ pub struct GpuBackend {
     images: usize,
     /// entries of `idx`
     idx_len: usize,
+    /// run a layer's input and weight gradients as one dispatch ([`pairable`])
+    pairs: bool,
 }
 
 /// A query set of `len` timestamps, the buffer it resolves into and a mappable copy.
@@ -85,8 +87,91 @@ pub fn choose_splits(p: &MatmulParams) -> u32 {
 /// One dispatch: kernel, bound resources (in `Kernel::bindings` order), workgroups.
 type Dispatch = (Kernel, Vec<Res>, (u32, u32, u32));
 
-/// The dispatches of an op and the parameter bytes they read (one uniform slot).
-fn lower(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
+/// Output tiles of a product (its workgroups before K is split).
+fn tiles(p: &MatmulParams) -> u32 {
+    p.n.div_ceil(32).max(1) * p.m.div_ceil(32).max(1)
+}
+
+/// Whether `first` and `second` can run as one `matmul_pair` dispatch: a layer's
+/// input gradient and then its weight gradient, as `plan::backward_ops` lists them.
+/// They share A; the second reads no bias or mask (its B takes the pair's `e`
+/// binding, which must then be the first's mask or unused), has no K split, and
+/// neither reads what the other writes. Returns the buffer bound at `e`.
+fn pairable(first: &Op, second: &Op) -> Option<Buf> {
+    let (
+        Op::Matmul {
+            a: a0,
+            b: b0,
+            e: e0,
+            c: c0,
+            p: p0,
+        },
+        Op::Matmul {
+            a: a1,
+            b: b1,
+            c: c1,
+            p: p1,
+            ..
+        },
+    ) = (first, second)
+    else {
+        return None;
+    };
+    let reads_e0 = p0.flags & (MM_BIAS | MM_MASK) != 0;
+    let ok = a0 == a1
+        && p0.flags & MM_BIASGRAD == 0
+        && p1.flags & (MM_BIAS | MM_MASK) == 0
+        && choose_splits(p1) == 1
+        && (!reads_e0 || e0 == b1)
+        && ![*a1, *b1, *c1].contains(c0)
+        && ![*a0, *b0].contains(c1)
+        && !(reads_e0 && e0 == c1);
+    ok.then_some(*b1)
+}
+
+/// The dispatches of `op` (with `next`, the op after it, when the two run as one
+/// pair: see [`pairable`]) and the parameter bytes they read (one uniform slot).
+/// Returns how many ops were lowered (1, or 2 for a pair).
+fn lower(op: &Op, next: Option<&Op>) -> (Vec<Dispatch>, Vec<u8>, usize) {
+    use bytemuck::bytes_of;
+    let f = Res::F;
+    if let (Some(next), Op::Matmul { a, b, c, p, .. }) = (next, op) {
+        if let (Some(e), Op::Matmul { c: c1, p: p1, .. }) = (pairable(op, next), next) {
+            let mut q0 = *p;
+            q0.splits = choose_splits(p);
+            let mut q1 = *p1;
+            q1.splits = 1;
+            let groups = tiles(&q0) * q0.splits + tiles(&q1);
+            let (x, y) = groups_1d(groups as usize);
+            let mut d = vec![(
+                Kernel::MatmulPair,
+                vec![f(*a), f(*b), f(e), f(*c), Res::Partial, f(*c1)],
+                (x, y, 1),
+            )];
+            if q0.splits > 1 {
+                d.push(reduce_dispatch(&q0, e, *c));
+            }
+            let mut bytes = bytes_of(&q0).to_vec();
+            bytes.extend_from_slice(bytes_of(&q1));
+            return (d, bytes, 2);
+        }
+    }
+    let (d, bytes) = lower_one(op);
+    (d, bytes, 1)
+}
+
+/// The reduce dispatch after a split product `q` (epilogue operand `e`, output `c`).
+fn reduce_dispatch(q: &MatmulParams, e: Buf, c: Buf) -> Dispatch {
+    let (x, y) = groups_1d(((q.m * q.n) as usize).div_ceil(256));
+    (
+        Kernel::MatmulReduce,
+        vec![Res::Partial, Res::F(e), Res::F(c), Res::F(c)],
+        (x, y, 1),
+    )
+}
+
+/// The dispatches of one op and the parameter bytes they read.
+fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
     use bytemuck::bytes_of;
     use Buf::*;
     let f = Res::F;
@@ -104,16 +189,11 @@ fn lower(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
             q.splits = choose_splits(p);
             let mut d = vec![(
                 Kernel::Matmul,
-                vec![f(*a), f(*b), f(*e), f(*c), Res::Partial],
+                vec![f(*a), f(*b), f(*e), f(*c), Res::Partial, f(*c)],
                 (q.n.div_ceil(32).max(1), q.m.div_ceil(32).max(1), q.splits),
             )];
             if q.splits > 1 {
-                let (x, y) = groups_1d(((q.m * q.n) as usize).div_ceil(256));
-                d.push((
-                    Kernel::MatmulReduce,
-                    vec![Res::Partial, f(*e), f(*c)],
-                    (x, y, 1),
-                ));
+                d.push(reduce_dispatch(&q, *e, *c));
             }
             (d, bytes_of(&q).to_vec())
         }
@@ -183,6 +263,25 @@ impl GpuBackend {
     /// `VAE_OOD_GPU_CHUNK`). The results do not depend on it (tested).
     pub fn set_submit_chunk(&mut self, ops: usize) {
         self.submit_chunk = ops;
+    }
+
+    /// Whether a layer's input and weight gradients run as one `matmul_pair`
+    /// dispatch (the default, unless `VAE_OOD_GPU_NO_PAIRS=1`). The results do not
+    /// depend on it (tested).
+    pub fn set_pairs(&mut self, on: bool) {
+        self.pairs = on;
+    }
+
+    /// How many dispatches `ops` take (pairs and split-K reduces counted).
+    pub fn dispatches(&self, ops: &[Op]) -> usize {
+        let mut i = 0;
+        let mut n = 0;
+        while i < ops.len() {
+            let (d, _, used) = lower(&ops[i], ops.get(i + 1).filter(|_| self.pairs));
+            n += d.len();
+            i += used;
+        }
+        n
     }
 
     /// The backend on `adapter`, options from the environment (`VAE_OOD_NO_SUBGROUPS`).
@@ -258,6 +357,7 @@ impl GpuBackend {
             submit_chunk: submit_chunk_from_env(),
             images: store.len() / sizes.dims.d.max(1),
             idx_len,
+            pairs: !crate::knobs::flag(crate::knobs::GPU_NO_PAIRS),
         };
         me.ctx.check("buffer creation")?;
         Ok(me)
@@ -394,14 +494,18 @@ impl GpuBackend {
         }
         let mut bytes = vec![0u8; ops.len() * self.stride];
         // (uniform slot, kernel, bind group, workgroups) per dispatch
+        // (an op run as the second of a pair has no dispatch, nor slot, of its own)
         let mut plan = Vec::with_capacity(ops.len() * 2);
-        for (i, op) in ops.iter().enumerate() {
-            let (dispatches, pbytes) = lower(op);
+        let mut i = 0;
+        while i < ops.len() {
+            let next = ops.get(i + 1).filter(|_| self.pairs);
+            let (dispatches, pbytes, used) = lower(&ops[i], next);
             bytes[i * self.stride..i * self.stride + pbytes.len()].copy_from_slice(&pbytes);
             for (k, res, groups) in dispatches {
                 let bg = self.bind_group(k, &res);
                 plan.push((i, k, bg, groups));
             }
+            i += used;
         }
         self.ctx.queue.write_buffer(&self.uniforms, 0, &bytes);
         // Recording is cheap but turning a pass into Vulkan commands (`finish`) costs
@@ -441,7 +545,7 @@ impl GpuBackend {
                 for d in d0..d1 {
                     let (i, k, bg, (gx, gy, gz)) = plan[d];
                     if let Some((t, q)) = &queries {
-                        if i == t.start && (d == 0 || plan[d - 1].0 != i) {
+                        if i >= t.start && (d == 0 || plan[d - 1].0 < t.start) {
                             pass.write_timestamp(q, 0);
                         }
                     }
@@ -453,9 +557,13 @@ impl GpuBackend {
                     pass.set_bind_group(1, &self.uniform_bg, &[(i * self.stride) as u32]);
                     pass.dispatch_workgroups(gx, gy, gz);
                     if let Some((t, q)) = &queries {
-                        let last_of_op = plan.get(d + 1).is_none_or(|next| next.0 != i);
-                        if t.contains(&i) && last_of_op {
-                            pass.write_timestamp(q, (i - t.start + 1) as u32);
+                        // after an op's last dispatch: its timestamp, and those of the
+                        // ops after it without dispatches of their own (they read 0)
+                        let next_op = plan.get(d + 1).map_or(ops.len(), |next| next.0);
+                        if next_op != i {
+                            for j in (i..next_op).filter(|j| t.contains(j)) {
+                                pass.write_timestamp(q, (j - t.start + 1) as u32);
+                            }
                         }
                     }
                 }
@@ -478,7 +586,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{})",
+            "gpu: {} ({:?}, {}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -487,6 +595,7 @@ impl Backend for GpuBackend {
             } else {
                 ""
             },
+            if self.pairs { "" } else { ", no pairs" },
             if self.submit_chunk == 0 {
                 ", one submission per run"
             } else {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 pub enum Kernel {
     Gather,
     Matmul,
+    MatmulPair,
     MatmulReduce,
     ReparamForward,
     ReparamBackward,
@@ -22,9 +23,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Gather,
         Kernel::Matmul,
+        Kernel::MatmulPair,
         Kernel::MatmulReduce,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
@@ -37,7 +39,7 @@ impl Kernel {
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::Gather => ("gather.wgsl", include_str!("../../shaders/gather.wgsl")),
-            Kernel::Matmul | Kernel::MatmulReduce => {
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
                 ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"))
             }
             Kernel::ReparamForward | Kernel::ReparamBackward => {
@@ -68,6 +70,7 @@ impl Kernel {
         match self {
             Kernel::Gather => "gather_pixels",
             Kernel::Matmul => "matmul",
+            Kernel::MatmulPair => "matmul_pair",
             Kernel::MatmulReduce => "matmul_reduce",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
@@ -82,10 +85,18 @@ impl Kernel {
         match self {
             // data, idx → x
             Kernel::Gather => &[(0, true), (1, true), (2, false)],
-            // a, b, e → c, or → partial sums when K is split
-            Kernel::Matmul => &[(0, true), (1, true), (2, true), (3, false), (4, false)],
-            // partial sums, e → c
-            Kernel::MatmulReduce => &[(5, true), (2, true), (3, false)],
+            // a, b, e → c, or → partial sums when K is split; c2 (problem 1 of a
+            // pair: bound to c's buffer again for a lone product)
+            Kernel::Matmul | Kernel::MatmulPair => &[
+                (0, true),
+                (1, true),
+                (2, true),
+                (3, false),
+                (4, false),
+                (6, false),
+            ],
+            // partial sums, e → c (c2 as for matmul)
+            Kernel::MatmulReduce => &[(5, true), (2, true), (3, false), (6, false)],
             // head → z, eps, kl, logpq
             Kernel::ReparamForward => &[(0, true), (1, false), (2, false), (3, false), (8, false)],
             // dz, eps, head → dhead
@@ -326,8 +337,9 @@ impl Assembled {
     }
 }
 
-/// Size of the uniform window every kernel sees (the largest params struct).
-pub const UNIFORM_BYTES: u64 = 64;
+/// Size of the uniform window every kernel sees (the largest params: a matmul
+/// pair's two `MatmulParams`).
+pub const UNIFORM_BYTES: u64 = 128;
 
 /// Compile `entry` of the WGSL module assembled from `parts` ((file name, source),
 /// concatenated in order) into a compute pipeline whose group 0 holds storage

@@ -1,11 +1,12 @@
-//! What wgpu's runtime shader checks cost: one MNIST training step (batch 128, the
-//! reference model) on the GPU backend with checked shader modules (the default:
-//! index clamps, loop-bounding counters, division guards, zeroed workgroup memory)
-//! and with trusted ones (`VAE_OOD_GPU_TRUSTED=1`), alternating, on whatever adapter
-//! wgpu picks. A kernel experiment, not part of the training path; on lavapipe a
-//! step takes about half a second.
+//! One MNIST training step (batch 128, the reference model) on the GPU backend in
+//! the variants that `bench/gpu.sh` compares, in turn, on whatever adapter wgpu
+//! picks: the default; trusted shader modules (`VAE_OOD_GPU_TRUSTED=1`: no index
+//! clamps, loop-bounding counters, division guards or zeroed workgroup memory);
+//! and a layer's input and weight gradients as two dispatches instead of one pair
+//! (`VAE_OOD_GPU_NO_PAIRS=1`). A kernel experiment, not part of the training path;
+//! on lavapipe a step takes about half a second.
 //!
-//!   cargo run --release --example shader_checks [rounds]
+//!   cargo run --release --example gpu_variants [rounds]
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use vae_ood::backend::Backend;
@@ -51,21 +52,26 @@ fn main() -> anyhow::Result<()> {
         1,
     );
     let mut backends = Vec::new();
-    for trusted in [false, true] {
+    for (name, trusted, pairs) in [
+        ("default", false, true),
+        ("trusted", true, true),
+        ("no pairs", false, false),
+    ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
             trusted,
         };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
+        be.set_pairs(pairs);
         be.write_idx(0, &idx)?;
         be.write(Buf::Params, 0, &lay.init(1))?;
         be.write(Buf::AdamM, 0, &vec![0.0; lay.total])?;
         be.write(Buf::AdamV, 0, &vec![0.0; lay.total])?;
         be.run(&ops)?; // warm
         be.read(Buf::BatchLoss, 0..1)?;
-        println!("{}", be.describe());
-        backends.push((if trusted { "trusted" } else { "checked" }, be));
+        println!("{name}: {}, {} dispatches", be.describe(), be.dispatches(&ops));
+        backends.push((name, be));
     }
     let mut ms = vec![Vec::new(); backends.len()];
     for _ in 0..rounds {
@@ -80,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         let mut s = v.clone();
         s.sort_by(f64::total_cmp);
         println!(
-            "{name}: one training step {:.2} ms median of {rounds} (min {:.2}, max {:.2})",
+            "{name:<9} one training step {:.2} ms median of {rounds} (min {:.2}, max {:.2})",
             s[s.len() / 2],
             s[0],
             s[s.len() - 1]
