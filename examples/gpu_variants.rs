@@ -70,7 +70,11 @@ fn main() -> anyhow::Result<()> {
         be.write(Buf::AdamV, 0, &vec![0.0; lay.total])?;
         be.run(&ops)?; // warm
         be.read(Buf::BatchLoss, 0..1)?;
-        println!("{name}: {}, {} dispatches", be.describe(), be.dispatches(&ops));
+        println!(
+            "{name}: {}, {} dispatches",
+            be.describe(),
+            be.dispatches(&ops)
+        );
         backends.push((name, be));
     }
     let mut ms = vec![Vec::new(); backends.len()];

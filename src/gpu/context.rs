@@ -352,11 +352,13 @@ pub const UNIFORM_BYTES: u64 = 128;
 /// no index clamps, no loop-bounding counters and no zero-divisor guards, and
 /// workgroup memory is not zeroed at start — costs that sit in the innermost loop
 /// of the matmul (a clamp per workgroup-memory read, a counter per iteration that
-/// may also hinder unrolling). On lavapipe they cost nothing measurable
-/// (`examples/shader_checks.rs`); whether they do on a hardware GPU is for
+/// may also hinder unrolling). On lavapipe trusted modules are not faster
+/// (`examples/gpu_variants.rs`); whether they are on a hardware GPU is for
 /// `bench/gpu.sh` to say. Trusting is sound for the shaders in `shaders/` because:
 /// - every workgroup-memory index is in range by construction (matmul tiles:
-///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256);
+///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256), and so is every
+///   tile `matmul_pair` derives from its linear workgroup id (checked against
+///   both problems' grids);
 /// - every storage access is guarded by the op's sizes, which the backend checks
 ///   against the buffer lengths before recording ([`crate::plan::Op::check`]),
 ///   and image numbers in the index are checked where they are written;
@@ -365,6 +367,7 @@ pub const UNIFORM_BYTES: u64 = 128;
 /// - every loop advances a counter towards a bound from the op's sizes;
 /// - every integer divisor is a size that the guard before it makes non-zero;
 /// - workgroup memory is written before it is read (behind a barrier).
+///
 /// Trusted and checked modules give the same bits (tested).
 pub fn build_pipeline(
     device: &wgpu::Device,
