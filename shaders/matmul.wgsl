@@ -7,7 +7,10 @@
 //
 // matmul: one 32×32 tile of C per workgroup of 16×16 threads (2×2 outputs each); K is
 // consumed 32 at a time through workgroup memory, loaded so that consecutive threads
-// read consecutive addresses whichever operand is transposed. Dispatch
+// read consecutive addresses whichever operand is transposed, and stored as pairs so
+// that each step of the multiply reads a thread's two A values and two B values with
+// one load each (two loads per four FMAs, not four: half the time on lavapipe,
+// examples/matmul_micro.rs). Dispatch
 // (ceil(n/32), ceil(m/32), splits). With splits > 1 (skinny products whose few
 // workgroups would each walk a long K), workgroup z sums only its share of K and
 // writes raw partial sums to `partial` (splits, m, n); matmul_reduce then adds the
@@ -41,9 +44,14 @@ struct Params {
 @group(1) @binding(0) var<uniform> pp: array<Params, 2>;
 
 const TILE: u32 = 32u;
-const PAD: u32 = 33u; // row stride in workgroup memory: avoids bank conflicts on transposed stores
-var<workgroup> ta: array<f32, 1056>; // [i][kk], stride PAD
-var<workgroup> tb: array<f32, 1056>; // [kk][j], stride PAD
+// Tiles in workgroup memory as pairs, both indexed [kk][pair], rows of ROW pairs (34
+// floats: the padding spreads the strided stores of a transposed load over the banks):
+// ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
+// B(kk, j) for columns j, j+1. The multiply then reads a thread's two rows and two
+// columns with one load each.
+const ROW: u32 = 17u;
+var<workgroup> ta: array<vec2<f32>, 544>; // 32 × ROW
+var<workgroup> tb: array<vec2<f32>, 544>;
 
 fn split_len(p: Params) -> u32 {
     let s = max(p.splits, 1u);
@@ -113,7 +121,7 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
             if (row0 + ii < p.m && k0 + kk < k_end) {
                 va = a[p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp];
             }
-            ta[ii * PAD + kk] = va;
+            ta[kk * ROW + ii / 2u][ii % 2u] = va;
             // B tile element (kk, jj)
             var kb = slow;
             var jj = fast;
@@ -130,22 +138,18 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
                     vb = e[at];
                 }
             }
-            tb[kb * PAD + jj] = vb;
+            tb[kb * ROW + jj / 2u][jj % 2u] = vb;
         }
         workgroupBarrier();
-        let ar = lid.y * 2u * PAD;
-        let bc = lid.x * 2u;
         for (var kk = 0u; kk < TILE; kk++) {
-            let a0 = ta[ar + kk];
-            let a1 = ta[ar + PAD + kk];
-            let b0 = tb[kk * PAD + bc];
-            let b1 = tb[kk * PAD + bc + 1u];
-            acc00 = fma(a0, b0, acc00);
-            acc01 = fma(a0, b1, acc01);
-            acc10 = fma(a1, b0, acc10);
-            acc11 = fma(a1, b1, acc11);
-            rs0 += a0;
-            rs1 += a1;
+            let av = ta[kk * ROW + lid.y]; // rows 2·lid.y, +1
+            let bv = tb[kk * ROW + lid.x]; // columns 2·lid.x, +1
+            acc00 = fma(av.x, bv.x, acc00);
+            acc01 = fma(av.x, bv.y, acc01);
+            acc10 = fma(av.y, bv.x, acc10);
+            acc11 = fma(av.y, bv.y, acc11);
+            rs0 += av.x;
+            rs1 += av.y;
         }
         workgroupBarrier();
     }

@@ -1,0 +1,66 @@
+//! Time the reference step's matmul shapes alone on the GPU backend (whatever adapter
+//! wgpu picks): each product run `reps` times in one submission. A kernel experiment
+//! for comparing matmul variants, not part of the training path.
+//!
+//!   cargo run --release --example matmul_micro [reps]
+use std::time::Instant;
+use vae_ood::backend::Backend;
+use vae_ood::gpu::{self, GpuBackend};
+use vae_ood::model::{Dims, Layout};
+use vae_ood::plan::{self, AdamConfig, Batch, Buf, Op, Sizes};
+
+fn main() -> anyhow::Result<()> {
+    let reps: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(4);
+    let dims = Dims::MNIST;
+    let lay = Layout::new(dims);
+    let b = 128;
+    let sizes = Sizes {
+        dims,
+        params: lay.total,
+        max_images: b,
+        max_rows: b,
+        sample_slots: b,
+        batch_slots: 1,
+    };
+    let store = vec![0u8; b * dims.d];
+    let ops = plan::train_step_ops(
+        dims,
+        &lay.offsets(),
+        &Batch::train_step(0, b, b, 1, 0),
+        lay.total,
+        &AdamConfig::default(),
+        1,
+    );
+    let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
+    let mut be = GpuBackend::new(a, &store, b, sizes)?;
+    be.set_pairs(false);
+    println!("{}", be.describe());
+    let init: Vec<f32> = (0..Buf::Logits.len(&sizes))
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4)
+        .collect();
+    for buf in [Buf::X, Buf::H1, Buf::H3, Buf::Logits, Buf::Dhead, Buf::Dh3] {
+        be.write(buf, 0, &init[..buf.len(&sizes)])?;
+    }
+    be.write(Buf::Params, 0, &lay.init(1))?;
+    for (name, op) in plan::TRAIN_STEP_OP_NAMES.iter().zip(&ops) {
+        if !matches!(op, Op::Matmul { .. }) {
+            continue;
+        }
+        let run: Vec<Op> = vec![*op; reps];
+        be.run(&run)?;
+        be.read(Buf::BatchLoss, 0..1)?;
+        let t = Instant::now();
+        be.run(&run)?;
+        be.read(Buf::BatchLoss, 0..1)?;
+        println!(
+            "{name:<10} {:>9.2} ms per product ({} dispatches each)",
+            t.elapsed().as_secs_f64() * 1e3 / reps as f64,
+            be.dispatches(&[*op])
+        );
+    }
+    Ok(())
+}
