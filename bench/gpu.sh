@@ -32,7 +32,8 @@ done
 # variants, same call (each backend line says what differs):
 #   portable   the workgroup-memory reductions instead of subgroup operations
 #   one_submit each epoch in one submission instead of pieces recorded while the GPU runs
-#   no_pairs   a layer's input and weight gradients as two dispatches instead of one pair
+#   no_pairs   a layer's input and weight gradients as two dispatches, not one matmul_pair
+#   no_folds   every split-K reduce its own dispatch, not folded into the kernel reading the product
 #   trusted    shaders without wgpu's runtime checks (index clamps, loop counters, …)
 variant() { # name, then VAR=value ...
   local name=$1; shift
@@ -41,9 +42,10 @@ variant() { # name, then VAR=value ...
 }
 variant portable VAE_OOD_NO_SUBGROUPS=1
 variant one_submit VAE_OOD_GPU_CHUNK=0
-variant no_pairs VAE_OOD_GPU_NO_PAIRS=1
+variant no_pairs VAE_OOD_GPU_UNFUSED=pairs
+variant no_folds VAE_OOD_GPU_UNFUSED=reduces
 variant trusted VAE_OOD_GPU_TRUSTED=1
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,trusted}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,trusted}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

@@ -2,8 +2,9 @@
 //! the variants that `bench/gpu.sh` compares, in turn, on whatever adapter wgpu
 //! picks: the default; trusted shader modules (`VAE_OOD_GPU_TRUSTED=1`: no index
 //! clamps, loop-bounding counters, division guards or zeroed workgroup memory);
-//! and a layer's input and weight gradients as two dispatches instead of one pair
-//! (`VAE_OOD_GPU_NO_PAIRS=1`). A kernel experiment, not part of the training path;
+//! and without the GPU fusions (`VAE_OOD_GPU_UNFUSED=1`: a layer's input and weight
+//! gradients as two dispatches instead of one pair, every split-K reduce its own
+//! dispatch). A kernel experiment, not part of the training path;
 //! on lavapipe a step takes about half a second.
 //!
 //!   cargo run --release --example gpu_variants [rounds]
@@ -52,10 +53,10 @@ fn main() -> anyhow::Result<()> {
         1,
     );
     let mut backends = Vec::new();
-    for (name, trusted, pairs) in [
+    for (name, trusted, fused) in [
         ("default", false, true),
         ("trusted", true, true),
-        ("no pairs", false, false),
+        ("unfused", false, false),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
         let opts = GpuOptions {
@@ -63,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             trusted,
         };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
-        be.set_pairs(pairs);
+        be.set_fused(fused);
         be.write_idx(0, &idx)?;
         be.write(Buf::Params, 0, &lay.init(1))?;
         be.write(Buf::AdamM, 0, &vec![0.0; lay.total])?;
@@ -95,6 +96,17 @@ fn main() -> anyhow::Result<()> {
             s[0],
             s[s.len() - 1]
         );
+    }
+    // where the time goes, where the adapter has timestamps: one more step per variant
+    for (name, be) in backends.iter_mut() {
+        if let Some(ns) = be.run_timed(&ops, 0..ops.len())? {
+            let parts: Vec<String> = plan::TRAIN_STEP_OP_NAMES
+                .iter()
+                .zip(&ns)
+                .map(|(n, t)| format!("{n} {:.1}", t * 1e-6))
+                .collect();
+            println!("{name:<9} ms per op: {}", parts.join(", "));
+        }
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Time the reference step's matmul shapes alone on the GPU backend (whatever adapter
-//! wgpu picks): each product run `reps` times in one submission. A kernel experiment
-//! for comparing matmul variants, not part of the training path.
+//! wgpu picks): each product run `reps` times in one submission; then each layer's
+//! input and weight gradients, as one `matmul_pair` dispatch and as two (alternating,
+//! three rounds). A kernel experiment for comparing matmul variants, not part of the
+//! training path.
 //!
 //!   cargo run --release --example matmul_micro [reps]
 use std::time::Instant;
@@ -37,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     );
     let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
     let mut be = GpuBackend::new(a, &store, b, sizes)?;
-    be.set_pairs(false);
+    be.set_fused(false);
     println!("{}", be.describe());
     let init: Vec<f32> = (0..Buf::Logits.len(&sizes))
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4)
@@ -60,6 +62,26 @@ fn main() -> anyhow::Result<()> {
             "{name:<10} {:>9.2} ms per product ({} dispatches each)",
             t.elapsed().as_secs_f64() * 1e3 / reps as f64,
             be.dispatches(&[*op])
+        );
+    }
+    // the three (dX, dW) pairs of the backward pass: ops 8..9, 10..11, 13..14
+    for (name, at) in [("fc4", 8), ("fc3", 10), ("head", 13)] {
+        let run: Vec<Op> = (0..reps).flat_map(|_| [ops[at], ops[at + 1]]).collect();
+        let mut ms = [0.0f64; 2];
+        for _ in 0..3 {
+            for (v, fused) in [true, false].into_iter().enumerate() {
+                be.set_fused(fused);
+                be.run(&run)?;
+                be.read(Buf::BatchLoss, 0..1)?;
+                let t = Instant::now();
+                be.run(&run)?;
+                be.read(Buf::BatchLoss, 0..1)?;
+                ms[v] += t.elapsed().as_secs_f64() * 1e3 / reps as f64 / 3.0;
+            }
+        }
+        println!(
+            "{name} dX + dW: {:.2} ms as one pair, {:.2} ms as two dispatches",
+            ms[0], ms[1]
         );
     }
     Ok(())

@@ -4,24 +4,36 @@
 // same e = e^{−|t|}: 1/(1+e) for t ≥ 0, e/(1+e) for t < 0.
 // One workgroup of REDUCE_THREADS (256) threads per row: a strided loop, then
 // workgroup_sum from reduce_portable.wgsl or reduce_subgroup.wgsl (appended to this
-// file when the pipeline is built).
+// file when the pipeline is built). With u.src.splits > 0 the logits come from the
+// decoder product's split-K partial sums (split_source.wgsl, also appended) and are
+// stored to `logits` (or their gradient is), as if matmul_reduce had run first.
 
 struct Params { rows: u32, d: u32, draws: u32, write_grad: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> bce: array<f32>;
-@group(1) @binding(0) var<uniform> p: Params;
+struct Uniform { @size(64) p: Params, src: SplitSource }
+@group(1) @binding(0) var<uniform> u: Uniform;
 
 @compute @workgroup_size(REDUCE_THREADS)
 fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, ids: ReduceIds) {
+    let p = u.p;
     let r = wg.x;
     let t = lid.x;
     var acc = 0.0;
     if (r < p.rows) {
         let xb = (r / p.draws) * p.d;
         for (var c = t; c < p.d; c += REDUCE_THREADS) {
-            let l = logits[r * p.d + c];
+            var l: f32;
+            if (u.src.splits > 0u) {
+                l = split_sum(u.src, r * p.d + c);
+                if (p.write_grad == 0u) {
+                    logits[r * p.d + c] = l;
+                }
+            } else {
+                l = logits[r * p.d + c];
+            }
             let xv = x[xb + c];
             let ex = exp(-abs(l));
             acc += max(l, 0.0) - l * xv + log(1.0 + ex);

@@ -11,17 +11,21 @@ struct Params {
 }
 
 // reparam_forward
-@group(0) @binding(0) var<storage, read> head: array<f32>;
+@group(0) @binding(0) var<storage, read_write> head: array<f32>;
 @group(0) @binding(1) var<storage, read_write> z: array<f32>;
 @group(0) @binding(2) var<storage, read_write> eps: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kl: array<f32>;
 @group(0) @binding(8) var<storage, read_write> logpq: array<f32>;
 // reparam_backward
-@group(0) @binding(4) var<storage, read> dz: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dz: array<f32>;
 @group(0) @binding(5) var<storage, read> eps_in: array<f32>;
 @group(0) @binding(6) var<storage, read> head_in: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dhead: array<f32>;
-@group(1) @binding(0) var<uniform> p: Params;
+// With src.splits > 0 the kernel's input product — the head (forward) or dz
+// (backward) — is read from its split-K partial sums (split_source.wgsl, appended
+// when the pipeline is built) and stored to head or dz, as if matmul_reduce had run.
+struct Uniform { @size(64) p: Params, src: SplitSource }
+@group(1) @binding(0) var<uniform> u: Uniform;
 
 fn pcg4d(v_in: vec4<u32>) -> vec4<u32> {
     var v = v_in * 1664525u + 1013904223u;
@@ -56,6 +60,7 @@ fn normal(seed: u32, stream: u32, row: u32, index: u32) -> f32 {
 // Dispatch (B, 1, 1).
 @compute @workgroup_size(64)
 fn reparam_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = u.p;
     let b = wg.x;
     if (b >= p.images) {
         return;
@@ -63,6 +68,10 @@ fn reparam_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let l = p.l;
     let t = lid.x;
     for (var j = t; j < l; j += 64u) {
+        if (u.src.splits > 0u) {
+            head[b * 2u * l + j] = split_sum(u.src, b * 2u * l + j);
+            head[b * 2u * l + l + j] = split_sum(u.src, b * 2u * l + l + j);
+        }
         let mu = head[b * 2u * l + j];
         let lv = head[b * 2u * l + l + j];
         let sd = exp(0.5 * lv);
@@ -78,7 +87,7 @@ fn reparam_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
             z[r] = mu + ev * sd;
         }
     }
-    // eps and z of this image were written by other threads of this workgroup
+    // eps, z (and head) of this image were written by other threads of this workgroup
     storageBarrier();
     if (t == 0u) {
         var acc = 0.0;
@@ -105,6 +114,7 @@ fn reparam_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 // 64-thread workgroups; dispatch groups_1d(ceil(B·L / 64)).
 @compute @workgroup_size(64)
 fn reparam_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = u.p;
     let i = gid.x + gid.y * nwg.x * 64u;
     let l = p.l;
     if (i >= p.images * l) {
@@ -119,6 +129,9 @@ fn reparam_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     var glv = 0.5 * (exp(lv) - 1.0);
     for (var k = 0u; k < p.draws; k++) {
         let r = (b * p.draws + k) * l + j;
+        if (u.src.splits > 0u) {
+            dz[r] = split_sum(u.src, r);
+        }
         gmu += dz[r];
         glv += dz[r] * eps_in[r] * half_sd;
     }

@@ -15,20 +15,21 @@ pub const NO_SUBGROUPS: &str = "VAE_OOD_NO_SUBGROUPS";
 /// `1`: shaders compiled as trusted modules, without wgpu's runtime checks (index
 /// clamps, loop-bounding counters, division guards, zeroed workgroup memory).
 pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
-/// `1`: a layer's input and weight gradients as two dispatches, not one pair.
-pub const GPU_NO_PAIRS: &str = "VAE_OOD_GPU_NO_PAIRS";
+/// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
+/// gradients as two dispatches, not one pair) or `reduces` (every split-K reduce
+/// its own dispatch, not folded into the kernel that reads the product).
+pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 5] = [
-    CPU_UNFUSED,
-    CPU_DENSE,
-    NO_SUBGROUPS,
-    GPU_TRUSTED,
-    GPU_NO_PAIRS,
-];
+const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_TRUSTED];
+
+/// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs" or "reduces").
+pub fn gpu_unfused(part: &str) -> bool {
+    matches!(std::env::var(GPU_UNFUSED).as_deref(), Ok(v) if v == "1" || v == part)
+}
 
 /// Whether a flag is on: set to `1` (unset, empty or `0`: off).
 pub fn flag(name: &str) -> bool {
@@ -51,6 +52,11 @@ pub fn check() -> Result<()> {
             if !matches!(v.as_str(), "" | "0" | "1") {
                 bail!("{name}={v}: expected 0 or 1");
             }
+        }
+    }
+    if let Ok(v) = std::env::var(GPU_UNFUSED) {
+        if !matches!(v.as_str(), "" | "0" | "1" | "pairs" | "reduces") {
+            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs or reduces");
         }
     }
     for (name, range) in [(GPU_CHUNK, 0..=1 << 24), (SPLIT_TARGET, 1..=65_536)] {

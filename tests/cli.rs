@@ -757,6 +757,8 @@ fn bad_environment_switches() {
         ("VAE_OOD_NO_SUBGROUPS", "true"),
         ("VAE_OOD_GPU_CHUNK", "-1"),
         ("VAE_OOD_SPLIT_TARGET", "0"),
+        ("VAE_OOD_GPU_TRUSTED", "yes"),
+        ("VAE_OOD_GPU_UNFUSED", "pair"),
     ];
     for (name, value) in cases {
         let o = bin()
@@ -783,6 +785,8 @@ fn bad_environment_switches() {
         .env("VAE_OOD_CPU_DENSE", "1")
         .env("VAE_OOD_CPU_UNFUSED", "0")
         .env("VAE_OOD_GPU_CHUNK", "64")
+        .env("VAE_OOD_GPU_UNFUSED", "reduces")
+        .env("VAE_OOD_GPU_TRUSTED", "1")
         .args([
             "--device",
             "cpu",

@@ -356,7 +356,7 @@ fn matmul_pair_input_and_weight_gradients() {
         let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
         let mut results = Vec::new();
         for pairs in [true, false] {
-            gpu.set_pairs(pairs);
+            gpu.set_fused(pairs);
             let want = if pairs { 1 } else { 2 } + (split > 1) as usize;
             assert_eq!(gpu.dispatches(&ops), want, "pairs {pairs}, split {split}");
             results.push(run(&mut gpu));

@@ -400,18 +400,25 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// (`VAE_OOD_GPU_TRUSTED=1`: no index clamps, loop counters, division guards or
 /// zeroed workgroup memory) the shaders give the same bits as with the checks —
 /// which they must, since a check that changed a value would mean an access out
-/// of bounds. Nor on whether a layer's input and weight gradients run as one
-/// pair dispatch (three per step) or as two (`VAE_OOD_GPU_NO_PAIRS=1`).
+/// of bounds. Nor on the GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
+/// layer's input and weight gradients in one pair dispatch, and the split-K reduces
+/// of the head, decoder-output and dz products folded into the kernels that read
+/// them — six dispatches fewer per training step at these sizes (hidden width 133,
+/// so that those products split K). Every buffer must end with the same bits.
 #[test]
-fn gpu_results_do_not_depend_on_submission_checks_or_pairs() {
+fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     use vae_ood::backend::Backend;
     use vae_ood::gpu::{GpuBackend, GpuOptions, Subgroups};
     // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
     }
-    let mut rng = fresh_rng("gpu_results_do_not_depend_on_how_a_run_is_submitted");
-    let dims = Dims { d: 53, h: 37, l: 3 };
+    let mut rng = fresh_rng("gpu_results_do_not_depend_on_submission_checks_or_fusions");
+    let dims = Dims {
+        d: 53,
+        h: 133,
+        l: 3,
+    };
     let lay = Layout::new(dims);
     let (b, n_img, steps) = (19, 40, 3);
     let store = image_bytes(&mut rng, n_img * dims.d, 0.5);
@@ -438,7 +445,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_pairs() {
         mode: vae_ood::cpu::LOSS_IWAE,
     };
     ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
-    let run = |chunk: usize, trusted: bool, pairs: bool| {
+    let run = |chunk: usize, trusted: bool, fused: bool| {
         let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
@@ -448,18 +455,27 @@ fn gpu_results_do_not_depend_on_submission_checks_or_pairs() {
         assert_eq!(be.describe().contains("trusted shaders"), trusted);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
-        let paired = be.dispatches(one_step);
-        be.set_pairs(false);
-        assert_eq!(be.dispatches(one_step), paired + 3, "three pairs per step");
-        be.set_pairs(pairs);
+        be.set_fused(true);
+        let with = be.dispatches(one_step);
+        be.set_fused(false);
+        assert_eq!(
+            be.dispatches(one_step),
+            with + 6,
+            "three pairs and three folded reduces per step"
+        );
+        be.set_fused(fused);
         be.write_idx(0, &idx).unwrap();
         be.write(Buf::Params, 0, &params).unwrap();
         be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
         be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
         be.run(&ops).unwrap();
-        let p = be.read(Buf::Params, 0..lay.total).unwrap();
-        let l = be.read(Buf::SampleLoss, 0..(steps + 1) * b).unwrap();
-        (p, l)
+        Buf::ALL
+            .iter()
+            .map(|&buf| {
+                let v = be.read(buf, 0..buf.len(&sizes)).unwrap();
+                (buf, v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+            })
+            .collect::<Vec<_>>()
     };
     assert!(
         ops.len() > 40,
@@ -467,33 +483,19 @@ fn gpu_results_do_not_depend_on_submission_checks_or_pairs() {
         ops.len()
     );
     let whole = run(0, false, true);
-    let (cut, trusted, unpaired) = (
-        run(5, false, true),
-        run(0, true, true),
-        run(0, false, false),
+    let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
+    assert_ne!(
+        p,
+        &params.iter().map(|x| x.to_bits()).collect::<Vec<u32>>(),
+        "parameters must have moved"
     );
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(
-        bits(&cut.0),
-        bits(&whole.0),
-        "parameters after {steps} steps"
-    );
-    assert_eq!(bits(&cut.1), bits(&whole.1), "per-image losses");
-    assert_eq!(
-        bits(&trusted.0),
-        bits(&whole.0),
-        "parameters, trusted shaders"
-    );
-    assert_eq!(
-        bits(&trusted.1),
-        bits(&whole.1),
-        "per-image losses, trusted shaders"
-    );
-    assert_eq!(bits(&unpaired.0), bits(&whole.0), "parameters, no pairs");
-    assert_eq!(
-        bits(&unpaired.1),
-        bits(&whole.1),
-        "per-image losses, no pairs"
-    );
-    assert_ne!(whole.0, params, "parameters must have moved");
+    for (what, other) in [
+        ("cut every 5 ops", run(5, false, true)),
+        ("trusted shaders", run(0, true, true)),
+        ("unfused", run(0, false, false)),
+    ] {
+        for ((buf, got), (_, want)) in other.iter().zip(&whole) {
+            assert!(got == want, "{buf:?} differs, {what}");
+        }
+    }
 }

@@ -45,8 +45,10 @@ pub struct GpuBackend {
     images: usize,
     /// entries of `idx`
     idx_len: usize,
-    /// run a layer's input and weight gradients as one dispatch ([`pairable`])
-    pairs: bool,
+    /// the GPU fusions: a layer's input and weight gradients as one dispatch
+    /// ([`pairable`]), and split-K reduces folded into the kernel that reads the
+    /// product ([`absorbs`])
+    fusions: Fusions,
 }
 
 /// A query set of `len` timestamps, the buffer it resolves into and a mappable copy.
@@ -96,7 +98,8 @@ fn tiles(p: &MatmulParams) -> u32 {
 /// input gradient and then its weight gradient, as `plan::backward_ops` lists them.
 /// They share A; the second reads no bias or mask (its B takes the pair's `e`
 /// binding, which must then be the first's mask or unused), has no K split, and
-/// neither reads what the other writes. Returns the buffer bound at `e`.
+/// neither reads what the other writes; their tiles fit one dispatch row (≤ 65,535
+/// workgroups). Returns the buffer bound at `e`.
 fn pairable(first: &Op, second: &Op) -> Option<Buf> {
     let (
         Op::Matmul {
@@ -122,6 +125,7 @@ fn pairable(first: &Op, second: &Op) -> Option<Buf> {
         && p0.flags & MM_BIASGRAD == 0
         && p1.flags & (MM_BIAS | MM_MASK) == 0
         && choose_splits(p1) == 1
+        && tiles(p0) * choose_splits(p0) + tiles(p1) <= 65_535
         && (!reads_e0 || e0 == b1)
         && ![*a1, *b1, *c1].contains(c0)
         && ![*a0, *b0].contains(c1)
@@ -129,10 +133,57 @@ fn pairable(first: &Op, second: &Op) -> Option<Buf> {
     ok.then_some(*b1)
 }
 
+/// Where a kernel reads its input product from split-K partial sums instead of
+/// the product's buffer (`shaders/split_source.wgsl`): the product's shape, shares
+/// and epilogue. Byte 64 of the reading op's uniform slot; all zero (splits 0)
+/// when it reads the buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SplitSource {
+    splits: u32,
+    m: u32,
+    n: u32,
+    flags: u32,
+    e_off: u32,
+    e_si: u32,
+    _pad: [u32; 2],
+}
+
+/// Byte offset of the [`SplitSource`] in a uniform slot.
+const SPLIT_SOURCE_AT: usize = 64;
+
+/// A lowered op (or pair of ops).
+struct Lowered {
+    dispatches: Vec<Dispatch>,
+    /// uniform bytes for the first op's slot
+    bytes: Vec<u8>,
+    /// ops consumed: 1, or 2 for a pair
+    used: usize,
+    /// when the last dispatch is a split-K reduce: the product's params (with its
+    /// split count), epilogue buffer and output buffer
+    reduce: Option<(MatmulParams, Buf, Buf)>,
+}
+
+/// Whether `op` can read the split product `q` (output buffer `c`, epilogue
+/// operand `e`) from its partial sums instead of after a reduce: it is one of the
+/// kernels with `split_source.wgsl`, it reads exactly that product — the whole of
+/// C, laid out densely (offset 0, row stride n) — and the epilogue reads at most
+/// the parameters (bound as the split epilogue operand).
+fn absorbs(op: &Op, q: &MatmulParams, e: Buf, c: Buf) -> bool {
+    let dense = q.c_off == 0 && q.c_si == q.n;
+    let epilogue_ok = q.flags & (MM_BIAS | MM_MASK) == 0 || e == Buf::Params;
+    let reads_all = match op {
+        Op::Bce(p) => c == Buf::Logits && p.rows == q.m && p.d == q.n,
+        Op::ReparamForward(p) => c == Buf::Head && p.images == q.m && 2 * p.l == q.n,
+        Op::ReparamBackward(p) => c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n,
+        _ => false,
+    };
+    dense && epilogue_ok && reads_all && q.splits > 1
+}
+
 /// The dispatches of `op` (with `next`, the op after it, when the two run as one
 /// pair: see [`pairable`]) and the parameter bytes they read (one uniform slot).
-/// Returns how many ops were lowered (1, or 2 for a pair).
-fn lower(op: &Op, next: Option<&Op>) -> (Vec<Dispatch>, Vec<u8>, usize) {
+fn lower(op: &Op, next: Option<&Op>) -> Lowered {
     use bytemuck::bytes_of;
     let f = Res::F;
     if let (Some(next), Op::Matmul { a, b, c, p, .. }) = (next, op) {
@@ -141,23 +192,102 @@ fn lower(op: &Op, next: Option<&Op>) -> (Vec<Dispatch>, Vec<u8>, usize) {
             q0.splits = choose_splits(p);
             let mut q1 = *p1;
             q1.splits = 1;
+            // one workgroup per tile, no spare ones (pairable bounds the count)
             let groups = tiles(&q0) * q0.splits + tiles(&q1);
-            let (x, y) = groups_1d(groups as usize);
             let mut d = vec![(
                 Kernel::MatmulPair,
                 vec![f(*a), f(*b), f(e), f(*c), Res::Partial, f(*c1)],
-                (x, y, 1),
+                (groups, 1, 1),
             )];
             if q0.splits > 1 {
                 d.push(reduce_dispatch(&q0, e, *c));
             }
             let mut bytes = bytes_of(&q0).to_vec();
             bytes.extend_from_slice(bytes_of(&q1));
-            return (d, bytes, 2);
+            return Lowered {
+                dispatches: d,
+                bytes,
+                used: 2,
+                reduce: (q0.splits > 1).then_some((q0, e, *c)),
+            };
         }
     }
-    let (d, bytes) = lower_one(op);
-    (d, bytes, 1)
+    let (dispatches, bytes) = lower_one(op);
+    let reduce = match op {
+        Op::Matmul { e, c, p, .. } if choose_splits(p) > 1 => {
+            let mut q = *p;
+            q.splits = choose_splits(p);
+            Some((q, *e, *c))
+        }
+        _ => None,
+    };
+    Lowered {
+        dispatches,
+        bytes,
+        used: 1,
+        reduce,
+    }
+}
+
+/// Which GPU fusions are on (both by default; `VAE_OOD_GPU_UNFUSED` = `1`,
+/// `pairs` or `reduces` switches them off for comparison).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fusions {
+    /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`])
+    pub pairs: bool,
+    /// a split-K reduce folded into the kernel that reads the product ([`absorbs`])
+    pub reduces: bool,
+}
+
+impl Fusions {
+    pub fn from_env() -> Fusions {
+        Fusions {
+            pairs: !crate::knobs::gpu_unfused("pairs"),
+            reduces: !crate::knobs::gpu_unfused("reduces"),
+        }
+    }
+}
+
+/// The whole lowering of `ops`: for each dispatch (uniform slot = op index,
+/// kernel, resources, workgroups), and each op's uniform bytes (empty for an op
+/// without a slot of its own). With `fuse.pairs`, a layer's gradient products run
+/// as pairs; with `fuse.reduces`, a split-K reduce followed by a kernel that
+/// [`absorbs`] it is dropped, that kernel reading the partial sums (a
+/// [`SplitSource`] in its slot).
+fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>) {
+    let mut plan = Vec::with_capacity(ops.len() * 2);
+    let mut slots = vec![Vec::new(); ops.len()];
+    let mut source: Option<SplitSource> = None;
+    let mut i = 0;
+    while i < ops.len() {
+        let mut low = lower(&ops[i], ops.get(i + 1).filter(|_| fuse.pairs));
+        let mut bytes = std::mem::take(&mut low.bytes);
+        if let Some(src) = source.take() {
+            bytes.resize(SPLIT_SOURCE_AT, 0);
+            bytes.extend_from_slice(bytemuck::bytes_of(&src));
+        }
+        slots[i] = bytes;
+        let after = i + low.used;
+        if let (true, Some((q, e, c)), Some(consumer)) = (fuse.reduces, low.reduce, ops.get(after))
+        {
+            if absorbs(consumer, &q, e, c) {
+                let reduce = low.dispatches.pop();
+                debug_assert!(matches!(reduce, Some((Kernel::MatmulReduce, ..))));
+                source = Some(SplitSource {
+                    splits: q.splits,
+                    m: q.m,
+                    n: q.n,
+                    flags: q.flags,
+                    e_off: q.e_off,
+                    e_si: q.e_si,
+                    _pad: [0; 2],
+                });
+            }
+        }
+        plan.extend(low.dispatches.into_iter().map(|d| (i, d)));
+        i = after;
+    }
+    (plan, slots)
 }
 
 /// The reduce dispatch after a split product `q` (epilogue operand `e`, output `c`).
@@ -199,19 +329,27 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
         }
         Op::ReparamForward(p) => one(
             Kernel::ReparamForward,
-            vec![f(Head), f(Z), f(Eps), f(Kl), f(LogPq)],
+            vec![
+                f(Head),
+                f(Z),
+                f(Eps),
+                f(Kl),
+                f(LogPq),
+                Res::Partial,
+                f(Params),
+            ],
             (p.images.max(1), 1),
             bytes_of(p),
         ),
         Op::ReparamBackward(p) => one(
             Kernel::ReparamBackward,
-            vec![f(Dz), f(Eps), f(Head), f(Dhead)],
+            vec![f(Dz), f(Eps), f(Head), f(Dhead), Res::Partial, f(Params)],
             groups_1d(((p.images * p.l) as usize).div_ceil(64)),
             bytes_of(p),
         ),
         Op::Bce(p) => one(
             Kernel::Bce,
-            vec![f(X), f(Logits), f(Bce)],
+            vec![f(X), f(Logits), f(Bce), Res::Partial, f(Params)],
             (p.rows.max(1), 1),
             bytes_of(p),
         ),
@@ -265,23 +403,25 @@ impl GpuBackend {
         self.submit_chunk = ops;
     }
 
-    /// Whether a layer's input and weight gradients run as one `matmul_pair`
-    /// dispatch (the default, unless `VAE_OOD_GPU_NO_PAIRS=1`). The results do not
-    /// depend on it (tested).
-    pub fn set_pairs(&mut self, on: bool) {
-        self.pairs = on;
+    /// Whether the GPU fusions are on: a layer's input and weight gradients as one
+    /// `matmul_pair` dispatch, and split-K reduces folded into the kernel that
+    /// reads the product (the default, unless `VAE_OOD_GPU_UNFUSED=1`). The results
+    /// do not depend on it, bit for bit (tested).
+    pub fn set_fused(&mut self, on: bool) {
+        self.fusions = Fusions {
+            pairs: on,
+            reduces: on,
+        };
+    }
+
+    /// Each GPU fusion on or off.
+    pub fn set_fusions(&mut self, f: Fusions) {
+        self.fusions = f;
     }
 
     /// How many dispatches `ops` take (pairs and split-K reduces counted).
     pub fn dispatches(&self, ops: &[Op]) -> usize {
-        let mut i = 0;
-        let mut n = 0;
-        while i < ops.len() {
-            let (d, _, used) = lower(&ops[i], ops.get(i + 1).filter(|_| self.pairs));
-            n += d.len();
-            i += used;
-        }
-        n
+        lower_all(ops, self.fusions).0.len()
     }
 
     /// The backend on `adapter`, options from the environment (`VAE_OOD_NO_SUBGROUPS`).
@@ -357,7 +497,7 @@ impl GpuBackend {
             submit_chunk: submit_chunk_from_env(),
             images: store.len() / sizes.dims.d.max(1),
             idx_len,
-            pairs: !crate::knobs::flag(crate::knobs::GPU_NO_PAIRS),
+            fusions: Fusions::from_env(),
         };
         me.ctx.check("buffer creation")?;
         Ok(me)
@@ -495,17 +635,14 @@ impl GpuBackend {
         let mut bytes = vec![0u8; ops.len() * self.stride];
         // (uniform slot, kernel, bind group, workgroups) per dispatch
         // (an op run as the second of a pair has no dispatch, nor slot, of its own)
-        let mut plan = Vec::with_capacity(ops.len() * 2);
-        let mut i = 0;
-        while i < ops.len() {
-            let next = ops.get(i + 1).filter(|_| self.pairs);
-            let (dispatches, pbytes, used) = lower(&ops[i], next);
-            bytes[i * self.stride..i * self.stride + pbytes.len()].copy_from_slice(&pbytes);
-            for (k, res, groups) in dispatches {
-                let bg = self.bind_group(k, &res);
-                plan.push((i, k, bg, groups));
-            }
-            i += used;
+        let (lowered, slots) = lower_all(ops, self.fusions);
+        for (i, pbytes) in slots.iter().enumerate() {
+            bytes[i * self.stride..i * self.stride + pbytes.len()].copy_from_slice(pbytes);
+        }
+        let mut plan = Vec::with_capacity(lowered.len());
+        for (i, (k, res, groups)) in lowered {
+            let bg = self.bind_group(k, &res);
+            plan.push((i, k, bg, groups));
         }
         self.ctx.queue.write_buffer(&self.uniforms, 0, &bytes);
         // Recording is cheap but turning a pass into Vulkan commands (`finish`) costs
@@ -595,7 +732,12 @@ impl Backend for GpuBackend {
             } else {
                 ""
             },
-            if self.pairs { "" } else { ", no pairs" },
+            match (self.fusions.pairs, self.fusions.reduces) {
+                (true, true) => "",
+                (false, true) => ", no gradient pairs",
+                (true, false) => ", no folded reduces",
+                (false, false) => ", unfused",
+            },
             if self.submit_chunk == 0 {
                 ", one submission per run"
             } else {

@@ -56,12 +56,25 @@ impl Kernel {
         matches!(self, Kernel::Bce | Kernel::Loss)
     }
 
+    /// Whether the kernel can read its input product from split-K partial sums
+    /// (and so needs `split_source.wgsl`).
+    pub fn reads_split(self) -> bool {
+        matches!(
+            self,
+            Kernel::Bce | Kernel::ReparamForward | Kernel::ReparamBackward
+        )
+    }
+
     /// The files its shader module is assembled from, in order: the kernel's file,
-    /// then the workgroup-reduction helper of variant `r` if the kernel reduces.
+    /// then the workgroup-reduction helper of variant `r` if the kernel reduces,
+    /// then `split_source.wgsl` if it reads split products.
     pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
         let mut v = vec![self.source()];
         if self.reduces() {
             v.push(r.source());
+        }
+        if self.reads_split() {
+            v.push(SPLIT_SOURCE);
         }
         v
     }
@@ -98,11 +111,29 @@ impl Kernel {
             // partial sums, e → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(5, true), (2, true), (3, false), (6, false)],
             // head → z, eps, kl, logpq
-            Kernel::ReparamForward => &[(0, true), (1, false), (2, false), (3, false), (8, false)],
+            // head (written when read from split sums) → z, eps, kl, logpq; split sums, bias
+            Kernel::ReparamForward => &[
+                (0, false),
+                (1, false),
+                (2, false),
+                (3, false),
+                (8, false),
+                (10, true),
+                (11, true),
+            ],
             // dz, eps, head → dhead
-            Kernel::ReparamBackward => &[(4, true), (5, true), (6, true), (7, false)],
+            // (dz written when read from split sums); split sums, bias
+            Kernel::ReparamBackward => &[
+                (4, false),
+                (5, true),
+                (6, true),
+                (7, false),
+                (10, true),
+                (11, true),
+            ],
             // x, logits (in/out) → bce
-            Kernel::Bce => &[(0, true), (1, false), (2, false)],
+            // split sums, bias (logits read from split sums)
+            Kernel::Bce => &[(0, true), (1, false), (2, false), (10, true), (11, true)],
             // bce, kl → sample_loss, batch_loss; logpq
             Kernel::Loss => &[(0, true), (1, true), (2, false), (3, false), (4, true)],
             // params (in/out), grads, m, v
@@ -110,6 +141,12 @@ impl Kernel {
         }
     }
 }
+
+/// The helper that reads a product from its split-K partial sums ([`Kernel::reads_split`]).
+pub const SPLIT_SOURCE: (&str, &str) = (
+    "split_source.wgsl",
+    include_str!("../../shaders/split_source.wgsl"),
+);
 
 /// How the kernels that reduce over a workgroup (`bce.wgsl`, `loss.wgsl`) do it:
 /// which helper file defining `workgroup_sum` is appended to their source.
@@ -357,8 +394,8 @@ pub const UNIFORM_BYTES: u64 = 128;
 /// `bench/gpu.sh` to say. Trusting is sound for the shaders in `shaders/` because:
 /// - every workgroup-memory index is in range by construction (matmul tiles:
 ///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256), and so is every
-///   tile `matmul_pair` derives from its linear workgroup id (checked against
-///   both problems' grids);
+///   tile `matmul_pair` derives from its workgroup id (the backend dispatches
+///   exactly one workgroup per tile of the two problems);
 /// - every storage access is guarded by the op's sizes, which the backend checks
 ///   against the buffer lengths before recording ([`crate::plan::Op::check`]),
 ///   and image numbers in the index are checked where they are written;

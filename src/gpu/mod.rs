@@ -5,7 +5,7 @@
 mod backend;
 mod context;
 
-pub use backend::{choose_splits, GpuBackend};
+pub use backend::{choose_splits, Fusions, GpuBackend};
 pub use context::{
     build_pipeline, Assembled, FeatureUse, GpuContext, GpuOptions, Kernel, Reduce, Subgroups,
     NO_SUBGROUPS_ENV,
