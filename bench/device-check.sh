@@ -2,14 +2,16 @@
 # On a GPU machine, from the repository root, with .devbin/ from bench/device-pack.sh
 # carried along: the GPU test binaries (shaders against their CPU twins on the real
 # driver, both reduction variants), then bench/gpu.sh (vae-ood against PyTorch and the
-# ablations, one table), in one call. Logs go to $OUT when it is set.
+# variants, one table), then the kernel experiments (one step per GPU variant with
+# per-op timestamps; each product alone, each gradient pair fused and not), in one
+# call. Logs go to $OUT when it is set.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${OUT:-bench/out}
 mkdir -p "$LOG"
 for f in .devbin/*.gz; do gunzip -kf "$f"; done
-chmod +x .devbin/vae-ood .devbin/test_*
+chmod +x .devbin/vae-ood .devbin/test_* .devbin/ex_*
 # shellcheck source=bench/vulkan-env.sh
 source bench/vulkan-env.sh
 .devbin/vae-ood devices 2>&1 | tee "$LOG/devices.txt"
@@ -26,5 +28,8 @@ for t in kernels torch_fixture train_step "bench timestamp" gpu_errors; do
 done
 if [ -z "${SKIP_BENCH:-}" ]; then
   OUTDIR="$LOG/bench" bash bench/gpu.sh .devbin/vae-ood 2>&1 | grep -v '^{' | tee "$LOG/bench.txt"
+  echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
+  timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
+  timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
 fi
 exit $status

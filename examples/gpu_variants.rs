@@ -1,17 +1,18 @@
-//! One MNIST training step (batch 128, the reference model) on the GPU backend in
-//! the variants that `bench/gpu.sh` compares, in turn, on whatever adapter wgpu
-//! picks: the default; trusted shader modules (`VAE_OOD_GPU_TRUSTED=1`: no index
-//! clamps, loop-bounding counters, division guards or zeroed workgroup memory);
-//! and without the GPU fusions (`VAE_OOD_GPU_UNFUSED=1`: a layer's input and weight
-//! gradients as two dispatches instead of one pair, every split-K reduce its own
-//! dispatch). A kernel experiment, not part of the training path;
-//! on lavapipe a step takes about half a second.
+//! MNIST training steps (batch 128, the reference model) on the GPU backend in the
+//! variants that `bench/gpu.sh` compares, in turn, on whatever adapter wgpu picks:
+//! the default; trusted shader modules (`VAE_OOD_GPU_TRUSTED=1`: no index clamps,
+//! loop-bounding counters, division guards or zeroed workgroup memory); without the
+//! gradient pairs, without the folded reduces, and without both
+//! (`VAE_OOD_GPU_UNFUSED=pairs|reduces|1`). Each round runs `steps` steps in one
+//! run per variant; then one step per variant with per-op timestamps where the
+//! adapter has them. A kernel experiment, not part of the training path; on
+//! lavapipe a step takes about a quarter of a second.
 //!
-//!   cargo run --release --example gpu_variants [rounds]
+//!   cargo run --release --example gpu_variants [rounds] [steps]
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use vae_ood::backend::Backend;
-use vae_ood::gpu::{self, GpuBackend, GpuOptions, Subgroups};
+use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions, Subgroups};
 use vae_ood::model::{Dims, Layout};
 use vae_ood::plan::{self, AdamConfig, Batch, Buf, Sizes};
 
@@ -21,6 +22,11 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3);
+    let steps: usize = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1);
     let dims = Dims::MNIST;
     let lay = Layout::new(dims);
     let b = 128;
@@ -53,10 +59,13 @@ fn main() -> anyhow::Result<()> {
         1,
     );
     let mut backends = Vec::new();
-    for (name, trusted, fused) in [
-        ("default", false, true),
-        ("trusted", true, true),
-        ("unfused", false, false),
+    let fusions = |pairs, reduces| Fusions { pairs, reduces };
+    for (name, trusted, f) in [
+        ("default", false, fusions(true, true)),
+        ("trusted", true, fusions(true, true)),
+        ("no pairs", false, fusions(false, true)),
+        ("no folds", false, fusions(true, false)),
+        ("unfused", false, fusions(false, false)),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
         let opts = GpuOptions {
@@ -64,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             trusted,
         };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
-        be.set_fused(fused);
+        be.set_fusions(f);
         be.write_idx(0, &idx)?;
         be.write(Buf::Params, 0, &lay.init(1))?;
         be.write(Buf::AdamM, 0, &vec![0.0; lay.total])?;
@@ -78,20 +87,21 @@ fn main() -> anyhow::Result<()> {
         );
         backends.push((name, be));
     }
+    let many: Vec<_> = (0..steps).flat_map(|_| ops.iter().copied()).collect();
     let mut ms = vec![Vec::new(); backends.len()];
     for _ in 0..rounds {
         for (i, (_, be)) in backends.iter_mut().enumerate() {
             let t = Instant::now();
-            be.run(&ops)?;
-            be.read(Buf::BatchLoss, 0..1)?; // waits for the step
-            ms[i].push(t.elapsed().as_secs_f64() * 1e3);
+            be.run(&many)?;
+            be.read(Buf::BatchLoss, 0..1)?; // waits for the steps
+            ms[i].push(t.elapsed().as_secs_f64() * 1e3 / steps as f64);
         }
     }
     for ((name, _), v) in backends.iter().zip(&ms) {
         let mut s = v.clone();
         s.sort_by(f64::total_cmp);
         println!(
-            "{name:<9} one training step {:.2} ms median of {rounds} (min {:.2}, max {:.2})",
+            "{name:<9} {:.3} ms per training step, median of {rounds} rounds (min {:.3}, max {:.3})",
             s[s.len() / 2],
             s[0],
             s[s.len() - 1]
