@@ -89,7 +89,12 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 // One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
 // uniform over the workgroup.
 fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
-    let p = pp[q];
+    // (not pp[q]: lavapipe treats a uniform array read at a run-time index as
+    // varying per invocation, and ran the pair 1.3× slower with it)
+    var p = pp[0];
+    if (q == 1u) {
+        p = pp[1];
+    }
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
     let t = lid.y * 16u + lid.x;
