@@ -33,6 +33,12 @@ pub trait Backend {
         let _ = (ops, timed);
         Ok(None)
     }
+    /// How many GPU dispatches `run(ops)` records (pairs, split-K reduces and
+    /// folds counted); `None` for the CPU backend.
+    fn dispatches(&self, ops: &[Op]) -> Option<usize> {
+        let _ = ops;
+        None
+    }
 }
 
 /// Which backend the user asked for.

@@ -40,6 +40,8 @@ pub struct BenchResult {
     pub iwae_k: usize,
     pub iwae_images_per_s: f64,
     pub final_avg_loss: f64,
+    /// GPU dispatches in one training step (absent on the CPU)
+    pub dispatches_per_step: Option<usize>,
     /// how the breakdown was measured; absent without one
     pub breakdown_method: Option<BreakdownMethod>,
     /// (op, µs per step)
@@ -125,6 +127,9 @@ pub fn bench(
         None => Vec::new(),
         Some(m) => per_kernel(&mut ex, m, epochs.max(1))?,
     };
+    let dispatches_per_step = epoch_ops(&ex)
+        .first()
+        .and_then(|step| ex.backend.dispatches(step));
     Ok(BenchResult {
         device: ex.backend.kind().to_string(),
         backend: ex.backend.describe(),
@@ -139,6 +144,7 @@ pub fn bench(
         iwae_k: IWAE_K,
         iwae_images_per_s: iwae_n as f64 / iwae_seconds,
         final_avg_loss: last,
+        dispatches_per_step,
         breakdown_method: method,
         breakdown_us_per_step: parts,
     })
@@ -245,6 +251,9 @@ pub fn print(r: &BenchResult) {
         "score: −ELBO (1 draw) {:.0} images/s; IWAE (K = {}) {:.0} images/s",
         r.score_images_per_s, r.iwae_k, r.iwae_images_per_s
     );
+    if let Some(d) = r.dispatches_per_step {
+        println!("GPU dispatches per training step: {d}");
+    }
     if !r.breakdown_us_per_step.is_empty() {
         let total: f64 = r.breakdown_us_per_step.iter().map(|p| p.1).sum();
         let how = match r.breakdown_method {

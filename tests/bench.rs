@@ -76,6 +76,18 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
         reps + 1
     );
 
+    // the reference step: 17 ops, 22 dispatches (5 split-K products), 16 with the
+    // three gradient pairs and three folded reduces (unless switched off; without
+    // the pairs, dz's reduce is not next to its reader, so two folds remain)
+    let step = &vae_ood::bench::epoch_ops(&ex)[0];
+    let want = match std::env::var(vae_ood::knobs::GPU_UNFUSED).as_deref() {
+        Ok("1") => 22,
+        Ok("pairs") => 20,
+        Ok("reduces") => 19,
+        _ => 16,
+    };
+    assert_eq!(ex.backend.dispatches(step), Some(want));
+
     let alone = per_kernel(&mut ex, BreakdownMethod::EachOpAlone, 1).unwrap();
     assert_one_positive_entry_per_op("each op alone (GPU)", &alone);
     // training went on through both: the parameters are still finite
@@ -151,4 +163,6 @@ fn bench_json_says_how_the_breakdown_was_measured() {
     let parts = v["breakdown_us_per_step"].as_array().unwrap();
     assert_eq!(parts.len(), TRAIN_STEP_OP_NAMES.len(), "{line}");
     assert!(v["samples_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    // dispatches are a GPU notion
+    assert!(v["dispatches_per_step"].is_null(), "{line}");
 }

@@ -792,6 +792,10 @@ impl Backend for GpuBackend {
         self.ctx.features.timestamps
     }
 
+    fn dispatches(&self, ops: &[Op]) -> Option<usize> {
+        Some(GpuBackend::dispatches(self, ops))
+    }
+
     fn run_timed(&mut self, ops: &[Op], timed: Range<usize>) -> Result<Option<Vec<f64>>> {
         if !self.ctx.features.timestamps {
             return Ok(None);
