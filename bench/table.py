@@ -20,7 +20,11 @@ def load(p):
 
 def main(argv):
     vae = load(argv[1])
-    rows = [("vae-ood " + vae.get("device", "?"), vae.get("backend", "?"), vae.get("samples_per_s"), vae.get("us_per_step"))]
+    def backend(t):
+        d = t.get("dispatches_per_step")
+        return t.get("backend", "?") + (f"; {d} dispatches/step" if d else "")
+
+    rows = [("vae-ood " + vae.get("device", "?"), backend(vae), vae.get("samples_per_s"), vae.get("us_per_step"))]
     for p in argv[2:]:
         t = load(p)
         if not t:
@@ -30,7 +34,7 @@ def main(argv):
             rows.append((f"pytorch {t.get('variant')}", f"{t.get('device_name')} torch {t.get('torch')}", t.get("samples_per_s"), t.get("us_per_step")))
         else:
             # another vae-ood run (an ablation: its backend line says what was switched off)
-            rows.append((f"vae-ood {t.get('device', '?')}", t.get("backend", "?"), t.get("samples_per_s"), t.get("us_per_step")))
+            rows.append((f"vae-ood {t.get('device', '?')}", backend(t), t.get("samples_per_s"), t.get("us_per_step")))
     ours = vae.get("samples_per_s")
     print("| implementation | device | samples/s | µs/step | vae-ood speed-up |")
     print("| --- | --- | ---: | ---: | ---: |")
