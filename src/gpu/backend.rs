@@ -900,3 +900,107 @@ impl Backend for GpuBackend {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The lowering is a pure function of the op list: which ops pair, which
+    //! reduces fold, and what is refused, checked without a GPU.
+    use super::*;
+    use crate::model::{Dims, Layout};
+    use crate::plan::{self, AdamConfig, Batch};
+
+    fn step() -> Vec<Op> {
+        let lay = Layout::new(Dims::MNIST);
+        plan::train_step_ops(
+            Dims::MNIST,
+            &lay.offsets(),
+            &Batch::train_step(0, 128, 128, 1, 0),
+            lay.total,
+            &AdamConfig::default(),
+            1,
+        )
+    }
+
+    fn fusions(pairs: bool, reduces: bool) -> Fusions {
+        Fusions { pairs, reduces }
+    }
+
+    fn kernels(ops: &[Op], f: Fusions) -> Vec<(usize, Kernel)> {
+        lower_all(ops, f).0.iter().map(|(i, d)| (*i, d.0)).collect()
+    }
+
+    #[test]
+    fn reference_step_lowers_to_16_dispatches() {
+        let ops = step();
+        let count = |f| lower_all(&ops, f).0.len();
+        assert_eq!(
+            count(fusions(false, false)),
+            22,
+            "17 ops, 5 split-K reduces"
+        );
+        assert_eq!(count(fusions(true, false)), 19, "three pairs");
+        assert_eq!(count(fusions(false, true)), 20, "two folds without pairs");
+        assert_eq!(count(fusions(true, true)), 16);
+        let k = kernels(&ops, fusions(true, true));
+        // the pairs sit at the input-gradient ops (8 fc4, 10 fc3, 13 head), and the
+        // weight-gradient ops after them have no dispatch of their own
+        let pairs: Vec<usize> = k
+            .iter()
+            .filter(|d| d.1 == Kernel::MatmulPair)
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(pairs, [8, 10, 13]);
+        assert!(k.iter().all(|d| ![9, 11, 14].contains(&d.0)));
+        // reduces left: fc1 fwd (1) and fc4 dX (8), whose products feed matmuls
+        let reduces: Vec<usize> = k
+            .iter()
+            .filter(|d| d.1 == Kernel::MatmulReduce)
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(reduces, [1, 8]);
+        // the folds: a SplitSource in the slots of the BCE (6), the
+        // reparameterisation (3) and its backward (12), and nowhere else
+        // (only kernels that can read split sums have a SplitSource at byte 64; a
+        // pair's second params sit there)
+        let slots = lower_all(&ops, fusions(true, true)).1;
+        for (i, kernel) in k {
+            let bytes = &slots[i];
+            let folded = kernel.reads_split()
+                && bytes.len() > SPLIT_SOURCE_AT
+                && bytes[SPLIT_SOURCE_AT..SPLIT_SOURCE_AT + 4] != [0; 4];
+            assert_eq!(folded, [3, 6, 12].contains(&i), "op {i}");
+        }
+    }
+
+    #[test]
+    fn folds_and_pairs_are_refused_where_they_would_be_wrong() {
+        let ops = step();
+        let fused = fusions(true, true);
+        let n = |ops: &[Op]| lower_all(ops, fused).0.len();
+        // the BCE reads fewer rows than the decoder product wrote: no fold
+        let mut short = ops.clone();
+        if let Op::Bce(p) = &mut short[6] {
+            p.rows -= 1;
+        }
+        assert_eq!(n(&short), 17);
+        // the decoder product written at an offset: not dense, no fold
+        let mut off = ops.clone();
+        if let Op::Matmul { p, .. } = &mut off[5] {
+            p.c_off = 8;
+        }
+        assert_eq!(n(&off), 17);
+        // a weight gradient that reads what its input gradient writes: no pair
+        let mut dep = ops.clone();
+        if let Op::Matmul { b, .. } = &mut dep[9] {
+            *b = Buf::Dh3; // fc4 dX writes Dh3
+        }
+        assert_eq!(n(&dep), 17);
+        // an input gradient whose mask is not the weight gradient's B: no pair
+        let mut mask = ops.clone();
+        if let Op::Matmul { e, .. } = &mut mask[13] {
+            *e = Buf::X;
+        }
+        assert_eq!(n(&mask), 17);
+        assert_eq!(n(&ops), 16);
+    }
+}
