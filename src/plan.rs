@@ -245,6 +245,23 @@ impl Op {
     }
 }
 
+/// [`Op::check`] for every op of a run: the first misfit as one error.
+pub fn check_ops(ops: &[Op], s: &Sizes, idx_len: usize) -> anyhow::Result<()> {
+    for op in ops {
+        op.check(s, idx_len)
+            .map_err(|e| anyhow::anyhow!("op not run: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Every image number written to the index names an image of the store.
+pub fn check_idx(idx: &[u32], images: usize) -> anyhow::Result<()> {
+    if let Some(&bad) = idx.iter().find(|&&i| i as usize >= images) {
+        anyhow::bail!("image {bad} in the index: the store holds {images}");
+    }
+    Ok(())
+}
+
 /// Where a batch's images come from and where its losses go.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Batch {

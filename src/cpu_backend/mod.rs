@@ -35,6 +35,8 @@ use rayon::prelude::*;
 pub struct CpuBackend {
     sizes: Sizes,
     data: Vec<u32>,
+    /// whole images in the store: the bound on every image number in `idx`
+    images: usize,
     idx: Vec<u32>,
     bufs: Vec<Vec<f32>>,
     /// parameter ranges already updated by a fused dW + Adam since the last Adam op
@@ -70,6 +72,7 @@ impl CpuBackend {
         CpuBackend {
             sizes,
             data: cpu::gather::pack_bytes(store),
+            images: store.len() / sizes.dims.d.max(1),
             idx: vec![0; idx_len],
             bufs,
             adam_done: Vec::new(),
@@ -543,10 +546,13 @@ impl Backend for CpuBackend {
             offset + idx.len() <= self.idx.len(),
             "write past the end of the index buffer"
         );
+        crate::plan::check_idx(idx, self.images)?;
         self.idx[offset..offset + idx.len()].copy_from_slice(idx);
         Ok(())
     }
     fn run(&mut self, ops: &[Op]) -> Result<()> {
+        // the same checks as the GPU backend: one error, not a panic inside a kernel
+        crate::plan::check_ops(ops, &self.sizes, self.idx.len())?;
         self.run_list(ops, 0..0, &mut []);
         Ok(())
     }
@@ -558,6 +564,7 @@ impl Backend for CpuBackend {
         true
     }
     fn run_timed(&mut self, ops: &[Op], timed: Range<usize>) -> Result<Option<Vec<f64>>> {
+        crate::plan::check_ops(ops, &self.sizes, self.idx.len())?;
         let mut ns = vec![0.0; timed.len()];
         self.run_list(ops, timed, &mut ns);
         Ok(Some(ns))

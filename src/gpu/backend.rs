@@ -614,10 +614,7 @@ impl GpuBackend {
         }
         // clear errors for bad plans, and what makes trusted shaders sound (see
         // build_pipeline)
-        for op in ops {
-            op.check(&self.sizes, self.idx_len)
-                .map_err(|e| anyhow!("op not run on the GPU: {e}"))?;
-        }
+        crate::plan::check_ops(ops, &self.sizes, self.idx_len)?;
         if ops.len() > self.slots {
             let slots = ops.len().next_power_of_two();
             let (u, bg) = Self::make_uniforms(&self.ctx, slots, self.stride);
@@ -773,9 +770,7 @@ impl Backend for GpuBackend {
             "write past the end of the index buffer"
         );
         // the gather reads image idx[r] unchecked on the GPU (see build_pipeline)
-        if let Some(&bad) = idx.iter().find(|&&i| i as usize >= self.images) {
-            anyhow::bail!("image {bad} in the index: the store holds {}", self.images);
-        }
+        crate::plan::check_idx(idx, self.images)?;
         if !idx.is_empty() {
             self.ctx
                 .queue
