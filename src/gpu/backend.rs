@@ -263,6 +263,9 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
         let mut low = lower(&ops[i], ops.get(i + 1).filter(|_| fuse.pairs));
         let mut bytes = std::mem::take(&mut low.bytes);
         if let Some(src) = source.take() {
+            // (only BCE and reparameterisation ops read split sums: their params end
+            // before byte 64)
+            debug_assert!(bytes.len() <= SPLIT_SOURCE_AT);
             bytes.resize(SPLIT_SOURCE_AT, 0);
             bytes.extend_from_slice(bytemuck::bytes_of(&src));
         }
