@@ -72,35 +72,13 @@ fn run_case_on(backends: &mut [Box<dyn Backend>], sizes: Sizes, c: &Case) {
     let ran: Vec<&str> = results.iter().map(|r| r.0.as_str()).collect();
     eprintln!("{}: ran on {}", c.name, ran.join(" | "));
     let (_, cpu) = &results[0];
+    let poisoned = |b: &Buf| !c.inputs.iter().any(|(i, _)| i == b);
     for ((b, region, ..), out) in c.outputs.iter().zip(cpu) {
-        let in_place = c.inputs.iter().any(|(i, _)| i == b);
-        for (i, v) in out.iter().enumerate() {
-            if region.iter().any(|r| r.contains(&i)) {
-                assert!(
-                    v.is_finite(),
-                    "{}: CPU left {b:?}[{i}] unwritten ({v})",
-                    c.name
-                );
-            } else if !in_place {
-                assert!(
-                    v.is_nan(),
-                    "{}: CPU wrote {b:?}[{i}] outside its output region",
-                    c.name
-                );
-            }
-        }
+        assert_written(&format!("{}: CPU {b:?}", c.name), out, region, poisoned(b));
     }
     for (desc, outs) in &results[1..] {
         for ((b, region, atol, rtol), (g, w)) in c.outputs.iter().zip(outs.iter().zip(cpu)) {
-            for (i, gi) in g.iter().enumerate() {
-                if !region.iter().any(|r| r.contains(&i)) && !c.inputs.iter().any(|(x, _)| x == b) {
-                    assert!(
-                        gi.is_nan(),
-                        "{}: {desc} wrote {b:?}[{i}] outside its output region",
-                        c.name
-                    );
-                }
-            }
+            assert_written(&format!("{}: {desc} {b:?}", c.name), g, region, poisoned(b));
             for r in region {
                 assert_close(
                     &format!("{} {b:?} on {desc}", c.name),
@@ -110,6 +88,19 @@ fn run_case_on(backends: &mut [Box<dyn Backend>], sizes: Sizes, c: &Case) {
                     *rtol,
                 );
             }
+        }
+    }
+}
+
+/// A kernel wrote every element of its output region (finite) and, where the
+/// buffer was poisoned with NaN before it ran, nothing outside it.
+#[track_caller]
+fn assert_written(what: &str, out: &[f32], region: &[Range<usize>], poisoned: bool) {
+    for (i, v) in out.iter().enumerate() {
+        if region.iter().any(|r| r.contains(&i)) {
+            assert!(v.is_finite(), "{what}[{i}] left unwritten ({v})");
+        } else if poisoned {
+            assert!(v.is_nan(), "{what}[{i}] written outside its output region");
         }
     }
 }
@@ -363,23 +354,18 @@ fn matmul_pair_input_and_weight_gradients() {
         }
         let dx_region = 0..m * k;
         let g_regions = [gw_off..gw_off + n * k, gb_off..gb_off + n];
-        for (i, v) in cpu_dx.iter().enumerate() {
-            assert_eq!(v.is_nan(), !dx_region.contains(&i), "CPU dX[{i}]");
-        }
-        for (i, v) in cpu_g.iter().enumerate() {
-            let inside = g_regions.iter().any(|r| r.contains(&i));
-            assert_eq!(v.is_nan(), !inside, "CPU grads[{i}]");
-        }
+        assert_written("CPU dX", &cpu_dx, std::slice::from_ref(&dx_region), true);
+        assert_written("CPU grads", &cpu_g, &g_regions, true);
         // K up to 400 of O(1) terms: as the split-K test, 1e-3 + 1e-4 relative
         for (res, how) in results.iter().zip(["one pair dispatch", "two dispatches"]) {
             let what = format!("{m}×{k}×{n}, {how}");
-            for (i, v) in res.0.iter().enumerate() {
-                assert_eq!(v.is_nan(), !dx_region.contains(&i), "{what}: dX[{i}]");
-            }
-            for (i, v) in res.1.iter().enumerate() {
-                let inside = g_regions.iter().any(|r| r.contains(&i));
-                assert_eq!(v.is_nan(), !inside, "{what}: grads[{i}]");
-            }
+            assert_written(
+                &format!("{what}: dX"),
+                &res.0,
+                std::slice::from_ref(&dx_region),
+                true,
+            );
+            assert_written(&format!("{what}: grads"), &res.1, &g_regions, true);
             assert_close(
                 &format!("{what}: dX"),
                 &res.0[dx_region.clone()],
