@@ -611,9 +611,10 @@ impl GpuBackend {
     /// `timed`, also write timestamps around the ops in `timed` (query 0 before the
     /// first dispatch of `ops[timed.start]`, query j + 1 after the last dispatch of
     /// `ops[timed.start + j]`) and resolve them into `timing`'s staging buffer.
-    fn record(&mut self, ops: &[Op], timed: Option<Range<usize>>) -> Result<()> {
+    /// Returns the op of each dispatch recorded, in order.
+    fn record(&mut self, ops: &[Op], timed: Option<Range<usize>>) -> Result<Vec<usize>> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // clear errors for bad plans, and what makes trusted shaders sound (see
         // build_pipeline)
@@ -716,7 +717,8 @@ impl GpuBackend {
             self.ctx.queue.submit([enc.finish()]);
             d0 = d1;
         }
-        self.ctx.check("kernel submission")
+        self.ctx.check("kernel submission")?;
+        Ok(plan.iter().map(|d| d.0).collect())
     }
 }
 
@@ -783,7 +785,7 @@ impl Backend for GpuBackend {
     }
 
     fn run(&mut self, ops: &[Op]) -> Result<()> {
-        self.record(ops, None)
+        self.record(ops, None).map(drop)
     }
 
     fn has_timestamps(&self) -> bool {
@@ -813,7 +815,7 @@ impl Backend for GpuBackend {
         if self.timing.as_ref().is_none_or(|t| t.len < n) {
             self.timing = Some(Self::make_timing(&self.ctx, n));
         }
-        self.record(ops, Some(timed.clone()))?;
+        let dispatched = self.record(ops, Some(timed.clone()))?;
         let t = self.timing.as_ref().expect("created above");
         let (tx, rx) = std::sync::mpsc::channel();
         let bytes = n as u64 * 8;
@@ -840,7 +842,7 @@ impl Backend for GpuBackend {
         // timestamp written right after the op before it: exactly 0, the gap (if the
         // adapter's clock moved at all) charged to that op.
         let mut own = vec![false; ops.len()];
-        for (i, _) in lower_all(ops, self.fusions).0 {
+        for i in dispatched {
             own[i] = true;
         }
         for j in 1..ns.len() {
