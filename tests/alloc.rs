@@ -47,14 +47,7 @@ fn cpu_backend_allocates_nothing_per_step() {
     let half_len = n_img * dims.d / 2;
     let mut store = image_bytes(&mut rng, half_len, 1.0);
     store.extend(image_bytes(&mut rng, n_img * dims.d - half_len, 0.2));
-    let sizes = plan::Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: b,
-        sample_slots: steps * b,
-        batch_slots: steps,
-    };
+    let sizes = run_sizes(dims, b, 1, steps);
     // even steps draw from the sparse half, odd steps from the dense half
     let half = n_img / 2;
     let idx: Vec<u32> = (0..steps * b)

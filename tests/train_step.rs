@@ -27,14 +27,7 @@ fn three_training_steps_gpu_equal_cpu() {
     let idx: Vec<u32> = (0..3 * b)
         .map(|_| rng.random_range(0..n_img as u32))
         .collect();
-    let sizes = plan::Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: b,
-        sample_slots: 3 * b,
-        batch_slots: 3,
-    };
+    let sizes = run_sizes(dims, b, 1, 3);
     let params = lay.init(rng.random());
     let adam = AdamConfig::default();
     let steps = 3;
@@ -211,14 +204,7 @@ fn cpu_fusions_change_no_bit() {
         let nonzero = if sparse_input { 0.2 } else { 1.0 };
         let store = image_bytes(&mut rng, n_img * dims.d, nonzero);
         let idx = random_idx(&mut rng, steps * b, n_img);
-        let sizes = plan::Sizes {
-            dims,
-            params: lay.total,
-            max_images: b,
-            max_rows: b * k,
-            sample_slots: (steps + 1) * b,
-            batch_slots: steps + 1,
-        };
+        let sizes = run_sizes(dims, b, k, steps + 1);
         let params = lay.init(rng.random());
         let batch = |s: usize, draws: usize, mode| Batch {
             images: b,
@@ -334,14 +320,7 @@ fn cpu_sparse_first_layer_matches_dense() {
     let (b, n_img, steps) = (37, 60, 3);
     let store = image_bytes(&mut rng, n_img * dims.d, 0.2);
     let idx = random_idx(&mut rng, steps * b, n_img);
-    let sizes = plan::Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: b,
-        sample_slots: steps * b,
-        batch_slots: steps,
-    };
+    let sizes = run_sizes(dims, b, 1, steps);
     let params = lay.init(rng.random());
     let ops = train_steps_ops(dims, b, steps, 3, 0);
     // one more batch (the first images, its own noise stream), forward + backward
@@ -438,14 +417,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     let (b, n_img, steps) = (19, 40, 3);
     let store = image_bytes(&mut rng, n_img * dims.d, 0.5);
     let idx = random_idx(&mut rng, steps * b, n_img);
-    let sizes = plan::Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: 2 * b,
-        sample_slots: (steps + 1) * b,
-        batch_slots: steps + 1,
-    };
+    let sizes = run_sizes(dims, b, 2, steps + 1);
     let params = lay.init(rng.random());
     let mut ops = train_steps_ops(dims, b, steps, 2, 0);
     let score = Batch {

@@ -145,13 +145,19 @@ use vae_ood::plan::{self, AdamConfig, Batch, Op};
 
 /// Sizes for a tiny model and batch (no image store needed).
 pub fn tiny_sizes(dims: Dims, b: usize) -> Sizes {
+    run_sizes(dims, b, 1, 1)
+}
+
+/// Buffers for a run of `batches` batches of `b` images each with up to `draws` z
+/// draws per image: one loss slot per image and per batch.
+pub fn run_sizes(dims: Dims, b: usize, draws: usize, batches: usize) -> Sizes {
     Sizes {
         dims,
         params: Layout::new(dims).total,
         max_images: b,
-        max_rows: b,
-        sample_slots: b,
-        batch_slots: 1,
+        max_rows: b * draws,
+        sample_slots: batches * b,
+        batch_slots: batches,
     }
 }
 
