@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use vae_ood::backend::Backend;
 use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions, Subgroups};
-use vae_ood::model::{Dims, Layout};
-use vae_ood::plan::{self, AdamConfig, Batch, Buf, Sizes};
+use vae_ood::model::Layout;
+use vae_ood::plan::{self, Buf};
 
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args()
@@ -27,9 +27,9 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(1);
-    let dims = Dims::MNIST;
-    let lay = Layout::new(dims);
     let b = 128;
+    let (sizes, ops) = plan::reference_step(b);
+    let (dims, lay) = (sizes.dims, Layout::new(sizes.dims));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     // MNIST-like bytes: ~19 % of pixels lit
     let store: Vec<u8> = (0..b * dims.d)
@@ -42,22 +42,6 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let idx: Vec<u32> = (0..b as u32).collect();
-    let sizes = Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: b,
-        sample_slots: b,
-        batch_slots: 1,
-    };
-    let ops = plan::train_step_ops(
-        dims,
-        &lay.offsets(),
-        &Batch::train_step(0, b, b, 1, 0),
-        lay.total,
-        &AdamConfig::default(),
-        1,
-    );
     let mut backends = Vec::new();
     let fusions = |pairs, reduces| Fusions { pairs, reduces };
     for (name, trusted, f) in [

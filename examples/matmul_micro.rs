@@ -8,8 +8,8 @@
 use std::time::Instant;
 use vae_ood::backend::Backend;
 use vae_ood::gpu::{self, GpuBackend};
-use vae_ood::model::{Dims, Layout};
-use vae_ood::plan::{self, AdamConfig, Batch, Buf, Op, Sizes};
+use vae_ood::model::Layout;
+use vae_ood::plan::{self, Buf, Op};
 
 fn main() -> anyhow::Result<()> {
     let reps: usize = std::env::args()
@@ -17,26 +17,10 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(4);
-    let dims = Dims::MNIST;
-    let lay = Layout::new(dims);
     let b = 128;
-    let sizes = Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: b,
-        sample_slots: b,
-        batch_slots: 1,
-    };
-    let store = vec![0u8; b * dims.d];
-    let ops = plan::train_step_ops(
-        dims,
-        &lay.offsets(),
-        &Batch::train_step(0, b, b, 1, 0),
-        lay.total,
-        &AdamConfig::default(),
-        1,
-    );
+    let (sizes, ops) = plan::reference_step(b);
+    let lay = Layout::new(sizes.dims);
+    let store = vec![0u8; b * sizes.dims.d];
     let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
     let mut be = GpuBackend::new(a, &store, b, sizes)?;
     be.set_fused(false);

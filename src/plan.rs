@@ -460,6 +460,31 @@ pub fn train_step_ops(
     ops
 }
 
+/// The first training step (Adam step 1) of the reference model on a batch of `b`
+/// images (index entries 0..b), and buffer sizes that hold exactly it: what kernel
+/// experiments and lowering tests run.
+pub fn reference_step(b: usize) -> (Sizes, Vec<Op>) {
+    let dims = Dims::MNIST;
+    let lay = crate::model::Layout::new(dims);
+    let sizes = Sizes {
+        dims,
+        params: lay.total,
+        max_images: b,
+        max_rows: b,
+        sample_slots: b,
+        batch_slots: 1,
+    };
+    let ops = train_step_ops(
+        dims,
+        &lay.offsets(),
+        &Batch::train_step(0, b, b, 1, 0),
+        lay.total,
+        &AdamConfig::default(),
+        1,
+    );
+    (sizes, ops)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -906,19 +906,9 @@ mod tests {
     //! The lowering is a pure function of the op list: which ops pair, which
     //! reduces fold, and what is refused, checked without a GPU.
     use super::*;
-    use crate::model::{Dims, Layout};
-    use crate::plan::{self, AdamConfig, Batch};
 
     fn step() -> Vec<Op> {
-        let lay = Layout::new(Dims::MNIST);
-        plan::train_step_ops(
-            Dims::MNIST,
-            &lay.offsets(),
-            &Batch::train_step(0, 128, 128, 1, 0),
-            lay.total,
-            &AdamConfig::default(),
-            1,
-        )
+        crate::plan::reference_step(128).1
     }
 
     fn fusions(pairs: bool, reduces: bool) -> Fusions {
