@@ -760,19 +760,21 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_TRUSTED", "yes"),
         ("VAE_OOD_GPU_UNFUSED", "pair"),
     ];
+    // a one-epoch CPU run on 128 images, quiet
+    let run = [
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "128",
+        "-q",
+    ];
     for (name, value) in cases {
         let o = bin()
             .env(name, value)
-            .args([
-                "--device",
-                "cpu",
-                "--epochs",
-                "1",
-                "--train-limit",
-                "128",
-                "--out",
-                s(&out),
-            ])
+            .args(run)
+            .args(["--out", s(&out)])
             .output()
             .unwrap();
         let what = format!("{name}={value}");
@@ -787,17 +789,8 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_CHUNK", "64")
         .env("VAE_OOD_GPU_UNFUSED", "reduces")
         .env("VAE_OOD_GPU_TRUSTED", "1")
-        .args([
-            "--device",
-            "cpu",
-            "--epochs",
-            "1",
-            "--train-limit",
-            "128",
-            "-q",
-            "--out",
-            s(&out),
-        ])
+        .args(run)
+        .args(["--out", s(&out)])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
