@@ -2,7 +2,8 @@
 //! variants that `bench/gpu.sh` compares, in turn, on whatever adapter wgpu picks:
 //! the default; trusted shader modules (`VAE_OOD_GPU_TRUSTED=1`: no index clamps,
 //! loop-bounding counters, division guards or zeroed workgroup memory); without the
-//! gradient pairs, without the folded reduces, and without both
+//! loop-bounding counters only (`=loops`); the matmul prefetching its next K step
+//! (`VAE_OOD_GPU_PREFETCH=1`); without the gradient pairs, without the folded reduces, and without both
 //! (`VAE_OOD_GPU_UNFUSED=pairs|reduces|1`). Each round runs `steps` steps in one
 //! run per variant; then one step per variant with per-op timestamps where the
 //! adapter has them. A kernel experiment, not part of the training path; on
@@ -12,7 +13,7 @@
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use vae_ood::backend::Backend;
-use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions, Subgroups};
+use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions, ShaderChecks, Subgroups};
 use vae_ood::model::Layout;
 use vae_ood::plan::{self, Buf};
 
@@ -44,17 +45,21 @@ fn main() -> anyhow::Result<()> {
     let idx: Vec<u32> = (0..b as u32).collect();
     let mut backends = Vec::new();
     let fusions = |pairs, reduces| Fusions { pairs, reduces };
-    for (name, trusted, f) in [
-        ("default", false, fusions(true, true)),
-        ("trusted", true, fusions(true, true)),
-        ("no pairs", false, fusions(false, true)),
-        ("no folds", false, fusions(true, false)),
-        ("unfused", false, fusions(false, false)),
+    use ShaderChecks::{All, NoLoopBounds, Trusted};
+    for (name, checks, prefetch, f) in [
+        ("default", All, false, fusions(true, true)),
+        ("trusted", Trusted, false, fusions(true, true)),
+        ("no loop counters", NoLoopBounds, false, fusions(true, true)),
+        ("prefetch", All, true, fusions(true, true)),
+        ("no pairs", All, false, fusions(false, true)),
+        ("no folds", All, false, fusions(true, false)),
+        ("unfused", All, false, fusions(false, false)),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
-            trusted,
+            checks,
+            prefetch,
         };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
         be.set_fusions(f);
@@ -85,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         let mut s = v.clone();
         s.sort_by(f64::total_cmp);
         println!(
-            "{name:<9} {:.3} ms per training step, median of {rounds} rounds (min {:.3}, max {:.3})",
+            "{name:<16} {:.3} ms per training step, median of {rounds} rounds (min {:.3}, max {:.3})",
             s[s.len() / 2],
             s[0],
             s[s.len() - 1]
@@ -99,7 +104,7 @@ fn main() -> anyhow::Result<()> {
                 .zip(&ns)
                 .map(|(n, t)| format!("{n} {:.1}", t * 1e-6))
                 .collect();
-            println!("{name:<9} ms per op: {}", parts.join(", "));
+            println!("{name:<16} ms per op: {}", parts.join(", "));
         }
     }
     Ok(())

@@ -10,7 +10,10 @@
 // read consecutive addresses whichever operand is transposed, and stored as pairs so
 // that each step of the multiply reads a thread's two A values and two B values with
 // one load each (two loads per four FMAs, not four: half the time on lavapipe,
-// examples/matmul_micro.rs). Dispatch
+// examples/matmul_micro.rs). Written without loops a driver must unroll: a thread's
+// eight global reads of a K step are issued before it stores any of them, and the
+// multiply runs 8 steps of kk per trip (wgpu puts a loop-bounding counter in every
+// loop, which can keep a driver from unrolling it). Dispatch
 // (ceil(n/32), ceil(m/32), splits). With splits > 1 (skinny products whose few
 // workgroups would each walk a long K), workgroup z sums only its share of K and
 // writes raw partial sums to `partial` (splits, m, n); matmul_reduce then adds the
@@ -44,6 +47,10 @@ struct Params {
 @group(1) @binding(0) var<uniform> pp: array<Params, 2>;
 
 const TILE: u32 = 32u;
+// Software pipelining (`VAE_OOD_GPU_PREFETCH=1`, a pipeline constant): a thread
+// issues its reads of the next K step before the multiply of this one, not after
+// it. Same values into the same tiles, so the same bits.
+override PREFETCH: bool = false;
 // Tiles in workgroup memory as pairs, both indexed [kk][pair], rows of ROW pairs (34
 // floats: the padding spreads the strided stores of a transposed load over the banks):
 // ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
@@ -103,82 +110,164 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     let k_end = min(p.k, k_begin + kc);
     let a_t = p.a_si == 1u && p.a_sp != 1u; // A stored transposed: walk i fastest
     let b_t = p.b_sp == 1u && p.b_sj != 1u; // B stored transposed: walk p fastest
-    var acc00 = 0.0;
-    var acc01 = 0.0;
-    var acc10 = 0.0;
-    var acc11 = 0.0;
-    var rs0 = 0.0; // row sums of A (flag 8)
-    var rs1 = 0.0;
+    var acc = vec4<f32>(); // C(i0, j0), C(i0, j0 + 1), C(i0 + 1, j0), C(i0 + 1, j0 + 1)
+    var rs = vec2<f32>(); // row sums of A (flag 8) for rows i0, i0 + 1
+    // Thread t moves tile elements (fast, slow) = (t % 32, t / 32 + 8r), r = 0..3, of
+    // each operand (ra, rb): all eight reads from global memory are issued before
+    // the first store to workgroup memory, so their latencies overlap (a loop over r
+    // would leave that to the driver's unroller, which wgpu's loop-bounding counter
+    // can stop).
+    let fast = t % TILE;
+    let slow = t / TILE;
+    var ra = fetch_a4(p, row0, k_begin, k_end, a_t, fast, slow);
+    var rb = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow);
     for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
-        for (var r = 0u; r < 4u; r++) {
-            let idx = t + r * 256u;
-            let fast = idx % TILE;
-            let slow = idx / TILE;
-            // A tile element (ii, kk)
-            var ii = slow;
-            var kk = fast;
-            if (a_t) {
-                ii = fast;
-                kk = slow;
-            }
-            var va = 0.0;
-            if (row0 + ii < p.m && k0 + kk < k_end) {
-                va = a[p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp];
-            }
-            ta[kk * ROW + ii / 2u][ii % 2u] = va;
-            // B tile element (kk, jj)
-            var kb = slow;
-            var jj = fast;
-            if (b_t) {
-                kb = fast;
-                jj = slow;
-            }
-            var vb = 0.0;
-            if (k0 + kb < k_end && col0 + jj < p.n) {
-                let at = p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj;
-                if (q == 0u) {
-                    vb = b[at];
-                } else {
-                    vb = e[at];
-                }
-            }
-            tb[kb * ROW + jj / 2u][jj % 2u] = vb;
+        stash_a4(a_t, fast, slow, ra);
+        stash_b4(b_t, fast, slow, rb);
+        workgroupBarrier();
+        if (PREFETCH) {
+            // the next K step's reads in flight during this step's multiply
+            ra = fetch_a4(p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
+        }
+        // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
+        // every loop (and any driver that will not unroll past it) costs once per 8
+        for (var kk = 0u; kk < TILE; kk += 8u) {
+            let ia = kk * ROW + lid.y; // rows 2·lid.y, +1
+            let ib = kk * ROW + lid.x; // columns 2·lid.x, +1
+            mac(&acc, &rs, ta[ia], tb[ib]);
+            mac(&acc, &rs, ta[ia + ROW], tb[ib + ROW]);
+            mac(&acc, &rs, ta[ia + 2u * ROW], tb[ib + 2u * ROW]);
+            mac(&acc, &rs, ta[ia + 3u * ROW], tb[ib + 3u * ROW]);
+            mac(&acc, &rs, ta[ia + 4u * ROW], tb[ib + 4u * ROW]);
+            mac(&acc, &rs, ta[ia + 5u * ROW], tb[ib + 5u * ROW]);
+            mac(&acc, &rs, ta[ia + 6u * ROW], tb[ib + 6u * ROW]);
+            mac(&acc, &rs, ta[ia + 7u * ROW], tb[ib + 7u * ROW]);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE; kk++) {
-            let av = ta[kk * ROW + lid.y]; // rows 2·lid.y, +1
-            let bv = tb[kk * ROW + lid.x]; // columns 2·lid.x, +1
-            acc00 = fma(av.x, bv.x, acc00);
-            acc01 = fma(av.x, bv.y, acc01);
-            acc10 = fma(av.y, bv.x, acc10);
-            acc11 = fma(av.y, bv.y, acc11);
-            rs0 += av.x;
-            rs1 += av.y;
+        if (!PREFETCH) {
+            ra = fetch_a4(p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
         }
-        workgroupBarrier();
     }
     let i0 = row0 + lid.y * 2u;
     let j0 = col0 + lid.x * 2u;
     if (p.splits > 1u) {
         let base = wg.z * p.m * p.n;
-        store_partial(p, base, i0, j0, acc00);
-        store_partial(p, base, i0, j0 + 1u, acc01);
-        store_partial(p, base, i0 + 1u, j0, acc10);
-        store_partial(p, base, i0 + 1u, j0 + 1u, acc11);
+        store_partial(p, base, i0, j0, acc.x);
+        store_partial(p, base, i0, j0 + 1u, acc.y);
+        store_partial(p, base, i0 + 1u, j0, acc.z);
+        store_partial(p, base, i0 + 1u, j0 + 1u, acc.w);
         return;
     }
-    store(q, p, i0, j0, acc00);
-    store(q, p, i0, j0 + 1u, acc01);
-    store(q, p, i0 + 1u, j0, acc10);
-    store(q, p, i0 + 1u, j0 + 1u, acc11);
+    store(q, p, i0, j0, acc.x);
+    store(q, p, i0, j0 + 1u, acc.y);
+    store(q, p, i0 + 1u, j0, acc.z);
+    store(q, p, i0 + 1u, j0 + 1u, acc.w);
     if ((p.flags & 8u) != 0u && wg.x == 0u && lid.x == 0u) {
         if (i0 < p.m) {
-            put(q, p.e_off + i0, rs0);
+            put(q, p.e_off + i0, rs.x);
         }
         if (i0 + 1u < p.m) {
-            put(q, p.e_off + i0 + 1u, rs1);
+            put(q, p.e_off + i0 + 1u, rs.y);
         }
     }
+}
+
+// Tile element (fast, slow) of A: A(row0 + ii, k0 + kk) with (ii, kk) = (slow, fast),
+// or (fast, slow) when A is stored transposed, so that consecutive threads read
+// consecutive addresses; 0 outside the matrix or the K share.
+fn fetch_a(p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> f32 {
+    var ii = slow;
+    var kk = fast;
+    if (a_t) {
+        ii = fast;
+        kk = slow;
+    }
+    if (row0 + ii < p.m && k0 + kk < k_end) {
+        return a[p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp];
+    }
+    return 0.0;
+}
+
+// Thread t's four elements of A's tile: rows slow, slow + 8, slow + 16, slow + 24.
+fn fetch_a4(p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> vec4<f32> {
+    return vec4<f32>(
+        fetch_a(p, row0, k0, k_end, a_t, fast, slow),
+        fetch_a(p, row0, k0, k_end, a_t, fast, slow + 8u),
+        fetch_a(p, row0, k0, k_end, a_t, fast, slow + 16u),
+        fetch_a(p, row0, k0, k_end, a_t, fast, slow + 24u),
+    );
+}
+
+fn stash_a4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
+    stash_a(a_t, fast, slow, v.x);
+    stash_a(a_t, fast, slow + 8u, v.y);
+    stash_a(a_t, fast, slow + 16u, v.z);
+    stash_a(a_t, fast, slow + 24u, v.w);
+}
+
+fn stash_a(a_t: bool, fast: u32, slow: u32, v: f32) {
+    var ii = slow;
+    var kk = fast;
+    if (a_t) {
+        ii = fast;
+        kk = slow;
+    }
+    ta[kk * ROW + ii / 2u][ii % 2u] = v;
+}
+
+// Tile element (fast, slow) of B: B(k0 + kb, col0 + jj) with (kb, jj) = (slow, fast),
+// or (fast, slow) when B is stored transposed; read from b (problem 0) or e
+// (problem 1 of a pair).
+fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32) -> f32 {
+    var kb = slow;
+    var jj = fast;
+    if (b_t) {
+        kb = fast;
+        jj = slow;
+    }
+    if (k0 + kb < k_end && col0 + jj < p.n) {
+        let at = p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj;
+        if (q == 0u) {
+            return b[at];
+        }
+        return e[at];
+    }
+    return 0.0;
+}
+
+fn fetch_b4(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32) -> vec4<f32> {
+    return vec4<f32>(
+        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow),
+        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 8u),
+        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 16u),
+        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 24u),
+    );
+}
+
+fn stash_b4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
+    stash_b(b_t, fast, slow, v.x);
+    stash_b(b_t, fast, slow + 8u, v.y);
+    stash_b(b_t, fast, slow + 16u, v.z);
+    stash_b(b_t, fast, slow + 24u, v.w);
+}
+
+fn stash_b(b_t: bool, fast: u32, slow: u32, v: f32) {
+    var kb = slow;
+    var jj = fast;
+    if (b_t) {
+        kb = fast;
+        jj = slow;
+    }
+    tb[kb * ROW + jj / 2u][jj % 2u] = v;
+}
+
+// One step of the multiply: a thread's two A values av (rows i0, i0 + 1) times its
+// two B values bv (columns j0, j0 + 1) into the four sums, each one fma as before.
+fn mac(acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>, av: vec2<f32>, bv: vec2<f32>) {
+    *acc = fma(av.xxyy, bv.xyxy, *acc);
+    *rs += av;
 }
 
 // C of problem q: c, or c2 for problem 1 of a pair

@@ -13,8 +13,12 @@ pub const CPU_DENSE: &str = "VAE_OOD_CPU_DENSE";
 /// `1`: the portable workgroup reductions even where subgroups are offered.
 pub const NO_SUBGROUPS: &str = "VAE_OOD_NO_SUBGROUPS";
 /// `1`: shaders compiled as trusted modules, without wgpu's runtime checks (index
-/// clamps, loop-bounding counters, division guards, zeroed workgroup memory).
+/// clamps, loop-bounding counters, division guards, zeroed workgroup memory);
+/// `loops`: without the loop-bounding counters only.
 pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
+/// `1`: the matmul issues its reads of the next K step before the multiply of
+/// the current one (software pipelining).
+pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair) or `reduces` (every split-K reduce
 /// its own dispatch, not folded into the kernel that reads the product).
@@ -24,7 +28,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_TRUSTED];
+const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_PREFETCH];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs" or "reduces").
 pub fn gpu_unfused(part: &str) -> bool {
@@ -52,6 +56,11 @@ pub fn check() -> Result<()> {
             if !matches!(v.as_str(), "" | "0" | "1") {
                 bail!("{name}={v}: expected 0 or 1");
             }
+        }
+    }
+    if let Ok(v) = std::env::var(GPU_TRUSTED) {
+        if !matches!(v.as_str(), "" | "0" | "1" | "loops") {
+            bail!("{GPU_TRUSTED}={v}: expected 0, 1 or loops");
         }
     }
     if let Ok(v) = std::env::var(GPU_UNFUSED) {

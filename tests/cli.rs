@@ -759,6 +759,7 @@ fn bad_environment_switches() {
         ("VAE_OOD_SPLIT_TARGET", "0"),
         ("VAE_OOD_GPU_TRUSTED", "yes"),
         ("VAE_OOD_GPU_UNFUSED", "pair"),
+        ("VAE_OOD_GPU_PREFETCH", "on"),
     ];
     // a one-epoch CPU run on 128 images, quiet
     let run = [
@@ -788,7 +789,8 @@ fn bad_environment_switches() {
         .env("VAE_OOD_CPU_UNFUSED", "0")
         .env("VAE_OOD_GPU_CHUNK", "64")
         .env("VAE_OOD_GPU_UNFUSED", "reduces")
-        .env("VAE_OOD_GPU_TRUSTED", "1")
+        .env("VAE_OOD_GPU_TRUSTED", "loops")
+        .env("VAE_OOD_GPU_PREFETCH", "1")
         .args(run)
         .args(["--out", s(&out)])
         .output()

@@ -6,7 +6,7 @@ mod common;
 
 use assert_cmd::Command;
 use common::*;
-use vae_ood::gpu::{self, build_pipeline, GpuContext};
+use vae_ood::gpu::{self, build_pipeline, GpuContext, ShaderChecks};
 
 fn context() -> Option<GpuContext> {
     // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
@@ -29,7 +29,8 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
         &[("broken.wgsl", bad)],
         "broken",
         &[],
-        false,
+        ShaderChecks::All,
+        &[],
     )
     .expect_err("invalid WGSL must fail")
     .to_string();
@@ -46,7 +47,8 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
         &[("good.wgsl", good)],
         "missing",
         &[],
-        false,
+        ShaderChecks::All,
+        &[],
     )
     .expect_err("a missing entry point must fail")
     .to_string();
@@ -58,7 +60,8 @@ fn invalid_shader_is_an_error_naming_file_and_entry_point() {
         &[("good.wgsl", good)],
         "main",
         &[],
-        false,
+        ShaderChecks::All,
+        &[],
     )
     .unwrap();
 }
@@ -75,7 +78,8 @@ fn error_in_an_appended_file_names_that_file_and_line() {
             &[("kernel.wgsl", kernel), ("helper.wgsl", helper)],
             "main",
             &[],
-            false,
+            ShaderChecks::All,
+            &[],
         )
         .expect_err("invalid WGSL must fail")
         .to_string()

@@ -392,9 +392,11 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// steps and a scoring batch, cut every 5 ops (then 10, 20, 40), against one
 /// submission. Nor on wgpu's runtime checks: as trusted modules
 /// (`VAE_OOD_GPU_TRUSTED=1`: no index clamps, loop counters, division guards or
-/// zeroed workgroup memory) the shaders give the same bits as with the checks —
+/// zeroed workgroup memory) and without loop counters only (`=loops`) the shaders
+/// give the same bits as with the checks —
 /// which they must, since a check that changed a value would mean an access out
-/// of bounds. Nor on the GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
+/// of bounds. Nor on the matmul's software pipelining (`VAE_OOD_GPU_PREFETCH=1`).
+/// Nor on the GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, and the split-K reduces
 /// of the head, decoder-output and dz products folded into the kernels that read
 /// them — six dispatches fewer per training step at these sizes (hidden width 133,
@@ -402,7 +404,7 @@ fn cpu_sparse_first_layer_matches_dense() {
 #[test]
 fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     use vae_ood::backend::Backend;
-    use vae_ood::gpu::{GpuBackend, GpuOptions, Subgroups};
+    use vae_ood::gpu::{GpuBackend, GpuOptions, ShaderChecks, Subgroups};
     // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
@@ -432,14 +434,23 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         mode: vae_ood::cpu::LOSS_IWAE,
     };
     ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
-    let run = |chunk: usize, trusted: bool, fused: bool| {
+    let run = |chunk: usize, checks: ShaderChecks, fused: bool, prefetch: bool| {
         let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
-            trusted,
+            checks,
+            prefetch,
         };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts).unwrap();
-        assert_eq!(be.describe().contains("trusted shaders"), trusted);
+        assert_eq!(
+            be.describe().contains("trusted shaders"),
+            checks == ShaderChecks::Trusted
+        );
+        assert_eq!(
+            be.describe().contains("no loop-bounding counters"),
+            checks == ShaderChecks::NoLoopBounds
+        );
+        assert_eq!(be.describe().contains("prefetching matmul"), prefetch);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         be.set_fused(true);
@@ -469,7 +480,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let whole = run(0, false, true);
+    let whole = run(0, ShaderChecks::All, true, false);
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
@@ -477,9 +488,17 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "parameters must have moved"
     );
     for (what, other) in [
-        ("cut every 5 ops", run(5, false, true)),
-        ("trusted shaders", run(0, true, true)),
-        ("unfused", run(0, false, false)),
+        ("cut every 5 ops", run(5, ShaderChecks::All, true, false)),
+        (
+            "trusted shaders",
+            run(0, ShaderChecks::Trusted, true, false),
+        ),
+        (
+            "no loop-bounding counters",
+            run(0, ShaderChecks::NoLoopBounds, true, false),
+        ),
+        ("prefetching matmul", run(0, ShaderChecks::All, true, true)),
+        ("unfused", run(0, ShaderChecks::All, false, false)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");

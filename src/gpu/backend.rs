@@ -73,10 +73,7 @@ fn groups_1d(n: usize) -> (u32, u32) {
 /// The workgroup count aimed for is 256, or `VAE_OOD_SPLIT_TARGET` (a tuning knob
 /// for benchmarks; any value gives the same results up to rounding).
 pub fn choose_splits(p: &MatmulParams) -> u32 {
-    static TARGET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let target = *TARGET.get_or_init(|| {
-        crate::knobs::number(crate::knobs::SPLIT_TARGET, 1..=65_536).map_or(256, |v| v as u32)
-    });
+    let target = split_target();
     let tiles = p.n.div_ceil(32) * p.m.div_ceil(32);
     if p.flags & MM_BIASGRAD != 0 || tiles >= target / 2 || p.k < 128 {
         return 1;
@@ -85,6 +82,19 @@ pub fn choose_splits(p: &MatmulParams) -> u32 {
     let kc = p.k.div_ceil(want).div_ceil(32) * 32;
     p.k.div_ceil(kc)
 }
+
+/// The workgroup count split-K products aim for: [`SPLIT_TARGET`], or
+/// `VAE_OOD_SPLIT_TARGET`.
+fn split_target() -> u32 {
+    static TARGET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *TARGET.get_or_init(|| {
+        crate::knobs::number(crate::knobs::SPLIT_TARGET, 1..=65_536)
+            .map_or(SPLIT_TARGET, |v| v as u32)
+    })
+}
+
+/// The default workgroup count split-K products aim for.
+pub const SPLIT_TARGET: u32 = 256;
 
 /// One dispatch: kernel, bound resources (in `Kernel::bindings` order), workgroups.
 type Dispatch = (Kernel, Vec<Res>, (u32, u32, u32));
@@ -725,14 +735,19 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
-            if self.ctx.options.trusted {
-                ", trusted shaders"
+            self.ctx.options.checks.note(),
+            if self.ctx.options.prefetch {
+                ", prefetching matmul"
             } else {
                 ""
+            },
+            match split_target() {
+                SPLIT_TARGET => String::new(),
+                t => format!(", split-K target {t} workgroups"),
             },
             match (self.fusions.pairs, self.fusions.reduces) {
                 (true, true) => "",

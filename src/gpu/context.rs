@@ -79,6 +79,17 @@ impl Kernel {
         v
     }
 
+    /// Values for the module's pipeline-overridable constants: the matmul's
+    /// `PREFETCH` ([`GpuOptions::prefetch`]); none for the other kernels.
+    pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
+        match self {
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
+                vec![("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 })]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     pub fn entry(self) -> &'static str {
         match self {
             Kernel::Gather => "gather_pixels",
@@ -202,19 +213,60 @@ pub enum Subgroups {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuOptions {
     pub subgroups: Subgroups,
-    /// compile the shaders as trusted modules, without wgpu's runtime checks (see
-    /// [`build_pipeline`]); false (wgpu's checks) is the default
-    pub trusted: bool,
+    /// which of wgpu's runtime checks the shaders are compiled with (see
+    /// [`build_pipeline`]); all of them is the default
+    pub checks: ShaderChecks,
+    /// the matmul issues its reads of the next K step before the multiply of the
+    /// current one (`VAE_OOD_GPU_PREFETCH=1`; off by default; identical bits)
+    pub prefetch: bool,
+}
+
+/// Which of wgpu's runtime checks the shader modules get (`VAE_OOD_GPU_TRUSTED`).
+/// The results do not depend on it, bit for bit (tested).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShaderChecks {
+    /// all of them: index clamps, loop-bounding counters, division guards,
+    /// zeroed workgroup memory (the default)
+    All,
+    /// all but the loop-bounding counters (`VAE_OOD_GPU_TRUSTED=loops`): every
+    /// loop in `shaders/` ends by its own counter, and the extra counter can stop
+    /// a driver from unrolling (wgpu issue 7698)
+    NoLoopBounds,
+    /// none (`VAE_OOD_GPU_TRUSTED=1`)
+    Trusted,
+}
+
+impl ShaderChecks {
+    /// `VAE_OOD_GPU_TRUSTED`: unset or `0` → all, `loops` → no loop bounds, `1` →
+    /// trusted ([`crate::knobs::check`] rejects anything else at start-up)
+    pub fn from_env() -> ShaderChecks {
+        match std::env::var(crate::knobs::GPU_TRUSTED).as_deref() {
+            Ok("1") => ShaderChecks::Trusted,
+            Ok("loops") => ShaderChecks::NoLoopBounds,
+            _ => ShaderChecks::All,
+        }
+    }
+
+    /// In words for `describe` ("" for the default).
+    pub fn note(self) -> &'static str {
+        match self {
+            ShaderChecks::All => "",
+            ShaderChecks::NoLoopBounds => ", no loop-bounding counters",
+            ShaderChecks::Trusted => ", trusted shaders",
+        }
+    }
 }
 
 impl GpuOptions {
-    /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; trusted shaders
-    /// when `VAE_OOD_GPU_TRUSTED=1`.
+    /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; shader checks from
+    /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
+    /// tiles when `VAE_OOD_GPU_PREFETCH=1`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
-            trusted: crate::knobs::flag(crate::knobs::GPU_TRUSTED),
+            checks: ShaderChecks::from_env(),
+            prefetch: crate::knobs::flag(crate::knobs::GPU_PREFETCH),
         }
     }
 }
@@ -379,17 +431,20 @@ impl Assembled {
 pub const UNIFORM_BYTES: u64 = 128;
 
 /// Compile `entry` of the WGSL module assembled from `parts` ((file name, source),
-/// concatenated in order) into a compute pipeline whose group 0 holds storage
+/// concatenated in order), with `constants` for its pipeline-overridable constants,
+/// into a compute pipeline whose group 0 holds storage
 /// buffers at `bindings` (number, read-only?) and group 1 the op-parameter uniform.
 /// Validation errors come back as one error naming the entry point and the file
 /// (and its line) where naga finds the fault.
 ///
-/// Without `trusted` (the default), the module gets wgpu's runtime checks. With it
-/// (`VAE_OOD_GPU_TRUSTED=1`, a benchmark variant), it is a trusted module: naga adds
-/// no index clamps, no loop-bounding counters and no zero-divisor guards, and
-/// workgroup memory is not zeroed at start — costs that sit in the innermost loop
-/// of the matmul (a clamp per workgroup-memory read, a counter per iteration that
-/// may also hinder unrolling). On lavapipe trusted modules are not faster
+/// With [`ShaderChecks::All`] (the default), the module gets wgpu's runtime checks.
+/// With `Trusted` (`VAE_OOD_GPU_TRUSTED=1`, a benchmark variant), it is a trusted
+/// module: naga adds no index clamps, no loop-bounding counters and no zero-divisor
+/// guards, and workgroup memory is not zeroed at start — costs that sit in the
+/// innermost loop of the matmul (a clamp per workgroup-memory read, a counter per
+/// iteration that may also stop the driver from unrolling: wgpu issue 7698 reports a
+/// 100× slowdown from it). `NoLoopBounds` (`VAE_OOD_GPU_TRUSTED=loops`) drops only
+/// the loop counters. On lavapipe trusted modules are not faster
 /// (`examples/gpu_variants.rs`); whether they are on a hardware GPU is for
 /// `bench/gpu.sh` to say. Trusting is sound for the shaders in `shaders/` because:
 /// - every workgroup-memory index is in range by construction (matmul tiles:
@@ -401,7 +456,8 @@ pub const UNIFORM_BYTES: u64 = 128;
 ///   and image numbers in the index are checked where they are written;
 ///   Vulkan's robust buffer access (on every adapter vae-ood has met) bounds the
 ///   rest, and with it wgpu adds no storage clamps even for checked modules;
-/// - every loop advances a counter towards a bound from the op's sizes;
+/// - every loop advances a counter towards a bound from the op's sizes, and those
+///   sizes are element counts of checked buffers (< 2³⁰), so no counter wraps;
 /// - every integer divisor is a size that the guard before it makes non-zero;
 /// - workgroup memory is written before it is read (behind a barrier).
 ///
@@ -412,7 +468,8 @@ pub fn build_pipeline(
     parts: &[(&str, &str)],
     entry: &str,
     bindings: &[(u32, bool)],
-    trusted: bool,
+    checks: ShaderChecks,
+    constants: &[(&str, f64)],
 ) -> Result<(wgpu::BindGroupLayout, wgpu::ComputePipeline)> {
     let src = Assembled::new(parts);
     let label = src.label();
@@ -421,12 +478,24 @@ pub fn build_pipeline(
         label: Some(&label),
         source: wgpu::ShaderSource::Wgsl(src.text.as_str().into()),
     };
-    let module = if trusted {
+    let module = match checks {
+        ShaderChecks::All => device.create_shader_module(desc),
+        // SAFETY: see the list above: every loop advances its own counter towards
+        // a bound from the op's sizes, so it ends without wgpu's counter.
+        ShaderChecks::NoLoopBounds => unsafe {
+            device.create_shader_module_trusted(
+                desc,
+                wgpu::ShaderRuntimeChecks {
+                    force_loop_bounding: false,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                },
+            )
+        },
         // SAFETY: see the list above: the shaders stay in bounds, terminate, never
         // divide by zero and never read workgroup memory they did not write.
-        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
-    } else {
-        device.create_shader_module(desc)
+        ShaderChecks::Trusted => unsafe {
+            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        },
     };
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
         .iter()
@@ -456,8 +525,8 @@ pub fn build_pipeline(
         module: &module,
         entry_point: Some(entry),
         compilation_options: wgpu::PipelineCompilationOptions {
-            zero_initialize_workgroup_memory: !trusted,
-            ..Default::default()
+            zero_initialize_workgroup_memory: checks != ShaderChecks::Trusted,
+            constants,
         },
         cache: None,
     });
@@ -592,7 +661,8 @@ impl GpuContext {
                             &k.parts(reduce),
                             k.entry(),
                             k.bindings(),
-                            opts.trusted,
+                            opts.checks,
+                            &k.constants(&opts),
                         )
                     })
                 })

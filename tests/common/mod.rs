@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use vae_ood::backend::Backend;
 use vae_ood::cpu_backend::CpuBackend;
-use vae_ood::gpu::{self, GpuBackend, GpuOptions, Reduce, Subgroups};
+use vae_ood::gpu::{self, GpuBackend, GpuOptions, Reduce, ShaderChecks, Subgroups};
 use vae_ood::plan::Sizes;
 
 /// Set to 1 to let GPU tests pass without an adapter (for users without Vulkan).
@@ -68,7 +68,8 @@ pub fn gpu_variant(
         sizes,
         GpuOptions {
             subgroups,
-            trusted: false,
+            checks: ShaderChecks::All,
+            prefetch: false,
         },
     )
     .expect("GPU backend");
