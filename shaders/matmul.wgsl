@@ -292,9 +292,22 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if (t >= p.m * p.n) {
         return;
     }
+    // four shares' reads issued together, added in order (as split_sum does)
+    let mn = p.m * p.n;
     var v = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
-        v += partial_in[s * p.m * p.n + t];
+    var s = 0u;
+    for (; s + 4u <= p.splits; s += 4u) {
+        let x0 = partial_in[s * mn + t];
+        let x1 = partial_in[(s + 1u) * mn + t];
+        let x2 = partial_in[(s + 2u) * mn + t];
+        let x3 = partial_in[(s + 3u) * mn + t];
+        v += x0;
+        v += x1;
+        v += x2;
+        v += x3;
+    }
+    for (; s < p.splits; s++) {
+        v += partial_in[s * mn + t];
     }
     store(0u, p, t / p.n, t % p.n, v);
 }

@@ -91,23 +91,60 @@ fn reparam_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     storageBarrier();
     if (t == 0u) {
         var acc = 0.0;
-        for (var j = 0u; j < l; j++) {
-            let mu = head[b * 2u * l + j];
-            let lv = head[b * 2u * l + l + j];
-            acc += 1.0 + lv - mu * mu - exp(lv);
+        // four terms' reads issued together, then added in order j = 0, 1, … (see
+        // split_sum)
+        let hb = b * 2u * l;
+        var j = 0u;
+        for (; j + 4u <= l; j += 4u) {
+            let t0 = kl_term(hb, l, j);
+            let t1 = kl_term(hb, l, j + 1u);
+            let t2 = kl_term(hb, l, j + 2u);
+            let t3 = kl_term(hb, l, j + 3u);
+            acc += t0;
+            acc += t1;
+            acc += t2;
+            acc += t3;
+        }
+        for (; j < l; j++) {
+            acc += kl_term(hb, l, j);
         }
         kl[b] = -0.5 * acc;
     }
     for (var k = t; k < p.draws; k += 64u) {
         var s = 0.0;
-        for (var j = 0u; j < l; j++) {
-            let r = (b * p.draws + k) * l + j;
-            let ev = eps[r];
-            let zv = z[r];
-            s += 0.5 * (ev * ev - zv * zv + head[b * 2u * l + l + j]);
+        let r0 = (b * p.draws + k) * l;
+        let lb = b * 2u * l + l;
+        var j = 0u;
+        for (; j + 4u <= l; j += 4u) {
+            let t0 = pq_term(r0, lb, j);
+            let t1 = pq_term(r0, lb, j + 1u);
+            let t2 = pq_term(r0, lb, j + 2u);
+            let t3 = pq_term(r0, lb, j + 3u);
+            s += t0;
+            s += t1;
+            s += t2;
+            s += t3;
+        }
+        for (; j < l; j++) {
+            s += pq_term(r0, lb, j);
         }
         logpq[b * p.draws + k] = s;
     }
+}
+
+// Latent j's KL term 1 + log σ² − μ² − σ² of the image whose head starts at hb.
+fn kl_term(hb: u32, l: u32, j: u32) -> f32 {
+    let mu = head[hb + j];
+    let lv = head[hb + l + j];
+    return 1.0 + lv - mu * mu - exp(lv);
+}
+
+// Latent j's term of log p(z) − log q(z|x) for the draw whose row starts at r0
+// (log σ² of the image at lb + j): ½ (ε² − z² + log σ²).
+fn pq_term(r0: u32, lb: u32, j: u32) -> f32 {
+    let ev = eps[r0 + j];
+    let zv = z[r0 + j];
+    return 0.5 * (ev * ev - zv * zv + head[lb + j]);
 }
 
 // Backward: one thread per (image, latent), linear index b·L + j over a 2-D grid of

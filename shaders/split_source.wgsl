@@ -18,9 +18,24 @@ struct SplitSource {
 
 // Element t = i·n + j of C (m, n) = epilogue(Σ_s partial[s, i, j]).
 fn split_sum(src: SplitSource, t: u32) -> f32 {
+    // four shares' reads issued together, then added in order s = 0, 1, … (the
+    // loads of a loop trip would otherwise wait one after the other wherever the
+    // driver does not unroll past wgpu's loop-bounding counter)
+    let mn = src.m * src.n;
     var v = 0.0;
-    for (var s = 0u; s < src.splits; s++) {
-        v += split_partial[s * src.m * src.n + t];
+    var s = 0u;
+    for (; s + 4u <= src.splits; s += 4u) {
+        let x0 = split_partial[s * mn + t];
+        let x1 = split_partial[(s + 1u) * mn + t];
+        let x2 = split_partial[(s + 2u) * mn + t];
+        let x3 = split_partial[(s + 3u) * mn + t];
+        v += x0;
+        v += x1;
+        v += x2;
+        v += x3;
+    }
+    for (; s < src.splits; s++) {
+        v += split_partial[s * mn + t];
     }
     let i = t / src.n;
     let j = t % src.n;
