@@ -127,9 +127,19 @@ pub fn bench(
         None => Vec::new(),
         Some(m) => per_kernel(&mut ex, m, epochs.max(1))?,
     };
-    let dispatches_per_step = epoch_ops(&ex)
-        .first()
-        .and_then(|step| ex.backend.dispatches(step));
+    // a step inside an epoch: two steps' dispatches less one step's (a step's
+    // last op may share a dispatch with the next step's first)
+    let dispatches_per_step = match epoch_ops(&ex).as_slice() {
+        [s0, s1, ..] => {
+            let two: Vec<plan::Op> = s0.iter().chain(s1).copied().collect();
+            ex.backend
+                .dispatches(&two)
+                .zip(ex.backend.dispatches(s0))
+                .map(|(two, one)| two - one)
+        }
+        [s0] => ex.backend.dispatches(s0),
+        [] => None,
+    };
     Ok(BenchResult {
         device: ex.backend.kind().to_string(),
         backend: ex.backend.describe(),
@@ -261,7 +271,7 @@ pub fn print(r: &BenchResult) {
                 "host clock between the ops of a step inside a training epoch; a fused op's time is charged to the first op of its fusion, the other reads 0"
             }
             Some(BreakdownMethod::Timestamps) => {
-                "GPU timestamps between the dispatches of a step inside a training epoch; an op that runs in one dispatch with the op before it (a layer's weight gradient next to its input gradient) reads 0, its time charged to that op; a folded split-K reduce is timed with the op that reads the product"
+                "GPU timestamps between the dispatches of a step inside a training epoch; an op that runs in one dispatch with the op before it (a layer's weight gradient next to its input gradient, the gather next to the previous step's Adam) reads 0, its time charged to that op; a folded split-K reduce is timed with the op that reads the product"
             }
             _ => "each op alone over one epoch",
         };

@@ -727,6 +727,92 @@ fn adam_matches_at_first_and_later_steps() {
     }
 }
 
+/// A training step's Adam and the next step's pixel gather run as one `adam_gather`
+/// dispatch on the GPU: against the CPU (which runs `adam` then `gather_pixels`) and
+/// against the GPU running them as two dispatches. The update spans many
+/// workgroups and the gather a partial last one (37 × 129 pixels), so workgroup
+/// numbers cross from one half of the dispatch to the other.
+#[test]
+fn adam_and_next_gather_in_one_dispatch() {
+    use vae_ood::gpu::{self, GpuBackend};
+    let mut rng = fresh_rng("adam_and_next_gather_in_one_dispatch");
+    let n = SIZES.params;
+    let rows = 37;
+    let store = random_store(&mut rng);
+    let idx: Vec<u32> = (0..rows + 5)
+        .map(|_| rng.random_range(0..N_IMAGES as u32))
+        .collect();
+    let ops = [
+        Op::Adam(AdamParams::at_step(n, 1e-3, 0.9, 0.999, 1e-8, 3)),
+        Op::Gather(GatherParams {
+            rows: rows as u32,
+            d: D as u32,
+            idx_off: 5,
+            _pad: 0,
+        }),
+    ];
+    let inputs = [
+        (Buf::Params, uniform(&mut rng, n, -1.0, 1.0)),
+        (Buf::Grads, uniform(&mut rng, n, -10.0, 10.0)),
+        (Buf::AdamM, uniform(&mut rng, n, -1.0, 1.0)),
+        (Buf::AdamV, uniform(&mut rng, n, 0.0, 2.0)),
+    ];
+    let outs = [Buf::Params, Buf::AdamM, Buf::AdamV, Buf::X];
+    let run = |be: &mut dyn Backend| {
+        be.write_idx(0, &idx).unwrap();
+        for (b, v) in &inputs {
+            be.write(*b, 0, v).unwrap();
+        }
+        be.write(Buf::X, 0, &vec![f32::NAN; Buf::X.len(&SIZES)])
+            .unwrap();
+        be.run(&ops).unwrap();
+        outs.map(|b| be.read(b, 0..b.len(&SIZES)).unwrap())
+    };
+    let cpu = run(&mut *cpu_backend(&store, idx.len(), SIZES));
+    let x_region = 0..rows * D;
+    assert_written("CPU x", &cpu[3], std::slice::from_ref(&x_region), true);
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
+        assert!(gpu_backend(&store, idx.len(), SIZES).is_none());
+        return;
+    };
+    let mut gpu = GpuBackend::new(adapter, &store, idx.len(), SIZES).unwrap();
+    let mut results = Vec::new();
+    for fused in [true, false] {
+        gpu.set_fused(fused);
+        assert_eq!(gpu.dispatches(&ops), if fused { 1 } else { 2 });
+        results.push(run(&mut gpu));
+    }
+    for (res, how) in results.iter().zip(["one dispatch", "two dispatches"]) {
+        // as adam_matches_at_first_and_later_steps and gather_unpacks_bytes
+        for (i, b) in outs.iter().enumerate().take(3) {
+            assert_close(&format!("{b:?}, {how}"), &res[i], &cpu[i], 1e-6, 1e-5);
+        }
+        assert_written(
+            &format!("x, {how}"),
+            &res[3],
+            std::slice::from_ref(&x_region),
+            true,
+        );
+        assert_close(
+            &format!("x, {how}"),
+            &res[3][x_region.clone()],
+            &cpu[3][x_region.clone()],
+            1e-6,
+            0.0,
+        );
+    }
+    // the same arithmetic either way: the same bits
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (i, b) in outs.iter().enumerate() {
+        assert_eq!(
+            bits(&results[0][i]),
+            bits(&results[1][i]),
+            "{b:?}: one dispatch vs two"
+        );
+    }
+}
+
 /// Adversarial inputs: logits of ±1e4 (recon → exactly 0 or 1) and log σ² of ±60
 /// (σ² ≈ 1e26 or 1e-26) give finite losses, noise, latents and gradients on every
 /// backend, equal between backends (f32 has room for e^60; at log σ² ≳ 88 the KL is

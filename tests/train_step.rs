@@ -400,7 +400,8 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// layer's input and weight gradients in one pair dispatch, and the split-K reduces
 /// of the head, decoder-output and dz products folded into the kernels that read
 /// them — six dispatches fewer per training step at these sizes (hidden width 133,
-/// so that those products split K). Every buffer must end with the same bits.
+/// so that those products split K), and one more where a step's Adam and the next
+/// step's gather share a dispatch. Every buffer must end with the same bits.
 #[test]
 fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     use vae_ood::backend::Backend;
@@ -460,6 +461,17 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             be.dispatches(one_step),
             with + 6,
             "three pairs and three folded reduces per step"
+        );
+        // across a step boundary a step's Adam and the next step's gather share one
+        // dispatch too
+        let two_steps = &ops[..2 * plan::TRAIN_STEP_OP_NAMES.len()];
+        assert!(matches!(two_steps[one_step.len()], plan::Op::Gather(_)));
+        assert_eq!(be.dispatches(two_steps), 2 * (with + 6));
+        be.set_fused(true);
+        assert_eq!(
+            be.dispatches(two_steps),
+            2 * with - 1,
+            "Adam and the next gather in one dispatch"
         );
         be.set_fused(fused);
         be.write_idx(0, &idx).unwrap();

@@ -46,8 +46,8 @@ pub struct GpuBackend {
     /// entries of `idx`
     idx_len: usize,
     /// the GPU fusions: a layer's input and weight gradients as one dispatch
-    /// ([`pairable`]), and split-K reduces folded into the kernel that reads the
-    /// product ([`absorbs`])
+    /// ([`pairable`]) and a step's Adam with the next step's gather, and split-K
+    /// reduces folded into the kernel that reads the product ([`absorbs`])
     fusions: Fusions,
 }
 
@@ -192,7 +192,9 @@ fn absorbs(op: &Op, q: &MatmulParams, e: Buf, c: Buf) -> bool {
 }
 
 /// The dispatches of `op` (with `next`, the op after it, when the two run as one
-/// pair: see [`pairable`]) and the parameter bytes they read (one uniform slot).
+/// pair: a layer's two gradient products, see [`pairable`], or a step's Adam and
+/// the next step's gather, `adam_gather.wgsl`) and the parameter bytes they read
+/// (one uniform slot).
 fn lower(op: &Op, next: Option<&Op>) -> Lowered {
     use bytemuck::bytes_of;
     let f = Res::F;
@@ -222,6 +224,33 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
             };
         }
     }
+    if let (Op::Adam(pa), Some(Op::Gather(pg))) = (op, next) {
+        // a step's Adam and the next step's gather: one dispatch (adam_gather.wgsl)
+        let ga = pa.n.div_ceil(256);
+        let gg = (pg.rows * pg.d).div_ceil(256);
+        if ga + gg <= 65_535 {
+            let mut bytes = bytes_of(pa).to_vec();
+            bytes.extend_from_slice(bytes_of(pg));
+            return Lowered {
+                dispatches: vec![(
+                    Kernel::AdamGather,
+                    vec![
+                        f(Buf::Params),
+                        f(Buf::Grads),
+                        f(Buf::AdamM),
+                        f(Buf::AdamV),
+                        Res::Data,
+                        Res::Idx,
+                        f(Buf::X),
+                    ],
+                    (ga + gg, 1, 1),
+                )],
+                bytes,
+                used: 2,
+                reduce: None,
+            };
+        }
+    }
     let (dispatches, bytes) = lower_one(op);
     let reduce = match op {
         Op::Matmul { e, c, p, .. } if choose_splits(p) > 1 => {
@@ -243,7 +272,8 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
 /// `pairs` or `reduces` switches them off for comparison).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fusions {
-    /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`])
+    /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`]),
+    /// and a step's Adam and the next step's gather as one `adam_gather`
     pub pairs: bool,
     /// a split-K reduce folded into the kernel that reads the product ([`absorbs`])
     pub reduces: bool,
@@ -417,8 +447,9 @@ impl GpuBackend {
     }
 
     /// Whether the GPU fusions are on: a layer's input and weight gradients as one
-    /// `matmul_pair` dispatch, and split-K reduces folded into the kernel that
-    /// reads the product (the default, unless `VAE_OOD_GPU_UNFUSED=1`). The results
+    /// `matmul_pair` dispatch, a step's Adam and the next step's gather as one
+    /// `adam_gather`, and split-K reduces folded into the kernel that reads the
+    /// product (the default, unless `VAE_OOD_GPU_UNFUSED=1`). The results
     /// do not depend on it, bit for bit (tested).
     pub fn set_fused(&mut self, on: bool) {
         self.fusions = Fusions {
@@ -1007,5 +1038,39 @@ mod tests {
         }
         assert_eq!(n(&mask), 17);
         assert_eq!(n(&ops), 16);
+    }
+
+    #[test]
+    fn adam_and_the_next_gather_share_a_dispatch() {
+        let one = step();
+        assert!(matches!(one[0], Op::Gather(_)) && matches!(one[16], Op::Adam(_)));
+        let two: Vec<Op> = one.iter().chain(&one).copied().collect();
+        let k = kernels(&two, fusions(true, true));
+        assert_eq!(k.len(), 31, "15 per step inside an epoch");
+        // at the first step's Adam (op 16), covering the second step's gather (17)
+        let at: Vec<usize> = k
+            .iter()
+            .filter(|d| d.1 == Kernel::AdamGather)
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(at, [16]);
+        assert!(k.iter().all(|d| d.0 != 17));
+        assert_eq!(kernels(&two, fusions(false, true)).len(), 2 * 20);
+        // its workgroups: the update's, then the gather's, in one row
+        let plan = lower_all(&two, fusions(true, true)).0;
+        let (Op::Adam(a), Op::Gather(g)) = (two[16], two[17]) else {
+            unreachable!()
+        };
+        let d = plan.iter().find(|d| d.1 .0 == Kernel::AdamGather).unwrap();
+        assert_eq!(
+            d.1 .2,
+            (a.n.div_ceil(256) + (g.rows * g.d).div_ceil(256), 1, 1)
+        );
+        // too many workgroups for one row: two dispatches
+        let mut big = two.clone();
+        if let Op::Adam(p) = &mut big[16] {
+            p.n = 65_535 * 256;
+        }
+        assert_eq!(lower_all(&big, fusions(true, true)).0.len(), 32);
     }
 }

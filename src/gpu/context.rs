@@ -20,10 +20,11 @@ pub enum Kernel {
     Bce,
     Loss,
     Adam,
+    AdamGather,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
@@ -33,12 +34,13 @@ impl Kernel {
         Kernel::Bce,
         Kernel::Loss,
         Kernel::Adam,
+        Kernel::AdamGather,
     ];
 
     /// (file name, WGSL source) of the file that holds the entry point.
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
-            Kernel::Gather => ("gather.wgsl", include_str!("../../shaders/gather.wgsl")),
+            Kernel::Gather => GATHER,
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
                 ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"))
             }
@@ -47,7 +49,11 @@ impl Kernel {
             }
             Kernel::Bce => ("bce.wgsl", include_str!("../../shaders/bce.wgsl")),
             Kernel::Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
-            Kernel::Adam => ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
+            Kernel::Adam => ADAM,
+            Kernel::AdamGather => (
+                "adam_gather.wgsl",
+                include_str!("../../shaders/adam_gather.wgsl"),
+            ),
         }
     }
 
@@ -67,9 +73,13 @@ impl Kernel {
 
     /// The files its shader module is assembled from, in order: the kernel's file,
     /// then the workgroup-reduction helper of variant `r` if the kernel reduces,
-    /// then `split_source.wgsl` if it reads split products.
+    /// then `split_source.wgsl` if it reads split products; for `adam_gather`,
+    /// `adam.wgsl` and `gather.wgsl`.
     pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
         let mut v = vec![self.source()];
+        if self == Kernel::AdamGather {
+            v.extend([ADAM, GATHER]);
+        }
         if self.reduces() {
             v.push(r.source());
         }
@@ -101,6 +111,7 @@ impl Kernel {
             Kernel::Bce => "bce_logits",
             Kernel::Loss => "loss_reduce",
             Kernel::Adam => "adam",
+            Kernel::AdamGather => "adam_gather",
         }
     }
 
@@ -108,7 +119,7 @@ impl Kernel {
     pub fn bindings(self) -> &'static [(u32, bool)] {
         match self {
             // data, idx → x
-            Kernel::Gather => &[(0, true), (1, true), (2, false)],
+            Kernel::Gather => &[(4, true), (5, true), (6, false)],
             // a, b, e → c, or → partial sums when K is split; c2 (problem 1 of a
             // pair: bound to c's buffer again for a lone product)
             Kernel::Matmul | Kernel::MatmulPair => &[
@@ -149,9 +160,22 @@ impl Kernel {
             Kernel::Loss => &[(0, true), (1, true), (2, false), (3, false), (4, true)],
             // params (in/out), grads, m, v
             Kernel::Adam => &[(0, false), (1, true), (2, false), (3, false)],
+            // Adam's, then the gather's
+            Kernel::AdamGather => &[
+                (0, false),
+                (1, true),
+                (2, false),
+                (3, false),
+                (4, true),
+                (5, true),
+                (6, false),
+            ],
         }
     }
 }
+
+const ADAM: (&str, &str) = ("adam.wgsl", include_str!("../../shaders/adam.wgsl"));
+const GATHER: (&str, &str) = ("gather.wgsl", include_str!("../../shaders/gather.wgsl"));
 
 /// The helper that reads a product from its split-K partial sums ([`Kernel::reads_split`]).
 pub const SPLIT_SOURCE: (&str, &str) = (
