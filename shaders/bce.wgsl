@@ -7,13 +7,20 @@
 // file when the pipeline is built). With u.src.splits > 0 the logits come from the
 // decoder product's split-K partial sums (split_source.wgsl, also appended) and are
 // stored to `logits` (or their gradient is), as if matmul_reduce had run first.
+// With u.loss.on (one draw per image, a training step: the backend sets it when the
+// op after the BCE is an ELBO loss_reduce without a batch sum) thread 0 also
+// writes the image's −ELBO, sample_loss[out_off + r] = bce + kl[r], as loss.wgsl
+// would, so that op needs no dispatch of its own.
 
 struct Params { rows: u32, d: u32, draws: u32, write_grad: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> bce: array<f32>;
-struct Uniform { @size(64) p: Params, src: SplitSource }
+@group(0) @binding(3) var<storage, read> kl: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sample_loss: array<f32>;
+struct LossOut { on: u32, out_off: u32, _p0: u32, _p1: u32 }
+struct Uniform { @size(32) p: Params, @size(32) loss: LossOut, src: SplitSource }
 @group(1) @binding(0) var<uniform> u: Uniform;
 
 @compute @workgroup_size(REDUCE_THREADS)
@@ -49,5 +56,9 @@ fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     let total = workgroup_sum(acc, ids);
     if (t == 0u && r < p.rows) {
         bce[r] = total;
+        if (u.loss.on != 0u) {
+            // loss.wgsl's −ELBO for one draw: (0 + bce) / 1 + kl, the same bits
+            sample_loss[u.loss.out_off + r] = total + kl[r];
+        }
     }
 }

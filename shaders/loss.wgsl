@@ -42,7 +42,8 @@ fn loss_reduce(@builtin(local_invocation_id) lid: vec3<u32>, ids: ReduceIds) {
         acc += v;
     }
     let total = workgroup_sum(acc, ids);
-    if (t == 0u) {
+    // (slot 0xffffffff: no batch sum wanted, cpu::NO_SLOT)
+    if (t == 0u && p.slot != 0xffffffffu) {
         batch_loss[p.slot] = total;
     }
 }

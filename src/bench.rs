@@ -271,7 +271,7 @@ pub fn print(r: &BenchResult) {
                 "host clock between the ops of a step inside a training epoch; a fused op's time is charged to the first op of its fusion, the other reads 0"
             }
             Some(BreakdownMethod::Timestamps) => {
-                "GPU timestamps between the dispatches of a step inside a training epoch; an op that runs in one dispatch with the op before it (a layer's weight gradient next to its input gradient, the gather next to the previous step's Adam) reads 0, its time charged to that op; a folded split-K reduce is timed with the op that reads the product"
+                "GPU timestamps between the dispatches of a step inside a training epoch; an op that runs in one dispatch with the op before it (a layer's weight gradient next to its input gradient, the gather next to the previous step's Adam, the loss inside the BCE) reads 0, its time charged to that op; a folded split-K reduce is timed with the op that reads the product"
             }
             _ => "each op alone over one epoch",
         };

@@ -20,8 +20,9 @@ pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
 /// the current one (software pipelining).
 pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
-/// gradients as two dispatches, not one pair, and a step's Adam and the next
-/// step's gather as two, not one) or `reduces` (every split-K reduce
+/// gradients as two dispatches, not one pair, a step's Adam and the next step's
+/// gather as two, not one, and a training step's loss its own dispatch, not
+/// written by the BCE kernel) or `reduces` (every split-K reduce
 /// its own dispatch, not folded into the kernel that reads the product).
 pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
 /// Ops in the first submission of a GPU run (0: each run in one submission).

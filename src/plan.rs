@@ -233,7 +233,9 @@ impl Op {
                 fits("log p − log q", Buf::LogPq, b * k)?;
                 fits("the KL", Buf::Kl, b)?;
                 fits("per-image losses", Buf::SampleLoss, u(p.out_off) + b)?;
-                fits("the batch sum", Buf::BatchLoss, u(p.slot) + 1)?;
+                if p.slot != crate::cpu::NO_SLOT {
+                    fits("the batch sum", Buf::BatchLoss, u(p.slot) + 1)?;
+                }
             }
             Op::Adam(p) => {
                 for buf in [Buf::Params, Buf::Grads, Buf::AdamM, Buf::AdamV] {
@@ -275,9 +277,10 @@ pub struct Batch {
     pub seed: u32,
     pub stream: u32,
     pub row_base: u32,
-    /// per-image losses go to SampleLoss[out_off..], the batch sum to BatchLoss[slot]
+    /// per-image losses go to SampleLoss[out_off..], the batch sum to
+    /// BatchLoss[slot] (None: no batch sum)
     pub out_off: usize,
-    pub slot: usize,
+    pub slot: Option<usize>,
     /// what SampleLoss receives: LOSS_ELBO (−ELBO) or LOSS_IWAE (−log p̂(x) over the draws)
     pub mode: u32,
 }
@@ -285,8 +288,8 @@ pub struct Batch {
 impl Batch {
     /// Training step `s` of an epoch over `n` images (the first `n` entries of the
     /// index buffer) in batches of `bs`: images s·bs.. (fewer in the last batch), one
-    /// draw, ε keyed by (`seed`, `stream`), −ELBO per image to SampleLoss[s·bs..],
-    /// the batch sum to BatchLoss[s].
+    /// draw, ε keyed by (`seed`, `stream`), −ELBO per image to SampleLoss[s·bs..]
+    /// and no batch sum (the host adds up the epoch's per-image losses).
     pub fn train_step(s: usize, n: usize, bs: usize, seed: u32, stream: u32) -> Batch {
         Batch {
             images: bs.min(n - s * bs),
@@ -296,7 +299,7 @@ impl Batch {
             stream,
             row_base: 0,
             out_off: s * bs,
-            slot: s,
+            slot: None,
             mode: crate::cpu::LOSS_ELBO,
         }
     }
@@ -346,7 +349,7 @@ pub fn forward_ops(dims: Dims, o: &Offsets, bt: &Batch, train: bool) -> Vec<Op> 
             images: b as u32,
             draws: k as u32,
             out_off: bt.out_off as u32,
-            slot: bt.slot as u32,
+            slot: bt.slot.map_or(crate::cpu::NO_SLOT, |s| s as u32),
             mode: bt.mode,
             _pad: [0; 3],
         }),
@@ -502,7 +505,7 @@ mod tests {
             stream: 0,
             row_base: 0,
             out_off: 0,
-            slot: 0,
+            slot: Some(0),
             mode: 0,
         };
         let ops = train_step_ops(
@@ -544,7 +547,7 @@ mod tests {
             stream: 0,
             row_base: 0,
             out_off: 0,
-            slot: 0,
+            slot: Some(0),
             mode: crate::cpu::LOSS_IWAE,
         };
         let train = train_step_ops(

@@ -230,19 +230,19 @@ impl Experiment {
         }
         let n_total = store.len() / PIXELS;
         let n_train = splits.train.len();
-        let steps = n_train.div_ceil(cfg.batch_size);
         let largest_split = parts.iter().map(|s| s.len()).max().unwrap_or(0);
         let sizes = Sizes {
             dims,
             params: layout.total,
             max_images: cfg.batch_size.max(cfg.score_batch),
             max_rows: cfg.batch_size.max(cfg.score_batch),
-            sample_slots: largest_split.max(1),
-            // one slot per training step plus the anomaly batches; scoring with K draws
-            // uses up to one batch per image (K = score_batch)
-            batch_slots: (steps + splits.test_anomaly.len().div_ceil(cfg.score_batch))
+            // an epoch's per-image training losses, then the anomaly set's scores
+            sample_slots: (n_train + splits.test_anomaly.len())
                 .max(largest_split)
                 .max(1),
+            // scoring with K draws uses up to one batch per image (K = score_batch);
+            // training steps write no batch sums
+            batch_slots: largest_split.max(1),
         };
         // index buffer: [epoch permutation of the training images | identity over the store]
         let idx_len = n_train + n_total;
@@ -280,10 +280,10 @@ impl Experiment {
 
     /// Forward-only ops scoring split `s` in batches with `draws` z samples per
     /// image (`mode`: LOSS_ELBO or LOSS_IWAE); batch j's sum goes to
-    /// BatchLoss[slot0 + j], image i's score to SampleLoss[i]. A batch holds
+    /// BatchLoss[slot0 + j], image i's score to SampleLoss[out0 + i]. A batch holds
     /// score_batch / draws images, so decoder rows never exceed score_batch; ε of
     /// image i, draw k depends only on (seed, split, i, k), not on the batching.
-    fn score_ops(&self, s: SplitId, slot0: usize, draws: usize, mode: u32) -> Vec<Op> {
+    fn score_ops(&self, s: SplitId, out0: usize, slot0: usize, draws: usize, mode: u32) -> Vec<Op> {
         let n = self.split(s).len();
         let o = self.layout.offsets();
         let idx0 = self.splits.train.len() + self.split_base(s);
@@ -297,8 +297,8 @@ impl Experiment {
                 seed: self.cfg.seed as u32,
                 stream: s.stream(),
                 row_base: start as u32,
-                out_off: start,
-                slot: slot0 + j,
+                out_off: out0 + start,
+                slot: Some(slot0 + j),
                 mode,
             };
             ops.extend(plan::forward_ops(self.layout.dims, &o, &bt, false));
@@ -307,7 +307,8 @@ impl Experiment {
     }
 
     /// One epoch: shuffle, every training step, then the anomaly set's loss, all in
-    /// one `run`; one readback of the per-batch sums.
+    /// one `run`; one readback of the per-image training losses (summed here in
+    /// f64: the steps write no batch sums) and one of the anomaly batches' sums.
     pub fn train_epoch(&mut self) -> Result<EpochStats> {
         let t0 = Instant::now();
         let n = self.splits.train.len();
@@ -330,13 +331,17 @@ impl Experiment {
                 self.step,
             ));
         }
-        ops.extend(self.score_ops(SplitId::TestAnomaly, steps, 1, crate::cpu::LOSS_ELBO));
+        // (its per-image scores after the training images', its batch sums from 0)
+        ops.extend(self.score_ops(SplitId::TestAnomaly, n, 0, 1, crate::cpu::LOSS_ELBO));
         let n_anom = self.splits.test_anomaly.len();
         let anom_batches = n_anom.div_ceil(self.cfg.score_batch);
         self.backend.run(&ops)?;
-        let sums = self.backend.read(Buf::BatchLoss, 0..steps + anom_batches)?;
-        let train_sum: f64 = sums[..steps].iter().map(|&v| v as f64).sum();
-        let anom_sum: f64 = sums[steps..].iter().map(|&v| v as f64).sum();
+        let train_sum: f64 = (self.backend.read(Buf::SampleLoss, 0..n)?.iter())
+            .map(|&v| v as f64)
+            .sum();
+        let anom_sum: f64 = (self.backend.read(Buf::BatchLoss, 0..anom_batches)?.iter())
+            .map(|&v| v as f64)
+            .sum();
         let stats = EpochStats {
             epoch: self.epoch + 1,
             train_loss: train_sum / n as f64,
@@ -388,7 +393,7 @@ impl Experiment {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let ops = self.score_ops(s, 0, draws, mode);
+        let ops = self.score_ops(s, 0, 0, draws, mode);
         self.backend.run(&ops)?;
         self.backend.read(Buf::SampleLoss, 0..n)
     }
@@ -405,7 +410,7 @@ impl Experiment {
             stream: s.stream(),
             row_base: 0,
             out_off: 0,
-            slot: 0,
+            slot: Some(0),
             mode: crate::cpu::LOSS_ELBO,
         };
         let ops = plan::forward_ops(self.layout.dims, &self.layout.offsets(), &bt, false);

@@ -813,6 +813,119 @@ fn adam_and_next_gather_in_one_dispatch() {
     }
 }
 
+/// A training step's per-image −ELBO (one draw, no batch sum: `NO_SLOT`) is
+/// written by the BCE kernel on the GPU, with no loss dispatch of its own: against
+/// the CPU (which runs `bce_logits` then `loss_reduce`) and against the GPU running
+/// the two; the batch-sum buffer is left alone by all of them.
+#[test]
+fn bce_writes_the_training_loss_in_one_dispatch() {
+    use vae_ood::gpu::{self, GpuBackend};
+    let mut rng = fresh_rng("bce_writes_the_training_loss_in_one_dispatch");
+    let (images, out_off) = (37, 11);
+    let ops = [
+        Op::Bce(BceParams {
+            rows: images as u32,
+            d: D as u32,
+            draws: 1,
+            write_grad: 1,
+        }),
+        Op::Loss(LossParams {
+            images: images as u32,
+            draws: 1,
+            out_off: out_off as u32,
+            slot: NO_SLOT,
+            mode: LOSS_ELBO,
+            _pad: [0; 3],
+        }),
+    ];
+    let inputs = [
+        (
+            Buf::Logits,
+            uniform(&mut rng, Buf::Logits.len(&SIZES), -8.0, 8.0),
+        ),
+        (Buf::X, uniform(&mut rng, Buf::X.len(&SIZES), 0.0, 1.0)),
+        (Buf::Kl, uniform(&mut rng, Buf::Kl.len(&SIZES), 0.0, 30.0)),
+    ];
+    let outs = [Buf::Bce, Buf::Logits, Buf::SampleLoss, Buf::BatchLoss];
+    let run = |be: &mut dyn Backend| {
+        for (b, v) in &inputs {
+            be.write(*b, 0, v).unwrap();
+        }
+        for b in [Buf::Bce, Buf::SampleLoss, Buf::BatchLoss] {
+            be.write(b, 0, &vec![f32::NAN; b.len(&SIZES)]).unwrap();
+        }
+        be.run(&ops).unwrap();
+        outs.map(|b| be.read(b, 0..b.len(&SIZES)).unwrap())
+    };
+    let cpu = run(&mut *cpu_backend(&[0; 4], 1, SIZES));
+    let loss_region = out_off..out_off + images;
+    assert_written("CPU bce", &cpu[0], &[0..images], true);
+    assert_written(
+        "CPU losses",
+        &cpu[2],
+        std::slice::from_ref(&loss_region),
+        true,
+    );
+    assert!(cpu[3].iter().all(|v| v.is_nan()), "CPU wrote a batch sum");
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
+        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+        return;
+    };
+    let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
+    let mut results = Vec::new();
+    for fused in [true, false] {
+        gpu.set_fused(fused);
+        assert_eq!(gpu.dispatches(&ops), if fused { 1 } else { 2 });
+        results.push(run(&mut gpu));
+    }
+    for (res, how) in results.iter().zip(["one dispatch", "two dispatches"]) {
+        // as bce_logits_with_extreme_logits (sums of 129 terms) and loss_reduce
+        assert_written(&format!("bce, {how}"), &res[0], &[0..images], true);
+        assert_close(
+            &format!("bce, {how}"),
+            &res[0][..images],
+            &cpu[0][..images],
+            1e-3,
+            1e-5,
+        );
+        let g = 0..images * D;
+        assert_close(
+            &format!("dlogits, {how}"),
+            &res[1][g.clone()],
+            &cpu[1][g],
+            1e-6,
+            0.0,
+        );
+        assert_written(
+            &format!("losses, {how}"),
+            &res[2],
+            std::slice::from_ref(&loss_region),
+            true,
+        );
+        assert_close(
+            &format!("losses, {how}"),
+            &res[2][loss_region.clone()],
+            &cpu[2][loss_region.clone()],
+            1e-3,
+            1e-5,
+        );
+        assert!(
+            res[3].iter().all(|v| v.is_nan()),
+            "{how}: wrote a batch sum"
+        );
+    }
+    // the same value either way: the same bits
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (i, b) in outs.iter().enumerate() {
+        assert_eq!(
+            bits(&results[0][i]),
+            bits(&results[1][i]),
+            "{b:?}: one dispatch vs two"
+        );
+    }
+}
+
 /// Adversarial inputs: logits of ±1e4 (recon → exactly 0 or 1) and log σ² of ±60
 /// (σ² ≈ 1e26 or 1e-26) give finite losses, noise, latents and gradients on every
 /// backend, equal between backends (f32 has room for e^60; at log σ² ≳ 88 the KL is

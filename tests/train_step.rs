@@ -214,7 +214,7 @@ fn cpu_fusions_change_no_bit() {
             stream: s as u32 + 1,
             row_base: 0,
             out_off: s * b,
-            slot: s,
+            slot: Some(s),
             mode,
         };
         let mut epoch = Vec::new();
@@ -332,7 +332,7 @@ fn cpu_sparse_first_layer_matches_dense() {
         stream: 9,
         row_base: 0,
         out_off: 0,
-        slot: 0,
+        slot: Some(0),
         mode: vae_ood::cpu::LOSS_ELBO,
     };
     let fwd_only = plan::forward_ops(dims, &lay.offsets(), &one, true);
@@ -399,9 +399,10 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// Nor on the GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, and the split-K reduces
 /// of the head, decoder-output and dz products folded into the kernels that read
-/// them — six dispatches fewer per training step at these sizes (hidden width 133,
-/// so that those products split K), and one more where a step's Adam and the next
-/// step's gather share a dispatch. Every buffer must end with the same bits.
+/// them, and the per-image loss written by the BCE kernel — seven dispatches fewer
+/// per training step at these sizes (hidden width 133, so that those products
+/// split K), and one more where a step's Adam and the next step's gather share a
+/// dispatch. Every buffer must end with the same bits.
 #[test]
 fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     use vae_ood::backend::Backend;
@@ -431,7 +432,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         stream: 99,
         row_base: 0,
         out_off: steps * b,
-        slot: steps,
+        slot: Some(steps),
         mode: vae_ood::cpu::LOSS_IWAE,
     };
     ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
@@ -459,14 +460,14 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         be.set_fused(false);
         assert_eq!(
             be.dispatches(one_step),
-            with + 6,
-            "three pairs and three folded reduces per step"
+            with + 7,
+            "three pairs, the loss in the BCE and three folded reduces per step"
         );
         // across a step boundary a step's Adam and the next step's gather share one
         // dispatch too
         let two_steps = &ops[..2 * plan::TRAIN_STEP_OP_NAMES.len()];
         assert!(matches!(two_steps[one_step.len()], plan::Op::Gather(_)));
-        assert_eq!(be.dispatches(two_steps), 2 * (with + 6));
+        assert_eq!(be.dispatches(two_steps), 2 * (with + 7));
         be.set_fused(true);
         assert_eq!(
             be.dispatches(two_steps),

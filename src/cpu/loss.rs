@@ -12,12 +12,17 @@ pub struct LossParams {
     pub draws: u32,
     /// where this batch's per-image losses go in `sample_loss`
     pub out_off: u32,
-    /// which entry of `batch_loss` receives the batch sum
+    /// which entry of `batch_loss` receives the batch sum ([`NO_SLOT`]: none)
     pub slot: u32,
     /// [`LOSS_ELBO`] or [`LOSS_IWAE`]
     pub mode: u32,
     pub _pad: [u32; 3],
 }
+
+/// `slot` of a batch whose sum is not wanted (training steps: the host adds up the
+/// per-image losses of the epoch instead), so that on the GPU the per-image losses
+/// can come from the BCE kernel with no dispatch of their own (`shaders/bce.wgsl`).
+pub const NO_SLOT: u32 = u32::MAX;
 
 /// −ELBO: mean over the K draws of the reconstruction term, plus the analytic KL.
 pub const LOSS_ELBO: u32 = 0;
@@ -30,7 +35,7 @@ pub const LOSS_IWAE: u32 = 1;
 /// - IWAE mode: sample_loss[out_off + b] = −(logsumexp_k(logpq_k − bce_k) − ln K),
 ///   the max subtracted before exponentiating;
 ///
-/// and batch_loss[slot] = Σ_b of those.
+/// and batch_loss[slot] = Σ_b of those (unless slot is [`NO_SLOT`]).
 pub fn loss_reduce(
     sample_loss: &mut [f32],
     batch_loss: &mut [f32],
@@ -54,7 +59,9 @@ pub fn loss_reduce(
         sample_loss[p.out_off as usize + b] = v;
         total += v;
     }
-    batch_loss[p.slot as usize] = total;
+    if p.slot != NO_SLOT {
+        batch_loss[p.slot as usize] = total;
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
 use crate::backend::Backend;
 use crate::cpu::matmul::{MatmulParams, MM_BIAS, MM_BIASGRAD, MM_MASK};
+use crate::cpu::{LOSS_ELBO, NO_SLOT};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{anyhow, ensure, Result};
 use std::collections::HashMap;
@@ -162,6 +163,9 @@ struct SplitSource {
 /// Byte offset of the [`SplitSource`] in a uniform slot.
 const SPLIT_SOURCE_AT: usize = 64;
 
+/// Byte offset of the BCE kernel's loss output (on, out_off) in its uniform slot.
+const BCE_LOSS_AT: usize = 32;
+
 /// A lowered op (or pair of ops).
 struct Lowered {
     dispatches: Vec<Dispatch>,
@@ -192,9 +196,9 @@ fn absorbs(op: &Op, q: &MatmulParams, e: Buf, c: Buf) -> bool {
 }
 
 /// The dispatches of `op` (with `next`, the op after it, when the two run as one
-/// pair: a layer's two gradient products, see [`pairable`], or a step's Adam and
-/// the next step's gather, `adam_gather.wgsl`) and the parameter bytes they read
-/// (one uniform slot).
+/// pair: a layer's two gradient products, see [`pairable`], a step's Adam and
+/// the next step's gather, `adam_gather.wgsl`, or a BCE and a training step's
+/// loss, `bce.wgsl`) and the parameter bytes they read (one uniform slot).
 fn lower(op: &Op, next: Option<&Op>) -> Lowered {
     use bytemuck::bytes_of;
     let f = Res::F;
@@ -221,6 +225,27 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
                 bytes,
                 used: 2,
                 reduce: (q0.splits > 1).then_some((q0, e, *c)),
+            };
+        }
+    }
+    if let (Op::Bce(pb), Some(Op::Loss(pl))) = (op, next) {
+        // a training step's per-image −ELBO written by the BCE kernel: one draw per
+        // image, no batch sum (shaders/bce.wgsl)
+        if pl.mode == LOSS_ELBO
+            && pl.slot == NO_SLOT
+            && pl.draws == 1
+            && pb.draws == 1
+            && pl.images == pb.rows
+        {
+            let (mut dispatches, mut bytes) = lower_one(op);
+            bytes.resize(BCE_LOSS_AT, 0);
+            bytes.extend_from_slice(bytemuck::bytes_of(&[1u32, pl.out_off, 0, 0]));
+            debug_assert_eq!(dispatches.len(), 1);
+            return Lowered {
+                dispatches: std::mem::take(&mut dispatches),
+                bytes,
+                used: 2,
+                reduce: None,
             };
         }
     }
@@ -273,7 +298,8 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fusions {
     /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`]),
-    /// and a step's Adam and the next step's gather as one `adam_gather`
+    /// a step's Adam and the next step's gather as one `adam_gather`, and a
+    /// training step's loss written by the BCE kernel
     pub pairs: bool,
     /// a split-K reduce folded into the kernel that reads the product ([`absorbs`])
     pub reduces: bool,
@@ -392,7 +418,15 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
         ),
         Op::Bce(p) => one(
             Kernel::Bce,
-            vec![f(X), f(Logits), f(Bce), Res::Partial, f(Params)],
+            vec![
+                f(X),
+                f(Logits),
+                f(Bce),
+                f(Kl),
+                f(SampleLoss),
+                Res::Partial,
+                f(Params),
+            ],
             (p.rows.max(1), 1),
             bytes_of(p),
         ),
@@ -448,8 +482,9 @@ impl GpuBackend {
 
     /// Whether the GPU fusions are on: a layer's input and weight gradients as one
     /// `matmul_pair` dispatch, a step's Adam and the next step's gather as one
-    /// `adam_gather`, and split-K reduces folded into the kernel that reads the
-    /// product (the default, unless `VAE_OOD_GPU_UNFUSED=1`). The results
+    /// `adam_gather`, a training step's loss written by the BCE kernel, and split-K
+    /// reduces folded into the kernel that reads the product (the default, unless
+    /// `VAE_OOD_GPU_UNFUSED=1`). The results
     /// do not depend on it, bit for bit (tested).
     pub fn set_fused(&mut self, on: bool) {
         self.fusions = Fusions {
@@ -966,7 +1001,7 @@ mod tests {
     }
 
     #[test]
-    fn reference_step_lowers_to_16_dispatches() {
+    fn reference_step_lowers_to_15_dispatches() {
         let ops = step();
         let count = |f| lower_all(&ops, f).0.len();
         assert_eq!(
@@ -974,9 +1009,13 @@ mod tests {
             22,
             "17 ops, 5 split-K reduces"
         );
-        assert_eq!(count(fusions(true, false)), 19, "three pairs");
+        assert_eq!(
+            count(fusions(true, false)),
+            18,
+            "three pairs, the loss in the BCE"
+        );
         assert_eq!(count(fusions(false, true)), 20, "two folds without pairs");
-        assert_eq!(count(fusions(true, true)), 16);
+        assert_eq!(count(fusions(true, true)), 15);
         let k = kernels(&ops, fusions(true, true));
         // the pairs sit at the input-gradient ops (8 fc4, 10 fc3, 13 head), and the
         // weight-gradient ops after them have no dispatch of their own
@@ -987,6 +1026,13 @@ mod tests {
             .collect();
         assert_eq!(pairs, [8, 10, 13]);
         assert!(k.iter().all(|d| ![9, 11, 14].contains(&d.0)));
+        // the loss (7) is written by the BCE kernel (6): a loss output in its slot
+        assert!(k.iter().all(|d| d.0 != 7));
+        let slots = lower_all(&ops, fusions(true, true)).1;
+        assert_eq!(
+            slots[6][BCE_LOSS_AT..BCE_LOSS_AT + 8],
+            *bytemuck::bytes_of(&[1u32, 0])
+        );
         // reduces left: fc1 fwd (1) and fc4 dX (8), whose products feed matmuls
         let reduces: Vec<usize> = k
             .iter()
@@ -998,7 +1044,6 @@ mod tests {
         // reparameterisation (3) and its backward (12), and nowhere else
         // (only kernels that can read split sums have a SplitSource at byte 64; a
         // pair's second params sit there)
-        let slots = lower_all(&ops, fusions(true, true)).1;
         for (i, kernel) in k {
             let bytes = &slots[i];
             let folded = kernel.reads_split()
@@ -1013,7 +1058,8 @@ mod tests {
         let ops = step();
         let fused = fusions(true, true);
         let n = |ops: &[Op]| lower_all(ops, fused).0.len();
-        // the BCE reads fewer rows than the decoder product wrote: no fold
+        // the BCE reads fewer rows than the decoder product wrote: no fold (nor
+        // does it write the loss, whose images it no longer matches)
         let mut short = ops.clone();
         if let Op::Bce(p) = &mut short[6] {
             p.rows -= 1;
@@ -1024,20 +1070,32 @@ mod tests {
         if let Op::Matmul { p, .. } = &mut off[5] {
             p.c_off = 8;
         }
-        assert_eq!(n(&off), 17);
+        assert_eq!(n(&off), 16);
         // a weight gradient that reads what its input gradient writes: no pair
         let mut dep = ops.clone();
         if let Op::Matmul { b, .. } = &mut dep[9] {
             *b = Buf::Dh3; // fc4 dX writes Dh3
         }
-        assert_eq!(n(&dep), 17);
+        assert_eq!(n(&dep), 16);
         // an input gradient whose mask is not the weight gradient's B: no pair
         let mut mask = ops.clone();
         if let Op::Matmul { e, .. } = &mut mask[13] {
             *e = Buf::X;
         }
-        assert_eq!(n(&mask), 17);
-        assert_eq!(n(&ops), 16);
+        assert_eq!(n(&mask), 16);
+        // a loss with a batch sum, with two draws, or in IWAE mode: its own dispatch
+        for change in [
+            |p: &mut crate::cpu::LossParams| p.slot = 0,
+            |p: &mut crate::cpu::LossParams| p.draws = 2,
+            |p: &mut crate::cpu::LossParams| p.mode = crate::cpu::LOSS_IWAE,
+        ] {
+            let mut loss = ops.clone();
+            if let Op::Loss(p) = &mut loss[7] {
+                change(p);
+            }
+            assert_eq!(n(&loss), 16);
+        }
+        assert_eq!(n(&ops), 15);
     }
 
     #[test]
@@ -1046,7 +1104,7 @@ mod tests {
         assert!(matches!(one[0], Op::Gather(_)) && matches!(one[16], Op::Adam(_)));
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
         let k = kernels(&two, fusions(true, true));
-        assert_eq!(k.len(), 31, "15 per step inside an epoch");
+        assert_eq!(k.len(), 29, "14 per step inside an epoch");
         // at the first step's Adam (op 16), covering the second step's gather (17)
         let at: Vec<usize> = k
             .iter()
@@ -1071,6 +1129,6 @@ mod tests {
         if let Op::Adam(p) = &mut big[16] {
             p.n = 65_535 * 256;
         }
-        assert_eq!(lower_all(&big, fusions(true, true)).0.len(), 32);
+        assert_eq!(lower_all(&big, fusions(true, true)).0.len(), 30);
     }
 }

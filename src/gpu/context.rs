@@ -153,9 +153,17 @@ impl Kernel {
                 (10, true),
                 (11, true),
             ],
-            // x, logits (in/out) → bce
+            // x, logits (in/out) → bce; kl → sample_loss (with the loss folded in)
             // split sums, bias (logits read from split sums)
-            Kernel::Bce => &[(0, true), (1, false), (2, false), (10, true), (11, true)],
+            Kernel::Bce => &[
+                (0, true),
+                (1, false),
+                (2, false),
+                (3, true),
+                (4, false),
+                (10, true),
+                (11, true),
+            ],
             // bce, kl → sample_loss, batch_loss; logpq
             Kernel::Loss => &[(0, true), (1, true), (2, false), (3, false), (4, true)],
             // params (in/out), grads, m, v

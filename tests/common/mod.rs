@@ -175,7 +175,7 @@ pub fn step_ops_given(dims: Dims, b: usize, adam: Option<(AdamConfig, u64)>) -> 
         stream: 0,
         row_base: 0,
         out_off: 0,
-        slot: 0,
+        slot: Some(0),
         mode: vae_ood::cpu::LOSS_ELBO,
     };
     let (cfg, t) = adam.unwrap_or((AdamConfig::default(), 1));
