@@ -46,9 +46,10 @@ pub struct GpuBackend {
     images: usize,
     /// entries of `idx`
     idx_len: usize,
-    /// the GPU fusions: a layer's input and weight gradients as one dispatch
-    /// ([`pairable`]) and a step's Adam with the next step's gather, and split-K
-    /// reduces folded into the kernel that reads the product ([`absorbs`])
+    /// the GPU fusions ([`Fusions`]): ops run two to a dispatch (a layer's input
+    /// and weight gradients, [`pairable`]; a step's Adam with the next step's
+    /// gather; a training step's BCE with its loss), and split-K reduces folded
+    /// into the kernel that reads the product ([`absorbs`])
     fusions: Fusions,
 }
 
@@ -237,12 +238,12 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
             && pb.draws == 1
             && pl.images == pb.rows
         {
-            let (mut dispatches, mut bytes) = lower_one(op);
+            let (dispatches, mut bytes) = lower_one(op);
             bytes.resize(BCE_LOSS_AT, 0);
-            bytes.extend_from_slice(bytemuck::bytes_of(&[1u32, pl.out_off, 0, 0]));
+            bytes.extend_from_slice(bytes_of(&[1u32, pl.out_off, 0, 0]));
             debug_assert_eq!(dispatches.len(), 1);
             return Lowered {
-                dispatches: std::mem::take(&mut dispatches),
+                dispatches,
                 bytes,
                 used: 2,
                 reduce: None,
