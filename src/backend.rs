@@ -20,6 +20,21 @@ pub trait Backend {
     fn run(&mut self, ops: &[Op]) -> Result<()>;
     /// Read elements of `buf` (waits for all submitted work).
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>>;
+    /// Start reading elements of `buf` as they will be once the work run so far
+    /// has finished, without waiting for it: more runs may be submitted before
+    /// [`Backend::collect`] hands over the values (which then waits for that work
+    /// only). The GPU backend queues a copy into a staging buffer; the CPU
+    /// backend, whose runs finish before they return, reads at once.
+    fn read_later(&mut self, buf: Buf, range: Range<usize>) -> Result<PendingRead> {
+        Ok(PendingRead(Pending::Ready(self.read(buf, range)?)))
+    }
+    /// The values of a [`Backend::read_later`] of this backend.
+    fn collect(&mut self, read: PendingRead) -> Result<Vec<f32>> {
+        match read.0 {
+            Pending::Ready(v) => Ok(v),
+            Pending::Staged { .. } => anyhow::bail!("a GPU read collected by another backend"),
+        }
+    }
     /// Whether [`Backend::run_timed`] can measure (GPU timestamp queries inside
     /// compute passes).
     fn has_timestamps(&self) -> bool {
@@ -39,6 +54,21 @@ pub trait Backend {
         let _ = ops;
         None
     }
+}
+
+/// A read begun by [`Backend::read_later`].
+pub struct PendingRead(pub(crate) Pending);
+
+pub(crate) enum Pending {
+    /// read at once (CPU)
+    Ready(Vec<f32>),
+    /// a copy into `staging` in submission `index`; `mapped` answers once the
+    /// copy is done and the buffer mapped
+    Staged {
+        staging: wgpu::Buffer,
+        index: wgpu::SubmissionIndex,
+        mapped: std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    },
 }
 
 /// Which backend the user asked for.

@@ -5,7 +5,7 @@ use crate::backend::DeviceChoice;
 use crate::fsutil::write_atomic;
 use crate::metrics::{ood_metrics, OodMetrics};
 use crate::plot;
-use crate::train::{EpochStats, Experiment, SplitId, TrainConfig};
+use crate::train::{EpochPipeline, EpochStats, Experiment, SplitId, TrainConfig};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -158,14 +158,19 @@ pub fn train_and_report(
     let t1 = Instant::now();
     let bar = progress_bar(quiet, cfg.epochs as u64, "epochs");
     bar.set_position(ex.epoch as u64);
-    // After every epoch the state is read back and written on a writer thread
-    // (overlapping the next epoch): a crash, Ctrl-C or SIGKILL loses at most the
-    // epoch in flight, and a diverged epoch never overwrites the last good files.
+    // Epochs are pipelined: the next one is submitted before this one's results
+    // (losses, parameters, Adam's moments: copies queued right behind it) are
+    // read back, so the GPU does not idle while the host reads them, writes the
+    // checkpoint and encodes the next epoch. After every epoch its state is
+    // written on a writer thread: a crash, Ctrl-C or SIGKILL loses at most the
+    // epochs in flight (two), and a diverged epoch never overwrites the last good
+    // files.
     let mut writer: Option<std::thread::JoinHandle<Result<()>>> = None;
     let epochs_before = ex.epoch;
-    while ex.epoch < cfg.epochs {
-        let st = match ex.train_epoch() {
-            Ok(st) => st,
+    let mut pipe = EpochPipeline::new(&ex, cfg.epochs, true);
+    while let Some(done) = pipe.next(&mut ex) {
+        let (st, state) = match done {
+            Ok(done) => done,
             Err(e) => {
                 if let Some(w) = writer.take() {
                     let _ = w.join();
@@ -194,7 +199,10 @@ pub fn train_and_report(
         });
         bar.inc(1);
         epochs.push(st);
-        let snap = ex.snapshot(&epochs)?;
+        let snap = ex.snapshot_of(
+            state.ok_or_else(|| anyhow::anyhow!("epoch state not read"))?,
+            &epochs,
+        );
         if let Some(w) = writer.take() {
             w.join()
                 .map_err(|_| anyhow::anyhow!("checkpoint writer panicked"))??;

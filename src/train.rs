@@ -1,7 +1,7 @@
 //! The experiment: data splits resident on the backend, the training loop (one
 //! `Backend::run` per epoch), and batched scoring. Shared by both backends.
 
-use crate::backend::{self, Backend, DeviceChoice};
+use crate::backend::{self, Backend, DeviceChoice, PendingRead};
 use crate::dataset::{load_splits, Split, Splits, PIXELS};
 use crate::model::{Dims, Layout};
 use crate::plan::{self, AdamConfig, Batch, Buf, Op, Sizes};
@@ -195,7 +195,91 @@ pub struct Experiment {
     pub step: u64,
     /// epochs completed
     pub epoch: usize,
+    /// epochs started (completed, plus those in flight)
+    started: usize,
+    /// when the last epoch finished
+    finished_at: Option<Instant>,
     shuffle_rng: rand_chacha::ChaCha8Rng,
+}
+
+/// An epoch submitted by [`Experiment::start_epoch`], its results not read yet.
+pub struct EpochInFlight {
+    /// its number, from 1
+    epoch: usize,
+    started: Instant,
+    steps: usize,
+    ops: usize,
+    /// per-image training losses, the anomaly batches' sums
+    losses: PendingRead,
+    anomaly: PendingRead,
+    /// parameters, Adam's m and v after it
+    state: Option<[PendingRead; 3]>,
+    /// Adam steps taken and the shuffle generator's position after it
+    step: u64,
+    rng_word_pos: u128,
+}
+
+impl EpochState {
+    /// The parameters after the epoch, in layout order.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// Adam's first and second moments after the epoch.
+    pub fn moments(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+}
+
+/// Training epochs two in flight: before an epoch's results are read back, the
+/// epoch after it is already submitted ([`Experiment::start_epoch`]), so the GPU
+/// runs on while the host reads results, writes checkpoints and encodes.
+pub struct EpochPipeline {
+    in_flight: std::collections::VecDeque<EpochInFlight>,
+    started: usize,
+    until: usize,
+    state: bool,
+}
+
+impl EpochPipeline {
+    /// Epochs `ex.epoch + 1 ..= until`; with `state`, each comes with its
+    /// parameters and Adam's moments ([`EpochState`]).
+    pub fn new(ex: &Experiment, until: usize, state: bool) -> EpochPipeline {
+        EpochPipeline {
+            in_flight: Default::default(),
+            started: ex.epoch,
+            until,
+            state,
+        }
+    }
+
+    /// The next epoch, finished ([`Experiment::finish_epoch`]); `None` after the
+    /// last. An error (a failed submission, a diverged epoch) ends the training.
+    pub fn next(
+        &mut self,
+        ex: &mut Experiment,
+    ) -> Option<Result<(EpochStats, Option<EpochState>)>> {
+        while self.in_flight.len() < 2 && self.started < self.until {
+            match ex.start_epoch(self.state) {
+                Ok(e) => self.in_flight.push_back(e),
+                Err(err) => return Some(Err(err)),
+            }
+            self.started += 1;
+        }
+        let e = self.in_flight.pop_front()?;
+        Some(ex.finish_epoch(e))
+    }
+}
+
+/// The training state after an epoch, as [`Experiment::finish_epoch`] read it:
+/// what a [`Snapshot`] holds besides the history.
+pub struct EpochState {
+    params: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    step: u64,
+    epoch: usize,
+    rng_word_pos: u128,
 }
 
 impl Experiment {
@@ -262,6 +346,8 @@ impl Experiment {
             bases,
             step: 0,
             epoch: 0,
+            started: 0,
+            finished_at: None,
             shuffle_rng,
         })
     }
@@ -310,7 +396,18 @@ impl Experiment {
     /// one `run`; one readback of the per-image training losses (summed here in
     /// f64: the steps write no batch sums) and one of the anomaly batches' sums.
     pub fn train_epoch(&mut self) -> Result<EpochStats> {
-        let t0 = Instant::now();
+        let e = self.start_epoch(false)?;
+        Ok(self.finish_epoch(e)?.0)
+    }
+
+    /// Submit the next epoch (shuffle, every training step, the anomaly set's
+    /// loss: one `run`) and queue the reads of its results behind it — with
+    /// `state`, also the parameters and Adam's moments for a [`Snapshot`] — without
+    /// waiting for any of it. The next epoch can be started before this one is
+    /// finished ([`Self::finish_epoch`]): the GPU then never idles while the host
+    /// reads results, writes checkpoints and encodes the next epoch.
+    pub fn start_epoch(&mut self, state: bool) -> Result<EpochInFlight> {
+        let started = Instant::now();
         let n = self.splits.train.len();
         let bs = self.cfg.batch_size;
         let mut perm: Vec<u32> = (0..n as u32).collect();
@@ -333,24 +430,81 @@ impl Experiment {
         }
         // (its per-image scores after the training images', its batch sums from 0)
         ops.extend(self.score_ops(SplitId::TestAnomaly, n, 0, 1, crate::cpu::LOSS_ELBO));
-        let n_anom = self.splits.test_anomaly.len();
-        let anom_batches = n_anom.div_ceil(self.cfg.score_batch);
+        let anom_batches = self
+            .splits
+            .test_anomaly
+            .len()
+            .div_ceil(self.cfg.score_batch);
         self.backend.run(&ops)?;
-        let train_sum: f64 = (self.backend.read(Buf::SampleLoss, 0..n)?.iter())
+        let losses = self.backend.read_later(Buf::SampleLoss, 0..n)?;
+        let anomaly = self.backend.read_later(Buf::BatchLoss, 0..anom_batches)?;
+        let total = self.layout.total;
+        let state = if state {
+            Some([
+                self.backend.read_later(Buf::Params, 0..total)?,
+                self.backend.read_later(Buf::AdamM, 0..total)?,
+                self.backend.read_later(Buf::AdamV, 0..total)?,
+            ])
+        } else {
+            None
+        };
+        self.started += 1;
+        Ok(EpochInFlight {
+            epoch: self.started,
+            started,
+            steps,
+            ops: ops.len(),
+            losses,
+            anomaly,
+            state,
+            step: self.step,
+            rng_word_pos: self.shuffle_rng.get_word_pos(),
+        })
+    }
+
+    /// Wait for an epoch begun by [`Self::start_epoch`] (not for epochs started
+    /// after it) and return its losses, and its state if asked for; an error if
+    /// it diverged. Epochs finish in the order they were started.
+    pub fn finish_epoch(&mut self, e: EpochInFlight) -> Result<(EpochStats, Option<EpochState>)> {
+        ensure!(
+            e.epoch == self.epoch + 1,
+            "epoch {} finished out of order (after {})",
+            e.epoch,
+            self.epoch
+        );
+        let n = self.splits.train.len();
+        let n_anom = self.splits.test_anomaly.len();
+        let train_sum: f64 = (self.backend.collect(e.losses)?.iter())
             .map(|&v| v as f64)
             .sum();
-        let anom_sum: f64 = (self.backend.read(Buf::BatchLoss, 0..anom_batches)?.iter())
+        let anom_sum: f64 = (self.backend.collect(e.anomaly)?.iter())
             .map(|&v| v as f64)
             .sum();
+        let state = match e.state {
+            Some([p, m, v]) => Some(EpochState {
+                params: self.backend.collect(p)?,
+                m: self.backend.collect(m)?,
+                v: self.backend.collect(v)?,
+                step: e.step,
+                epoch: e.epoch,
+                rng_word_pos: e.rng_word_pos,
+            }),
+            None => None,
+        };
+        // the wall time this epoch added: from its start, or from the end of the
+        // one before if that was later (epochs in flight overlap)
+        let now = Instant::now();
+        let from = self.finished_at.map_or(e.started, |t| t.max(e.started));
+        self.finished_at = Some(now);
         let stats = EpochStats {
-            epoch: self.epoch + 1,
+            epoch: e.epoch,
             train_loss: train_sum / n as f64,
             anomaly_loss: if n_anom > 0 {
                 anom_sum / n_anom as f64
             } else {
                 f64::NAN
             },
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: (now - from).as_secs_f64(),
         };
         if !stats.train_loss.is_finite() {
             bail!(
@@ -363,13 +517,13 @@ impl Experiment {
         log::info!(
             "epoch {}: {} steps ({} ops) in {:.3} s, train loss {:.4}, anomaly loss {:.4}",
             stats.epoch,
-            steps,
-            ops.len(),
+            e.steps,
+            e.ops,
             stats.seconds,
             stats.train_loss,
             stats.anomaly_loss
         );
-        Ok(stats)
+        Ok((stats, state))
     }
 
     /// −ELBO of every image of split `s` (one z draw per image, fixed ε stream).
@@ -438,6 +592,24 @@ impl Experiment {
     /// parameters, Adam moments, step and epoch counters, the shuffle RNG's
     /// position, the epoch history and the config. Reading it back is the only
     /// device work; [`Snapshot::write`] can then run on another thread.
+    /// The snapshot of the state after an epoch (from [`Self::finish_epoch`]),
+    /// with the epoch history up to it.
+    pub fn snapshot_of(&self, st: EpochState, history: &[EpochStats]) -> Snapshot {
+        Snapshot {
+            layout: self.layout.clone(),
+            params: st.params,
+            m: st.m,
+            v: st.v,
+            meta: StateMeta {
+                step: st.step,
+                epoch: st.epoch,
+                rng_word_pos: st.rng_word_pos.to_string(),
+                config: self.cfg.clone(),
+                history: history.to_vec(),
+            },
+        }
+    }
+
     pub fn snapshot(&mut self, history: &[EpochStats]) -> Result<Snapshot> {
         let n = self.layout.total;
         Ok(Snapshot {
@@ -503,6 +675,7 @@ impl Experiment {
         }
         self.step = meta.step;
         self.epoch = meta.epoch;
+        self.started = meta.epoch;
         let pos: u128 = meta
             .rng_word_pos
             .parse()

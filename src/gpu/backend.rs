@@ -7,7 +7,7 @@
 //! between the dispatches of chosen ops, into a query set kept across calls.
 
 use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
-use crate::backend::Backend;
+use crate::backend::{Backend, Pending, PendingRead};
 use crate::cpu::matmul::{MatmulParams, MM_BIAS, MM_BIASGRAD, MM_MASK};
 use crate::cpu::{LOSS_ELBO, NO_SLOT};
 use crate::plan::{Buf, Op, Sizes};
@@ -937,12 +937,18 @@ impl Backend for GpuBackend {
     }
 
     fn read(&mut self, buf: Buf, range: Range<usize>) -> Result<Vec<f32>> {
+        // (the copy is the last submission: collecting it waits for all work)
+        let r = self.read_later(buf, range)?;
+        self.collect(r)
+    }
+
+    fn read_later(&mut self, buf: Buf, range: Range<usize>) -> Result<PendingRead> {
         ensure!(
             range.end <= buf.len(&self.sizes),
             "read past the end of {buf:?}"
         );
         if range.is_empty() {
-            return Ok(Vec::new());
+            return Ok(PendingRead(Pending::Ready(Vec::new())));
         }
         let size = (range.len() * 4) as u64;
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -964,13 +970,38 @@ impl Backend for GpuBackend {
             0,
             size,
         );
-        self.ctx.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let index = self.ctx.queue.submit([enc.finish()]);
+        let (tx, mapped) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.ctx.wait("readback")?;
-        rx.recv()
+        Ok(PendingRead(Pending::Staged {
+            staging,
+            index,
+            mapped,
+        }))
+    }
+
+    fn collect(&mut self, read: PendingRead) -> Result<Vec<f32>> {
+        let (staging, index, mapped) = match read.0 {
+            Pending::Ready(v) => return Ok(v),
+            Pending::Staged {
+                staging,
+                index,
+                mapped,
+            } => (staging, index, mapped),
+        };
+        // wait for the copy's submission only: runs submitted after it go on
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| anyhow!("GPU wait failed during readback: {e}"))?;
+        self.ctx.check("readback")?;
+        mapped
+            .recv()
             .map_err(|_| anyhow!("GPU readback was never answered"))?
             .map_err(|e| anyhow!("GPU readback failed: {e}"))?;
         let view = staging
