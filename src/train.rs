@@ -199,6 +199,10 @@ pub struct Experiment {
     started: usize,
     /// when the last epoch finished
     finished_at: Option<Instant>,
+    /// (epoch, when its start began, how long `start_epoch` took) of the epochs in
+    /// flight: on a backend that runs an epoch inside `start_epoch` (the CPU,
+    /// lavapipe) that is its running time, on a GPU its encoding
+    start_costs: std::collections::VecDeque<(usize, Instant, std::time::Duration)>,
     shuffle_rng: rand_chacha::ChaCha8Rng,
 }
 
@@ -348,6 +352,7 @@ impl Experiment {
             epoch: 0,
             started: 0,
             finished_at: None,
+            start_costs: Default::default(),
             shuffle_rng,
         })
     }
@@ -449,6 +454,8 @@ impl Experiment {
             None
         };
         self.started += 1;
+        self.start_costs
+            .push_back((self.started, started, started.elapsed()));
         Ok(EpochInFlight {
             epoch: self.started,
             started,
@@ -491,10 +498,22 @@ impl Experiment {
             }),
             None => None,
         };
-        // the wall time this epoch added: from its start, or from the end of the
-        // one before if that was later (epochs in flight overlap)
+        // The wall time this epoch took, where epochs in flight overlap: the time
+        // since the later of its start and the previous epoch's end, less the time
+        // spent starting later epochs in between, plus its own start if that came
+        // before — so that a backend that runs an epoch while starting it (the CPU)
+        // charges each epoch its own run, and a GPU the gap between two ends.
         let now = Instant::now();
         let from = self.finished_at.map_or(e.started, |t| t.max(e.started));
+        let later: std::time::Duration = (self.start_costs.iter())
+            .filter(|s| s.0 > e.epoch && s.1 >= from)
+            .map(|s| s.2)
+            .sum();
+        let own = (self.start_costs.iter())
+            .find(|s| s.0 == e.epoch)
+            .filter(|s| s.1 < from)
+            .map_or(std::time::Duration::ZERO, |s| s.2);
+        self.start_costs.retain(|s| s.0 != e.epoch);
         self.finished_at = Some(now);
         let stats = EpochStats {
             epoch: e.epoch,
@@ -504,7 +523,7 @@ impl Experiment {
             } else {
                 f64::NAN
             },
-            seconds: (now - from).as_secs_f64(),
+            seconds: ((now - from).saturating_sub(later) + own).as_secs_f64(),
         };
         if !stats.train_loss.is_finite() {
             bail!(
