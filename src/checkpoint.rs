@@ -29,7 +29,29 @@ pub fn to_bytes(
     meta.insert("format".into(), "pt".into());
     let d = layout.dims;
     meta.insert("vae_ood.dims".into(), format!("{},{},{}", d.d, d.h, d.l));
-    Ok(safetensors::serialize(views, Some(meta))?)
+    serialize_sorted(views, meta)
+}
+
+/// `safetensors::serialize`, with the header's keys in sorted order: the crate
+/// writes the metadata in `HashMap` order, which differs from run to run, so two
+/// identical runs would write files that differ in their first bytes. The header
+/// is re-written from its JSON (serde_json's maps are sorted) and padded with
+/// spaces to its old length, so the tensor data and its offsets stay as they are.
+pub fn serialize_sorted<'a>(
+    views: Vec<(&'a str, TensorView<'a>)>,
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bytes = safetensors::serialize(views, Some(meta))?;
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let mut sorted = serde_json::to_vec(&header)?;
+    anyhow::ensure!(sorted.len() <= n, "safetensors header grew when sorted");
+    sorted.resize(n, b' ');
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..8]);
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 pub fn save(
@@ -213,6 +235,34 @@ mod tests {
         let b2 = safetensors::serialize(views, None).unwrap();
         let e = from_bytes(&b2, "x").err().unwrap().to_string();
         assert!(e.contains("fc3.bias is missing"), "{e}");
+    }
+
+    /// The same parameters and metadata give the same bytes, whatever order the
+    /// metadata map iterates in (each `HashMap` gets its own random hasher), and
+    /// the file reads back with every key.
+    #[test]
+    fn same_checkpoint_same_bytes() {
+        let lay = Layout::new(Dims { d: 5, h: 3, l: 2 });
+        let p: Vec<f32> = (0..lay.total).map(|i| i as f32 * 0.25).collect();
+        let meta = || -> HashMap<String, String> {
+            (0..12)
+                .map(|i| (format!("key{i}"), format!("value {i}")))
+                .collect()
+        };
+        let first = to_bytes(&lay, &p, meta()).unwrap();
+        for _ in 0..20 {
+            assert!(to_bytes(&lay, &p, meta()).unwrap() == first);
+        }
+        let back = from_bytes(&first, "x").unwrap();
+        assert_eq!(back.params, p);
+        assert_eq!(
+            back.metadata.get("key7").map(String::as_str),
+            Some("value 7")
+        );
+        assert_eq!(back.metadata.get("format").map(String::as_str), Some("pt"));
+        // data starts 8-byte aligned, as safetensors writes it
+        let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + n) % 8, 0);
     }
 
     /// Inputs the fuzzer found (fuzz/regressions): zero-element tensors whose other

@@ -169,7 +169,8 @@ impl Snapshot {
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-        crate::fsutil::write_atomic(state_path, &safetensors::serialize(views, Some(md))?)?;
+        let bytes = crate::checkpoint::serialize_sorted(views, md)?;
+        crate::fsutil::write_atomic(state_path, &bytes)?;
         let mut meta = HashMap::new();
         meta.insert(
             crate::evaluate::CONFIG_KEY.into(),
