@@ -727,6 +727,41 @@ fn adam_matches_at_first_and_later_steps() {
     }
 }
 
+/// Two ops that the GPU runs as one dispatch, run by `run` (which returns the
+/// buffers `outs`) on a GPU backend over `store` with the fusion on and off (one
+/// dispatch, then two, counted): the two must end with the same bits in every one
+/// of `outs`, since each value is computed the same way. Returns both results,
+/// fused first; `None` without an adapter (which fails unless
+/// VAE_OOD_SKIP_GPU_TESTS=1, see common).
+fn gpu_one_dispatch_and_two<const N: usize>(
+    store: &[u8],
+    idx_len: usize,
+    ops: &[Op],
+    outs: &[Buf; N],
+    run: impl Fn(&mut dyn Backend) -> [Vec<f32>; N],
+) -> Option<[[Vec<f32>; N]; 2]> {
+    use vae_ood::gpu::{self, GpuBackend};
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        assert!(gpu_backend(store, idx_len, SIZES).is_none());
+        return None;
+    };
+    let mut gpu = GpuBackend::new(adapter, store, idx_len, SIZES).unwrap();
+    let results = [true, false].map(|fused| {
+        gpu.set_fused(fused);
+        assert_eq!(gpu.dispatches(ops), if fused { 1 } else { 2 });
+        run(&mut gpu)
+    });
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (i, b) in outs.iter().enumerate() {
+        assert_eq!(
+            bits(&results[0][i]),
+            bits(&results[1][i]),
+            "{b:?}: one dispatch vs two"
+        );
+    }
+    Some(results)
+}
+
 /// A training step's Adam and the next step's pixel gather run as one `adam_gather`
 /// dispatch on the GPU: against the CPU (which runs `adam` then `gather_pixels`) and
 /// against the GPU running them as two dispatches. The update spans many
@@ -734,7 +769,6 @@ fn adam_matches_at_first_and_later_steps() {
 /// numbers cross from one half of the dispatch to the other.
 #[test]
 fn adam_and_next_gather_in_one_dispatch() {
-    use vae_ood::gpu::{self, GpuBackend};
     let mut rng = fresh_rng("adam_and_next_gather_in_one_dispatch");
     let n = SIZES.params;
     let rows = 37;
@@ -771,18 +805,9 @@ fn adam_and_next_gather_in_one_dispatch() {
     let cpu = run(&mut *cpu_backend(&store, idx.len(), SIZES));
     let x_region = 0..rows * D;
     assert_written("CPU x", &cpu[3], std::slice::from_ref(&x_region), true);
-    let Some(adapter) = gpu::select_adapter().unwrap() else {
-        // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
-        assert!(gpu_backend(&store, idx.len(), SIZES).is_none());
+    let Some(results) = gpu_one_dispatch_and_two(&store, idx.len(), &ops, &outs, run) else {
         return;
     };
-    let mut gpu = GpuBackend::new(adapter, &store, idx.len(), SIZES).unwrap();
-    let mut results = Vec::new();
-    for fused in [true, false] {
-        gpu.set_fused(fused);
-        assert_eq!(gpu.dispatches(&ops), if fused { 1 } else { 2 });
-        results.push(run(&mut gpu));
-    }
     for (res, how) in results.iter().zip(["one dispatch", "two dispatches"]) {
         // as adam_matches_at_first_and_later_steps and gather_unpacks_bytes
         for (i, b) in outs.iter().enumerate().take(3) {
@@ -802,15 +827,6 @@ fn adam_and_next_gather_in_one_dispatch() {
             0.0,
         );
     }
-    // the same arithmetic either way: the same bits
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    for (i, b) in outs.iter().enumerate() {
-        assert_eq!(
-            bits(&results[0][i]),
-            bits(&results[1][i]),
-            "{b:?}: one dispatch vs two"
-        );
-    }
 }
 
 /// A training step's per-image −ELBO (one draw, no batch sum: `NO_SLOT`) is
@@ -819,7 +835,6 @@ fn adam_and_next_gather_in_one_dispatch() {
 /// the two; the batch-sum buffer is left alone by all of them.
 #[test]
 fn bce_writes_the_training_loss_in_one_dispatch() {
-    use vae_ood::gpu::{self, GpuBackend};
     let mut rng = fresh_rng("bce_writes_the_training_loss_in_one_dispatch");
     let (images, out_off) = (37, 11);
     let ops = [
@@ -867,18 +882,9 @@ fn bce_writes_the_training_loss_in_one_dispatch() {
         true,
     );
     assert!(cpu[3].iter().all(|v| v.is_nan()), "CPU wrote a batch sum");
-    let Some(adapter) = gpu::select_adapter().unwrap() else {
-        // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
-        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+    let Some(results) = gpu_one_dispatch_and_two(&[0; 4], 1, &ops, &outs, run) else {
         return;
     };
-    let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
-    let mut results = Vec::new();
-    for fused in [true, false] {
-        gpu.set_fused(fused);
-        assert_eq!(gpu.dispatches(&ops), if fused { 1 } else { 2 });
-        results.push(run(&mut gpu));
-    }
     for (res, how) in results.iter().zip(["one dispatch", "two dispatches"]) {
         // as bce_logits_with_extreme_logits (sums of 129 terms) and loss_reduce
         assert_written(&format!("bce, {how}"), &res[0], &[0..images], true);
@@ -913,15 +919,6 @@ fn bce_writes_the_training_loss_in_one_dispatch() {
         assert!(
             res[3].iter().all(|v| v.is_nan()),
             "{how}: wrote a batch sum"
-        );
-    }
-    // the same value either way: the same bits
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    for (i, b) in outs.iter().enumerate() {
-        assert_eq!(
-            bits(&results[0][i]),
-            bits(&results[1][i]),
-            "{b:?}: one dispatch vs two"
         );
     }
 }
