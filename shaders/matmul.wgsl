@@ -17,7 +17,9 @@
 // (ceil(n/32), ceil(m/32), splits). With splits > 1 (skinny products whose few
 // workgroups would each walk a long K), workgroup z sums only its share of K and
 // writes raw partial sums to `partial` (splits, m, n); matmul_reduce then adds the
-// shares and applies the epilogue (dispatch ceil(m*n/256)).
+// shares and applies the epilogue with split_sum (split_source.wgsl, appended to
+// this module, bound to the same partial sums and epilogue operand; dispatch
+// ceil(m*n/256)).
 //
 // matmul_pair: two independent products in one dispatch — a layer's input gradient
 // (problem 0, pp[0], as matmul: B from b, mask from e, C into c or split into
@@ -41,7 +43,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> e: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(5) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c2: array<f32>;
 // pp[0]: the product (problem 0 of a pair); pp[1]: problem 1 of a pair
 @group(1) @binding(0) var<uniform> pp: array<Params, 2>;
@@ -292,24 +293,8 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if (t >= p.m * p.n) {
         return;
     }
-    // four shares' reads issued together, added in order (as split_sum does)
-    let mn = p.m * p.n;
-    var v = 0.0;
-    var s = 0u;
-    for (; s + 4u <= p.splits; s += 4u) {
-        let x0 = partial_in[s * mn + t];
-        let x1 = partial_in[(s + 1u) * mn + t];
-        let x2 = partial_in[(s + 2u) * mn + t];
-        let x3 = partial_in[(s + 3u) * mn + t];
-        v += x0;
-        v += x1;
-        v += x2;
-        v += x3;
-    }
-    for (; s < p.splits; s++) {
-        v += partial_in[s * mn + t];
-    }
-    store(0u, p, t / p.n, t % p.n, v);
+    let src = SplitSource(p.splits, p.m, p.n, p.flags, p.e_off, p.e_si, 0u, 0u);
+    put(0u, p.c_off + (t / p.n) * p.c_si + t % p.n, split_sum(src, t));
 }
 
 fn store(q: u32, p: Params, i: u32, j: u32, v_in: f32) {

@@ -1,12 +1,13 @@
-// A product's output read straight from its split-K partial sums: the work of
-// matmul_reduce (matmul.wgsl) done by the kernel that reads the product next, so the
-// reduce needs no dispatch of its own. Same operations in the same order as
-// matmul_reduce — sum of the shares s = 0, 1, …, then bias, ReLU, mask — so the
-// value is bit for bit the one the reduce would have stored. Its CPU twin is
-// cpu::matmul's epilogue (the CPU does not split K).
-// Not a kernel: appended to bce.wgsl and reparam.wgsl when their pipelines are built.
-// A kernel using it puts a SplitSource at byte 64 of its uniform and calls
-// split_sum only when src.splits > 0 (0: read its input buffer as usual).
+// A product's output read straight from its split-K partial sums: the sum of the
+// shares s = 0, 1, …, then bias, ReLU, mask (the epilogue of matmul.wgsl's store).
+// matmul_reduce computes each element with it; the kernels that read a split
+// product next (BCE, reparameterisation) call it themselves, so the reduce needs
+// no dispatch of its own and the value is bit for bit the one it would have
+// stored. Its CPU twin is cpu::matmul's epilogue (the CPU does not split K).
+// Not a kernel: appended to matmul.wgsl, bce.wgsl and reparam.wgsl when their
+// pipelines are built. A reading kernel puts a SplitSource at byte 64 of its
+// uniform and calls split_sum only when src.splits > 0 (0: read its input buffer
+// as usual).
 
 struct SplitSource {
     splits: u32, m: u32, n: u32, flags: u32,

@@ -73,7 +73,8 @@ impl Kernel {
 
     /// The files its shader module is assembled from, in order: the kernel's file,
     /// then the workgroup-reduction helper of variant `r` if the kernel reduces,
-    /// then `split_source.wgsl` if it reads split products; for `adam_gather`,
+    /// then `split_source.wgsl` if it reads split products or is one of
+    /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it); for `adam_gather`,
     /// `adam.wgsl` and `gather.wgsl`.
     pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
         let mut v = vec![self.source()];
@@ -83,7 +84,11 @@ impl Kernel {
         if self.reduces() {
             v.push(r.source());
         }
-        if self.reads_split() {
+        let matmul = matches!(
+            self,
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce
+        );
+        if self.reads_split() || matmul {
             v.push(SPLIT_SOURCE);
         }
         v
@@ -130,8 +135,8 @@ impl Kernel {
                 (4, false),
                 (6, false),
             ],
-            // partial sums, e → c (c2 as for matmul)
-            Kernel::MatmulReduce => &[(5, true), (2, true), (3, false), (6, false)],
+            // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
+            Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
             // head → z, eps, kl, logpq
             // head (written when read from split sums) → z, eps, kl, logpq; split sums, bias
             Kernel::ReparamForward => &[
