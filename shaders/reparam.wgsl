@@ -90,46 +90,43 @@ fn reparam_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     // eps, z (and head) of this image were written by other threads of this workgroup
     storageBarrier();
     if (t == 0u) {
-        var acc = 0.0;
-        // four terms' reads issued together, then added in order j = 0, 1, … (see
-        // split_sum)
-        let hb = b * 2u * l;
-        var j = 0u;
-        for (; j + 4u <= l; j += 4u) {
-            let t0 = kl_term(hb, l, j);
-            let t1 = kl_term(hb, l, j + 1u);
-            let t2 = kl_term(hb, l, j + 2u);
-            let t3 = kl_term(hb, l, j + 3u);
-            acc += t0;
-            acc += t1;
-            acc += t2;
-            acc += t3;
-        }
-        for (; j < l; j++) {
-            acc += kl_term(hb, l, j);
-        }
-        kl[b] = -0.5 * acc;
+        kl[b] = -0.5 * sum_latents(KL_TERM, b * 2u * l, l, l);
     }
     for (var k = t; k < p.draws; k += 64u) {
-        var s = 0.0;
-        let r0 = (b * p.draws + k) * l;
-        let lb = b * 2u * l + l;
-        var j = 0u;
-        for (; j + 4u <= l; j += 4u) {
-            let t0 = pq_term(r0, lb, j);
-            let t1 = pq_term(r0, lb, j + 1u);
-            let t2 = pq_term(r0, lb, j + 2u);
-            let t3 = pq_term(r0, lb, j + 3u);
-            s += t0;
-            s += t1;
-            s += t2;
-            s += t3;
-        }
-        for (; j < l; j++) {
-            s += pq_term(r0, lb, j);
-        }
-        logpq[b * p.draws + k] = s;
+        logpq[b * p.draws + k] = sum_latents(PQ_TERM, (b * p.draws + k) * l, b * 2u * l + l, l);
     }
+}
+
+const KL_TERM: u32 = 0u;
+const PQ_TERM: u32 = 1u;
+
+// Σ_j term(j) over the l latents, in order j = 0, 1, …, with four terms' reads
+// issued together before they are added (see split_sum); term = kl_term or
+// pq_term (the branch is the same for every thread that takes it).
+fn sum_latents(term: u32, x: u32, y: u32, l: u32) -> f32 {
+    var acc = 0.0;
+    var j = 0u;
+    for (; j + 4u <= l; j += 4u) {
+        let t0 = latent_term(term, x, y, j);
+        let t1 = latent_term(term, x, y, j + 1u);
+        let t2 = latent_term(term, x, y, j + 2u);
+        let t3 = latent_term(term, x, y, j + 3u);
+        acc += t0;
+        acc += t1;
+        acc += t2;
+        acc += t3;
+    }
+    for (; j < l; j++) {
+        acc += latent_term(term, x, y, j);
+    }
+    return acc;
+}
+
+fn latent_term(term: u32, x: u32, y: u32, j: u32) -> f32 {
+    if (term == KL_TERM) {
+        return kl_term(x, y, j);
+    }
+    return pq_term(x, y, j);
 }
 
 // Latent j's KL term 1 + log σ² − μ² − σ² of the image whose head starts at hb.
