@@ -167,17 +167,7 @@ pub fn run_sizes(dims: Dims, b: usize, draws: usize, batches: usize) -> Sizes {
 /// `adam: None`, forward and backward only.
 pub fn step_ops_given(dims: Dims, b: usize, adam: Option<(AdamConfig, u64)>) -> Vec<Op> {
     let lay = Layout::new(dims);
-    let bt = Batch {
-        images: b,
-        draws: 1,
-        idx_off: 0,
-        seed: 0,
-        stream: 0,
-        row_base: 0,
-        out_off: 0,
-        slot: Some(0),
-        mode: vae_ood::cpu::LOSS_ELBO,
-    };
+    let bt = Batch::train_step(0, b, b, 0, 0);
     let (cfg, t) = adam.unwrap_or((AdamConfig::default(), 1));
     let mut ops = plan::train_step_ops(dims, &lay.offsets(), &bt, lay.total, &cfg, t);
     assert!(matches!(ops[0], Op::Gather(_)));
