@@ -541,22 +541,9 @@ fn reparam_forward_many_latents_and_draws() {
             op: Op::ReparamForward(p),
         });
         // and the backward pass, one thread per (image, latent): 210 or 12 threads
-        run_case(Case {
-            name: &format!("reparam_backward B={b} L={l} K={k}"),
-            store: random_store(&mut rng),
-            idx: vec![0],
-            inputs: vec![
-                (
-                    Buf::Head,
-                    uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0),
-                ),
-                (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
-                (Buf::Dz, uniform(&mut rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
-            ],
-            // 67 draws summed: 1e-4 absolute
-            outputs: vec![(Buf::Dhead, vec![0..b * 2 * l], 1e-4, 1e-5)],
-            op: Op::ReparamBackward(p),
-        });
+        // (67 draws summed: 1e-4 absolute)
+        let name = format!("reparam_backward B={b} L={l} K={k}");
+        run_case(reparam_backward_case(&mut rng, &name, p, 1e-4));
     }
 }
 
@@ -564,22 +551,30 @@ fn reparam_forward_many_latents_and_draws() {
 fn reparam_backward_matches() {
     let mut rng = fresh_rng("reparam_backward_matches");
     let p = reparam_params(false);
-    let (b, l) = (37, 5);
-    run_case(Case {
-        name: "reparam_backward",
-        store: random_store(&mut rng),
+    run_case(reparam_backward_case(&mut rng, "reparam_backward", p, 1e-5));
+}
+
+/// `reparam_backward` with `p` on fresh head, ε and dz: dhead of p.images images
+/// compared to `atol` absolute and 1e-5 relative.
+fn reparam_backward_case<'a>(
+    rng: &mut impl Rng,
+    name: &'a str,
+    p: ReparamParams,
+    atol: f32,
+) -> Case<'a> {
+    let (b, l) = (p.images as usize, p.l as usize);
+    Case {
+        name,
+        store: random_store(rng),
         idx: vec![0],
         inputs: vec![
-            (
-                Buf::Head,
-                uniform(&mut rng, Buf::Head.len(&SIZES), -3.0, 1.0),
-            ),
-            (Buf::Eps, uniform(&mut rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
-            (Buf::Dz, uniform(&mut rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
+            (Buf::Head, uniform(rng, Buf::Head.len(&SIZES), -3.0, 1.0)),
+            (Buf::Eps, uniform(rng, Buf::Eps.len(&SIZES), -3.0, 3.0)),
+            (Buf::Dz, uniform(rng, Buf::Dz.len(&SIZES), -2.0, 2.0)),
         ],
-        outputs: vec![(Buf::Dhead, vec![0..b * 2 * l], 1e-5, 1e-5)],
+        outputs: vec![(Buf::Dhead, vec![0..b * 2 * l], atol, 1e-5)],
         op: Op::ReparamBackward(p),
-    });
+    }
 }
 
 // BCE: GPU log(1 + exp(−|t|)) vs CPU ln_1p differ by ≤ 1e-7 per pixel (the value
