@@ -103,7 +103,7 @@ pub fn bench(
     // read (without the checkpoint reads)
     let t = Instant::now();
     let mut last = 0.0;
-    let mut pipe = EpochPipeline::new(&ex, ex.epoch + epochs, false);
+    let mut pipe = EpochPipeline::new(ex.epoch + epochs, false);
     while let Some(done) = pipe.next(&mut ex) {
         last = done?.0.train_loss;
     }

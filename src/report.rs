@@ -167,7 +167,7 @@ pub fn train_and_report(
     // files.
     let mut writer: Option<std::thread::JoinHandle<Result<()>>> = None;
     let epochs_before = ex.epoch;
-    let mut pipe = EpochPipeline::new(&ex, cfg.epochs, true);
+    let mut pipe = EpochPipeline::new(cfg.epochs, true);
     while let Some(done) = pipe.next(&mut ex) {
         let (st, state) = match done {
             Ok(done) => done,

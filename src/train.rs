@@ -241,18 +241,16 @@ impl EpochState {
 /// runs on while the host reads results, writes checkpoints and encodes.
 pub struct EpochPipeline {
     in_flight: std::collections::VecDeque<EpochInFlight>,
-    started: usize,
     until: usize,
     state: bool,
 }
 
 impl EpochPipeline {
-    /// Epochs `ex.epoch + 1 ..= until`; with `state`, each comes with its
+    /// The epochs after those started so far, up to `until`; with `state`, each comes with its
     /// parameters and Adam's moments ([`EpochState`]).
-    pub fn new(ex: &Experiment, until: usize, state: bool) -> EpochPipeline {
+    pub fn new(until: usize, state: bool) -> EpochPipeline {
         EpochPipeline {
             in_flight: Default::default(),
-            started: ex.epoch,
             until,
             state,
         }
@@ -264,12 +262,11 @@ impl EpochPipeline {
         &mut self,
         ex: &mut Experiment,
     ) -> Option<Result<(EpochStats, Option<EpochState>)>> {
-        while self.in_flight.len() < 2 && self.started < self.until {
+        while self.in_flight.len() < 2 && ex.started < self.until {
             match ex.start_epoch(self.state) {
                 Ok(e) => self.in_flight.push_back(e),
                 Err(err) => return Some(Err(err)),
             }
-            self.started += 1;
         }
         let e = self.in_flight.pop_front()?;
         Some(ex.finish_epoch(e))
@@ -628,23 +625,6 @@ impl Experiment {
                 history: history.to_vec(),
             },
         }
-    }
-
-    pub fn snapshot(&mut self, history: &[EpochStats]) -> Result<Snapshot> {
-        let n = self.layout.total;
-        Ok(Snapshot {
-            layout: self.layout.clone(),
-            params: self.backend.read(Buf::Params, 0..n)?,
-            m: self.backend.read(Buf::AdamM, 0..n)?,
-            v: self.backend.read(Buf::AdamV, 0..n)?,
-            meta: StateMeta {
-                step: self.step,
-                epoch: self.epoch,
-                rng_word_pos: self.shuffle_rng.get_word_pos().to_string(),
-                config: self.cfg.clone(),
-                history: history.to_vec(),
-            },
-        })
     }
 
     /// Restore a state written by [`Snapshot::write`]; returns the

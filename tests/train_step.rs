@@ -169,7 +169,7 @@ fn pipelined_epochs_read_what_each_epoch_left(device: DeviceChoice, limit: usize
     };
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     let mut a = Experiment::new(cfg.clone(), device, true).unwrap();
-    let mut pipe = EpochPipeline::new(&a, 3, true);
+    let mut pipe = EpochPipeline::new(3, true);
     let mut piped = Vec::new();
     while let Some(done) = pipe.next(&mut a) {
         let (st, state) = done.unwrap();
