@@ -69,12 +69,10 @@ fn main() -> anyhow::Result<()> {
         be.write(Buf::AdamV, 0, &vec![0.0; lay.total])?;
         be.run(&ops)?; // warm
         be.read(Buf::BatchLoss, 0..1)?;
-        // per step inside a run of steps (a step's Adam may share the next one's gather)
-        let two: Vec<_> = ops.iter().chain(&ops).copied().collect();
         println!(
             "{name}: {}, {} dispatches per step",
             be.describe(),
-            be.dispatches(&two) - be.dispatches(&ops)
+            vae_ood::bench::dispatches_per_step(&be, &ops).unwrap_or(0)
         );
         backends.push((name, be));
     }

@@ -15,7 +15,7 @@
 //!   measures each kernel with its dispatch cost; the parts add up to about the
 //!   whole epoch.
 
-use crate::backend::DeviceChoice;
+use crate::backend::{Backend, DeviceChoice};
 use crate::plan::{self, Batch, Buf};
 use crate::train::{EpochPipeline, Experiment, SplitId, TrainConfig};
 use anyhow::{anyhow, ensure, Result};
@@ -130,19 +130,9 @@ pub fn bench(
         None => Vec::new(),
         Some(m) => per_kernel(&mut ex, m, epochs.max(1))?,
     };
-    // a step inside an epoch: two steps' dispatches less one step's (a step's
-    // last op may share a dispatch with the next step's first)
-    let dispatches_per_step = match epoch_ops(&ex).as_slice() {
-        [s0, s1, ..] => {
-            let two: Vec<plan::Op> = s0.iter().chain(s1).copied().collect();
-            ex.backend
-                .dispatches(&two)
-                .zip(ex.backend.dispatches(s0))
-                .map(|(two, one)| two - one)
-        }
-        [s0] => ex.backend.dispatches(s0),
-        [] => None,
-    };
+    let dispatches_per_step = epoch_ops(&ex)
+        .first()
+        .and_then(|step| dispatches_per_step(&*ex.backend, step));
     Ok(BenchResult {
         device: ex.backend.kind().to_string(),
         backend: ex.backend.describe(),
@@ -198,6 +188,14 @@ pub fn epoch_ops(ex: &Experiment) -> Vec<Vec<plan::Op>> {
             )
         })
         .collect()
+}
+
+/// GPU dispatches per training step inside a run of steps: two steps' less one
+/// step's, since a step's last op may share a dispatch with the next step's first
+/// (`None` for the CPU backend).
+pub fn dispatches_per_step(be: &dyn Backend, step: &[plan::Op]) -> Option<usize> {
+    let two: Vec<plan::Op> = step.iter().chain(step).copied().collect();
+    Some(be.dispatches(&two)? - be.dispatches(step)?)
 }
 
 /// Each op alone for every step of an epoch (warm run, then timed): µs per step.
