@@ -3,8 +3,9 @@
 //! the default; trusted shader modules (`VAE_OOD_GPU_TRUSTED=1`: no index clamps,
 //! loop-bounding counters, division guards or zeroed workgroup memory); without the
 //! loop-bounding counters only (`=loops`); the matmul prefetching its next K step
-//! (`VAE_OOD_GPU_PREFETCH=1`); without the gradient pairs, without the folded reduces, and without both
-//! (`VAE_OOD_GPU_UNFUSED=pairs|reduces|1`). Each round runs `steps` steps in one
+//! (`VAE_OOD_GPU_PREFETCH=1`); without the latent fusion, without the gradient
+//! pairs, without the folded reduces, and without all three
+//! (`VAE_OOD_GPU_UNFUSED=latent|pairs|reduces|1`). Each round runs `steps` steps in one
 //! run per variant; then one step per variant with per-op timestamps where the
 //! adapter has them. A kernel experiment, not part of the training path; on
 //! lavapipe a step takes about a quarter of a second.
@@ -44,16 +45,41 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let idx: Vec<u32> = (0..b as u32).collect();
     let mut backends = Vec::new();
-    let fusions = |pairs, reduces| Fusions { pairs, reduces };
+    let all = Fusions::ALL;
     use ShaderChecks::{All, NoLoopBounds, Trusted};
     for (name, checks, prefetch, f) in [
-        ("default", All, false, fusions(true, true)),
-        ("trusted", Trusted, false, fusions(true, true)),
-        ("no loop counters", NoLoopBounds, false, fusions(true, true)),
-        ("prefetch", All, true, fusions(true, true)),
-        ("no pairs", All, false, fusions(false, true)),
-        ("no folds", All, false, fusions(true, false)),
-        ("unfused", All, false, fusions(false, false)),
+        ("default", All, false, all),
+        ("trusted", Trusted, false, all),
+        ("no loop counters", NoLoopBounds, false, all),
+        ("prefetch", All, true, all),
+        (
+            "no latent fusion",
+            All,
+            false,
+            Fusions {
+                latent: false,
+                ..all
+            },
+        ),
+        (
+            "no pairs",
+            All,
+            false,
+            Fusions {
+                pairs: false,
+                ..all
+            },
+        ),
+        (
+            "no folds",
+            All,
+            false,
+            Fusions {
+                reduces: false,
+                ..all
+            },
+        ),
+        ("unfused", All, false, Fusions::NONE),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
         let opts = GpuOptions {

@@ -1,5 +1,5 @@
-// Twin of cpu::reparam_forward / cpu::reparam_backward (src/cpu/reparam.rs) and of
-// rng::pcg4d / rng::normal (src/rng.rs).
+// Twin of cpu::reparam_forward / cpu::reparam_backward (src/cpu/reparam.rs); ε from
+// normal.wgsl (appended when the pipeline is built).
 // Forward: head (B, 2L) = [μ | log σ²] → z, eps (B·K, L), kl (B), logpq (B·K) =
 // log p(z) − log q(z|x) = Σ_j (−½ z² + ½ ε² + ½ log σ²); ε drawn from the
 // counter-based generator, or read from eps when eps_given (fixtures).
@@ -26,31 +26,6 @@ struct Params {
 // when the pipeline is built) and stored to head or dz, as if matmul_reduce had run.
 struct Uniform { @size(64) p: Params, src: SplitSource }
 @group(1) @binding(0) var<uniform> u: Uniform;
-
-fn pcg4d(v_in: vec4<u32>) -> vec4<u32> {
-    var v = v_in * 1664525u + 1013904223u;
-    v.x += v.y * v.w;
-    v.y += v.z * v.x;
-    v.z += v.x * v.y;
-    v.w += v.y * v.z;
-    v = v ^ (v >> vec4<u32>(16u));
-    v.x += v.y * v.w;
-    v.y += v.z * v.x;
-    v.z += v.x * v.y;
-    v.w += v.y * v.z;
-    return v;
-}
-
-const PI: f32 = 3.14159265358979;
-
-// Standard normal for (seed, stream, row, index): Box–Muller on the top 24 bits of two
-// hash words. The angle is kept in [-π, π) where Vulkan bounds cos's absolute error.
-fn normal(seed: u32, stream: u32, row: u32, index: u32) -> f32 {
-    let h = pcg4d(vec4<u32>(seed, stream, row, index));
-    let u1 = f32((h.x >> 8u) + 1u) * (1.0 / 16777216.0);
-    let u2 = f32(h.y >> 8u) * (1.0 / 16777216.0);
-    return -sqrt(-2.0 * log(u1)) * cos(2.0 * PI * u2 - PI);
-}
 
 // Forward: one workgroup per image. First the threads split the latents (thread t
 // takes j = t, t + 64, …) and draw ε and z for every draw; then, after a barrier,

@@ -22,8 +22,10 @@ pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
-/// written by the BCE kernel) or `reduces` (every split-K reduce
-/// its own dispatch, not folded into the kernel that reads the product).
+/// written by the BCE kernel), `reduces` (every split-K reduce
+/// its own dispatch, not folded into the kernel that reads the product) or
+/// `latent` (the products around the latent code and the reparameterisation as
+/// their own dispatches, not one `latent.wgsl` kernel per direction).
 pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
@@ -32,7 +34,7 @@ pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
 const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_PREFETCH];
 
-/// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs" or "reduces").
+/// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces" or "latent").
 pub fn gpu_unfused(part: &str) -> bool {
     matches!(std::env::var(GPU_UNFUSED).as_deref(), Ok(v) if v == "1" || v == part)
 }
@@ -66,8 +68,8 @@ pub fn check() -> Result<()> {
         }
     }
     if let Ok(v) = std::env::var(GPU_UNFUSED) {
-        if !matches!(v.as_str(), "" | "0" | "1" | "pairs" | "reduces") {
-            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs or reduces");
+        if !matches!(v.as_str(), "" | "0" | "1" | "pairs" | "reduces" | "latent") {
+            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces or latent");
         }
     }
     for (name, range) in [(GPU_CHUNK, 0..=1 << 24), (SPLIT_TARGET, 1..=65_536)] {

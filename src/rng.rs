@@ -2,7 +2,7 @@
 //!
 //! ε for (seed, stream, row, index) is a pure function of those four integers:
 //! the `pcg4d` hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020)
-//! followed by Box–Muller. `shaders/reparam.wgsl` implements the same function;
+//! followed by Box–Muller. `shaders/normal.wgsl` implements the same function;
 //! the integers are identical on both sides (wrapping u32 arithmetic), the normals
 //! agree within float tolerance (GPU `log`/`cos` are not correctly rounded).
 //! No state is carried between steps, so a resumed run, a different batch size at

@@ -1102,3 +1102,173 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
         );
     }
 }
+
+/// The ops around the latent code — head product, reparameterisation, fc3 product
+/// forward; fc3 input and weight gradients, reparameterisation and head input
+/// gradient backward — run on the GPU as one `latent_forward` and one
+/// `latent_backward` dispatch (plus the weight gradient's own), against the CPU
+/// running them op by op, and against the GPU running them unfused.
+///
+/// Shapes: (h, l) = (67, 5) splits every product over several threads per output
+/// (G = 25, 3, 51 and 3 of 256); (300, 20) has more outputs than threads in the
+/// fc3 product and the dh1 product (G = 1, each thread two outputs or one), and
+/// 12 threads per dz output. Three draws per image (rows b·3 + k), 37 images.
+#[test]
+fn latent_forward_and_backward_in_one_dispatch_each() {
+    use vae_ood::gpu::{self, Fusions, GpuBackend};
+    use vae_ood::model::Layout;
+    use vae_ood::plan::{self, Batch};
+    let mut rng = fresh_rng("latent_forward_and_backward_in_one_dispatch_each");
+    for (h, l, eps_given) in [(67, 5, true), (300, 20, true), (67, 5, false)] {
+        let dims = Dims { d: 29, h, l };
+        let (b, k) = (37, 3);
+        let lay = Layout::new(dims);
+        let sizes = Sizes {
+            dims,
+            params: lay.total,
+            max_images: b,
+            max_rows: b * k,
+            sample_slots: b,
+            batch_slots: 1,
+        };
+        let bt = Batch {
+            images: b,
+            draws: k,
+            idx_off: 0,
+            seed: 7,
+            stream: 3,
+            row_base: 500,
+            out_off: 0,
+            slot: None,
+            mode: LOSS_ELBO,
+        };
+        let o = lay.offsets();
+        let mut fwd: Vec<Op> = plan::forward_ops(dims, &o, &bt, true)[2..5].to_vec();
+        let bwd: Vec<Op> = plan::backward_ops(dims, &o, &bt)[2..6].to_vec();
+        for op in &mut fwd {
+            if let Op::ReparamForward(p) = op {
+                p.eps_given = eps_given as u32;
+            }
+        }
+        // weights ~ PyTorch's init scale; h1 a ReLU output (about half zeros)
+        let params: Vec<f32> = uniform(&mut rng, lay.total, -0.2, 0.2);
+        let relu = |v: Vec<f32>| v.into_iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
+        let inputs_fwd = vec![
+            (Buf::Params, params.clone()),
+            (Buf::H1, relu(uniform(&mut rng, b * h, -1.0, 1.0))),
+            (Buf::Eps, uniform(&mut rng, b * k * l, -3.0, 3.0)),
+        ];
+        let inputs_bwd = vec![
+            (Buf::Params, params),
+            (Buf::H1, relu(uniform(&mut rng, b * h, -1.0, 1.0))),
+            (Buf::Head, uniform(&mut rng, b * 2 * l, -3.0, 1.0)),
+            (Buf::Eps, uniform(&mut rng, b * k * l, -3.0, 3.0)),
+            (Buf::Z, uniform(&mut rng, b * k * l, -3.0, 3.0)),
+            (Buf::Dh3, uniform(&mut rng, b * k * h, -1.0, 1.0)),
+        ];
+        // what each direction writes, the region, and the tolerance against the CPU:
+        // products of up to 300 terms of O(0.1) as MM_ATOL/MM_RTOL; z and the KL
+        // through exp (3 ULP) of a head that carries MM_ATOL; h3 = relu(z W3ᵀ + b3)
+        // carries z's error times Σ|W3 row| ≤ 20 × 0.2. With ε drawn, ε and z as
+        // reparam_forward_draws_same_noise (3e-3, 5e-3: GPU log and cos), and h3
+        // and log p − log q carry those (×4 and ×2·|z|·l).
+        let (eps_tol, z_tol, h3_tol, pq_tol) = if eps_given {
+            (0.0, 2e-4, 1e-3, 1e-3)
+        } else {
+            (3e-3, 5e-3, 2e-2, 2.0)
+        };
+        let out_fwd = [
+            (Buf::Head, b * 2 * l, MM_ATOL),
+            (Buf::Eps, b * k * l, eps_tol),
+            (Buf::Z, b * k * l, z_tol),
+            (Buf::Kl, b, 1e-4),
+            (Buf::LogPq, b * k, pq_tol),
+            (Buf::H3, b * k * h, h3_tol),
+        ];
+        let (w3, b3) = (o.w3, o.b3);
+        let out_bwd = [
+            (Buf::Dz, b * k * l, MM_ATOL),
+            (Buf::Dhead, b * 2 * l, 1e-3),
+            (Buf::Dh1, b * h, 1e-3),
+        ];
+        let run = |be: &mut dyn Backend,
+                   ops: &[Op],
+                   inputs: &[(Buf, Vec<f32>)],
+                   outs: &[(Buf, usize, f32)]| {
+            be.write_idx(0, &[0]).unwrap();
+            for (buf, v) in inputs {
+                be.write(*buf, 0, v).unwrap();
+            }
+            for (buf, ..) in outs {
+                if !inputs.iter().any(|(i, _)| i == buf) {
+                    be.write(*buf, 0, &vec![f32::NAN; buf.len(&sizes)]).unwrap();
+                }
+            }
+            be.write(Buf::Grads, 0, &vec![f32::NAN; lay.total]).unwrap();
+            be.run(ops).unwrap();
+            let mut got: Vec<Vec<f32>> = outs
+                .iter()
+                .map(|(buf, ..)| be.read(*buf, 0..buf.len(&sizes)).unwrap())
+                .collect();
+            got.push(be.read(Buf::Grads, 0..lay.total).unwrap());
+            got
+        };
+        let store = vec![0u8; dims.d];
+        let mut cpu = cpu_backend(&store, 1, sizes);
+        let want_fwd = run(&mut *cpu, &fwd, &inputs_fwd, &out_fwd);
+        let want_bwd = run(&mut *cpu, &bwd, &inputs_bwd, &out_bwd);
+        let name = format!("latent h={h} l={l} eps_given={eps_given}");
+        for (v, (buf, n, _)) in want_fwd.iter().zip(&out_fwd) {
+            let poisoned = !inputs_fwd.iter().any(|(i, _)| i == buf);
+            assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], poisoned);
+        }
+        for (v, (buf, n, _)) in want_bwd.iter().zip(&out_bwd) {
+            assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], true);
+        }
+        // the fc3 weight gradient (and its bias gradient) is the only part of Grads written
+        let dw = [w3..w3 + h * l, b3..b3 + h];
+        assert_written(&format!("{name}: CPU grads"), &want_bwd[3], &dw, true);
+        let Some(adapter) = gpu::select_adapter().unwrap() else {
+            assert!(gpu_backend(&store, 1, sizes).is_none());
+            return;
+        };
+        let mut gpu = GpuBackend::new(adapter, &store, 1, sizes).unwrap();
+        for latent in [true, false] {
+            gpu.set_fusions(Fusions {
+                latent,
+                ..Fusions::ALL
+            });
+            let how = format!("{name}, GPU latent fusion {latent}");
+            if latent {
+                assert_eq!(gpu.dispatches(&fwd), 1, "{how}: forward");
+                assert_eq!(gpu.dispatches(&bwd), 2, "{how}: backward");
+            } else {
+                assert!(gpu.dispatches(&fwd) >= 3 && gpu.dispatches(&bwd) >= 3);
+            }
+            for (ops, inputs, outs, want) in [
+                (&fwd, &inputs_fwd, &out_fwd[..], &want_fwd),
+                (&bwd, &inputs_bwd, &out_bwd[..], &want_bwd),
+            ] {
+                let got = run(&mut gpu, ops, inputs, outs);
+                for ((buf, n, atol), (g, w)) in outs.iter().zip(got.iter().zip(want)) {
+                    let poisoned = !inputs.iter().any(|(i, _)| i == buf);
+                    assert_written(&format!("{how} {buf:?}"), g, &[0..*n], poisoned);
+                    assert_close(
+                        &format!("{how} {buf:?}"),
+                        &g[..*n],
+                        &w[..*n],
+                        *atol,
+                        MM_RTOL,
+                    );
+                }
+                let (g, w) = (got.last().unwrap(), want.last().unwrap());
+                let dw_written = if outs[0].0 == Buf::Dz { &dw[..] } else { &[] };
+                assert_written(&format!("{how} grads"), g, dw_written, true);
+                for r in dw_written {
+                    let what = format!("{how} fc3 dW");
+                    assert_close(&what, &g[r.clone()], &w[r.clone()], MM_ATOL, MM_RTOL);
+                }
+            }
+        }
+    }
+}

@@ -461,17 +461,18 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// give the same bits as with the checks —
 /// which they must, since a check that changed a value would mean an access out
 /// of bounds. Nor on the matmul's software pipelining (`VAE_OOD_GPU_PREFETCH=1`).
-/// Nor on the GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
-/// layer's input and weight gradients in one pair dispatch, and the split-K reduces
-/// of the head, decoder-output and dz products folded into the kernels that read
-/// them, and the per-image loss written by the BCE kernel — seven dispatches fewer
-/// per training step at these sizes (hidden width 133, so that those products
-/// split K), and one more where a step's Adam and the next step's gather share a
-/// dispatch. Every buffer must end with the same bits.
+/// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
+/// layer's input and weight gradients in one pair dispatch, the split-K reduce of
+/// the decoder-output product folded into the BCE kernel that reads it, and the
+/// per-image loss written by the BCE kernel — three dispatches fewer per training
+/// step at these sizes (hidden width 133, so that the product splits K; the
+/// latent fusion, on throughout, takes the other layers' pairs and folds), and one
+/// more where a step's Adam and the next step's gather share a dispatch. Every
+/// buffer must end with the same bits.
 #[test]
 fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     use vae_ood::backend::Backend;
-    use vae_ood::gpu::{GpuBackend, GpuOptions, ShaderChecks, Subgroups};
+    use vae_ood::gpu::{Fusions, GpuBackend, GpuOptions, ShaderChecks, Subgroups};
     // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
@@ -520,19 +521,21 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         assert_eq!(be.describe().contains("prefetching matmul"), prefetch);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
-        be.set_fused(true);
+        // (the latent fusion, on in every run here, sums in another order: it is
+        // compared with tolerances in tests/kernels.rs and below, not bit for bit)
+        be.set_fusions(Fusions::ALL);
         let with = be.dispatches(one_step);
         be.set_fused(false);
         assert_eq!(
             be.dispatches(one_step),
-            with + 7,
-            "three pairs, the loss in the BCE and three folded reduces per step"
+            with + 3,
+            "fc4's gradient pair, the loss in the BCE and fc4's folded reduce per step"
         );
         // across a step boundary a step's Adam and the next step's gather share one
         // dispatch too
         let two_steps = &ops[..2 * plan::TRAIN_STEP_OP_NAMES.len()];
         assert!(matches!(two_steps[one_step.len()], plan::Op::Gather(_)));
-        assert_eq!(be.dispatches(two_steps), 2 * (with + 7));
+        assert_eq!(be.dispatches(two_steps), 2 * (with + 3));
         be.set_fused(true);
         assert_eq!(
             be.dispatches(two_steps),

@@ -8,8 +8,8 @@
 
 use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
 use crate::backend::{Backend, Pending, PendingRead};
-use crate::cpu::matmul::{MatmulParams, MM_BIAS, MM_BIASGRAD, MM_MASK};
-use crate::cpu::{LOSS_ELBO, NO_SLOT};
+use crate::cpu::matmul::{MatmulParams, MM_BIAS, MM_BIASGRAD, MM_MASK, MM_RELU};
+use crate::cpu::{ReparamParams, LOSS_ELBO, NO_SLOT};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{anyhow, ensure, Result};
 use std::collections::HashMap;
@@ -294,8 +294,8 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
     }
 }
 
-/// Which GPU fusions are on (both by default; `VAE_OOD_GPU_UNFUSED` = `1`,
-/// `pairs` or `reduces` switches them off for comparison).
+/// Which GPU fusions are on (all by default; `VAE_OOD_GPU_UNFUSED` = `1`,
+/// `pairs`, `reduces` or `latent` switches them off for comparison).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fusions {
     /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`]),
@@ -304,14 +304,212 @@ pub struct Fusions {
     pub pairs: bool,
     /// a split-K reduce folded into the kernel that reads the product ([`absorbs`])
     pub reduces: bool,
+    /// the products around the latent code and the reparameterisation as one
+    /// `latent_forward` and one `latent_backward` dispatch ([`lower_latent`])
+    pub latent: bool,
 }
 
 impl Fusions {
+    /// All on.
+    pub const ALL: Fusions = Fusions {
+        pairs: true,
+        reduces: true,
+        latent: true,
+    };
+    /// All off: every op its own dispatches.
+    pub const NONE: Fusions = Fusions {
+        pairs: false,
+        reduces: false,
+        latent: false,
+    };
+
     pub fn from_env() -> Fusions {
         Fusions {
             pairs: !crate::knobs::gpu_unfused("pairs"),
             reduces: !crate::knobs::gpu_unfused("reduces"),
+            latent: !crate::knobs::gpu_unfused("latent"),
         }
+    }
+
+    /// In words for `describe` ("" when all are on).
+    fn note(self) -> String {
+        let off: Vec<&str> = [
+            (self.pairs, "gradient pairs"),
+            (self.reduces, "folded reduces"),
+            (self.latent, "latent fusion"),
+        ]
+        .iter()
+        .filter(|f| !f.0)
+        .map(|f| f.1)
+        .collect();
+        match off.len() {
+            0 => String::new(),
+            3 => ", unfused".to_string(),
+            _ => format!(", no {}", off.join(", no ")),
+        }
+    }
+}
+
+/// The most hidden units (`latent.wgsl`'s HMAX) and latents (LMAX) the fused
+/// latent kernels hold in workgroup memory; larger models run unfused.
+pub const MAX_HIDDEN: u32 = 1024;
+pub const MAX_LATENT: u32 = 64;
+
+/// Ops lowered together out of order: dispatches, each with the offset of the op
+/// whose uniform slot it reads, the bytes of those slots (by offset), and how many
+/// ops are covered.
+struct Group {
+    dispatches: Vec<(usize, Dispatch)>,
+    slots: Vec<(usize, Vec<u8>)>,
+    used: usize,
+}
+
+/// Whether `q` reads A as dense rows of `width` from offset 0 (the layout the
+/// reparameterisation writes z and dhead in, which the fused kernels keep in
+/// workgroup memory instead), or writes C so (where it reads head and dz).
+fn dense_a(q: &MatmulParams, width: u32) -> bool {
+    q.a_off == 0 && q.a_si == width && q.a_sp == 1 && q.k == width
+}
+fn dense_c(q: &MatmulParams, width: u32) -> bool {
+    q.c_off == 0 && q.c_si == width && q.n == width
+}
+
+/// The products around the latent code as one dispatch per direction
+/// (`shaders/latent.wgsl`), when `rest` starts with
+/// - the forward run `plan::forward_ops` builds: the head product (H1 → Head, bias),
+///   `ReparamForward`, the fc3 product (Z → H3, bias and ReLU): one
+///   `latent_forward` in the head product's slot;
+/// - or the backward run `plan::backward_ops` builds: fc3's input gradient (Dh3 →
+///   Dz, no epilogue), fc3's weight gradient, `ReparamBackward`, the head's input
+///   gradient (Dhead → Dh1, masked by H1): one `latent_backward` in the first slot,
+///   then the weight gradient's own dispatches (it reads and writes nothing the
+///   other three touch, so it may run after them).
+///
+/// The images of a batch must fit one dispatch row and the model the kernels'
+/// workgroup memory ([`MAX_HIDDEN`], [`MAX_LATENT`]); rows are read and written
+/// where the ops say, except the head, z, dz and dhead, which must be the dense
+/// (B·K, width) layouts the reparameterisation uses.
+fn lower_latent(rest: &[Op]) -> Option<Group> {
+    use bytemuck::bytes_of;
+    let f = Res::F;
+    let fits = |p: &ReparamParams| {
+        (1..=65_535).contains(&p.images) && (1..=MAX_LATENT).contains(&p.l) && p.draws >= 1
+    };
+    let only = |q: &MatmulParams, allowed: u32| q.flags & !allowed == 0;
+    let slot = |q0: &MatmulParams, p: &ReparamParams, q1: &MatmulParams| {
+        let mut bytes = bytes_of(q0).to_vec();
+        bytes.extend_from_slice(bytes_of(p));
+        bytes.extend_from_slice(bytes_of(q1));
+        bytes
+    };
+    match rest {
+        [Op::Matmul {
+            a: Buf::H1,
+            b: Buf::Params,
+            e: Buf::Params,
+            c: Buf::Head,
+            p: qh,
+        }, Op::ReparamForward(rp), Op::Matmul {
+            a: Buf::Z,
+            b: Buf::Params,
+            e: Buf::Params,
+            c: Buf::H3,
+            p: qd,
+        }, ..]
+            if fits(rp)
+                && only(qh, MM_BIAS | MM_RELU)
+                && only(qd, MM_BIAS | MM_RELU)
+                && qh.m == rp.images
+                && qh.k <= MAX_HIDDEN
+                && dense_c(qh, 2 * rp.l)
+                && qd.m == rp.images * rp.draws
+                && dense_a(qd, rp.l) =>
+        {
+            Some(Group {
+                dispatches: vec![(
+                    0,
+                    (
+                        Kernel::LatentForward,
+                        vec![
+                            f(Buf::Params),
+                            f(Buf::H1),
+                            f(Buf::Head),
+                            f(Buf::Eps),
+                            f(Buf::Z),
+                            f(Buf::Kl),
+                            f(Buf::LogPq),
+                            f(Buf::H3),
+                        ],
+                        (rp.images, 1, 1),
+                    ),
+                )],
+                slots: vec![(0, slot(qh, rp, qd))],
+                used: 3,
+            })
+        }
+        [Op::Matmul {
+            a: Buf::Dh3,
+            b: Buf::Params,
+            c: Buf::Dz,
+            p: qz,
+            ..
+        }, dw @ Op::Matmul {
+            a: wa,
+            b: wb,
+            e: we,
+            c: wc,
+            ..
+        }, Op::ReparamBackward(rp), Op::Matmul {
+            a: Buf::Dhead,
+            b: Buf::Params,
+            e: Buf::H1,
+            c: Buf::Dh1,
+            p: qx,
+        }, ..]
+            if fits(rp)
+                && only(qz, 0)
+                && only(qx, MM_MASK)
+                && qz.m == rp.images * rp.draws
+                && qz.k <= MAX_HIDDEN
+                && dense_c(qz, rp.l)
+                && qx.m == rp.images
+                && dense_a(qx, 2 * rp.l)
+                && {
+                    // the weight gradient moves after the fused three: it must not
+                    // read what they write, nor write what they read or write
+                    let written = [Buf::Dz, Buf::Dhead, Buf::Dh1];
+                    let touched = [Buf::Params, Buf::H1, Buf::Head, Buf::Eps, Buf::Dh3];
+                    ![wa, wb, we].iter().any(|b| written.contains(b))
+                        && !written.contains(wc)
+                        && !touched.contains(wc)
+                } =>
+        {
+            let (dw_dispatches, dw_bytes) = lower_one(dw);
+            let mut dispatches = vec![(
+                0,
+                (
+                    Kernel::LatentBackward,
+                    vec![
+                        f(Buf::Params),
+                        f(Buf::H1),
+                        f(Buf::Head),
+                        f(Buf::Eps),
+                        f(Buf::Dh3),
+                        f(Buf::Dz),
+                        f(Buf::Dhead),
+                        f(Buf::Dh1),
+                    ],
+                    (rp.images, 1, 1),
+                ),
+            )];
+            dispatches.extend(dw_dispatches.into_iter().map(|d| (1, d)));
+            Some(Group {
+                dispatches,
+                slots: vec![(0, slot(qz, rp, qx)), (1, dw_bytes)],
+                used: 4,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -320,13 +518,24 @@ impl Fusions {
 /// without a slot of its own). With `fuse.pairs`, a layer's gradient products run
 /// as pairs; with `fuse.reduces`, a split-K reduce followed by a kernel that
 /// [`absorbs`] it is dropped, that kernel reading the partial sums (a
-/// [`SplitSource`] in its slot).
+/// [`SplitSource`] in its slot); with `fuse.latent`, the ops around the latent
+/// code run as [`lower_latent`] groups them. Slots increase along the plan.
 fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>) {
     let mut plan = Vec::with_capacity(ops.len() * 2);
     let mut slots = vec![Vec::new(); ops.len()];
     let mut source: Option<SplitSource> = None;
     let mut i = 0;
     while i < ops.len() {
+        if fuse.latent && source.is_none() {
+            if let Some(g) = lower_latent(&ops[i..]) {
+                for (at, bytes) in g.slots {
+                    slots[i + at] = bytes;
+                }
+                plan.extend(g.dispatches.into_iter().map(|(at, d)| (i + at, d)));
+                i += g.used;
+                continue;
+            }
+        }
         let mut low = lower(&ops[i], ops.get(i + 1).filter(|_| fuse.pairs));
         let mut bytes = std::mem::take(&mut low.bytes);
         if let Some(src) = source.take() {
@@ -481,16 +690,18 @@ impl GpuBackend {
         self.submit_chunk = ops;
     }
 
-    /// Whether the GPU fusions are on: a layer's input and weight gradients as one
-    /// `matmul_pair` dispatch, a step's Adam and the next step's gather as one
-    /// `adam_gather`, a training step's loss written by the BCE kernel, and split-K
-    /// reduces folded into the kernel that reads the product (the default, unless
-    /// `VAE_OOD_GPU_UNFUSED=1`). The results
-    /// do not depend on it, bit for bit (tested).
+    /// Whether the bit-exact GPU fusions are on: a layer's input and weight
+    /// gradients as one `matmul_pair` dispatch, a step's Adam and the next step's
+    /// gather as one `adam_gather`, a training step's loss written by the BCE
+    /// kernel, and split-K reduces folded into the kernel that reads the product
+    /// (the default, unless `VAE_OOD_GPU_UNFUSED=1`). The results do not depend on
+    /// it, bit for bit (tested). The latent fusion, which sums in another order,
+    /// is left as it is ([`Self::set_fusions`]).
     pub fn set_fused(&mut self, on: bool) {
         self.fusions = Fusions {
             pairs: on,
             reduces: on,
+            ..self.fusions
         };
     }
 
@@ -816,12 +1027,7 @@ impl Backend for GpuBackend {
                 SPLIT_TARGET => String::new(),
                 t => format!(", split-K target {t} workgroups"),
             },
-            match (self.fusions.pairs, self.fusions.reduces) {
-                (true, true) => "",
-                (false, true) => ", no gradient pairs",
-                (true, false) => ", no folded reduces",
-                (false, false) => ", unfused",
-            },
+            self.fusions.note(),
             if self.submit_chunk == 0 {
                 ", one submission per run"
             } else {
@@ -920,16 +1126,20 @@ impl Backend for GpuBackend {
             .windows(2)
             .map(|w| w[1].saturating_sub(w[0]) as f64 * period)
             .collect();
-        // An op without a dispatch of its own (the second of a gradient pair) had its
-        // timestamp written right after the op before it: exactly 0, the gap (if the
-        // adapter's clock moved at all) charged to that op.
+        // An op without a dispatch of its own (the second of a gradient pair, the
+        // ops of a latent kernel after its first) had its timestamp written right
+        // after an op that has one: exactly 0, the gap (if the adapter's clock moved
+        // at all) charged to the last op before it with a dispatch.
         let mut own = vec![false; ops.len()];
         for i in dispatched {
             own[i] = true;
         }
+        let mut owner = 0;
         for j in 1..ns.len() {
-            if !own[timed.start + j] {
-                ns[j - 1] += ns[j];
+            if own[timed.start + j] {
+                owner = j;
+            } else {
+                ns[owner] += ns[j];
                 ns[j] = 0.0;
             }
         }
@@ -1024,8 +1234,14 @@ mod tests {
         crate::plan::reference_step(128).1
     }
 
+    /// pairs and folds as given, the latent fusion off (the tests of pairs and
+    /// folds predate it; `latent_*` tests below cover it)
     fn fusions(pairs: bool, reduces: bool) -> Fusions {
-        Fusions { pairs, reduces }
+        Fusions {
+            pairs,
+            reduces,
+            latent: false,
+        }
     }
 
     fn kernels(ops: &[Op], f: Fusions) -> Vec<(usize, Kernel)> {
@@ -1162,5 +1378,159 @@ mod tests {
             p.n = 65_535 * 256;
         }
         assert_eq!(lower_all(&big, fusions(true, true)).0.len(), 30);
+    }
+
+    #[test]
+    fn latent_ops_lower_to_one_dispatch_each_way() {
+        let ops = step();
+        let k = kernels(&ops, Fusions::ALL);
+        use Kernel::*;
+        assert_eq!(
+            k,
+            [
+                (0, Gather),
+                (1, Matmul),
+                (1, MatmulReduce),
+                (2, LatentForward),
+                (5, Matmul),
+                (6, Bce),
+                (8, MatmulPair),
+                (8, MatmulReduce),
+                (10, LatentBackward),
+                (11, Matmul),
+                (14, Matmul),
+                (15, Matmul),
+                (16, Adam),
+            ]
+        );
+        let slots = lower_all(&ops, Fusions::ALL).1;
+        // the fused ops' params, in the first one's slot: (first product,
+        // reparameterisation, second product); the others have no slot
+        let Op::ReparamForward(rp) = ops[3] else {
+            unreachable!()
+        };
+        for (at, first, second) in [(2, 2, 4), (10, 10, 13)] {
+            let (Op::Matmul { p: q0, .. }, Op::Matmul { p: q1, .. }) = (ops[first], ops[second])
+            else {
+                unreachable!()
+            };
+            let mut want = bytemuck::bytes_of(&q0).to_vec();
+            want.extend_from_slice(bytemuck::bytes_of(&rp));
+            want.extend_from_slice(bytemuck::bytes_of(&q1));
+            assert_eq!(slots[at], want, "slot {at}");
+        }
+        for i in [3, 4, 12, 13] {
+            assert!(slots[i].is_empty(), "op {i} has a slot");
+        }
+        // the fc3 weight gradient (11) runs after the fused backward, in its own slot
+        assert_eq!(slots[11].len(), 64);
+        // and the count for two steps: 12 per step inside an epoch
+        let two: Vec<Op> = ops.iter().chain(&ops).copied().collect();
+        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 25);
+        // without pairs and folds the latent groups are the same
+        let plain = Fusions {
+            latent: true,
+            ..Fusions::NONE
+        };
+        let kp = kernels(&ops, plain);
+        for kernel in [LatentForward, LatentBackward] {
+            assert_eq!(
+                kp.iter().filter(|d| d.1 == kernel).count(),
+                1,
+                "{kernel:?} without pairs and folds"
+            );
+        }
+    }
+
+    #[test]
+    fn latent_fusion_is_refused_where_it_would_be_wrong() {
+        let ops = step();
+        let fused = |ops: &[Op]| {
+            let k = kernels(ops, Fusions::ALL);
+            (
+                k.iter().any(|d| d.1 == Kernel::LatentForward),
+                k.iter().any(|d| d.1 == Kernel::LatentBackward),
+            )
+        };
+        assert_eq!(fused(&ops), (true, true));
+        // the head written with a row stride the reparameterisation does not read
+        let mut strided = ops.clone();
+        if let Op::Matmul { p, .. } = &mut strided[2] {
+            p.c_si += 1;
+        }
+        assert_eq!(fused(&strided), (false, true));
+        // the fc3 product reading z from an offset
+        let mut off = ops.clone();
+        if let Op::Matmul { p, .. } = &mut off[4] {
+            p.a_off = 3;
+        }
+        assert_eq!(fused(&off), (false, true));
+        // too many latents or hidden units for the kernels' workgroup memory
+        let mut wide = ops.clone();
+        for op in &mut wide {
+            match op {
+                Op::ReparamForward(p) | Op::ReparamBackward(p) => p.l = MAX_LATENT + 1,
+                _ => {}
+            }
+        }
+        assert_eq!(fused(&wide), (false, false));
+        let mut tall = ops.clone();
+        for i in [2, 10] {
+            if let Op::Matmul { p, .. } = &mut tall[i] {
+                p.k = MAX_HIDDEN + 1;
+            }
+        }
+        assert_eq!(fused(&tall), (false, false));
+        // a fc3 weight gradient that writes what the fused ops read: it cannot move
+        // after them
+        let mut clash = ops.clone();
+        if let Op::Matmul { c, .. } = &mut clash[11] {
+            *c = Buf::Eps;
+        }
+        assert_eq!(fused(&clash), (true, false));
+        // nor one that reads what they write
+        let mut reads = ops.clone();
+        if let Op::Matmul { b, .. } = &mut reads[11] {
+            *b = Buf::Dz;
+        }
+        assert_eq!(fused(&reads), (true, false));
+        // the head's input gradient without its ReLU mask from h1
+        let mut mask = ops.clone();
+        if let Op::Matmul { e, .. } = &mut mask[13] {
+            *e = Buf::X;
+        }
+        assert_eq!(fused(&mask), (true, false));
+        // the fused kernels draw one workgroup per image: a batch of none is lowered
+        // op by op
+        let mut none = ops.clone();
+        for op in &mut none {
+            match op {
+                Op::ReparamForward(p) | Op::ReparamBackward(p) => p.images = 0,
+                Op::Matmul { p, .. } => p.m = 0,
+                _ => {}
+            }
+        }
+        assert_eq!(fused(&none), (false, false));
+    }
+
+    /// Uniform slots never go down along a plan (the recording and the timestamps
+    /// rely on it), whatever fusions are on.
+    #[test]
+    fn slots_increase_along_every_plan() {
+        let one = step();
+        let two: Vec<Op> = one.iter().chain(&one).copied().collect();
+        for pairs in [false, true] {
+            for reduces in [false, true] {
+                for latent in [false, true] {
+                    let f = Fusions {
+                        pairs,
+                        reduces,
+                        latent,
+                    };
+                    let plan = lower_all(&two, f).0;
+                    assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
+                }
+            }
+        }
     }
 }

@@ -21,10 +21,12 @@ pub enum Kernel {
     Loss,
     Adam,
     AdamGather,
+    LatentForward,
+    LatentBackward,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
@@ -35,6 +37,8 @@ impl Kernel {
         Kernel::Loss,
         Kernel::Adam,
         Kernel::AdamGather,
+        Kernel::LatentForward,
+        Kernel::LatentBackward,
     ];
 
     /// (file name, WGSL source) of the file that holds the entry point.
@@ -54,6 +58,9 @@ impl Kernel {
                 "adam_gather.wgsl",
                 include_str!("../../shaders/adam_gather.wgsl"),
             ),
+            Kernel::LatentForward | Kernel::LatentBackward => {
+                ("latent.wgsl", include_str!("../../shaders/latent.wgsl"))
+            }
         }
     }
 
@@ -75,11 +82,20 @@ impl Kernel {
     /// then the workgroup-reduction helper of variant `r` if the kernel reduces,
     /// then `split_source.wgsl` if it reads split products or is one of
     /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it); for `adam_gather`,
-    /// `adam.wgsl` and `gather.wgsl`.
+    /// `adam.wgsl` and `gather.wgsl`; `normal.wgsl` (ε) for the kernels that draw it.
     pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
         let mut v = vec![self.source()];
         if self == Kernel::AdamGather {
             v.extend([ADAM, GATHER]);
+        }
+        if matches!(
+            self,
+            Kernel::ReparamForward
+                | Kernel::ReparamBackward
+                | Kernel::LatentForward
+                | Kernel::LatentBackward
+        ) {
+            v.push(NORMAL);
         }
         if self.reduces() {
             v.push(r.source());
@@ -117,6 +133,8 @@ impl Kernel {
             Kernel::Loss => "loss_reduce",
             Kernel::Adam => "adam",
             Kernel::AdamGather => "adam_gather",
+            Kernel::LatentForward => "latent_forward",
+            Kernel::LatentBackward => "latent_backward",
         }
     }
 
@@ -183,10 +201,33 @@ impl Kernel {
                 (5, true),
                 (6, false),
             ],
+            // params, h1 → head, eps, z, kl, logpq, h3
+            Kernel::LatentForward => &[
+                (0, true),
+                (1, true),
+                (2, false),
+                (3, false),
+                (4, false),
+                (5, false),
+                (6, false),
+                (7, false),
+            ],
+            // params, h1 (mask), head, eps, dh3 → dz, dhead, dh1
+            Kernel::LatentBackward => &[
+                (0, true),
+                (1, true),
+                (2, false),
+                (3, false),
+                (8, true),
+                (9, false),
+                (10, false),
+                (11, false),
+            ],
         }
     }
 }
 
+const NORMAL: (&str, &str) = ("normal.wgsl", include_str!("../../shaders/normal.wgsl"));
 const ADAM: (&str, &str) = ("adam.wgsl", include_str!("../../shaders/adam.wgsl"));
 const GATHER: (&str, &str) = ("gather.wgsl", include_str!("../../shaders/gather.wgsl"));
 
@@ -463,9 +504,9 @@ impl Assembled {
     }
 }
 
-/// Size of the uniform window every kernel sees (the largest params: a matmul
-/// pair's two `MatmulParams`).
-pub const UNIFORM_BYTES: u64 = 128;
+/// Size of the uniform window every kernel sees (the largest params: the latent
+/// kernels' two `MatmulParams` and one `ReparamParams`, 160 bytes).
+pub const UNIFORM_BYTES: u64 = 160;
 
 /// Compile `entry` of the WGSL module assembled from `parts` ((file name, source),
 /// concatenated in order), with `constants` for its pipeline-overridable constants,
@@ -753,10 +794,14 @@ impl GpuContext {
             return Err(anyhow!("GPU device lost during {what}: {m}"));
         }
         if let Some(m) = self.errors.lock().unwrap().take() {
-            return Err(anyhow!(
-                "GPU error during {what}: {}",
-                m.lines().next().unwrap_or("")
-            ));
+            // wgpu's message spans lines ("Validation Error", "Caused by:", then the
+            // cause, indented): one line of its parts, so the cause is not lost
+            let parts: Vec<&str> = m
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && *l != "Caused by:")
+                .collect();
+            return Err(anyhow!("GPU error during {what}: {}", parts.join(": ")));
         }
         Ok(())
     }
