@@ -23,8 +23,10 @@
 //
 // matmul_pair: two independent products in one dispatch — a layer's input gradient
 // (problem 0, pp[0], as matmul: B from b, mask from e, C into c or split into
-// partial) and its weight gradient (problem 1, pp[1]: the same A, B read from e,
-// C and bias gradient into c2, never split). Workgroups 0 .. G0 − 1 (G0 = tiles ×
+// partial) and its weight gradient (problem 1, pp[1]: A from a1 — the same buffer
+// as a here —, B read from e, C and bias gradient into c2, never split); or two
+// weight gradients of different layers (problem 0 with its bias gradient into c).
+// Workgroups 0 .. G0 − 1 (G0 = tiles ×
 // splits of problem 0) take problem 0, the rest problem 1; dispatch (G0 + G1, 1, 1).
 // One dispatch and one barrier
 // instead of two, and the two products run side by side. Its CPU twin is the two
@@ -44,6 +46,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c2: array<f32>;
+// A of problem 1 of a pair (bound to a's buffer again for a lone product)
+@group(0) @binding(7) var<storage, read> a1: array<f32>;
 // pp[0]: the product (problem 0 of a pair); pp[1]: problem 1 of a pair
 @group(1) @binding(0) var<uniform> pp: array<Params, 2>;
 
@@ -120,7 +124,7 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     // can stop).
     let fast = t % TILE;
     let slow = t / TILE;
-    var ra = fetch_a4(p, row0, k_begin, k_end, a_t, fast, slow);
+    var ra = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow);
     var rb = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow);
     for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
         stash_a4(a_t, fast, slow, ra);
@@ -128,7 +132,7 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         workgroupBarrier();
         if (PREFETCH) {
             // the next K step's reads in flight during this step's multiply
-            ra = fetch_a4(p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
             rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
         }
         // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
@@ -147,7 +151,7 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         }
         workgroupBarrier();
         if (!PREFETCH) {
-            ra = fetch_a4(p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
             rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
         }
     }
@@ -177,8 +181,9 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
 
 // Tile element (fast, slow) of A: A(row0 + ii, k0 + kk) with (ii, kk) = (slow, fast),
 // or (fast, slow) when A is stored transposed, so that consecutive threads read
-// consecutive addresses; 0 outside the matrix or the K share.
-fn fetch_a(p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> f32 {
+// consecutive addresses; 0 outside the matrix or the K share. Read from a (problem
+// 0) or a1 (problem 1 of a pair).
+fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> f32 {
     var ii = slow;
     var kk = fast;
     if (a_t) {
@@ -186,18 +191,22 @@ fn fetch_a(p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow
         kk = slow;
     }
     if (row0 + ii < p.m && k0 + kk < k_end) {
-        return a[p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp];
+        let at = p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp;
+        if (q == 0u) {
+            return a[at];
+        }
+        return a1[at];
     }
     return 0.0;
 }
 
 // Thread t's four elements of A's tile: rows slow, slow + 8, slow + 16, slow + 24.
-fn fetch_a4(p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> vec4<f32> {
+fn fetch_a4(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> vec4<f32> {
     return vec4<f32>(
-        fetch_a(p, row0, k0, k_end, a_t, fast, slow),
-        fetch_a(p, row0, k0, k_end, a_t, fast, slow + 8u),
-        fetch_a(p, row0, k0, k_end, a_t, fast, slow + 16u),
-        fetch_a(p, row0, k0, k_end, a_t, fast, slow + 24u),
+        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow),
+        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 8u),
+        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 16u),
+        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 24u),
     );
 }
 

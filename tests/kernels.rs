@@ -1272,3 +1272,72 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         }
     }
 }
+
+/// Two layers' weight gradients — different A and B, both into Grads (weights and
+/// biases at disjoint offsets) — as one `matmul_pair` dispatch (problem 1's A from
+/// the pair's a1 binding), against the CPU and against two dispatches (same bits).
+/// 37 rows; 53 × 29 and 20 × 67 gradients: partial tiles in both problems.
+#[test]
+fn matmul_pair_two_weight_gradients() {
+    use vae_ood::gpu::{self, GpuBackend};
+    let mut rng = fresh_rng("matmul_pair_two_weight_gradients");
+    let m = 37;
+    let ((n0, k0), (n1, k1)) = ((53, 29), (20, 67));
+    let (w0, b0, w1, b1) = (100, 2000, 3000, 4400);
+    let ops = [
+        Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::X,
+            e: Buf::Params,
+            c: Buf::Grads,
+            p: MatmulParams::linear_backward_weight(m, k0, n0, w0, b0),
+        },
+        Op::Matmul {
+            a: Buf::Dh3,
+            b: Buf::H1,
+            e: Buf::Params,
+            c: Buf::Grads,
+            p: MatmulParams::linear_backward_weight(m, k1, n1, w1, b1),
+        },
+    ];
+    let inputs = [
+        (Buf::Logits, uniform(&mut rng, m * n0, -1.0, 1.0)),
+        (Buf::X, uniform(&mut rng, m * k0, 0.0, 1.0)),
+        (Buf::Dh3, uniform(&mut rng, m * n1, -1.0, 1.0)),
+        (Buf::H1, uniform(&mut rng, m * k1, 0.0, 1.0)),
+    ];
+    let run = |be: &mut dyn Backend| {
+        for (buf, v) in &inputs {
+            be.write(*buf, 0, v).unwrap();
+        }
+        be.write(Buf::Grads, 0, &vec![f32::NAN; SIZES.params])
+            .unwrap();
+        be.run(&ops).unwrap();
+        be.read(Buf::Grads, 0..SIZES.params).unwrap()
+    };
+    let regions = [w0..w0 + n0 * k0, b0..b0 + n0, w1..w1 + n1 * k1, b1..b1 + n1];
+    let cpu = run(&mut *cpu_backend(&[0; 4], 1, SIZES));
+    assert_written("CPU grads", &cpu, &regions, true);
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
+        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+        return;
+    };
+    let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
+    let mut results = Vec::new();
+    for pairs in [true, false] {
+        gpu.set_fused(pairs);
+        assert_eq!(gpu.dispatches(&ops), if pairs { 1 } else { 2 });
+        results.push(run(&mut gpu));
+    }
+    for (res, how) in results.iter().zip(["one pair dispatch", "two dispatches"]) {
+        assert_written(&format!("grads, {how}"), res, &regions, true);
+        for r in &regions {
+            // sums of 37 O(1) terms: as MM_ATOL/MM_RTOL
+            let what = format!("dW, db {r:?}, {how}");
+            assert_close(&what, &res[r.clone()], &cpu[r.clone()], MM_ATOL, MM_RTOL);
+        }
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&results[0]), bits(&results[1]), "pair vs two");
+}

@@ -464,9 +464,10 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, and the
-/// per-image loss written by the BCE kernel — three dispatches fewer per training
-/// step at these sizes (hidden width 133, so that the product splits K; the
-/// latent fusion, on throughout, takes the other layers' pairs and folds), and one
+/// per-image loss written by the BCE kernel, and the head's and fc1's weight
+/// gradients as one pair — four dispatches fewer per training step at these sizes
+/// (hidden width 133, so that the product splits K; the latent fusion, on
+/// throughout, takes the other layers' pairs and folds), and one
 /// more where a step's Adam and the next step's gather share a dispatch. Every
 /// buffer must end with the same bits.
 #[test]
@@ -528,14 +529,15 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         be.set_fused(false);
         assert_eq!(
             be.dispatches(one_step),
-            with + 3,
-            "fc4's gradient pair, the loss in the BCE and fc4's folded reduce per step"
+            with + 4,
+            "fc4's gradient pair, the head's and fc1's weight-gradient pair, the loss in \
+             the BCE and fc4's folded reduce per step"
         );
         // across a step boundary a step's Adam and the next step's gather share one
         // dispatch too
         let two_steps = &ops[..2 * plan::TRAIN_STEP_OP_NAMES.len()];
         assert!(matches!(two_steps[one_step.len()], plan::Op::Gather(_)));
-        assert_eq!(be.dispatches(two_steps), 2 * (with + 3));
+        assert_eq!(be.dispatches(two_steps), 2 * (with + 4));
         be.set_fused(true);
         assert_eq!(
             be.dispatches(two_steps),

@@ -107,11 +107,14 @@ fn tiles(p: &MatmulParams) -> u32 {
 }
 
 /// Whether `first` and `second` can run as one `matmul_pair` dispatch: a layer's
-/// input gradient and then its weight gradient, as `plan::backward_ops` lists them.
-/// They share A; the second reads no bias or mask (its B takes the pair's `e`
+/// input gradient and then its weight gradient, as `plan::backward_ops` lists them
+/// (they share A), or two independent products such as two layers' weight
+/// gradients. The second reads no bias or mask (its B takes the pair's `e`
 /// binding, which must then be the first's mask or unused), has no K split, and
-/// neither reads what the other writes; their tiles fit one dispatch row (≤ 65,535
-/// workgroups). Returns the buffer bound at `e`.
+/// neither reads what the other writes; where both write one buffer (two weight
+/// gradients into Grads) their regions, bias gradients included, do not overlap;
+/// their tiles fit one dispatch row (≤ 65,535 workgroups). Returns the buffer
+/// bound at `e`.
 fn pairable(first: &Op, second: &Op) -> Option<Buf> {
     let (
         Op::Matmul {
@@ -133,16 +136,35 @@ fn pairable(first: &Op, second: &Op) -> Option<Buf> {
         return None;
     };
     let reads_e0 = p0.flags & (MM_BIAS | MM_MASK) != 0;
-    let ok = a0 == a1
-        && p0.flags & MM_BIASGRAD == 0
-        && p1.flags & (MM_BIAS | MM_MASK) == 0
+    let ok = p1.flags & (MM_BIAS | MM_MASK) == 0
         && choose_splits(p1) == 1
         && tiles(p0) * choose_splits(p0) + tiles(p1) <= 65_535
         && (!reads_e0 || e0 == b1)
-        && ![*a1, *b1, *c1].contains(c0)
+        && ![*a1, *b1].contains(c0)
+        && (c0 != c1 || disjoint(&written(p0), &written(p1)))
         && ![*a0, *b0].contains(c1)
         && !(reads_e0 && e0 == c1);
     ok.then_some(*b1)
+}
+
+/// The element ranges of its output buffer a product writes: C's span, and the
+/// bias gradient's with MM_BIASGRAD.
+fn written(p: &MatmulParams) -> Vec<Range<u64>> {
+    let (m, n) = (p.m as u64, p.n as u64);
+    if m == 0 || n == 0 {
+        return Vec::new();
+    }
+    let c0 = p.c_off as u64;
+    let mut r = vec![c0..c0 + (m - 1) * p.c_si as u64 + n];
+    if p.flags & MM_BIASGRAD != 0 {
+        r.push(p.e_off as u64..p.e_off as u64 + m);
+    }
+    r
+}
+
+fn disjoint(x: &[Range<u64>], y: &[Range<u64>]) -> bool {
+    x.iter()
+        .all(|a| y.iter().all(|b| a.end <= b.start || b.end <= a.start))
 }
 
 /// Where a kernel reads its input product from split-K partial sums instead of
@@ -204,7 +226,16 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
     use bytemuck::bytes_of;
     let f = Res::F;
     if let (Some(next), Op::Matmul { a, b, c, p, .. }) = (next, op) {
-        if let (Some(e), Op::Matmul { c: c1, p: p1, .. }) = (pairable(op, next), next) {
+        if let (
+            Some(e),
+            Op::Matmul {
+                a: a1,
+                c: c1,
+                p: p1,
+                ..
+            },
+        ) = (pairable(op, next), next)
+        {
             let mut q0 = *p;
             q0.splits = choose_splits(p);
             let mut q1 = *p1;
@@ -213,7 +244,7 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
             let groups = tiles(&q0) * q0.splits + tiles(&q1);
             let mut d = vec![(
                 Kernel::MatmulPair,
-                vec![f(*a), f(*b), f(e), f(*c), Res::Partial, f(*c1)],
+                vec![f(*a), f(*b), f(e), f(*c), Res::Partial, f(*c1), f(*a1)],
                 (groups, 1, 1),
             )];
             if q0.splits > 1 {
@@ -598,7 +629,7 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
             q.splits = choose_splits(p);
             let mut d = vec![(
                 Kernel::Matmul,
-                vec![f(*a), f(*b), f(*e), f(*c), Res::Partial, f(*c)],
+                vec![f(*a), f(*b), f(*e), f(*c), Res::Partial, f(*c), f(*a)],
                 (q.n.div_ceil(32).max(1), q.m.div_ceil(32).max(1), q.splits),
             )];
             if q.splits > 1 {
@@ -1325,12 +1356,21 @@ mod tests {
             *b = Buf::Dh3; // fc4 dX writes Dh3
         }
         assert_eq!(n(&dep), 16);
-        // an input gradient whose mask is not the weight gradient's B: no pair
+        // an input gradient whose mask is not the weight gradient's B: no pair (the
+        // weight gradient pairs with fc1's instead, two weight gradients)
         let mut mask = ops.clone();
         if let Op::Matmul { e, .. } = &mut mask[13] {
             *e = Buf::X;
         }
-        assert_eq!(n(&mask), 16);
+        assert_eq!(n(&mask), 15);
+        assert_eq!(
+            kernels(&mask, fused)
+                .iter()
+                .filter(|d| d.1 == Kernel::MatmulPair)
+                .map(|d| d.0)
+                .collect::<Vec<_>>(),
+            [8, 10, 14]
+        );
         // a loss with a batch sum, with two draws, or in IWAE mode: its own dispatch
         for change in [
             |p: &mut crate::cpu::LossParams| p.slot = 0,
@@ -1398,8 +1438,7 @@ mod tests {
                 (8, MatmulReduce),
                 (10, LatentBackward),
                 (11, Matmul),
-                (14, Matmul),
-                (15, Matmul),
+                (14, MatmulPair),
                 (16, Adam),
             ]
         );
@@ -1424,9 +1463,10 @@ mod tests {
         }
         // the fc3 weight gradient (11) runs after the fused backward, in its own slot
         assert_eq!(slots[11].len(), 64);
-        // and the count for two steps: 12 per step inside an epoch
+        // (the head's and fc1's weight gradients, 14 and 15, as one pair)
+        // and the count for two steps: 11 per step inside an epoch
         let two: Vec<Op> = ops.iter().chain(&ops).copied().collect();
-        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 25);
+        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 23);
         // without pairs and folds the latent groups are the same
         let plain = Fusions {
             latent: true,
@@ -1532,5 +1572,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Two layers' weight gradients (different A, both into Grads) pair when their
+    /// regions of Grads, bias gradients included, do not overlap.
+    #[test]
+    fn weight_gradients_pair_where_their_regions_are_disjoint() {
+        let ops = step();
+        let (head_dw, fc1_dw) = (ops[14], ops[15]);
+        assert_eq!(pairable(&head_dw, &fc1_dw), Some(Buf::X));
+        let Op::Matmul { p: ph, .. } = head_dw else {
+            unreachable!()
+        };
+        let moved = |c_off: Option<u32>, e_off: Option<u32>| {
+            let mut second = fc1_dw;
+            if let Op::Matmul { p, .. } = &mut second {
+                p.c_off = c_off.unwrap_or(p.c_off);
+                p.e_off = e_off.unwrap_or(p.e_off);
+            }
+            pairable(&head_dw, &second)
+        };
+        // fc1's gradient moved onto the head's weight gradient, or its bias
+        // gradient onto the head's bias gradient: refused
+        assert_eq!(moved(Some(ph.c_off + 5), None), None);
+        assert_eq!(moved(None, Some(ph.e_off + 1)), None);
+        // where they are (fc1's ends where the head's begins): paired
+        assert_eq!(moved(None, None), Some(Buf::X));
+        // the region helper itself
+        assert!(disjoint(&[0..4], &[4..8]) && !disjoint(&[0..5], &[4..8]));
+        assert!(written(&MatmulParams::default()).is_empty());
     }
 }

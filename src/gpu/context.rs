@@ -143,8 +143,8 @@ impl Kernel {
         match self {
             // data, idx → x
             Kernel::Gather => &[(4, true), (5, true), (6, false)],
-            // a, b, e → c, or → partial sums when K is split; c2 (problem 1 of a
-            // pair: bound to c's buffer again for a lone product)
+            // a, b, e → c, or → partial sums when K is split; c2 and a1 (problem 1
+            // of a pair: bound to c's and a's buffers again for a lone product)
             Kernel::Matmul | Kernel::MatmulPair => &[
                 (0, true),
                 (1, true),
@@ -152,6 +152,7 @@ impl Kernel {
                 (3, false),
                 (4, false),
                 (6, false),
+                (7, true),
             ],
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
