@@ -155,7 +155,8 @@ fn written(p: &MatmulParams) -> Vec<Range<u64>> {
         return Vec::new();
     }
     let c0 = p.c_off as u64;
-    let mut r = vec![c0..c0 + (m - 1) * p.c_si as u64 + n];
+    let mut r = Vec::with_capacity(2);
+    r.push(c0..c0 + (m - 1) * p.c_si as u64 + n);
     if p.flags & MM_BIASGRAD != 0 {
         r.push(p.e_off as u64..p.e_off as u64 + m);
     }
@@ -1599,7 +1600,9 @@ mod tests {
         // where they are (fc1's ends where the head's begins): paired
         assert_eq!(moved(None, None), Some(Buf::X));
         // the region helper itself
-        assert!(disjoint(&[0..4], &[4..8]) && !disjoint(&[0..5], &[4..8]));
+        let (a, b, c) = (0..4, 4..8, 0..5);
+        let one = |r: &Range<u64>| std::slice::from_ref(r).to_vec();
+        assert!(disjoint(&one(&a), &one(&b)) && !disjoint(&one(&c), &one(&b)));
         assert!(written(&MatmulParams::default()).is_empty());
     }
 }
