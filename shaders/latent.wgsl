@@ -8,8 +8,9 @@
 // workgroup per image runs the whole chain with workgroup barriers between the
 // links: one dispatch instead of three (four with the head's split-K), and none of
 // the small products' launch and drain on the critical path of a training step.
-// The GPU backend lowers the three ops to one of these where `latent_fusable`
-// (src/gpu/backend.rs) allows; ε from normal.wgsl (appended to this module).
+// The GPU backend lowers the three ops to one of these where `lower_latent`
+// (src/gpu/backend.rs) allows; ε from normal.wgsl and the split-K reader from
+// split_source.wgsl (both appended to this module).
 //
 // Shapes (R = B·K rows of the decoder, row r = b·K + k):
 //   forward:  h1 (B, H) → head (B, 2L), eps, z (R, L), kl (B), logpq (R), h3 (R, H)
@@ -18,7 +19,9 @@
 // the parameters (B(p, j) = params[b_off + p·b_sp + j·b_sj]), A's row i from
 // workgroup memory, C(i, j) written at c_off + i·c_si + j after the matmul epilogue
 // (bias, ReLU from params; mask from h1). Each entry point stores to its own
-// buffers only (a pipeline may bind no more than 8). Dispatch (B, 1, 1).
+// buffers only: it binds 10 storage buffers (WebGPU's default allows 8, desktop
+// GPUs and lavapipe far more; the backend runs without these kernels where the
+// device has fewer). Dispatch (B, 1, 1).
 //
 // Summation order: output j of a product with N outputs gets G = ⌊256 / N⌋ threads
 // (G = 1 when N ≥ 256: thread t then takes outputs t, t + 256, …); thread g of them
@@ -40,12 +43,16 @@ struct Reparam {
     stream: u32, row_base: u32, eps_given: u32, _pad: u32,
 }
 
-// forward: first = head fwd, second = fc3 fwd; backward: first = fc3 dX, second = head dX
-struct Uniform { first: Params, rp: Reparam, second: Params }
+// forward: first = head fwd, second = fc3 fwd; backward: first = fc3 dX, second =
+// head dX. With src.splits > 0 the row the first product reads — h1 forward, dh3
+// backward — is read from the split-K partial sums of the product before it (fc1
+// forward, fc4's input gradient backward; split_source.wgsl, appended) and stored,
+// as if matmul_reduce had run: one reduce dispatch fewer each way.
+struct Uniform { first: Params, rp: Reparam, second: Params, src: SplitSource }
 @group(1) @binding(0) var<uniform> u: Uniform;
 
 @group(0) @binding(0) var<storage, read> params: array<f32>;
-@group(0) @binding(1) var<storage, read> h1: array<f32>;
+@group(0) @binding(1) var<storage, read_write> h1: array<f32>;
 @group(0) @binding(2) var<storage, read_write> head: array<f32>;
 @group(0) @binding(3) var<storage, read_write> eps: array<f32>;
 // latent_forward
@@ -54,10 +61,11 @@ struct Uniform { first: Params, rp: Reparam, second: Params }
 @group(0) @binding(6) var<storage, read_write> logpq: array<f32>;
 @group(0) @binding(7) var<storage, read_write> h3: array<f32>;
 // latent_backward
-@group(0) @binding(8) var<storage, read> dh3: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dh3: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dz: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dhead: array<f32>;
-@group(0) @binding(11) var<storage, read_write> dh1: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dhead: array<f32>;
+@group(0) @binding(13) var<storage, read_write> dh1: array<f32>;
+// (bindings 10 and 11: split_source.wgsl's partial sums and epilogue operand)
 
 const WG: u32 = 256u;
 // The most hidden units and latents an image's rows may have here (the lowering
@@ -174,7 +182,14 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let t = lid.x;
     let l = rp.l;
     for (var p = t; p < qh.k; p += WG) {
-        xs[p] = h1[qh.a_off + b * qh.a_si + p * qh.a_sp];
+        if (u.src.splits > 0u) {
+            // (h1 dense here: the lowering folds only then)
+            let v = split_sum(u.src, b * qh.k + p);
+            h1[b * qh.k + p] = v;
+            xs[p] = v;
+        } else {
+            xs[p] = h1[qh.a_off + b * qh.a_si + p * qh.a_sp];
+        }
     }
     workgroupBarrier();
     product_row(HEAD, qh, b, t);
@@ -249,7 +264,14 @@ fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     for (var k = 0u; k < rp.draws; k++) {
         let r = b * rp.draws + k;
         for (var p = t; p < qz.k; p += WG) {
-            xs[p] = dh3[qz.a_off + r * qz.a_si + p * qz.a_sp];
+            if (u.src.splits > 0u) {
+                // (dh3 dense here: the lowering folds only then)
+                let v = split_sum(u.src, r * qz.k + p);
+                dh3[r * qz.k + p] = v;
+                xs[p] = v;
+            } else {
+                xs[p] = dh3[qz.a_off + r * qz.a_si + p * qz.a_sp];
+            }
         }
         workgroupBarrier();
         // (ends with a barrier: xs is rewritten by the next draw after it)

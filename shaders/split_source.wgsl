@@ -1,13 +1,13 @@
 // A product's output read straight from its split-K partial sums: the sum of the
 // shares s = 0, 1, …, then bias, ReLU, mask (the epilogue of matmul.wgsl's store).
 // matmul_reduce computes each element with it; the kernels that read a split
-// product next (BCE, reparameterisation) call it themselves, so the reduce needs
-// no dispatch of its own and the value is bit for bit the one it would have
-// stored. Its CPU twin is cpu::matmul's epilogue (the CPU does not split K).
-// Not a kernel: appended to matmul.wgsl, bce.wgsl and reparam.wgsl when their
-// pipelines are built. A reading kernel puts a SplitSource at byte 64 of its
-// uniform and calls split_sum only when src.splits > 0 (0: read its input buffer
-// as usual).
+// product next (BCE, reparameterisation, the latent kernels) call it themselves,
+// so the reduce needs no dispatch of its own and the value is bit for bit the one
+// it would have stored. Its CPU twin is cpu::matmul's epilogue (the CPU does not
+// split K). Not a kernel: appended to matmul.wgsl, bce.wgsl, reparam.wgsl and
+// latent.wgsl when their pipelines are built. A reading kernel puts a SplitSource
+// in its uniform (at byte 64; 160 in the latent kernels') and calls split_sum only
+// when src.splits > 0 (0: read its input buffer as usual).
 
 struct SplitSource {
     splits: u32, m: u32, n: u32, flags: u32,

@@ -1107,7 +1107,10 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
 /// forward; fc3 input and weight gradients, reparameterisation and head input
 /// gradient backward — run on the GPU as one `latent_forward` and one
 /// `latent_backward` dispatch (plus the weight gradient's own), against the CPU
-/// running them op by op, and against the GPU running them unfused.
+/// running them op by op, and against the GPU running them unfused. The products
+/// before them (fc1 forward; fc4's gradient pair) split K here (129 inputs), and
+/// the latent kernels read their rows from the split sums (the reduce folded):
+/// bit for bit what the unfolded run stores.
 ///
 /// Shapes: (h, l) = (67, 5) splits every product over several threads per output
 /// (G = 25, 3, 51 and 3 of 256); (300, 20) has more outputs than threads in the
@@ -1120,7 +1123,7 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
     use vae_ood::plan::{self, Batch};
     let mut rng = fresh_rng("latent_forward_and_backward_in_one_dispatch_each");
     for (h, l, eps_given) in [(67, 5, true), (300, 20, true), (67, 5, false)] {
-        let dims = Dims { d: 29, h, l };
+        let dims = Dims { d: 129, h, l };
         let (b, k) = (37, 3);
         let lay = Layout::new(dims);
         let sizes = Sizes {
@@ -1143,33 +1146,46 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
             mode: LOSS_ELBO,
         };
         let o = lay.offsets();
-        let mut fwd: Vec<Op> = plan::forward_ops(dims, &o, &bt, true)[2..5].to_vec();
-        let bwd: Vec<Op> = plan::backward_ops(dims, &o, &bt)[2..6].to_vec();
+        // fc1 fwd, head fwd, reparam fwd, fc3 fwd
+        let mut fwd: Vec<Op> = plan::forward_ops(dims, &o, &bt, true)[1..5].to_vec();
+        // fc4 dX, fc4 dW, fc3 dX, fc3 dW, reparam bwd, head dX
+        let bwd: Vec<Op> = plan::backward_ops(dims, &o, &bt)[..6].to_vec();
         for op in &mut fwd {
             if let Op::ReparamForward(p) = op {
                 p.eps_given = eps_given as u32;
             }
         }
-        // weights ~ PyTorch's init scale; h1 a ReLU output (about half zeros)
+        for (ops, at) in [(&fwd, 0), (&bwd, 0)] {
+            let Op::Matmul { p, .. } = ops[at] else {
+                unreachable!()
+            };
+            assert!(
+                choose_splits(&p) > 1,
+                "the product before the latent ops splits K"
+            );
+        }
+        // weights ~ PyTorch's init scale; activations ReLU outputs (about half zeros)
         let params: Vec<f32> = uniform(&mut rng, lay.total, -0.2, 0.2);
         let relu = |v: Vec<f32>| v.into_iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
         let inputs_fwd = vec![
             (Buf::Params, params.clone()),
-            (Buf::H1, relu(uniform(&mut rng, b * h, -1.0, 1.0))),
+            (Buf::X, uniform(&mut rng, b * dims.d, 0.0, 1.0)),
             (Buf::Eps, uniform(&mut rng, b * k * l, -3.0, 3.0)),
         ];
         let inputs_bwd = vec![
             (Buf::Params, params),
+            (Buf::Logits, uniform(&mut rng, b * k * dims.d, -1.0, 1.0)),
+            (Buf::H3, relu(uniform(&mut rng, b * k * h, -1.0, 1.0))),
             (Buf::H1, relu(uniform(&mut rng, b * h, -1.0, 1.0))),
             (Buf::Head, uniform(&mut rng, b * 2 * l, -3.0, 1.0)),
             (Buf::Eps, uniform(&mut rng, b * k * l, -3.0, 3.0)),
             (Buf::Z, uniform(&mut rng, b * k * l, -3.0, 3.0)),
-            (Buf::Dh3, uniform(&mut rng, b * k * h, -1.0, 1.0)),
         ];
         // what each direction writes, the region, and the tolerance against the CPU:
-        // products of up to 300 terms of O(0.1) as MM_ATOL/MM_RTOL; z and the KL
-        // through exp (3 ULP) of a head that carries MM_ATOL; h3 = relu(z W3ᵀ + b3)
-        // carries z's error times Σ|W3 row| ≤ 20 × 0.2. With ε drawn, ε and z as
+        // products of up to 300 terms of O(0.1) as MM_ATOL/MM_RTOL, of 129 terms of
+        // O(0.2) (h1, dh3) 1e-4 as well; z and the KL through exp (3 ULP) of a head
+        // that carries MM_ATOL; h3 = relu(z W3ᵀ + b3) carries z's error times
+        // Σ|W3 row| ≤ 20 × 0.2. With ε drawn, ε and z as
         // reparam_forward_draws_same_noise (3e-3, 5e-3: GPU log and cos), and h3
         // and log p − log q carry those (×4 and ×2·|z|·l).
         let (eps_tol, z_tol, h3_tol, pq_tol) = if eps_given {
@@ -1178,6 +1194,7 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
             (3e-3, 5e-3, 2e-2, 2.0)
         };
         let out_fwd = [
+            (Buf::H1, b * h, MM_ATOL),
             (Buf::Head, b * 2 * l, MM_ATOL),
             (Buf::Eps, b * k * l, eps_tol),
             (Buf::Z, b * k * l, z_tol),
@@ -1185,8 +1202,8 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
             (Buf::LogPq, b * k, pq_tol),
             (Buf::H3, b * k * h, h3_tol),
         ];
-        let (w3, b3) = (o.w3, o.b3);
         let out_bwd = [
+            (Buf::Dh3, b * k * h, MM_ATOL),
             (Buf::Dz, b * k * l, MM_ATOL),
             (Buf::Dhead, b * 2 * l, 1e-3),
             (Buf::Dh1, b * h, 1e-3),
@@ -1225,26 +1242,45 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         for (v, (buf, n, _)) in want_bwd.iter().zip(&out_bwd) {
             assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], true);
         }
-        // the fc3 weight gradient (and its bias gradient) is the only part of Grads written
-        let dw = [w3..w3 + h * l, b3..b3 + h];
-        assert_written(&format!("{name}: CPU grads"), &want_bwd[3], &dw, true);
+        // the weight gradients (and bias gradients) of fc4 and fc3 are the only parts
+        // of Grads written
+        let dw = [
+            o.w4..o.w4 + dims.d * h,
+            o.b4..o.b4 + dims.d,
+            o.w3..o.w3 + h * l,
+            o.b3..o.b3 + h,
+        ];
+        let bwd_grads = want_bwd.len() - 1;
+        assert_written(
+            &format!("{name}: CPU grads"),
+            &want_bwd[bwd_grads],
+            &dw,
+            true,
+        );
         let Some(adapter) = gpu::select_adapter().unwrap() else {
             assert!(gpu_backend(&store, 1, sizes).is_none());
             return;
         };
         let mut gpu = GpuBackend::new(adapter, &store, 1, sizes).unwrap();
-        for latent in [true, false] {
+        let mut folded_or_not = Vec::new();
+        for (latent, reduces) in [(true, true), (true, false), (false, true)] {
             gpu.set_fusions(Fusions {
                 latent,
+                reduces,
                 ..Fusions::ALL
             });
-            let how = format!("{name}, GPU latent fusion {latent}");
+            let how = format!("{name}, GPU latent fusion {latent}, folds {reduces}");
             if latent {
-                assert_eq!(gpu.dispatches(&fwd), 1, "{how}: forward");
-                assert_eq!(gpu.dispatches(&bwd), 2, "{how}: backward");
+                // the product, then the latent kernel (the split product's reduce
+                // between them when not folded); backward the fc4 pair, the latent
+                // kernel and fc3's weight gradient
+                let reduce = !reduces as usize;
+                assert_eq!(gpu.dispatches(&fwd), 2 + reduce, "{how}: forward");
+                assert_eq!(gpu.dispatches(&bwd), 3 + reduce, "{how}: backward");
             } else {
-                assert!(gpu.dispatches(&fwd) >= 3 && gpu.dispatches(&bwd) >= 3);
+                assert!(gpu.dispatches(&fwd) >= 4 && gpu.dispatches(&bwd) >= 4);
             }
+            let mut results = Vec::new();
             for (ops, inputs, outs, want) in [
                 (&fwd, &inputs_fwd, &out_fwd[..], &want_fwd),
                 (&bwd, &inputs_bwd, &out_bwd[..], &want_bwd),
@@ -1262,13 +1298,29 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
                     );
                 }
                 let (g, w) = (got.last().unwrap(), want.last().unwrap());
-                let dw_written = if outs[0].0 == Buf::Dz { &dw[..] } else { &[] };
+                let dw_written = if outs[0].0 == Buf::Dh3 { &dw[..] } else { &[] };
                 assert_written(&format!("{how} grads"), g, dw_written, true);
                 for r in dw_written {
-                    let what = format!("{how} fc3 dW");
+                    let what = format!("{how} dW {r:?}");
                     assert_close(&what, &g[r.clone()], &w[r.clone()], MM_ATOL, MM_RTOL);
                 }
+                results.push(got);
             }
+            if latent {
+                folded_or_not.push(results);
+            }
+        }
+        // a folded reduce stores what the reduce dispatch would have: the same bits
+        let bits = |v: &Vec<Vec<f32>>| {
+            v.iter()
+                .map(|x| x.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+                .collect::<Vec<_>>()
+        };
+        for dir in 0..2 {
+            assert!(
+                bits(&folded_or_not[0][dir]) == bits(&folded_or_not[1][dir]),
+                "{name}: folded vs not, direction {dir}"
+            );
         }
     }
 }

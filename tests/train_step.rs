@@ -463,11 +463,13 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// of bounds. Nor on the matmul's software pipelining (`VAE_OOD_GPU_PREFETCH=1`).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
-/// the decoder-output product folded into the BCE kernel that reads it, and the
+/// the decoder-output product folded into the BCE kernel that reads it, the
 /// per-image loss written by the BCE kernel, and the head's and fc1's weight
 /// gradients as one pair — four dispatches fewer per training step at these sizes
-/// (hidden width 133, so that the product splits K; the latent fusion, on
-/// throughout, takes the other layers' pairs and folds), and one
+/// (hidden width 133, so that the decoder product splits K; 53 inputs, too few
+/// for fc1's product and fc4's input gradient to split; the latent fusion, on
+/// throughout, takes the other layers' pairs and folds; its own folds are
+/// compared bit for bit in tests/kernels.rs), and one
 /// more where a step's Adam and the next step's gather share a dispatch. Every
 /// buffer must end with the same bits.
 #[test]

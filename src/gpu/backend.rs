@@ -187,6 +187,10 @@ struct SplitSource {
 /// Byte offset of the [`SplitSource`] in a uniform slot.
 const SPLIT_SOURCE_AT: usize = 64;
 
+/// Byte offset of the [`SplitSource`] in a latent kernel's slot (after two
+/// `MatmulParams` and a `ReparamParams`).
+const LATENT_SPLIT_SOURCE_AT: usize = 160;
+
 /// Byte offset of the BCE kernel's loss output (on, out_off) in its uniform slot.
 const BCE_LOSS_AT: usize = 32;
 
@@ -202,21 +206,32 @@ struct Lowered {
     reduce: Option<(MatmulParams, Buf, Buf)>,
 }
 
-/// Whether `op` can read the split product `q` (output buffer `c`, epilogue
+/// Whether `rest[0]` can read the split product `q` (output buffer `c`, epilogue
 /// operand `e`) from its partial sums instead of after a reduce: it is one of the
 /// kernels with `split_source.wgsl`, it reads exactly that product — the whole of
 /// C, laid out densely (offset 0, row stride n) — and the epilogue reads at most
-/// the parameters (bound as the split epilogue operand).
-fn absorbs(op: &Op, q: &MatmulParams, e: Buf, c: Buf) -> bool {
+/// the parameters (bound as the split epilogue operand), or it starts a latent
+/// group (with `latent`, the latent fusion on) whose first product reads the whole
+/// of C as dense rows of A (the latent kernels bind `e` itself).
+fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool {
     let dense = q.c_off == 0 && q.c_si == q.n;
-    let epilogue_ok = q.flags & (MM_BIAS | MM_MASK) == 0 || e == Buf::Params;
-    let reads_all = match op {
-        Op::Bce(p) => c == Buf::Logits && p.rows == q.m && p.d == q.n,
-        Op::ReparamForward(p) => c == Buf::Head && p.images == q.m && 2 * p.l == q.n,
-        Op::ReparamBackward(p) => c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n,
+    let params_only = q.flags & (MM_BIAS | MM_MASK) == 0 || e == Buf::Params;
+    let reads_all = match rest.first() {
+        Some(Op::Bce(p)) => params_only && c == Buf::Logits && p.rows == q.m && p.d == q.n,
+        Some(Op::ReparamForward(p)) => {
+            params_only && c == Buf::Head && p.images == q.m && 2 * p.l == q.n
+        }
+        Some(Op::ReparamBackward(p)) => {
+            params_only && c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n
+        }
+        Some(Op::Matmul { a, p, .. }) if latent && lower_latent(rest, None).is_some() => {
+            matches!((*a, c), (Buf::H1, Buf::H1) | (Buf::Dh3, Buf::Dh3))
+                && p.m == q.m
+                && dense_a(p, q.n)
+        }
         _ => false,
     };
-    dense && epilogue_ok && reads_all && q.splits > 1
+    dense && reads_all && q.splits > 1
 }
 
 /// The dispatches of `op` (with `next`, the op after it, when the two run as one
@@ -421,9 +436,15 @@ fn dense_c(q: &MatmulParams, width: u32) -> bool {
 /// workgroup memory ([`MAX_HIDDEN`], [`MAX_LATENT`]); rows are read and written
 /// where the ops say, except the head, z, dz and dhead, which must be the dense
 /// (B·K, width) layouts the reparameterisation uses.
-fn lower_latent(rest: &[Op]) -> Option<Group> {
+fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
     use bytemuck::bytes_of;
     let f = Res::F;
+    // the split product the first product's A row is read from (absorbs), and its
+    // epilogue operand; otherwise unread bindings
+    let (partial_e, src_bytes) = match src {
+        Some((s, e)) => (f(e), bytes_of(&s).to_vec()),
+        None => (f(Buf::Params), Vec::new()),
+    };
     let fits = |p: &ReparamParams| {
         (1..=65_535).contains(&p.images) && (1..=MAX_LATENT).contains(&p.l) && p.draws >= 1
     };
@@ -432,6 +453,8 @@ fn lower_latent(rest: &[Op]) -> Option<Group> {
         let mut bytes = bytes_of(q0).to_vec();
         bytes.extend_from_slice(bytes_of(p));
         bytes.extend_from_slice(bytes_of(q1));
+        debug_assert_eq!(bytes.len(), LATENT_SPLIT_SOURCE_AT);
+        bytes.extend_from_slice(&src_bytes);
         bytes
     };
     match rest {
@@ -471,6 +494,8 @@ fn lower_latent(rest: &[Op]) -> Option<Group> {
                             f(Buf::Kl),
                             f(Buf::LogPq),
                             f(Buf::H3),
+                            Res::Partial,
+                            partial_e,
                         ],
                         (rp.images, 1, 1),
                     ),
@@ -530,6 +555,8 @@ fn lower_latent(rest: &[Op]) -> Option<Group> {
                         f(Buf::Dz),
                         f(Buf::Dhead),
                         f(Buf::Dh1),
+                        Res::Partial,
+                        partial_e,
                     ],
                     (rp.images, 1, 1),
                 ),
@@ -555,11 +582,13 @@ fn lower_latent(rest: &[Op]) -> Option<Group> {
 fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>) {
     let mut plan = Vec::with_capacity(ops.len() * 2);
     let mut slots = vec![Vec::new(); ops.len()];
-    let mut source: Option<SplitSource> = None;
+    // a split product's shares and epilogue operand, for the kernel after it to read
+    let mut source: Option<(SplitSource, Buf)> = None;
     let mut i = 0;
     while i < ops.len() {
-        if fuse.latent && source.is_none() {
-            if let Some(g) = lower_latent(&ops[i..]) {
+        if fuse.latent {
+            if let Some(g) = lower_latent(&ops[i..], source) {
+                source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
                 }
@@ -570,21 +599,20 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
         }
         let mut low = lower(&ops[i], ops.get(i + 1).filter(|_| fuse.pairs));
         let mut bytes = std::mem::take(&mut low.bytes);
-        if let Some(src) = source.take() {
-            // (only BCE and reparameterisation ops read split sums: their params end
-            // before byte 64)
+        if let Some((src, _)) = source.take() {
+            // (only BCE and reparameterisation ops read split sums here: their params
+            // end before byte 64)
             debug_assert!(bytes.len() <= SPLIT_SOURCE_AT);
             bytes.resize(SPLIT_SOURCE_AT, 0);
             bytes.extend_from_slice(bytemuck::bytes_of(&src));
         }
         slots[i] = bytes;
         let after = i + low.used;
-        if let (true, Some((q, e, c)), Some(consumer)) = (fuse.reduces, low.reduce, ops.get(after))
-        {
-            if absorbs(consumer, &q, e, c) {
+        if let (true, Some((q, e, c))) = (fuse.reduces, low.reduce) {
+            if absorbs(&ops[after..], &q, e, c, fuse.latent) {
                 let reduce = low.dispatches.pop();
                 debug_assert!(matches!(reduce, Some((Kernel::MatmulReduce, ..))));
-                source = Some(SplitSource {
+                let src = SplitSource {
                     splits: q.splits,
                     m: q.m,
                     n: q.n,
@@ -592,7 +620,8 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
                     e_off: q.e_off,
                     e_si: q.e_si,
                     _pad: [0; 2],
-                });
+                };
+                source = Some((src, e));
             }
         }
         plan.extend(low.dispatches.into_iter().map(|d| (i, d)));
@@ -738,8 +767,14 @@ impl GpuBackend {
     }
 
     /// Each GPU fusion on or off.
+    /// (The latent fusion stays off on a device without the latent kernels, see
+    /// `GpuContext::has`.)
     pub fn set_fusions(&mut self, f: Fusions) {
-        self.fusions = f;
+        let latent = [Kernel::LatentForward, Kernel::LatentBackward];
+        self.fusions = Fusions {
+            latent: f.latent && latent.iter().all(|&k| self.ctx.has(k)),
+            ..f
+        };
     }
 
     /// How many dispatches `ops` take (pairs and split-K reduces counted).
@@ -803,7 +838,7 @@ impl GpuBackend {
             .max(UNIFORM_BYTES as usize);
         let (uniforms, uniform_bg) = Self::make_uniforms(&ctx, 1, stride);
         let partial = Self::make_partial(&ctx, 1);
-        let me = GpuBackend {
+        let mut me = GpuBackend {
             ctx,
             sizes,
             bufs,
@@ -820,8 +855,9 @@ impl GpuBackend {
             submit_chunk: submit_chunk_from_env(),
             images: store.len() / sizes.dims.d.max(1),
             idx_len,
-            fusions: Fusions::from_env(),
+            fusions: Fusions::NONE,
         };
+        me.set_fusions(Fusions::from_env());
         me.ctx.check("buffer creation")?;
         Ok(me)
     }
@@ -1424,50 +1460,79 @@ mod tests {
     #[test]
     fn latent_ops_lower_to_one_dispatch_each_way() {
         let ops = step();
-        let k = kernels(&ops, Fusions::ALL);
+        let (plan, slots) = lower_all(&ops, Fusions::ALL);
+        let k: Vec<(usize, Kernel)> = plan.iter().map(|(i, d)| (*i, d.0)).collect();
         use Kernel::*;
+        // (the split-K reduces of fc1's product and fc4's input gradient folded into
+        // the latent kernels that read them; the head's and fc1's weight gradients,
+        // 14 and 15, as one pair)
         assert_eq!(
             k,
             [
                 (0, Gather),
                 (1, Matmul),
-                (1, MatmulReduce),
                 (2, LatentForward),
                 (5, Matmul),
                 (6, Bce),
                 (8, MatmulPair),
-                (8, MatmulReduce),
                 (10, LatentBackward),
                 (11, Matmul),
                 (14, MatmulPair),
                 (16, Adam),
             ]
         );
-        let slots = lower_all(&ops, Fusions::ALL).1;
         // the fused ops' params, in the first one's slot: (first product,
-        // reparameterisation, second product); the others have no slot
+        // reparameterisation, second product, the split product read); the others
+        // have no slot
         let Op::ReparamForward(rp) = ops[3] else {
             unreachable!()
         };
-        for (at, first, second) in [(2, 2, 4), (10, 10, 13)] {
-            let (Op::Matmul { p: q0, .. }, Op::Matmul { p: q1, .. }) = (ops[first], ops[second])
+        for (at, first, second, split, e) in [(2, 2, 4, 1, Buf::Params), (10, 10, 13, 8, Buf::H3)] {
+            let [Op::Matmul { p: q0, .. }, Op::Matmul { p: q1, .. }, Op::Matmul { p: qs, .. }] =
+                [ops[first], ops[second], ops[split]]
             else {
                 unreachable!()
             };
             let mut want = bytemuck::bytes_of(&q0).to_vec();
             want.extend_from_slice(bytemuck::bytes_of(&rp));
             want.extend_from_slice(bytemuck::bytes_of(&q1));
+            let src = SplitSource {
+                splits: choose_splits(&qs),
+                m: qs.m,
+                n: qs.n,
+                flags: qs.flags,
+                e_off: qs.e_off,
+                e_si: qs.e_si,
+                _pad: [0; 2],
+            };
+            assert!(src.splits > 1, "op {split} is split");
+            want.extend_from_slice(bytemuck::bytes_of(&src));
             assert_eq!(slots[at], want, "slot {at}");
+            // the split sums and the product's epilogue operand bound last
+            let d = &plan.iter().find(|d| d.0 == at).unwrap().1;
+            assert_eq!(d.1[d.1.len() - 2..], [Res::Partial, Res::F(e)], "op {at}");
         }
         for i in [3, 4, 12, 13] {
             assert!(slots[i].is_empty(), "op {i} has a slot");
         }
         // the fc3 weight gradient (11) runs after the fused backward, in its own slot
         assert_eq!(slots[11].len(), 64);
-        // (the head's and fc1's weight gradients, 14 and 15, as one pair)
-        // and the count for two steps: 11 per step inside an epoch
+        // and the count for two steps: 9 per step inside an epoch
         let two: Vec<Op> = ops.iter().chain(&ops).copied().collect();
-        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 23);
+        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 19);
+        // without the folds, the two reduces come back and the slots end at 160
+        let unfolded = Fusions {
+            reduces: false,
+            ..Fusions::ALL
+        };
+        let (plan, slots) = lower_all(&ops, unfolded);
+        let reduces: Vec<usize> = plan
+            .iter()
+            .filter(|d| d.1 .0 == MatmulReduce)
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(reduces, [1, 5, 8]);
+        assert_eq!(slots[2].len(), LATENT_SPLIT_SOURCE_AT);
         // without pairs and folds the latent groups are the same
         let plain = Fusions {
             latent: true,

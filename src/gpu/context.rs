@@ -74,7 +74,11 @@ impl Kernel {
     pub fn reads_split(self) -> bool {
         matches!(
             self,
-            Kernel::Bce | Kernel::ReparamForward | Kernel::ReparamBackward
+            Kernel::Bce
+                | Kernel::ReparamForward
+                | Kernel::ReparamBackward
+                | Kernel::LatentForward
+                | Kernel::LatentBackward
         )
     }
 
@@ -202,27 +206,33 @@ impl Kernel {
                 (5, true),
                 (6, false),
             ],
-            // params, h1 → head, eps, z, kl, logpq, h3
+            // params, h1 (written when read from split sums) → head, eps, z, kl,
+            // logpq, h3; split sums, epilogue operand
             Kernel::LatentForward => &[
                 (0, true),
-                (1, true),
+                (1, false),
                 (2, false),
                 (3, false),
                 (4, false),
                 (5, false),
                 (6, false),
                 (7, false),
+                (10, true),
+                (11, true),
             ],
-            // params, h1 (mask), head, eps, dh3 → dz, dhead, dh1
+            // params, h1 (mask), head, eps, dh3 (written when read from split sums)
+            // → dz, dhead, dh1; split sums, epilogue operand
             Kernel::LatentBackward => &[
                 (0, true),
-                (1, true),
+                (1, false),
                 (2, false),
                 (3, false),
-                (8, true),
+                (8, false),
                 (9, false),
-                (10, false),
-                (11, false),
+                (12, false),
+                (13, false),
+                (10, true),
+                (11, true),
             ],
         }
     }
@@ -506,8 +516,8 @@ impl Assembled {
 }
 
 /// Size of the uniform window every kernel sees (the largest params: the latent
-/// kernels' two `MatmulParams` and one `ReparamParams`, 160 bytes).
-pub const UNIFORM_BYTES: u64 = 160;
+/// kernels' two `MatmulParams`, one `ReparamParams` and a `SplitSource`, 192 bytes).
+pub const UNIFORM_BYTES: u64 = 192;
 
 /// Compile `entry` of the WGSL module assembled from `parts` ((file name, source),
 /// concatenated in order), with `constants` for its pipeline-overridable constants,
@@ -643,9 +653,10 @@ pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
-    pub layouts: Vec<wgpu::BindGroupLayout>,
+    /// by `Kernel as usize`; None for a kernel the device cannot bind ([`Self::has`])
+    pub layouts: Vec<Option<wgpu::BindGroupLayout>>,
     pub uniform_layout: wgpu::BindGroupLayout,
-    pub pipelines: Vec<wgpu::ComputePipeline>,
+    pub pipelines: Vec<Option<wgpu::ComputePipeline>>,
     /// the optional features in use (subgroup reductions, timestamps)
     pub features: FeatureUse,
     /// the options it was opened with
@@ -681,11 +692,23 @@ impl GpuContext {
             );
         }
         // WebGPU's default limits (which lavapipe and every desktop GPU meet), with the
-        // storage-buffer size raised to what the image store needs.
+        // storage-buffer size raised to what the image store needs, and storage
+        // buffers per shader stage raised to what the widest kernel binds (the latent
+        // kernels: 10; WebGPU's default is 8) where the adapter has that many — where
+        // it has not, those kernels are not built and the backend runs without them.
         let mut limits = wgpu::Limits::default();
         limits.max_storage_buffer_binding_size =
             limits.max_storage_buffer_binding_size.max(max_buffer);
         limits.max_buffer_size = limits.max_buffer_size.max(max_buffer);
+        let widest = Kernel::ALL
+            .iter()
+            .map(|k| k.bindings().len() as u32)
+            .max()
+            .unwrap_or(0);
+        limits.max_storage_buffers_per_shader_stage = limits
+            .max_storage_buffers_per_shader_stage
+            .max(widest.min(have.max_storage_buffers_per_shader_stage));
+        let storage_per_stage = limits.max_storage_buffers_per_shader_stage;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vae-ood"),
             required_features: features.features(),
@@ -728,43 +751,56 @@ impl GpuContext {
         // made, and these compilations are independent (error scopes are per thread,
         // so each build still catches its own validation errors); the first error in
         // kernel order is the one reported
-        let built: Vec<Result<_>> = std::thread::scope(|s| {
+        // (a kernel that binds more storage buffers than the device allows is not
+        // built: `has` says so)
+        let built: Vec<Option<Result<_>>> = std::thread::scope(|s| {
             let handles: Vec<_> = Kernel::ALL
                 .iter()
                 .map(|&k| {
                     let (device, uniform_layout) = (&device, &uniform_layout);
-                    s.spawn(move || {
-                        build_pipeline(
-                            device,
-                            uniform_layout,
-                            &k.parts(reduce),
-                            k.entry(),
-                            k.bindings(),
-                            opts.checks,
-                            &k.constants(&opts),
-                        )
+                    (k.bindings().len() as u32 <= storage_per_stage).then(|| {
+                        s.spawn(move || {
+                            build_pipeline(
+                                device,
+                                uniform_layout,
+                                &k.parts(reduce),
+                                k.entry(),
+                                k.bindings(),
+                                opts.checks,
+                                &k.constants(&opts),
+                            )
+                        })
                     })
                 })
                 .collect();
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("building a pipeline panicked")))
+                    h.map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow!("building a pipeline panicked")))
+                    })
                 })
                 .collect()
         });
         for b in built {
-            let (bgl, pipeline) = b?;
-            layouts.push(bgl);
-            pipelines.push(pipeline);
+            match b.transpose()? {
+                Some((bgl, pipeline)) => {
+                    layouts.push(Some(bgl));
+                    pipelines.push(Some(pipeline));
+                }
+                None => {
+                    layouts.push(None);
+                    pipelines.push(None);
+                }
+            }
         }
         log::info!(
             "GPU {} ({:?}, {:?}): {} pipelines, max storage binding {} MiB, {}",
             info.name,
             info.device_type,
             info.backend,
-            pipelines.len(),
+            pipelines.iter().flatten().count(),
             device.limits().max_storage_buffer_binding_size >> 20,
             features.summary()
         );
@@ -782,11 +818,21 @@ impl GpuContext {
         })
     }
 
+    /// Whether kernel `k` was built: every kernel is, except where the device allows
+    /// fewer storage buffers per shader stage than it binds (the latent kernels bind
+    /// 10, and WebGPU's default is 8).
+    pub fn has(&self, k: Kernel) -> bool {
+        self.pipelines[k as usize].is_some()
+    }
     pub fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {
-        &self.pipelines[k as usize]
+        self.pipelines[k as usize]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{k:?} was not built (see GpuContext::has)"))
     }
     pub fn layout(&self, k: Kernel) -> &wgpu::BindGroupLayout {
-        &self.layouts[k as usize]
+        self.layouts[k as usize]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{k:?} was not built (see GpuContext::has)"))
     }
 
     /// Turn a recorded wgpu error or a lost device into an error.
