@@ -1316,11 +1316,9 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
                 .map(|x| x.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
                 .collect::<Vec<_>>()
         };
-        for dir in 0..2 {
-            assert!(
-                bits(&folded_or_not[0][dir]) == bits(&folded_or_not[1][dir]),
-                "{name}: folded vs not, direction {dir}"
-            );
+        let (folded, not) = (&folded_or_not[0], &folded_or_not[1]);
+        for (dir, (a, b)) in folded.iter().zip(not).enumerate() {
+            assert!(bits(a) == bits(b), "{name}: folded vs not, direction {dir}");
         }
     }
 }
