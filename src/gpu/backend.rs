@@ -433,7 +433,9 @@ fn dense_c(q: &MatmulParams, width: u32) -> bool {
 ///   other three touch, so it may run after them).
 ///
 /// The images of a batch must fit one dispatch row and the model the kernels'
-/// workgroup memory ([`MAX_HIDDEN`], [`MAX_LATENT`]); rows are read and written
+/// workgroup memory ([`MAX_HIDDEN`], [`MAX_LATENT`]: every row read or written
+/// there, and every product's output count, at least 1 so that the kernels'
+/// threads-per-output division has a divisor); rows are read and written
 /// where the ops say, except the head, z, dz and dhead, which must be the dense
 /// (B·K, width) layouts the reparameterisation uses.
 fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
@@ -478,6 +480,7 @@ fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
                 && qh.k <= MAX_HIDDEN
                 && dense_c(qh, 2 * rp.l)
                 && qd.m == rp.images * rp.draws
+                && (1..=MAX_HIDDEN).contains(&qd.n)
                 && dense_a(qd, rp.l) =>
         {
             Some(Group {
@@ -530,6 +533,7 @@ fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
                 && qz.k <= MAX_HIDDEN
                 && dense_c(qz, rp.l)
                 && qx.m == rp.images
+                && (1..=MAX_HIDDEN).contains(&qx.n)
                 && dense_a(qx, 2 * rp.l)
                 && {
                     // the weight gradient moves after the fused three: it must not
@@ -1587,6 +1591,16 @@ mod tests {
             }
         }
         assert_eq!(fused(&tall), (false, false));
+        // a second product with more outputs than the kernels hold, or none
+        for n in [MAX_HIDDEN + 1, 0] {
+            let mut wide_out = ops.clone();
+            for i in [4, 13] {
+                if let Op::Matmul { p, .. } = &mut wide_out[i] {
+                    p.n = n;
+                }
+            }
+            assert_eq!(fused(&wide_out), (false, false), "{n} outputs");
+        }
         // a fc3 weight gradient that writes what the fused ops read: it cannot move
         // after them
         let mut clash = ops.clone();

@@ -537,9 +537,11 @@ pub const UNIFORM_BYTES: u64 = 192;
 /// (`examples/gpu_variants.rs`); whether they are on a hardware GPU is for
 /// `bench/gpu.sh` to say. Trusting is sound for the shaders in `shaders/` because:
 /// - every workgroup-memory index is in range by construction (matmul tiles:
-///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256), and so is every
-///   tile `matmul_pair` derives from its workgroup id (the backend dispatches
-///   exactly one workgroup per tile of the two problems);
+///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256; the latent
+///   kernels: rows and output counts ≤ 1,024 hidden units and 2 × 64 latents,
+///   which the lowering checks, `lower_latent`, and thread shares t < 256), and
+///   so is every tile `matmul_pair` derives from its workgroup id (the backend
+///   dispatches exactly one workgroup per tile of the two problems);
 /// - every storage access is guarded by the op's sizes, which the backend checks
 ///   against the buffer lengths before recording ([`crate::plan::Op::check`]),
 ///   and image numbers in the index are checked where they are written;
@@ -547,7 +549,9 @@ pub const UNIFORM_BYTES: u64 = 192;
 ///   rest, and with it wgpu adds no storage clamps even for checked modules;
 /// - every loop advances a counter towards a bound from the op's sizes, and those
 ///   sizes are element counts of checked buffers (< 2³⁰), so no counter wraps;
-/// - every integer divisor is a size that the guard before it makes non-zero;
+/// - every integer divisor is a size that the guard before it makes non-zero
+///   (the latent kernels' threads per output, 256 / n: n ≥ 1, checked by the
+///   lowering);
 /// - workgroup memory is written before it is read (behind a barrier).
 ///
 /// Trusted and checked modules give the same bits (tested).
