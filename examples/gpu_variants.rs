@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             subgroups: Subgroups::Auto,
             checks,
             prefetch,
+            ..GpuOptions::default()
         };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
         be.set_fusions(f);

@@ -511,6 +511,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             subgroups: Subgroups::Auto,
             checks,
             prefetch,
+            ..GpuOptions::default()
         };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts).unwrap();
         assert_eq!(
@@ -588,5 +589,92 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");
         }
+    }
+}
+
+/// A device that allows only WebGPU's default 8 storage buffers per shader stage
+/// cannot bind the latent kernels (10): they are not built and the backend runs
+/// without the latent block — the same dispatches and bits as a device that has
+/// them with the latent fusion switched off (two training steps and an IWAE
+/// scoring batch).
+#[test]
+fn a_device_without_the_latent_kernels_runs_without_them() {
+    use vae_ood::backend::Backend;
+    use vae_ood::gpu::{Fusions, GpuBackend, GpuOptions, Kernel};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let mut rng = fresh_rng("a_device_without_the_latent_kernels_runs_without_them");
+    let dims = Dims {
+        d: 53,
+        h: 133,
+        l: 3,
+    };
+    let lay = Layout::new(dims);
+    let (b, n_img, steps) = (19, 40, 2);
+    let store = image_bytes(&mut rng, n_img * dims.d, 0.5);
+    let idx = random_idx(&mut rng, steps * b, n_img);
+    let sizes = run_sizes(dims, b, 2, steps + 1);
+    let params = lay.init(rng.random());
+    let mut ops = train_steps_ops(dims, b, steps, 2, 0);
+    let score = Batch {
+        images: b,
+        draws: 2,
+        idx_off: 0,
+        seed: 2,
+        stream: 99,
+        row_base: 0,
+        out_off: steps * b,
+        slot: Some(steps),
+        mode: vae_ood::cpu::LOSS_IWAE,
+    };
+    ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
+    let run = |cap: Option<u32>, latent: bool| {
+        let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
+        let opts = GpuOptions {
+            storage_buffers: cap,
+            ..GpuOptions::default()
+        };
+        let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts).unwrap();
+        be.set_fusions(Fusions {
+            latent,
+            ..Fusions::ALL
+        });
+        let built = be.context().has(Kernel::LatentForward);
+        let dispatches = be.dispatches(&ops);
+        be.write_idx(0, &idx).unwrap();
+        be.write(Buf::Params, 0, &params).unwrap();
+        be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
+        be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
+        be.run(&ops).unwrap();
+        let bits: Vec<Vec<u32>> = Buf::ALL
+            .iter()
+            .map(|&buf| {
+                let v = be.read(buf, 0..buf.len(&sizes)).unwrap();
+                v.iter().map(|x| x.to_bits()).collect()
+            })
+            .collect();
+        (built, be.describe(), dispatches, bits)
+    };
+    // asked for the latent fusion, but the kernels are not there
+    let narrow = run(Some(8), true);
+    let off = run(None, false);
+    let on = run(None, true);
+    let built = (narrow.0, off.0, on.0);
+    assert_eq!(
+        built,
+        (false, true, true),
+        "latent kernels built (8 buffers, default, default)"
+    );
+    assert!(narrow.1.contains("no latent fusion"), "{}", narrow.1);
+    assert_eq!(narrow.2, off.2);
+    assert!(
+        on.2 < off.2,
+        "{} dispatches with the latent block, {} without",
+        on.2,
+        off.2
+    );
+    for (buf, (got, want)) in Buf::ALL.iter().zip(narrow.3.iter().zip(&off.3)) {
+        assert!(got == want, "{buf:?} differs");
     }
 }

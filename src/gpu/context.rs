@@ -308,6 +308,23 @@ pub struct GpuOptions {
     /// the matmul issues its reads of the next K step before the multiply of the
     /// current one (`VAE_OOD_GPU_PREFETCH=1`; off by default; identical bits)
     pub prefetch: bool,
+    /// the most storage buffers per shader stage to request (None: as many as the
+    /// widest kernel binds, where the adapter has them). Kernels binding more are
+    /// not built ([`GpuContext::has`]); tests set 8 (WebGPU's default) to run the
+    /// path of a device without the latent kernels on any adapter.
+    pub storage_buffers: Option<u32>,
+}
+
+impl Default for GpuOptions {
+    /// Subgroups where offered, every runtime check, no prefetch, no cap.
+    fn default() -> Self {
+        GpuOptions {
+            subgroups: Subgroups::Auto,
+            checks: ShaderChecks::All,
+            prefetch: false,
+            storage_buffers: None,
+        }
+    }
 }
 
 /// Which of wgpu's runtime checks the shader modules get (`VAE_OOD_GPU_TRUSTED`).
@@ -356,6 +373,7 @@ impl GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
             checks: ShaderChecks::from_env(),
             prefetch: crate::knobs::flag(crate::knobs::GPU_PREFETCH),
+            storage_buffers: None,
         }
     }
 }
@@ -709,9 +727,12 @@ impl GpuContext {
             .map(|k| k.bindings().len() as u32)
             .max()
             .unwrap_or(0);
-        limits.max_storage_buffers_per_shader_stage = limits
-            .max_storage_buffers_per_shader_stage
-            .max(widest.min(have.max_storage_buffers_per_shader_stage));
+        limits.max_storage_buffers_per_shader_stage =
+            limits.max_storage_buffers_per_shader_stage.max(
+                widest
+                    .min(have.max_storage_buffers_per_shader_stage)
+                    .min(opts.storage_buffers.unwrap_or(u32::MAX)),
+            );
         let storage_per_stage = limits.max_storage_buffers_per_shader_stage;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vae-ood"),

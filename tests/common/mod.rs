@@ -69,7 +69,7 @@ pub fn gpu_variant(
         GpuOptions {
             subgroups,
             checks: ShaderChecks::All,
-            prefetch: false,
+            ..GpuOptions::default()
         },
     )
     .expect("GPU backend");
