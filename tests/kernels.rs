@@ -1126,14 +1126,7 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         let dims = Dims { d: 129, h, l };
         let (b, k) = (37, 3);
         let lay = Layout::new(dims);
-        let sizes = Sizes {
-            dims,
-            params: lay.total,
-            max_images: b,
-            max_rows: b * k,
-            sample_slots: b,
-            batch_slots: 1,
-        };
+        let sizes = run_sizes(dims, b, k, 1);
         let bt = Batch {
             images: b,
             draws: k,
@@ -1329,7 +1322,6 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
 /// 37 rows; 53 × 29 and 20 × 67 gradients: partial tiles in both problems.
 #[test]
 fn matmul_pair_two_weight_gradients() {
-    use vae_ood::gpu::{self, GpuBackend};
     let mut rng = fresh_rng("matmul_pair_two_weight_gradients");
     let m = 37;
     let ((n0, k0), (n1, k1)) = ((53, 29), (20, 67));
@@ -1368,19 +1360,12 @@ fn matmul_pair_two_weight_gradients() {
     let regions = [w0..w0 + n0 * k0, b0..b0 + n0, w1..w1 + n1 * k1, b1..b1 + n1];
     let cpu = run(&mut *cpu_backend(&[0; 4], 1, SIZES));
     assert_written("CPU grads", &cpu, &regions, true);
-    let Some(adapter) = gpu::select_adapter().unwrap() else {
-        // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
-        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+    // one dispatch, then two, with the same bits (or None: no adapter, see common)
+    let Some(results) = gpu_one_dispatch_and_two(&[0; 4], 1, &ops, &[Buf::Grads], |be| [run(be)])
+    else {
         return;
     };
-    let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
-    let mut results = Vec::new();
-    for pairs in [true, false] {
-        gpu.set_fused(pairs);
-        assert_eq!(gpu.dispatches(&ops), if pairs { 1 } else { 2 });
-        results.push(run(&mut gpu));
-    }
-    for (res, how) in results.iter().zip(["one pair dispatch", "two dispatches"]) {
+    for ([res], how) in results.iter().zip(["one pair dispatch", "two dispatches"]) {
         assert_written(&format!("grads, {how}"), res, &regions, true);
         for r in &regions {
             // sums of 37 O(1) terms: as MM_ATOL/MM_RTOL
@@ -1388,8 +1373,6 @@ fn matmul_pair_two_weight_gradients() {
             assert_close(&what, &res[r.clone()], &cpu[r.clone()], MM_ATOL, MM_RTOL);
         }
     }
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&results[0]), bits(&results[1]), "pair vs two");
 }
 
 /// IWAE scoring with K = 64 draws per image, the whole forward as `forward_ops`
@@ -1405,14 +1388,7 @@ fn iwae_scoring_with_64_draws_through_the_latent_block() {
     let dims = Dims { d: D, h: 67, l: 5 };
     let (b, k) = (7, 64);
     let lay = Layout::new(dims);
-    let sizes = Sizes {
-        dims,
-        params: lay.total,
-        max_images: b,
-        max_rows: b * k,
-        sample_slots: b,
-        batch_slots: 1,
-    };
+    let sizes = run_sizes(dims, b, k, 1);
     let store = random_store(&mut rng);
     let idx: Vec<u32> = (0..b)
         .map(|_| rng.random_range(0..N_IMAGES as u32))
