@@ -475,45 +475,24 @@ fn cpu_sparse_first_layer_matches_dense() {
 #[test]
 fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     use vae_ood::backend::Backend;
-    use vae_ood::gpu::{Fusions, GpuBackend, GpuOptions, ShaderChecks, Subgroups};
+    use vae_ood::gpu::{Fusions, GpuOptions, ShaderChecks, Subgroups};
     // fails without an adapter unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
     }
-    let mut rng = fresh_rng("gpu_results_do_not_depend_on_submission_checks_or_fusions");
-    let dims = Dims {
-        d: 53,
-        h: 133,
-        l: 3,
-    };
-    let lay = Layout::new(dims);
-    let (b, n_img, steps) = (19, 40, 3);
-    let store = image_bytes(&mut rng, n_img * dims.d, 0.5);
-    let idx = random_idx(&mut rng, steps * b, n_img);
-    let sizes = run_sizes(dims, b, 2, steps + 1);
-    let params = lay.init(rng.random());
-    let mut ops = train_steps_ops(dims, b, steps, 2, 0);
-    let score = Batch {
-        images: b,
-        draws: 2,
-        idx_off: 0,
-        seed: 2,
-        stream: 99,
-        row_base: 0,
-        out_off: steps * b,
-        slot: Some(steps),
-        mode: vae_ood::cpu::LOSS_IWAE,
-    };
-    ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
+    let case = GpuRunCase::new(
+        "gpu_results_do_not_depend_on_submission_checks_or_fusions",
+        3,
+    );
+    let ops = &case.ops;
     let run = |chunk: usize, checks: ShaderChecks, fused: bool, prefetch: bool| {
-        let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
             checks,
             prefetch,
             ..GpuOptions::default()
         };
-        let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts).unwrap();
+        let mut be = case.backend(opts);
         assert_eq!(
             be.describe().contains("trusted shaders"),
             checks == ShaderChecks::Trusted
@@ -548,18 +527,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             "Adam and the next gather in one dispatch"
         );
         be.set_fused(fused);
-        be.write_idx(0, &idx).unwrap();
-        be.write(Buf::Params, 0, &params).unwrap();
-        be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
-        be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
-        be.run(&ops).unwrap();
-        Buf::ALL
-            .iter()
-            .map(|&buf| {
-                let v = be.read(buf, 0..buf.len(&sizes)).unwrap();
-                (buf, v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
-            })
-            .collect::<Vec<_>>()
+        case.run(&mut be)
     };
     assert!(
         ops.len() > 40,
@@ -570,7 +538,11 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
-        &params.iter().map(|x| x.to_bits()).collect::<Vec<u32>>(),
+        &case
+            .params
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<u32>>(),
         "parameters must have moved"
     );
     for (what, other) in [
@@ -600,61 +572,23 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
 #[test]
 fn a_device_without_the_latent_kernels_runs_without_them() {
     use vae_ood::backend::Backend;
-    use vae_ood::gpu::{Fusions, GpuBackend, GpuOptions, Kernel};
+    use vae_ood::gpu::{Fusions, GpuOptions, Kernel};
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
     }
-    let mut rng = fresh_rng("a_device_without_the_latent_kernels_runs_without_them");
-    let dims = Dims {
-        d: 53,
-        h: 133,
-        l: 3,
-    };
-    let lay = Layout::new(dims);
-    let (b, n_img, steps) = (19, 40, 2);
-    let store = image_bytes(&mut rng, n_img * dims.d, 0.5);
-    let idx = random_idx(&mut rng, steps * b, n_img);
-    let sizes = run_sizes(dims, b, 2, steps + 1);
-    let params = lay.init(rng.random());
-    let mut ops = train_steps_ops(dims, b, steps, 2, 0);
-    let score = Batch {
-        images: b,
-        draws: 2,
-        idx_off: 0,
-        seed: 2,
-        stream: 99,
-        row_base: 0,
-        out_off: steps * b,
-        slot: Some(steps),
-        mode: vae_ood::cpu::LOSS_IWAE,
-    };
-    ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
+    let case = GpuRunCase::new("a_device_without_the_latent_kernels_runs_without_them", 2);
     let run = |cap: Option<u32>, latent: bool| {
-        let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
-        let opts = GpuOptions {
+        let mut be = case.backend(GpuOptions {
             storage_buffers: cap,
             ..GpuOptions::default()
-        };
-        let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts).unwrap();
+        });
         be.set_fusions(Fusions {
             latent,
             ..Fusions::ALL
         });
         let built = be.context().has(Kernel::LatentForward);
-        let dispatches = be.dispatches(&ops);
-        be.write_idx(0, &idx).unwrap();
-        be.write(Buf::Params, 0, &params).unwrap();
-        be.write(Buf::AdamM, 0, &vec![0.0; lay.total]).unwrap();
-        be.write(Buf::AdamV, 0, &vec![0.0; lay.total]).unwrap();
-        be.run(&ops).unwrap();
-        let bits: Vec<Vec<u32>> = Buf::ALL
-            .iter()
-            .map(|&buf| {
-                let v = be.read(buf, 0..buf.len(&sizes)).unwrap();
-                v.iter().map(|x| x.to_bits()).collect()
-            })
-            .collect();
-        (built, be.describe(), dispatches, bits)
+        let dispatches = be.dispatches(&case.ops);
+        (built, be.describe(), dispatches, case.run(&mut be))
     };
     // asked for the latent fusion, but the kernels are not there
     let narrow = run(Some(8), true);
@@ -674,7 +608,82 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
         on.2,
         off.2
     );
-    for (buf, (got, want)) in Buf::ALL.iter().zip(narrow.3.iter().zip(&off.3)) {
+    for ((buf, got), (_, want)) in narrow.3.iter().zip(&off.3) {
         assert!(got == want, "{buf:?} differs");
+    }
+}
+
+/// Training steps of a small model (hidden width 133, so that the decoder product
+/// splits K) and an IWAE scoring batch with two draws, and what they start from:
+/// the runs the GPU comparisons above make on each variant.
+struct GpuRunCase {
+    store: Vec<u8>,
+    idx: Vec<u32>,
+    sizes: vae_ood::plan::Sizes,
+    params: Vec<f32>,
+    ops: Vec<plan::Op>,
+}
+
+impl GpuRunCase {
+    /// `steps` training steps of 19 images, then the scoring batch; inputs drawn
+    /// from the test's `fresh_rng(name)`.
+    fn new(name: &str, steps: usize) -> GpuRunCase {
+        let mut rng = fresh_rng(name);
+        let dims = Dims {
+            d: 53,
+            h: 133,
+            l: 3,
+        };
+        let lay = Layout::new(dims);
+        let (b, n_img) = (19, 40);
+        let store = image_bytes(&mut rng, n_img * dims.d, 0.5);
+        let idx = random_idx(&mut rng, steps * b, n_img);
+        let params = lay.init(rng.random());
+        let mut ops = train_steps_ops(dims, b, steps, 2, 0);
+        let score = Batch {
+            images: b,
+            draws: 2,
+            idx_off: 0,
+            seed: 2,
+            stream: 99,
+            row_base: 0,
+            out_off: steps * b,
+            slot: Some(steps),
+            mode: vae_ood::cpu::LOSS_IWAE,
+        };
+        ops.extend(plan::forward_ops(dims, &lay.offsets(), &score, false));
+        GpuRunCase {
+            store,
+            idx,
+            sizes: run_sizes(dims, b, 2, steps + 1),
+            params,
+            ops,
+        }
+    }
+
+    /// A GPU backend for the case, opened with `opts` (the test has an adapter).
+    fn backend(&self, opts: vae_ood::gpu::GpuOptions) -> vae_ood::gpu::GpuBackend {
+        let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
+        vae_ood::gpu::GpuBackend::with_options(a, &self.store, self.idx.len(), self.sizes, opts)
+            .unwrap()
+    }
+
+    /// Every op run on `be` from the initial parameters and zero Adam moments:
+    /// the bits of every buffer afterwards.
+    fn run(&self, be: &mut vae_ood::gpu::GpuBackend) -> Vec<(Buf, Vec<u32>)> {
+        use vae_ood::backend::Backend;
+        let n = self.params.len();
+        be.write_idx(0, &self.idx).unwrap();
+        be.write(Buf::Params, 0, &self.params).unwrap();
+        be.write(Buf::AdamM, 0, &vec![0.0; n]).unwrap();
+        be.write(Buf::AdamV, 0, &vec![0.0; n]).unwrap();
+        be.run(&self.ops).unwrap();
+        Buf::ALL
+            .iter()
+            .map(|&buf| {
+                let v = be.read(buf, 0..buf.len(&self.sizes)).unwrap();
+                (buf, v.iter().map(|x| x.to_bits()).collect())
+            })
+            .collect()
     }
 }
