@@ -451,6 +451,12 @@ fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
         (1..=65_535).contains(&p.images) && (1..=MAX_LATENT).contains(&p.l) && p.draws >= 1
     };
     let only = |q: &MatmulParams, allowed: u32| q.flags & !allowed == 0;
+    // a latent kernel over `images` workgroups, its eight buffers then the split sums
+    let latent = |kernel: Kernel, bufs: [Buf; 8], images: u32| {
+        let mut res: Vec<Res> = bufs.map(f).to_vec();
+        res.extend([Res::Partial, partial_e]);
+        (0, (kernel, res, (images, 1, 1)))
+    };
     let slot = |q0: &MatmulParams, p: &ReparamParams, q1: &MatmulParams| {
         let mut bytes = bytes_of(q0).to_vec();
         bytes.extend_from_slice(bytes_of(p));
@@ -483,26 +489,10 @@ fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
                 && (1..=MAX_HIDDEN).contains(&qd.n)
                 && dense_a(qd, rp.l) =>
         {
+            use Buf::*;
+            let bufs = [Params, H1, Head, Eps, Z, Kl, LogPq, H3];
             Some(Group {
-                dispatches: vec![(
-                    0,
-                    (
-                        Kernel::LatentForward,
-                        vec![
-                            f(Buf::Params),
-                            f(Buf::H1),
-                            f(Buf::Head),
-                            f(Buf::Eps),
-                            f(Buf::Z),
-                            f(Buf::Kl),
-                            f(Buf::LogPq),
-                            f(Buf::H3),
-                            Res::Partial,
-                            partial_e,
-                        ],
-                        (rp.images, 1, 1),
-                    ),
-                )],
+                dispatches: vec![latent(Kernel::LatentForward, bufs, rp.images)],
                 slots: vec![(0, slot(qh, rp, qd))],
                 used: 3,
             })
@@ -545,26 +535,10 @@ fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
                         && !touched.contains(wc)
                 } =>
         {
+            use Buf::*;
             let (dw_dispatches, dw_bytes) = lower_one(dw);
-            let mut dispatches = vec![(
-                0,
-                (
-                    Kernel::LatentBackward,
-                    vec![
-                        f(Buf::Params),
-                        f(Buf::H1),
-                        f(Buf::Head),
-                        f(Buf::Eps),
-                        f(Buf::Dh3),
-                        f(Buf::Dz),
-                        f(Buf::Dhead),
-                        f(Buf::Dh1),
-                        Res::Partial,
-                        partial_e,
-                    ],
-                    (rp.images, 1, 1),
-                ),
-            )];
+            let bufs = [Params, H1, Head, Eps, Dh3, Dz, Dhead, Dh1];
+            let mut dispatches = vec![latent(Kernel::LatentBackward, bufs, rp.images)];
             dispatches.extend(dw_dispatches.into_iter().map(|d| (1, d)));
             Some(Group {
                 dispatches,
