@@ -214,7 +214,7 @@ struct Lowered {
 /// group (with `latent`, the latent fusion on) whose first product reads the whole
 /// of C as dense rows of A (the latent kernels bind `e` itself).
 fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool {
-    let dense = q.c_off == 0 && q.c_si == q.n;
+    let dense = dense_c(q, q.n);
     let params_only = q.flags & (MM_BIAS | MM_MASK) == 0 || e == Buf::Params;
     let reads_all = match rest.first() {
         Some(Op::Bce(p)) => params_only && c == Buf::Logits && p.rows == q.m && p.d == q.n,
