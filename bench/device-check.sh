@@ -4,13 +4,20 @@
 # driver, both reduction variants), then bench/gpu.sh (vae-ood against PyTorch and the
 # variants, one table), then the kernel experiments (one step per GPU variant with
 # per-op timestamps; each product alone, each gradient pair fused and not), in one
-# call. Logs go to $OUT when it is set.
+# call. Logs go to bench/out, or, when $OUT is set (the device tool, which brings back
+# at most 8 files), into one $OUT/logs.tgz, refreshed after each phase so a run cut
+# short still returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
 set -uo pipefail
 cd "$(dirname "$0")/.."
-LOG=${OUT:-bench/out}
+if [ -n "${OUT:-}" ]; then LOG=$(mktemp -d); else LOG=bench/out; fi
 mkdir -p "$LOG"
-for f in .devbin/*.gz; do gunzip -kf "$f"; done
+snapshot() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/logs.tgz" -C "$LOG" .; fi; }
+# (xz, or Python's lzma where the machine has no xz)
+for f in .devbin/*.xz; do
+  xz -dkf "$f" 2>/dev/null || python3 -c 'import lzma, shutil, sys
+with lzma.open(sys.argv[1]) as i, open(sys.argv[1][:-3], "wb") as o: shutil.copyfileobj(i, o)' "$f"
+done
 chmod +x .devbin/vae-ood .devbin/test_* .devbin/ex_*
 # shellcheck source=bench/vulkan-env.sh
 source bench/vulkan-env.sh
@@ -26,10 +33,13 @@ for t in kernels torch_fixture train_step "bench timestamp" gpu_errors; do
     | tee "$LOG/test_$1.txt" | tail -n 3
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
+snapshot
 if [ -z "${SKIP_BENCH:-}" ]; then
   OUTDIR="$LOG/bench" bash bench/gpu.sh .devbin/vae-ood 2>&1 | grep -v '^{' | tee "$LOG/bench.txt"
+  snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
   timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
 fi
+snapshot
 exit $status

@@ -2,7 +2,9 @@
 # Here (a machine with Rust): build what a GPU machine without Rust needs for
 # bench/device-check.sh into .devbin/ (git-ignored): the release binary, the GPU
 # test binaries and two kernel experiments (examples/gpu_variants.rs,
-# examples/matmul_micro.rs), stripped and gzipped to travel light. Then carry .devbin to the GPU
+# examples/matmul_micro.rs), stripped and xz-compressed to travel light (the device
+# call carries at most 64 MiB with the working tree, whose data/ is 42 MB; gzip left
+# 24 MB here, over the limit, xz -9e leaves 17.4 MB). Then carry .devbin to the GPU
 # machine and run `bash bench/device-check.sh` there from the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +25,5 @@ for line in sys.stdin:
   cp "$exe" ".devbin/test_$t"
 done
 strip .devbin/*
-gzip -f .devbin/*
+xz -9e -T2 -f .devbin/*
 ls -la .devbin && du -sh .devbin
