@@ -253,12 +253,15 @@ fn importance_weighted_scores_are_tighter_than_elbo() {
 /// "epoch" in one op list (so Adam fusion crosses step boundaries), on a scoring
 /// forward with K = 3 draws, and on an op list where fusing would be wrong (the
 /// fc4 input gradient moved after its weight gradient, so it reads W4: the backend
-/// must notice and run Adam only at the Adam op).
+/// must notice and run Adam only at the Adam op). Run on 2, 3 and 16 threads: the
+/// products band C by thread, and the GEMM crate's bits depend on a band's rows (a
+/// 16-core machine found fused and unfused runs cutting C differently).
 #[test]
 fn cpu_fusions_change_no_bit() {
     use vae_ood::backend::Backend;
     let mut rng = fresh_rng("cpu_fusions_change_no_bit");
-    // odd sizes: bands of 19 and 18 rows on two threads, 53 pixels, 7 hidden, 3 latent
+    // odd sizes: bands of 19 and 18 rows on two threads (1 to 3 rows on 16), 53
+    // pixels, 37 hidden, 3 latent
     let dims = Dims { d: 53, h: 37, l: 3 };
     let lay = Layout::new(dims);
     let (b, n_img, steps, k) = (37, 50, 3, 3);
@@ -349,15 +352,24 @@ fn cpu_fusions_change_no_bit() {
             ),
             ("dX after dW", vec![&swapped[..]], (1, 3)),
         ];
-        for (what, lists, want) in cases {
-            let ((fused, count, sf), (plain, none, sp)) = (run(false, &lists), run(true, &lists));
+        for ((what, lists, want), threads) in cases
+            .iter()
+            .flat_map(|c| [2, 3, 16].map(|t| (c, t)))
+        {
+            let what = format!("{what}, {threads} threads");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let ((fused, count, sf), (plain, none, sp)) =
+                pool.install(|| (run(false, lists), run(true, lists)));
             assert_eq!(
                 sf > 0,
                 sparse_input,
                 "{what}: sparse products ran {sf} times"
             );
             assert_eq!(sf, sp, "{what}: the same products must run sparse");
-            assert_eq!(count, want, "{what}: fusions (BCE, Adam) that ran");
+            assert_eq!(count, *want, "{what}: fusions (BCE, Adam) that ran");
             assert_eq!(none, (0, 0), "{what}: the unfused backend fused");
             for ((buf, f), (_, p)) in fused.iter().zip(&plain) {
                 let same = f.iter().zip(p).all(|(a, c)| a.to_bits() == c.to_bits());

@@ -408,8 +408,10 @@ impl CpuBackend {
             ) = (ops[i], ops.get(i + 1))
             {
                 let dense = p.c_off == 0 && p.c_si == p.n && p.n == bp.d && p.m == bp.rows;
-                if dense && p.flags == cpu::matmul::MM_BIAS && a != Buf::Logits && a != Buf::Bce {
-                    self.exec_linear_bce(&p, a, bp);
+                let band = linear_bce_band(&p, bp.draws as usize);
+                let plain = p.flags == cpu::matmul::MM_BIAS && a != Buf::Logits && a != Buf::Bce;
+                if let (true, true, Some(band)) = (dense, plain, band) {
+                    self.exec_linear_bce(&p, a, bp, band);
                     self.fused.0 += 1;
                     return 2;
                 }
@@ -450,7 +452,7 @@ impl CpuBackend {
     }
 
     /// fc4 forward and the BCE that follows it, band by band.
-    fn exec_linear_bce(&mut self, mm: &MatmulParams, a: Buf, bce: &cpu::BceParams) {
+    fn exec_linear_bce(&mut self, mm: &MatmulParams, a: Buf, bce: &cpu::BceParams, band: usize) {
         let (mut logits, mut out) = (self.take(Buf::Logits), self.take(Buf::Bce));
         par_linear_bce(
             &mut logits,
@@ -460,6 +462,7 @@ impl CpuBackend {
             self.get(Buf::X),
             mm,
             bce,
+            band,
         );
         self.put(Buf::Logits, logits);
         self.put(Buf::Bce, out);

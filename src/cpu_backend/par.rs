@@ -48,15 +48,30 @@ pub(super) fn par_matmul(c: &mut [f32], a: &[f32], b: &[f32], e: &[f32], p: &Mat
         };
         return par_matmul(c, a, b, e, &q);
     }
-    let threads = rayon::current_num_threads().max(1);
-    let flops = m * p.n as usize * p.k as usize;
-    if threads == 1 || m < 2 * threads || flops < 1 << 18 {
+    let band = matmul_band(p);
+    if band >= m {
         return cpu::matmul(c, a, b, e, p);
     }
     let (c_si, n) = (p.c_si as usize, p.n as usize);
-    bands_mut(c, p.c_off as usize, c_si, n, m, band_len(m, 1)).for_each(|(i0, rows, cs)| {
+    bands_mut(c, p.c_off as usize, c_si, n, m, band).for_each(|(i0, rows, cs)| {
         cpu::matmul(cs, a, b, e, &band_params(p, i0, rows));
     });
+}
+
+/// Rows of C per band for the product `p`: one band per thread, or all `m` rows
+/// in one band when the product is too small to share out. Every banded product
+/// (`par_matmul`, the fused `par_grad_adam`) must band by this: the GEMM crate
+/// picks its kernels and blocking by shape, so a band of 3 rows and the same
+/// rows inside a product of 37 need not give the same bits, and a fused and an
+/// unfused run agree bit for bit only if they cut C the same way.
+pub(super) fn matmul_band(p: &MatmulParams) -> usize {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 || m < 2 * threads || m * n * k < 1 << 18 {
+        m.max(1)
+    } else {
+        band_len(m, 1)
+    }
 }
 
 /// A buffer's base and length, to hand disjoint parts of it to threads.
@@ -83,8 +98,18 @@ pub(super) fn band_params(p: &MatmulParams, i0: usize, rows: usize) -> MatmulPar
     q
 }
 
+/// The bands of [`par_linear_bce`] for the decoder output product `mm` with `draws`
+/// rows per image: `par_matmul`'s bands (so the logits have the unfused run's bits),
+/// if they hold whole images' draws; else `None`, and the two ops run apart.
+pub(super) fn linear_bce_band(mm: &MatmulParams, draws: usize) -> Option<usize> {
+    let band = matmul_band(mm);
+    (band >= mm.m as usize || band % draws.max(1) == 0).then_some(band)
+}
+
 /// logits = h Wᵀ + b (the decoder output layer, `mm`) and then `cpu::bce_logits` on
-/// the same rows, one band of whole images per thread.
+/// the same rows, one band of whole images per thread (`band` from
+/// [`linear_bce_band`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn par_linear_bce(
     logits: &mut [f32],
     bce: &mut [f32],
@@ -93,9 +118,9 @@ pub(super) fn par_linear_bce(
     x: &[f32],
     mm: &MatmulParams,
     bp: &cpu::BceParams,
+    band: usize,
 ) {
     let (k, d, m) = (bp.draws as usize, bp.d as usize, mm.m as usize);
-    let band = band_len(m, k);
     bands_mut(logits, 0, d, d, m, band)
         .zip(bands_mut(bce, 0, 1, 1, m, band))
         .for_each(|((r0, rows, lc), (_, _, bc))| {
@@ -135,7 +160,7 @@ pub(super) fn par_grad_adam(
     let (m, n) = (mm.m as usize, mm.n as usize);
     let (c_off, e_off) = (mm.c_off as usize, mm.e_off as usize);
     cpu::matmul::bias_sums(st.grads, a, mm);
-    let band = band_len(m, 1);
+    let band = matmul_band(mm);
     bands_mut(st.grads, c_off, n, n, m, band)
         .zip(bands_mut(st.params, c_off, n, n, m, band))
         .zip(bands_mut(st.m, c_off, n, n, m, band))
