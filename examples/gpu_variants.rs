@@ -1,8 +1,8 @@
 //! MNIST training steps (batch 128, the reference model) on the GPU backend in the
 //! variants that `bench/gpu.sh` compares, in turn, on whatever adapter wgpu picks:
-//! the default; trusted shader modules (`VAE_OOD_GPU_TRUSTED=1`: no index clamps,
-//! loop-bounding counters, division guards or zeroed workgroup memory); without the
-//! loop-bounding counters only (`=loops`); the matmul prefetching its next K step
+//! the default (trusted shader modules: no index clamps, loop-bounding counters,
+//! division guards or zeroed workgroup memory); checked modules
+//! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters (`=loops`); the matmul prefetching its next K step
 //! (`VAE_OOD_GPU_PREFETCH=1`); without the latent fusion, without the gradient
 //! pairs, without the folded reduces, and without all three
 //! (`VAE_OOD_GPU_UNFUSED=latent|pairs|reduces|1`). Each round runs `steps` steps in one
@@ -48,13 +48,13 @@ fn main() -> anyhow::Result<()> {
     let all = Fusions::ALL;
     use ShaderChecks::{All, NoLoopBounds, Trusted};
     for (name, checks, prefetch, f) in [
-        ("default", All, false, all),
-        ("trusted", Trusted, false, all),
+        ("default", Trusted, false, all),
+        ("checked", All, false, all),
         ("no loop counters", NoLoopBounds, false, all),
-        ("prefetch", All, true, all),
+        ("prefetch", Trusted, true, all),
         (
             "no latent fusion",
-            All,
+            Trusted,
             false,
             Fusions {
                 latent: false,
@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         ),
         (
             "no pairs",
-            All,
+            Trusted,
             false,
             Fusions {
                 pairs: false,
@@ -72,14 +72,14 @@ fn main() -> anyhow::Result<()> {
         ),
         (
             "no folds",
-            All,
+            Trusted,
             false,
             Fusions {
                 reduces: false,
                 ..all
             },
         ),
-        ("unfused", All, false, Fusions::NONE),
+        ("unfused", Trusted, false, Fusions::NONE),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
         let opts = GpuOptions {
@@ -129,9 +129,9 @@ fn main() -> anyhow::Result<()> {
             let parts: Vec<String> = plan::TRAIN_STEP_OP_NAMES
                 .iter()
                 .zip(&ns)
-                .map(|(n, t)| format!("{n} {:.1}", t * 1e-6))
+                .map(|(n, t)| format!("{n} {:.1}", t * 1e-3))
                 .collect();
-            println!("{name:<16} ms per op: {}", parts.join(", "));
+            println!("{name:<16} µs per op: {}", parts.join(", "));
         }
     }
     Ok(())

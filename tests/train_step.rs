@@ -467,10 +467,10 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// ones, each its own compute pass) so that the GPU starts while the host still
 /// encodes; the results must not depend on where the run is cut: three training
 /// steps and a scoring batch, cut every 5 ops (then 10, 20, 40), against one
-/// submission. Nor on wgpu's runtime checks: as trusted modules
-/// (`VAE_OOD_GPU_TRUSTED=1`: no index clamps, loop counters, division guards or
-/// zeroed workgroup memory) and without loop counters only (`=loops`) the shaders
-/// give the same bits as with the checks —
+/// submission. Nor on wgpu's runtime checks: as trusted modules (the default: no
+/// index clamps, loop counters, division guards or zeroed workgroup memory) and
+/// without loop counters only (`=loops`) the shaders give the same bits as with
+/// the checks (`=0`) —
 /// which they must, since a check that changed a value would mean an access out
 /// of bounds. Nor on the matmul's software pipelining (`VAE_OOD_GPU_PREFETCH=1`).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
@@ -506,8 +506,8 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         };
         let mut be = case.backend(opts);
         assert_eq!(
-            be.describe().contains("trusted shaders"),
-            checks == ShaderChecks::Trusted
+            be.describe().contains("checked shaders"),
+            checks == ShaderChecks::All
         );
         assert_eq!(
             be.describe().contains("no loop-bounding counters"),
@@ -546,7 +546,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let whole = run(0, ShaderChecks::All, true, false);
+    let whole = run(0, ShaderChecks::Trusted, true, false);
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
@@ -558,17 +558,14 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "parameters must have moved"
     );
     for (what, other) in [
-        ("cut every 5 ops", run(5, ShaderChecks::All, true, false)),
-        (
-            "trusted shaders",
-            run(0, ShaderChecks::Trusted, true, false),
-        ),
+        ("cut every 5 ops", run(5, ShaderChecks::Trusted, true, false)),
+        ("checked shaders", run(0, ShaderChecks::All, true, false)),
         (
             "no loop-bounding counters",
             run(0, ShaderChecks::NoLoopBounds, true, false),
         ),
-        ("prefetching matmul", run(0, ShaderChecks::All, true, true)),
-        ("unfused", run(0, ShaderChecks::All, false, false)),
+        ("prefetching matmul", run(0, ShaderChecks::Trusted, true, true)),
+        ("unfused", run(0, ShaderChecks::Trusted, false, false)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");

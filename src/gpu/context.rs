@@ -303,7 +303,7 @@ pub enum Subgroups {
 pub struct GpuOptions {
     pub subgroups: Subgroups,
     /// which of wgpu's runtime checks the shaders are compiled with (see
-    /// [`build_pipeline`]); all of them is the default
+    /// [`build_pipeline`]); none (trusted modules) is the default
     pub checks: ShaderChecks,
     /// the matmul issues its reads of the next K step before the multiply of the
     /// current one (`VAE_OOD_GPU_PREFETCH=1`; off by default; identical bits)
@@ -316,11 +316,11 @@ pub struct GpuOptions {
 }
 
 impl Default for GpuOptions {
-    /// Subgroups where offered, every runtime check, no prefetch, no cap.
+    /// Subgroups where offered, trusted shader modules, no prefetch, no cap.
     fn default() -> Self {
         GpuOptions {
             subgroups: Subgroups::Auto,
-            checks: ShaderChecks::All,
+            checks: ShaderChecks::Trusted,
             prefetch: false,
             storage_buffers: None,
         }
@@ -332,33 +332,34 @@ impl Default for GpuOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShaderChecks {
     /// all of them: index clamps, loop-bounding counters, division guards,
-    /// zeroed workgroup memory (the default)
+    /// zeroed workgroup memory (`VAE_OOD_GPU_TRUSTED=0`)
     All,
     /// all but the loop-bounding counters (`VAE_OOD_GPU_TRUSTED=loops`): every
     /// loop in `shaders/` ends by its own counter, and the extra counter can stop
     /// a driver from unrolling (wgpu issue 7698)
     NoLoopBounds,
-    /// none (`VAE_OOD_GPU_TRUSTED=1`)
+    /// none (the default; `VAE_OOD_GPU_TRUSTED=1` or unset): 1.18× the
+    /// training speed of `All` on an H100 (bench/results/h100-2026-11-26.md)
     Trusted,
 }
 
 impl ShaderChecks {
-    /// `VAE_OOD_GPU_TRUSTED`: unset or `0` → all, `loops` → no loop bounds, `1` →
+    /// `VAE_OOD_GPU_TRUSTED`: `0` → all, `loops` → no loop bounds, unset or `1` →
     /// trusted ([`crate::knobs::check`] rejects anything else at start-up)
     pub fn from_env() -> ShaderChecks {
         match std::env::var(crate::knobs::GPU_TRUSTED).as_deref() {
-            Ok("1") => ShaderChecks::Trusted,
+            Ok("0") => ShaderChecks::All,
             Ok("loops") => ShaderChecks::NoLoopBounds,
-            _ => ShaderChecks::All,
+            _ => ShaderChecks::Trusted,
         }
     }
 
     /// In words for `describe` ("" for the default).
     pub fn note(self) -> &'static str {
         match self {
-            ShaderChecks::All => "",
+            ShaderChecks::All => ", checked shaders",
             ShaderChecks::NoLoopBounds => ", no loop-bounding counters",
-            ShaderChecks::Trusted => ", trusted shaders",
+            ShaderChecks::Trusted => "",
         }
     }
 }
@@ -544,16 +545,15 @@ pub const UNIFORM_BYTES: u64 = 192;
 /// Validation errors come back as one error naming the entry point and the file
 /// (and its line) where naga finds the fault.
 ///
-/// With [`ShaderChecks::All`] (the default), the module gets wgpu's runtime checks.
-/// With `Trusted` (`VAE_OOD_GPU_TRUSTED=1`, a benchmark variant), it is a trusted
-/// module: naga adds no index clamps, no loop-bounding counters and no zero-divisor
+/// With [`ShaderChecks::All`] (`VAE_OOD_GPU_TRUSTED=0`), the module gets wgpu's
+/// runtime checks. With `Trusted` (the default), it is a trusted module: naga adds no index clamps, no loop-bounding counters and no zero-divisor
 /// guards, and workgroup memory is not zeroed at start — costs that sit in the
 /// innermost loop of the matmul (a clamp per workgroup-memory read, a counter per
 /// iteration that may also stop the driver from unrolling: wgpu issue 7698 reports a
 /// 100× slowdown from it). `NoLoopBounds` (`VAE_OOD_GPU_TRUSTED=loops`) drops only
 /// the loop counters. On lavapipe trusted modules are not faster
-/// (`examples/gpu_variants.rs`); whether they are on a hardware GPU is for
-/// `bench/gpu.sh` to say. Trusting is sound for the shaders in `shaders/` because:
+/// (`examples/gpu_variants.rs`); on an H100 they train 1.18× faster than checked
+/// ones (`bench/gpu.sh`, 2026-11-26), which made them the default. Trusting is sound for the shaders in `shaders/` because:
 /// - every workgroup-memory index is in range by construction (matmul tiles:
 ///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256; the latent
 ///   kernels: rows and output counts ≤ 1,024 hidden units and 2 × 64 latents,
