@@ -2,13 +2,14 @@
 //! variants that `bench/gpu.sh` compares, in turn, on whatever adapter wgpu picks:
 //! the default (trusted shader modules: no index clamps, loop-bounding counters,
 //! division guards or zeroed workgroup memory); checked modules
-//! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters (`=loops`); the matmul prefetching its next K step
-//! (`VAE_OOD_GPU_PREFETCH=1`); without the latent fusion, without the gradient
-//! pairs, without the folded reduces, and without all three
-//! (`VAE_OOD_GPU_UNFUSED=latent|pairs|reduces|1`). Each round runs `steps` steps in one
-//! run per variant; then one step per variant with per-op timestamps where the
-//! adapter has them. A kernel experiment, not part of the training path; on
-//! lavapipe a step takes about a quarter of a second.
+//! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
+//! (`=loops`); the matmul prefetching its next K step (`VAE_OOD_GPU_PREFETCH=1`);
+//! without the latent fusion, without the weight-gradient triple, without the
+//! gradient pairs, without the folded reduces, and without all of them
+//! (`VAE_OOD_GPU_UNFUSED=latent|triple|pairs|reduces|1`). Each round runs `steps`
+//! steps in one run per variant; then one step per variant with per-op timestamps
+//! where the adapter has them. A kernel experiment, not part of the training path;
+//! on lavapipe a step takes about a quarter of a second.
 //!
 //!   cargo run --release --example gpu_variants [rounds] [steps]
 use rand::{Rng, SeedableRng};
@@ -58,6 +59,15 @@ fn main() -> anyhow::Result<()> {
             false,
             Fusions {
                 latent: false,
+                ..all
+            },
+        ),
+        (
+            "no triple",
+            Trusted,
+            false,
+            Fusions {
+                triple: false,
                 ..all
             },
         ),

@@ -31,6 +31,16 @@
 // One dispatch and one barrier
 // instead of two, and the two products run side by side. Its CPU twin is the two
 // cpu::matmul calls.
+//
+// matmul_triple: three independent, unsplit products into one buffer (three layers'
+// weight gradients: problem 2 with A from a2, B from b2, C into c2, as problem 1),
+// workgroups in the order of the problems; dispatch (G0 + G1 + G2, 1, 1). Its CPU
+// twin is the three cpu::matmul calls.
+//
+// Where problem q reads A and B: load_a and load_b, appended from
+// matmul_operands.wgsl (a, b; a1, e) for matmul, matmul_pair and matmul_reduce, or
+// from matmul_triple_operands.wgsl (those and a2, b2) for matmul_triple, so that
+// the first three bind no more storage buffers than they use.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_si: u32, a_sp: u32,
@@ -48,8 +58,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> c2: array<f32>;
 // A of problem 1 of a pair (bound to a's buffer again for a lone product)
 @group(0) @binding(7) var<storage, read> a1: array<f32>;
-// pp[0]: the product (problem 0 of a pair); pp[1]: problem 1 of a pair
-@group(1) @binding(0) var<uniform> pp: array<Params, 2>;
+// pp[0]: the product (problem 0 of a pair); pp[1], pp[2]: problems 1 and 2 of a
+// pair or a triple
+@group(1) @binding(0) var<uniform> pp: array<Params, 3>;
 
 const TILE: u32 = 32u;
 // Software pipelining (`VAE_OOD_GPU_PREFETCH=1`, a pipeline constant): a thread
@@ -98,6 +109,26 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     tile(q, at, lid);
 }
 
+@compute @workgroup_size(16, 16)
+fn matmul_triple(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    // exactly (G0 + G1 + G2, 1, 1) workgroups, every one with a tile (as matmul_pair;
+    // no problem is split: z is 0)
+    var w = wg.x;
+    var q = 0u;
+    var g = grid(0u);
+    if (w >= g.x * g.y) {
+        w -= g.x * g.y;
+        q = 1u;
+        g = grid(1u);
+        if (w >= g.x * g.y) {
+            w -= g.x * g.y;
+            q = 2u;
+            g = grid(2u);
+        }
+    }
+    tile(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
+}
+
 // One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
 // uniform over the workgroup.
 fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
@@ -106,6 +137,8 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     var p = pp[0];
     if (q == 1u) {
         p = pp[1];
+    } else if (q == 2u) {
+        p = pp[2];
     }
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
@@ -181,8 +214,8 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
 
 // Tile element (fast, slow) of A: A(row0 + ii, k0 + kk) with (ii, kk) = (slow, fast),
 // or (fast, slow) when A is stored transposed, so that consecutive threads read
-// consecutive addresses; 0 outside the matrix or the K share. Read from a (problem
-// 0) or a1 (problem 1 of a pair).
+// consecutive addresses; 0 outside the matrix or the K share. Read from problem q's
+// A (load_a).
 fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> f32 {
     var ii = slow;
     var kk = fast;
@@ -191,11 +224,7 @@ fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u
         kk = slow;
     }
     if (row0 + ii < p.m && k0 + kk < k_end) {
-        let at = p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp;
-        if (q == 0u) {
-            return a[at];
-        }
-        return a1[at];
+        return load_a(q, p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp);
     }
     return 0.0;
 }
@@ -228,8 +257,7 @@ fn stash_a(a_t: bool, fast: u32, slow: u32, v: f32) {
 }
 
 // Tile element (fast, slow) of B: B(k0 + kb, col0 + jj) with (kb, jj) = (slow, fast),
-// or (fast, slow) when B is stored transposed; read from b (problem 0) or e
-// (problem 1 of a pair).
+// or (fast, slow) when B is stored transposed; read from problem q's B (load_b).
 fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32) -> f32 {
     var kb = slow;
     var jj = fast;
@@ -238,11 +266,7 @@ fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u
         jj = slow;
     }
     if (k0 + kb < k_end && col0 + jj < p.n) {
-        let at = p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj;
-        if (q == 0u) {
-            return b[at];
-        }
-        return e[at];
+        return load_b(q, p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj);
     }
     return 0.0;
 }
@@ -280,7 +304,7 @@ fn mac(acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>, av: vec2<f32
     *rs += av;
 }
 
-// C of problem q: c, or c2 for problem 1 of a pair
+// C of problem q: c, or c2 for problems 1 and 2 of a pair or a triple
 fn put(q: u32, at: u32, v: f32) {
     if (q == 0u) {
         c[at] = v;

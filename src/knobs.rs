@@ -24,9 +24,11 @@ pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
 /// written by the BCE kernel), `reduces` (every split-K reduce
-/// its own dispatch, not folded into the kernel that reads the product) or
+/// its own dispatch, not folded into the kernel that reads the product),
 /// `latent` (the products around the latent code and the reparameterisation as
-/// their own dispatches, not one `latent.wgsl` kernel per direction).
+/// their own dispatches, not one `latent.wgsl` kernel per direction) or `triple`
+/// (fc3's weight gradient its own dispatch, not one `matmul_triple` with the
+/// head's and fc1's).
 pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
@@ -69,8 +71,11 @@ pub fn check() -> Result<()> {
         }
     }
     if let Ok(v) = std::env::var(GPU_UNFUSED) {
-        if !matches!(v.as_str(), "" | "0" | "1" | "pairs" | "reduces" | "latent") {
-            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces or latent");
+        if !matches!(
+            v.as_str(),
+            "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple"
+        ) {
+            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent or triple");
         }
     }
     for (name, range) in [(GPU_CHUNK, 0..=1 << 24), (SPLIT_TARGET, 1..=65_536)] {

@@ -722,13 +722,13 @@ fn adam_matches_at_first_and_later_steps() {
     }
 }
 
-/// Two ops that the GPU runs as one dispatch, run by `run` (which returns the
-/// buffers `outs`) on a GPU backend over `store` with the fusion on and off (one
-/// dispatch, then two, counted): the two must end with the same bits in every one
-/// of `outs`, since each value is computed the same way. Returns both results,
+/// Ops that the GPU runs as one dispatch, run by `run` (which returns the buffers
+/// `outs`) on a GPU backend over `store` with the fusion on and off (one dispatch,
+/// then one per op, counted): the two must end with the same bits in every one of
+/// `outs`, since each value is computed the same way. Returns both results,
 /// fused first; `None` without an adapter (which fails unless
 /// VAE_OOD_SKIP_GPU_TESTS=1, see common).
-fn gpu_one_dispatch_and_two<const N: usize>(
+fn gpu_one_dispatch_and_apart<const N: usize>(
     store: &[u8],
     idx_len: usize,
     ops: &[Op],
@@ -743,7 +743,7 @@ fn gpu_one_dispatch_and_two<const N: usize>(
     let mut gpu = GpuBackend::new(adapter, store, idx_len, SIZES).unwrap();
     let results = [true, false].map(|fused| {
         gpu.set_fused(fused);
-        assert_eq!(gpu.dispatches(ops), if fused { 1 } else { 2 });
+        assert_eq!(gpu.dispatches(ops), if fused { 1 } else { ops.len() });
         run(&mut gpu)
     });
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -800,7 +800,7 @@ fn adam_and_next_gather_in_one_dispatch() {
     let cpu = run(&mut *cpu_backend(&store, idx.len(), SIZES));
     let x_region = 0..rows * D;
     assert_written("CPU x", &cpu[3], std::slice::from_ref(&x_region), true);
-    let Some(results) = gpu_one_dispatch_and_two(&store, idx.len(), &ops, &outs, run) else {
+    let Some(results) = gpu_one_dispatch_and_apart(&store, idx.len(), &ops, &outs, run) else {
         return;
     };
     for (res, how) in results.iter().zip(["one dispatch", "two dispatches"]) {
@@ -877,7 +877,7 @@ fn bce_writes_the_training_loss_in_one_dispatch() {
         true,
     );
     assert!(cpu[3].iter().all(|v| v.is_nan()), "CPU wrote a batch sum");
-    let Some(results) = gpu_one_dispatch_and_two(&[0; 4], 1, &ops, &outs, run) else {
+    let Some(results) = gpu_one_dispatch_and_apart(&[0; 4], 1, &ops, &outs, run) else {
         return;
     };
     for (res, how) in results.iter().zip(["one dispatch", "two dispatches"]) {
@@ -1322,32 +1322,52 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
 /// 37 rows; 53 × 29 and 20 × 67 gradients: partial tiles in both problems.
 #[test]
 fn matmul_pair_two_weight_gradients() {
-    let mut rng = fresh_rng("matmul_pair_two_weight_gradients");
+    weight_gradients_in_one_dispatch(
+        "matmul_pair_two_weight_gradients",
+        &[
+            (Buf::Logits, Buf::X, 53, 29, 100, 2000),
+            (Buf::Dh3, Buf::H1, 20, 67, 3000, 4400),
+        ],
+    );
+}
+
+/// Three layers' weight gradients as one `matmul_triple` dispatch (problem 2's A
+/// and B from the triple's own a2 and b2 bindings), against the CPU and against
+/// three dispatches (same bits): 53 × 29, 20 × 67 and 10 × 41 gradients of 37
+/// rows, the last bias gradient right after the first weights.
+#[test]
+fn matmul_triple_three_weight_gradients() {
+    weight_gradients_in_one_dispatch(
+        "matmul_triple_three_weight_gradients",
+        &[
+            (Buf::Logits, Buf::X, 53, 29, 100, 2000),
+            (Buf::Dh3, Buf::H1, 20, 67, 3000, 4400),
+            (Buf::Dhead, Buf::Z, 10, 41, 5000, 100 + 53 * 29),
+        ],
+    );
+}
+
+/// Weight gradients dW (n, k) = dYᵀ X and db of 37 rows, one per (dY buffer, X
+/// buffer, n, k, weight offset, bias offset) into Grads, on fresh random inputs:
+/// the CPU, then the GPU in one dispatch and one per product.
+fn weight_gradients_in_one_dispatch(name: &str, specs: &[(Buf, Buf, usize, usize, usize, usize)]) {
+    let mut rng = fresh_rng(name);
     let m = 37;
-    let ((n0, k0), (n1, k1)) = ((53, 29), (20, 67));
-    let (w0, b0, w1, b1) = (100, 2000, 3000, 4400);
-    let ops = [
-        Op::Matmul {
-            a: Buf::Logits,
-            b: Buf::X,
+    let ops: Vec<Op> = specs
+        .iter()
+        .map(|&(a, b, n, k, w, bias)| Op::Matmul {
+            a,
+            b,
             e: Buf::Params,
             c: Buf::Grads,
-            p: MatmulParams::linear_backward_weight(m, k0, n0, w0, b0),
-        },
-        Op::Matmul {
-            a: Buf::Dh3,
-            b: Buf::H1,
-            e: Buf::Params,
-            c: Buf::Grads,
-            p: MatmulParams::linear_backward_weight(m, k1, n1, w1, b1),
-        },
-    ];
-    let inputs = [
-        (Buf::Logits, uniform(&mut rng, m * n0, -1.0, 1.0)),
-        (Buf::X, uniform(&mut rng, m * k0, 0.0, 1.0)),
-        (Buf::Dh3, uniform(&mut rng, m * n1, -1.0, 1.0)),
-        (Buf::H1, uniform(&mut rng, m * k1, 0.0, 1.0)),
-    ];
+            p: MatmulParams::linear_backward_weight(m, k, n, w, bias),
+        })
+        .collect();
+    let inputs: Vec<(Buf, Vec<f32>)> = specs
+        .iter()
+        .flat_map(|&(a, b, n, k, ..)| [(a, m * n, -1.0, 1.0), (b, m * k, 0.0, 1.0)])
+        .map(|(buf, len, lo, hi)| (buf, uniform(&mut rng, len, lo, hi)))
+        .collect();
     let run = |be: &mut dyn Backend| {
         for (buf, v) in &inputs {
             be.write(*buf, 0, v).unwrap();
@@ -1357,15 +1377,19 @@ fn matmul_pair_two_weight_gradients() {
         be.run(&ops).unwrap();
         be.read(Buf::Grads, 0..SIZES.params).unwrap()
     };
-    let regions = [w0..w0 + n0 * k0, b0..b0 + n0, w1..w1 + n1 * k1, b1..b1 + n1];
+    let regions: Vec<Range<usize>> = specs
+        .iter()
+        .flat_map(|&(_, _, n, k, w, bias)| [w..w + n * k, bias..bias + n])
+        .collect();
     let cpu = run(&mut *cpu_backend(&[0; 4], 1, SIZES));
     assert_written("CPU grads", &cpu, &regions, true);
-    // one dispatch, then two, with the same bits (or None: no adapter, see common)
-    let Some(results) = gpu_one_dispatch_and_two(&[0; 4], 1, &ops, &[Buf::Grads], |be| [run(be)])
+    // one dispatch, then one per product, with the same bits (or None: no adapter,
+    // see common)
+    let Some(results) = gpu_one_dispatch_and_apart(&[0; 4], 1, &ops, &[Buf::Grads], |be| [run(be)])
     else {
         return;
     };
-    for ([res], how) in results.iter().zip(["one pair dispatch", "two dispatches"]) {
+    for ([res], how) in results.iter().zip(["one dispatch", "one dispatch each"]) {
         assert_written(&format!("grads, {how}"), res, &regions, true);
         for r in &regions {
             // sums of 37 O(1) terms: as MM_ATOL/MM_RTOL

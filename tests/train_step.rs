@@ -352,9 +352,7 @@ fn cpu_fusions_change_no_bit() {
             ),
             ("dX after dW", vec![&swapped[..]], (1, 3)),
         ];
-        for ((what, lists, want), threads) in cases
-            .iter()
-            .flat_map(|c| [2, 3, 16].map(|t| (c, t)))
+        for ((what, lists, want), threads) in cases.iter().flat_map(|c| [2, 3, 16].map(|t| (c, t)))
         {
             let what = format!("{what}, {threads} threads");
             let pool = rayon::ThreadPoolBuilder::new()
@@ -476,8 +474,8 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
-/// per-image loss written by the BCE kernel, and the head's and fc1's weight
-/// gradients as one pair — four dispatches fewer per training step at these sizes
+/// per-image loss written by the BCE kernel, and fc3's, the head's and fc1's
+/// weight gradients as one triple — five dispatches fewer per training step at these sizes
 /// (hidden width 133, so that the decoder product splits K; 53 inputs, too few
 /// for fc1's product and fc4's input gradient to split; the latent fusion, on
 /// throughout, takes the other layers' pairs and folds; its own folds are
@@ -523,15 +521,15 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         be.set_fused(false);
         assert_eq!(
             be.dispatches(one_step),
-            with + 4,
-            "fc4's gradient pair, the head's and fc1's weight-gradient pair, the loss in \
-             the BCE and fc4's folded reduce per step"
+            with + 5,
+            "fc4's gradient pair, the three weight gradients' triple (fc3's, the head's, \
+             fc1's), the loss in the BCE and fc4's folded reduce per step"
         );
         // across a step boundary a step's Adam and the next step's gather share one
         // dispatch too
         let two_steps = &ops[..2 * plan::TRAIN_STEP_OP_NAMES.len()];
         assert!(matches!(two_steps[one_step.len()], plan::Op::Gather(_)));
-        assert_eq!(be.dispatches(two_steps), 2 * (with + 4));
+        assert_eq!(be.dispatches(two_steps), 2 * (with + 5));
         be.set_fused(true);
         assert_eq!(
             be.dispatches(two_steps),
@@ -558,13 +556,19 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "parameters must have moved"
     );
     for (what, other) in [
-        ("cut every 5 ops", run(5, ShaderChecks::Trusted, true, false)),
+        (
+            "cut every 5 ops",
+            run(5, ShaderChecks::Trusted, true, false),
+        ),
         ("checked shaders", run(0, ShaderChecks::All, true, false)),
         (
             "no loop-bounding counters",
             run(0, ShaderChecks::NoLoopBounds, true, false),
         ),
-        ("prefetching matmul", run(0, ShaderChecks::Trusted, true, true)),
+        (
+            "prefetching matmul",
+            run(0, ShaderChecks::Trusted, true, true),
+        ),
         ("unfused", run(0, ShaderChecks::Trusted, false, false)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
@@ -574,8 +578,9 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
 }
 
 /// A device that allows only WebGPU's default 8 storage buffers per shader stage
-/// cannot bind the latent kernels (10): they are not built and the backend runs
-/// without the latent block — the same dispatches and bits as a device that has
+/// cannot bind the latent kernels (10) nor `matmul_triple` (9): they are not built
+/// and the backend runs without the latent block (and so without the triple that
+/// follows it) — the same dispatches and bits as a device that has
 /// them with the latent fusion switched off (two training steps and an IWAE
 /// scoring batch).
 #[test]
@@ -595,7 +600,7 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
             latent,
             ..Fusions::ALL
         });
-        let built = be.context().has(Kernel::LatentForward);
+        let built = [Kernel::LatentForward, Kernel::MatmulTriple].map(|k| be.context().has(k));
         let dispatches = be.dispatches(&case.ops);
         (built, be.describe(), dispatches, case.run(&mut be))
     };
@@ -606,8 +611,8 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
     let built = (narrow.0, off.0, on.0);
     assert_eq!(
         built,
-        (false, true, true),
-        "latent kernels built (8 buffers, default, default)"
+        ([false; 2], [true; 2], [true; 2]),
+        "latent kernels and matmul_triple (9 buffers) built (8 buffers, default, default)"
     );
     assert!(narrow.1.contains("no latent fusion"), "{}", narrow.1);
     assert_eq!(narrow.2, off.2);

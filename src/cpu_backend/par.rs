@@ -103,7 +103,7 @@ pub(super) fn band_params(p: &MatmulParams, i0: usize, rows: usize) -> MatmulPar
 /// if they hold whole images' draws; else `None`, and the two ops run apart.
 pub(super) fn linear_bce_band(mm: &MatmulParams, draws: usize) -> Option<usize> {
     let band = matmul_band(mm);
-    (band >= mm.m as usize || band % draws.max(1) == 0).then_some(band)
+    (band >= mm.m as usize || band.is_multiple_of(draws.max(1))).then_some(band)
 }
 
 /// logits = h Wᵀ + b (the decoder output layer, `mm`) and then `cpu::bce_logits` on

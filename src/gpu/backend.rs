@@ -168,6 +168,58 @@ fn disjoint(x: &[Range<u64>], y: &[Range<u64>]) -> bool {
         .all(|a| y.iter().all(|b| a.end <= b.start || b.end <= a.start))
 }
 
+/// Three products as one `matmul_triple` dispatch, and the uniform bytes of its
+/// slot (the three params), where they may run side by side in any order: each
+/// reads no bias or mask (the triple's bindings hold only their A and B), none
+/// is split, all three write one buffer in pairwise disjoint regions (bias
+/// gradients included) that none of them reads, and their tiles fit one dispatch
+/// row. Three layers' weight gradients are such products.
+fn triple(ops: [&Op; 3]) -> Option<(Dispatch, Vec<u8>)> {
+    let mut ab = Vec::with_capacity(3);
+    let mut qs = Vec::with_capacity(3);
+    let mut out = None;
+    for op in ops {
+        let Op::Matmul { a, b, c, p, .. } = *op else {
+            return None;
+        };
+        if p.flags & (MM_BIAS | MM_MASK) != 0 || choose_splits(&p) != 1 {
+            return None;
+        }
+        if *out.get_or_insert(c) != c {
+            return None;
+        }
+        ab.push((a, b));
+        let mut q = p;
+        q.splits = 1;
+        qs.push(q);
+    }
+    let c = out?;
+    let regions: Vec<Vec<Range<u64>>> = qs.iter().map(written).collect();
+    let ok = ab.iter().all(|&(a, b)| a != c && b != c)
+        && disjoint(&regions[0], &regions[1])
+        && disjoint(&regions[0], &regions[2])
+        && disjoint(&regions[1], &regions[2])
+        && qs.iter().map(tiles).sum::<u32>() <= 65_535;
+    if !ok {
+        return None;
+    }
+    let f = Res::F;
+    let groups = qs.iter().map(tiles).sum();
+    let res = vec![
+        f(ab[0].0),
+        f(ab[0].1),
+        f(ab[1].1),
+        f(c),
+        Res::Partial,
+        f(c),
+        f(ab[1].0),
+        f(ab[2].0),
+        f(ab[2].1),
+    ];
+    let bytes = qs.iter().flat_map(bytemuck::bytes_of).copied().collect();
+    Some(((Kernel::MatmulTriple, res, (groups, 1, 1)), bytes))
+}
+
 /// Where a kernel reads its input product from split-K partial sums instead of
 /// the product's buffer (`shaders/split_source.wgsl`): the product's shape, shares
 /// and epilogue. Byte 64 of the reading op's uniform slot; all zero (splits 0)
@@ -224,7 +276,7 @@ fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool 
         Some(Op::ReparamBackward(p)) => {
             params_only && c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n
         }
-        Some(Op::Matmul { a, p, .. }) if latent && lower_latent(rest, None).is_some() => {
+        Some(Op::Matmul { a, p, .. }) if latent && lower_latent(rest, None, false).is_some() => {
             matches!((*a, c), (Buf::H1, Buf::H1) | (Buf::Dh3, Buf::Dh3))
                 && p.m == q.m
                 && dense_a(p, q.n)
@@ -342,7 +394,7 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
 }
 
 /// Which GPU fusions are on (all by default; `VAE_OOD_GPU_UNFUSED` = `1`,
-/// `pairs`, `reduces` or `latent` switches them off for comparison).
+/// `pairs`, `reduces`, `latent` or `triple` switches them off for comparison).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fusions {
     /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`]),
@@ -354,6 +406,10 @@ pub struct Fusions {
     /// the products around the latent code and the reparameterisation as one
     /// `latent_forward` and one `latent_backward` dispatch ([`lower_latent`])
     pub latent: bool,
+    /// three independent weight gradients as one `matmul_triple` ([`triple`]):
+    /// with the latent fusion, fc3's (which the latent group moves after its
+    /// backward kernel) with the head's and fc1's
+    pub triple: bool,
 }
 
 impl Fusions {
@@ -362,12 +418,14 @@ impl Fusions {
         pairs: true,
         reduces: true,
         latent: true,
+        triple: true,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
         pairs: false,
         reduces: false,
         latent: false,
+        triple: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -375,6 +433,7 @@ impl Fusions {
             pairs: !crate::knobs::gpu_unfused("pairs"),
             reduces: !crate::knobs::gpu_unfused("reduces"),
             latent: !crate::knobs::gpu_unfused("latent"),
+            triple: !crate::knobs::gpu_unfused("triple"),
         }
     }
 
@@ -384,6 +443,7 @@ impl Fusions {
             (self.pairs, "gradient pairs"),
             (self.reduces, "folded reduces"),
             (self.latent, "latent fusion"),
+            (self.triple, "weight-gradient triple"),
         ]
         .iter()
         .filter(|f| !f.0)
@@ -391,7 +451,7 @@ impl Fusions {
         .collect();
         match off.len() {
             0 => String::new(),
-            3 => ", unfused".to_string(),
+            4 => ", unfused".to_string(),
             _ => format!(", no {}", off.join(", no ")),
         }
     }
@@ -438,7 +498,7 @@ fn dense_c(q: &MatmulParams, width: u32) -> bool {
 /// threads-per-output division has a divisor); rows are read and written
 /// where the ops say, except the head, z, dz and dhead, which must be the dense
 /// (B·K, width) layouts the reparameterisation uses.
-fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
+fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>, join: bool) -> Option<Group> {
     use bytemuck::bytes_of;
     let f = Res::F;
     // the split product the first product's A row is read from (absorbs), and its
@@ -536,9 +596,21 @@ fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>) -> Option<Group> {
                 } =>
         {
             use Buf::*;
-            let (dw_dispatches, dw_bytes) = lower_one(dw);
             let bufs = [Params, H1, Head, Eps, Dh3, Dz, Dhead, Dh1];
             let mut dispatches = vec![latent(Kernel::LatentBackward, bufs, rp.images)];
+            // with `join`, the weight gradient and the two ops after the four (the
+            // head's and fc1's weight gradients) as one triple where they may be
+            if let (true, [_, _, _, _, o4, o5, ..]) = (join, rest) {
+                if let Some((d, dw_bytes)) = triple([dw, o4, o5]) {
+                    dispatches.push((1, d));
+                    return Some(Group {
+                        dispatches,
+                        slots: vec![(0, slot(qz, rp, qx)), (1, dw_bytes)],
+                        used: 6,
+                    });
+                }
+            }
+            let (dw_dispatches, dw_bytes) = lower_one(dw);
             dispatches.extend(dw_dispatches.into_iter().map(|d| (1, d)));
             Some(Group {
                 dispatches,
@@ -565,13 +637,24 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
     let mut i = 0;
     while i < ops.len() {
         if fuse.latent {
-            if let Some(g) = lower_latent(&ops[i..], source) {
+            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple) {
                 source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
                 }
                 plan.extend(g.dispatches.into_iter().map(|(at, d)| (i + at, d)));
                 i += g.used;
+                continue;
+            }
+        }
+        if let (true, [o0, o1, o2, ..]) = (fuse.triple, &ops[i..]) {
+            if let Some((d, bytes)) = triple([o0, o1, o2]) {
+                // (no split sums wait for a product: absorbs folds only into the
+                // kernels that read them)
+                debug_assert!(source.is_none());
+                slots[i] = bytes;
+                plan.push((i, d));
+                i += 3;
                 continue;
             }
         }
@@ -732,7 +815,8 @@ impl GpuBackend {
     /// Whether the bit-exact GPU fusions are on: a layer's input and weight
     /// gradients as one `matmul_pair` dispatch, a step's Adam and the next step's
     /// gather as one `adam_gather`, a training step's loss written by the BCE
-    /// kernel, and split-K reduces folded into the kernel that reads the product
+    /// kernel, split-K reduces folded into the kernel that reads the product, and
+    /// three weight gradients as one `matmul_triple` where the device has it
     /// (the default, unless `VAE_OOD_GPU_UNFUSED=1`). The results do not depend on
     /// it, bit for bit (tested). The latent fusion, which sums in another order,
     /// is left as it is ([`Self::set_fusions`]).
@@ -740,17 +824,19 @@ impl GpuBackend {
         self.fusions = Fusions {
             pairs: on,
             reduces: on,
+            triple: on && self.ctx.has(Kernel::MatmulTriple),
             ..self.fusions
         };
     }
 
     /// Each GPU fusion on or off.
-    /// (The latent fusion stays off on a device without the latent kernels, see
-    /// `GpuContext::has`.)
+    /// (The latent fusion and the triple stay off on a device without their
+    /// kernels, see `GpuContext::has`.)
     pub fn set_fusions(&mut self, f: Fusions) {
         let latent = [Kernel::LatentForward, Kernel::LatentBackward];
         self.fusions = Fusions {
             latent: f.latent && latent.iter().all(|&k| self.ctx.has(k)),
+            triple: f.triple && self.ctx.has(Kernel::MatmulTriple),
             ..f
         };
     }
@@ -1280,13 +1366,15 @@ mod tests {
         crate::plan::reference_step(128).1
     }
 
-    /// pairs and folds as given, the latent fusion off (the tests of pairs and
-    /// folds predate it; `latent_*` tests below cover it)
+    /// pairs and folds as given, the latent fusion and the triple off (the tests
+    /// of pairs and folds predate them; `latent_*` and `triple_*` tests below
+    /// cover them)
     fn fusions(pairs: bool, reduces: bool) -> Fusions {
         Fusions {
             pairs,
             reduces,
             latent: false,
+            triple: false,
         }
     }
 
@@ -1442,8 +1530,8 @@ mod tests {
         let k: Vec<(usize, Kernel)> = plan.iter().map(|(i, d)| (*i, d.0)).collect();
         use Kernel::*;
         // (the split-K reduces of fc1's product and fc4's input gradient folded into
-        // the latent kernels that read them; the head's and fc1's weight gradients,
-        // 14 and 15, as one pair)
+        // the latent kernels that read them; fc3's weight gradient, 11, moved after
+        // the backward kernel, with the head's and fc1's, 14 and 15, as one triple)
         assert_eq!(
             k,
             [
@@ -1454,10 +1542,19 @@ mod tests {
                 (6, Bce),
                 (8, MatmulPair),
                 (10, LatentBackward),
-                (11, Matmul),
-                (14, MatmulPair),
+                (11, MatmulTriple),
                 (16, Adam),
             ]
+        );
+        // without the triple: fc3's weight gradient alone, then the other two as a pair
+        let no_triple = Fusions {
+            triple: false,
+            ..Fusions::ALL
+        };
+        let k3: Vec<(usize, Kernel)> = kernels(&ops, no_triple);
+        assert_eq!(
+            k3[6..9],
+            [(10, LatentBackward), (11, Matmul), (14, MatmulPair)]
         );
         // the fused ops' params, in the first one's slot: (first product,
         // reparameterisation, second product, the split product read); the others
@@ -1490,14 +1587,19 @@ mod tests {
             let d = &plan.iter().find(|d| d.0 == at).unwrap().1;
             assert_eq!(d.1[d.1.len() - 2..], [Res::Partial, Res::F(e)], "op {at}");
         }
-        for i in [3, 4, 12, 13] {
+        for i in [3, 4, 12, 13, 14, 15] {
             assert!(slots[i].is_empty(), "op {i} has a slot");
         }
-        // the fc3 weight gradient (11) runs after the fused backward, in its own slot
-        assert_eq!(slots[11].len(), 64);
-        // and the count for two steps: 9 per step inside an epoch
+        // the triple (at 11) after the fused backward, the three params in its slot
+        // (each marked unsplit)
+        let params = |i: usize| match ops[i] {
+            Op::Matmul { p, .. } => bytemuck::bytes_of(&MatmulParams { splits: 1, ..p }).to_vec(),
+            _ => unreachable!(),
+        };
+        assert_eq!(slots[11], [params(11), params(14), params(15)].concat());
+        // and the count for two steps: 8 per step inside an epoch
         let two: Vec<Op> = ops.iter().chain(&ops).copied().collect();
-        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 19);
+        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 17);
         // without the folds, the two reduces come back and the slots end at 160
         let unfolded = Fusions {
             reduces: false,
@@ -1613,18 +1715,15 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for pairs in [false, true] {
-            for reduces in [false, true] {
-                for latent in [false, true] {
-                    let f = Fusions {
-                        pairs,
-                        reduces,
-                        latent,
-                    };
-                    let plan = lower_all(&two, f).0;
-                    assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
-                }
-            }
+        for bits in 0..16 {
+            let f = Fusions {
+                pairs: bits & 1 != 0,
+                reduces: bits & 2 != 0,
+                latent: bits & 4 != 0,
+                triple: bits & 8 != 0,
+            };
+            let plan = lower_all(&two, f).0;
+            assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
         }
     }
 
@@ -1657,5 +1756,83 @@ mod tests {
         let one = |r: &Range<u64>| std::slice::from_ref(r).to_vec();
         assert!(disjoint(&one(&a), &one(&b)) && !disjoint(&one(&c), &one(&b)));
         assert!(written(&MatmulParams::default()).is_empty());
+    }
+
+    /// Three weight gradients run as one `matmul_triple` only where they may run
+    /// side by side: one output buffer, disjoint regions, nothing read that any of
+    /// them writes, no split, no bias or mask read.
+    #[test]
+    fn triples_are_refused_where_they_would_be_wrong() {
+        let ops = step();
+        let (fc3, head, fc1) = (ops[11], ops[14], ops[15]);
+        let (d, bytes) = triple([&fc3, &head, &fc1]).expect("the step's three");
+        assert_eq!(d.0, Kernel::MatmulTriple);
+        assert_eq!(bytes.len(), 192);
+        let tiles_of = |op: &Op| match op {
+            Op::Matmul { p, .. } => tiles(p),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            d.2,
+            (tiles_of(&fc3) + tiles_of(&head) + tiles_of(&fc1), 1, 1)
+        );
+        // bound: A and B of each problem, C twice (c, c2) and the unused split scratch
+        use Buf::*;
+        let f = Res::F;
+        assert_eq!(
+            d.1,
+            [
+                f(Dh3),
+                f(Z),
+                f(H1),
+                f(Grads),
+                Res::Partial,
+                f(Grads),
+                f(Dhead),
+                f(Dh1),
+                f(X)
+            ]
+        );
+        let with = |i: usize, f: &dyn Fn(&mut Op)| {
+            let mut t = [fc3, head, fc1];
+            f(&mut t[i]);
+            triple([&t[0], &t[1], &t[2]]).is_some()
+        };
+        let set_p = |g: fn(&mut MatmulParams)| {
+            move |op: &mut Op| {
+                if let Op::Matmul { p, .. } = op {
+                    g(p)
+                }
+            }
+        };
+        // fc1's region moved onto the head's, or its bias gradient onto fc3's
+        let Op::Matmul { p: ph, .. } = head else {
+            unreachable!()
+        };
+        let Op::Matmul { p: p3, .. } = fc3 else {
+            unreachable!()
+        };
+        assert!(!with(2, &|op| if let Op::Matmul { p, .. } = op {
+            p.c_off = ph.c_off + 7
+        }));
+        assert!(!with(2, &|op| if let Op::Matmul { p, .. } = op {
+            p.e_off = p3.e_off
+        }));
+        // another output buffer, or a product reading the shared one
+        assert!(!with(1, &|op| if let Op::Matmul { c, .. } = op {
+            *c = AdamM
+        }));
+        assert!(!with(0, &|op| if let Op::Matmul { b, .. } = op {
+            *b = Grads
+        }));
+        // a bias or mask to read, or a product that splits K: fc3's few tiles would,
+        // without a bias gradient (which is never split); fc1's many would not
+        assert!(!with(1, &set_p(|p| p.flags |= MM_MASK)));
+        assert!(!with(0, &set_p(|p| p.flags = 0)));
+        assert!(with(2, &set_p(|p| p.flags = 0)));
+        // not a product at all
+        let t = [fc3, head, ops[16]];
+        assert!(triple([&t[0], &t[1], &t[2]]).is_none());
+        assert!(with(0, &|_| {}));
     }
 }

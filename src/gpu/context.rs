@@ -14,6 +14,7 @@ pub enum Kernel {
     Gather,
     Matmul,
     MatmulPair,
+    MatmulTriple,
     MatmulReduce,
     ReparamForward,
     ReparamBackward,
@@ -26,10 +27,11 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 13] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
+        Kernel::MatmulTriple,
         Kernel::MatmulReduce,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
@@ -45,7 +47,7 @@ impl Kernel {
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::Gather => GATHER,
-            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce => {
                 ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"))
             }
             Kernel::ReparamForward | Kernel::ReparamBackward => {
@@ -86,9 +88,23 @@ impl Kernel {
     /// then the workgroup-reduction helper of variant `r` if the kernel reduces,
     /// then `split_source.wgsl` if it reads split products or is one of
     /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it); for `adam_gather`,
-    /// `adam.wgsl` and `gather.wgsl`; `normal.wgsl` (ε) for the kernels that draw it.
+    /// `adam.wgsl` and `gather.wgsl`; `normal.wgsl` (ε) for the kernels that draw it;
+    /// for `matmul.wgsl`'s kernels first where their problems read their operands
+    /// (`matmul_triple_operands.wgsl` for the triple, which binds two buffers more,
+    /// `matmul_operands.wgsl` for the others).
     pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
         let mut v = vec![self.source()];
+        match self {
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => v.push((
+                "matmul_operands.wgsl",
+                include_str!("../../shaders/matmul_operands.wgsl"),
+            )),
+            Kernel::MatmulTriple => v.push((
+                "matmul_triple_operands.wgsl",
+                include_str!("../../shaders/matmul_triple_operands.wgsl"),
+            )),
+            _ => {}
+        }
         if self == Kernel::AdamGather {
             v.extend([ADAM, GATHER]);
         }
@@ -106,7 +122,7 @@ impl Kernel {
         }
         let matmul = matches!(
             self,
-            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce
         );
         if self.reads_split() || matmul {
             v.push(SPLIT_SOURCE);
@@ -118,7 +134,7 @@ impl Kernel {
     /// `PREFETCH` ([`GpuOptions::prefetch`]); none for the other kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
         match self {
-            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce => {
                 vec![("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 })]
             }
             _ => Vec::new(),
@@ -130,6 +146,7 @@ impl Kernel {
             Kernel::Gather => "gather_pixels",
             Kernel::Matmul => "matmul",
             Kernel::MatmulPair => "matmul_pair",
+            Kernel::MatmulTriple => "matmul_triple",
             Kernel::MatmulReduce => "matmul_reduce",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
@@ -157,6 +174,19 @@ impl Kernel {
                 (4, false),
                 (6, false),
                 (7, true),
+            ],
+            // as matmul_pair, then problem 2's A and B (never split: partial unused,
+            // but bound, as the shared tile code names it)
+            Kernel::MatmulTriple => &[
+                (0, true),
+                (1, true),
+                (2, true),
+                (3, false),
+                (4, false),
+                (6, false),
+                (7, true),
+                (8, true),
+                (9, true),
             ],
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
