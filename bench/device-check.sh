@@ -12,7 +12,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${OUT:-}" ]; then LOG=$(mktemp -d); else LOG=bench/out; fi
 mkdir -p "$LOG"
-snapshot() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/logs.tgz" -C "$LOG" .; fi; }
+# (the whole runs' scores and weights stay behind: over the 16 MB a file may bring back)
+snapshot() {
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/logs.tgz" --exclude='scores.csv' --exclude='*.safetensors' -C "$LOG" .
+  fi
+}
 # (xz, or Python's lzma where the machine has no xz)
 for f in .devbin/*.xz; do
   xz -dkf "$f" 2>/dev/null || python3 -c 'import lzma, shutil, sys
