@@ -38,6 +38,8 @@ done
 #              dispatches, not one latent.wgsl kernel per direction (rounding-level differences)
 #   no_triple  fc3's weight gradient its own dispatch, not one matmul_triple with the
 #              head's and fc1's
+#   latent_256, latent_512  the latent kernels in workgroups of 256 or 512 threads,
+#              not the most the device allows (up to 1024; rounding-level differences)
 #   checked    shaders with wgpu's runtime checks (index clamps, loop counters, …);
 #              the default compiles them as trusted modules, without
 #   no_loop_counters  shaders with every check but wgpu's loop-bounding counters
@@ -56,12 +58,14 @@ variant no_pairs VAE_OOD_GPU_UNFUSED=pairs
 variant no_folds VAE_OOD_GPU_UNFUSED=reduces
 variant no_latent VAE_OOD_GPU_UNFUSED=latent
 variant no_triple VAE_OOD_GPU_UNFUSED=triple
+variant latent_256 VAE_OOD_GPU_LATENT_THREADS=256
+variant latent_512 VAE_OOD_GPU_LATENT_THREADS=512
 variant checked VAE_OOD_GPU_TRUSTED=0
 variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
 variant prefetch VAE_OOD_GPU_PREFETCH=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,checked,no_loop_counters,prefetch,split_64,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,latent_256,latent_512,checked,no_loop_counters,prefetch,split_64,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

@@ -4,6 +4,7 @@
 //! division guards or zeroed workgroup memory); checked modules
 //! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
 //! (`=loops`); the matmul prefetching its next K step (`VAE_OOD_GPU_PREFETCH=1`);
+//! the latent kernels in workgroups of 256 threads (`VAE_OOD_GPU_LATENT_THREADS`);
 //! without the latent fusion, without the weight-gradient triple, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|pairs|reduces|1`). Each round runs `steps`
@@ -47,57 +48,50 @@ fn main() -> anyhow::Result<()> {
     let idx: Vec<u32> = (0..b as u32).collect();
     let mut backends = Vec::new();
     let all = Fusions::ALL;
-    use ShaderChecks::{All, NoLoopBounds, Trusted};
-    for (name, checks, prefetch, f) in [
-        ("default", Trusted, false, all),
-        ("checked", All, false, all),
-        ("no loop counters", NoLoopBounds, false, all),
-        ("prefetch", Trusted, true, all),
+    let d = GpuOptions {
+        subgroups: Subgroups::Auto,
+        ..GpuOptions::default()
+    };
+    let without = |f: fn(&mut Fusions)| {
+        let mut x = all;
+        f(&mut x);
+        x
+    };
+    use ShaderChecks::{All, NoLoopBounds};
+    for (name, opts, f) in [
+        ("default", d, all),
+        ("checked", GpuOptions { checks: All, ..d }, all),
         (
-            "no latent fusion",
-            Trusted,
-            false,
-            Fusions {
-                latent: false,
-                ..all
+            "no loop counters",
+            GpuOptions {
+                checks: NoLoopBounds,
+                ..d
             },
+            all,
         ),
         (
-            "no triple",
-            Trusted,
-            false,
-            Fusions {
-                triple: false,
-                ..all
+            "prefetch",
+            GpuOptions {
+                prefetch: true,
+                ..d
             },
+            all,
         ),
         (
-            "no pairs",
-            Trusted,
-            false,
-            Fusions {
-                pairs: false,
-                ..all
+            "latent 256",
+            GpuOptions {
+                latent_threads: Some(256),
+                ..d
             },
+            all,
         ),
-        (
-            "no folds",
-            Trusted,
-            false,
-            Fusions {
-                reduces: false,
-                ..all
-            },
-        ),
-        ("unfused", Trusted, false, Fusions::NONE),
+        ("no latent fusion", d, without(|f| f.latent = false)),
+        ("no triple", d, without(|f| f.triple = false)),
+        ("no pairs", d, without(|f| f.pairs = false)),
+        ("no folds", d, without(|f| f.reduces = false)),
+        ("unfused", d, Fusions::NONE),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
-        let opts = GpuOptions {
-            subgroups: Subgroups::Auto,
-            checks,
-            prefetch,
-            ..GpuOptions::default()
-        };
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
         be.set_fusions(f);
         be.write_idx(0, &idx)?;

@@ -21,10 +21,11 @@
 // (bias, ReLU from params; mask from h1). Each entry point stores to its own
 // buffers only: it binds 10 storage buffers (WebGPU's default allows 8, desktop
 // GPUs and lavapipe far more; the backend runs without these kernels where the
-// device has fewer). Dispatch (B, 1, 1).
+// device has fewer). Dispatch (B, 1, 1), workgroups of WG threads (a pipeline
+// constant: 1024 where the device allows, else 512 or 256; the backend chooses).
 //
-// Summation order: output j of a product with N outputs gets G = ⌊256 / N⌋ threads
-// (G = 1 when N ≥ 256: thread t then takes outputs t, t + 256, …); thread g of them
+// Summation order: output j of a product with N outputs gets G = ⌊WG / N⌋ threads
+// (G = 1 when N ≥ WG: thread t then takes outputs t, t + WG, …); thread g of them
 // sums p = g, g + G, … in order and the G shares are added in order g = 0, 1, ….
 // With G = 1 that is the order of an unsplit matmul tile; otherwise results agree
 // with the CPU to rounding (tests/kernels.rs, latent_*).
@@ -67,7 +68,10 @@ struct Uniform { first: Params, rp: Reparam, second: Params, src: SplitSource }
 @group(0) @binding(13) var<storage, read_write> dh1: array<f32>;
 // (bindings 10 and 11: split_source.wgsl's partial sums and epilogue operand)
 
-const WG: u32 = 256u;
+// threads per workgroup: 256, 512 or 1024 (more threads per output shorten each
+// thread's serial sum)
+override WG: u32 = 256u;
+const WG_MAX: u32 = 1024u;
 // The most hidden units and latents an image's rows may have here (the lowering
 // checks: MAX_HIDDEN and MAX_LATENT in src/gpu/backend.rs).
 const HMAX: u32 = 1024u;
@@ -81,7 +85,7 @@ var<workgroup> ys: array<f32, HMAX>;
 var<workgroup> hd: array<f32, 128>; // 2·LMAX
 var<workgroup> zs: array<f32, LMAX>;
 var<workgroup> es: array<f32, LMAX>;
-var<workgroup> share: array<f32, WG>;
+var<workgroup> share: array<f32, WG_MAX>;
 
 // the four products, by the row they read
 const HEAD: u32 = 0u; // A row from xs (h1), C → head, hd
@@ -122,7 +126,7 @@ fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
 
 // Row i of product `which`: every C(i, j), j < q.n, through the epilogue (as
 // matmul.wgsl's store: bias and ReLU from params, the mask from h1) into ys[j],
-// written by thread j % 256, which also stores it (no barrier needed between).
+// written by thread j % WG, which also stores it (no barrier needed between).
 // Called by the whole workgroup (it holds barriers); ends with a barrier, after
 // which the caller may overwrite the A row.
 fn product_row(which: u32, q: Params, i: u32, t: u32) {
@@ -173,7 +177,7 @@ fn c_at(q: Params, i: u32, j: u32) -> u32 {
 
 // Forward for image b = workgroup x: h1 row → head (kept in hd) → for each draw k:
 // ε, z (kept in zs), log p − log q → h3 row b·K + k; the KL once.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let qh = u.first;
     let rp = u.rp;
@@ -245,7 +249,7 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 // Backward for image b = workgroup x: for each draw k, the dh3 row b·K + k → dz
 // → added into the head gradient (hd: μ's part, then log σ²'s, starting
 // from the KL gradient, as reparam.wgsl) → after the last draw, dhead → dh1 row b.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let qz = u.first;
     let rp = u.rp;

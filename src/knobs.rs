@@ -30,6 +30,9 @@ pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// (fc3's weight gradient its own dispatch, not one `matmul_triple` with the
 /// head's and fc1's).
 pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
+/// Threads per workgroup of the latent kernels: 256, 512 or 1024 (default: the
+/// most the device allows, up to 1024).
+pub const GPU_LATENT_THREADS: &str = "VAE_OOD_GPU_LATENT_THREADS";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
@@ -76,6 +79,11 @@ pub fn check() -> Result<()> {
             "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple"
         ) {
             bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent or triple");
+        }
+    }
+    if let Ok(v) = std::env::var(GPU_LATENT_THREADS) {
+        if !matches!(v.as_str(), "" | "256" | "512" | "1024") {
+            bail!("{GPU_LATENT_THREADS}={v}: expected 256, 512 or 1024");
         }
     }
     for (name, range) in [(GPU_CHUNK, 0..=1 << 24), (SPLIT_TARGET, 1..=65_536)] {

@@ -1118,11 +1118,19 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
 /// 12 threads per dz output. Three draws per image (rows b·3 + k), 37 images.
 #[test]
 fn latent_forward_and_backward_in_one_dispatch_each() {
-    use vae_ood::gpu::{self, Fusions, GpuBackend};
+    use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions};
     use vae_ood::model::Layout;
     use vae_ood::plan::{self, Batch};
     let mut rng = fresh_rng("latent_forward_and_backward_in_one_dispatch_each");
-    for (h, l, eps_given) in [(67, 5, true), (300, 20, true), (67, 5, false)] {
+    // workgroups of 256 threads (300 outputs: more than the threads, a loop over
+    // them) and of the most the adapter allows (1024 on lavapipe: shares of every
+    // output summed by several threads)
+    for (h, l, eps_given, threads) in [
+        (67, 5, true, None),
+        (300, 20, true, Some(256)),
+        (300, 20, true, None),
+        (67, 5, false, None),
+    ] {
         let dims = Dims { d: 129, h, l };
         let (b, k) = (37, 3);
         let lay = Layout::new(dims);
@@ -1227,7 +1235,7 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         let mut cpu = cpu_backend(&store, 1, sizes);
         let want_fwd = run(&mut *cpu, &fwd, &inputs_fwd, &out_fwd);
         let want_bwd = run(&mut *cpu, &bwd, &inputs_bwd, &out_bwd);
-        let name = format!("latent h={h} l={l} eps_given={eps_given}");
+        let name = format!("latent h={h} l={l} eps_given={eps_given} threads={threads:?}");
         for (v, (buf, n, _)) in want_fwd.iter().zip(&out_fwd) {
             let poisoned = !inputs_fwd.iter().any(|(i, _)| i == buf);
             assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], poisoned);
@@ -1254,7 +1262,17 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
             assert!(gpu_backend(&store, 1, sizes).is_none());
             return;
         };
-        let mut gpu = GpuBackend::new(adapter, &store, 1, sizes).unwrap();
+        let opts = GpuOptions {
+            latent_threads: threads,
+            ..GpuOptions::default()
+        };
+        let mut gpu = GpuBackend::with_options(adapter, &store, 1, sizes, opts).unwrap();
+        assert_eq!(
+            gpu.describe().contains("latent kernels of 256 threads"),
+            threads == Some(256),
+            "{name}: {}",
+            gpu.describe()
+        );
         let mut folded_or_not = Vec::new();
         for (latent, reduces) in [(true, true), (true, false), (false, true)] {
             gpu.set_fusions(Fusions {

@@ -1145,7 +1145,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -1158,6 +1158,10 @@ impl Backend for GpuBackend {
             match split_target() {
                 SPLIT_TARGET => String::new(),
                 t => format!(", split-K target {t} workgroups"),
+            },
+            match self.ctx.options.latent_threads {
+                Some(super::context::LATENT_THREADS_MAX) | None => String::new(),
+                Some(t) => format!(", latent kernels of {t} threads"),
             },
             self.fusions.note(),
             if self.submit_chunk == 0 {

@@ -131,9 +131,14 @@ impl Kernel {
     }
 
     /// Values for the module's pipeline-overridable constants: the matmul's
-    /// `PREFETCH` ([`GpuOptions::prefetch`]); none for the other kernels.
+    /// `PREFETCH` ([`GpuOptions::prefetch`]), the latent kernels' workgroup size
+    /// `WG` ([`GpuOptions::latent_threads`], 256 where unset); none for the other
+    /// kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
         match self {
+            Kernel::LatentForward | Kernel::LatentBackward => {
+                vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
+            }
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce => {
                 vec![("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 })]
             }
@@ -343,7 +348,16 @@ pub struct GpuOptions {
     /// not built ([`GpuContext::has`]); tests set 8 (WebGPU's default) to run the
     /// path of a device without the latent kernels on any adapter.
     pub storage_buffers: Option<u32>,
+    /// threads per workgroup of the latent kernels (`VAE_OOD_GPU_LATENT_THREADS`):
+    /// None for the most the device allows up to [`LATENT_THREADS_MAX`] (a power
+    /// of two, at least WebGPU's default 256). The context records the number it
+    /// chose here.
+    pub latent_threads: Option<u32>,
 }
+
+/// The most threads per workgroup the latent kernels use (`latent.wgsl`'s share
+/// array holds one partial sum per thread).
+pub const LATENT_THREADS_MAX: u32 = 1024;
 
 impl Default for GpuOptions {
     /// Subgroups where offered, trusted shader modules, no prefetch, no cap.
@@ -353,6 +367,7 @@ impl Default for GpuOptions {
             checks: ShaderChecks::Trusted,
             prefetch: false,
             storage_buffers: None,
+            latent_threads: None,
         }
     }
 }
@@ -397,7 +412,8 @@ impl ShaderChecks {
 impl GpuOptions {
     /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; shader checks from
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
-    /// tiles when `VAE_OOD_GPU_PREFETCH=1`.
+    /// tiles when `VAE_OOD_GPU_PREFETCH=1`; the latent kernels' threads from
+    /// `VAE_OOD_GPU_LATENT_THREADS`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
@@ -405,6 +421,8 @@ impl GpuOptions {
             checks: ShaderChecks::from_env(),
             prefetch: crate::knobs::flag(crate::knobs::GPU_PREFETCH),
             storage_buffers: None,
+            latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
+                .map(|v| v as u32),
         }
     }
 }
@@ -764,6 +782,24 @@ impl GpuContext {
                     .min(opts.storage_buffers.unwrap_or(u32::MAX)),
             );
         let storage_per_stage = limits.max_storage_buffers_per_shader_stage;
+        // the latent kernels' workgroup: the most threads asked for (all by default)
+        // that the adapter runs in one workgroup, a power of two from 256 (WebGPU's
+        // default, which every adapter has) to LATENT_THREADS_MAX
+        let most = have
+            .max_compute_invocations_per_workgroup
+            .min(have.max_compute_workgroup_size_x)
+            .min(opts.latent_threads.unwrap_or(LATENT_THREADS_MAX))
+            .clamp(256, LATENT_THREADS_MAX);
+        let latent_threads = 1u32 << (31 - most.leading_zeros());
+        limits.max_compute_invocations_per_workgroup = limits
+            .max_compute_invocations_per_workgroup
+            .max(latent_threads);
+        limits.max_compute_workgroup_size_x =
+            limits.max_compute_workgroup_size_x.max(latent_threads);
+        let opts = GpuOptions {
+            latent_threads: Some(latent_threads),
+            ..opts
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vae-ood"),
             required_features: features.features(),
