@@ -99,3 +99,11 @@ if [ -n "$best" ]; then
   end=$(date +%s%N)
   echo "# whole run with $best, wall time: $(( (end - start) / 1000000 )) ms" | tee -a "$OUTDIR/table.md"
 fi
+
+# the accuracy target: the same whole run with every GPU fusion off (its AUROCs
+# against the default run's above)
+echo "# the whole run unfused (VAE_OOD_GPU_UNFUSED=1), for the accuracy comparison"
+start=$(date +%s%N)
+VAE_OOD_GPU_UNFUSED=1 "$BIN" --device gpu --out "$OUTDIR/run_unfused" | grep -v '^====>'
+end=$(date +%s%N)
+echo "# whole run unfused, wall time: $(( (end - start) / 1000000 )) ms" | tee -a "$OUTDIR/table.md"
