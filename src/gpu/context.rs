@@ -26,6 +26,32 @@ pub enum Kernel {
     LatentBackward,
 }
 
+/// `matmul.wgsl`'s products: a, b, e → c, or → partial sums when K is split; c2 and
+/// a1 (problem 1 of a pair: bound to c's and a's buffers again for a lone product).
+const MATMUL_BINDINGS: [(u32, bool); 7] = [
+    (0, true),
+    (1, true),
+    (2, true),
+    (3, false),
+    (4, false),
+    (6, false),
+    (7, true),
+];
+
+/// `matmul_triple`: the pair's, then problem 2's A and B (never split: the partial
+/// sums unused, but bound, as the shared tile code names them).
+const MATMUL_TRIPLE_BINDINGS: [(u32, bool); 9] = {
+    let mut b = [(0, true); 9];
+    let mut i = 0;
+    while i < MATMUL_BINDINGS.len() {
+        b[i] = MATMUL_BINDINGS[i];
+        i += 1;
+    }
+    b[7] = (8, true);
+    b[8] = (9, true);
+    b
+};
+
 impl Kernel {
     pub const ALL: [Kernel; 13] = [
         Kernel::Gather,
@@ -169,30 +195,8 @@ impl Kernel {
         match self {
             // data, idx → x
             Kernel::Gather => &[(4, true), (5, true), (6, false)],
-            // a, b, e → c, or → partial sums when K is split; c2 and a1 (problem 1
-            // of a pair: bound to c's and a's buffers again for a lone product)
-            Kernel::Matmul | Kernel::MatmulPair => &[
-                (0, true),
-                (1, true),
-                (2, true),
-                (3, false),
-                (4, false),
-                (6, false),
-                (7, true),
-            ],
-            // as matmul_pair, then problem 2's A and B (never split: partial unused,
-            // but bound, as the shared tile code names it)
-            Kernel::MatmulTriple => &[
-                (0, true),
-                (1, true),
-                (2, true),
-                (3, false),
-                (4, false),
-                (6, false),
-                (7, true),
-                (8, true),
-                (9, true),
-            ],
+            Kernel::Matmul | Kernel::MatmulPair => &MATMUL_BINDINGS,
+            Kernel::MatmulTriple => &MATMUL_TRIPLE_BINDINGS,
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
             // head → z, eps, kl, logpq
