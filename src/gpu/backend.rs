@@ -1150,10 +1150,11 @@ impl Backend for GpuBackend {
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
             self.ctx.options.checks.note(),
-            if self.ctx.options.prefetch {
-                ", prefetching matmul"
-            } else {
-                ""
+            match (self.ctx.options.prefetch, self.ctx.options.wide_matmul) {
+                (false, false) => "",
+                (true, false) => ", prefetching matmul",
+                (false, true) => ", wide matmul tiles",
+                (true, true) => ", prefetching matmul, wide matmul tiles",
             },
             match split_target() {
                 SPLIT_TARGET => String::new(),
