@@ -45,9 +45,6 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
   timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
-  echo "## examples/matmul_micro.rs with VAE_OOD_GPU_WIDE_MATMUL=1"
-  VAE_OOD_GPU_WIDE_MATMUL=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
-    | tee "$LOG/matmul_micro_wide.txt"
 fi
 snapshot
 exit $status

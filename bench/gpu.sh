@@ -44,8 +44,6 @@ done
 #              the default compiles them as trusted modules, without
 #   no_loop_counters  shaders with every check but wgpu's loop-bounding counters
 #   prefetch   the matmul reads its next K step before the multiply of this one
-#   wide_matmul  the matmul in workgroups of 8×8 threads with 4×4 outputs each (and
-#              its next K step read during the multiply), not 16×16 with 2×2 each
 #   split_64, split_1024  split-K products aim for 64 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...
@@ -65,10 +63,9 @@ variant latent_512 VAE_OOD_GPU_LATENT_THREADS=512
 variant checked VAE_OOD_GPU_TRUSTED=0
 variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
 variant prefetch VAE_OOD_GPU_PREFETCH=1
-variant wide_matmul VAE_OOD_GPU_WIDE_MATMUL=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,latent_256,latent_512,checked,no_loop_counters,prefetch,wide_matmul,split_64,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,latent_256,latent_512,checked,no_loop_counters,prefetch,split_64,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

@@ -4,7 +4,6 @@
 //! division guards or zeroed workgroup memory); checked modules
 //! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
 //! (`=loops`); the matmul prefetching its next K step (`VAE_OOD_GPU_PREFETCH=1`);
-//! the matmul in 8×8-thread workgroups of 4×4 outputs each (`VAE_OOD_GPU_WIDE_MATMUL=1`);
 //! the latent kernels in workgroups of 256 threads (`VAE_OOD_GPU_LATENT_THREADS`);
 //! without the latent fusion, without the weight-gradient triple, without the
 //! gradient pairs, without the folded reduces, and without all of them
@@ -74,14 +73,6 @@ fn main() -> anyhow::Result<()> {
             "prefetch",
             GpuOptions {
                 prefetch: true,
-                ..d
-            },
-            all,
-        ),
-        (
-            "wide matmul",
-            GpuOptions {
-                wide_matmul: true,
                 ..d
             },
             all,

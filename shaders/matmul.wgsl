@@ -67,12 +67,6 @@ const TILE: u32 = 32u;
 // issues its reads of the next K step before the multiply of this one, not after
 // it. Same values into the same tiles, so the same bits.
 override PREFETCH: bool = false;
-// Threads per tile side (`VAE_OOD_GPU_WIDE_MATMUL`, a pipeline constant): 16 — a
-// workgroup of 16×16 threads, each with 2×2 outputs of the 32×32 tile — or 8 — 8×8
-// threads with 4×4 outputs each (tile_wide): four times the multiply-adds per
-// workgroup-memory read and per tile load instruction, a quarter of the threads.
-// Every output is the same fma chain either way, so the same bits.
-override WGX: u32 = 16u;
 // Tiles in workgroup memory as pairs, both indexed [kk][pair], rows of ROW pairs (34
 // floats: the padding spreads the strided stores of a transposed load over the banks):
 // ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
@@ -87,7 +81,7 @@ fn split_len(p: Params) -> u32 {
     return ((p.k + s - 1u) / s + TILE - 1u) / TILE * TILE;
 }
 
-@compute @workgroup_size(WGX, WGX)
+@compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     tile(0u, wg, lid);
 }
@@ -98,7 +92,7 @@ fn grid(q: u32) -> vec3<u32> {
     return vec3<u32>((p.n + TILE - 1u) / TILE, (p.m + TILE - 1u) / TILE, max(p.splits, 1u));
 }
 
-@compute @workgroup_size(WGX, WGX)
+@compute @workgroup_size(16, 16)
 fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     // the dispatch is exactly (G0 + G1, 1, 1) (the backend pairs only products with
     // G0 + G1 ≤ 65535), so every workgroup has a tile, and no early return sits in
@@ -115,7 +109,7 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     tile(q, at, lid);
 }
 
-@compute @workgroup_size(WGX, WGX)
+@compute @workgroup_size(16, 16)
 fn matmul_triple(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     // exactly (G0 + G1 + G2, 1, 1) workgroups, every one with a tile (as matmul_pair;
     // no problem is split: z is 0)
@@ -135,26 +129,17 @@ fn matmul_triple(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     tile(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
 }
 
-// Problem q's params (not pp[q]: lavapipe treats a uniform array read at a
-// run-time index as varying per invocation, and ran the pair 1.3× slower with it).
-fn problem(q: u32) -> Params {
+// One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
+// uniform over the workgroup.
+fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
+    // (not pp[q]: lavapipe treats a uniform array read at a run-time index as
+    // varying per invocation, and ran the pair 1.3× slower with it)
     var p = pp[0];
     if (q == 1u) {
         p = pp[1];
     } else if (q == 2u) {
         p = pp[2];
     }
-    return p;
-}
-
-// One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
-// uniform over the workgroup.
-fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
-    if (WGX == 8u) {
-        tile_wide(q, wg, lid);
-        return;
-    }
-    let p = problem(q);
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
     let t = lid.y * 16u + lid.x;
@@ -172,16 +157,16 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     // can stop).
     let fast = t % TILE;
     let slow = t / TILE;
-    var ra = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow, 8u);
-    var rb = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow, 8u);
+    var ra = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow);
+    var rb = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow);
     for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
-        stash_a4(a_t, fast, slow, 8u, ra);
-        stash_b4(b_t, fast, slow, 8u, rb);
+        stash_a4(a_t, fast, slow, ra);
+        stash_b4(b_t, fast, slow, rb);
         workgroupBarrier();
         if (PREFETCH) {
             // the next K step's reads in flight during this step's multiply
-            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow, 8u);
-            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow, 8u);
+            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
         }
         // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
         // every loop (and any driver that will not unroll past it) costs once per 8
@@ -199,8 +184,8 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         }
         workgroupBarrier();
         if (!PREFETCH) {
-            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow, 8u);
-            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow, 8u);
+            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
         }
     }
     let i0 = row0 + lid.y * 2u;
@@ -227,118 +212,6 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     }
 }
 
-// tile() with 8×8 threads (WGX = 8), each computing the 4×4 outputs rows 4·lid.y
-// .. + 3, columns 4·lid.x .. + 3: the same fma chain per output as tile(), so the
-// same bits. Thread t (0..63) moves the tile elements (fast, slow) = (t % 32,
-// t / 32 + 2r), r = 0..15, of each operand: sixteen reads issued before any store.
-fn tile_wide(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
-    let p = problem(q);
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
-    let t = lid.y * 8u + lid.x;
-    let kc = split_len(p);
-    let k_begin = wg.z * kc;
-    let k_end = min(p.k, k_begin + kc);
-    let a_t = p.a_si == 1u && p.a_sp != 1u;
-    let b_t = p.b_sp == 1u && p.b_sj != 1u;
-    // acc_r: C(i0 + r, j0 .. j0 + 3); rs: row sums of A (flag 8) for rows i0 .. i0 + 3
-    var acc0 = vec4<f32>();
-    var acc1 = vec4<f32>();
-    var acc2 = vec4<f32>();
-    var acc3 = vec4<f32>();
-    var rs = vec4<f32>();
-    let fast = t % TILE;
-    let slow = t / TILE;
-    var ra0 = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow, 2u);
-    var ra1 = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow + 8u, 2u);
-    var ra2 = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow + 16u, 2u);
-    var ra3 = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow + 24u, 2u);
-    var rb0 = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow, 2u);
-    var rb1 = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow + 8u, 2u);
-    var rb2 = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow + 16u, 2u);
-    var rb3 = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow + 24u, 2u);
-    for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
-        stash_a4(a_t, fast, slow, 2u, ra0);
-        stash_a4(a_t, fast, slow + 8u, 2u, ra1);
-        stash_a4(a_t, fast, slow + 16u, 2u, ra2);
-        stash_a4(a_t, fast, slow + 24u, 2u, ra3);
-        stash_b4(b_t, fast, slow, 2u, rb0);
-        stash_b4(b_t, fast, slow + 8u, 2u, rb1);
-        stash_b4(b_t, fast, slow + 16u, 2u, rb2);
-        stash_b4(b_t, fast, slow + 24u, 2u, rb3);
-        workgroupBarrier();
-        // the next K step's reads in flight during this step's multiply (four times
-        // the work per read than tile()'s: room to hide them)
-        let k1 = k0 + TILE;
-        ra0 = fetch_a4(q, p, row0, k1, k_end, a_t, fast, slow, 2u);
-        ra1 = fetch_a4(q, p, row0, k1, k_end, a_t, fast, slow + 8u, 2u);
-        ra2 = fetch_a4(q, p, row0, k1, k_end, a_t, fast, slow + 16u, 2u);
-        ra3 = fetch_a4(q, p, row0, k1, k_end, a_t, fast, slow + 24u, 2u);
-        rb0 = fetch_b4(q, p, col0, k1, k_end, b_t, fast, slow, 2u);
-        rb1 = fetch_b4(q, p, col0, k1, k_end, b_t, fast, slow + 8u, 2u);
-        rb2 = fetch_b4(q, p, col0, k1, k_end, b_t, fast, slow + 16u, 2u);
-        rb3 = fetch_b4(q, p, col0, k1, k_end, b_t, fast, slow + 24u, 2u);
-        for (var kk = 0u; kk < TILE; kk += 4u) {
-            mac_wide(&acc0, &acc1, &acc2, &acc3, &rs, kk * ROW, lid);
-            mac_wide(&acc0, &acc1, &acc2, &acc3, &rs, (kk + 1u) * ROW, lid);
-            mac_wide(&acc0, &acc1, &acc2, &acc3, &rs, (kk + 2u) * ROW, lid);
-            mac_wide(&acc0, &acc1, &acc2, &acc3, &rs, (kk + 3u) * ROW, lid);
-        }
-        workgroupBarrier();
-    }
-    let i0 = row0 + lid.y * 4u;
-    let j0 = col0 + lid.x * 4u;
-    if (p.splits > 1u) {
-        let base = wg.z * p.m * p.n;
-        store_partial4(p, base, i0, j0, acc0);
-        store_partial4(p, base, i0 + 1u, j0, acc1);
-        store_partial4(p, base, i0 + 2u, j0, acc2);
-        store_partial4(p, base, i0 + 3u, j0, acc3);
-        return;
-    }
-    store4(q, p, i0, j0, acc0);
-    store4(q, p, i0 + 1u, j0, acc1);
-    store4(q, p, i0 + 2u, j0, acc2);
-    store4(q, p, i0 + 3u, j0, acc3);
-    if ((p.flags & 8u) != 0u && wg.x == 0u && lid.x == 0u) {
-        for (var r = 0u; r < 4u; r++) {
-            if (i0 + r < p.m) {
-                put(q, p.e_off + i0 + r, rs[r]);
-            }
-        }
-    }
-}
-
-// One kk step of tile_wide's multiply (row = kk·ROW): the thread's four A values
-// (rows i0 .. i0 + 3, two pairs) times its four B values (columns j0 .. j0 + 3),
-// each output one fma as in mac.
-fn mac_wide(acc0: ptr<function, vec4<f32>>, acc1: ptr<function, vec4<f32>>,
-            acc2: ptr<function, vec4<f32>>, acc3: ptr<function, vec4<f32>>,
-            rs: ptr<function, vec4<f32>>, row: u32, lid: vec3<u32>) {
-    let a01 = ta[row + lid.y * 2u];
-    let a23 = ta[row + lid.y * 2u + 1u];
-    let bv = vec4<f32>(tb[row + lid.x * 2u], tb[row + lid.x * 2u + 1u]);
-    *acc0 = fma(vec4<f32>(a01.x), bv, *acc0);
-    *acc1 = fma(vec4<f32>(a01.y), bv, *acc1);
-    *acc2 = fma(vec4<f32>(a23.x), bv, *acc2);
-    *acc3 = fma(vec4<f32>(a23.y), bv, *acc3);
-    *rs += vec4<f32>(a01, a23);
-}
-
-fn store_partial4(p: Params, base: u32, i: u32, j: u32, v: vec4<f32>) {
-    store_partial(p, base, i, j, v.x);
-    store_partial(p, base, i, j + 1u, v.y);
-    store_partial(p, base, i, j + 2u, v.z);
-    store_partial(p, base, i, j + 3u, v.w);
-}
-
-fn store4(q: u32, p: Params, i: u32, j: u32, v: vec4<f32>) {
-    store(q, p, i, j, v.x);
-    store(q, p, i, j + 1u, v.y);
-    store(q, p, i, j + 2u, v.z);
-    store(q, p, i, j + 3u, v.w);
-}
-
 // Tile element (fast, slow) of A: A(row0 + ii, k0 + kk) with (ii, kk) = (slow, fast),
 // or (fast, slow) when A is stored transposed, so that consecutive threads read
 // consecutive addresses; 0 outside the matrix or the K share. Read from problem q's
@@ -356,22 +229,21 @@ fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u
     return 0.0;
 }
 
-// Four elements of A's tile: slow rows slow, slow + d, slow + 2d, slow + 3d (a 16×16
-// workgroup's thread t: d = 8, all four of its elements).
-fn fetch_a4(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32, d: u32) -> vec4<f32> {
+// Thread t's four elements of A's tile: rows slow, slow + 8, slow + 16, slow + 24.
+fn fetch_a4(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> vec4<f32> {
     return vec4<f32>(
         fetch_a(q, p, row0, k0, k_end, a_t, fast, slow),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + d),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 2u * d),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 3u * d),
+        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 8u),
+        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 16u),
+        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 24u),
     );
 }
 
-fn stash_a4(a_t: bool, fast: u32, slow: u32, d: u32, v: vec4<f32>) {
+fn stash_a4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
     stash_a(a_t, fast, slow, v.x);
-    stash_a(a_t, fast, slow + d, v.y);
-    stash_a(a_t, fast, slow + 2u * d, v.z);
-    stash_a(a_t, fast, slow + 3u * d, v.w);
+    stash_a(a_t, fast, slow + 8u, v.y);
+    stash_a(a_t, fast, slow + 16u, v.z);
+    stash_a(a_t, fast, slow + 24u, v.w);
 }
 
 fn stash_a(a_t: bool, fast: u32, slow: u32, v: f32) {
@@ -399,20 +271,20 @@ fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u
     return 0.0;
 }
 
-fn fetch_b4(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32, d: u32) -> vec4<f32> {
+fn fetch_b4(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32) -> vec4<f32> {
     return vec4<f32>(
         fetch_b(q, p, col0, k0, k_end, b_t, fast, slow),
-        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + d),
-        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 2u * d),
-        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 3u * d),
+        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 8u),
+        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 16u),
+        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 24u),
     );
 }
 
-fn stash_b4(b_t: bool, fast: u32, slow: u32, d: u32, v: vec4<f32>) {
+fn stash_b4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
     stash_b(b_t, fast, slow, v.x);
-    stash_b(b_t, fast, slow + d, v.y);
-    stash_b(b_t, fast, slow + 2u * d, v.z);
-    stash_b(b_t, fast, slow + 3u * d, v.w);
+    stash_b(b_t, fast, slow + 8u, v.y);
+    stash_b(b_t, fast, slow + 16u, v.z);
+    stash_b(b_t, fast, slow + 24u, v.w);
 }
 
 fn stash_b(b_t: bool, fast: u32, slow: u32, v: f32) {

@@ -20,9 +20,6 @@ pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
 /// `1`: the matmul issues its reads of the next K step before the multiply of
 /// the current one (software pipelining).
 pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
-/// `1`: the matmul's workgroups of 8×8 threads with 4×4 outputs each, not 16×16
-/// with 2×2 (same bits); `0`: not.
-pub const GPU_WIDE_MATMUL: &str = "VAE_OOD_GPU_WIDE_MATMUL";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -41,13 +38,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 5] = [
-    CPU_UNFUSED,
-    CPU_DENSE,
-    NO_SUBGROUPS,
-    GPU_PREFETCH,
-    GPU_WIDE_MATMUL,
-];
+const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_PREFETCH];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces" or "latent").
 pub fn gpu_unfused(part: &str) -> bool {

@@ -470,9 +470,7 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// without loop counters only (`=loops`) the shaders give the same bits as with
 /// the checks (`=0`) —
 /// which they must, since a check that changed a value would mean an access out
-/// of bounds. Nor on the matmul's software pipelining (`VAE_OOD_GPU_PREFETCH=1`),
-/// nor on its thread layout (`VAE_OOD_GPU_WIDE_MATMUL=1`: 8×8 threads with 4×4
-/// outputs each, the same fma chain per output).
+/// of bounds. Nor on the matmul's software pipelining (`VAE_OOD_GPU_PREFETCH=1`).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
@@ -497,12 +495,11 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         3,
     );
     let ops = &case.ops;
-    let run = |chunk: usize, checks: ShaderChecks, fused: bool, prefetch: bool, wide: bool| {
+    let run = |chunk: usize, checks: ShaderChecks, fused: bool, prefetch: bool| {
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
             checks,
             prefetch,
-            wide_matmul: wide,
             ..GpuOptions::default()
         };
         let mut be = case.backend(opts);
@@ -515,7 +512,6 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             checks == ShaderChecks::NoLoopBounds
         );
         assert_eq!(be.describe().contains("prefetching matmul"), prefetch);
-        assert_eq!(be.describe().contains("wide matmul tiles"), wide);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         // (the latent fusion, on in every run here, sums in another order: it is
@@ -548,7 +544,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let whole = run(0, ShaderChecks::Trusted, true, false, false);
+    let whole = run(0, ShaderChecks::Trusted, true, false);
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
@@ -562,32 +558,18 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     for (what, other) in [
         (
             "cut every 5 ops",
-            run(5, ShaderChecks::Trusted, true, false, false),
+            run(5, ShaderChecks::Trusted, true, false),
         ),
-        (
-            "checked shaders",
-            run(0, ShaderChecks::All, true, false, false),
-        ),
+        ("checked shaders", run(0, ShaderChecks::All, true, false)),
         (
             "no loop-bounding counters",
-            run(0, ShaderChecks::NoLoopBounds, true, false, false),
+            run(0, ShaderChecks::NoLoopBounds, true, false),
         ),
         (
             "prefetching matmul",
-            run(0, ShaderChecks::Trusted, true, true, false),
+            run(0, ShaderChecks::Trusted, true, true),
         ),
-        (
-            "wide matmul tiles",
-            run(0, ShaderChecks::Trusted, true, false, true),
-        ),
-        (
-            "wide matmul tiles, checked, unfused",
-            run(0, ShaderChecks::All, false, false, true),
-        ),
-        (
-            "unfused",
-            run(0, ShaderChecks::Trusted, false, false, false),
-        ),
+        ("unfused", run(0, ShaderChecks::Trusted, false, false)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");

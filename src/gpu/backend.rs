@@ -1150,11 +1150,10 @@ impl Backend for GpuBackend {
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
             self.ctx.options.checks.note(),
-            match (self.ctx.options.prefetch, self.ctx.options.wide_matmul) {
-                (false, false) => "",
-                (true, false) => ", prefetching matmul",
-                (false, true) => ", wide matmul tiles",
-                (true, true) => ", prefetching matmul, wide matmul tiles",
+            if self.ctx.options.prefetch {
+                ", prefetching matmul"
+            } else {
+                ""
             },
             match split_target() {
                 SPLIT_TARGET => String::new(),

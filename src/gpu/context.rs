@@ -157,8 +157,7 @@ impl Kernel {
     }
 
     /// Values for the module's pipeline-overridable constants: the matmul's
-    /// `PREFETCH` ([`GpuOptions::prefetch`]) and `WGX` (threads per tile side, 8
-    /// with [`GpuOptions::wide_matmul`], else 16), the latent kernels' workgroup size
+    /// `PREFETCH` ([`GpuOptions::prefetch`]), the latent kernels' workgroup size
     /// `WG` ([`GpuOptions::latent_threads`], 256 where unset); none for the other
     /// kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
@@ -167,10 +166,7 @@ impl Kernel {
                 vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
             }
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce => {
-                vec![
-                    ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
-                    ("WGX", if opts.wide_matmul { 8.0 } else { 16.0 }),
-                ]
+                vec![("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 })]
             }
             _ => Vec::new(),
         }
@@ -351,9 +347,6 @@ pub struct GpuOptions {
     /// the matmul issues its reads of the next K step before the multiply of the
     /// current one (`VAE_OOD_GPU_PREFETCH=1`; off by default; identical bits)
     pub prefetch: bool,
-    /// the matmul's workgroups: 8×8 threads computing 4×4 outputs each (true), or
-    /// 16×16 threads computing 2×2 each (`VAE_OOD_GPU_WIDE_MATMUL`; identical bits)
-    pub wide_matmul: bool,
     /// the most storage buffers per shader stage to request (None: as many as the
     /// widest kernel binds, where the adapter has them). Kernels binding more are
     /// not built ([`GpuContext::has`]); tests set 8 (WebGPU's default) to run the
@@ -377,7 +370,6 @@ impl Default for GpuOptions {
             subgroups: Subgroups::Auto,
             checks: ShaderChecks::Trusted,
             prefetch: false,
-            wide_matmul: false,
             storage_buffers: None,
             latent_threads: None,
         }
@@ -432,7 +424,6 @@ impl GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
             checks: ShaderChecks::from_env(),
             prefetch: crate::knobs::flag(crate::knobs::GPU_PREFETCH),
-            wide_matmul: crate::knobs::flag(crate::knobs::GPU_WIDE_MATMUL),
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),

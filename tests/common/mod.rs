@@ -46,18 +46,6 @@ pub fn gpu_variant(
     sizes: Sizes,
     r: Reduce,
 ) -> Option<Box<dyn Backend>> {
-    gpu_variant_wide(store, idx_len, sizes, r, false)
-}
-
-/// [`gpu_variant`], the matmul in workgroups of 8×8 threads with 4×4 outputs each
-/// when `wide` (`GpuOptions::wide_matmul`), else 16×16 with 2×2.
-pub fn gpu_variant_wide(
-    store: &[u8],
-    idx_len: usize,
-    sizes: Sizes,
-    r: Reduce,
-    wide: bool,
-) -> Option<Box<dyn Backend>> {
     let a = match gpu::select_adapter().expect("adapter selection") {
         Some(a) => a,
         None => return gpu_backend(store, idx_len, sizes), // skips or panics
@@ -81,12 +69,10 @@ pub fn gpu_variant_wide(
         GpuOptions {
             subgroups,
             checks: ShaderChecks::All,
-            wide_matmul: wide,
             ..GpuOptions::default()
         },
     )
     .expect("GPU backend");
-    assert_eq!(be.describe().contains("wide matmul tiles"), wide);
     let want = match r {
         Reduce::Portable => "portable reductions",
         Reduce::Subgroup => "subgroup reductions",
@@ -96,16 +82,11 @@ pub fn gpu_variant_wide(
 }
 
 /// Every backend: the CPU one, then the GPU one in both reduction variants
-/// (portable, subgroup), and the subgroup one with the wide matmul tiles, when an
-/// adapter is available (see `gpu_backend`).
+/// (portable, subgroup) when an adapter is available (see `gpu_backend`).
 pub fn all_backends(store: &[u8], idx_len: usize, sizes: Sizes) -> Vec<Box<dyn Backend>> {
     let mut v = vec![cpu_backend(store, idx_len, sizes)];
-    for (r, wide) in [
-        (Reduce::Portable, false),
-        (Reduce::Subgroup, false),
-        (Reduce::Subgroup, true),
-    ] {
-        if let Some(g) = gpu_variant_wide(store, idx_len, sizes, r, wide) {
+    for r in Reduce::ALL {
+        if let Some(g) = gpu_variant(store, idx_len, sizes, r) {
             v.push(g);
         }
     }
