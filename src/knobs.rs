@@ -40,7 +40,8 @@ pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
 const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_PREFETCH];
 
-/// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces" or "latent").
+/// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent"
+/// or "triple").
 pub fn gpu_unfused(part: &str) -> bool {
     matches!(std::env::var(GPU_UNFUSED).as_deref(), Ok(v) if v == "1" || v == part)
 }

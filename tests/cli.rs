@@ -760,6 +760,9 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_TRUSTED", "yes"),
         ("VAE_OOD_GPU_UNFUSED", "pair"),
         ("VAE_OOD_GPU_PREFETCH", "on"),
+        ("VAE_OOD_GPU_UNFUSED", "triples"),
+        ("VAE_OOD_GPU_LATENT_THREADS", "300"),
+        ("VAE_OOD_GPU_LATENT_THREADS", "2048"),
     ];
     // a one-epoch CPU run on 128 images, quiet
     let run = [
@@ -791,6 +794,7 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_UNFUSED", "reduces")
         .env("VAE_OOD_GPU_TRUSTED", "loops")
         .env("VAE_OOD_GPU_PREFETCH", "1")
+        .env("VAE_OOD_GPU_LATENT_THREADS", "512")
         .args(run)
         .args(["--out", s(&out)])
         .output()
