@@ -490,7 +490,9 @@ fn dense_c(q: &MatmulParams, width: u32) -> bool {
 ///   Dz, no epilogue), fc3's weight gradient, `ReparamBackward`, the head's input
 ///   gradient (Dhead → Dh1, masked by H1): one `latent_backward` in the first slot,
 ///   then the weight gradient's own dispatches (it reads and writes nothing the
-///   other three touch, so it may run after them).
+///   other three touch, so it may run after them) — or, with `join` (the triple
+///   fusion on), the weight gradient and the next two ops (the head's and fc1's
+///   weight gradients) as one `matmul_triple` in its slot where [`triple`] allows.
 ///
 /// The images of a batch must fit one dispatch row and the model the kernels'
 /// workgroup memory ([`MAX_HIDDEN`], [`MAX_LATENT`]: every row read or written
