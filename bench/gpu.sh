@@ -2,7 +2,9 @@
 # Side-by-side speed on a Linux machine with an NVIDIA GPU and no internet:
 # vae-ood (prebuilt, wgpu over Vulkan) and the PyTorch baseline (eager, fused Adam,
 # CUDA graph) in one call, then one comparison table; then the whole default run
-# (load, train 20 epochs, score, plot) timed end to end.
+# (load, train 20 epochs, score, plot) timed end to end — again with the fastest
+# variant's switches if one beat the default, and with every GPU fusion off (its
+# AUROCs are the accuracy target's comparison).
 #
 #   bench/gpu.sh [path/to/vae-ood]          (default: target/release/vae-ood)
 #   EPOCHS=3 WARMUP=1 OUTDIR=bench/out bench/gpu.sh
