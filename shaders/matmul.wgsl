@@ -217,12 +217,9 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
 // consecutive addresses; 0 outside the matrix or the K share. Read from problem q's
 // A (load_a).
 fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> f32 {
-    var ii = slow;
-    var kk = fast;
-    if (a_t) {
-        ii = fast;
-        kk = slow;
-    }
+    let ik = tile_at(a_t, fast, slow);
+    let ii = ik.x;
+    let kk = ik.y;
     if (row0 + ii < p.m && k0 + kk < k_end) {
         return load_a(q, p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp);
     }
@@ -247,24 +244,16 @@ fn stash_a4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
 }
 
 fn stash_a(a_t: bool, fast: u32, slow: u32, v: f32) {
-    var ii = slow;
-    var kk = fast;
-    if (a_t) {
-        ii = fast;
-        kk = slow;
-    }
-    ta[kk * ROW + ii / 2u][ii % 2u] = v;
+    let ik = tile_at(a_t, fast, slow);
+    ta[ik.y * ROW + ik.x / 2u][ik.x % 2u] = v;
 }
 
 // Tile element (fast, slow) of B: B(k0 + kb, col0 + jj) with (kb, jj) = (slow, fast),
 // or (fast, slow) when B is stored transposed; read from problem q's B (load_b).
 fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32) -> f32 {
-    var kb = slow;
-    var jj = fast;
-    if (b_t) {
-        kb = fast;
-        jj = slow;
-    }
+    let kj = tile_at(b_t, fast, slow);
+    let kb = kj.x;
+    let jj = kj.y;
     if (k0 + kb < k_end && col0 + jj < p.n) {
         return load_b(q, p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj);
     }
@@ -288,13 +277,18 @@ fn stash_b4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
 }
 
 fn stash_b(b_t: bool, fast: u32, slow: u32, v: f32) {
-    var kb = slow;
-    var jj = fast;
-    if (b_t) {
-        kb = fast;
-        jj = slow;
+    let kj = tile_at(b_t, fast, slow);
+    tb[kj.x * ROW + kj.y / 2u][kj.y % 2u] = v;
+}
+
+// The (row, column) within an operand's tile of a thread's element (fast, slow):
+// (slow, fast), or (fast, slow) for an operand stored transposed, so that
+// consecutive threads read consecutive addresses either way.
+fn tile_at(transposed: bool, fast: u32, slow: u32) -> vec2<u32> {
+    if (transposed) {
+        return vec2<u32>(fast, slow);
     }
-    tb[kb * ROW + jj / 2u][jj % 2u] = v;
+    return vec2<u32>(slow, fast);
 }
 
 // One step of the multiply: a thread's two A values av (rows i0, i0 + 1) times its
