@@ -195,16 +195,16 @@ fn triple(ops: [&Op; 3]) -> Option<(Dispatch, Vec<u8>)> {
     }
     let c = out?;
     let regions: Vec<Vec<Range<u64>>> = qs.iter().map(written).collect();
+    let groups: u32 = qs.iter().map(tiles).sum();
     let ok = ab.iter().all(|&(a, b)| a != c && b != c)
         && disjoint(&regions[0], &regions[1])
         && disjoint(&regions[0], &regions[2])
         && disjoint(&regions[1], &regions[2])
-        && qs.iter().map(tiles).sum::<u32>() <= 65_535;
+        && groups <= 65_535;
     if !ok {
         return None;
     }
     let f = Res::F;
-    let groups = qs.iter().map(tiles).sum();
     let res = vec![
         f(ab[0].0),
         f(ab[0].1),
