@@ -5,9 +5,10 @@
 //! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
 //! (`=loops`); the matmul prefetching its next K step (`VAE_OOD_GPU_PREFETCH=1`);
 //! the latent kernels in workgroups of 256 threads (`VAE_OOD_GPU_LATENT_THREADS`);
-//! without the latent fusion, without the weight-gradient triple, without the
-//! gradient pairs, without the folded reduces, and without all of them
-//! (`VAE_OOD_GPU_UNFUSED=latent|triple|pairs|reduces|1`). Each round runs `steps`
+//! without the latent fusion, without the weight-gradient triple, without Adam in
+//! the triple, without the gather in fc1's product, without the gradient pairs,
+//! without the folded reduces, and without all of them
+//! (`VAE_OOD_GPU_UNFUSED=latent|triple|adam|gather|pairs|reduces|1`). Each round runs `steps`
 //! steps in one run per variant; then one step per variant with per-op timestamps
 //! where the adapter has them. A kernel experiment, not part of the training path;
 //! on lavapipe a step takes about a quarter of a second.
@@ -87,6 +88,8 @@ fn main() -> anyhow::Result<()> {
         ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
+        ("no adam in triple", d, without(|f| f.adam = false)),
+        ("no gather in fc1", d, without(|f| f.gather = false)),
         ("no pairs", d, without(|f| f.pairs = false)),
         ("no folds", d, without(|f| f.reduces = false)),
         ("unfused", d, Fusions::NONE),

@@ -1,9 +1,6 @@
-// Twin of cpu::adam (src/cpu/adam.rs): one PyTorch Adam step over the flat buffer.
-// m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;  p −= (lr / bc1) · m / (√v / √bc2 + eps)
-// with bc1 = 1 − β1^t, bc2 = 1 − β2^t from the host. One thread per parameter.
+// Twin of cpu::adam (src/cpu/adam.rs): one PyTorch Adam step over the flat buffer,
+// one thread per parameter (the formula: adam_update.wgsl, appended to this module).
 // adam_step is also called by adam_gather.wgsl (this file is assembled into its module).
-
-struct AdamParams { n: u32, lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, _pad: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
 @group(0) @binding(1) var<storage, read> grads: array<f32>;
@@ -21,10 +18,8 @@ fn adam_step(i: u32, p: AdamParams) {
     if (i >= p.n) {
         return;
     }
-    let g = grads[i];
-    let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
-    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    params[i] -= (p.lr / p.bc1) * mi / (sqrt(vi) / sqrt(p.bc2) + p.eps);
+    let r = adam_update(grads[i], params[i], m[i], v[i], p);
+    params[i] = r.x;
+    m[i] = r.y;
+    v[i] = r.z;
 }

@@ -22,8 +22,8 @@
 // ceil(m*n/256)).
 //
 // matmul_pair: two independent products in one dispatch — a layer's input gradient
-// (problem 0, pp[0], as matmul: B from b, mask from e, C into c or split into
-// partial) and its weight gradient (problem 1, pp[1]: A from a1 — the same buffer
+// (problem 0, u.p[0], as matmul: B from b, mask from e, C into c or split into
+// partial) and its weight gradient (problem 1, u.p[1]: A from a1 — the same buffer
 // as a here —, B read from e, C and bias gradient into c2, never split); or two
 // weight gradients of different layers (problem 0 with its bias gradient into c).
 // Workgroups 0 .. G0 − 1 (G0 = tiles ×
@@ -37,10 +37,18 @@
 // workgroups in the order of the problems; dispatch (G0 + G1 + G2, 1, 1). Its CPU
 // twin is the three cpu::matmul calls.
 //
+// matmul_triple_adam (matmul_adam.wgsl): the triple with a training step's Adam in
+// its epilogue, and extra workgroups for the parameters the triple does not write.
+// matmul_gather (matmul_gather_operands.wgsl): a product whose A is a batch of
+// images read straight from the packed image store, x written on the way.
+//
 // Where problem q reads A and B: load_a and load_b, appended from
-// matmul_operands.wgsl (a, b; a1, e) for matmul, matmul_pair and matmul_reduce, or
-// from matmul_triple_operands.wgsl (those and a2, b2) for matmul_triple, so that
-// the first three bind no more storage buffers than they use.
+// matmul_operands.wgsl (a, b; a1, e) for matmul, matmul_pair and matmul_reduce,
+// from matmul_triple_operands.wgsl (those and a2, b2) for the triples, or from
+// matmul_gather_operands.wgsl, so that each kernel binds no more storage buffers
+// than it uses. What happens to a stored element after it is written: after_put,
+// from matmul_store.wgsl (nothing) or matmul_adam.wgsl (its Adam step).
+// adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_si: u32, a_sp: u32,
@@ -58,9 +66,12 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> c2: array<f32>;
 // A of problem 1 of a pair (bound to a's buffer again for a lone product)
 @group(0) @binding(7) var<storage, read> a1: array<f32>;
-// pp[0]: the product (problem 0 of a pair); pp[1], pp[2]: problems 1 and 2 of a
-// pair or a triple
-@group(1) @binding(0) var<uniform> pp: array<Params, 3>;
+// The op's uniform slot (256 bytes): p[0], the product (problem 0 of a pair); p[1],
+// p[2]: problems 1 and 2 of a pair or a triple; for matmul_triple_adam the Adam
+// step and the range [tail.x, tail.y) it updates in extra workgroups; for
+// matmul_gather the first index entry of the batch (gather.x).
+struct Slot { p: array<Params, 3>, adam: AdamParams, tail: vec4<u32>, gather: vec4<u32> }
+@group(1) @binding(0) var<uniform> u: Slot;
 
 const TILE: u32 = 32u;
 // Software pipelining (`VAE_OOD_GPU_PREFETCH=1`, a pipeline constant): a thread
@@ -88,7 +99,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
 
 // workgroups of problem q: (x, y, z) = (ceil(n/32), ceil(m/32), max(splits, 1))
 fn grid(q: u32) -> vec3<u32> {
-    let p = pp[q];
+    let p = u.p[q];
     return vec3<u32>((p.n + TILE - 1u) / TILE, (p.m + TILE - 1u) / TILE, max(p.splits, 1u));
 }
 
@@ -111,9 +122,21 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 
 @compute @workgroup_size(16, 16)
 fn matmul_triple(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    // exactly (G0 + G1 + G2, 1, 1) workgroups, every one with a tile (as matmul_pair;
-    // no problem is split: z is 0)
-    var w = wg.x;
+    // exactly (G0 + G1 + G2, 1, 1) workgroups, every one with a tile (as matmul_pair)
+    triple_tile(wg.x, lid);
+}
+
+// Workgroups of the three problems of a triple, G0 + G1 + G2 (none is split).
+fn triple_groups() -> u32 {
+    let g0 = grid(0u);
+    let g1 = grid(1u);
+    let g2 = grid(2u);
+    return g0.x * g0.y + g1.x * g1.y + g2.x * g2.y;
+}
+
+// Workgroup w < G0 + G1 + G2 of a triple: its problem's tile (z is 0: no split).
+fn triple_tile(w_in: u32, lid: vec3<u32>) {
+    var w = w_in;
     var q = 0u;
     var g = grid(0u);
     if (w >= g.x * g.y) {
@@ -132,13 +155,13 @@ fn matmul_triple(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 // One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
 // uniform over the workgroup.
 fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
-    // (not pp[q]: lavapipe treats a uniform array read at a run-time index as
+    // (not u.p[q]: lavapipe treats a uniform array read at a run-time index as
     // varying per invocation, and ran the pair 1.3× slower with it)
-    var p = pp[0];
+    var p = u.p[0];
     if (q == 1u) {
-        p = pp[1];
+        p = u.p[1];
     } else if (q == 2u) {
-        p = pp[2];
+        p = u.p[2];
     }
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
@@ -221,7 +244,7 @@ fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u
     let ii = ik.x;
     let kk = ik.y;
     if (row0 + ii < p.m && k0 + kk < k_end) {
-        return load_a(q, p.a_off + (row0 + ii) * p.a_si + (k0 + kk) * p.a_sp);
+        return load_a(q, p, row0 + ii, k0 + kk);
     }
     return 0.0;
 }
@@ -298,13 +321,15 @@ fn mac(acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>, av: vec2<f32
     *rs += av;
 }
 
-// C of problem q: c, or c2 for problems 1 and 2 of a pair or a triple
+// C of problem q: c, or c2 for problems 1 and 2 of a pair or a triple; then
+// whatever the module does with a stored element (after_put)
 fn put(q: u32, at: u32, v: f32) {
     if (q == 0u) {
         c[at] = v;
     } else {
         c2[at] = v;
     }
+    after_put(at, v);
 }
 
 fn store_partial(p: Params, base: u32, i: u32, j: u32, v: f32) {
@@ -315,7 +340,7 @@ fn store_partial(p: Params, base: u32, i: u32, j: u32, v: f32) {
 
 @compute @workgroup_size(256)
 fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let p = pp[0];
+    let p = u.p[0];
     let t = gid.x + gid.y * nwg.x * 256u;
     if (t >= p.m * p.n) {
         return;

@@ -272,7 +272,7 @@ pub fn print(r: &BenchResult) {
                 "host clock between the ops of a step inside a training epoch; a fused op's time is charged to the first op of its fusion, the other reads 0"
             }
             Some(BreakdownMethod::Timestamps) => {
-                "GPU timestamps between the dispatches of a step inside a training epoch; an op that runs inside another op's dispatch (the second of a gradient pair, the gather next to the previous step's Adam, the loss inside the BCE, the reparameterisation and fc3 fwd inside head fwd's latent_forward, the reparameterisation and head dX inside fc3 dX's latent_backward) reads 0, its time charged to the last op before it with a dispatch; a folded split-K reduce is timed with the op that reads the product"
+                "GPU timestamps between the dispatches of a step inside a training epoch; an op that runs inside another op's dispatch (the second of a gradient pair, fc1 fwd reading the images in the gather's dispatch, Adam in the epilogue of fc3 dW's weight-gradient triple (or else the gather next to the previous step's Adam), the loss inside the BCE, the reparameterisation and fc3 fwd inside head fwd's latent_forward, the reparameterisation and head dX inside fc3 dX's latent_backward) reads 0, its time charged to the last op before it with a dispatch; a folded split-K reduce is timed with the op that reads the product"
             }
             _ => "each op alone over one epoch",
         };

@@ -40,8 +40,8 @@ pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
 const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_PREFETCH];
 
-/// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent"
-/// or "triple").
+/// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",
+/// "triple", "adam" or "gather").
 pub fn gpu_unfused(part: &str) -> bool {
     matches!(std::env::var(GPU_UNFUSED).as_deref(), Ok(v) if v == "1" || v == part)
 }
@@ -77,9 +77,11 @@ pub fn check() -> Result<()> {
     if let Ok(v) = std::env::var(GPU_UNFUSED) {
         if !matches!(
             v.as_str(),
-            "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple"
+            "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple" | "adam" | "gather"
         ) {
-            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent or triple");
+            bail!(
+                "{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent, triple, adam or gather"
+            );
         }
     }
     if let Ok(v) = std::env::var(GPU_LATENT_THREADS) {

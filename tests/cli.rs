@@ -761,6 +761,7 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_UNFUSED", "pair"),
         ("VAE_OOD_GPU_PREFETCH", "on"),
         ("VAE_OOD_GPU_UNFUSED", "triples"),
+        ("VAE_OOD_GPU_UNFUSED", "gathers"),
         ("VAE_OOD_GPU_LATENT_THREADS", "300"),
         ("VAE_OOD_GPU_LATENT_THREADS", "2048"),
     ];

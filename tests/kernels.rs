@@ -735,6 +735,19 @@ fn gpu_one_dispatch_and_apart<const N: usize>(
     outs: &[Buf; N],
     run: impl Fn(&mut dyn Backend) -> [Vec<f32>; N],
 ) -> Option<[[Vec<f32>; N]; 2]> {
+    gpu_fused_and_apart(store, idx_len, ops, (1, ops.len()), outs, run)
+}
+
+/// [`gpu_one_dispatch_and_apart`] where the ops take `counts` dispatches (fused,
+/// apart), split-K reduces included.
+fn gpu_fused_and_apart<const N: usize>(
+    store: &[u8],
+    idx_len: usize,
+    ops: &[Op],
+    counts: (usize, usize),
+    outs: &[Buf; N],
+    run: impl Fn(&mut dyn Backend) -> [Vec<f32>; N],
+) -> Option<[[Vec<f32>; N]; 2]> {
     use vae_ood::gpu::{self, GpuBackend};
     let Some(adapter) = gpu::select_adapter().unwrap() else {
         assert!(gpu_backend(store, idx_len, SIZES).is_none());
@@ -743,7 +756,7 @@ fn gpu_one_dispatch_and_apart<const N: usize>(
     let mut gpu = GpuBackend::new(adapter, store, idx_len, SIZES).unwrap();
     let results = [true, false].map(|fused| {
         gpu.set_fused(fused);
-        assert_eq!(gpu.dispatches(ops), if fused { 1 } else { ops.len() });
+        assert_eq!(gpu.dispatches(ops), if fused { counts.0 } else { counts.1 });
         run(&mut gpu)
     });
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -1487,5 +1500,163 @@ fn iwae_scoring_with_64_draws_through_the_latent_block() {
         // dropping or repeating one draw of 64 moves a score by far more
         assert_close(&format!("{how} scores"), &got.0, &cpu.0, 1e-3, 1e-6);
         assert_close(&format!("{how} batch sum"), &got.1, &cpu.1, 7e-3, 1e-6);
+    }
+}
+
+/// A batch's gather read by the product after it (fc1's forward) straight from the
+/// image store, x written on the way, as one `matmul_gather` dispatch (and the
+/// product's split-K reduce): against the CPU (`gather_pixels`, then `matmul`) and
+/// against the GPU running the gather on its own (same bits). 37 rows of 129
+/// pixels (K split in five shares, a partial last one) into 67 ReLU units, and of
+/// 100 pixels (not split); x and the product are poisoned first.
+#[test]
+fn gather_read_by_the_product_in_one_dispatch() {
+    let mut rng = fresh_rng("gather_read_by_the_product_in_one_dispatch");
+    let (rows, n) = (37, 67);
+    let store = random_store(&mut rng);
+    let idx: Vec<u32> = (0..rows + 5)
+        .map(|_| rng.random_range(0..N_IMAGES as u32))
+        .collect();
+    for (d, splits) in [(D, 5), (100, 1)] {
+        let (w, bias) = (300, 300 + n * d);
+        let product = MatmulParams::linear(rows, d, n, w, bias, true);
+        assert_eq!(choose_splits(&product), splits);
+        let ops = [
+            Op::Gather(GatherParams {
+                rows: rows as u32,
+                d: d as u32,
+                idx_off: 5,
+                _pad: 0,
+            }),
+            Op::Matmul {
+                a: Buf::X,
+                b: Buf::Params,
+                e: Buf::Params,
+                c: Buf::H1,
+                p: product,
+            },
+        ];
+        let params = uniform(&mut rng, SIZES.params, -0.2, 0.2);
+        let outs = [Buf::X, Buf::H1];
+        let run = |be: &mut dyn Backend| {
+            be.write_idx(0, &idx).unwrap();
+            be.write(Buf::Params, 0, &params).unwrap();
+            for b in outs {
+                be.write(b, 0, &vec![f32::NAN; b.len(&SIZES)]).unwrap();
+            }
+            be.run(&ops).unwrap();
+            outs.map(|b| be.read(b, 0..b.len(&SIZES)).unwrap())
+        };
+        let cpu = run(&mut *cpu_backend(&store, idx.len(), SIZES));
+        let regions = [0..rows * d, 0..rows * n];
+        for (i, b) in outs.iter().enumerate() {
+            assert_written(&format!("CPU {b:?}"), &cpu[i], &regions[i..=i], true);
+        }
+        // fused: the product (and its reduce); apart: the gather too
+        let reduce = (splits > 1) as usize;
+        let counts = (1 + reduce, 2 + reduce);
+        let Some(results) = gpu_fused_and_apart(&store, idx.len(), &ops, counts, &outs, run) else {
+            return;
+        };
+        for (res, how) in results.iter().zip(["one dispatch", "apart"]) {
+            for (i, b) in outs.iter().enumerate() {
+                let what = format!("{b:?} of {d} pixels, {how}");
+                assert_written(&what, &res[i], &regions[i..=i], true);
+                let r = regions[i].clone();
+                // x: as gather_unpacks_bytes; the product: as MM_ATOL/MM_RTOL
+                let (atol, rtol) = if i == 0 {
+                    (1e-6, 0.0)
+                } else {
+                    (MM_ATOL, MM_RTOL)
+                };
+                assert_close(&what, &res[i][r.clone()], &cpu[i][r], atol, rtol);
+            }
+        }
+    }
+}
+
+/// A training step's last three weight gradients and its Adam step as one
+/// `matmul_triple_adam` dispatch: the triple's gradients get their Adam step in
+/// its epilogue, the parameters it does not write (the tail: at the end of the
+/// buffer, 16,630 of them over 17 workgroups, the last one partial; or between
+/// the first and second product's regions) in workgroups after its tiles. Against
+/// the CPU (three `matmul`, then `adam`) and against the GPU running the four
+/// apart (same bits): gradients, parameters and both moments, on fresh random
+/// values everywhere (the tail's gradients are the ones given).
+#[test]
+fn weight_gradients_and_adam_in_one_dispatch() {
+    let mut rng = fresh_rng("weight_gradients_and_adam_in_one_dispatch");
+    let m = 37;
+    // (dY, X, n, k, weight offset, bias offset) per product, Adam's n
+    type Spec = [(Buf, Buf, usize, usize, usize, usize); 3];
+    let at_end: Spec = [
+        (Buf::Logits, Buf::X, 53, 29, 0, 53 * 29),
+        (Buf::Dh3, Buf::H1, 20, 67, 1590, 1590 + 20 * 67),
+        (Buf::Dhead, Buf::Z, 10, 41, 2950, 2950 + 410),
+    ];
+    let between: Spec = [
+        (Buf::Logits, Buf::X, 53, 29, 0, 53 * 29),
+        (Buf::Dh3, Buf::H1, 20, 67, 5000, 5000 + 20 * 67),
+        (Buf::Dhead, Buf::Z, 10, 41, 6360, 6360 + 410),
+    ];
+    for (specs, n) in [(at_end, SIZES.params), (between, 6780)] {
+        let adam = AdamParams::at_step(n, 1e-3, 0.9, 0.999, 1e-8, 3);
+        let mut ops: Vec<Op> = specs
+            .iter()
+            .map(|&(a, b, rows, k, w, bias)| Op::Matmul {
+                a,
+                b,
+                e: Buf::Params,
+                c: Buf::Grads,
+                p: MatmulParams::linear_backward_weight(m, k, rows, w, bias),
+            })
+            .collect();
+        ops.push(Op::Adam(adam));
+        let p = SIZES.params;
+        let mut inputs: Vec<(Buf, Vec<f32>)> = specs
+            .iter()
+            .flat_map(|&(a, b, rows, k, ..)| [(a, m * rows, -1.0, 1.0), (b, m * k, 0.0, 1.0)])
+            .map(|(buf, len, lo, hi)| (buf, uniform(&mut rng, len, lo, hi)))
+            .collect();
+        inputs.extend([
+            (Buf::Grads, uniform(&mut rng, p, -10.0, 10.0)),
+            (Buf::Params, uniform(&mut rng, p, -1.0, 1.0)),
+            (Buf::AdamM, uniform(&mut rng, p, -1.0, 1.0)),
+            (Buf::AdamV, uniform(&mut rng, p, 0.0, 2.0)),
+        ]);
+        let outs = [Buf::Grads, Buf::Params, Buf::AdamM, Buf::AdamV];
+        let run = |be: &mut dyn Backend| {
+            for (buf, v) in &inputs {
+                be.write(*buf, 0, v).unwrap();
+            }
+            be.run(&ops).unwrap();
+            outs.map(|b| be.read(b, 0..p).unwrap())
+        };
+        let cpu = run(&mut *cpu_backend(&[0; 4], 1, SIZES));
+        let Some(results) = gpu_one_dispatch_and_apart(&[0; 4], 1, &ops, &outs, run) else {
+            return;
+        };
+        for (res, how) in results.iter().zip(["one dispatch", "apart"]) {
+            // gradients: sums of 37 O(1) terms, as MM_ATOL/MM_RTOL (|g| ≤ 37, within
+            // 1e-4 + 1e-4·37 ≈ 4e-3 of the CPU's). m moves by (1 − β1) of that, 4e-4;
+            // v by (1 − β2)·2|g| of it, 3e-4; the update (≤ lr·|m̂|/√v̂, a few lr) by
+            // a relative 1e-3 of that at most: 1e-5 on the parameters, plus their
+            // rounding (1e-6 relative on |p| ≤ 1)
+            for (i, (atol, rtol)) in [(MM_ATOL, MM_RTOL), (1e-5, 1e-6), (4e-4, 1e-5), (3e-4, 1e-5)]
+                .into_iter()
+                .enumerate()
+            {
+                let what = format!("{:?}, Adam over {n}, {how}", outs[i]);
+                assert_close(&what, &res[i][..n], &cpu[i][..n], atol, rtol);
+                // past Adam's n, every buffer as it was given
+                assert_eq!(res[i][n..], cpu[i][n..], "{what} past n");
+            }
+        }
+        // the parameters moved (by ~lr each, 100× the tolerance above, so that the
+        // comparison would have caught a parameter Adam left alone; a few may not
+        // move where m̂ cancels to ~0)
+        let given = &inputs[inputs.len() - 3].1;
+        let moved = (0..n).filter(|&i| results[0][1][i] != given[i]).count();
+        assert!(moved * 100 >= n * 99, "{moved} of {n} parameters moved");
     }
 }

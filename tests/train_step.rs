@@ -474,14 +474,14 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
-/// per-image loss written by the BCE kernel, and fc3's, the head's and fc1's
-/// weight gradients as one triple — five dispatches fewer per training step at these sizes
+/// per-image loss written by the BCE kernel, fc3's, the head's and fc1's
+/// weight gradients as one triple with the step's Adam in it, and the gather
+/// read by fc1's product — seven dispatches fewer per training step at these sizes
 /// (hidden width 133, so that the decoder product splits K; 53 inputs, too few
 /// for fc1's product and fc4's input gradient to split; the latent fusion, on
 /// throughout, takes the other layers' pairs and folds; its own folds are
-/// compared bit for bit in tests/kernels.rs), and one
-/// more where a step's Adam and the next step's gather share a dispatch. Every
-/// buffer must end with the same bits.
+/// compared bit for bit in tests/kernels.rs). Every buffer must end with the
+/// same bits.
 #[test]
 fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     use vae_ood::backend::Backend;
@@ -521,21 +521,18 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         be.set_fused(false);
         assert_eq!(
             be.dispatches(one_step),
-            with + 5,
+            with + 7,
             "fc4's gradient pair, the three weight gradients' triple (fc3's, the head's, \
-             fc1's), the loss in the BCE and fc4's folded reduce per step"
+             fc1's) with Adam, the loss in the BCE, fc4's folded reduce and the gather \
+             in fc1 per step"
         );
-        // across a step boundary a step's Adam and the next step's gather share one
-        // dispatch too
+        // across a step boundary too (each step's Adam in its triple, each gather
+        // in its fc1)
         let two_steps = &ops[..2 * plan::TRAIN_STEP_OP_NAMES.len()];
         assert!(matches!(two_steps[one_step.len()], plan::Op::Gather(_)));
-        assert_eq!(be.dispatches(two_steps), 2 * (with + 5));
+        assert_eq!(be.dispatches(two_steps), 2 * (with + 7));
         be.set_fused(true);
-        assert_eq!(
-            be.dispatches(two_steps),
-            2 * with - 1,
-            "Adam and the next gather in one dispatch"
-        );
+        assert_eq!(be.dispatches(two_steps), 2 * with);
         be.set_fused(fused);
         case.run(&mut be)
     };
@@ -624,6 +621,51 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
     );
     for ((buf, got), (_, want)) in narrow.3.iter().zip(&off.3) {
         assert!(got == want, "{buf:?} differs");
+    }
+}
+
+/// A device that allows 11 storage buffers per shader stage builds the latent
+/// kernels (10) and the triple (9) but not `matmul_triple_adam` (12): it runs a
+/// training step's Adam with the next gather, as a device that has the kernel does
+/// with Adam in the triple switched off — a dispatch more per step, the same bits
+/// as with Adam in the triple.
+#[test]
+fn a_device_without_the_adam_triple_runs_adam_apart() {
+    use vae_ood::backend::Backend;
+    use vae_ood::gpu::{Fusions, GpuOptions, Kernel};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let case = GpuRunCase::new("a_device_without_the_adam_triple_runs_adam_apart", 2);
+    let run = |cap: Option<u32>, adam: bool| {
+        let mut be = case.backend(GpuOptions {
+            storage_buffers: cap,
+            ..GpuOptions::default()
+        });
+        be.set_fusions(Fusions {
+            adam,
+            ..Fusions::ALL
+        });
+        let built = [Kernel::LatentForward, Kernel::MatmulTriple, Kernel::MatmulTripleAdam]
+            .map(|k| be.context().has(k));
+        let dispatches = be.dispatches(&case.ops);
+        (built, be.describe(), dispatches, case.run(&mut be))
+    };
+    let narrow = run(Some(11), true);
+    let off = run(None, false);
+    let on = run(None, true);
+    assert_eq!(
+        (narrow.0, on.0),
+        ([true, true, false], [true; 3]),
+        "latent kernels, triple, triple with Adam built (11 buffers, default)"
+    );
+    assert!(narrow.1.contains("no Adam in the triple"), "{}", narrow.1);
+    assert_eq!(narrow.2, off.2);
+    // two training steps, then the scoring batch: each step's Adam a dispatch more
+    // (the first's shared with the next gather, whose fc1 then runs alone)
+    assert_eq!(on.2 + 2, off.2, "{} dispatches with Adam in the triple", on.2);
+    for (((buf, a), (_, b)), (_, c)) in narrow.3.iter().zip(&off.3).zip(&on.3) {
+        assert!(a == b && b == c, "{buf:?} differs");
     }
 }
 

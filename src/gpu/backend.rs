@@ -9,7 +9,7 @@
 use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
 use crate::backend::{Backend, Pending, PendingRead};
 use crate::cpu::matmul::{MatmulParams, MM_BIAS, MM_BIASGRAD, MM_MASK, MM_RELU};
-use crate::cpu::{ReparamParams, LOSS_ELBO, NO_SLOT};
+use crate::cpu::{AdamParams, ReparamParams, LOSS_ELBO, NO_SLOT};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{anyhow, ensure, Result};
 use std::collections::HashMap;
@@ -173,8 +173,10 @@ fn disjoint(x: &[Range<u64>], y: &[Range<u64>]) -> bool {
 /// reads no bias or mask (the triple's bindings hold only their A and B), none
 /// is split, all three write one buffer in pairwise disjoint regions (bias
 /// gradients included) that none of them reads, and their tiles fit one dispatch
-/// row. Three layers' weight gradients are such products.
-fn triple(ops: [&Op; 3]) -> Option<(Dispatch, Vec<u8>)> {
+/// row. Three layers' weight gradients are such products. With `adam` (the op
+/// after the three) an Adam step that [`triple_adam`] allows, the dispatch is a
+/// `matmul_triple_adam` that runs it too, and the flag returned is true.
+fn triple(ops: [&Op; 3], adam: Option<&Op>) -> Option<(Dispatch, Vec<u8>, bool)> {
     let mut ab = Vec::with_capacity(3);
     let mut qs = Vec::with_capacity(3);
     let mut out = None;
@@ -205,7 +207,7 @@ fn triple(ops: [&Op; 3]) -> Option<(Dispatch, Vec<u8>)> {
         return None;
     }
     let f = Res::F;
-    let res = vec![
+    let mut res = vec![
         f(ab[0].0),
         f(ab[0].1),
         f(ab[1].1),
@@ -216,9 +218,139 @@ fn triple(ops: [&Op; 3]) -> Option<(Dispatch, Vec<u8>)> {
         f(ab[2].0),
         f(ab[2].1),
     ];
-    let bytes = qs.iter().flat_map(bytemuck::bytes_of).copied().collect();
-    Some(((Kernel::MatmulTriple, res, (groups, 1, 1)), bytes))
+    let mut bytes: Vec<u8> = qs.iter().flat_map(bytemuck::bytes_of).copied().collect();
+    let reads: Vec<Buf> = ab.iter().flat_map(|&(a, b)| [a, b]).collect();
+    if let Some((pa, tail)) = adam.and_then(|op| triple_adam(op, c, &reads, &qs, &regions)) {
+        let tail_groups = (tail.end - tail.start).div_ceil(ADAM_TAIL_PER_GROUP);
+        if groups + tail_groups <= 65_535 {
+            res.extend([f(Buf::Params), f(Buf::AdamM), f(Buf::AdamV)]);
+            bytes.extend_from_slice(bytemuck::bytes_of(&pa));
+            bytes.extend_from_slice(bytemuck::bytes_of(&[tail.start, tail.end, 0, 0]));
+            let d = (Kernel::MatmulTripleAdam, res, (groups + tail_groups, 1, 1));
+            return Some((d, bytes, true));
+        }
+    }
+    Some(((Kernel::MatmulTriple, res, (groups, 1, 1)), bytes, false))
 }
+
+/// Parameters `matmul_triple_adam` updates per workgroup after the triple's tiles
+/// (`matmul_adam.wgsl`'s TAIL_PER_GROUP).
+const ADAM_TAIL_PER_GROUP: u32 = 1024;
+
+/// Whether a triple's products `qs` (writing `regions` of `c`, reading `reads`)
+/// and `op`, the Adam step after them, can run as one `matmul_triple_adam`: `op`
+/// is Adam over n parameters, `c` is the gradients it reads, no product reads the
+/// parameters or the moments, each writes its C densely (row stride n, so that
+/// the region it writes is every element of its span), and the parameters the
+/// products do not write form one range (the tail, possibly empty). Returns
+/// Adam's params and the tail.
+fn triple_adam(
+    op: &Op,
+    c: Buf,
+    reads: &[Buf],
+    qs: &[MatmulParams],
+    regions: &[Vec<Range<u64>>],
+) -> Option<(AdamParams, Range<u32>)> {
+    let Op::Adam(pa) = *op else {
+        return None;
+    };
+    let moments = [Buf::Params, Buf::AdamM, Buf::AdamV];
+    if c != Buf::Grads
+        || reads.iter().any(|b| moments.contains(b))
+        || qs.iter().any(|q| q.c_si != q.n)
+    {
+        return None;
+    }
+    let mut spans: Vec<Range<u64>> = regions.iter().flatten().cloned().collect();
+    spans.sort_by_key(|r| r.start);
+    // the gaps in [0, n) between the spans (which are disjoint): at most one
+    let n = pa.n as u64;
+    let mut gaps = Vec::new();
+    let mut at = 0;
+    for r in &spans {
+        if r.end > n {
+            return None;
+        }
+        if r.start > at {
+            gaps.push(at..r.start);
+        }
+        at = r.end;
+    }
+    if n > at {
+        gaps.push(at..n);
+    }
+    let tail = match gaps.as_slice() {
+        [] => 0..0,
+        [g] => g.start as u32..g.end as u32,
+        _ => return None,
+    };
+    Some((pa, tail))
+}
+
+/// A batch's gather and the product after it that reads the gathered x as its
+/// whole A (dense rows of d pixels from offset 0, every row: the encoder's first
+/// product) as one `matmul_gather` dispatch, then the product's split-K reduce
+/// if it is split. The slot holds the product's params and, at
+/// [`GATHER_IDX_AT`], the gather's first index entry.
+fn gather_product(op: &Op, next: &Op) -> Option<Lowered> {
+    let (
+        Op::Gather(g),
+        Op::Matmul {
+            a: Buf::X,
+            b,
+            e,
+            c,
+            p,
+        },
+    ) = (op, next)
+    else {
+        return None;
+    };
+    let ok = g.rows > 0
+        && p.m == g.rows
+        && p.k == g.d
+        && p.n > 0
+        && p.a_off == 0
+        && p.a_si == g.d
+        && p.a_sp == 1
+        && ![*b, *e, *c].contains(&Buf::X);
+    if !ok {
+        return None;
+    }
+    let f = Res::F;
+    let mut q = *p;
+    q.splits = choose_splits(p);
+    let mut dispatches = vec![(
+        Kernel::MatmulGather,
+        vec![
+            f(*b),
+            f(*e),
+            f(*c),
+            Res::Partial,
+            f(*c),
+            Res::Data,
+            Res::Idx,
+            f(Buf::X),
+        ],
+        (q.n.div_ceil(32), q.m.div_ceil(32), q.splits),
+    )];
+    if q.splits > 1 {
+        dispatches.push(reduce_dispatch(&q, *e, *c));
+    }
+    let mut bytes = bytemuck::bytes_of(&q).to_vec();
+    bytes.resize(GATHER_IDX_AT, 0);
+    bytes.extend_from_slice(bytemuck::bytes_of(&[g.idx_off, 0, 0, 0]));
+    Some(Lowered {
+        dispatches,
+        bytes,
+        used: 2,
+        reduce: (q.splits > 1).then_some((q, *e, *c)),
+    })
+}
+
+/// Byte offset of `matmul_gather`'s first index entry in its slot (`matmul.wgsl`'s
+/// `Slot.gather`, after three `MatmulParams`, an `AdamParams` and the tail).
+const GATHER_IDX_AT: usize = 240;
 
 /// Where a kernel reads its input product from split-K partial sums instead of
 /// the product's buffer (`shaders/split_source.wgsl`): the product's shape, shares
@@ -276,7 +408,9 @@ fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool 
         Some(Op::ReparamBackward(p)) => {
             params_only && c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n
         }
-        Some(Op::Matmul { a, p, .. }) if latent && lower_latent(rest, None, false).is_some() => {
+        Some(Op::Matmul { a, p, .. })
+            if latent && lower_latent(rest, None, false, false).is_some() =>
+        {
             matches!((*a, c), (Buf::H1, Buf::H1) | (Buf::Dh3, Buf::Dh3))
                 && p.m == q.m
                 && dense_a(p, q.n)
@@ -286,13 +420,21 @@ fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool 
     dense && reads_all && q.splits > 1
 }
 
-/// The dispatches of `op` (with `next`, the op after it, when the two run as one
-/// pair: a layer's two gradient products, see [`pairable`], a step's Adam and
-/// the next step's gather, `adam_gather.wgsl`, or a BCE and a training step's
-/// loss, `bce.wgsl`) and the parameter bytes they read (one uniform slot).
-fn lower(op: &Op, next: Option<&Op>) -> Lowered {
+/// The dispatches of `op` (with `next`, the op after it, when the two run as one:
+/// with `fuse.pairs`, a layer's two gradient products, see [`pairable`], a step's
+/// Adam and the next step's gather, `adam_gather.wgsl`, or a BCE and a training
+/// step's loss, `bce.wgsl`; with `fuse.gather`, a gather and the product that
+/// reads it, [`gather_product`]) and the parameter bytes they read (one uniform
+/// slot).
+fn lower(op: &Op, next: Option<&Op>, fuse: Fusions) -> Lowered {
     use bytemuck::bytes_of;
     let f = Res::F;
+    if let (true, Some(next)) = (fuse.gather, next) {
+        if let Some(low) = gather_product(op, next) {
+            return low;
+        }
+    }
+    let next = next.filter(|_| fuse.pairs);
     if let (Some(next), Op::Matmul { a, b, c, p, .. }) = (next, op) {
         if let (
             Some(e),
@@ -394,7 +536,8 @@ fn lower(op: &Op, next: Option<&Op>) -> Lowered {
 }
 
 /// Which GPU fusions are on (all by default; `VAE_OOD_GPU_UNFUSED` = `1`,
-/// `pairs`, `reduces`, `latent` or `triple` switches them off for comparison).
+/// `pairs`, `reduces`, `latent`, `triple`, `adam` or `gather` switches them off
+/// for comparison).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fusions {
     /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`]),
@@ -410,6 +553,12 @@ pub struct Fusions {
     /// with the latent fusion, fc3's (which the latent group moves after its
     /// backward kernel) with the head's and fc1's
     pub triple: bool,
+    /// a training step's Adam in the epilogue of the triple before it, as one
+    /// `matmul_triple_adam` ([`triple_adam`]; needs the triple)
+    pub adam: bool,
+    /// a batch's gather in the loads of the product that reads it, as one
+    /// `matmul_gather` ([`gather_product`])
+    pub gather: bool,
 }
 
 impl Fusions {
@@ -419,6 +568,8 @@ impl Fusions {
         reduces: true,
         latent: true,
         triple: true,
+        adam: true,
+        gather: true,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -426,6 +577,8 @@ impl Fusions {
         reduces: false,
         latent: false,
         triple: false,
+        adam: false,
+        gather: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -434,6 +587,8 @@ impl Fusions {
             reduces: !crate::knobs::gpu_unfused("reduces"),
             latent: !crate::knobs::gpu_unfused("latent"),
             triple: !crate::knobs::gpu_unfused("triple"),
+            adam: !crate::knobs::gpu_unfused("adam"),
+            gather: !crate::knobs::gpu_unfused("gather"),
         }
     }
 
@@ -444,6 +599,8 @@ impl Fusions {
             (self.reduces, "folded reduces"),
             (self.latent, "latent fusion"),
             (self.triple, "weight-gradient triple"),
+            (self.adam, "Adam in the triple"),
+            (self.gather, "gather in the first product"),
         ]
         .iter()
         .filter(|f| !f.0)
@@ -451,7 +608,7 @@ impl Fusions {
         .collect();
         match off.len() {
             0 => String::new(),
-            4 => ", unfused".to_string(),
+            6 => ", unfused".to_string(),
             _ => format!(", no {}", off.join(", no ")),
         }
     }
@@ -500,7 +657,12 @@ fn dense_c(q: &MatmulParams, width: u32) -> bool {
 /// threads-per-output division has a divisor); rows are read and written
 /// where the ops say, except the head, z, dz and dhead, which must be the dense
 /// (B·K, width) layouts the reparameterisation uses.
-fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>, join: bool) -> Option<Group> {
+fn lower_latent(
+    rest: &[Op],
+    src: Option<(SplitSource, Buf)>,
+    join: bool,
+    adam: bool,
+) -> Option<Group> {
     use bytemuck::bytes_of;
     let f = Res::F;
     // the split product the first product's A row is read from (absorbs), and its
@@ -601,14 +763,16 @@ fn lower_latent(rest: &[Op], src: Option<(SplitSource, Buf)>, join: bool) -> Opt
             let bufs = [Params, H1, Head, Eps, Dh3, Dz, Dhead, Dh1];
             let mut dispatches = vec![latent(Kernel::LatentBackward, bufs, rp.images)];
             // with `join`, the weight gradient and the two ops after the four (the
-            // head's and fc1's weight gradients) as one triple where they may be
+            // head's and fc1's weight gradients) as one triple where they may be,
+            // and with `adam` the step's Adam after them in it too
             if let (true, [_, _, _, _, o4, o5, ..]) = (join, rest) {
-                if let Some((d, dw_bytes)) = triple([dw, o4, o5]) {
+                let next = rest.get(6).filter(|_| adam);
+                if let Some((d, dw_bytes, with_adam)) = triple([dw, o4, o5], next) {
                     dispatches.push((1, d));
                     return Some(Group {
                         dispatches,
                         slots: vec![(0, slot(qz, rp, qx)), (1, dw_bytes)],
-                        used: 6,
+                        used: 6 + with_adam as usize,
                     });
                 }
             }
@@ -639,7 +803,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
     let mut i = 0;
     while i < ops.len() {
         if fuse.latent {
-            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple) {
+            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam) {
                 source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
@@ -650,17 +814,18 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
             }
         }
         if let (true, [o0, o1, o2, ..]) = (fuse.triple, &ops[i..]) {
-            if let Some((d, bytes)) = triple([o0, o1, o2]) {
+            let adam = ops.get(i + 3).filter(|_| fuse.adam);
+            if let Some((d, bytes, with_adam)) = triple([o0, o1, o2], adam) {
                 // (no split sums wait for a product: absorbs folds only into the
                 // kernels that read them)
                 debug_assert!(source.is_none());
                 slots[i] = bytes;
                 plan.push((i, d));
-                i += 3;
+                i += 3 + with_adam as usize;
                 continue;
             }
         }
-        let mut low = lower(&ops[i], ops.get(i + 1).filter(|_| fuse.pairs));
+        let mut low = lower(&ops[i], ops.get(i + 1), fuse);
         let mut bytes = std::mem::take(&mut low.bytes);
         if let Some((src, _)) = source.take() {
             // (only BCE and reparameterisation ops read split sums here: their params
@@ -817,9 +982,11 @@ impl GpuBackend {
     /// Whether the bit-exact GPU fusions are on: a layer's input and weight
     /// gradients as one `matmul_pair` dispatch, a step's Adam and the next step's
     /// gather as one `adam_gather`, a training step's loss written by the BCE
-    /// kernel, split-K reduces folded into the kernel that reads the product, and
-    /// three weight gradients as one `matmul_triple` where the device has it
-    /// (the default, unless `VAE_OOD_GPU_UNFUSED=1`). The results do not depend on
+    /// kernel, split-K reduces folded into the kernel that reads the product,
+    /// three weight gradients as one `matmul_triple` where the device has it (with
+    /// the step's Adam in it, `matmul_triple_adam`, where the device has that), and
+    /// a gather in the loads of the product that reads it (the default, unless
+    /// `VAE_OOD_GPU_UNFUSED=1`). The results do not depend on
     /// it, bit for bit (tested). The latent fusion, which sums in another order,
     /// is left as it is ([`Self::set_fusions`]).
     pub fn set_fused(&mut self, on: bool) {
@@ -827,6 +994,8 @@ impl GpuBackend {
             pairs: on,
             reduces: on,
             triple: on && self.ctx.has(Kernel::MatmulTriple),
+            adam: on && self.ctx.has(Kernel::MatmulTripleAdam),
+            gather: on,
             ..self.fusions
         };
     }
@@ -839,6 +1008,7 @@ impl GpuBackend {
         self.fusions = Fusions {
             latent: f.latent && latent.iter().all(|&k| self.ctx.has(k)),
             triple: f.triple && self.ctx.has(Kernel::MatmulTriple),
+            adam: f.adam && self.ctx.has(Kernel::MatmulTripleAdam),
             ..f
         };
     }
@@ -1372,15 +1542,14 @@ mod tests {
         crate::plan::reference_step(128).1
     }
 
-    /// pairs and folds as given, the latent fusion and the triple off (the tests
-    /// of pairs and folds predate them; `latent_*` and `triple_*` tests below
-    /// cover them)
+    /// pairs and folds as given, the latent fusion, the triple, Adam in the triple
+    /// and the gather in fc1 off (the tests of pairs and folds predate them; the
+    /// `latent_*`, `triple*`, `adam_*` and `gather_*` tests below cover them)
     fn fusions(pairs: bool, reduces: bool) -> Fusions {
         Fusions {
             pairs,
             reduces,
-            latent: false,
-            triple: false,
+            ..Fusions::NONE
         }
     }
 
@@ -1532,7 +1701,13 @@ mod tests {
     #[test]
     fn latent_ops_lower_to_one_dispatch_each_way() {
         let ops = step();
-        let (plan, slots) = lower_all(&ops, Fusions::ALL);
+        // (Adam in the triple and the gather in fc1 off: adam_* and gather_* tests)
+        let fused = Fusions {
+            adam: false,
+            gather: false,
+            ..Fusions::ALL
+        };
+        let (plan, slots) = lower_all(&ops, fused);
         let k: Vec<(usize, Kernel)> = plan.iter().map(|(i, d)| (*i, d.0)).collect();
         use Kernel::*;
         // (the split-K reduces of fc1's product and fc4's input gradient folded into
@@ -1555,7 +1730,7 @@ mod tests {
         // without the triple: fc3's weight gradient alone, then the other two as a pair
         let no_triple = Fusions {
             triple: false,
-            ..Fusions::ALL
+            ..fused
         };
         let k3: Vec<(usize, Kernel)> = kernels(&ops, no_triple);
         assert_eq!(
@@ -1605,11 +1780,11 @@ mod tests {
         assert_eq!(slots[11], [params(11), params(14), params(15)].concat());
         // and the count for two steps: 8 per step inside an epoch
         let two: Vec<Op> = ops.iter().chain(&ops).copied().collect();
-        assert_eq!(lower_all(&two, Fusions::ALL).0.len(), 17);
+        assert_eq!(lower_all(&two, fused).0.len(), 17);
         // without the folds, the two reduces come back and the slots end at 160
         let unfolded = Fusions {
             reduces: false,
-            ..Fusions::ALL
+            ..fused
         };
         let (plan, slots) = lower_all(&ops, unfolded);
         let reduces: Vec<usize> = plan
@@ -1721,12 +1896,14 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for bits in 0..16 {
+        for bits in 0..64 {
             let f = Fusions {
                 pairs: bits & 1 != 0,
                 reduces: bits & 2 != 0,
                 latent: bits & 4 != 0,
                 triple: bits & 8 != 0,
+                adam: bits & 16 != 0,
+                gather: bits & 32 != 0,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -1771,7 +1948,8 @@ mod tests {
     fn triples_are_refused_where_they_would_be_wrong() {
         let ops = step();
         let (fc3, head, fc1) = (ops[11], ops[14], ops[15]);
-        let (d, bytes) = triple([&fc3, &head, &fc1]).expect("the step's three");
+        let (d, bytes, adam) = triple([&fc3, &head, &fc1], None).expect("the step's three");
+        assert!(!adam);
         assert_eq!(d.0, Kernel::MatmulTriple);
         assert_eq!(bytes.len(), 192);
         let tiles_of = |op: &Op| match op {
@@ -1802,7 +1980,7 @@ mod tests {
         let with = |i: usize, f: &dyn Fn(&mut Op)| {
             let mut t = [fc3, head, fc1];
             f(&mut t[i]);
-            triple([&t[0], &t[1], &t[2]]).is_some()
+            triple([&t[0], &t[1], &t[2]], None).is_some()
         };
         let set_p = |g: fn(&mut MatmulParams)| {
             move |op: &mut Op| {
@@ -1838,7 +2016,229 @@ mod tests {
         assert!(with(2, &set_p(|p| p.flags = 0)));
         // not a product at all
         let t = [fc3, head, ops[16]];
-        assert!(triple([&t[0], &t[1], &t[2]]).is_none());
+        assert!(triple([&t[0], &t[1], &t[2]], None).is_none());
         assert!(with(0, &|_| {}));
+    }
+
+    /// With every fusion on, a training step is 7 dispatches: fc1's product with
+    /// the gather in its loads, the latent forward, fc4's product, the BCE, fc4's
+    /// pair, the latent backward and the triple with the step's Adam.
+    #[test]
+    fn adam_joins_the_triple_and_the_gather_joins_fc1() {
+        use Kernel::*;
+        let ops = step();
+        let k = kernels(&ops, Fusions::ALL);
+        assert_eq!(
+            k,
+            [
+                (0, MatmulGather),
+                (2, LatentForward),
+                (5, Matmul),
+                (6, Bce),
+                (8, MatmulPair),
+                (10, LatentBackward),
+                (11, MatmulTripleAdam),
+            ]
+        );
+        let two: Vec<Op> = ops.iter().chain(&ops).copied().collect();
+        let k2 = kernels(&two, Fusions::ALL);
+        assert_eq!(k2.len(), 14, "7 per step inside an epoch");
+        assert_eq!(
+            k2[7],
+            (17, MatmulGather),
+            "the next step's gather in its fc1"
+        );
+        // each alone: Adam with the next gather (adam_gather), or its own Adam
+        // and the gather in fc1
+        let no_adam = Fusions {
+            adam: false,
+            ..Fusions::ALL
+        };
+        let k3 = kernels(&two, no_adam);
+        assert_eq!(
+            k3[6..9],
+            [(11, MatmulTriple), (16, AdamGather), (18, Matmul)]
+        );
+        let no_gather = Fusions {
+            gather: false,
+            ..Fusions::ALL
+        };
+        let k4 = kernels(&two, no_gather);
+        assert_eq!(k4[..2], [(0, Gather), (1, Matmul)]);
+        assert_eq!(
+            k4[7..10],
+            [(11, MatmulTripleAdam), (17, Gather), (18, Matmul)]
+        );
+        // the triple's slot: its three params, Adam's, the tail (fc4's weights and
+        // bias, which the triple does not write), then zeros; the gather's: fc1's
+        // params (split) and the first index entry at GATHER_IDX_AT
+        let (plan, slots) = lower_all(&ops, Fusions::ALL);
+        let Op::Adam(pa) = ops[16] else {
+            unreachable!()
+        };
+        let lay = crate::model::Layout::new(crate::model::Dims::MNIST);
+        let o = lay.offsets();
+        let tail = [o.w4 as u32, lay.total as u32, 0, 0];
+        assert_eq!(slots[11][192..224], *bytemuck::bytes_of(&pa));
+        assert_eq!(slots[11][224..240], *bytemuck::bytes_of(&tail));
+        assert!(slots[16].is_empty());
+        let Op::Matmul { p: p1, .. } = ops[1] else {
+            unreachable!()
+        };
+        let q1 = MatmulParams {
+            splits: choose_splits(&p1),
+            ..p1
+        };
+        assert!(q1.splits > 1);
+        assert_eq!(slots[0][..64], *bytemuck::bytes_of(&q1));
+        assert_eq!(slots[0][GATHER_IDX_AT..], *bytemuck::bytes_of(&[0u32; 4]));
+        let Op::Gather(g2) = two[17] else {
+            unreachable!()
+        };
+        assert_eq!(
+            lower_all(&two, Fusions::ALL).1[17][GATHER_IDX_AT..GATHER_IDX_AT + 4],
+            *bytemuck::bytes_of(&g2.idx_off)
+        );
+        // workgroups: fc1's tiles and shares; the triple's tiles and the tail's
+        let d0 = &plan[0].1;
+        assert_eq!(d0.2, (400u32.div_ceil(32), 128u32.div_ceil(32), q1.splits));
+        let f = Res::F;
+        assert_eq!(
+            d0.1,
+            [
+                f(Buf::Params),
+                f(Buf::Params),
+                f(Buf::H1),
+                Res::Partial,
+                f(Buf::H1),
+                Res::Data,
+                Res::Idx,
+                f(Buf::X)
+            ]
+        );
+        let d11 = &plan.iter().find(|d| d.0 == 11).unwrap().1;
+        let tiles_of = |i: usize| match ops[i] {
+            Op::Matmul { p, .. } => tiles(&p),
+            _ => unreachable!(),
+        };
+        let tail_len = (lay.total - o.w4) as u32;
+        assert_eq!(
+            d11.2 .0,
+            tiles_of(11) + tiles_of(14) + tiles_of(15) + tail_len.div_ceil(ADAM_TAIL_PER_GROUP)
+        );
+        assert_eq!(d11.1[9..], [f(Buf::Params), f(Buf::AdamM), f(Buf::AdamV)]);
+    }
+
+    /// Adam joins a triple only where the triple's regions and one tail cover its
+    /// parameters exactly and no product reads what Adam writes; otherwise the
+    /// triple runs without it (and Adam on its own).
+    #[test]
+    fn adam_stays_out_of_a_triple_where_it_would_be_wrong() {
+        let ops = step();
+        let (fc3, head, fc1, adam) = (ops[11], ops[14], ops[15], ops[16]);
+        let joins = |t: [Op; 3], a: Op| {
+            let (d, bytes, with) = triple([&t[0], &t[1], &t[2]], Some(&a)).expect("a triple");
+            assert_eq!(with, d.0 == Kernel::MatmulTripleAdam);
+            assert_eq!(bytes.len(), if with { 240 } else { 192 });
+            with
+        };
+        assert!(joins([fc3, head, fc1], adam));
+        let set = |op: Op, g: &dyn Fn(&mut MatmulParams)| {
+            let mut op = op;
+            if let Op::Matmul { p, .. } = &mut op {
+                g(p)
+            }
+            op
+        };
+        // fc1 without its bias gradient: two gaps (b1 and fc4), no single tail
+        assert!(!joins([fc3, head, set(fc1, &|p| p.flags = 0)], adam));
+        // Adam over fewer parameters than the triple writes
+        let Op::Adam(pa) = adam else { unreachable!() };
+        let short = Op::Adam(crate::cpu::AdamParams { n: 1000, ..pa });
+        assert!(!joins([fc3, head, fc1], short));
+        // exactly the triple's parameters (no tail): joins, with no tail workgroups
+        let Op::Matmul { p: p3, .. } = fc3 else {
+            unreachable!()
+        };
+        let upto = Op::Adam(crate::cpu::AdamParams {
+            n: p3.e_off + p3.m,
+            ..pa
+        });
+        assert!(joins([fc3, head, fc1], upto));
+        // a product whose rows are not dense (its span has holes Adam would miss)
+        let Op::Matmul { p: ph, .. } = head else {
+            unreachable!()
+        };
+        let holes = MatmulParams {
+            c_si: ph.n + 1,
+            ..ph
+        };
+        let dense = [ph];
+        let covered = |q: &[MatmulParams]| {
+            let regions: Vec<_> = q.iter().map(written).collect();
+            let n = Op::Adam(crate::cpu::AdamParams {
+                n: ph.e_off + ph.m,
+                ..pa
+            });
+            triple_adam(&n, Buf::Grads, &[], q, &regions).is_some()
+        };
+        assert!(covered(&dense) && !covered(&[holes]));
+        // a product reading the parameters, or gradients into another buffer
+        let mut reads = fc1;
+        if let Op::Matmul { b, .. } = &mut reads {
+            *b = Buf::Params;
+        }
+        assert!(!joins([fc3, head, reads], adam));
+        let into = |op: Op| {
+            let mut op = op;
+            if let Op::Matmul { c, .. } = &mut op {
+                *c = Buf::Dz;
+            }
+            op
+        };
+        assert!(!joins([into(fc3), into(head), into(fc1)], adam));
+        // not an Adam step
+        assert!(!joins([fc3, head, fc1], ops[0]));
+    }
+
+    /// A gather runs in the loads of the product after it only where that product
+    /// reads exactly the gathered rows as its A, densely from offset 0, and writes
+    /// nothing it gathers.
+    #[test]
+    fn gather_stays_apart_where_the_product_reads_otherwise() {
+        let ops = step();
+        let (g, fc1) = (ops[0], ops[1]);
+        assert!(gather_product(&g, &fc1).is_some());
+        let with = |h: &dyn Fn(&mut Op, &mut Op)| {
+            let (mut g, mut fc1) = (g, fc1);
+            h(&mut g, &mut fc1);
+            gather_product(&g, &fc1).is_some()
+        };
+        let p_of = |op: &mut Op, f: &dyn Fn(&mut MatmulParams)| {
+            if let Op::Matmul { p, .. } = op {
+                f(p)
+            }
+        };
+        assert!(!with(&|g, _| if let Op::Gather(g) = g {
+            g.rows -= 1
+        }));
+        assert!(!with(&|_, m| p_of(m, &|p| p.a_off = 1)));
+        assert!(!with(&|_, m| p_of(m, &|p| p.k -= 1)));
+        assert!(!with(&|_, m| p_of(m, &|p| {
+            p.a_si = 1;
+            p.a_sp = 784
+        })));
+        assert!(!with(&|_, m| if let Op::Matmul { a, .. } = m {
+            *a = Buf::H1
+        }));
+        assert!(!with(&|_, m| if let Op::Matmul { c, .. } = m {
+            *c = Buf::X
+        }));
+        assert!(!with(&|g, _| if let Op::Gather(g) = g {
+            g.rows = 0
+        }));
+        // the other way round, or the gather before something else
+        assert!(gather_product(&fc1, &g).is_none());
+        assert!(gather_product(&g, &ops[2]).is_none());
     }
 }

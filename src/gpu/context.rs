@@ -15,6 +15,8 @@ pub enum Kernel {
     Matmul,
     MatmulPair,
     MatmulTriple,
+    MatmulTripleAdam,
+    MatmulGather,
     MatmulReduce,
     ReparamForward,
     ReparamBackward,
@@ -52,12 +54,46 @@ const MATMUL_TRIPLE_BINDINGS: [(u32, bool); 9] = {
     b
 };
 
+/// `matmul_triple_adam`: the triple's, then Adam's parameters, m and v.
+const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = {
+    let mut b = [(0, true); 12];
+    let mut i = 0;
+    while i < MATMUL_TRIPLE_BINDINGS.len() {
+        b[i] = MATMUL_TRIPLE_BINDINGS[i];
+        i += 1;
+    }
+    b[9] = (12, false);
+    b[10] = (13, false);
+    b[11] = (14, false);
+    b
+};
+
+/// `matmul_gather`: b, e → c (or partial sums), c2 (bound to c again), then the
+/// image store and the index → x.
+const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
+    (1, true),
+    (2, true),
+    (3, false),
+    (4, false),
+    (6, false),
+    (15, true),
+    (16, true),
+    (17, false),
+];
+
+const ADAM_UPDATE: (&str, &str) = (
+    "adam_update.wgsl",
+    include_str!("../../shaders/adam_update.wgsl"),
+);
+
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
         Kernel::MatmulTriple,
+        Kernel::MatmulTripleAdam,
+        Kernel::MatmulGather,
         Kernel::MatmulReduce,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
@@ -73,9 +109,12 @@ impl Kernel {
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::Gather => GATHER,
-            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce => {
-                ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"))
-            }
+            Kernel::Matmul
+            | Kernel::MatmulPair
+            | Kernel::MatmulTriple
+            | Kernel::MatmulTripleAdam
+            | Kernel::MatmulGather
+            | Kernel::MatmulReduce => ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
             Kernel::ReparamForward | Kernel::ReparamBackward => {
                 ("reparam.wgsl", include_str!("../../shaders/reparam.wgsl"))
             }
@@ -90,6 +129,19 @@ impl Kernel {
                 ("latent.wgsl", include_str!("../../shaders/latent.wgsl"))
             }
         }
+    }
+
+    /// Whether the kernel is one of `matmul.wgsl`'s entry points.
+    pub fn is_matmul(self) -> bool {
+        matches!(
+            self,
+            Kernel::Matmul
+                | Kernel::MatmulPair
+                | Kernel::MatmulTriple
+                | Kernel::MatmulTripleAdam
+                | Kernel::MatmulGather
+                | Kernel::MatmulReduce
+        )
     }
 
     /// Whether the kernel calls `workgroup_sum` (and so needs a [`Reduce`] helper).
@@ -110,29 +162,53 @@ impl Kernel {
         )
     }
 
-    /// The files its shader module is assembled from, in order: the kernel's file,
-    /// then the workgroup-reduction helper of variant `r` if the kernel reduces,
-    /// then `split_source.wgsl` if it reads split products or is one of
-    /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it); for `adam_gather`,
-    /// `adam.wgsl` and `gather.wgsl`; `normal.wgsl` (ε) for the kernels that draw it;
-    /// for `matmul.wgsl`'s kernels first where their problems read their operands
-    /// (`matmul_triple_operands.wgsl` for the triple, which binds two buffers more,
-    /// `matmul_operands.wgsl` for the others).
+    /// The files its shader module is assembled from, in order: the kernel's file;
+    /// for `matmul.wgsl`'s kernels where their problems read their operands
+    /// (`matmul_triple_operands.wgsl` for the triples, which bind two buffers
+    /// more, `matmul_gather_operands.wgsl` for `matmul_gather`,
+    /// `matmul_operands.wgsl` for the others) and what follows a stored element
+    /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_store.wgsl` for the
+    /// others); `adam_update.wgsl` for them and the Adam kernels; for
+    /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `normal.wgsl` (ε) for the
+    /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
+    /// kernel reduces; `split_source.wgsl` if it reads split products or is one of
+    /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it).
     pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
+        const OPERANDS: (&str, &str) = (
+            "matmul_operands.wgsl",
+            include_str!("../../shaders/matmul_operands.wgsl"),
+        );
+        const TRIPLE_OPERANDS: (&str, &str) = (
+            "matmul_triple_operands.wgsl",
+            include_str!("../../shaders/matmul_triple_operands.wgsl"),
+        );
+        const GATHER_OPERANDS: (&str, &str) = (
+            "matmul_gather_operands.wgsl",
+            include_str!("../../shaders/matmul_gather_operands.wgsl"),
+        );
+        const STORE: (&str, &str) = (
+            "matmul_store.wgsl",
+            include_str!("../../shaders/matmul_store.wgsl"),
+        );
+        const STORE_ADAM: (&str, &str) = (
+            "matmul_adam.wgsl",
+            include_str!("../../shaders/matmul_adam.wgsl"),
+        );
         let mut v = vec![self.source()];
         match self {
-            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => v.push((
-                "matmul_operands.wgsl",
-                include_str!("../../shaders/matmul_operands.wgsl"),
-            )),
-            Kernel::MatmulTriple => v.push((
-                "matmul_triple_operands.wgsl",
-                include_str!("../../shaders/matmul_triple_operands.wgsl"),
-            )),
+            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
+                v.extend([OPERANDS, STORE])
+            }
+            Kernel::MatmulTriple => v.extend([TRIPLE_OPERANDS, STORE]),
+            Kernel::MatmulTripleAdam => v.extend([TRIPLE_OPERANDS, STORE_ADAM]),
+            Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
             _ => {}
         }
+        if self.is_matmul() || self == Kernel::Adam {
+            v.push(ADAM_UPDATE);
+        }
         if self == Kernel::AdamGather {
-            v.extend([ADAM, GATHER]);
+            v.extend([ADAM, ADAM_UPDATE, GATHER]);
         }
         if matches!(
             self,
@@ -146,11 +222,7 @@ impl Kernel {
         if self.reduces() {
             v.push(r.source());
         }
-        let matmul = matches!(
-            self,
-            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce
-        );
-        if self.reads_split() || matmul {
+        if self.reads_split() || self.is_matmul() {
             v.push(SPLIT_SOURCE);
         }
         v
@@ -165,9 +237,7 @@ impl Kernel {
             Kernel::LatentForward | Kernel::LatentBackward => {
                 vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
             }
-            Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulTriple | Kernel::MatmulReduce => {
-                vec![("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 })]
-            }
+            k if k.is_matmul() => vec![("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 })],
             _ => Vec::new(),
         }
     }
@@ -178,6 +248,8 @@ impl Kernel {
             Kernel::Matmul => "matmul",
             Kernel::MatmulPair => "matmul_pair",
             Kernel::MatmulTriple => "matmul_triple",
+            Kernel::MatmulTripleAdam => "matmul_triple_adam",
+            Kernel::MatmulGather => "matmul_gather",
             Kernel::MatmulReduce => "matmul_reduce",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
@@ -197,6 +269,8 @@ impl Kernel {
             Kernel::Gather => &[(4, true), (5, true), (6, false)],
             Kernel::Matmul | Kernel::MatmulPair => &MATMUL_BINDINGS,
             Kernel::MatmulTriple => &MATMUL_TRIPLE_BINDINGS,
+            Kernel::MatmulTripleAdam => &MATMUL_TRIPLE_ADAM_BINDINGS,
+            Kernel::MatmulGather => &MATMUL_GATHER_BINDINGS,
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
             // head → z, eps, kl, logpq
@@ -586,9 +660,10 @@ impl Assembled {
     }
 }
 
-/// Size of the uniform window every kernel sees (the largest params: the latent
-/// kernels' two `MatmulParams`, one `ReparamParams` and a `SplitSource`, 192 bytes).
-pub const UNIFORM_BYTES: u64 = 192;
+/// Size of the uniform window every kernel sees (the largest params: `matmul.wgsl`'s
+/// slot, three `MatmulParams`, an `AdamParams`, the Adam tail and the gather's
+/// index offset, 256 bytes).
+pub const UNIFORM_BYTES: u64 = 256;
 
 /// Compile `entry` of the WGSL module assembled from `parts` ((file name, source),
 /// concatenated in order), with `constants` for its pipeline-overridable constants,
@@ -767,9 +842,10 @@ impl GpuContext {
         }
         // WebGPU's default limits (which lavapipe and every desktop GPU meet), with the
         // storage-buffer size raised to what the image store needs, and storage
-        // buffers per shader stage raised to what the widest kernel binds (the latent
-        // kernels: 10; WebGPU's default is 8) where the adapter has that many — where
-        // it has not, those kernels are not built and the backend runs without them.
+        // buffers per shader stage raised to what the widest kernel binds
+        // (`matmul_triple_adam`: 12, the latent kernels 10; WebGPU's default is 8)
+        // where the adapter has that many — where it has not, the kernels binding
+        // more are not built and the backend runs without them.
         let mut limits = wgpu::Limits::default();
         limits.max_storage_buffer_binding_size =
             limits.max_storage_buffer_binding_size.max(max_buffer);
