@@ -46,8 +46,9 @@
 // matmul_operands.wgsl (a, b; a1, e) for matmul, matmul_pair and matmul_reduce,
 // from matmul_triple_operands.wgsl (those and a2, b2) for the triples, or from
 // matmul_gather_operands.wgsl, so that each kernel binds no more storage buffers
-// than it uses. What happens to a stored element after it is written: after_put,
-// from matmul_store.wgsl (nothing) or matmul_adam.wgsl (its Adam step).
+// than it uses. What happens to the elements a thread stored, at the end of its
+// tile: after_tile, from matmul_store.wgsl (nothing) or matmul_adam.wgsl (their
+// Adam steps).
 // adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
@@ -221,19 +222,29 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         store_partial(p, base, i0 + 1u, j0 + 1u, acc.w);
         return;
     }
-    store(q, p, i0, j0, acc.x);
-    store(q, p, i0, j0 + 1u, acc.y);
-    store(q, p, i0 + 1u, j0, acc.z);
-    store(q, p, i0 + 1u, j0 + 1u, acc.w);
+    let s0 = store(q, p, i0, j0, acc.x);
+    let s1 = store(q, p, i0, j0 + 1u, acc.y);
+    let s2 = store(q, p, i0 + 1u, j0, acc.z);
+    let s3 = store(q, p, i0 + 1u, j0 + 1u, acc.w);
+    var b0 = Stored(NONE, 0.0);
+    var b1 = Stored(NONE, 0.0);
     if ((p.flags & 8u) != 0u && wg.x == 0u && lid.x == 0u) {
         if (i0 < p.m) {
-            put(q, p.e_off + i0, rs.x);
+            b0 = Stored(p.e_off + i0, rs.x);
+            put(q, b0.at, b0.v);
         }
         if (i0 + 1u < p.m) {
-            put(q, p.e_off + i0 + 1u, rs.y);
+            b1 = Stored(p.e_off + i0 + 1u, rs.y);
+            put(q, b1.at, b1.v);
         }
     }
+    after_tile(array<Stored, 6>(s0, s1, s2, s3, b0, b1));
 }
+
+// An element a thread stored: where in its output buffer, and the value (at = NONE:
+// none, outside the matrix).
+struct Stored { at: u32, v: f32 }
+const NONE: u32 = 0xffffffffu;
 
 // Tile element (fast, slow) of A: A(row0 + ii, k0 + kk) with (ii, kk) = (slow, fast),
 // or (fast, slow) when A is stored transposed, so that consecutive threads read
@@ -321,15 +332,13 @@ fn mac(acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>, av: vec2<f32
     *rs += av;
 }
 
-// C of problem q: c, or c2 for problems 1 and 2 of a pair or a triple; then
-// whatever the module does with a stored element (after_put)
+// C of problem q: c, or c2 for problems 1 and 2 of a pair or a triple
 fn put(q: u32, at: u32, v: f32) {
     if (q == 0u) {
         c[at] = v;
     } else {
         c2[at] = v;
     }
-    after_put(at, v);
 }
 
 fn store_partial(p: Params, base: u32, i: u32, j: u32, v: f32) {
@@ -349,9 +358,10 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     put(0u, p.c_off + (t / p.n) * p.c_si + t % p.n, split_sum(src, t));
 }
 
-fn store(q: u32, p: Params, i: u32, j: u32, v_in: f32) {
+// C(i, j) = epilogue(v_in) of problem q, and where it went (none outside C).
+fn store(q: u32, p: Params, i: u32, j: u32, v_in: f32) -> Stored {
     if (i >= p.m || j >= p.n) {
-        return;
+        return Stored(NONE, 0.0);
     }
     var v = v_in;
     if ((p.flags & 1u) != 0u) {
@@ -365,5 +375,7 @@ fn store(q: u32, p: Params, i: u32, j: u32, v_in: f32) {
             v = 0.0;
         }
     }
-    put(q, p.c_off + i * p.c_si + j, v);
+    let at = p.c_off + i * p.c_si + j;
+    put(q, at, v);
+    return Stored(at, v);
 }

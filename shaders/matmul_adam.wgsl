@@ -1,8 +1,9 @@
 // Appended to matmul.wgsl (with matmul_triple_operands.wgsl) for
 // matmul_triple_adam: a training step's last three weight gradients (a triple)
 // and its Adam step in one dispatch. Every gradient element the triple stores
-// (dW and the bias gradients, each by one thread) gets its Adam step right there
-// (after_put), from the value just written to c (grads); workgroups after the
+// (dW and the bias gradients, each by one thread) gets its Adam step from that
+// thread at the end of its tile (after_tile), from the value it wrote to c (grads),
+// the reads of its up to six steps issued together; workgroups after the
 // triple's G0 + G1 + G2 update the parameters [tail.x, tail.y) the triple does not
 // write, whose gradients are already in c, 1024 per workgroup. The backend fuses
 // only where the triple reads none of params, m, v, and where its output regions
@@ -26,12 +27,41 @@ fn matmul_triple_adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
     }
 }
 
-// Parameter at's Adam step, with gradient g.
-fn after_put(at: u32, g: f32) {
-    let r = adam_update(g, adam_params[at], adam_m[at], adam_v[at], u.adam);
-    adam_params[at] = r.x;
-    adam_m[at] = r.y;
-    adam_v[at] = r.z;
+// The Adam steps of the gradient elements a thread stored (its four of C and up to
+// two bias gradients; at = NONE: none): every read issued before the first write
+// (one step after another would wait for each other's reads: the buffers may alias
+// as far as the driver knows).
+fn after_tile(s: array<Stored, 6>) {
+    let o0 = adam_read(s[0].at);
+    let o1 = adam_read(s[1].at);
+    let o2 = adam_read(s[2].at);
+    let o3 = adam_read(s[3].at);
+    let o4 = adam_read(s[4].at);
+    let o5 = adam_read(s[5].at);
+    adam_write(s[0], o0);
+    adam_write(s[1], o1);
+    adam_write(s[2], o2);
+    adam_write(s[3], o3);
+    adam_write(s[4], o4);
+    adam_write(s[5], o5);
+}
+
+// (p, m, v) of parameter at (zeros for NONE).
+fn adam_read(at: u32) -> vec3<f32> {
+    if (at == NONE) {
+        return vec3<f32>();
+    }
+    return vec3<f32>(adam_params[at], adam_m[at], adam_v[at]);
+}
+
+// Parameter s.at's Adam step with gradient s.v from its old (p, m, v).
+fn adam_write(s: Stored, old: vec3<f32>) {
+    if (s.at != NONE) {
+        let r = adam_update(s.v, old.x, old.y, old.z, u.adam);
+        adam_params[s.at] = r.x;
+        adam_m[s.at] = r.y;
+        adam_v[s.at] = r.z;
+    }
 }
 
 // Parameters i, i + 256, i + 512, i + 768 of the tail (those below tail.y): all

@@ -61,7 +61,7 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     // ops without a dispatch of their own read exactly 0, their time is in the
     // dispatch's first op (unless VAE_OOD_GPU_UNFUSED switches their fusion off):
     // the weight gradients of the layers whose input and weight gradients run as one
-    // pair; fc1's product, which reads the images in the gather's dispatch (else
+    // pair; fc1's product, which reads the images in the gather's dispatch (or
     // the gather, which runs in the previous step's Adam dispatch); the loss,
     // which the BCE kernel writes; the ops in the latent kernels after the first
     // (the head product's forward, fc3's input gradient backward); the head's
@@ -80,14 +80,16 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     if adam {
         zero.push("adam");
     }
-    if !unfused("gather") {
+    // (inside an epoch a step's gather shares the previous step's Adam dispatch
+    // where that is not in the triple, with the pairs on; fc1 then runs alone)
+    let gather_with_adam = !adam && !unfused("pairs");
+    if gather_with_adam {
+        zero.push("gather x");
+    } else if !unfused("gather") {
         zero.push("fc1 fwd");
     }
     if !unfused("pairs") {
         zero.extend(["loss reduce", "fc4 dW+db"]);
-        if !adam && unfused("gather") {
-            zero.push("gather x");
-        }
         if unfused("latent") {
             zero.extend(["fc3 dW+db", "head dW+db"]);
         } else if !triple {

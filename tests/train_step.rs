@@ -646,8 +646,12 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
             adam,
             ..Fusions::ALL
         });
-        let built = [Kernel::LatentForward, Kernel::MatmulTriple, Kernel::MatmulTripleAdam]
-            .map(|k| be.context().has(k));
+        let built = [
+            Kernel::LatentForward,
+            Kernel::MatmulTriple,
+            Kernel::MatmulTripleAdam,
+        ]
+        .map(|k| be.context().has(k));
         let dispatches = be.dispatches(&case.ops);
         (built, be.describe(), dispatches, case.run(&mut be))
     };
@@ -663,7 +667,12 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
     assert_eq!(narrow.2, off.2);
     // two training steps, then the scoring batch: each step's Adam a dispatch more
     // (the first's shared with the next gather, whose fc1 then runs alone)
-    assert_eq!(on.2 + 2, off.2, "{} dispatches with Adam in the triple", on.2);
+    assert_eq!(
+        on.2 + 2,
+        off.2,
+        "{} dispatches with Adam in the triple",
+        on.2
+    );
     for (((buf, a), (_, b)), (_, c)) in narrow.3.iter().zip(&off.3).zip(&on.3) {
         assert!(a == b && b == c, "{buf:?} differs");
     }
