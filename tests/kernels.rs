@@ -695,6 +695,17 @@ fn loss_reduce_importance_weighted() {
     });
 }
 
+/// Fresh random Adam inputs over `n` parameters: parameters in ±1, gradients in
+/// ±10, first moments in ±1, second moments in [0, 2).
+fn adam_state(rng: &mut impl Rng, n: usize) -> [(Buf, Vec<f32>); 4] {
+    [
+        (Buf::Params, uniform(rng, n, -1.0, 1.0)),
+        (Buf::Grads, uniform(rng, n, -10.0, 10.0)),
+        (Buf::AdamM, uniform(rng, n, -1.0, 1.0)),
+        (Buf::AdamV, uniform(rng, n, 0.0, 2.0)),
+    ]
+}
+
 #[test]
 fn adam_matches_at_first_and_later_steps() {
     let mut rng = fresh_rng("adam_matches_at_first_and_later_steps");
@@ -704,12 +715,7 @@ fn adam_matches_at_first_and_later_steps() {
             name: "adam",
             store: random_store(&mut rng),
             idx: vec![0],
-            inputs: vec![
-                (Buf::Params, uniform(&mut rng, n, -1.0, 1.0)),
-                (Buf::Grads, uniform(&mut rng, n, -10.0, 10.0)),
-                (Buf::AdamM, uniform(&mut rng, n, -1.0, 1.0)),
-                (Buf::AdamV, uniform(&mut rng, n, 0.0, 2.0)),
-            ],
+            inputs: adam_state(&mut rng, n).to_vec(),
             // same formula; GPU sqrt and division are within 3 ULP: relative 1e-5 on
             // m, v and the update (which is ≤ lr·|m|/√v, added to |p| ≤ 1)
             outputs: vec![
@@ -793,12 +799,7 @@ fn adam_and_next_gather_in_one_dispatch() {
             _pad: 0,
         }),
     ];
-    let inputs = [
-        (Buf::Params, uniform(&mut rng, n, -1.0, 1.0)),
-        (Buf::Grads, uniform(&mut rng, n, -10.0, 10.0)),
-        (Buf::AdamM, uniform(&mut rng, n, -1.0, 1.0)),
-        (Buf::AdamV, uniform(&mut rng, n, 0.0, 2.0)),
-    ];
+    let inputs = adam_state(&mut rng, n);
     let outs = [Buf::Params, Buf::AdamM, Buf::AdamV, Buf::X];
     let run = |be: &mut dyn Backend| {
         be.write_idx(0, &idx).unwrap();
@@ -1618,12 +1619,7 @@ fn weight_gradients_and_adam_in_one_dispatch() {
             .flat_map(|&(a, b, rows, k, ..)| [(a, m * rows, -1.0, 1.0), (b, m * k, 0.0, 1.0)])
             .map(|(buf, len, lo, hi)| (buf, uniform(&mut rng, len, lo, hi)))
             .collect();
-        inputs.extend([
-            (Buf::Grads, uniform(&mut rng, p, -10.0, 10.0)),
-            (Buf::Params, uniform(&mut rng, p, -1.0, 1.0)),
-            (Buf::AdamM, uniform(&mut rng, p, -1.0, 1.0)),
-            (Buf::AdamV, uniform(&mut rng, p, 0.0, 2.0)),
-        ]);
+        inputs.extend(adam_state(&mut rng, p));
         let outs = [Buf::Grads, Buf::Params, Buf::AdamM, Buf::AdamV];
         let run = |be: &mut dyn Backend| {
             for (buf, v) in &inputs {
@@ -1655,7 +1651,7 @@ fn weight_gradients_and_adam_in_one_dispatch() {
         // the parameters moved (by ~lr each, 100× the tolerance above, so that the
         // comparison would have caught a parameter Adam left alone; a few may not
         // move where m̂ cancels to ~0)
-        let given = &inputs[inputs.len() - 3].1;
+        let given = &inputs[inputs.len() - 4].1;
         let moved = (0..n).filter(|&i| results[0][1][i] != given[i]).count();
         assert!(moved * 100 >= n * 99, "{moved} of {n} parameters moved");
     }

@@ -582,24 +582,17 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
 /// scoring batch).
 #[test]
 fn a_device_without_the_latent_kernels_runs_without_them() {
-    use vae_ood::backend::Backend;
-    use vae_ood::gpu::{Fusions, GpuOptions, Kernel};
+    use vae_ood::gpu::{Fusions, Kernel};
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
     }
     let case = GpuRunCase::new("a_device_without_the_latent_kernels_runs_without_them", 2);
     let run = |cap: Option<u32>, latent: bool| {
-        let mut be = case.backend(GpuOptions {
-            storage_buffers: cap,
-            ..GpuOptions::default()
-        });
-        be.set_fusions(Fusions {
+        let f = Fusions {
             latent,
             ..Fusions::ALL
-        });
-        let built = [Kernel::LatentForward, Kernel::MatmulTriple].map(|k| be.context().has(k));
-        let dispatches = be.dispatches(&case.ops);
-        (built, be.describe(), dispatches, case.run(&mut be))
+        };
+        case.capped_run(cap, f, [Kernel::LatentForward, Kernel::MatmulTriple])
     };
     // asked for the latent fusion, but the kernels are not there
     let narrow = run(Some(8), true);
@@ -631,29 +624,22 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
 /// as with Adam in the triple.
 #[test]
 fn a_device_without_the_adam_triple_runs_adam_apart() {
-    use vae_ood::backend::Backend;
-    use vae_ood::gpu::{Fusions, GpuOptions, Kernel};
+    use vae_ood::gpu::{Fusions, Kernel};
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
     }
     let case = GpuRunCase::new("a_device_without_the_adam_triple_runs_adam_apart", 2);
     let run = |cap: Option<u32>, adam: bool| {
-        let mut be = case.backend(GpuOptions {
-            storage_buffers: cap,
-            ..GpuOptions::default()
-        });
-        be.set_fusions(Fusions {
+        let f = Fusions {
             adam,
             ..Fusions::ALL
-        });
-        let built = [
+        };
+        let kernels = [
             Kernel::LatentForward,
             Kernel::MatmulTriple,
             Kernel::MatmulTripleAdam,
-        ]
-        .map(|k| be.context().has(k));
-        let dispatches = be.dispatches(&case.ops);
-        (built, be.describe(), dispatches, case.run(&mut be))
+        ];
+        case.capped_run(cap, f, kernels)
     };
     let narrow = run(Some(11), true);
     let off = run(None, false);
@@ -731,6 +717,27 @@ impl GpuRunCase {
         let a = vae_ood::gpu::select_adapter().unwrap().unwrap();
         vae_ood::gpu::GpuBackend::with_options(a, &self.store, self.idx.len(), self.sizes, opts)
             .unwrap()
+    }
+
+    /// The case on a backend asking for at most `cap` storage buffers per shader
+    /// stage (None: as many as the widest kernel binds), with fusions `f`: which
+    /// of `kernels` it built, its description, the dispatches of the case's ops and
+    /// the buffers they end with.
+    fn capped_run<const N: usize>(
+        &self,
+        cap: Option<u32>,
+        f: vae_ood::gpu::Fusions,
+        kernels: [vae_ood::gpu::Kernel; N],
+    ) -> ([bool; N], String, usize, Vec<(Buf, Vec<u32>)>) {
+        use vae_ood::backend::Backend;
+        let mut be = self.backend(vae_ood::gpu::GpuOptions {
+            storage_buffers: cap,
+            ..vae_ood::gpu::GpuOptions::default()
+        });
+        be.set_fusions(f);
+        let built = kernels.map(|k| be.context().has(k));
+        let dispatches = be.dispatches(&self.ops);
+        (built, be.describe(), dispatches, self.run(&mut be))
     }
 
     /// Every op run on `be` from the initial parameters and zero Adam moments:

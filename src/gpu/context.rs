@@ -7,6 +7,13 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::sync::{Arc, Mutex};
 
+/// (file name, source) of a file in `shaders/`, compiled in.
+macro_rules! wgsl {
+    ($file:literal) => {
+        ($file, include_str!(concat!("../../shaders/", $file)))
+    };
+}
+
 /// Every WGSL entry point, with its file and its group-0 bindings
 /// (binding number, read-only?). Group 1 is always the one dynamic-offset uniform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,10 +88,7 @@ const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
     (17, false),
 ];
 
-const ADAM_UPDATE: (&str, &str) = (
-    "adam_update.wgsl",
-    include_str!("../../shaders/adam_update.wgsl"),
-);
+const ADAM_UPDATE: (&str, &str) = wgsl!("adam_update.wgsl");
 
 impl Kernel {
     pub const ALL: [Kernel; 15] = [
@@ -114,19 +118,16 @@ impl Kernel {
             | Kernel::MatmulTriple
             | Kernel::MatmulTripleAdam
             | Kernel::MatmulGather
-            | Kernel::MatmulReduce => ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+            | Kernel::MatmulReduce => wgsl!("matmul.wgsl"),
             Kernel::ReparamForward | Kernel::ReparamBackward => {
-                ("reparam.wgsl", include_str!("../../shaders/reparam.wgsl"))
+                wgsl!("reparam.wgsl")
             }
-            Kernel::Bce => ("bce.wgsl", include_str!("../../shaders/bce.wgsl")),
-            Kernel::Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
+            Kernel::Bce => wgsl!("bce.wgsl"),
+            Kernel::Loss => wgsl!("loss.wgsl"),
             Kernel::Adam => ADAM,
-            Kernel::AdamGather => (
-                "adam_gather.wgsl",
-                include_str!("../../shaders/adam_gather.wgsl"),
-            ),
+            Kernel::AdamGather => wgsl!("adam_gather.wgsl"),
             Kernel::LatentForward | Kernel::LatentBackward => {
-                ("latent.wgsl", include_str!("../../shaders/latent.wgsl"))
+                wgsl!("latent.wgsl")
             }
         }
     }
@@ -174,26 +175,11 @@ impl Kernel {
     /// kernel reduces; `split_source.wgsl` if it reads split products or is one of
     /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it).
     pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
-        const OPERANDS: (&str, &str) = (
-            "matmul_operands.wgsl",
-            include_str!("../../shaders/matmul_operands.wgsl"),
-        );
-        const TRIPLE_OPERANDS: (&str, &str) = (
-            "matmul_triple_operands.wgsl",
-            include_str!("../../shaders/matmul_triple_operands.wgsl"),
-        );
-        const GATHER_OPERANDS: (&str, &str) = (
-            "matmul_gather_operands.wgsl",
-            include_str!("../../shaders/matmul_gather_operands.wgsl"),
-        );
-        const STORE: (&str, &str) = (
-            "matmul_store.wgsl",
-            include_str!("../../shaders/matmul_store.wgsl"),
-        );
-        const STORE_ADAM: (&str, &str) = (
-            "matmul_adam.wgsl",
-            include_str!("../../shaders/matmul_adam.wgsl"),
-        );
+        const OPERANDS: (&str, &str) = wgsl!("matmul_operands.wgsl");
+        const TRIPLE_OPERANDS: (&str, &str) = wgsl!("matmul_triple_operands.wgsl");
+        const GATHER_OPERANDS: (&str, &str) = wgsl!("matmul_gather_operands.wgsl");
+        const STORE: (&str, &str) = wgsl!("matmul_store.wgsl");
+        const STORE_ADAM: (&str, &str) = wgsl!("matmul_adam.wgsl");
         let mut v = vec![self.source()];
         match self {
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
@@ -351,15 +337,12 @@ impl Kernel {
     }
 }
 
-const NORMAL: (&str, &str) = ("normal.wgsl", include_str!("../../shaders/normal.wgsl"));
-const ADAM: (&str, &str) = ("adam.wgsl", include_str!("../../shaders/adam.wgsl"));
-const GATHER: (&str, &str) = ("gather.wgsl", include_str!("../../shaders/gather.wgsl"));
+const NORMAL: (&str, &str) = wgsl!("normal.wgsl");
+const ADAM: (&str, &str) = wgsl!("adam.wgsl");
+const GATHER: (&str, &str) = wgsl!("gather.wgsl");
 
 /// The helper that reads a product from its split-K partial sums ([`Kernel::reads_split`]).
-pub const SPLIT_SOURCE: (&str, &str) = (
-    "split_source.wgsl",
-    include_str!("../../shaders/split_source.wgsl"),
-);
+pub const SPLIT_SOURCE: (&str, &str) = wgsl!("split_source.wgsl");
 
 /// How the kernels that reduce over a workgroup (`bce.wgsl`, `loss.wgsl`) do it:
 /// which helper file defining `workgroup_sum` is appended to their source.
@@ -377,14 +360,8 @@ impl Reduce {
     /// (file name, WGSL source) of the helper.
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
-            Reduce::Portable => (
-                "reduce_portable.wgsl",
-                include_str!("../../shaders/reduce_portable.wgsl"),
-            ),
-            Reduce::Subgroup => (
-                "reduce_subgroup.wgsl",
-                include_str!("../../shaders/reduce_subgroup.wgsl"),
-            ),
+            Reduce::Portable => wgsl!("reduce_portable.wgsl"),
+            Reduce::Subgroup => wgsl!("reduce_subgroup.wgsl"),
         }
     }
 
