@@ -664,6 +664,9 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
     }
 }
 
+/// Every buffer's bits after a run.
+type Bits = Vec<(Buf, Vec<u32>)>;
+
 /// Training steps of a small model (hidden width 133, so that the decoder product
 /// splits K) and an IWAE scoring batch with two draws, and what they start from:
 /// the runs the GPU comparisons above make on each variant.
@@ -728,7 +731,7 @@ impl GpuRunCase {
         cap: Option<u32>,
         f: vae_ood::gpu::Fusions,
         kernels: [vae_ood::gpu::Kernel; N],
-    ) -> ([bool; N], String, usize, Vec<(Buf, Vec<u32>)>) {
+    ) -> ([bool; N], String, usize, Bits) {
         use vae_ood::backend::Backend;
         let mut be = self.backend(vae_ood::gpu::GpuOptions {
             storage_buffers: cap,
@@ -742,7 +745,7 @@ impl GpuRunCase {
 
     /// Every op run on `be` from the initial parameters and zero Adam moments:
     /// the bits of every buffer afterwards.
-    fn run(&self, be: &mut vae_ood::gpu::GpuBackend) -> Vec<(Buf, Vec<u32>)> {
+    fn run(&self, be: &mut vae_ood::gpu::GpuBackend) -> Bits {
         use vae_ood::backend::Backend;
         let n = self.params.len();
         be.write_idx(0, &self.idx).unwrap();

@@ -49,31 +49,29 @@ const MATMUL_BINDINGS: [(u32, bool); 7] = [
 
 /// `matmul_triple`: the pair's, then problem 2's A and B (never split: the partial
 /// sums unused, but bound, as the shared tile code names them).
-const MATMUL_TRIPLE_BINDINGS: [(u32, bool); 9] = {
-    let mut b = [(0, true); 9];
-    let mut i = 0;
-    while i < MATMUL_BINDINGS.len() {
-        b[i] = MATMUL_BINDINGS[i];
-        i += 1;
-    }
-    b[7] = (8, true);
-    b[8] = (9, true);
-    b
-};
+const MATMUL_TRIPLE_BINDINGS: [(u32, bool); 9] = then(&MATMUL_BINDINGS, &[(8, true), (9, true)]);
 
 /// `matmul_triple_adam`: the triple's, then Adam's parameters, m and v.
-const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = {
-    let mut b = [(0, true); 12];
+const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = then(
+    &MATMUL_TRIPLE_BINDINGS,
+    &[(12, false), (13, false), (14, false)],
+);
+
+/// The bindings `first`, then `more` (M of them in all).
+const fn then<const M: usize>(first: &[(u32, bool)], more: &[(u32, bool)]) -> [(u32, bool); M] {
+    assert!(first.len() + more.len() == M);
+    let mut b = [(0, true); M];
     let mut i = 0;
-    while i < MATMUL_TRIPLE_BINDINGS.len() {
-        b[i] = MATMUL_TRIPLE_BINDINGS[i];
+    while i < M {
+        b[i] = if i < first.len() {
+            first[i]
+        } else {
+            more[i - first.len()]
+        };
         i += 1;
     }
-    b[9] = (12, false);
-    b[10] = (13, false);
-    b[11] = (14, false);
     b
-};
+}
 
 /// `matmul_gather`: b, e → c (or partial sums), c2 (bound to c again), then the
 /// image store and the index → x.
