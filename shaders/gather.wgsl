@@ -24,6 +24,5 @@ fn gather_one(t: u32, p: GatherParams) {
     let r = t / p.d;
     let c = t % p.d;
     let i = idx[p.idx_off + r] * p.d + c;
-    let byte = (data[i / 4u] >> (8u * (i % 4u))) & 255u;
-    x[t] = f32(byte) / 255.0;
+    x[t] = pixel(data[i / 4u], i);
 }

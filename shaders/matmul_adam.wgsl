@@ -64,43 +64,27 @@ fn adam_write(s: Stored, old: vec3<f32>) {
     }
 }
 
-// Parameters i, i + 256, i + 512, i + 768 of the tail (those below tail.y): all
-// sixteen reads issued before the first write (the four steps in turn would wait
-// for each other's reads: the buffers may alias as far as the driver knows).
+// Parameters i, i + 256, i + 512, i + 768 of the tail (those below tail.y), their
+// gradients read from c: as after_tile, every read before the first write.
 fn tail_adam(i: u32) {
-    let at = vec4<u32>(i, i + 256u, i + 512u, i + 768u);
-    let g = vec4<f32>(tail_read(0u, at.x), tail_read(0u, at.y), tail_read(0u, at.z), tail_read(0u, at.w));
-    let p = vec4<f32>(tail_read(1u, at.x), tail_read(1u, at.y), tail_read(1u, at.z), tail_read(1u, at.w));
-    let m = vec4<f32>(tail_read(2u, at.x), tail_read(2u, at.y), tail_read(2u, at.z), tail_read(2u, at.w));
-    let v = vec4<f32>(tail_read(3u, at.x), tail_read(3u, at.y), tail_read(3u, at.z), tail_read(3u, at.w));
-    tail_write(at.x, adam_update(g.x, p.x, m.x, v.x, u.adam));
-    tail_write(at.y, adam_update(g.y, p.y, m.y, v.y, u.adam));
-    tail_write(at.z, adam_update(g.z, p.z, m.z, v.z, u.adam));
-    tail_write(at.w, adam_update(g.w, p.w, m.w, v.w, u.adam));
+    let s0 = tail_stored(i);
+    let s1 = tail_stored(i + 256u);
+    let s2 = tail_stored(i + 512u);
+    let s3 = tail_stored(i + 768u);
+    let o0 = adam_read(s0.at);
+    let o1 = adam_read(s1.at);
+    let o2 = adam_read(s2.at);
+    let o3 = adam_read(s3.at);
+    adam_write(s0, o0);
+    adam_write(s1, o1);
+    adam_write(s2, o2);
+    adam_write(s3, o3);
 }
 
-// Element at of the gradient (which 0), the parameters (1), m (2) or v (3); 0
-// past the tail.
-fn tail_read(which: u32, at: u32) -> f32 {
+// Tail parameter at and its gradient (NONE past the tail).
+fn tail_stored(at: u32) -> Stored {
     if (at >= u.tail.y) {
-        return 0.0;
+        return Stored(NONE, 0.0);
     }
-    if (which == 0u) {
-        return c[at];
-    }
-    if (which == 1u) {
-        return adam_params[at];
-    }
-    if (which == 2u) {
-        return adam_m[at];
-    }
-    return adam_v[at];
-}
-
-fn tail_write(at: u32, r: vec3<f32>) {
-    if (at < u.tail.y) {
-        adam_params[at] = r.x;
-        adam_m[at] = r.y;
-        adam_v[at] = r.z;
-    }
+    return Stored(at, c[at]);
 }

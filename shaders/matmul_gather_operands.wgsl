@@ -1,7 +1,7 @@
 // Appended to matmul.wgsl (with matmul_store.wgsl) for matmul_gather: a product
 // whose A (rows, d) is a batch of images read straight from the packed image
-// store, A(i, kk) = data[idx[gather.x + i]·d + kk] / 255 (d = k), as gather.wgsl
-// computes x; the workgroups of the first column of tiles (wg.x = 0, every K
+// store, A(i, kk) = data[idx[gather.x + i]·d + kk] / 255 (d = k), unpacked by
+// pixel.wgsl as gather.wgsl's x is; the workgroups of the first column of tiles (wg.x = 0, every K
 // share) also write each element they read to x (rows, d), so that x holds the
 // batch for the kernels after it, every element written once. One dispatch
 // instead of a gather and a product; its CPU twin is cpu::gather_pixels then
@@ -32,8 +32,7 @@ fn matmul_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 // A(i, kk): pixel kk of the batch's image i (fetch_a reads only i < m, kk < k).
 fn load_a(q: u32, p: Params, i: u32, kk: u32) -> f32 {
     let at = tile_images[i - first_row] * p.k + kk;
-    let byte = (gather_data[at / 4u] >> (8u * (at % 4u))) & 255u;
-    let v = f32(byte) / 255.0;
+    let v = pixel(gather_data[at / 4u], at);
     if (writes_x) {
         gather_x[i * p.k + kk] = v;
     }

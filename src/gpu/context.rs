@@ -168,7 +168,8 @@ impl Kernel {
     /// `matmul_operands.wgsl` for the others) and what follows a stored element
     /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_store.wgsl` for the
     /// others); `adam_update.wgsl` for them and the Adam kernels; for
-    /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `normal.wgsl` (ε) for the
+    /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `pixel.wgsl` for the kernels
+    /// that unpack the image store; `normal.wgsl` (ε) for the
     /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
     /// kernel reduces; `split_source.wgsl` if it reads split products or is one of
     /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it).
@@ -193,6 +194,12 @@ impl Kernel {
         }
         if self == Kernel::AdamGather {
             v.extend([ADAM, ADAM_UPDATE, GATHER]);
+        }
+        if matches!(
+            self,
+            Kernel::Gather | Kernel::AdamGather | Kernel::MatmulGather
+        ) {
+            v.push(PIXEL);
         }
         if matches!(
             self,
@@ -338,6 +345,7 @@ impl Kernel {
 const NORMAL: (&str, &str) = wgsl!("normal.wgsl");
 const ADAM: (&str, &str) = wgsl!("adam.wgsl");
 const GATHER: (&str, &str) = wgsl!("gather.wgsl");
+const PIXEL: (&str, &str) = wgsl!("pixel.wgsl");
 
 /// The helper that reads a product from its split-K partial sums ([`Kernel::reads_split`]).
 pub const SPLIT_SOURCE: (&str, &str) = wgsl!("split_source.wgsl");
