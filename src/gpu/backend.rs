@@ -320,23 +320,17 @@ fn gather_product(op: &Op, next: &Op) -> Option<Lowered> {
     let f = Res::F;
     let mut q = *p;
     q.splits = choose_splits(p);
-    let mut dispatches = vec![(
-        Kernel::MatmulGather,
-        vec![
-            f(*b),
-            f(*e),
-            f(*c),
-            Res::Partial,
-            f(*c),
-            Res::Data,
-            Res::Idx,
-            f(Buf::X),
-        ],
-        (q.n.div_ceil(32), q.m.div_ceil(32), q.splits),
-    )];
-    if q.splits > 1 {
-        dispatches.push(reduce_dispatch(&q, *e, *c));
-    }
+    let res = vec![
+        f(*b),
+        f(*e),
+        f(*c),
+        Res::Partial,
+        f(*c),
+        Res::Data,
+        Res::Idx,
+        f(Buf::X),
+    ];
+    let dispatches = product_dispatches(Kernel::MatmulGather, res, &q, *e, *c);
     let mut bytes = bytemuck::bytes_of(&q).to_vec();
     bytes.resize(GATHER_IDX_AT, 0);
     bytes.extend_from_slice(bytemuck::bytes_of(&[g.idx_off, 0, 0, 0]));
@@ -858,6 +852,24 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
     (plan, slots)
 }
 
+/// A product `q` (its split count chosen) as `kernel` with resources `res`: one
+/// workgroup per 32×32 tile and K share, then its split-K reduce if it is split
+/// (epilogue operand `e`, output `c`).
+fn product_dispatches(
+    kernel: Kernel,
+    res: Vec<Res>,
+    q: &MatmulParams,
+    e: Buf,
+    c: Buf,
+) -> Vec<Dispatch> {
+    let grid = (q.n.div_ceil(32).max(1), q.m.div_ceil(32).max(1), q.splits);
+    let mut d = vec![(kernel, res, grid)];
+    if q.splits > 1 {
+        d.push(reduce_dispatch(q, e, c));
+    }
+    d
+}
+
 /// The reduce dispatch after a split product `q` (epilogue operand `e`, output `c`).
 fn reduce_dispatch(q: &MatmulParams, e: Buf, c: Buf) -> Dispatch {
     let (x, y) = groups_1d(((q.m * q.n) as usize).div_ceil(256));
@@ -885,14 +897,8 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
         Op::Matmul { a, b, e, c, p } => {
             let mut q = *p;
             q.splits = choose_splits(p);
-            let mut d = vec![(
-                Kernel::Matmul,
-                vec![f(*a), f(*b), f(*e), f(*c), Res::Partial, f(*c), f(*a)],
-                (q.n.div_ceil(32).max(1), q.m.div_ceil(32).max(1), q.splits),
-            )];
-            if q.splits > 1 {
-                d.push(reduce_dispatch(&q, *e, *c));
-            }
+            let res = vec![f(*a), f(*b), f(*e), f(*c), Res::Partial, f(*c), f(*a)];
+            let d = product_dispatches(Kernel::Matmul, res, &q, *e, *c);
             (d, bytes_of(&q).to_vec())
         }
         Op::ReparamForward(p) => one(
