@@ -2,11 +2,13 @@
 # On a GPU machine, from the repository root, with .devbin/ from bench/device-pack.sh
 # carried along: the GPU test binaries (shaders against their CPU twins on the real
 # driver, both reduction variants), then bench/gpu.sh (vae-ood against PyTorch and the
-# variants, one table), then the kernel experiments (one step per GPU variant with
-# per-op timestamps; each product alone, each gradient pair fused and not), in one
-# call. Logs go to bench/out, or, when $OUT is set (the device tool, which brings back
-# at most 8 files), into one $OUT/logs.tgz, refreshed after each phase so a run cut
-# short still returns what it finished.
+# variants, one table), then bench/gpu-sweep.sh (the default against its nearest
+# variants and PyTorch's CUDA graph, medians of interleaved rounds), then the kernel
+# experiments (one step per GPU variant with per-op timestamps; each product alone,
+# each gradient pair fused and not), in one call. Logs go to bench/out, or, when $OUT
+# is set (the device tool, which brings back at most 8 files), into one
+# $OUT/logs.tgz, refreshed after each phase so a run cut short still returns what it
+# finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,15 @@ done
 snapshot
 if [ -z "${SKIP_BENCH:-}" ]; then
   OUTDIR="$LOG/bench" bash bench/gpu.sh .devbin/vae-ood 2>&1 | grep -v '^{' | tee "$LOG/bench.txt"
+  snapshot
+  # the default against the switches closest to it, 5 interleaved rounds of 10
+  # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
+  echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
+  ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
+    'no_prefetch:VAE_OOD_GPU_PREFETCH=0' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
+    'split_512:VAE_OOD_SPLIT_TARGET=512' 'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
+    'split_512_latent_512:VAE_OOD_SPLIT_TARGET=512,VAE_OOD_GPU_LATENT_THREADS=512' \
+    2>&1 | tee "$LOG/sweep.txt"
   snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"

@@ -39,18 +39,19 @@ done
 #   no_latent  the products around the latent code and the reparameterisation as their own
 #              dispatches, not one latent.wgsl kernel per direction (rounding-level differences)
 #   no_triple  fc3's weight gradient its own dispatch, not one matmul_triple with the
-#              head's and fc1's (and so Adam its own dispatch, shared with the next gather)
-#   no_adam    Adam its own dispatch (shared with the next step's gather, adam_gather),
-#              not in the triple's epilogue (matmul_triple_adam)
-#   no_gather  the gather its own dispatch (or in the previous step's Adam's), not read
-#              by fc1's product from the image store (matmul_gather)
+#              head's and fc1's
+#   triple_adam  a step's Adam in the triple's epilogue (matmul_triple_adam), not its
+#              own dispatch shared with the next step's gather (adam_gather)
+#   no_gather  a run's first gather its own dispatch, not read by fc1's product from
+#              the image store (matmul_gather; the later ones share the previous
+#              step's Adam dispatch either way)
 #   latent_256, latent_512  the latent kernels in workgroups of 256 or 512 threads,
 #              not the most the device allows (up to 1024; rounding-level differences)
 #   checked    shaders with wgpu's runtime checks (index clamps, loop counters, …);
 #              the default compiles them as trusted modules, without
 #   no_loop_counters  shaders with every check but wgpu's loop-bounding counters
-#   prefetch   the matmul reads its next K step before the multiply of this one
-#   split_64, split_1024  split-K products aim for 64 or 1024 workgroups, not 256
+#   no_prefetch  the matmul reads its next K step after the multiply of this one, not before
+#   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...
   local name=$1; shift
@@ -64,16 +65,17 @@ variant no_pairs VAE_OOD_GPU_UNFUSED=pairs
 variant no_folds VAE_OOD_GPU_UNFUSED=reduces
 variant no_latent VAE_OOD_GPU_UNFUSED=latent
 variant no_triple VAE_OOD_GPU_UNFUSED=triple
-variant no_adam VAE_OOD_GPU_UNFUSED=adam
+variant triple_adam VAE_OOD_GPU_TRIPLE_ADAM=1
 variant no_gather VAE_OOD_GPU_UNFUSED=gather
 variant latent_256 VAE_OOD_GPU_LATENT_THREADS=256
 variant latent_512 VAE_OOD_GPU_LATENT_THREADS=512
 variant checked VAE_OOD_GPU_TRUSTED=0
 variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
-variant prefetch VAE_OOD_GPU_PREFETCH=1
+variant no_prefetch VAE_OOD_GPU_PREFETCH=0
 variant split_64 VAE_OOD_SPLIT_TARGET=64
+variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,no_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,prefetch,split_64,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,split_64,split_512,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

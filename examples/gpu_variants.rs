@@ -3,12 +3,13 @@
 //! the default (trusted shader modules: no index clamps, loop-bounding counters,
 //! division guards or zeroed workgroup memory); checked modules
 //! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
-//! (`=loops`); the matmul prefetching its next K step (`VAE_OOD_GPU_PREFETCH=1`);
-//! the latent kernels in workgroups of 256 threads (`VAE_OOD_GPU_LATENT_THREADS`);
-//! without the latent fusion, without the weight-gradient triple, without Adam in
-//! the triple, without the gather in fc1's product, without the gradient pairs,
-//! without the folded reduces, and without all of them
-//! (`VAE_OOD_GPU_UNFUSED=latent|triple|adam|gather|pairs|reduces|1`). Each round runs `steps`
+//! (`=loops`); the matmul reading its next K step after the multiply, not before
+//! (`VAE_OOD_GPU_PREFETCH=0`); the latent kernels in workgroups of 256 threads
+//! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
+//! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); without the latent fusion, without the
+//! weight-gradient triple, without the gather in fc1's product, without the
+//! gradient pairs, without the folded reduces, and without all of them
+//! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
 //! steps in one run per variant; then one step per variant with per-op timestamps
 //! where the adapter has them. A kernel experiment, not part of the training path;
 //! on lavapipe a step takes about a quarter of a second.
@@ -48,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let idx: Vec<u32> = (0..b as u32).collect();
     let mut backends = Vec::new();
-    let all = Fusions::ALL;
+    let all = Fusions::DEFAULT;
     let d = GpuOptions {
         subgroups: Subgroups::Auto,
         ..GpuOptions::default()
@@ -71,9 +72,9 @@ fn main() -> anyhow::Result<()> {
             all,
         ),
         (
-            "prefetch",
+            "no prefetch",
             GpuOptions {
-                prefetch: true,
+                prefetch: false,
                 ..d
             },
             all,
@@ -88,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
-        ("no adam in triple", d, without(|f| f.adam = false)),
+        ("adam in triple", d, without(|f| f.adam = true)),
         ("no gather in fc1", d, without(|f| f.gather = false)),
         ("no pairs", d, without(|f| f.pairs = false)),
         ("no folds", d, without(|f| f.reduces = false)),

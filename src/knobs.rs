@@ -17,18 +17,26 @@ pub const NO_SUBGROUPS: &str = "VAE_OOD_NO_SUBGROUPS";
 /// the loop-bounding counters; `1` or unset: trusted modules without them (the
 /// default: identical bits, 1.18× faster training on an H100).
 pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
-/// `1`: the matmul issues its reads of the next K step before the multiply of
-/// the current one (software pipelining).
+/// `0`: the matmul issues its reads of the next K step after the multiply of the
+/// current one; `1` or unset: before it (software pipelining, the default:
+/// identical bits, 0.97× the time per training step on an H100,
+/// bench/results/h100-2026-11-26.md).
 pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
+/// `1`: a training step's Adam runs in the epilogue of the weight-gradient
+/// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
+/// dispatch with the next step's gather (`adam_gather`, eight; the default:
+/// identical bits, 0.94× the time per training step on an H100).
+pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
 /// written by the BCE kernel), `reduces` (every split-K reduce
 /// its own dispatch, not folded into the kernel that reads the product),
 /// `latent` (the products around the latent code and the reparameterisation as
-/// their own dispatches, not one `latent.wgsl` kernel per direction) or `triple`
+/// their own dispatches, not one `latent.wgsl` kernel per direction), `triple`
 /// (fc3's weight gradient its own dispatch, not one `matmul_triple` with the
-/// head's and fc1's).
+/// head's and fc1's) or `gather` (a batch's gather its own dispatch, or in the
+/// previous step's Adam's, not read by the first product from the image store).
 pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
 /// Threads per workgroup of the latent kernels: 256, 512 or 1024 (default: the
 /// most the device allows, up to 1024).
@@ -38,10 +46,16 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 4] = [CPU_UNFUSED, CPU_DENSE, NO_SUBGROUPS, GPU_PREFETCH];
+const FLAGS: [&str; 5] = [
+    CPU_UNFUSED,
+    CPU_DENSE,
+    NO_SUBGROUPS,
+    GPU_PREFETCH,
+    GPU_TRIPLE_ADAM,
+];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",
-/// "triple", "adam" or "gather").
+/// "triple" or "gather"; any part when it is `1`).
 pub fn gpu_unfused(part: &str) -> bool {
     matches!(std::env::var(GPU_UNFUSED).as_deref(), Ok(v) if v == "1" || v == part)
 }
@@ -77,11 +91,9 @@ pub fn check() -> Result<()> {
     if let Ok(v) = std::env::var(GPU_UNFUSED) {
         if !matches!(
             v.as_str(),
-            "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple" | "adam" | "gather"
+            "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple" | "gather"
         ) {
-            bail!(
-                "{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent, triple, adam or gather"
-            );
+            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent, triple or gather");
         }
     }
     if let Ok(v) = std::env::var(GPU_LATENT_THREADS) {

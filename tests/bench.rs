@@ -66,11 +66,11 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     // which the BCE kernel writes; the ops in the latent kernels after the first
     // (the head product's forward, fc3's input gradient backward); the head's
     // and fc1's weight gradients, in fc3's triple (or else as one pair); and
-    // Adam, in the triple's epilogue
+    // Adam, in the triple's epilogue where VAE_OOD_GPU_TRIPLE_ADAM=1 puts it
     let unfused = vae_ood::knobs::gpu_unfused;
     let mut zero: Vec<&str> = Vec::new();
     let triple = !unfused("latent") && !unfused("triple");
-    let adam = triple && !unfused("adam");
+    let adam = triple && vae_ood::gpu::Fusions::from_env().adam;
     if !unfused("latent") {
         zero.extend(["reparam fwd", "fc3 fwd", "reparam bwd", "head dX"]);
     }
@@ -116,20 +116,25 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     // folds; without the pairs fc4's is not next to its reader) and move fc3's
     // weight gradient after them; 9 with that and the head's and fc1's weight
     // gradients as one triple (without it: fc3's alone, the other two as a pair;
-    // without the pairs: the triple all the same); 8 with the step's Adam in the
-    // triple; 7 with the gather in fc1's product. Two steps: twice that, where
-    // the first step's Adam (unless it is in the triple) and the second's gather
-    // share a dispatch, and the second's fc1 then runs alone
+    // without the pairs: the triple all the same); 8 with the gather in fc1's
+    // product (the default); 7 with the step's Adam in the triple as well. Two
+    // steps: twice that, where the first step's Adam (unless it is in the
+    // triple) and the second's gather share a dispatch, and the second's fc1
+    // then runs alone (so the gather in fc1 saves a dispatch only at a run's
+    // first step)
     let steps = vae_ood::bench::epoch_ops(&ex);
-    let (one, two_steps) = match std::env::var(vae_ood::knobs::GPU_UNFUSED).as_deref() {
-        Ok("1") => (22, 44),
-        Ok("latent") => (14, 28),
-        Ok("pairs") => (10, 20),
-        Ok("reduces") => (10, 20),
-        Ok("triple") => (9, 18),
-        Ok("adam") => (8, 16),
-        Ok("gather") => (8, 16),
-        _ => (7, 14),
+    let part = std::env::var(vae_ood::knobs::GPU_UNFUSED);
+    let (one, two_steps) = match (part.as_deref(), adam) {
+        (Ok("1"), _) => (22, 44),
+        (Ok("latent"), _) => (14, 28),
+        (Ok("triple"), _) => (9, 18),
+        (Ok("pairs") | Ok("reduces"), true) => (10, 20),
+        // (without the pairs Adam runs alone and every gather in its fc1)
+        (Ok("pairs") | Ok("reduces"), false) => (11, 22),
+        (Ok("gather"), true) => (8, 16),
+        (Ok("gather"), false) => (9, 17),
+        (_, true) => (7, 14),
+        (_, false) => (8, 16),
     };
     assert_eq!(ex.backend.dispatches(&steps[0]), Some(one));
     let two: Vec<_> = steps[0].iter().chain(&steps[1]).copied().collect();

@@ -762,6 +762,9 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_PREFETCH", "on"),
         ("VAE_OOD_GPU_UNFUSED", "triples"),
         ("VAE_OOD_GPU_UNFUSED", "gathers"),
+        // (Adam in the triple is opt-in now: VAE_OOD_GPU_TRIPLE_ADAM=1)
+        ("VAE_OOD_GPU_UNFUSED", "adam"),
+        ("VAE_OOD_GPU_TRIPLE_ADAM", "yes"),
         ("VAE_OOD_GPU_LATENT_THREADS", "300"),
         ("VAE_OOD_GPU_LATENT_THREADS", "2048"),
     ];
@@ -794,7 +797,8 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_CHUNK", "64")
         .env("VAE_OOD_GPU_UNFUSED", "reduces")
         .env("VAE_OOD_GPU_TRUSTED", "loops")
-        .env("VAE_OOD_GPU_PREFETCH", "1")
+        .env("VAE_OOD_GPU_PREFETCH", "0")
+        .env("VAE_OOD_GPU_TRIPLE_ADAM", "1")
         .env("VAE_OOD_GPU_LATENT_THREADS", "512")
         .args(run)
         .args(["--out", s(&out)])

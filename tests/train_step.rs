@@ -470,13 +470,16 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// without loop counters only (`=loops`) the shaders give the same bits as with
 /// the checks (`=0`) —
 /// which they must, since a check that changed a value would mean an access out
-/// of bounds. Nor on the matmul's software pipelining (`VAE_OOD_GPU_PREFETCH=1`).
+/// of bounds. Nor on the matmul's software pipelining (on by default,
+/// `VAE_OOD_GPU_PREFETCH=0` turns it off).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
 /// per-image loss written by the BCE kernel, fc3's, the head's and fc1's
-/// weight gradients as one triple with the step's Adam in it, and the gather
-/// read by fc1's product — seven dispatches fewer per training step at these sizes
+/// weight gradients as one triple, a step's Adam with the next step's gather
+/// (the default) or in the triple (`VAE_OOD_GPU_TRIPLE_ADAM=1`), and the gather
+/// read by fc1's product — with Adam in the triple, seven dispatches fewer per
+/// training step at these sizes
 /// (hidden width 133, so that the decoder product splits K; 53 inputs, too few
 /// for fc1's product and fc4's input gradient to split; the latent fusion, on
 /// throughout, takes the other layers' pairs and folds; its own folds are
@@ -495,7 +498,13 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         3,
     );
     let ops = &case.ops;
-    let run = |chunk: usize, checks: ShaderChecks, fused: bool, prefetch: bool| {
+    // the latent fusion, on in every run here, sums in another order: it is
+    // compared with tolerances in tests/kernels.rs and below, not bit for bit
+    let unfused = Fusions {
+        latent: true,
+        ..Fusions::NONE
+    };
+    let run = |chunk: usize, checks: ShaderChecks, fusions: Fusions, prefetch: bool| {
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
             checks,
@@ -511,14 +520,12 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             be.describe().contains("no loop-bounding counters"),
             checks == ShaderChecks::NoLoopBounds
         );
-        assert_eq!(be.describe().contains("prefetching matmul"), prefetch);
+        assert_eq!(be.describe().contains("no prefetching matmul"), !prefetch);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
-        // (the latent fusion, on in every run here, sums in another order: it is
-        // compared with tolerances in tests/kernels.rs and below, not bit for bit)
         be.set_fusions(Fusions::ALL);
         let with = be.dispatches(one_step);
-        be.set_fused(false);
+        be.set_fusions(unfused);
         assert_eq!(
             be.dispatches(one_step),
             with + 7,
@@ -531,9 +538,14 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         let two_steps = &ops[..2 * plan::TRAIN_STEP_OP_NAMES.len()];
         assert!(matches!(two_steps[one_step.len()], plan::Op::Gather(_)));
         assert_eq!(be.dispatches(two_steps), 2 * (with + 7));
-        be.set_fused(true);
+        be.set_fusions(Fusions::ALL);
         assert_eq!(be.dispatches(two_steps), 2 * with);
-        be.set_fused(fused);
+        // by default each step's Adam is a dispatch of its own, shared with the
+        // next step's gather (whose fc1 then runs alone)
+        be.set_fusions(Fusions::DEFAULT);
+        assert_eq!(be.dispatches(one_step), with + 1);
+        assert_eq!(be.dispatches(two_steps), 2 * (with + 1));
+        be.set_fusions(fusions);
         case.run(&mut be)
     };
     assert!(
@@ -541,7 +553,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let whole = run(0, ShaderChecks::Trusted, true, false);
+    let whole = run(0, ShaderChecks::Trusted, Fusions::DEFAULT, true);
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
@@ -555,18 +567,25 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     for (what, other) in [
         (
             "cut every 5 ops",
-            run(5, ShaderChecks::Trusted, true, false),
+            run(5, ShaderChecks::Trusted, Fusions::DEFAULT, true),
         ),
-        ("checked shaders", run(0, ShaderChecks::All, true, false)),
+        (
+            "checked shaders",
+            run(0, ShaderChecks::All, Fusions::DEFAULT, true),
+        ),
         (
             "no loop-bounding counters",
-            run(0, ShaderChecks::NoLoopBounds, true, false),
+            run(0, ShaderChecks::NoLoopBounds, Fusions::DEFAULT, true),
         ),
         (
-            "prefetching matmul",
-            run(0, ShaderChecks::Trusted, true, true),
+            "no prefetching matmul",
+            run(0, ShaderChecks::Trusted, Fusions::DEFAULT, false),
         ),
-        ("unfused", run(0, ShaderChecks::Trusted, false, false)),
+        (
+            "Adam in the triple",
+            run(0, ShaderChecks::Trusted, Fusions::ALL, true),
+        ),
+        ("unfused", run(0, ShaderChecks::Trusted, unfused, false)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");
@@ -618,10 +637,10 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
 }
 
 /// A device that allows 11 storage buffers per shader stage builds the latent
-/// kernels (10) and the triple (9) but not `matmul_triple_adam` (12): it runs a
-/// training step's Adam with the next gather, as a device that has the kernel does
-/// with Adam in the triple switched off — a dispatch more per step, the same bits
-/// as with Adam in the triple.
+/// kernels (10) and the triple (9) but not `matmul_triple_adam` (12): asked for
+/// Adam in the triple (`VAE_OOD_GPU_TRIPLE_ADAM=1`), it runs a training step's
+/// Adam with the next gather, as a device that has the kernel does by default —
+/// a dispatch more per step, the same bits as with Adam in the triple.
 #[test]
 fn a_device_without_the_adam_triple_runs_adam_apart() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -649,7 +668,8 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
         ([true, true, false], [true; 3]),
         "latent kernels, triple, triple with Adam built (11 buffers, default)"
     );
-    assert!(narrow.1.contains("no Adam in the triple"), "{}", narrow.1);
+    assert!(!narrow.1.contains("Adam in the triple"), "{}", narrow.1);
+    assert!(on.1.contains("Adam in the triple"), "{}", on.1);
     assert_eq!(narrow.2, off.2);
     // two training steps, then the scoring batch: each step's Adam a dispatch more
     // (the first's shared with the next gather, whose fc1 then runs alone)

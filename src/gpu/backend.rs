@@ -529,9 +529,10 @@ fn lower(op: &Op, next: Option<&Op>, fuse: Fusions) -> Lowered {
     }
 }
 
-/// Which GPU fusions are on (all by default; `VAE_OOD_GPU_UNFUSED` = `1`,
-/// `pairs`, `reduces`, `latent`, `triple`, `adam` or `gather` switches them off
-/// for comparison).
+/// Which GPU fusions are on ([`Fusions::DEFAULT`]: all but Adam in the triple;
+/// `VAE_OOD_GPU_UNFUSED` = `1`, `pairs`, `reduces`, `latent`, `triple` or
+/// `gather` switches them off, `VAE_OOD_GPU_TRIPLE_ADAM=1` puts Adam in the
+/// triple, for comparison).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fusions {
     /// a layer's input and weight gradients as one `matmul_pair` ([`pairable`]),
@@ -548,7 +549,11 @@ pub struct Fusions {
     /// backward kernel) with the head's and fc1's
     pub triple: bool,
     /// a training step's Adam in the epilogue of the triple before it, as one
-    /// `matmul_triple_adam` ([`triple_adam`]; needs the triple)
+    /// `matmul_triple_adam` ([`triple_adam`]; needs the triple). Off by default:
+    /// on an H100 the seven dispatches of a step took 96.4 µs, the eight with
+    /// Adam beside the next gather 90.2 (medians of 5 interleaved runs,
+    /// bench/results/h100-2026-11-26.md): the epilogue's Adam lengthens the
+    /// triple by more than a dispatch costs
     pub adam: bool,
     /// a batch's gather in the loads of the product that reads it, as one
     /// `matmul_gather` ([`gather_product`])
@@ -556,6 +561,11 @@ pub struct Fusions {
 }
 
 impl Fusions {
+    /// The default: all on but Adam in the triple (see [`Fusions::adam`]).
+    pub const DEFAULT: Fusions = Fusions {
+        adam: false,
+        ..Fusions::ALL
+    };
     /// All on.
     pub const ALL: Fusions = Fusions {
         pairs: true,
@@ -581,29 +591,31 @@ impl Fusions {
             reduces: !crate::knobs::gpu_unfused("reduces"),
             latent: !crate::knobs::gpu_unfused("latent"),
             triple: !crate::knobs::gpu_unfused("triple"),
-            adam: !crate::knobs::gpu_unfused("adam"),
+            // (opt-in; `VAE_OOD_GPU_UNFUSED=1` switches it off all the same)
+            adam: crate::knobs::flag(crate::knobs::GPU_TRIPLE_ADAM)
+                && !crate::knobs::gpu_unfused("adam"),
             gather: !crate::knobs::gpu_unfused("gather"),
         }
     }
 
-    /// In words for `describe` ("" when all are on).
+    /// In words for `describe` ("" for [`Fusions::DEFAULT`]).
     fn note(self) -> String {
         let off: Vec<&str> = [
             (self.pairs, "gradient pairs"),
             (self.reduces, "folded reduces"),
             (self.latent, "latent fusion"),
             (self.triple, "weight-gradient triple"),
-            (self.adam, "Adam in the triple"),
             (self.gather, "gather in the first product"),
         ]
         .iter()
         .filter(|f| !f.0)
         .map(|f| f.1)
         .collect();
+        let adam = if self.adam { ", Adam in the triple" } else { "" };
         match off.len() {
-            0 => String::new(),
-            6 => ", unfused".to_string(),
-            _ => format!(", no {}", off.join(", no ")),
+            0 => adam.to_string(),
+            5 => ", unfused".to_string(),
+            _ => format!(", no {}{adam}", off.join(", no ")),
         }
     }
 }
@@ -990,9 +1002,9 @@ impl GpuBackend {
     /// gather as one `adam_gather`, a training step's loss written by the BCE
     /// kernel, split-K reduces folded into the kernel that reads the product,
     /// three weight gradients as one `matmul_triple` where the device has it (with
-    /// the step's Adam in it, `matmul_triple_adam`, where the device has that), and
-    /// a gather in the loads of the product that reads it (the default, unless
-    /// `VAE_OOD_GPU_UNFUSED=1`). The results do not depend on
+    /// the step's Adam in it, `matmul_triple_adam`, where the device has that: on,
+    /// this is every fusion, one more than [`Fusions::DEFAULT`]), and a gather in
+    /// the loads of the product that reads it. The results do not depend on
     /// it, bit for bit (tested). The latent fusion, which sums in another order,
     /// is left as it is ([`Self::set_fusions`]).
     pub fn set_fused(&mut self, on: bool) {
@@ -1329,9 +1341,9 @@ impl Backend for GpuBackend {
             self.ctx.features.subgroups_why,
             self.ctx.options.checks.note(),
             if self.ctx.options.prefetch {
-                ", prefetching matmul"
-            } else {
                 ""
+            } else {
+                ", no prefetching matmul"
             },
             match split_target() {
                 SPLIT_TARGET => String::new(),

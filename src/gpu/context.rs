@@ -402,7 +402,8 @@ pub struct GpuOptions {
     /// [`build_pipeline`]); none (trusted modules) is the default
     pub checks: ShaderChecks,
     /// the matmul issues its reads of the next K step before the multiply of the
-    /// current one (`VAE_OOD_GPU_PREFETCH=1`; off by default; identical bits)
+    /// current one (on by default, `VAE_OOD_GPU_PREFETCH=0` switches it off;
+    /// identical bits)
     pub prefetch: bool,
     /// the most storage buffers per shader stage to request (None: as many as the
     /// widest kernel binds, where the adapter has them). Kernels binding more are
@@ -421,12 +422,12 @@ pub struct GpuOptions {
 pub const LATENT_THREADS_MAX: u32 = 1024;
 
 impl Default for GpuOptions {
-    /// Subgroups where offered, trusted shader modules, no prefetch, no cap.
+    /// Subgroups where offered, trusted shader modules, prefetching matmul, no cap.
     fn default() -> Self {
         GpuOptions {
             subgroups: Subgroups::Auto,
             checks: ShaderChecks::Trusted,
-            prefetch: false,
+            prefetch: true,
             storage_buffers: None,
             latent_threads: None,
         }
@@ -473,14 +474,14 @@ impl ShaderChecks {
 impl GpuOptions {
     /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; shader checks from
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
-    /// tiles when `VAE_OOD_GPU_PREFETCH=1`; the latent kernels' threads from
+    /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the latent kernels' threads from
     /// `VAE_OOD_GPU_LATENT_THREADS`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
             checks: ShaderChecks::from_env(),
-            prefetch: crate::knobs::flag(crate::knobs::GPU_PREFETCH),
+            prefetch: std::env::var(crate::knobs::GPU_PREFETCH).as_deref() != Ok("0"),
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),
