@@ -19,13 +19,13 @@ pub const NO_SUBGROUPS: &str = "VAE_OOD_NO_SUBGROUPS";
 pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
 /// `0`: the matmul issues its reads of the next K step after the multiply of the
 /// current one; `1` or unset: before it (software pipelining, the default:
-/// identical bits, 0.97× the time per training step on an H100,
+/// identical bits, 0.97× the time per training step on an H100 and an H200,
 /// bench/results/h100-2026-11-26.md).
 pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
-/// identical bits, 0.94× the time per training step on an H100).
+/// identical bits, 0.93× the time per training step on an H100 and an H200).
 pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
