@@ -5,7 +5,8 @@
 # variants, one table), then bench/gpu-sweep.sh (the default against its nearest
 # variants and PyTorch's CUDA graph, medians of interleaved rounds), then the kernel
 # experiments (one step per GPU variant with per-op timestamps; each product alone,
-# each gradient pair fused and not), in one call. Logs go to bench/out, or, when $OUT
+# each gradient pair fused and not; a dispatch boundary against a grid barrier), in
+# one call. Logs go to bench/out, or, when $OUT
 # is set (the device tool, which brings back at most 8 files), into one
 # $OUT/logs.tgz, refreshed after each phase so a run cut short still returns what it
 # finished.
@@ -56,6 +57,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
   timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
+  snapshot
+  # last: a grid barrier that deadlocked would hold the GPU (2,000 phases; up to
+  # 4 workgroups of 256 threads per SM of a 132-SM card)
+  echo "## examples/grid_sync.rs: dispatch boundary vs grid barrier"
+  timeout 60 .devbin/ex_grid_sync 2000 528 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/grid_sync.txt"
 fi
 snapshot
 exit $status

@@ -611,7 +611,11 @@ impl Fusions {
         .filter(|f| !f.0)
         .map(|f| f.1)
         .collect();
-        let adam = if self.adam { ", Adam in the triple" } else { "" };
+        let adam = if self.adam {
+            ", Adam in the triple"
+        } else {
+            ""
+        };
         match off.len() {
             0 => adam.to_string(),
             5 => ", unfused".to_string(),

@@ -1,0 +1,268 @@
+//! What would a persistent kernel save? A training step is 8 dependent dispatches,
+//! and each dispatch boundary costs the GPU a drain and a launch (3–6 µs on an
+//! H100, README "Where the time goes"). A persistent kernel would instead keep its
+//! workgroups running and synchronise them itself: each workgroup adds one to a
+//! counter in a storage buffer and waits until every workgroup has. This
+//! experiment times both ways of separating `phases` phases of the same trivial
+//! work (each workgroup writes its 256 slots, then checks its neighbour's slots
+//! from the phase before):
+//!
+//! - `chained`: one dispatch per phase, all in one compute pass (wgpu puts a
+//!   barrier between them, as between a training step's dispatches);
+//! - `persistent`: one dispatch, the phases separated by a grid barrier
+//!   (`storageBarrier`, which naga emits with device memory scope, then the
+//!   counter).
+//!
+//! It also counts the slots a workgroup read stale after the grid barrier: WGSL
+//! promises neither forward progress between workgroups nor that a plain load sees
+//! another workgroup's store, so both the barrier's cost and whether it works on a
+//! given driver are measured, not assumed. The grid barrier deadlocks unless all
+//! workgroups run at once, so it runs only on hardware GPUs (on a CPU adapter
+//! such as lavapipe, only with one workgroup), with at most
+//! `max_groups` workgroups (default 132, an H100's SM count; more are tried up
+//! to 4 per SM only when asked). A kernel experiment for deciding whether to
+//! build persistent training kernels, not part of the training path. On an H100
+//! (2026-11-26, bench/results/h100-2026-11-26.md) the barrier cost 1.3–2.2 µs
+//! against 4.1–5.2 µs per dispatch boundary at up to 132 workgroups, but 99.8 %
+//! of the reads after it were stale from 32 workgroups up: the idea was dropped.
+//!
+//!   cargo run --release --example grid_sync [phases] [max_groups]
+use std::time::Instant;
+use vae_ood::gpu;
+
+const SHADER: &str = r#"
+struct P { phases: u32, groups: u32, _a: u32, _b: u32 }
+@group(0) @binding(0) var<storage, read_write> counter: atomic<u32>;
+@group(0) @binding(1) var<storage, read_write> slots: array<u32>; // (2, groups, 256)
+@group(0) @binding(2) var<storage, read_write> errors: atomic<u32>;
+@group(0) @binding(3) var<uniform> prm: P;
+var<workgroup> phase_ws: u32;
+
+// phase p's values go to slot set p % 2: a workgroup still checking phase p − 1
+// reads the other set while its neighbour writes phase p
+fn write_phase(p: u32, g: u32, li: u32) {
+    slots[((p & 1u) * prm.groups + g) * 256u + li] = p * 7919u + g;
+}
+
+fn check_phase(p: u32, g: u32, li: u32) {
+    let nb = (g + 1u) % prm.groups;
+    if (slots[((p & 1u) * prm.groups + nb) * 256u + li] != p * 7919u + nb) {
+        atomicAdd(&errors, 1u);
+    }
+}
+
+// one dispatch per phase: dispatch p checks phase p − 1 and writes phase p (the
+// phase number from the counter: each workgroup adds one)
+@compute @workgroup_size(256)
+fn chained(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    if (li == 0u) {
+        phase_ws = atomicAdd(&counter, 1u) / prm.groups + 1u;
+    }
+    let p = workgroupUniformLoad(&phase_ws);
+    if (p > 1u) {
+        check_phase(p - 1u, wg.x, li);
+    }
+    write_phase(p, wg.x, li);
+}
+
+// every phase in one dispatch, a grid barrier between writing and checking
+@compute @workgroup_size(256)
+fn persistent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var p = 1u; p <= prm.phases; p++) {
+        write_phase(p, wg.x, li);
+        storageBarrier(); // this workgroup's stores made visible (device scope)
+        if (li == 0u) {
+            atomicAdd(&counter, 1u);
+            let want = p * prm.groups;
+            loop {
+                if (atomicLoad(&counter) >= want) {
+                    break;
+                }
+            }
+        }
+        storageBarrier(); // the others' stores, after the counter said they are done
+        check_phase(p, wg.x, li);
+    }
+}
+"#;
+
+struct Rig {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    counter: wgpu::Buffer,
+    errors: wgpu::Buffer,
+    prm: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+impl Rig {
+    /// Runs `phases` phases over `groups` workgroups one way; returns µs per phase
+    /// and the stale reads counted.
+    fn time(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        bind: &wgpu::BindGroup,
+        chained: bool,
+        phases: u32,
+        groups: u32,
+    ) -> anyhow::Result<(f64, u32)> {
+        let words = [phases, groups, 0, 0];
+        self.queue
+            .write_buffer(&self.prm, 0, bytemuck::cast_slice(&words));
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.clear_buffer(&self.counter, 0, None);
+        enc.clear_buffer(&self.errors, 0, None);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind, &[]);
+            for _ in 0..if chained { phases } else { 1 } {
+                pass.dispatch_workgroups(groups, 1, 1);
+            }
+        }
+        enc.copy_buffer_to_buffer(&self.errors, 0, &self.staging, 0, 4);
+        let t = Instant::now();
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
+        let us = t.elapsed().as_secs_f64() * 1e6 / phases as f64;
+        rx.recv()??;
+        let errors = {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?;
+            bytemuck::cast_slice::<u8, u32>(&view)[0]
+        };
+        self.staging.unmap();
+        Ok((us, errors))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let phases: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    let max_groups: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(132);
+    let adapter = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
+    let info = adapter.get_info();
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("grid_sync"),
+        source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+    });
+    let pipeline = |entry: &str| {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    };
+    let (chained, persistent) = (pipeline("chained"), pipeline("persistent"));
+    let storage = |label, size| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let counter = storage("counter", 4);
+    let errors = storage("errors", 4);
+    let slots = storage("slots", 2 * 4 * max_groups.max(1) as u64 * 256 * 4);
+    let prm = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("params"),
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("staging"),
+        size: 4,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    // (each pipeline's own layout, derived from the shader: both bind all four)
+    let bind_for = |p: &wgpu::ComputePipeline| {
+        let entries: Vec<wgpu::BindGroupEntry> = [&counter, &slots, &errors, &prm]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("grid_sync"),
+            layout: &p.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    };
+    let (bind_c, bind_p) = (bind_for(&chained), bind_for(&persistent));
+    let rig = Rig {
+        device: device.clone(),
+        queue,
+        counter,
+        errors,
+        prm,
+        staging,
+    };
+    println!(
+        "{} ({:?}, {:?}); {phases} phases of 256-thread workgroups",
+        info.name, info.backend, info.device_type
+    );
+    let hardware = !matches!(info.device_type, wgpu::DeviceType::Cpu);
+    let mut groups = vec![1, 32, max_groups.min(132)];
+    if max_groups > 132 {
+        groups.extend([264, 528].into_iter().filter(|&g| g <= max_groups));
+    }
+    for g in groups {
+        // warm, then three rounds each way, alternating; medians
+        let mut t = [Vec::new(), Vec::new()];
+        let mut stale = [0u32; 2];
+        for round in 0..4 {
+            let (us, e) = rig.time(&chained, &bind_c, true, phases, g)?;
+            stale[0] += e;
+            if round > 0 {
+                t[0].push(us);
+            }
+            // (one workgroup cannot wait on another: safe anywhere, and it checks
+            // the kernel's logic on lavapipe)
+            if hardware || g == 1 {
+                let (us, e) = rig.time(&persistent, &bind_p, false, phases, g)?;
+                stale[1] += e;
+                if round > 0 {
+                    t[1].push(us);
+                }
+            }
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied()
+        };
+        let chained_us = med(&mut t[0]).unwrap_or(f64::NAN);
+        match med(&mut t[1]) {
+            Some(p) => println!(
+                "{g:>4} workgroups: {chained_us:6.2} µs per phase as dispatches, {p:6.2} µs with a grid barrier; stale reads (4 runs) {} / {}",
+                stale[0], stale[1]
+            ),
+            None => println!(
+                "{g:>4} workgroups: {chained_us:6.2} µs per phase as dispatches (grid barrier not run on a {:?} adapter: its workgroups need not run at once); stale reads (4 runs) {}",
+                info.device_type, stale[0]
+            ),
+        }
+    }
+    Ok(())
+}
