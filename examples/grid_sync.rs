@@ -18,9 +18,9 @@
 //! another workgroup's store, so both the barrier's cost and whether it works on a
 //! given driver are measured, not assumed. The grid barrier deadlocks unless all
 //! workgroups run at once, so it runs only on hardware GPUs (on a CPU adapter
-//! such as lavapipe, only with one workgroup), with at most
-//! `max_groups` workgroups (default 132, an H100's SM count; more are tried up
-//! to 4 per SM only when asked). A kernel experiment for deciding whether to
+//! such as lavapipe, only with one workgroup), with at most `max_groups`
+//! workgroups (default 132, an H100's SM count; of 1, 32, 132, 264 and 528 those
+//! up to `max_groups` are tried). A kernel experiment for deciding whether to
 //! build persistent training kernels, not part of the training path. On an H100
 //! (2026-11-26, bench/results/h100-2026-11-26.md) the barrier cost 1.3–2.2 µs
 //! against 4.1–5.2 µs per dispatch boundary at up to 132 workgroups, but 99.8 %
@@ -181,7 +181,13 @@ fn main() -> anyhow::Result<()> {
     };
     let counter = storage("counter", 4);
     let errors = storage("errors", 4);
-    let slots = storage("slots", 2 * 4 * max_groups.max(1) as u64 * 256 * 4);
+    // (1 workgroup, 32, an H100's 132 SMs, then 2 and 4 per SM: those up to max_groups)
+    let groups: Vec<u32> = [1, 32, 132, 264, 528]
+        .into_iter()
+        .filter(|&g| g <= max_groups.max(1))
+        .collect();
+    let most = *groups.last().unwrap() as u64;
+    let slots = storage("slots", 2 * most * 256 * 4);
     let prm = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("params"),
         size: 16,
@@ -224,10 +230,6 @@ fn main() -> anyhow::Result<()> {
         info.name, info.backend, info.device_type
     );
     let hardware = !matches!(info.device_type, wgpu::DeviceType::Cpu);
-    let mut groups = vec![1, 32, max_groups.min(132)];
-    if max_groups > 132 {
-        groups.extend([264, 528].into_iter().filter(|&g| g <= max_groups));
-    }
     for g in groups {
         // warm, then three rounds each way, alternating; medians
         let mut t = [Vec::new(), Vec::new()];
