@@ -48,10 +48,13 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # the default against the switches closest to it, 5 interleaved rounds of 10
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
+  # (ones_column: untimed when added, 2026-11-26; the rest measured then, kept as
+  # yardsticks)
   ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
+    'ones_column:VAE_OOD_GPU_ONES_COLUMN=1' \
+    'ones_column_latent_512:VAE_OOD_GPU_ONES_COLUMN=1,VAE_OOD_GPU_LATENT_THREADS=512' \
     'no_prefetch:VAE_OOD_GPU_PREFETCH=0' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
-    'split_512:VAE_OOD_SPLIT_TARGET=512' 'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
-    'split_512_latent_512:VAE_OOD_SPLIT_TARGET=512,VAE_OOD_GPU_LATENT_THREADS=512' \
+    'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"

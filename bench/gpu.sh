@@ -72,6 +72,7 @@ variant latent_512 VAE_OOD_GPU_LATENT_THREADS=512
 variant checked VAE_OOD_GPU_TRUSTED=0
 variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
 variant no_prefetch VAE_OOD_GPU_PREFETCH=0
+variant ones_column VAE_OOD_GPU_ONES_COLUMN=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024

@@ -4,7 +4,8 @@
 //! division guards or zeroed workgroup memory); checked modules
 //! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
 //! (`=loops`); the matmul reading its next K step after the multiply, not before
-//! (`VAE_OOD_GPU_PREFETCH=0`); the latent kernels in workgroups of 256 threads
+//! (`VAE_OOD_GPU_PREFETCH=0`); bias gradients as a column of ones
+//! (`VAE_OOD_GPU_ONES_COLUMN=1`); the latent kernels in workgroups of 256 threads
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
@@ -75,6 +76,14 @@ fn main() -> anyhow::Result<()> {
             "no prefetch",
             GpuOptions {
                 prefetch: false,
+                ..d
+            },
+            all,
+        ),
+        (
+            "ones column",
+            GpuOptions {
+                ones_column: true,
                 ..d
             },
             all,

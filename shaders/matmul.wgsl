@@ -80,6 +80,14 @@ const TILE: u32 = 32u;
 // the multiply of this one, not after it. Same values into the same tiles, so the
 // same bits; 0.97× the time per training step on an H100.
 override PREFETCH: bool = true;
+// The bias gradient as a column of ones (a pipeline constant the host always sets:
+// on with `VAE_OOD_GPU_ONES_COLUMN=1`): a product that writes its bias gradient
+// (flag 8) gets it as an extra column n of C, with B(p, n) = 1 (fetch_b), so that
+// fma(A(i, p), 1, acc) adds exactly what rs += A(i, p) added, in the same order —
+// the same bits — and the multiply of every product drops rs's two adds per four
+// fmas. Only where column n lies in the last tile's padding (n % 32 ≠ 0) and K is
+// not split; elsewhere the row sums run as before (and, with ONES off, always).
+override ONES: bool = false;
 // Tiles in workgroup memory as pairs, both indexed [kk][pair], rows of ROW pairs (34
 // floats: the padding spreads the strided stores of a transposed load over the banks):
 // ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
@@ -167,7 +175,6 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     }
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
-    let t = lid.y * 16u + lid.x;
     let kc = split_len(p);
     let k_begin = wg.z * kc;
     let k_end = min(p.k, k_begin + kc);
@@ -175,43 +182,16 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     let b_t = p.b_sp == 1u && p.b_sj != 1u; // B stored transposed: walk p fastest
     var acc = vec4<f32>(); // C(i0, j0), C(i0, j0 + 1), C(i0 + 1, j0), C(i0 + 1, j0 + 1)
     var rs = vec2<f32>(); // row sums of A (flag 8) for rows i0, i0 + 1
-    // Thread t moves tile elements (fast, slow) = (t % 32, t / 32 + 8r), r = 0..3, of
-    // each operand (ra, rb): all eight reads from global memory are issued before
-    // the first store to workgroup memory, so their latencies overlap (a loop over r
-    // would leave that to the driver's unroller, which wgpu's loop-bounding counter
-    // can stop).
-    let fast = t % TILE;
-    let slow = t / TILE;
-    var ra = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow);
-    var rb = fetch_b4(q, p, col0, k_begin, k_end, b_t, fast, slow);
-    for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
-        stash_a4(a_t, fast, slow, ra);
-        stash_b4(b_t, fast, slow, rb);
-        workgroupBarrier();
-        if (PREFETCH) {
-            // the next K step's reads in flight during this step's multiply
-            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
-            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
-        }
-        // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
-        // every loop (and any driver that will not unroll past it) costs once per 8
-        for (var kk = 0u; kk < TILE; kk += 8u) {
-            let ia = kk * ROW + lid.y; // rows 2·lid.y, +1
-            let ib = kk * ROW + lid.x; // columns 2·lid.x, +1
-            mac(&acc, &rs, ta[ia], tb[ib]);
-            mac(&acc, &rs, ta[ia + ROW], tb[ib + ROW]);
-            mac(&acc, &rs, ta[ia + 2u * ROW], tb[ib + 2u * ROW]);
-            mac(&acc, &rs, ta[ia + 3u * ROW], tb[ib + 3u * ROW]);
-            mac(&acc, &rs, ta[ia + 4u * ROW], tb[ib + 4u * ROW]);
-            mac(&acc, &rs, ta[ia + 5u * ROW], tb[ib + 5u * ROW]);
-            mac(&acc, &rs, ta[ia + 6u * ROW], tb[ib + 6u * ROW]);
-            mac(&acc, &rs, ta[ia + 7u * ROW], tb[ib + 7u * ROW]);
-        }
-        workgroupBarrier();
-        if (!PREFETCH) {
-            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
-            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, fast, slow);
-        }
+    // the bias gradient as column n of C (see ONES), or the row sums in the
+    // multiply (uniform over the workgroup; with ONES off, always the sums)
+    let ones = ONES && (p.flags & 8u) != 0u && p.n % TILE != 0u && p.splits <= 1u;
+    let sums = !ONES || ((p.flags & 8u) != 0u && !ones);
+    // the K walk, its multiply with or without the row sums: two calls with a
+    // constant, so that each inlined copy has no branch in its multiply
+    if (sums) {
+        k_walk(true, q, p, row0, col0, k_begin, k_end, a_t, b_t, ones, lid, &acc, &rs);
+    } else {
+        k_walk(false, q, p, row0, col0, k_begin, k_end, a_t, b_t, ones, lid, &acc, &rs);
     }
     let i0 = row0 + lid.y * 2u;
     let j0 = col0 + lid.x * 2u;
@@ -223,13 +203,13 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         store_partial(p, base, i0 + 1u, j0 + 1u, acc.w);
         return;
     }
-    let s0 = store(q, p, i0, j0, acc.x);
-    let s1 = store(q, p, i0, j0 + 1u, acc.y);
-    let s2 = store(q, p, i0 + 1u, j0, acc.z);
-    let s3 = store(q, p, i0 + 1u, j0 + 1u, acc.w);
+    let s0 = store(q, p, ones, i0, j0, acc.x);
+    let s1 = store(q, p, ones, i0, j0 + 1u, acc.y);
+    let s2 = store(q, p, ones, i0 + 1u, j0, acc.z);
+    let s3 = store(q, p, ones, i0 + 1u, j0 + 1u, acc.w);
     var b0 = Stored(NONE, 0.0);
     var b1 = Stored(NONE, 0.0);
-    if ((p.flags & 8u) != 0u && wg.x == 0u && lid.x == 0u) {
+    if ((p.flags & 8u) != 0u && sums && wg.x == 0u && lid.x == 0u) {
         if (i0 < p.m) {
             b0 = Stored(p.e_off + i0, rs.x);
             put(q, b0.at, b0.v);
@@ -240,6 +220,63 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         }
     }
     after_tile(array<Stored, 6>(s0, s1, s2, s3, b0, b1));
+}
+
+// The K walk of a tile: A and B tiles through workgroup memory, 32 of K at a time,
+// into the thread's four sums acc and, with `sums`, the row sums rs (flag 8).
+fn k_walk(sums: bool, q: u32, p: Params, row0: u32, col0: u32, k_begin: u32, k_end: u32,
+          a_t: bool, b_t: bool, ones: bool, lid: vec3<u32>,
+          acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>) {
+    // Thread t moves tile elements (fast, slow) = (t % 32, t / 32 + 8r), r = 0..3, of
+    // each operand (ra, rb): all eight reads from global memory are issued before
+    // the first store to workgroup memory, so their latencies overlap (a loop over r
+    // would leave that to the driver's unroller, which wgpu's loop-bounding counter
+    // can stop).
+    let t = lid.y * 16u + lid.x;
+    let fast = t % TILE;
+    let slow = t / TILE;
+    var ra = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow);
+    var rb = fetch_b4(q, p, col0, k_begin, k_end, b_t, ones, fast, slow);
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
+        stash_a4(a_t, fast, slow, ra);
+        stash_b4(b_t, fast, slow, rb);
+        workgroupBarrier();
+        if (PREFETCH) {
+            // the next K step's reads in flight during this step's multiply
+            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow);
+        }
+        // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
+        // every loop (and any driver that will not unroll past it) costs once per 8
+        for (var kk = 0u; kk < TILE; kk += 8u) {
+            let ia = kk * ROW + lid.y; // rows 2·lid.y, +1
+            let ib = kk * ROW + lid.x; // columns 2·lid.x, +1
+            if (sums) {
+                mac(acc, rs, ta[ia], tb[ib]);
+                mac(acc, rs, ta[ia + ROW], tb[ib + ROW]);
+                mac(acc, rs, ta[ia + 2u * ROW], tb[ib + 2u * ROW]);
+                mac(acc, rs, ta[ia + 3u * ROW], tb[ib + 3u * ROW]);
+                mac(acc, rs, ta[ia + 4u * ROW], tb[ib + 4u * ROW]);
+                mac(acc, rs, ta[ia + 5u * ROW], tb[ib + 5u * ROW]);
+                mac(acc, rs, ta[ia + 6u * ROW], tb[ib + 6u * ROW]);
+                mac(acc, rs, ta[ia + 7u * ROW], tb[ib + 7u * ROW]);
+            } else {
+                mul_add(acc, ta[ia], tb[ib]);
+                mul_add(acc, ta[ia + ROW], tb[ib + ROW]);
+                mul_add(acc, ta[ia + 2u * ROW], tb[ib + 2u * ROW]);
+                mul_add(acc, ta[ia + 3u * ROW], tb[ib + 3u * ROW]);
+                mul_add(acc, ta[ia + 4u * ROW], tb[ib + 4u * ROW]);
+                mul_add(acc, ta[ia + 5u * ROW], tb[ib + 5u * ROW]);
+                mul_add(acc, ta[ia + 6u * ROW], tb[ib + 6u * ROW]);
+                mul_add(acc, ta[ia + 7u * ROW], tb[ib + 7u * ROW]);
+            }
+        }
+        workgroupBarrier();
+        if (!PREFETCH) {
+            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
+            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow);
+        }
+    }
 }
 
 // An element a thread stored: where in its output buffer, and the value (at = NONE:
@@ -285,22 +322,26 @@ fn stash_a(a_t: bool, fast: u32, slow: u32, v: f32) {
 
 // Tile element (fast, slow) of B: B(k0 + kb, col0 + jj) with (kb, jj) = (slow, fast),
 // or (fast, slow) when B is stored transposed; read from problem q's B (load_b).
-fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32) -> f32 {
+// With `ones`, column n is 1 (the bias gradient's column, see ONES).
+fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, ones: bool, fast: u32, slow: u32) -> f32 {
     let kj = tile_at(b_t, fast, slow);
     let kb = kj.x;
     let jj = kj.y;
     if (k0 + kb < k_end && col0 + jj < p.n) {
         return load_b(q, p.b_off + (k0 + kb) * p.b_sp + (col0 + jj) * p.b_sj);
     }
+    if (ones && k0 + kb < k_end && col0 + jj == p.n) {
+        return 1.0;
+    }
     return 0.0;
 }
 
-fn fetch_b4(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, fast: u32, slow: u32) -> vec4<f32> {
+fn fetch_b4(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, ones: bool, fast: u32, slow: u32) -> vec4<f32> {
     return vec4<f32>(
-        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow),
-        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 8u),
-        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 16u),
-        fetch_b(q, p, col0, k0, k_end, b_t, fast, slow + 24u),
+        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow),
+        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 8u),
+        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 16u),
+        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 24u),
     );
 }
 
@@ -333,6 +374,11 @@ fn mac(acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>, av: vec2<f32
     *rs += av;
 }
 
+// mac without the row sums
+fn mul_add(acc: ptr<function, vec4<f32>>, av: vec2<f32>, bv: vec2<f32>) {
+    *acc = fma(av.xxyy, bv.xyxy, *acc);
+}
+
 // C of problem q: c, or c2 for problems 1 and 2 of a pair or a triple
 fn put(q: u32, at: u32, v: f32) {
     if (q == 0u) {
@@ -359,8 +405,13 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     put(0u, p.c_off + (t / p.n) * p.c_si + t % p.n, split_sum(src, t));
 }
 
-// C(i, j) = epilogue(v_in) of problem q, and where it went (none outside C).
-fn store(q: u32, p: Params, i: u32, j: u32, v_in: f32) -> Stored {
+// C(i, j) = epilogue(v_in) of problem q, and where it went (none outside C); with
+// `ones`, column n is the bias gradient, stored as it is.
+fn store(q: u32, p: Params, ones: bool, i: u32, j: u32, v_in: f32) -> Stored {
+    if (ones && i < p.m && j == p.n) {
+        put(q, p.e_off + i, v_in);
+        return Stored(p.e_off + i, v_in);
+    }
     if (i >= p.m || j >= p.n) {
         return Stored(NONE, 0.0);
     }

@@ -22,6 +22,11 @@ pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
 /// identical bits, 0.97× the time per training step on an H100 and an H200,
 /// bench/results/h100-2026-11-26.md).
 pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
+/// `1`: the matmul gets a product's bias gradient as an extra column of ones in
+/// B (in the padding of its last tile) instead of adding row sums beside every
+/// multiply-add (`shaders/matmul.wgsl`, `ONES`): identical bits, two adds per
+/// four fmas fewer in every product's inner loop; off by default until timed.
+pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
@@ -46,11 +51,12 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 5] = [
+const FLAGS: [&str; 6] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
     GPU_PREFETCH,
+    GPU_ONES_COLUMN,
     GPU_TRIPLE_ADAM,
 ];
 

@@ -765,6 +765,7 @@ fn bad_environment_switches() {
         // (Adam in the triple is opt-in now: VAE_OOD_GPU_TRIPLE_ADAM=1)
         ("VAE_OOD_GPU_UNFUSED", "adam"),
         ("VAE_OOD_GPU_TRIPLE_ADAM", "yes"),
+        ("VAE_OOD_GPU_ONES_COLUMN", "on"),
         ("VAE_OOD_GPU_LATENT_THREADS", "300"),
         ("VAE_OOD_GPU_LATENT_THREADS", "2048"),
     ];
@@ -799,6 +800,7 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_TRUSTED", "loops")
         .env("VAE_OOD_GPU_PREFETCH", "0")
         .env("VAE_OOD_GPU_TRIPLE_ADAM", "1")
+        .env("VAE_OOD_GPU_ONES_COLUMN", "1")
         .env("VAE_OOD_GPU_LATENT_THREADS", "512")
         .args(run)
         .args(["--out", s(&out)])

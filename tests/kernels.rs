@@ -1656,3 +1656,100 @@ fn weight_gradients_and_adam_in_one_dispatch() {
         assert!(moved * 100 >= n * 99, "{moved} of {n} parameters moved");
     }
 }
+
+/// `VAE_OOD_GPU_ONES_COLUMN=1`: the matmul gets a weight gradient's bias gradient
+/// as an extra column of ones in B (in the padding of the last tile, where the
+/// gradient has k % 32 ≠ 0 columns) instead of row sums beside the multiply, and
+/// keeps the row sums where there is no padding (k = 64) — with the same bits as
+/// without it, on one product each, three in one `matmul_triple` and two in one
+/// `matmul_pair`, and within MM_ATOL/MM_RTOL of the CPU; every buffer poisoned, so
+/// nothing is written outside the gradients.
+#[test]
+fn bias_gradient_as_a_column_of_ones() {
+    use vae_ood::gpu::{self, GpuBackend, GpuOptions};
+    let mut rng = fresh_rng("bias_gradient_as_a_column_of_ones");
+    let m = 37;
+    // (dY buffer, X buffer, n, k, weight offset, bias offset)
+    let specs = [
+        (Buf::Logits, Buf::X, 53, 29, 100, 2000),
+        (Buf::Dh3, Buf::H1, 20, 64, 3000, 4400),
+        (Buf::Dhead, Buf::Z, 10, 41, 5000, 100 + 53 * 29),
+    ];
+    let op = |&(a, b, n, k, w, bias): &(Buf, Buf, usize, usize, usize, usize)| Op::Matmul {
+        a,
+        b,
+        e: Buf::Params,
+        c: Buf::Grads,
+        p: MatmulParams::linear_backward_weight(m, k, n, w, bias),
+    };
+    let inputs: Vec<(Buf, Vec<f32>)> = specs
+        .iter()
+        .flat_map(|&(a, b, n, k, ..)| [(a, m * n, -1.0, 1.0), (b, m * k, 0.0, 1.0)])
+        .map(|(buf, len, lo, hi)| (buf, uniform(&mut rng, len, lo, hi)))
+        .collect();
+    let run = |be: &mut dyn Backend, ops: &[Op]| {
+        for (buf, v) in &inputs {
+            be.write(*buf, 0, v).unwrap();
+        }
+        be.write(Buf::Grads, 0, &vec![f32::NAN; SIZES.params])
+            .unwrap();
+        be.run(ops).unwrap();
+        be.read(Buf::Grads, 0..SIZES.params).unwrap()
+    };
+    let regions = |specs: &[(Buf, Buf, usize, usize, usize, usize)]| -> Vec<Range<usize>> {
+        specs
+            .iter()
+            .flat_map(|&(_, _, n, k, w, bias)| [w..w + n * k, bias..bias + n])
+            .collect()
+    };
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+        return;
+    };
+    let mut gpus = [false, true].map(|ones_column| {
+        let opts = GpuOptions {
+            ones_column,
+            ..GpuOptions::default()
+        };
+        GpuBackend::with_options(adapter.clone(), &[0; 4], 1, SIZES, opts).unwrap()
+    });
+    assert!(!gpus[0].describe().contains("ones column"));
+    assert!(
+        gpus[1].describe().contains("as a ones column"),
+        "{}",
+        gpus[1].describe()
+    );
+    // one product each (k = 29: the ones column; k = 64: the row sums), the triple
+    // (both ways in one dispatch), and the first two as a pair
+    let cases: [(&str, Vec<_>, usize); 4] = [
+        ("k = 29 alone", specs[..1].to_vec(), 1),
+        ("k = 64 alone", specs[1..2].to_vec(), 1),
+        ("triple", specs.to_vec(), 1),
+        ("pair", specs[..2].to_vec(), 1),
+    ];
+    for (what, sp, dispatches) in cases {
+        let ops: Vec<Op> = sp.iter().map(op).collect();
+        let reg = regions(&sp);
+        let cpu = run(&mut *cpu_backend(&[0; 4], 1, SIZES), &ops);
+        assert_written(&format!("{what}: CPU grads"), &cpu, &reg, true);
+        let [off, on] = [0, 1].map(|g| {
+            assert_eq!(gpus[g].dispatches(&ops), dispatches, "{what}");
+            run(&mut gpus[g], &ops)
+        });
+        assert_written(&format!("{what}: GPU grads, ones column"), &on, &reg, true);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&on) == bits(&off),
+            "{what}: a column of ones changed bits"
+        );
+        for r in &reg {
+            assert_close(
+                &format!("{what} {r:?}, ones column"),
+                &on[r.clone()],
+                &cpu[r.clone()],
+                MM_ATOL,
+                MM_RTOL,
+            );
+        }
+    }
+}

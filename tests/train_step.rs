@@ -471,7 +471,9 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// the checks (`=0`) —
 /// which they must, since a check that changed a value would mean an access out
 /// of bounds. Nor on the matmul's software pipelining (on by default,
-/// `VAE_OOD_GPU_PREFETCH=0` turns it off).
+/// `VAE_OOD_GPU_PREFETCH=0` turns it off), nor on how it gets the bias gradients
+/// (row sums beside the multiply, or a column of ones, `VAE_OOD_GPU_ONES_COLUMN=1`,
+/// here in the padding of every weight gradient's last tile: 53, 133 and 3 columns).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
@@ -504,11 +506,13 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         latent: true,
         ..Fusions::NONE
     };
-    let run = |chunk: usize, checks: ShaderChecks, fusions: Fusions, prefetch: bool| {
+    // (with `ones`, bias gradients as a column of ones in the matmul)
+    let run = |chunk: usize, checks: ShaderChecks, fusions: Fusions, prefetch: bool, ones: bool| {
         let opts = GpuOptions {
             subgroups: Subgroups::Auto,
             checks,
             prefetch,
+            ones_column: ones,
             ..GpuOptions::default()
         };
         let mut be = case.backend(opts);
@@ -521,6 +525,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             checks == ShaderChecks::NoLoopBounds
         );
         assert_eq!(be.describe().contains("no prefetching matmul"), !prefetch);
+        assert_eq!(be.describe().contains("as a ones column"), ones);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         be.set_fusions(Fusions::ALL);
@@ -553,7 +558,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let whole = run(0, ShaderChecks::Trusted, Fusions::DEFAULT, true);
+    let whole = run(0, ShaderChecks::Trusted, Fusions::DEFAULT, true, false);
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
@@ -567,25 +572,40 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     for (what, other) in [
         (
             "cut every 5 ops",
-            run(5, ShaderChecks::Trusted, Fusions::DEFAULT, true),
+            run(5, ShaderChecks::Trusted, Fusions::DEFAULT, true, false),
         ),
         (
             "checked shaders",
-            run(0, ShaderChecks::All, Fusions::DEFAULT, true),
+            run(0, ShaderChecks::All, Fusions::DEFAULT, true, false),
         ),
         (
             "no loop-bounding counters",
-            run(0, ShaderChecks::NoLoopBounds, Fusions::DEFAULT, true),
+            run(0, ShaderChecks::NoLoopBounds, Fusions::DEFAULT, true, false),
         ),
         (
             "no prefetching matmul",
-            run(0, ShaderChecks::Trusted, Fusions::DEFAULT, false),
+            run(0, ShaderChecks::Trusted, Fusions::DEFAULT, false, false),
         ),
         (
             "Adam in the triple",
-            run(0, ShaderChecks::Trusted, Fusions::ALL, true),
+            run(0, ShaderChecks::Trusted, Fusions::ALL, true, false),
         ),
-        ("unfused", run(0, ShaderChecks::Trusted, unfused, false)),
+        (
+            "bias gradients as a column of ones",
+            run(0, ShaderChecks::Trusted, Fusions::DEFAULT, true, true),
+        ),
+        (
+            "a column of ones, Adam in the triple",
+            run(0, ShaderChecks::Trusted, Fusions::ALL, true, true),
+        ),
+        (
+            "a column of ones, unfused",
+            run(0, ShaderChecks::Trusted, unfused, false, true),
+        ),
+        (
+            "unfused",
+            run(0, ShaderChecks::Trusted, unfused, false, false),
+        ),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");

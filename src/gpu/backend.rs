@@ -1339,7 +1339,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -1348,6 +1348,11 @@ impl Backend for GpuBackend {
                 ""
             } else {
                 ", no prefetching matmul"
+            },
+            if self.ctx.options.ones_column {
+                ", bias gradients as a ones column"
+            } else {
+                ""
             },
             match split_target() {
                 SPLIT_TARGET => String::new(),

@@ -220,7 +220,7 @@ impl Kernel {
     }
 
     /// Values for the module's pipeline-overridable constants: the matmul's
-    /// `PREFETCH` ([`GpuOptions::prefetch`]), the latent kernels' workgroup size
+    /// `PREFETCH` ([`GpuOptions::prefetch`]) and `ONES` ([`GpuOptions::ones_column`]), the latent kernels' workgroup size
     /// `WG` ([`GpuOptions::latent_threads`], 256 where unset); none for the other
     /// kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
@@ -228,7 +228,10 @@ impl Kernel {
             Kernel::LatentForward | Kernel::LatentBackward => {
                 vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
             }
-            k if k.is_matmul() => vec![("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 })],
+            k if k.is_matmul() => vec![
+                ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
+                ("ONES", if opts.ones_column { 1.0 } else { 0.0 }),
+            ],
             _ => Vec::new(),
         }
     }
@@ -405,6 +408,10 @@ pub struct GpuOptions {
     /// current one (on by default, `VAE_OOD_GPU_PREFETCH=0` switches it off;
     /// identical bits)
     pub prefetch: bool,
+    /// the matmul gets a bias gradient as an extra column of ones in B instead of
+    /// row sums beside the multiply (`matmul.wgsl`'s `ONES`; off by default,
+    /// `VAE_OOD_GPU_ONES_COLUMN=1` switches it on; identical bits)
+    pub ones_column: bool,
     /// the most storage buffers per shader stage to request (None: as many as the
     /// widest kernel binds, where the adapter has them). Kernels binding more are
     /// not built ([`GpuContext::has`]); tests set 8 (WebGPU's default) to run the
@@ -428,6 +435,7 @@ impl Default for GpuOptions {
             subgroups: Subgroups::Auto,
             checks: ShaderChecks::Trusted,
             prefetch: true,
+            ones_column: false,
             storage_buffers: None,
             latent_threads: None,
         }
@@ -474,7 +482,8 @@ impl ShaderChecks {
 impl GpuOptions {
     /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; shader checks from
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
-    /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the latent kernels' threads from
+    /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
+    /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; the latent kernels' threads from
     /// `VAE_OOD_GPU_LATENT_THREADS`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
@@ -482,6 +491,7 @@ impl GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
             checks: ShaderChecks::from_env(),
             prefetch: std::env::var(crate::knobs::GPU_PREFETCH).as_deref() != Ok("0"),
+            ones_column: crate::knobs::flag(crate::knobs::GPU_ONES_COLUMN),
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),
