@@ -48,11 +48,12 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # the default against the switches closest to it, 5 interleaved rounds of 10
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
-  # (ones_column: untimed when added, 2026-11-26; the rest measured then, kept as
-  # yardsticks)
+  # (ones_column and matmul_128: untimed when added, 2026-11-26; the rest measured
+  # then, kept as yardsticks)
   ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
-    'ones_column:VAE_OOD_GPU_ONES_COLUMN=1' \
-    'ones_column_latent_512:VAE_OOD_GPU_ONES_COLUMN=1,VAE_OOD_GPU_LATENT_THREADS=512' \
+    'ones_column:VAE_OOD_GPU_ONES_COLUMN=1' 'matmul_128:VAE_OOD_GPU_MATMUL_THREADS=128' \
+    'matmul_128_ones:VAE_OOD_GPU_MATMUL_THREADS=128,VAE_OOD_GPU_ONES_COLUMN=1' \
+    'matmul_128_split_512:VAE_OOD_GPU_MATMUL_THREADS=128,VAE_OOD_SPLIT_TARGET=512' \
     'no_prefetch:VAE_OOD_GPU_PREFETCH=0' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
     2>&1 | tee "$LOG/sweep.txt"
@@ -60,6 +61,12 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
   timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
+  # each product with its bias gradient as a column of ones (no row sums in any
+  # multiply), then in tiles of 128 threads
+  VAE_OOD_GPU_ONES_COLUMN=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
+    | tee "$LOG/matmul_micro_ones.txt"
+  VAE_OOD_GPU_MATMUL_THREADS=128 timeout 60 .devbin/ex_matmul_micro 200 2>&1 \
+    | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro_128.txt"
   snapshot
   # last: a grid barrier that deadlocked would hold the GPU (2,000 phases; up to
   # 4 workgroups of 256 threads per SM of a 132-SM card)

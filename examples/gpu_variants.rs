@@ -5,7 +5,9 @@
 //! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
 //! (`=loops`); the matmul reading its next K step after the multiply, not before
 //! (`VAE_OOD_GPU_PREFETCH=0`); bias gradients as a column of ones
-//! (`VAE_OOD_GPU_ONES_COLUMN=1`); the latent kernels in workgroups of 256 threads
+//! (`VAE_OOD_GPU_ONES_COLUMN=1`); matmul tiles of 128 threads with 4 × 2 outputs
+//! each, alone and with the column of ones (`VAE_OOD_GPU_MATMUL_THREADS=128`); the
+//! latent kernels in workgroups of 256 threads
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
@@ -83,6 +85,23 @@ fn main() -> anyhow::Result<()> {
         (
             "ones column",
             GpuOptions {
+                ones_column: true,
+                ..d
+            },
+            all,
+        ),
+        (
+            "matmul 128",
+            GpuOptions {
+                matmul_threads: 128,
+                ..d
+            },
+            all,
+        ),
+        (
+            "matmul 128 ones",
+            GpuOptions {
+                matmul_threads: 128,
                 ones_column: true,
                 ..d
             },

@@ -88,6 +88,10 @@ override PREFETCH: bool = true;
 // fmas. Only where column n lies in the last tile's padding (n % 32 ≠ 0) and K is
 // not split; elsewhere the row sums run as before (and, with ONES off, always).
 override ONES: bool = false;
+// Threads in y of a tile's workgroup (a pipeline constant the host always sets):
+// 16, two rows of the tile each (tile); or 8, four rows each (tile_tall,
+// matmul_tall.wgsl, `VAE_OOD_GPU_MATMUL_THREADS=128`).
+override WGY: u32 = 16u;
 // Tiles in workgroup memory as pairs, both indexed [kk][pair], rows of ROW pairs (34
 // floats: the padding spreads the strided stores of a transposed load over the banks):
 // ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
@@ -102,9 +106,18 @@ fn split_len(p: Params) -> u32 {
     return ((p.k + s - 1u) / s + TILE - 1u) / TILE * TILE;
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, WGY)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    tile(0u, wg, lid);
+    tile_any(0u, wg, lid);
+}
+
+// The tile of the workgroup's shape (WGY): tile or tile_tall.
+fn tile_any(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
+    if (WGY == 8u) {
+        tile_tall(q, wg, lid);
+    } else {
+        tile(q, wg, lid);
+    }
 }
 
 // workgroups of problem q: (x, y, z) = (ceil(n/32), ceil(m/32), max(splits, 1))
@@ -113,7 +126,7 @@ fn grid(q: u32) -> vec3<u32> {
     return vec3<u32>((p.n + TILE - 1u) / TILE, (p.m + TILE - 1u) / TILE, max(p.splits, 1u));
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, WGY)
 fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     // the dispatch is exactly (G0 + G1, 1, 1) (the backend pairs only products with
     // G0 + G1 ≤ 65535), so every workgroup has a tile, and no early return sits in
@@ -127,10 +140,10 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         g = grid(1u);
     }
     let at = vec3<u32>(w % g.x, (w / g.x) % g.y, w / (g.x * g.y));
-    tile(q, at, lid);
+    tile_any(q, at, lid);
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, WGY)
 fn matmul_triple(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     // exactly (G0 + G1 + G2, 1, 1) workgroups, every one with a tile (as matmul_pair)
     triple_tile(wg.x, lid);
@@ -159,7 +172,7 @@ fn triple_tile(w_in: u32, lid: vec3<u32>) {
             g = grid(2u);
         }
     }
-    tile(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
+    tile_any(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
 }
 
 // One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are

@@ -17,13 +17,18 @@
 
 const TAIL_PER_GROUP: u32 = 1024u;
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, WGY)
 fn matmul_triple_adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tiles = triple_groups();
     if (wg.x < tiles) {
         triple_tile(wg.x, lid);
     } else {
-        tail_adam(u.tail.x + (wg.x - tiles) * TAIL_PER_GROUP + lid.y * 16u + lid.x);
+        // 1024 parameters per workgroup: four per thread of 256, eight of 128
+        let first = u.tail.x + (wg.x - tiles) * TAIL_PER_GROUP + lid.y * 16u + lid.x;
+        tail_adam(first);
+        if (WGY == 8u) {
+            tail_adam(first + 128u);
+        }
     }
 }
 

@@ -27,6 +27,11 @@ pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// multiply-add (`shaders/matmul.wgsl`, `ONES`): identical bits, two adds per
 /// four fmas fewer in every product's inner loop; off by default until timed.
 pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
+/// `128`: matmul tiles of 128 threads with 4 × 2 outputs each
+/// (`shaders/matmul_tall.wgsl`) instead of 256 with 2 × 2 (`256`, the default):
+/// identical bits, half the workgroup-memory loads per fma; off by default until
+/// timed.
+pub const GPU_MATMUL_THREADS: &str = "VAE_OOD_GPU_MATMUL_THREADS";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
@@ -100,6 +105,11 @@ pub fn check() -> Result<()> {
             "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple" | "gather"
         ) {
             bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent, triple or gather");
+        }
+    }
+    if let Ok(v) = std::env::var(GPU_MATMUL_THREADS) {
+        if !matches!(v.as_str(), "" | "128" | "256") {
+            bail!("{GPU_MATMUL_THREADS}={v}: expected 128 or 256");
         }
     }
     if let Ok(v) = std::env::var(GPU_LATENT_THREADS) {

@@ -473,7 +473,9 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// of bounds. Nor on the matmul's software pipelining (on by default,
 /// `VAE_OOD_GPU_PREFETCH=0` turns it off), nor on how it gets the bias gradients
 /// (row sums beside the multiply, or a column of ones, `VAE_OOD_GPU_ONES_COLUMN=1`,
-/// here in the padding of every weight gradient's last tile: 53, 133 and 3 columns).
+/// here in the padding of every weight gradient's last tile: 53, 133 and 3 columns),
+/// nor on the threads of a matmul tile (256 with 2 × 2 outputs each, or 128 with
+/// 4 × 2, `VAE_OOD_GPU_MATMUL_THREADS=128`).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
@@ -506,26 +508,25 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         latent: true,
         ..Fusions::NONE
     };
-    // (with `ones`, bias gradients as a column of ones in the matmul)
-    let run = |chunk: usize, checks: ShaderChecks, fusions: Fusions, prefetch: bool, ones: bool| {
-        let opts = GpuOptions {
-            subgroups: Subgroups::Auto,
-            checks,
-            prefetch,
-            ones_column: ones,
-            ..GpuOptions::default()
-        };
+    // the default options; each run changes some
+    let d = GpuOptions {
+        subgroups: Subgroups::Auto,
+        ..GpuOptions::default()
+    };
+    let run = |chunk: usize, fusions: Fusions, opts: GpuOptions| {
         let mut be = case.backend(opts);
+        let says = |what: &str| be.describe().contains(what);
+        assert_eq!(says("checked shaders"), opts.checks == ShaderChecks::All);
         assert_eq!(
-            be.describe().contains("checked shaders"),
-            checks == ShaderChecks::All
+            says("no loop-bounding counters"),
+            opts.checks == ShaderChecks::NoLoopBounds
         );
+        assert_eq!(says("no prefetching matmul"), !opts.prefetch);
+        assert_eq!(says("as a ones column"), opts.ones_column);
         assert_eq!(
-            be.describe().contains("no loop-bounding counters"),
-            checks == ShaderChecks::NoLoopBounds
+            says("matmul tiles of 128 threads"),
+            opts.matmul_threads == 128
         );
-        assert_eq!(be.describe().contains("no prefetching matmul"), !prefetch);
-        assert_eq!(be.describe().contains("as a ones column"), ones);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         be.set_fusions(Fusions::ALL);
@@ -558,7 +559,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let whole = run(0, ShaderChecks::Trusted, Fusions::DEFAULT, true, false);
+    let whole = run(0, Fusions::DEFAULT, d);
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
@@ -569,43 +570,91 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             .collect::<Vec<u32>>(),
         "parameters must have moved"
     );
+    let ones = GpuOptions {
+        ones_column: true,
+        ..d
+    };
+    let tall = GpuOptions {
+        matmul_threads: 128,
+        ..d
+    };
+    let tall_ones = GpuOptions {
+        matmul_threads: 128,
+        ..ones
+    };
     for (what, other) in [
-        (
-            "cut every 5 ops",
-            run(5, ShaderChecks::Trusted, Fusions::DEFAULT, true, false),
-        ),
+        ("cut every 5 ops", run(5, Fusions::DEFAULT, d)),
         (
             "checked shaders",
-            run(0, ShaderChecks::All, Fusions::DEFAULT, true, false),
+            run(
+                0,
+                Fusions::DEFAULT,
+                GpuOptions {
+                    checks: ShaderChecks::All,
+                    ..d
+                },
+            ),
         ),
         (
             "no loop-bounding counters",
-            run(0, ShaderChecks::NoLoopBounds, Fusions::DEFAULT, true, false),
+            run(
+                0,
+                Fusions::DEFAULT,
+                GpuOptions {
+                    checks: ShaderChecks::NoLoopBounds,
+                    ..d
+                },
+            ),
         ),
         (
             "no prefetching matmul",
-            run(0, ShaderChecks::Trusted, Fusions::DEFAULT, false, false),
+            run(
+                0,
+                Fusions::DEFAULT,
+                GpuOptions {
+                    prefetch: false,
+                    ..d
+                },
+            ),
         ),
-        (
-            "Adam in the triple",
-            run(0, ShaderChecks::Trusted, Fusions::ALL, true, false),
-        ),
+        ("Adam in the triple", run(0, Fusions::ALL, d)),
         (
             "bias gradients as a column of ones",
-            run(0, ShaderChecks::Trusted, Fusions::DEFAULT, true, true),
+            run(0, Fusions::DEFAULT, ones),
         ),
         (
             "a column of ones, Adam in the triple",
-            run(0, ShaderChecks::Trusted, Fusions::ALL, true, true),
+            run(0, Fusions::ALL, ones),
+        ),
+        ("a column of ones, unfused", run(0, unfused, ones)),
+        (
+            "matmul tiles of 128 threads",
+            run(0, Fusions::DEFAULT, tall),
         ),
         (
-            "a column of ones, unfused",
-            run(0, ShaderChecks::Trusted, unfused, false, true),
+            "128 threads, Adam in the triple",
+            run(0, Fusions::ALL, tall),
         ),
         (
-            "unfused",
-            run(0, ShaderChecks::Trusted, unfused, false, false),
+            "128 threads, no prefetching matmul, unfused",
+            run(
+                0,
+                unfused,
+                GpuOptions {
+                    prefetch: false,
+                    ..tall
+                },
+            ),
         ),
+        (
+            "128 threads, a column of ones",
+            run(0, Fusions::DEFAULT, tall_ones),
+        ),
+        (
+            "128 threads, a column of ones, Adam in the triple",
+            run(0, Fusions::ALL, tall_ones),
+        ),
+        ("unfused", run(0, unfused, d)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");

@@ -1339,7 +1339,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -1353,6 +1353,10 @@ impl Backend for GpuBackend {
                 ", bias gradients as a ones column"
             } else {
                 ""
+            },
+            match self.ctx.options.matmul_threads {
+                256 => String::new(),
+                t => format!(", matmul tiles of {t} threads"),
             },
             match split_target() {
                 SPLIT_TARGET => String::new(),
