@@ -67,6 +67,17 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     | tee "$LOG/matmul_micro_ones.txt"
   VAE_OOD_GPU_MATMUL_THREADS=128 timeout 60 .devbin/ex_matmul_micro 200 2>&1 \
     | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro_128.txt"
+  # unsplit products over K, a line fitted per output shape: µs per K step and fixed,
+  # for the default and each candidate
+  echo "## matmul_micro ksweep: default | ones column | 128 threads | 128 threads + ones"
+  for v in "" VAE_OOD_GPU_ONES_COLUMN=1 VAE_OOD_GPU_MATMUL_THREADS=128 \
+    "VAE_OOD_GPU_MATMUL_THREADS=128 VAE_OOD_GPU_ONES_COLUMN=1"; do
+    echo "# ${v:-default}" | tee -a "$LOG/matmul_ksweep.txt"
+    # (every point to the log, the fitted lines here)
+    # shellcheck disable=SC2086
+    env $v VAE_OOD_SPLIT_TARGET=1 timeout 60 .devbin/ex_matmul_micro 200 ksweep 2>&1 \
+      | grep -v XDG_RUNTIME_DIR | tee -a "$LOG/matmul_ksweep.txt" | grep 'fixed'
+  done
   snapshot
   # last: a grid barrier that deadlocked would hold the GPU (2,000 phases; up to
   # 4 workgroups of 256 threads per SM of a 132-SM card)

@@ -6,7 +6,14 @@
 //! Times are µs per dispatch or product, barriers included. A kernel experiment for
 //! comparing matmul variants, not part of the training path.
 //!
-//!   cargo run --release --example matmul_micro [reps]
+//! With `ksweep` as the second argument it times instead three output shapes over a
+//! range of K (each unsplit: run it with `VAE_OOD_SPLIT_TARGET=1`) and fits a line:
+//! µs per 32 of K (a tile's K step, its cost once the pipeline is full) and the
+//! fixed cost (launch, first loads, epilogue, drain) — whether the products are
+//! bound by their K steps or by what surrounds them, and what a matmul variant
+//! changes of each.
+//!
+//!   cargo run --release --example matmul_micro [reps] [ksweep]
 use std::time::Instant;
 use vae_ood::backend::Backend;
 use vae_ood::gpu::{self, GpuBackend};
@@ -27,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     let mut be = GpuBackend::new(a, &store, b, sizes)?;
     be.set_fused(false);
     println!("{}", be.describe());
+    let ksweep = std::env::args().nth(2).as_deref() == Some("ksweep");
     let init: Vec<f32> = (0..Buf::Logits.len(&sizes))
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4)
         .collect();
@@ -35,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     }
     be.write(Buf::Params, 0, &lay.init(1))?;
     be.write_idx(0, &vec![0; b])?;
+    if ksweep {
+        return k_sweep(&mut be, &lay, reps);
+    }
     let floor = Op::Gather(vae_ood::cpu::GatherParams {
         rows: 1,
         d: sizes.dims.d as u32,
@@ -77,6 +88,106 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{name} dX + dW: {:.1} µs as one pair, {:.1} µs as two dispatches",
             us[0], us[1]
+        );
+    }
+    Ok(())
+}
+
+/// Products of three output shapes — 128 × 400 (52 tiles, as fc1's forward), 128 ×
+/// 784 (100, as fc4's) and 400 × 784 (325, as the big weight gradients) — over K
+/// from 32 up, each `reps` times in one submission (each waiting for the last), µs
+/// per product; then per shape the least-squares line through them: µs per 32 of K
+/// and the fixed cost at K = 0.
+fn k_sweep(be: &mut GpuBackend, lay: &Layout, reps: usize) -> anyhow::Result<()> {
+    use vae_ood::cpu::MatmulParams;
+    let o = lay.offsets();
+    // (name, A, B, C, params for K = k); A and B dense row-major
+    type Shape = (
+        &'static str,
+        Buf,
+        Buf,
+        Buf,
+        fn(u32, usize, usize) -> MatmulParams,
+        u32,
+    );
+    let shapes: [Shape; 3] = [
+        // x (128, k) · W1ᵀ (k, 400) → h1
+        (
+            "128x400",
+            Buf::X,
+            Buf::Params,
+            Buf::H1,
+            |k, w1, _| MatmulParams::linear(128, k as usize, 400, w1, 0, false),
+            784,
+        ),
+        // h1 (128, k) · W4ᵀ (k, 784) → logits
+        (
+            "128x784",
+            Buf::H1,
+            Buf::Params,
+            Buf::Logits,
+            |k, _, w4| MatmulParams::linear(128, k as usize, 784, w4, 0, false),
+            400,
+        ),
+        // W4 as A (400, k) · W1 as B (k, 784) → grads
+        (
+            "400x784",
+            Buf::Params,
+            Buf::Params,
+            Buf::Grads,
+            |k, w1, w4| MatmulParams {
+                m: 400,
+                n: 784,
+                k,
+                a_off: w4 as u32,
+                a_si: k,
+                a_sp: 1,
+                b_off: w1 as u32,
+                b_sp: 784,
+                b_sj: 1,
+                c_si: 784,
+                ..Default::default()
+            },
+            384,
+        ),
+    ];
+    for (name, a, b, c, params, k_max) in shapes {
+        let mut points = Vec::new();
+        for k in [32u32, 64, 128, 192, 256, 384, 512, 784]
+            .into_iter()
+            .filter(|&k| k <= k_max)
+        {
+            let op = Op::Matmul {
+                a,
+                b,
+                e: Buf::Params,
+                c,
+                p: params(k, o.w1, o.w4),
+            };
+            let run: Vec<Op> = vec![op; reps];
+            be.run(&run)?;
+            be.read(Buf::BatchLoss, 0..1)?;
+            let t = Instant::now();
+            be.run(&run)?;
+            be.read(Buf::BatchLoss, 0..1)?;
+            let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+            println!(
+                "{name} K {k:>3}: {us:>7.1} µs per product ({} dispatches each)",
+                be.dispatches(&[op])
+            );
+            points.push((k as f64 / 32.0, us));
+        }
+        let n = points.len() as f64;
+        let (sx, sy) = points
+            .iter()
+            .fold((0.0, 0.0), |s, p| (s.0 + p.0, s.1 + p.1));
+        let (mx, my) = (sx / n, sy / n);
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+        let slope = sxy / sxx;
+        println!(
+            "{name}: {slope:.2} µs per 32 of K, {:.1} µs fixed",
+            my - slope * mx
         );
     }
     Ok(())
