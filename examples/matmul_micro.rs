@@ -38,7 +38,15 @@ fn main() -> anyhow::Result<()> {
     let init: Vec<f32> = (0..Buf::Logits.len(&sizes))
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4)
         .collect();
-    for buf in [Buf::X, Buf::H1, Buf::H3, Buf::Logits, Buf::Dhead, Buf::Dh3] {
+    for buf in [
+        Buf::X,
+        Buf::H1,
+        Buf::H3,
+        Buf::Logits,
+        Buf::Dhead,
+        Buf::Dh3,
+        Buf::Dh1,
+    ] {
         be.write(buf, 0, &init[..buf.len(&sizes)])?;
     }
     be.write(Buf::Params, 0, &lay.init(1))?;
@@ -93,31 +101,33 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Products of three output shapes — 128 × 400 (52 tiles, as fc1's forward), 128 ×
-/// 784 (100, as fc4's) and 400 × 784 (325, as the big weight gradients) — over K
-/// from 32 up, each `reps` times in one submission (each waiting for the last), µs
-/// per product; then per shape the least-squares line through them: µs per 32 of K
-/// and the fixed cost at K = 0.
+/// Products of four output shapes — 128 × 400 (52 tiles, as fc1's forward), 128 ×
+/// 784 (100, as fc4's), 400 × 784 (325) with A as stored and as fc1's weight gradient
+/// reads it (A transposed, bias gradient too; K is the batch, so up to 128) — over
+/// K from 32 up, each `reps` times in one submission (each waiting for the last),
+/// µs per product; then per shape the least-squares line through them: µs per 32
+/// of K and the fixed cost at K = 0.
 fn k_sweep(be: &mut GpuBackend, lay: &Layout, reps: usize) -> anyhow::Result<()> {
     use vae_ood::cpu::MatmulParams;
+    use vae_ood::model::Offsets;
     let o = lay.offsets();
-    // (name, A, B, C, params for K = k); A and B dense row-major
+    // (name, A, B, C, params for K = k, largest K)
     type Shape = (
         &'static str,
         Buf,
         Buf,
         Buf,
-        fn(u32, usize, usize) -> MatmulParams,
+        fn(u32, &Offsets) -> MatmulParams,
         u32,
     );
-    let shapes: [Shape; 3] = [
+    let shapes: [Shape; 4] = [
         // x (128, k) · W1ᵀ (k, 400) → h1
         (
             "128x400",
             Buf::X,
             Buf::Params,
             Buf::H1,
-            |k, w1, _| MatmulParams::linear(128, k as usize, 400, w1, 0, false),
+            |k, o| MatmulParams::linear(128, k as usize, 400, o.w1, o.b1, false),
             784,
         ),
         // h1 (128, k) · W4ᵀ (k, 784) → logits
@@ -126,7 +136,7 @@ fn k_sweep(be: &mut GpuBackend, lay: &Layout, reps: usize) -> anyhow::Result<()>
             Buf::H1,
             Buf::Params,
             Buf::Logits,
-            |k, _, w4| MatmulParams::linear(128, k as usize, 784, w4, 0, false),
+            |k, o| MatmulParams::linear(128, k as usize, 784, o.w4, o.b4, false),
             400,
         ),
         // W4 as A (400, k) · W1 as B (k, 784) → grads
@@ -135,20 +145,29 @@ fn k_sweep(be: &mut GpuBackend, lay: &Layout, reps: usize) -> anyhow::Result<()>
             Buf::Params,
             Buf::Params,
             Buf::Grads,
-            |k, w1, w4| MatmulParams {
+            |k, o| MatmulParams {
                 m: 400,
                 n: 784,
                 k,
-                a_off: w4 as u32,
+                a_off: o.w4 as u32,
                 a_si: k,
                 a_sp: 1,
-                b_off: w1 as u32,
+                b_off: o.w1 as u32,
                 b_sp: 784,
                 b_sj: 1,
                 c_si: 784,
                 ..Default::default()
             },
             384,
+        ),
+        // fc1's weight gradient over k images: dh1ᵀ (400, k) · x (k, 784) → dW1, db1
+        (
+            "400x784 dW",
+            Buf::Dh1,
+            Buf::X,
+            Buf::Grads,
+            |k, o| MatmulParams::linear_backward_weight(k as usize, 784, 400, o.w1, o.b1),
+            128,
         ),
     ];
     for (name, a, b, c, params, k_max) in shapes {
@@ -162,7 +181,7 @@ fn k_sweep(be: &mut GpuBackend, lay: &Layout, reps: usize) -> anyhow::Result<()>
                 b,
                 e: Buf::Params,
                 c,
-                p: params(k, o.w1, o.w4),
+                p: params(k, &o),
             };
             let run: Vec<Op> = vec![op; reps];
             be.run(&run)?;
