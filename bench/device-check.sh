@@ -48,13 +48,15 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # the default against the switches closest to it, 5 interleaved rounds of 10
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
-  # (ones_column and matmul_128: untimed when added, 2026-11-26; the rest measured
-  # then, kept as yardsticks)
+  # (ones_column, matmul_128 and latent_wide: untimed when added, 2026-11-26; the
+  # rest measured then, kept as yardsticks)
   ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'ones_column:VAE_OOD_GPU_ONES_COLUMN=1' 'matmul_128:VAE_OOD_GPU_MATMUL_THREADS=128' \
     'matmul_128_ones:VAE_OOD_GPU_MATMUL_THREADS=128,VAE_OOD_GPU_ONES_COLUMN=1' \
     'matmul_128_split_512:VAE_OOD_GPU_MATMUL_THREADS=128,VAE_OOD_SPLIT_TARGET=512' \
-    'matmul_128_ones_latent_512:VAE_OOD_GPU_MATMUL_THREADS=128,VAE_OOD_GPU_ONES_COLUMN=1,VAE_OOD_GPU_LATENT_THREADS=512' \
+    'latent_wide:VAE_OOD_GPU_LATENT_WIDE=1' \
+    'latent_wide_512:VAE_OOD_GPU_LATENT_WIDE=1,VAE_OOD_GPU_LATENT_THREADS=512' \
+    'all_three:VAE_OOD_GPU_MATMUL_THREADS=128,VAE_OOD_GPU_ONES_COLUMN=1,VAE_OOD_GPU_LATENT_WIDE=1' \
     'no_prefetch:VAE_OOD_GPU_PREFETCH=0' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
     2>&1 | tee "$LOG/sweep.txt"

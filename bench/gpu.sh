@@ -74,6 +74,7 @@ variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
 variant no_prefetch VAE_OOD_GPU_PREFETCH=0
 variant ones_column VAE_OOD_GPU_ONES_COLUMN=1
 variant matmul_128 VAE_OOD_GPU_MATMUL_THREADS=128
+variant latent_wide VAE_OOD_GPU_LATENT_WIDE=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024

@@ -7,6 +7,7 @@
 //! (`VAE_OOD_GPU_PREFETCH=0`); bias gradients as a column of ones
 //! (`VAE_OOD_GPU_ONES_COLUMN=1`); matmul tiles of 128 threads with 4 × 2 outputs
 //! each, alone and with the column of ones (`VAE_OOD_GPU_MATMUL_THREADS=128`); the
+//! latent kernels reading sixteen weights per trip (`VAE_OOD_GPU_LATENT_WIDE=1`); the
 //! latent kernels in workgroups of 256 threads
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); without the latent fusion, without the
@@ -103,6 +104,14 @@ fn main() -> anyhow::Result<()> {
             GpuOptions {
                 matmul_threads: 128,
                 ones_column: true,
+                ..d
+            },
+            all,
+        ),
+        (
+            "latent wide",
+            GpuOptions {
+                latent_wide: true,
                 ..d
             },
             all,

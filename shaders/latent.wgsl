@@ -103,9 +103,19 @@ fn a_at(which: u32, p: u32) -> f32 {
     return hd[p];
 }
 
+// Sixteen weights read per trip of a dot product instead of four (a pipeline
+// constant the host always sets: on with `VAE_OOD_GPU_LATENT_WIDE=1`): the same
+// fmas in the same order, so the same bits, in a quarter of the trips — each trip
+// waits for its reads, so a thread's share of the head product (16 terms with
+// 1024 threads) takes one round trip to memory instead of four.
+override WIDE: bool = false;
+
 // Σ_{p = g, g + G, … < K} A(p) B(p, j), four products' reads issued together, added
-// in order
+// in order (sixteen with WIDE)
 fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
+    if (WIDE) {
+        return dot_share_wide(which, q, j, g, gs);
+    }
     var s = 0.0;
     var p = g;
     for (; p + 3u * gs < q.k; p += 4u * gs) {
@@ -120,6 +130,59 @@ fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
     }
     for (; p < q.k; p += gs) {
         s = fma(a_at(which, p), params[q.b_off + p * q.b_sp + j * q.b_sj], s);
+    }
+    return s;
+}
+
+// dot_share with the reads of 16 terms issued before the first of their fmas;
+// terms past K are neither read nor added
+fn dot_share_wide(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
+    var s = 0.0;
+    for (var p = g; p < q.k; p += 16u * gs) {
+        let w0 = weights4(q, j, p, gs);
+        let w1 = weights4(q, j, p + 4u * gs, gs);
+        let w2 = weights4(q, j, p + 8u * gs, gs);
+        let w3 = weights4(q, j, p + 12u * gs, gs);
+        s = add4(which, q, s, p, gs, w0);
+        s = add4(which, q, s, p + 4u * gs, gs, w1);
+        s = add4(which, q, s, p + 8u * gs, gs, w2);
+        s = add4(which, q, s, p + 12u * gs, gs, w3);
+    }
+    return s;
+}
+
+// B(p + i·G, j) for i = 0..3 (0 past K, not read)
+fn weights4(q: Params, j: u32, p: u32, gs: u32) -> vec4<f32> {
+    return vec4<f32>(
+        weight(q, j, p),
+        weight(q, j, p + gs),
+        weight(q, j, p + 2u * gs),
+        weight(q, j, p + 3u * gs),
+    );
+}
+
+fn weight(q: Params, j: u32, p: u32) -> f32 {
+    if (p < q.k) {
+        return params[q.b_off + p * q.b_sp + j * q.b_sj];
+    }
+    return 0.0;
+}
+
+// s + Σ A(p + i·G) B(p + i·G, j) over i = 0..3 in order, one fma each; terms past K
+// skipped
+fn add4(which: u32, q: Params, s_in: f32, p: u32, gs: u32, w: vec4<f32>) -> f32 {
+    var s = s_in;
+    if (p < q.k) {
+        s = fma(a_at(which, p), w.x, s);
+    }
+    if (p + gs < q.k) {
+        s = fma(a_at(which, p + gs), w.y, s);
+    }
+    if (p + 2u * gs < q.k) {
+        s = fma(a_at(which, p + 2u * gs), w.z, s);
+    }
+    if (p + 3u * gs < q.k) {
+        s = fma(a_at(which, p + 3u * gs), w.w, s);
     }
     return s;
 }

@@ -32,6 +32,10 @@ pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 /// identical bits, half the workgroup-memory loads per fma; off by default until
 /// timed.
 pub const GPU_MATMUL_THREADS: &str = "VAE_OOD_GPU_MATMUL_THREADS";
+/// `1`: the latent kernels' dot products read sixteen weights per trip instead
+/// of four (`shaders/latent.wgsl`, `WIDE`): identical bits, a quarter of the
+/// round trips to memory; off by default until timed.
+pub const GPU_LATENT_WIDE: &str = "VAE_OOD_GPU_LATENT_WIDE";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
@@ -56,12 +60,13 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 6] = [
+const FLAGS: [&str; 7] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
     GPU_PREFETCH,
     GPU_ONES_COLUMN,
+    GPU_LATENT_WIDE,
     GPU_TRIPLE_ADAM,
 ];
 

@@ -1345,6 +1345,33 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         for (dir, (a, b)) in folded.iter().zip(not).enumerate() {
             assert!(bits(a) == bits(b), "{name}: folded vs not, direction {dir}");
         }
+        // sixteen weights read per trip (VAE_OOD_GPU_LATENT_WIDE=1): the same bits
+        // (with 256 threads at h = 300, l = 20 every dot product takes several trips,
+        // the last one partial: the head's 50 terms per thread, dz's 25, h3's 20,
+        // dh1's 40)
+        let adapter = gpu::select_adapter().unwrap().unwrap();
+        let opts = GpuOptions {
+            latent_wide: true,
+            ..opts
+        };
+        let mut wide = GpuBackend::with_options(adapter, &store, 1, sizes, opts).unwrap();
+        assert!(
+            wide.describe()
+                .contains("16 reads per trip in the latent kernels"),
+            "{}",
+            wide.describe()
+        );
+        wide.set_fusions(Fusions::ALL);
+        let got = [
+            run(&mut wide, &fwd, &inputs_fwd, &out_fwd),
+            run(&mut wide, &bwd, &inputs_bwd, &out_bwd),
+        ];
+        for (dir, (a, b)) in folded.iter().zip(&got).enumerate() {
+            assert!(
+                bits(a) == bits(b),
+                "{name}: 16 reads per trip changed bits, direction {dir}"
+            );
+        }
     }
 }
 

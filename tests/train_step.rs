@@ -475,7 +475,8 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// (row sums beside the multiply, or a column of ones, `VAE_OOD_GPU_ONES_COLUMN=1`,
 /// here in the padding of every weight gradient's last tile: 53, 133 and 3 columns),
 /// nor on the threads of a matmul tile (256 with 2 × 2 outputs each, or 128 with
-/// 4 × 2, `VAE_OOD_GPU_MATMUL_THREADS=128`).
+/// 4 × 2, `VAE_OOD_GPU_MATMUL_THREADS=128`), nor on how many weights the latent
+/// kernels' dot products read per trip (4, or 16 with `VAE_OOD_GPU_LATENT_WIDE=1`).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
@@ -527,6 +528,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             says("matmul tiles of 128 threads"),
             opts.matmul_threads == 128
         );
+        assert_eq!(says("16 reads per trip"), opts.latent_wide);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         be.set_fusions(Fusions::ALL);
@@ -653,6 +655,17 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         (
             "128 threads, a column of ones, Adam in the triple",
             run(0, Fusions::ALL, tall_ones),
+        ),
+        (
+            "16 reads per trip in the latent kernels",
+            run(
+                0,
+                Fusions::DEFAULT,
+                GpuOptions {
+                    latent_wide: true,
+                    ..d
+                },
+            ),
         ),
         ("unfused", run(0, unfused, d)),
     ] {

@@ -1339,7 +1339,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -1357,6 +1357,11 @@ impl Backend for GpuBackend {
             match self.ctx.options.matmul_threads {
                 256 => String::new(),
                 t => format!(", matmul tiles of {t} threads"),
+            },
+            if self.ctx.options.latent_wide {
+                ", 16 reads per trip in the latent kernels"
+            } else {
+                ""
             },
             match split_target() {
                 SPLIT_TARGET => String::new(),

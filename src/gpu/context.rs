@@ -226,12 +226,16 @@ impl Kernel {
     /// Values for the module's pipeline-overridable constants: the matmul's
     /// `PREFETCH` ([`GpuOptions::prefetch`]), `ONES` ([`GpuOptions::ones_column`]) and
     /// `WGY` ([`GpuOptions::matmul_threads`] / 16), the latent kernels' workgroup size
-    /// `WG` ([`GpuOptions::latent_threads`], 256 where unset); none for the other
+    /// `WG` ([`GpuOptions::latent_threads`], 256 where unset) and `WIDE`
+    /// ([`GpuOptions::latent_wide`]); none for the other
     /// kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::LatentForward | Kernel::LatentBackward => {
-                vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
+                vec![
+                    ("WG", opts.latent_threads.unwrap_or(256) as f64),
+                    ("WIDE", if opts.latent_wide { 1.0 } else { 0.0 }),
+                ]
             }
             k if k.is_matmul() => vec![
                 ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
@@ -423,6 +427,9 @@ pub struct GpuOptions {
     /// 128 (4 × 2 each, `matmul_tall.wgsl`; `VAE_OOD_GPU_MATMUL_THREADS=128`;
     /// identical bits)
     pub matmul_threads: u32,
+    /// the latent kernels' dot products read sixteen weights per trip instead of
+    /// four (`latent.wgsl`'s `WIDE`; `VAE_OOD_GPU_LATENT_WIDE=1`; identical bits)
+    pub latent_wide: bool,
     /// the most storage buffers per shader stage to request (None: as many as the
     /// widest kernel binds, where the adapter has them). Kernels binding more are
     /// not built ([`GpuContext::has`]); tests set 8 (WebGPU's default) to run the
@@ -448,6 +455,7 @@ impl Default for GpuOptions {
             prefetch: true,
             ones_column: false,
             matmul_threads: 256,
+            latent_wide: false,
             storage_buffers: None,
             latent_threads: None,
         }
@@ -496,7 +504,8 @@ impl GpuOptions {
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
     /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
     /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; matmul tiles of
-    /// `VAE_OOD_GPU_MATMUL_THREADS` threads; the latent kernels' threads from
+    /// `VAE_OOD_GPU_MATMUL_THREADS` threads; sixteen reads per trip in the latent
+    /// kernels' dot products with `VAE_OOD_GPU_LATENT_WIDE=1`; the latent kernels' threads from
     /// `VAE_OOD_GPU_LATENT_THREADS`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
@@ -507,6 +516,7 @@ impl GpuOptions {
             ones_column: crate::knobs::flag(crate::knobs::GPU_ONES_COLUMN),
             matmul_threads: crate::knobs::number(crate::knobs::GPU_MATMUL_THREADS, 128..=256)
                 .map_or(256, |v| v as u32),
+            latent_wide: crate::knobs::flag(crate::knobs::GPU_LATENT_WIDE),
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),
