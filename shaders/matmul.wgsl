@@ -175,9 +175,25 @@ fn triple_tile(w_in: u32, lid: vec3<u32>) {
     tile_any(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
 }
 
-// One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
-// uniform over the workgroup.
-fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
+// What a workgroup's tile walks: problem q (params p), the tile's first row and
+// column, its share of K, whether A and B are stored transposed, and how it gets
+// a bias gradient (flag 8): as column n of C (`ones`, see ONES) or as row sums in
+// the multiply (`sums`; with ONES off, always). Uniform over the workgroup.
+struct Walk {
+    q: u32,
+    p: Params,
+    row0: u32,
+    col0: u32,
+    k_begin: u32,
+    k_end: u32,
+    a_t: bool,
+    b_t: bool,
+    ones: bool,
+    sums: bool,
+}
+
+// The walk of tile (wg.x, wg.y) of problem q, K share wg.z.
+fn walk_of(q: u32, wg: vec3<u32>) -> Walk {
     // (not u.p[q]: lavapipe treats a uniform array read at a run-time index as
     // varying per invocation, and ran the pair 1.3× slower with it)
     var p = u.p[0];
@@ -186,28 +202,39 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     } else if (q == 2u) {
         p = u.p[2];
     }
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
     let kc = split_len(p);
     let k_begin = wg.z * kc;
-    let k_end = min(p.k, k_begin + kc);
-    let a_t = p.a_si == 1u && p.a_sp != 1u; // A stored transposed: walk i fastest
-    let b_t = p.b_sp == 1u && p.b_sj != 1u; // B stored transposed: walk p fastest
+    let ones = ONES && (p.flags & 8u) != 0u && p.n % TILE != 0u && p.splits <= 1u;
+    return Walk(
+        q,
+        p,
+        wg.y * TILE,
+        wg.x * TILE,
+        k_begin,
+        min(p.k, k_begin + kc),
+        p.a_si == 1u && p.a_sp != 1u, // A stored transposed: walk i fastest
+        p.b_sp == 1u && p.b_sj != 1u, // B stored transposed: walk p fastest
+        ones,
+        !ONES || ((p.flags & 8u) != 0u && !ones),
+    );
+}
+
+// One 32×32 tile (wg.x, wg.y) of problem q, K share wg.z. The branches on q are
+// uniform over the workgroup.
+fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
+    let w = walk_of(q, wg);
+    let p = w.p;
     var acc = vec4<f32>(); // C(i0, j0), C(i0, j0 + 1), C(i0 + 1, j0), C(i0 + 1, j0 + 1)
     var rs = vec2<f32>(); // row sums of A (flag 8) for rows i0, i0 + 1
-    // the bias gradient as column n of C (see ONES), or the row sums in the
-    // multiply (uniform over the workgroup; with ONES off, always the sums)
-    let ones = ONES && (p.flags & 8u) != 0u && p.n % TILE != 0u && p.splits <= 1u;
-    let sums = !ONES || ((p.flags & 8u) != 0u && !ones);
     // the K walk, its multiply with or without the row sums: two calls with a
     // constant, so that each inlined copy has no branch in its multiply
-    if (sums) {
-        k_walk(true, q, p, row0, col0, k_begin, k_end, a_t, b_t, ones, lid, &acc, &rs);
+    if (w.sums) {
+        k_walk(true, w, lid, &acc, &rs);
     } else {
-        k_walk(false, q, p, row0, col0, k_begin, k_end, a_t, b_t, ones, lid, &acc, &rs);
+        k_walk(false, w, lid, &acc, &rs);
     }
-    let i0 = row0 + lid.y * 2u;
-    let j0 = col0 + lid.x * 2u;
+    let i0 = w.row0 + lid.y * 2u;
+    let j0 = w.col0 + lid.x * 2u;
     if (p.splits > 1u) {
         let base = wg.z * p.m * p.n;
         store_partial(p, base, i0, j0, acc.x);
@@ -216,30 +243,32 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         store_partial(p, base, i0 + 1u, j0 + 1u, acc.w);
         return;
     }
-    let s0 = store(q, p, ones, i0, j0, acc.x);
-    let s1 = store(q, p, ones, i0, j0 + 1u, acc.y);
-    let s2 = store(q, p, ones, i0 + 1u, j0, acc.z);
-    let s3 = store(q, p, ones, i0 + 1u, j0 + 1u, acc.w);
+    let s0 = store(q, p, w.ones, i0, j0, acc.x);
+    let s1 = store(q, p, w.ones, i0, j0 + 1u, acc.y);
+    let s2 = store(q, p, w.ones, i0 + 1u, j0, acc.z);
+    let s3 = store(q, p, w.ones, i0 + 1u, j0 + 1u, acc.w);
     var b0 = Stored(NONE, 0.0);
     var b1 = Stored(NONE, 0.0);
-    if ((p.flags & 8u) != 0u && sums && wg.x == 0u && lid.x == 0u) {
-        if (i0 < p.m) {
-            b0 = Stored(p.e_off + i0, rs.x);
-            put(q, b0.at, b0.v);
-        }
-        if (i0 + 1u < p.m) {
-            b1 = Stored(p.e_off + i0 + 1u, rs.y);
-            put(q, b1.at, b1.v);
-        }
+    if ((p.flags & 8u) != 0u && w.sums && wg.x == 0u && lid.x == 0u) {
+        b0 = row_sum(q, p, i0, rs.x);
+        b1 = row_sum(q, p, i0 + 1u, rs.y);
     }
     after_tile(array<Stored, 6>(s0, s1, s2, s3, b0, b1));
 }
 
+// Row i's bias gradient v, stored (none past the last row).
+fn row_sum(q: u32, p: Params, i: u32, v: f32) -> Stored {
+    if (i >= p.m) {
+        return Stored(NONE, 0.0);
+    }
+    put(q, p.e_off + i, v);
+    return Stored(p.e_off + i, v);
+}
+
 // The K walk of a tile: A and B tiles through workgroup memory, 32 of K at a time,
 // into the thread's four sums acc and, with `sums`, the row sums rs (flag 8).
-fn k_walk(sums: bool, q: u32, p: Params, row0: u32, col0: u32, k_begin: u32, k_end: u32,
-          a_t: bool, b_t: bool, ones: bool, lid: vec3<u32>,
-          acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>) {
+fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
+          rs: ptr<function, vec2<f32>>) {
     // Thread t moves tile elements (fast, slow) = (t % 32, t / 32 + 8r), r = 0..3, of
     // each operand (ra, rb): all eight reads from global memory are issued before
     // the first store to workgroup memory, so their latencies overlap (a loop over r
@@ -248,16 +277,16 @@ fn k_walk(sums: bool, q: u32, p: Params, row0: u32, col0: u32, k_begin: u32, k_e
     let t = lid.y * 16u + lid.x;
     let fast = t % TILE;
     let slow = t / TILE;
-    var ra = fetch_a4(q, p, row0, k_begin, k_end, a_t, fast, slow);
-    var rb = fetch_b4(q, p, col0, k_begin, k_end, b_t, ones, fast, slow);
-    for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
-        stash_a4(a_t, fast, slow, ra);
-        stash_b4(b_t, fast, slow, rb);
+    var ra = fetch_a4(w, w.k_begin, fast, slow, 8u);
+    var rb = fetch_b4(w, w.k_begin, fast, slow, 8u);
+    for (var k0 = w.k_begin; k0 < w.k_end; k0 += TILE) {
+        stash_a4(w.a_t, fast, slow, ra);
+        stash_b4(w.b_t, fast, slow, 8u, rb);
         workgroupBarrier();
         if (PREFETCH) {
             // the next K step's reads in flight during this step's multiply
-            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
-            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow);
+            ra = fetch_a4(w, k0 + TILE, fast, slow, 8u);
+            rb = fetch_b4(w, k0 + TILE, fast, slow, 8u);
         }
         // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
         // every loop (and any driver that will not unroll past it) costs once per 8
@@ -286,8 +315,8 @@ fn k_walk(sums: bool, q: u32, p: Params, row0: u32, col0: u32, k_begin: u32, k_e
         }
         workgroupBarrier();
         if (!PREFETCH) {
-            ra = fetch_a4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
-            rb = fetch_b4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow);
+            ra = fetch_a4(w, k0 + TILE, fast, slow, 8u);
+            rb = fetch_b4(w, k0 + TILE, fast, slow, 8u);
         }
     }
 }
@@ -311,16 +340,17 @@ fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u
     return 0.0;
 }
 
-// Thread t's four elements of A's tile: rows slow, slow + 8, slow + 16, slow + 24.
-fn fetch_a4(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> vec4<f32> {
+// Four elements of A's tile for K step k0: (fast, slow + r·step), r = 0..3.
+fn fetch_a4(w: Walk, k0: u32, fast: u32, slow: u32, step: u32) -> vec4<f32> {
     return vec4<f32>(
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 8u),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 16u),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 24u),
+        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow),
+        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + step),
+        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + 2u * step),
+        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + 3u * step),
     );
 }
 
+// Thread t's four elements of A's tile into ta: (fast, slow + 8r), r = 0..3.
 fn stash_a4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
     stash_a(a_t, fast, slow, v.x);
     stash_a(a_t, fast, slow + 8u, v.y);
@@ -349,20 +379,22 @@ fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, ones: b
     return 0.0;
 }
 
-fn fetch_b4(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, ones: bool, fast: u32, slow: u32) -> vec4<f32> {
+// Four elements of B's tile for K step k0: (fast, slow + r·step), r = 0..3.
+fn fetch_b4(w: Walk, k0: u32, fast: u32, slow: u32, step: u32) -> vec4<f32> {
     return vec4<f32>(
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow),
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 8u),
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 16u),
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 24u),
+        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow),
+        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + step),
+        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + 2u * step),
+        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + 3u * step),
     );
 }
 
-fn stash_b4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
+// Those four into tb.
+fn stash_b4(b_t: bool, fast: u32, slow: u32, step: u32, v: vec4<f32>) {
     stash_b(b_t, fast, slow, v.x);
-    stash_b(b_t, fast, slow + 8u, v.y);
-    stash_b(b_t, fast, slow + 16u, v.z);
-    stash_b(b_t, fast, slow + 24u, v.w);
+    stash_b(b_t, fast, slow + step, v.y);
+    stash_b(b_t, fast, slow + 2u * step, v.z);
+    stash_b(b_t, fast, slow + 3u * step, v.w);
 }
 
 fn stash_b(b_t: bool, fast: u32, slow: u32, v: f32) {

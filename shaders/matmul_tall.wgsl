@@ -16,31 +16,18 @@ var<workgroup> ta4: array<vec4<f32>, 288>; // 32 × ROW4
 
 // As matmul.wgsl's tile, for workgroups of 16 × 8 threads.
 fn tile_tall(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
-    var p = u.p[0];
-    if (q == 1u) {
-        p = u.p[1];
-    } else if (q == 2u) {
-        p = u.p[2];
-    }
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
-    let kc = split_len(p);
-    let k_begin = wg.z * kc;
-    let k_end = min(p.k, k_begin + kc);
-    let a_t = p.a_si == 1u && p.a_sp != 1u;
-    let b_t = p.b_sp == 1u && p.b_sj != 1u;
+    let w = walk_of(q, wg);
+    let p = w.p;
     var acc0 = vec4<f32>(); // C(i0, j0), C(i0, j0 + 1), C(i0 + 1, j0), C(i0 + 1, j0 + 1)
     var acc1 = vec4<f32>(); // the same for rows i0 + 2, i0 + 3
     var rs = vec4<f32>(); // row sums of A (flag 8), rows i0 .. i0 + 3
-    let ones = ONES && (p.flags & 8u) != 0u && p.n % TILE != 0u && p.splits <= 1u;
-    let sums = !ONES || ((p.flags & 8u) != 0u && !ones);
-    if (sums) {
-        k_walk_tall(true, q, p, row0, col0, k_begin, k_end, a_t, b_t, ones, lid, &acc0, &acc1, &rs);
+    if (w.sums) {
+        k_walk_tall(true, w, lid, &acc0, &acc1, &rs);
     } else {
-        k_walk_tall(false, q, p, row0, col0, k_begin, k_end, a_t, b_t, ones, lid, &acc0, &acc1, &rs);
+        k_walk_tall(false, w, lid, &acc0, &acc1, &rs);
     }
-    let i0 = row0 + lid.y * 4u;
-    let j0 = col0 + lid.x * 2u;
+    let i0 = w.row0 + lid.y * 4u;
+    let j0 = w.col0 + lid.x * 2u;
     if (p.splits > 1u) {
         let base = wg.z * p.m * p.n;
         store_partial(p, base, i0, j0, acc0.x);
@@ -53,19 +40,19 @@ fn tile_tall(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         store_partial(p, base, i0 + 3u, j0 + 1u, acc1.w);
         return;
     }
-    let s0 = store(q, p, ones, i0, j0, acc0.x);
-    let s1 = store(q, p, ones, i0, j0 + 1u, acc0.y);
-    let s2 = store(q, p, ones, i0 + 1u, j0, acc0.z);
-    let s3 = store(q, p, ones, i0 + 1u, j0 + 1u, acc0.w);
-    let s4 = store(q, p, ones, i0 + 2u, j0, acc1.x);
-    let s5 = store(q, p, ones, i0 + 2u, j0 + 1u, acc1.y);
-    let s6 = store(q, p, ones, i0 + 3u, j0, acc1.z);
-    let s7 = store(q, p, ones, i0 + 3u, j0 + 1u, acc1.w);
+    let s0 = store(q, p, w.ones, i0, j0, acc0.x);
+    let s1 = store(q, p, w.ones, i0, j0 + 1u, acc0.y);
+    let s2 = store(q, p, w.ones, i0 + 1u, j0, acc0.z);
+    let s3 = store(q, p, w.ones, i0 + 1u, j0 + 1u, acc0.w);
+    let s4 = store(q, p, w.ones, i0 + 2u, j0, acc1.x);
+    let s5 = store(q, p, w.ones, i0 + 2u, j0 + 1u, acc1.y);
+    let s6 = store(q, p, w.ones, i0 + 3u, j0, acc1.z);
+    let s7 = store(q, p, w.ones, i0 + 3u, j0 + 1u, acc1.w);
     var b0 = Stored(NONE, 0.0);
     var b1 = Stored(NONE, 0.0);
     var b2 = Stored(NONE, 0.0);
     var b3 = Stored(NONE, 0.0);
-    if ((p.flags & 8u) != 0u && sums && wg.x == 0u && lid.x == 0u) {
+    if ((p.flags & 8u) != 0u && w.sums && wg.x == 0u && lid.x == 0u) {
         b0 = row_sum(q, p, i0, rs.x);
         b1 = row_sum(q, p, i0 + 1u, rs.y);
         b2 = row_sum(q, p, i0 + 2u, rs.z);
@@ -75,40 +62,29 @@ fn tile_tall(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     after_tile(array<Stored, 6>(s4, s5, s6, s7, b2, b3));
 }
 
-// Row i's bias gradient v stored (none past the last row).
-fn row_sum(q: u32, p: Params, i: u32, v: f32) -> Stored {
-    if (i >= p.m) {
-        return Stored(NONE, 0.0);
-    }
-    put(q, p.e_off + i, v);
-    return Stored(p.e_off + i, v);
-}
-
 // As matmul.wgsl's k_walk: thread t (of 128) moves tile elements (fast, slow) =
 // (t % 32, t / 32 + 4r), r = 0..7, of each operand, all sixteen reads issued before
 // the first store to workgroup memory.
-fn k_walk_tall(sums: bool, q: u32, p: Params, row0: u32, col0: u32, k_begin: u32, k_end: u32,
-               a_t: bool, b_t: bool, ones: bool, lid: vec3<u32>,
-               acc0: ptr<function, vec4<f32>>, acc1: ptr<function, vec4<f32>>,
-               rs: ptr<function, vec4<f32>>) {
+fn k_walk_tall(sums: bool, w: Walk, lid: vec3<u32>, acc0: ptr<function, vec4<f32>>,
+               acc1: ptr<function, vec4<f32>>, rs: ptr<function, vec4<f32>>) {
     let t = lid.y * 16u + lid.x;
     let fast = t % TILE;
     let slow = t / TILE;
-    var ra0 = fetch_a_every4(q, p, row0, k_begin, k_end, a_t, fast, slow);
-    var ra1 = fetch_a_every4(q, p, row0, k_begin, k_end, a_t, fast, slow + 16u);
-    var rb0 = fetch_b_every4(q, p, col0, k_begin, k_end, b_t, ones, fast, slow);
-    var rb1 = fetch_b_every4(q, p, col0, k_begin, k_end, b_t, ones, fast, slow + 16u);
-    for (var k0 = k_begin; k0 < k_end; k0 += TILE) {
-        stash_a_every4(a_t, fast, slow, ra0);
-        stash_a_every4(a_t, fast, slow + 16u, ra1);
-        stash_b_every4(b_t, fast, slow, rb0);
-        stash_b_every4(b_t, fast, slow + 16u, rb1);
+    var ra0 = fetch_a4(w, w.k_begin, fast, slow, 4u);
+    var ra1 = fetch_a4(w, w.k_begin, fast, slow + 16u, 4u);
+    var rb0 = fetch_b4(w, w.k_begin, fast, slow, 4u);
+    var rb1 = fetch_b4(w, w.k_begin, fast, slow + 16u, 4u);
+    for (var k0 = w.k_begin; k0 < w.k_end; k0 += TILE) {
+        stash_a4_tall(w.a_t, fast, slow, ra0);
+        stash_a4_tall(w.a_t, fast, slow + 16u, ra1);
+        stash_b4(w.b_t, fast, slow, 4u, rb0);
+        stash_b4(w.b_t, fast, slow + 16u, 4u, rb1);
         workgroupBarrier();
         if (PREFETCH) {
-            ra0 = fetch_a_every4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
-            ra1 = fetch_a_every4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow + 16u);
-            rb0 = fetch_b_every4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow);
-            rb1 = fetch_b_every4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow + 16u);
+            ra0 = fetch_a4(w, k0 + TILE, fast, slow, 4u);
+            ra1 = fetch_a4(w, k0 + TILE, fast, slow + 16u, 4u);
+            rb0 = fetch_b4(w, k0 + TILE, fast, slow, 4u);
+            rb1 = fetch_b4(w, k0 + TILE, fast, slow + 16u, 4u);
         }
         for (var kk = 0u; kk < TILE; kk += 8u) {
             let ia = kk * ROW4 + lid.y; // rows 4·lid.y .. + 3
@@ -135,10 +111,10 @@ fn k_walk_tall(sums: bool, q: u32, p: Params, row0: u32, col0: u32, k_begin: u32
         }
         workgroupBarrier();
         if (!PREFETCH) {
-            ra0 = fetch_a_every4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow);
-            ra1 = fetch_a_every4(q, p, row0, k0 + TILE, k_end, a_t, fast, slow + 16u);
-            rb0 = fetch_b_every4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow);
-            rb1 = fetch_b_every4(q, p, col0, k0 + TILE, k_end, b_t, ones, fast, slow + 16u);
+            ra0 = fetch_a4(w, k0 + TILE, fast, slow, 4u);
+            ra1 = fetch_a4(w, k0 + TILE, fast, slow + 16u, 4u);
+            rb0 = fetch_b4(w, k0 + TILE, fast, slow, 4u);
+            rb1 = fetch_b4(w, k0 + TILE, fast, slow + 16u, 4u);
         }
     }
 }
@@ -159,17 +135,8 @@ fn mul_add_tall(acc0: ptr<function, vec4<f32>>, acc1: ptr<function, vec4<f32>>,
     *acc1 = fma(av.zzww, bv.xyxy, *acc1);
 }
 
-// Elements (fast, slow), (fast, slow + 4), (fast, slow + 8), (fast, slow + 12) of A's tile.
-fn fetch_a_every4(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u32, slow: u32) -> vec4<f32> {
-    return vec4<f32>(
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 4u),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 8u),
-        fetch_a(q, p, row0, k0, k_end, a_t, fast, slow + 12u),
-    );
-}
-
-fn stash_a_every4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
+// Elements (fast, slow + 4r), r = 0..3, of A's tile into ta4.
+fn stash_a4_tall(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
     stash_a_tall(a_t, fast, slow, v.x);
     stash_a_tall(a_t, fast, slow + 4u, v.y);
     stash_a_tall(a_t, fast, slow + 8u, v.z);
@@ -179,20 +146,4 @@ fn stash_a_every4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
 fn stash_a_tall(a_t: bool, fast: u32, slow: u32, v: f32) {
     let ik = tile_at(a_t, fast, slow);
     ta4[ik.y * ROW4 + ik.x / 4u][ik.x % 4u] = v;
-}
-
-fn fetch_b_every4(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, ones: bool, fast: u32, slow: u32) -> vec4<f32> {
-    return vec4<f32>(
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow),
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 4u),
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 8u),
-        fetch_b(q, p, col0, k0, k_end, b_t, ones, fast, slow + 12u),
-    );
-}
-
-fn stash_b_every4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
-    stash_b(b_t, fast, slow, v.x);
-    stash_b(b_t, fast, slow + 4u, v.y);
-    stash_b(b_t, fast, slow + 8u, v.z);
-    stash_b(b_t, fast, slow + 12u, v.w);
 }
