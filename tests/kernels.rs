@@ -1531,6 +1531,26 @@ fn iwae_scoring_with_64_draws_through_the_latent_block() {
     }
 }
 
+/// The gather of `rows` images of `d` pixels (index entries 5..) and the product
+/// that reads them: x (rows, d) · Wᵀ (d, n) + bias, ReLU → h1, W at 300.
+fn gather_and_product(rows: usize, d: usize, n: usize) -> [Op; 2] {
+    [
+        Op::Gather(GatherParams {
+            rows: rows as u32,
+            d: d as u32,
+            idx_off: 5,
+            _pad: 0,
+        }),
+        Op::Matmul {
+            a: Buf::X,
+            b: Buf::Params,
+            e: Buf::Params,
+            c: Buf::H1,
+            p: MatmulParams::linear(rows, d, n, 300, 300 + n * d, true),
+        },
+    ]
+}
+
 /// A batch's gather read by the product after it (fc1's forward) straight from the
 /// image store, x written on the way, as one `matmul_gather` dispatch (and the
 /// product's split-K reduce): against the CPU (`gather_pixels`, then `matmul`) and
@@ -1546,24 +1566,11 @@ fn gather_read_by_the_product_in_one_dispatch() {
         .map(|_| rng.random_range(0..N_IMAGES as u32))
         .collect();
     for (d, splits) in [(D, 5), (100, 1)] {
-        let (w, bias) = (300, 300 + n * d);
-        let product = MatmulParams::linear(rows, d, n, w, bias, true);
+        let ops = gather_and_product(rows, d, n);
+        let Op::Matmul { p: product, .. } = ops[1] else {
+            unreachable!()
+        };
         assert_eq!(choose_splits(&product), splits);
-        let ops = [
-            Op::Gather(GatherParams {
-                rows: rows as u32,
-                d: d as u32,
-                idx_off: 5,
-                _pad: 0,
-            }),
-            Op::Matmul {
-                a: Buf::X,
-                b: Buf::Params,
-                e: Buf::Params,
-                c: Buf::H1,
-                p: product,
-            },
-        ];
         let params = uniform(&mut rng, SIZES.params, -0.2, 0.2);
         let outs = [Buf::X, Buf::H1];
         let run = |be: &mut dyn Backend| {
@@ -1798,24 +1805,7 @@ fn matmul_tiles_of_128_threads() {
     let idx: Vec<u32> = (0..rows + 5)
         .map(|_| rng.random_range(0..N_IMAGES as u32))
         .collect();
-    let gather = |d: usize| {
-        let p = MatmulParams::linear(rows, d, 67, 300, 300 + 67 * d, true);
-        vec![
-            Op::Gather(GatherParams {
-                rows: rows as u32,
-                d: d as u32,
-                idx_off: 5,
-                _pad: 0,
-            }),
-            Op::Matmul {
-                a: Buf::X,
-                b: Buf::Params,
-                e: Buf::Params,
-                c: Buf::H1,
-                p,
-            },
-        ]
-    };
+    let gather = |d: usize| gather_and_product(rows, d, 67).to_vec();
     let split = MatmulParams::linear(rows, 400, 20, 300, 19_000, true);
     assert!(choose_splits(&split) > 1);
     let weight = |a, b, n, k, w, bias| Op::Matmul {
