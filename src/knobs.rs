@@ -33,8 +33,9 @@ pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 /// timed.
 pub const GPU_MATMUL_THREADS: &str = "VAE_OOD_GPU_MATMUL_THREADS";
 /// `1`: the latent kernels' dot products read sixteen weights per trip instead
-/// of four (`shaders/latent.wgsl`, `WIDE`): identical bits, a quarter of the
-/// round trips to memory; off by default until timed.
+/// of four, the first sixteen as the kernel starts (`shaders/latent.wgsl`,
+/// `WIDE`): identical bits, a quarter of the round trips to memory; off by
+/// default until timed.
 pub const GPU_LATENT_WIDE: &str = "VAE_OOD_GPU_LATENT_WIDE";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
