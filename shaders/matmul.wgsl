@@ -5,7 +5,8 @@
 // Flags: 1 add bias e[e_off + j]; 2 ReLU; 4 multiply by mask e[e_off + i*e_si + j] > 0;
 //        8 also write the row sums of A to c[e_off + i] (the bias gradient next to dW).
 //
-// matmul: one 32×32 tile of C per workgroup of 16×16 threads (2×2 outputs each); K is
+// matmul: one 32×32 tile of C per workgroup of 16×16 threads (2×2 outputs each; or
+// 16×8 threads of 4×2, matmul_tall.wgsl, with the pipeline constant WGY = 8); K is
 // consumed 32 at a time through workgroup memory, loaded so that consecutive threads
 // read consecutive addresses whichever operand is transposed, and stored as pairs so
 // that each step of the multiply reads a thread's two A values and two B values with
@@ -49,7 +50,8 @@
 // than it uses. What happens to the elements a thread stored, at the end of its
 // tile: after_tile, from matmul_store.wgsl (nothing) or matmul_adam.wgsl (their
 // Adam steps).
-// adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
+// matmul_tall.wgsl (the tile for 16×8 threads) and adam_update.wgsl (AdamParams,
+// named by the uniform) are appended to every module.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_si: u32, a_sp: u32,
