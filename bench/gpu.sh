@@ -51,6 +51,12 @@ done
 #              the default compiles them as trusted modules, without
 #   no_loop_counters  shaders with every check but wgpu's loop-bounding counters
 #   no_prefetch  the matmul reads its next K step after the multiply of this one, not before
+#   ones_column  a weight gradient's bias gradient as a column of ones in B, not row sums
+#              beside every multiply-add (untimed when added)
+#   matmul_128  matmul tiles of 128 threads with 4 x 2 outputs each, not 256 with 2 x 2
+#              (untimed when added)
+#   latent_wide  the latent kernels' dot products with sixteen reads per trip, not four
+#              (untimed when added)
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...
