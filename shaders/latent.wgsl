@@ -141,7 +141,7 @@ fn preload(q: Params, t: u32) -> Pre {
 // in order (sixteen with WIDE)
 fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
     if (WIDE) {
-        return dot_share_wide(which, q, j, g, gs);
+        return dot_share_from(which, q, j, g, gs, 0.0);
     }
     var s = 0.0;
     var p = g;
@@ -161,13 +161,7 @@ fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
     return s;
 }
 
-// dot_share with the reads of 16 terms issued before the first of their fmas;
-// terms past K are neither read nor added
-fn dot_share_wide(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
-    return dot_share_from(which, q, j, g, gs, 0.0);
-}
-
-// dot_share_wide whose first 16 weights were read ahead (pre, from preload)
+// dot_share with WIDE whose first 16 weights were read ahead (pre, from preload)
 fn dot_share_pre(which: u32, q: Params, j: u32, g: u32, gs: u32, pre: Pre) -> f32 {
     var s = 0.0;
     s = add4(which, q, s, g, gs, pre.w0);
@@ -177,7 +171,8 @@ fn dot_share_pre(which: u32, q: Params, j: u32, g: u32, gs: u32, pre: Pre) -> f3
     return dot_share_from(which, q, j, g + 16u * gs, gs, s);
 }
 
-// s_in + the terms p, p + G, … < K of a share, 16 reads per trip
+// s_in + the terms p, p + G, … < K of a share, the reads of 16 terms issued
+// before the first of their fmas; terms past K are neither read nor added
 fn dot_share_from(which: u32, q: Params, j: u32, p_in: u32, gs: u32, s_in: f32) -> f32 {
     var s = s_in;
     for (var p = p_in; p < q.k; p += 16u * gs) {

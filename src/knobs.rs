@@ -91,36 +91,27 @@ pub fn number(name: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
         .filter(|v| range.contains(v))
 }
 
+/// The switches that take one of a few words, and those words (each may also be
+/// set empty, which counts as unset).
+const CHOICES: [(&str, &[&str]); 4] = [
+    (GPU_TRUSTED, &["0", "1", "loops"]),
+    (
+        GPU_UNFUSED,
+        &["0", "1", "pairs", "reduces", "latent", "triple", "gather"],
+    ),
+    (GPU_MATMUL_THREADS, &["128", "256"]),
+    (GPU_LATENT_THREADS, &["256", "512", "1024"]),
+];
+
 /// Every switch that is set has a value vae-ood understands.
 pub fn check() -> Result<()> {
-    for name in FLAGS {
+    let flags = FLAGS.map(|name| (name, &["0", "1"][..]));
+    for (name, words) in flags.iter().chain(&CHOICES) {
         if let Ok(v) = std::env::var(name) {
-            if !matches!(v.as_str(), "" | "0" | "1") {
-                bail!("{name}={v}: expected 0 or 1");
+            if !v.is_empty() && !words.contains(&v.as_str()) {
+                let (last, rest) = words.split_last().expect("a switch has words");
+                bail!("{name}={v}: expected {} or {last}", rest.join(", "));
             }
-        }
-    }
-    if let Ok(v) = std::env::var(GPU_TRUSTED) {
-        if !matches!(v.as_str(), "" | "0" | "1" | "loops") {
-            bail!("{GPU_TRUSTED}={v}: expected 0, 1 or loops");
-        }
-    }
-    if let Ok(v) = std::env::var(GPU_UNFUSED) {
-        if !matches!(
-            v.as_str(),
-            "" | "0" | "1" | "pairs" | "reduces" | "latent" | "triple" | "gather"
-        ) {
-            bail!("{GPU_UNFUSED}={v}: expected 0, 1, pairs, reduces, latent, triple or gather");
-        }
-    }
-    if let Ok(v) = std::env::var(GPU_MATMUL_THREADS) {
-        if !matches!(v.as_str(), "" | "128" | "256") {
-            bail!("{GPU_MATMUL_THREADS}={v}: expected 128 or 256");
-        }
-    }
-    if let Ok(v) = std::env::var(GPU_LATENT_THREADS) {
-        if !matches!(v.as_str(), "" | "256" | "512" | "1024") {
-            bail!("{GPU_LATENT_THREADS}={v}: expected 256, 512 or 1024");
         }
     }
     for (name, range) in [(GPU_CHUNK, 0..=1 << 24), (SPLIT_TARGET, 1..=65_536)] {
