@@ -167,7 +167,8 @@ impl Kernel {
     /// more, `matmul_gather_operands.wgsl` for `matmul_gather`,
     /// `matmul_operands.wgsl` for the others) and what follows a stored element
     /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_store.wgsl` for the
-    /// others); `adam_update.wgsl` for them and the Adam kernels; for
+    /// others), then `matmul_tall.wgsl` (the tile for 128 threads); `adam_update.wgsl`
+    /// for them and the Adam kernels; for
     /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `pixel.wgsl` for the kernels
     /// that unpack the image store; `normal.wgsl` (ε) for the
     /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
