@@ -127,6 +127,23 @@ fn main() -> anyhow::Result<()> {
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),
+        (
+            "triple 4096",
+            d,
+            without(|f| {
+                f.adam = true;
+                f.adam_tail = 4096;
+            }),
+        ),
+        (
+            "triple 16384",
+            d,
+            without(|f| {
+                f.adam = true;
+                f.adam_tail = 16384;
+            }),
+        ),
+        ("adam wide", d, without(|f| f.adam_wide = true)),
         ("no gather in fc1", d, without(|f| f.gather = false)),
         ("no pairs", d, without(|f| f.pairs = false)),
         ("no folds", d, without(|f| f.reduces = false)),

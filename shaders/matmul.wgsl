@@ -71,7 +71,8 @@ struct Params {
 @group(0) @binding(7) var<storage, read> a1: array<f32>;
 // The op's uniform slot (256 bytes): p[0], the product (problem 0 of a pair); p[1],
 // p[2]: problems 1 and 2 of a pair or a triple; for matmul_triple_adam the Adam
-// step and the range [tail.x, tail.y) it updates in extra workgroups; for
+// step, the range [tail.x, tail.y) it updates in extra workgroups and their
+// rounds of 1024 parameters each (tail.z); for
 // matmul_gather the first index entry of the batch (gather.x).
 struct Slot { p: array<Params, 3>, adam: AdamParams, tail: vec4<u32>, gather: vec4<u32> }
 @group(1) @binding(0) var<uniform> u: Slot;

@@ -42,6 +42,16 @@ pub const GPU_LATENT_WIDE: &str = "VAE_OOD_GPU_LATENT_WIDE";
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
 /// identical bits, 0.93× the time per training step on an H100 and an H200).
 pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
+/// `1`: a training step's Adam beside the next step's gather (`adam_gather`, the
+/// default placement) updates four parameters per thread, every read issued
+/// before the first write, instead of one: identical bits, a quarter of the
+/// threads with four times the loads in flight each; off by default until timed.
+pub const GPU_ADAM_WIDE: &str = "VAE_OOD_GPU_ADAM_WIDE";
+/// With `VAE_OOD_GPU_TRIPLE_ADAM=1`: parameters per workgroup of the triple's
+/// Adam tail (the parameters the triple's tiles do not write: fc4's), one of
+/// 1024 (the default), 2048, 4096, 8192 or 16384. Identical bits; fewer tail
+/// workgroups may let the tiles run in fewer waves.
+pub const GPU_ADAM_TAIL: &str = "VAE_OOD_GPU_ADAM_TAIL";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -61,7 +71,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 7] = [
+const FLAGS: [&str; 8] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -69,6 +79,7 @@ const FLAGS: [&str; 7] = [
     GPU_ONES_COLUMN,
     GPU_LATENT_WIDE,
     GPU_TRIPLE_ADAM,
+    GPU_ADAM_WIDE,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",
@@ -93,7 +104,7 @@ pub fn number(name: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
 
 /// The switches that take one of a few words, and those words (each may also be
 /// set empty, which counts as unset).
-const CHOICES: [(&str, &[&str]); 4] = [
+const CHOICES: [(&str, &[&str]); 5] = [
     (GPU_TRUSTED, &["0", "1", "loops"]),
     (
         GPU_UNFUSED,
@@ -101,6 +112,7 @@ const CHOICES: [(&str, &[&str]); 4] = [
     ),
     (GPU_MATMUL_THREADS, &["128", "256"]),
     (GPU_LATENT_THREADS, &["256", "512", "1024"]),
+    (GPU_ADAM_TAIL, &["1024", "2048", "4096", "8192", "16384"]),
 ];
 
 /// Every switch that is set has a value vae-ood understands.

@@ -836,6 +836,26 @@ fn adam_and_next_gather_in_one_dispatch() {
             0.0,
         );
     }
+    // four parameters per thread (`VAE_OOD_GPU_ADAM_WIDE=1`; n not a multiple of
+    // 1024, so the last updating workgroup is partial): the same bits
+    use vae_ood::gpu::{self, Fusions, GpuBackend};
+    assert_ne!(n % 1024, 0);
+    let adapter = gpu::select_adapter().unwrap().expect("the GPU found above");
+    let mut gpu = GpuBackend::new(adapter, &store, idx.len(), SIZES).unwrap();
+    gpu.set_fusions(Fusions {
+        adam_wide: true,
+        ..Fusions::ALL
+    });
+    assert_eq!(gpu.dispatches(&ops), 1);
+    let wide = run(&mut gpu);
+    for (i, b) in outs.iter().enumerate() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&wide[i]),
+            bits(&results[0][i]),
+            "{b:?}, four per thread"
+        );
+    }
 }
 
 /// A training step's per-image −ELBO (one draw, no batch sum: `NO_SLOT`) is
@@ -1688,6 +1708,29 @@ fn weight_gradients_and_adam_in_one_dispatch() {
         let given = &inputs[inputs.len() - 4].1;
         let moved = (0..n).filter(|&i| results[0][1][i] != given[i]).count();
         assert!(moved * 100 >= n * 99, "{moved} of {n} parameters moved");
+        // fewer, longer tail workgroups (`VAE_OOD_GPU_ADAM_TAIL`): 4096 parameters
+        // each (the 16,630 at the end in 5 workgroups, the last one's rounds partly
+        // past the tail) and 16,384 (2, the second's rounds but the first past it):
+        // the same bits as 1024 per workgroup
+        use vae_ood::gpu::{self, Fusions, GpuBackend};
+        let adapter = gpu::select_adapter().unwrap().expect("the GPU found above");
+        let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
+        for tail in [4096, 16384] {
+            gpu.set_fusions(Fusions {
+                adam_tail: tail,
+                ..Fusions::ALL
+            });
+            assert_eq!(gpu.dispatches(&ops), 1);
+            let got = run(&mut gpu);
+            for (i, b) in outs.iter().enumerate() {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got[i]),
+                    bits(&results[0][i]),
+                    "{b:?}, Adam over {n}, tail workgroups of {tail}"
+                );
+            }
+        }
     }
 }
 

@@ -667,6 +667,28 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
                 },
             ),
         ),
+        (
+            "four Adam parameters per thread",
+            run(
+                0,
+                Fusions {
+                    adam_wide: true,
+                    ..Fusions::DEFAULT
+                },
+                d,
+            ),
+        ),
+        (
+            "Adam in the triple, tail workgroups of 4096",
+            run(
+                0,
+                Fusions {
+                    adam_tail: 4096,
+                    ..Fusions::ALL
+                },
+                d,
+            ),
+        ),
         ("unfused", run(0, unfused, d)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
