@@ -52,15 +52,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # the default against the switches closest to it, 5 interleaved rounds of 10
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
-  # (adam_wide and the triple's Adam tails: untimed when added, 2026-11-26 19:30
-  # UTC; the rest measured on an H100 at 18:40, kept as yardsticks: ones_column
-  # 0.996, latent_512 0.993, triple_adam 1.054 × the default)
+  # (2026-11-26, H100 and H200: ones_column 0.996–0.997, latent_512 0.991–0.993,
+  # no_prefetch 1.005, triple_adam 1.043–1.054 × the default)
   ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
-    'adam_wide:VAE_OOD_GPU_ADAM_WIDE=1' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
-    'triple_adam_4096:VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_ADAM_TAIL=4096' \
-    'triple_adam_16384:VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_ADAM_TAIL=16384' \
     'ones_column:VAE_OOD_GPU_ONES_COLUMN=1' 'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
-    'adam_wide_ones:VAE_OOD_GPU_ADAM_WIDE=1,VAE_OOD_GPU_ONES_COLUMN=1' \
+    'no_prefetch:VAE_OOD_GPU_PREFETCH=0' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
@@ -71,16 +67,13 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   fi
   timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
   # each product with its bias gradient as a column of ones (no row sums in any
-  # multiply), then in tiles of 128 threads
+  # multiply)
   VAE_OOD_GPU_ONES_COLUMN=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
     | tee "$LOG/matmul_micro_ones.txt"
-  VAE_OOD_GPU_MATMUL_THREADS=128 timeout 60 .devbin/ex_matmul_micro 200 2>&1 \
-    | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro_128.txt"
   # unsplit products over K, a line fitted per output shape: µs per K step and fixed,
-  # for the default and each candidate
-  echo "## matmul_micro ksweep: default | ones column | 128 threads | 128 threads + ones"
-  for v in "" VAE_OOD_GPU_ONES_COLUMN=1 VAE_OOD_GPU_MATMUL_THREADS=128 \
-    "VAE_OOD_GPU_MATMUL_THREADS=128 VAE_OOD_GPU_ONES_COLUMN=1"; do
+  # for the default and with the column of ones
+  echo "## matmul_micro ksweep: default | ones column"
+  for v in "" VAE_OOD_GPU_ONES_COLUMN=1; do
     echo "# ${v:-default}" | tee -a "$LOG/matmul_ksweep.txt"
     # (every point to the log, the fitted lines here)
     # shellcheck disable=SC2086

@@ -5,10 +5,7 @@
 //! (`VAE_OOD_GPU_TRUSTED=0`); every check but the loop-bounding counters
 //! (`=loops`); the matmul reading its next K step after the multiply, not before
 //! (`VAE_OOD_GPU_PREFETCH=0`); bias gradients as a column of ones
-//! (`VAE_OOD_GPU_ONES_COLUMN=1`); matmul tiles of 128 threads with 4 × 2 outputs
-//! each, alone and with the column of ones (`VAE_OOD_GPU_MATMUL_THREADS=128`); the
-//! latent kernels reading sixteen weights per trip (`VAE_OOD_GPU_LATENT_WIDE=1`); the
-//! latent kernels in workgroups of 256 threads
+//! (`VAE_OOD_GPU_ONES_COLUMN=1`); the latent kernels in workgroups of 256 threads
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
@@ -92,31 +89,6 @@ fn main() -> anyhow::Result<()> {
             all,
         ),
         (
-            "matmul 128",
-            GpuOptions {
-                matmul_threads: 128,
-                ..d
-            },
-            all,
-        ),
-        (
-            "matmul 128 ones",
-            GpuOptions {
-                matmul_threads: 128,
-                ones_column: true,
-                ..d
-            },
-            all,
-        ),
-        (
-            "latent wide",
-            GpuOptions {
-                latent_wide: true,
-                ..d
-            },
-            all,
-        ),
-        (
             "latent 256",
             GpuOptions {
                 latent_threads: Some(256),
@@ -127,23 +99,6 @@ fn main() -> anyhow::Result<()> {
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),
-        (
-            "triple 4096",
-            d,
-            without(|f| {
-                f.adam = true;
-                f.adam_tail = 4096;
-            }),
-        ),
-        (
-            "triple 16384",
-            d,
-            without(|f| {
-                f.adam = true;
-                f.adam_tail = 16384;
-            }),
-        ),
-        ("adam wide", d, without(|f| f.adam_wide = true)),
         ("no gather in fc1", d, without(|f| f.gather = false)),
         ("no pairs", d, without(|f| f.pairs = false)),
         ("no folds", d, without(|f| f.reduces = false)),

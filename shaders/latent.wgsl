@@ -103,46 +103,9 @@ fn a_at(which: u32, p: u32) -> f32 {
     return hd[p];
 }
 
-// Sixteen weights read per trip of a dot product instead of four (a pipeline
-// constant the host always sets: on with `VAE_OOD_GPU_LATENT_WIDE=1`): the same
-// fmas in the same order, so the same bits, in a quarter of the trips — each trip
-// waits for its reads, so a thread's share of the head product (16 terms with
-// 1024 threads) takes one round trip to memory instead of four. And the first
-// trip's reads of every product of the kernel are issued when it starts
-// (preload), so that they are in flight while it reads the split sums before them.
-override WIDE: bool = false;
-
-// The first sixteen weights of a thread's share of a product, read ahead (zeros
-// where the share has fewer, or without WIDE).
-struct Pre { w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32> }
-
-// Thread t's Pre for product q: the weights of its share's terms g, g + G, …,
-// g + 15·G with G = WG / n, j = t / G, g = t % G, as product_row splits the
-// product; nothing where a thread takes whole outputs (n > WG) or none.
-fn preload(q: Params, t: u32) -> Pre {
-    if (!WIDE || q.n > WG) {
-        return Pre();
-    }
-    let gs = WG / q.n;
-    let j = t / gs;
-    if (j >= q.n) {
-        return Pre();
-    }
-    let g = t % gs;
-    return Pre(
-        weights4(q, j, g, gs),
-        weights4(q, j, g + 4u * gs, gs),
-        weights4(q, j, g + 8u * gs, gs),
-        weights4(q, j, g + 12u * gs, gs),
-    );
-}
-
 // Σ_{p = g, g + G, … < K} A(p) B(p, j), four products' reads issued together, added
-// in order (sixteen with WIDE)
+// in order
 fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
-    if (WIDE) {
-        return dot_share_from(which, q, j, g, gs, 0.0);
-    }
     var s = 0.0;
     var p = g;
     for (; p + 3u * gs < q.k; p += 4u * gs) {
@@ -161,76 +124,12 @@ fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
     return s;
 }
 
-// dot_share with WIDE whose first 16 weights were read ahead (pre, from preload)
-fn dot_share_pre(which: u32, q: Params, j: u32, g: u32, gs: u32, pre: Pre) -> f32 {
-    var s = 0.0;
-    s = add4(which, q, s, g, gs, pre.w0);
-    s = add4(which, q, s, g + 4u * gs, gs, pre.w1);
-    s = add4(which, q, s, g + 8u * gs, gs, pre.w2);
-    s = add4(which, q, s, g + 12u * gs, gs, pre.w3);
-    return dot_share_from(which, q, j, g + 16u * gs, gs, s);
-}
-
-// s_in + the terms p, p + G, … < K of a share, the reads of 16 terms issued
-// before the first of their fmas; terms past K are neither read nor added
-fn dot_share_from(which: u32, q: Params, j: u32, p_in: u32, gs: u32, s_in: f32) -> f32 {
-    var s = s_in;
-    for (var p = p_in; p < q.k; p += 16u * gs) {
-        let w0 = weights4(q, j, p, gs);
-        let w1 = weights4(q, j, p + 4u * gs, gs);
-        let w2 = weights4(q, j, p + 8u * gs, gs);
-        let w3 = weights4(q, j, p + 12u * gs, gs);
-        s = add4(which, q, s, p, gs, w0);
-        s = add4(which, q, s, p + 4u * gs, gs, w1);
-        s = add4(which, q, s, p + 8u * gs, gs, w2);
-        s = add4(which, q, s, p + 12u * gs, gs, w3);
-    }
-    return s;
-}
-
-// B(p + i·G, j) for i = 0..3 (0 past K, not read)
-fn weights4(q: Params, j: u32, p: u32, gs: u32) -> vec4<f32> {
-    return vec4<f32>(
-        weight(q, j, p),
-        weight(q, j, p + gs),
-        weight(q, j, p + 2u * gs),
-        weight(q, j, p + 3u * gs),
-    );
-}
-
-fn weight(q: Params, j: u32, p: u32) -> f32 {
-    if (p < q.k) {
-        return params[q.b_off + p * q.b_sp + j * q.b_sj];
-    }
-    return 0.0;
-}
-
-// s + Σ A(p + i·G) B(p + i·G, j) over i = 0..3 in order, one fma each; terms past K
-// skipped
-fn add4(which: u32, q: Params, s_in: f32, p: u32, gs: u32, w: vec4<f32>) -> f32 {
-    var s = s_in;
-    if (p < q.k) {
-        s = fma(a_at(which, p), w.x, s);
-    }
-    if (p + gs < q.k) {
-        s = fma(a_at(which, p + gs), w.y, s);
-    }
-    if (p + 2u * gs < q.k) {
-        s = fma(a_at(which, p + 2u * gs), w.z, s);
-    }
-    if (p + 3u * gs < q.k) {
-        s = fma(a_at(which, p + 3u * gs), w.w, s);
-    }
-    return s;
-}
-
 // Row i of product `which`: every C(i, j), j < q.n, through the epilogue (as
 // matmul.wgsl's store: bias and ReLU from params, the mask from h1) into ys[j],
 // written by thread j % WG, which also stores it (no barrier needed between).
 // Called by the whole workgroup (it holds barriers); ends with a barrier, after
 // which the caller may overwrite the A row.
-// With WIDE, `pre` holds the thread's first 16 weights (preload).
-fn product_row(which: u32, q: Params, i: u32, t: u32, pre: Pre) {
+fn product_row(which: u32, q: Params, i: u32, t: u32) {
     if (q.n > WG) {
         for (var j = t; j < q.n; j += WG) {
             ys[j] = epilogue(q, i, j, dot_share(which, q, j, 0u, 1u));
@@ -240,11 +139,7 @@ fn product_row(which: u32, q: Params, i: u32, t: u32, pre: Pre) {
         let j = t / gs;
         var s = 0.0;
         if (j < q.n) {
-            if (WIDE) {
-                s = dot_share_pre(which, q, j, t % gs, gs, pre);
-            } else {
-                s = dot_share(which, q, j, t % gs, gs);
-            }
+            s = dot_share(which, q, j, t % gs, gs);
         }
         share[t] = s;
         workgroupBarrier();
@@ -290,9 +185,6 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let b = wg.x;
     let t = lid.x;
     let l = rp.l;
-    // (WIDE: both products' first weights in flight while h1 is read)
-    let pre_first = preload(qh, t);
-    let pre_second = preload(qd, t);
     for (var p = t; p < qh.k; p += WG) {
         if (u.src.splits > 0u) {
             // (h1 dense here: the lowering folds only then)
@@ -304,7 +196,7 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         }
     }
     workgroupBarrier();
-    product_row(HEAD, qh, b, t, pre_first);
+    product_row(HEAD, qh, b, t);
     for (var j = t; j < qh.n; j += WG) {
         head[c_at(qh, b, j)] = ys[j];
         hd[j] = ys[j];
@@ -347,7 +239,7 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             logpq[r] = acc;
         }
         // (ends with a barrier: zs and es are rewritten by the next draw after it)
-        product_row(DEC, qd, r, t, pre_second);
+        product_row(DEC, qd, r, t);
         for (var j = t; j < qd.n; j += WG) {
             h3[c_at(qd, r, j)] = ys[j];
         }
@@ -365,9 +257,6 @@ fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let b = wg.x;
     let t = lid.x;
     let l = rp.l;
-    // (WIDE: both products' first weights in flight while dh3 is read)
-    let pre_first = preload(qz, t);
-    let pre_second = preload(qx, t);
     var half_sd = 0.0;
     if (t < l) {
         let mu = head[b * 2u * l + t];
@@ -390,7 +279,7 @@ fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         }
         workgroupBarrier();
         // (ends with a barrier: xs is rewritten by the next draw after it)
-        product_row(DZ, qz, r, t, pre_first);
+        product_row(DZ, qz, r, t);
         if (t < l) {
             // output t of the L outputs: this thread's
             let g = ys[t];
@@ -404,7 +293,7 @@ fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         dhead[b * 2u * l + l + t] = hd[l + t];
     }
     workgroupBarrier();
-    product_row(DH1, qx, b, t, pre_second);
+    product_row(DH1, qx, b, t);
     for (var j = t; j < qx.n; j += WG) {
         dh1[c_at(qx, b, j)] = ys[j];
     }

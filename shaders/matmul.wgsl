@@ -5,8 +5,7 @@
 // Flags: 1 add bias e[e_off + j]; 2 ReLU; 4 multiply by mask e[e_off + i*e_si + j] > 0;
 //        8 also write the row sums of A to c[e_off + i] (the bias gradient next to dW).
 //
-// matmul: one 32×32 tile of C per workgroup of 16×16 threads (2×2 outputs each; or
-// 16×8 threads of 4×2, matmul_tall.wgsl, with the pipeline constant WGY = 8); K is
+// matmul: one 32×32 tile of C per workgroup of 16×16 threads (2×2 outputs each); K is
 // consumed 32 at a time through workgroup memory, loaded so that consecutive threads
 // read consecutive addresses whichever operand is transposed, and stored as pairs so
 // that each step of the multiply reads a thread's two A values and two B values with
@@ -50,8 +49,7 @@
 // than it uses. What happens to the elements a thread stored, at the end of its
 // tile: after_tile, from matmul_store.wgsl (nothing) or matmul_adam.wgsl (their
 // Adam steps).
-// matmul_tall.wgsl (the tile for 16×8 threads) and adam_update.wgsl (AdamParams,
-// named by the uniform) are appended to every module.
+// adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_si: u32, a_sp: u32,
@@ -71,8 +69,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read> a1: array<f32>;
 // The op's uniform slot (256 bytes): p[0], the product (problem 0 of a pair); p[1],
 // p[2]: problems 1 and 2 of a pair or a triple; for matmul_triple_adam the Adam
-// step, the range [tail.x, tail.y) it updates in extra workgroups and their
-// rounds of 1024 parameters each (tail.z); for
+// step and the range [tail.x, tail.y) it updates in extra workgroups; for
 // matmul_gather the first index entry of the batch (gather.x).
 struct Slot { p: array<Params, 3>, adam: AdamParams, tail: vec4<u32>, gather: vec4<u32> }
 @group(1) @binding(0) var<uniform> u: Slot;
@@ -91,10 +88,6 @@ override PREFETCH: bool = true;
 // fmas. Only where column n lies in the last tile's padding (n % 32 ≠ 0) and K is
 // not split; elsewhere the row sums run as before (and, with ONES off, always).
 override ONES: bool = false;
-// Threads in y of a tile's workgroup (a pipeline constant the host always sets):
-// 16, two rows of the tile each (tile); or 8, four rows each (tile_tall,
-// matmul_tall.wgsl, `VAE_OOD_GPU_MATMUL_THREADS=128`).
-override WGY: u32 = 16u;
 // Tiles in workgroup memory as pairs, both indexed [kk][pair], rows of ROW pairs (34
 // floats: the padding spreads the strided stores of a transposed load over the banks):
 // ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
@@ -109,18 +102,9 @@ fn split_len(p: Params) -> u32 {
     return ((p.k + s - 1u) / s + TILE - 1u) / TILE * TILE;
 }
 
-@compute @workgroup_size(16, WGY)
+@compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    tile_any(0u, wg, lid);
-}
-
-// The tile of the workgroup's shape (WGY): tile or tile_tall.
-fn tile_any(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
-    if (WGY == 8u) {
-        tile_tall(q, wg, lid);
-    } else {
-        tile(q, wg, lid);
-    }
+    tile(0u, wg, lid);
 }
 
 // workgroups of problem q: (x, y, z) = (ceil(n/32), ceil(m/32), max(splits, 1))
@@ -129,7 +113,7 @@ fn grid(q: u32) -> vec3<u32> {
     return vec3<u32>((p.n + TILE - 1u) / TILE, (p.m + TILE - 1u) / TILE, max(p.splits, 1u));
 }
 
-@compute @workgroup_size(16, WGY)
+@compute @workgroup_size(16, 16)
 fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     // the dispatch is exactly (G0 + G1, 1, 1) (the backend pairs only products with
     // G0 + G1 ≤ 65535), so every workgroup has a tile, and no early return sits in
@@ -143,10 +127,10 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         g = grid(1u);
     }
     let at = vec3<u32>(w % g.x, (w / g.x) % g.y, w / (g.x * g.y));
-    tile_any(q, at, lid);
+    tile(q, at, lid);
 }
 
-@compute @workgroup_size(16, WGY)
+@compute @workgroup_size(16, 16)
 fn matmul_triple(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     // exactly (G0 + G1 + G2, 1, 1) workgroups, every one with a tile (as matmul_pair)
     triple_tile(wg.x, lid);
@@ -175,7 +159,7 @@ fn triple_tile(w_in: u32, lid: vec3<u32>) {
             g = grid(2u);
         }
     }
-    tile_any(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
+    tile(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
 }
 
 // What a workgroup's tile walks: problem q (params p), the tile's first row and
@@ -280,16 +264,16 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
     let t = lid.y * 16u + lid.x;
     let fast = t % TILE;
     let slow = t / TILE;
-    var ra = fetch_a4(w, w.k_begin, fast, slow, 8u);
-    var rb = fetch_b4(w, w.k_begin, fast, slow, 8u);
+    var ra = fetch_a4(w, w.k_begin, fast, slow);
+    var rb = fetch_b4(w, w.k_begin, fast, slow);
     for (var k0 = w.k_begin; k0 < w.k_end; k0 += TILE) {
         stash_a4(w.a_t, fast, slow, ra);
-        stash_b4(w.b_t, fast, slow, 8u, rb);
+        stash_b4(w.b_t, fast, slow, rb);
         workgroupBarrier();
         if (PREFETCH) {
             // the next K step's reads in flight during this step's multiply
-            ra = fetch_a4(w, k0 + TILE, fast, slow, 8u);
-            rb = fetch_b4(w, k0 + TILE, fast, slow, 8u);
+            ra = fetch_a4(w, k0 + TILE, fast, slow);
+            rb = fetch_b4(w, k0 + TILE, fast, slow);
         }
         // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
         // every loop (and any driver that will not unroll past it) costs once per 8
@@ -318,8 +302,8 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
         }
         workgroupBarrier();
         if (!PREFETCH) {
-            ra = fetch_a4(w, k0 + TILE, fast, slow, 8u);
-            rb = fetch_b4(w, k0 + TILE, fast, slow, 8u);
+            ra = fetch_a4(w, k0 + TILE, fast, slow);
+            rb = fetch_b4(w, k0 + TILE, fast, slow);
         }
     }
 }
@@ -343,13 +327,13 @@ fn fetch_a(q: u32, p: Params, row0: u32, k0: u32, k_end: u32, a_t: bool, fast: u
     return 0.0;
 }
 
-// Four elements of A's tile for K step k0: (fast, slow + r·step), r = 0..3.
-fn fetch_a4(w: Walk, k0: u32, fast: u32, slow: u32, step: u32) -> vec4<f32> {
+// Four elements of A's tile for K step k0: (fast, slow + 8r), r = 0..3.
+fn fetch_a4(w: Walk, k0: u32, fast: u32, slow: u32) -> vec4<f32> {
     return vec4<f32>(
         fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow),
-        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + step),
-        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + 2u * step),
-        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + 3u * step),
+        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + 8u),
+        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + 16u),
+        fetch_a(w.q, w.p, w.row0, k0, w.k_end, w.a_t, fast, slow + 24u),
     );
 }
 
@@ -382,22 +366,22 @@ fn fetch_b(q: u32, p: Params, col0: u32, k0: u32, k_end: u32, b_t: bool, ones: b
     return 0.0;
 }
 
-// Four elements of B's tile for K step k0: (fast, slow + r·step), r = 0..3.
-fn fetch_b4(w: Walk, k0: u32, fast: u32, slow: u32, step: u32) -> vec4<f32> {
+// Four elements of B's tile for K step k0: (fast, slow + 8r), r = 0..3.
+fn fetch_b4(w: Walk, k0: u32, fast: u32, slow: u32) -> vec4<f32> {
     return vec4<f32>(
         fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow),
-        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + step),
-        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + 2u * step),
-        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + 3u * step),
+        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + 8u),
+        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + 16u),
+        fetch_b(w.q, w.p, w.col0, k0, w.k_end, w.b_t, w.ones, fast, slow + 24u),
     );
 }
 
 // Those four into tb.
-fn stash_b4(b_t: bool, fast: u32, slow: u32, step: u32, v: vec4<f32>) {
+fn stash_b4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
     stash_b(b_t, fast, slow, v.x);
-    stash_b(b_t, fast, slow + step, v.y);
-    stash_b(b_t, fast, slow + 2u * step, v.z);
-    stash_b(b_t, fast, slow + 3u * step, v.w);
+    stash_b(b_t, fast, slow + 8u, v.y);
+    stash_b(b_t, fast, slow + 16u, v.z);
+    stash_b(b_t, fast, slow + 24u, v.w);
 }
 
 fn stash_b(b_t: bool, fast: u32, slow: u32, v: f32) {

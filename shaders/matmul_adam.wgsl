@@ -5,37 +5,26 @@
 // thread at the end of its tile (after_tile), from the value it wrote to c (grads),
 // the reads of its up to six steps issued together; workgroups after the
 // triple's G0 + G1 + G2 update the parameters [tail.x, tail.y) the triple does not
-// write, whose gradients are already in c, 1024 · tail.z per workgroup (tail.z
-// rounds; the host's VAE_OOD_GPU_ADAM_TAIL). The backend fuses
+// write, whose gradients are already in c, 1024 per workgroup. The backend fuses
 // only where the triple reads none of params, m, v, and where its output regions
 // and the tail cover the Adam op's n parameters exactly, each once. Its CPU twin
 // is the three cpu::matmul calls then cpu::adam. Dispatch (G0 + G1 + G2 +
-// ceil((tail.y − tail.x) / (1024 · tail.z)), 1, 1).
+// ceil((tail.y − tail.x) / 1024), 1, 1).
 
 @group(0) @binding(12) var<storage, read_write> adam_params: array<f32>;
 @group(0) @binding(13) var<storage, read_write> adam_m: array<f32>;
 @group(0) @binding(14) var<storage, read_write> adam_v: array<f32>;
 
-// parameters one round of a tail workgroup updates
-const TAIL_PER_ROUND: u32 = 1024u;
+const TAIL_PER_GROUP: u32 = 1024u;
 
-@compute @workgroup_size(16, WGY)
+@compute @workgroup_size(16, 16)
 fn matmul_triple_adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tiles = triple_groups();
     if (wg.x < tiles) {
         triple_tile(wg.x, lid);
     } else {
-        // tail.z rounds of 1024 parameters per workgroup: four per thread of 256,
-        // eight of 128, each round after the one before
-        let rounds = u.tail.z;
-        let start = u.tail.x + (wg.x - tiles) * rounds * TAIL_PER_ROUND + lid.y * 16u + lid.x;
-        for (var r = 0u; r < rounds; r++) {
-            let first = start + r * TAIL_PER_ROUND;
-            tail_adam(first);
-            if (WGY == 8u) {
-                tail_adam(first + 128u);
-            }
-        }
+        // 1024 parameters per workgroup, four per thread
+        tail_adam(u.tail.x + (wg.x - tiles) * TAIL_PER_GROUP + lid.y * 16u + lid.x);
     }
 }
 

@@ -16,7 +16,7 @@ var<workgroup> tile_images: array<u32, 32>;
 var<private> first_row: u32;
 var<private> writes_x: bool;
 
-@compute @workgroup_size(16, WGY)
+@compute @workgroup_size(16, 16)
 fn matmul_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let p = u.p[0];
     first_row = wg.y * TILE;
@@ -26,7 +26,7 @@ fn matmul_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         tile_images[t] = gather_idx[u.gather.x + first_row + t];
     }
     workgroupBarrier();
-    tile_any(0u, wg, lid);
+    tile(0u, wg, lid);
 }
 
 // A(i, kk): pixel kk of the batch's image i (fetch_a reads only i < m, kk < k).

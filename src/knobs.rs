@@ -25,33 +25,14 @@ pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// `1`: the matmul gets a product's bias gradient as an extra column of ones in
 /// B (in the padding of its last tile) instead of adding row sums beside every
 /// multiply-add (`shaders/matmul.wgsl`, `ONES`): identical bits, two adds per
-/// four fmas fewer in every product's inner loop; off by default until timed.
+/// four fmas fewer in every product's inner loop; off by default (0.996–0.997×
+/// the time per step on an H100 and an H200, inside what the sweep resolves).
 pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
-/// `128`: matmul tiles of 128 threads with 4 × 2 outputs each
-/// (`shaders/matmul_tall.wgsl`) instead of 256 with 2 × 2 (`256`, the default):
-/// identical bits, half the workgroup-memory loads per fma; off by default until
-/// timed.
-pub const GPU_MATMUL_THREADS: &str = "VAE_OOD_GPU_MATMUL_THREADS";
-/// `1`: the latent kernels' dot products read sixteen weights per trip instead
-/// of four, the first sixteen as the kernel starts (`shaders/latent.wgsl`,
-/// `WIDE`): identical bits, a quarter of the round trips to memory; off by
-/// default until timed.
-pub const GPU_LATENT_WIDE: &str = "VAE_OOD_GPU_LATENT_WIDE";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
 /// identical bits, 0.93× the time per training step on an H100 and an H200).
 pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
-/// `1`: a training step's Adam beside the next step's gather (`adam_gather`, the
-/// default placement) updates four parameters per thread, every read issued
-/// before the first write, instead of one: identical bits, a quarter of the
-/// threads with four times the loads in flight each; off by default until timed.
-pub const GPU_ADAM_WIDE: &str = "VAE_OOD_GPU_ADAM_WIDE";
-/// With `VAE_OOD_GPU_TRIPLE_ADAM=1`: parameters per workgroup of the triple's
-/// Adam tail (the parameters the triple's tiles do not write: fc4's), one of
-/// 1024 (the default), 2048, 4096, 8192 or 16384. Identical bits; fewer tail
-/// workgroups may let the tiles run in fewer waves.
-pub const GPU_ADAM_TAIL: &str = "VAE_OOD_GPU_ADAM_TAIL";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -71,15 +52,13 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 8] = [
+const FLAGS: [&str; 6] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
     GPU_PREFETCH,
     GPU_ONES_COLUMN,
-    GPU_LATENT_WIDE,
     GPU_TRIPLE_ADAM,
-    GPU_ADAM_WIDE,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",
@@ -104,15 +83,13 @@ pub fn number(name: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
 
 /// The switches that take one of a few words, and those words (each may also be
 /// set empty, which counts as unset).
-const CHOICES: [(&str, &[&str]); 5] = [
+const CHOICES: [(&str, &[&str]); 3] = [
     (GPU_TRUSTED, &["0", "1", "loops"]),
     (
         GPU_UNFUSED,
         &["0", "1", "pairs", "reduces", "latent", "triple", "gather"],
     ),
-    (GPU_MATMUL_THREADS, &["128", "256"]),
     (GPU_LATENT_THREADS, &["256", "512", "1024"]),
-    (GPU_ADAM_TAIL, &["1024", "2048", "4096", "8192", "16384"]),
 ];
 
 /// Every switch that is set has a value vae-ood understands.

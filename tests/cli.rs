@@ -766,8 +766,6 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_UNFUSED", "adam"),
         ("VAE_OOD_GPU_TRIPLE_ADAM", "yes"),
         ("VAE_OOD_GPU_ONES_COLUMN", "on"),
-        ("VAE_OOD_GPU_MATMUL_THREADS", "64"),
-        ("VAE_OOD_GPU_LATENT_WIDE", "16"),
         ("VAE_OOD_GPU_LATENT_THREADS", "300"),
         ("VAE_OOD_GPU_LATENT_THREADS", "2048"),
     ];
@@ -803,8 +801,6 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_PREFETCH", "0")
         .env("VAE_OOD_GPU_TRIPLE_ADAM", "1")
         .env("VAE_OOD_GPU_ONES_COLUMN", "1")
-        .env("VAE_OOD_GPU_MATMUL_THREADS", "128")
-        .env("VAE_OOD_GPU_LATENT_WIDE", "1")
         .env("VAE_OOD_GPU_LATENT_THREADS", "512")
         .args(run)
         .args(["--out", s(&out)])

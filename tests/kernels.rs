@@ -836,26 +836,6 @@ fn adam_and_next_gather_in_one_dispatch() {
             0.0,
         );
     }
-    // four parameters per thread (`VAE_OOD_GPU_ADAM_WIDE=1`; n not a multiple of
-    // 1024, so the last updating workgroup is partial): the same bits
-    use vae_ood::gpu::{self, Fusions, GpuBackend};
-    assert_ne!(n % 1024, 0);
-    let adapter = gpu::select_adapter().unwrap().expect("the GPU found above");
-    let mut gpu = GpuBackend::new(adapter, &store, idx.len(), SIZES).unwrap();
-    gpu.set_fusions(Fusions {
-        adam_wide: true,
-        ..Fusions::ALL
-    });
-    assert_eq!(gpu.dispatches(&ops), 1);
-    let wide = run(&mut gpu);
-    for (i, b) in outs.iter().enumerate() {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(
-            bits(&wide[i]),
-            bits(&results[0][i]),
-            "{b:?}, four per thread"
-        );
-    }
 }
 
 /// A training step's per-image −ELBO (one draw, no batch sum: `NO_SLOT`) is
@@ -1365,33 +1345,6 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         for (dir, (a, b)) in folded.iter().zip(not).enumerate() {
             assert!(bits(a) == bits(b), "{name}: folded vs not, direction {dir}");
         }
-        // sixteen weights read per trip (VAE_OOD_GPU_LATENT_WIDE=1): the same bits
-        // (with 256 threads at h = 300, l = 20 every dot product takes several trips,
-        // the last one partial: the head's 50 terms per thread, dz's 25, h3's 20,
-        // dh1's 40)
-        let adapter = gpu::select_adapter().unwrap().unwrap();
-        let opts = GpuOptions {
-            latent_wide: true,
-            ..opts
-        };
-        let mut wide = GpuBackend::with_options(adapter, &store, 1, sizes, opts).unwrap();
-        assert!(
-            wide.describe()
-                .contains("16 reads per trip in the latent kernels"),
-            "{}",
-            wide.describe()
-        );
-        wide.set_fusions(Fusions::ALL);
-        let got = [
-            run(&mut wide, &fwd, &inputs_fwd, &out_fwd),
-            run(&mut wide, &bwd, &inputs_bwd, &out_bwd),
-        ];
-        for (dir, (a, b)) in folded.iter().zip(&got).enumerate() {
-            assert!(
-                bits(a) == bits(b),
-                "{name}: 16 reads per trip changed bits, direction {dir}"
-            );
-        }
     }
 }
 
@@ -1708,29 +1661,6 @@ fn weight_gradients_and_adam_in_one_dispatch() {
         let given = &inputs[inputs.len() - 4].1;
         let moved = (0..n).filter(|&i| results[0][1][i] != given[i]).count();
         assert!(moved * 100 >= n * 99, "{moved} of {n} parameters moved");
-        // fewer, longer tail workgroups (`VAE_OOD_GPU_ADAM_TAIL`): 4096 parameters
-        // each (the 16,630 at the end in 5 workgroups, the last one's rounds partly
-        // past the tail) and 16,384 (2, the second's rounds but the first past it):
-        // the same bits as 1024 per workgroup
-        use vae_ood::gpu::{self, Fusions, GpuBackend};
-        let adapter = gpu::select_adapter().unwrap().expect("the GPU found above");
-        let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
-        for tail in [4096, 16384] {
-            gpu.set_fusions(Fusions {
-                adam_tail: tail,
-                ..Fusions::ALL
-            });
-            assert_eq!(gpu.dispatches(&ops), 1);
-            let got = run(&mut gpu);
-            for (i, b) in outs.iter().enumerate() {
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&got[i]),
-                    bits(&results[0][i]),
-                    "{b:?}, Adam over {n}, tail workgroups of {tail}"
-                );
-            }
-        }
     }
 }
 
@@ -1827,171 +1757,6 @@ fn bias_gradient_as_a_column_of_ones() {
                 MM_ATOL,
                 MM_RTOL,
             );
-        }
-    }
-}
-
-/// `VAE_OOD_GPU_MATMUL_THREADS=128`: matmul tiles of 16 × 8 threads with 4 × 2
-/// outputs each (`matmul_tall.wgsl`) give the same bits as the default 16 × 16
-/// threads of 2 × 2 — same tiles, K shares and order of fmas — in every kernel
-/// that runs a tile: a gather read by the product (split over K in 5 and not), a
-/// split-K product with bias and ReLU and its reduce, a layer's input and weight
-/// gradients as one pair (masked, bias gradient), and three weight gradients as one
-/// triple; at sizes crossing the tiles (37 rows, 29…129 columns), outputs poisoned,
-/// and within MM_ATOL/MM_RTOL of the CPU.
-#[test]
-fn matmul_tiles_of_128_threads() {
-    use vae_ood::gpu::{self, GpuBackend, GpuOptions};
-    let mut rng = fresh_rng("matmul_tiles_of_128_threads");
-    let rows = 37;
-    let store = random_store(&mut rng);
-    let idx: Vec<u32> = (0..rows + 5)
-        .map(|_| rng.random_range(0..N_IMAGES as u32))
-        .collect();
-    let gather = |d: usize| gather_and_product(rows, d, 67).to_vec();
-    let split = MatmulParams::linear(rows, 400, 20, 300, 19_000, true);
-    assert!(choose_splits(&split) > 1);
-    let weight = |a, b, n, k, w, bias| Op::Matmul {
-        a,
-        b,
-        e: Buf::Params,
-        c: Buf::Grads,
-        p: MatmulParams::linear_backward_weight(rows, k, n, w, bias),
-    };
-    // (name, ops, output buffers with their regions)
-    type Outputs = Vec<(Buf, Vec<Range<usize>>)>;
-    let cases: Vec<(&str, Vec<Op>, Outputs)> = vec![
-        (
-            "gather and product, split K",
-            gather(D),
-            vec![(Buf::X, vec![0..rows * D]), (Buf::H1, vec![0..rows * 67])],
-        ),
-        (
-            "gather and product",
-            gather(100),
-            vec![(Buf::X, vec![0..rows * 100]), (Buf::H1, vec![0..rows * 67])],
-        ),
-        (
-            "split-K product",
-            vec![Op::Matmul {
-                a: Buf::X,
-                b: Buf::Params,
-                e: Buf::Params,
-                c: Buf::Logits,
-                p: split,
-            }],
-            vec![(Buf::Logits, vec![0..rows * 20])],
-        ),
-        (
-            "input and weight gradients as a pair",
-            vec![
-                Op::Matmul {
-                    a: Buf::Logits,
-                    b: Buf::Params,
-                    e: Buf::X,
-                    c: Buf::H3,
-                    p: MatmulParams::linear_backward_input(rows, 53, D, 100, true),
-                },
-                weight(Buf::Logits, Buf::X, D, 53, 7, 9000),
-            ],
-            vec![
-                (Buf::H3, vec![0..rows * 53]),
-                (Buf::Grads, vec![7..7 + D * 53, 9000..9000 + D]),
-            ],
-        ),
-        (
-            "three weight gradients as a triple",
-            vec![
-                weight(Buf::Logits, Buf::X, 53, 29, 100, 2000),
-                weight(Buf::Dh3, Buf::H1, 20, 67, 3000, 4400),
-                weight(Buf::Dhead, Buf::Z, 10, 41, 5000, 100 + 53 * 29),
-            ],
-            vec![(
-                Buf::Grads,
-                vec![
-                    100..100 + 53 * 29,
-                    2000..2053,
-                    3000..3000 + 20 * 67,
-                    4400..4420,
-                    5000..5000 + 10 * 41,
-                    100 + 53 * 29..100 + 53 * 29 + 10,
-                ],
-            )],
-        ),
-    ];
-    let inputs: Vec<(Buf, Vec<f32>)> = [
-        Buf::Params,
-        Buf::X,
-        Buf::H1,
-        Buf::Logits,
-        Buf::Dh3,
-        Buf::Dhead,
-        Buf::Z,
-    ]
-    .into_iter()
-    .map(|b| (b, uniform(&mut rng, b.len(&SIZES), -1.0, 1.0)))
-    .collect();
-    let run = |be: &mut dyn Backend, ops: &[Op], outs: &[Buf]| -> Vec<Vec<f32>> {
-        be.write_idx(0, &idx).unwrap();
-        for (b, v) in &inputs {
-            be.write(*b, 0, v).unwrap();
-        }
-        for b in outs {
-            be.write(*b, 0, &vec![f32::NAN; b.len(&SIZES)]).unwrap();
-        }
-        be.run(ops).unwrap();
-        outs.iter()
-            .map(|b| be.read(*b, 0..b.len(&SIZES)).unwrap())
-            .collect()
-    };
-    let Some(adapter) = gpu::select_adapter().unwrap() else {
-        assert!(gpu_backend(&store, idx.len(), SIZES).is_none());
-        return;
-    };
-    let mut gpus = [256, 128].map(|matmul_threads| {
-        let opts = GpuOptions {
-            matmul_threads,
-            ..GpuOptions::default()
-        };
-        GpuBackend::with_options(adapter.clone(), &store, idx.len(), SIZES, opts).unwrap()
-    });
-    assert!(!gpus[0].describe().contains("matmul tiles"));
-    assert!(
-        gpus[1].describe().contains("matmul tiles of 128 threads"),
-        "{}",
-        gpus[1].describe()
-    );
-    let mut cpu = cpu_backend(&store, idx.len(), SIZES);
-    for (what, ops, outs) in cases {
-        let bufs: Vec<Buf> = outs.iter().map(|o| o.0).collect();
-        let want = run(&mut *cpu, &ops, &bufs);
-        let [wide, tall] = [0, 1].map(|g| {
-            // the fused dispatches: one, or a product and its reduce
-            assert!(gpus[g].dispatches(&ops) <= 2, "{what}");
-            run(&mut gpus[g], &ops, &bufs)
-        });
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for (i, (b, regions)) in outs.iter().enumerate() {
-            assert_written(&format!("{what}: CPU {b:?}"), &want[i], regions, true);
-            assert_written(
-                &format!("{what}: GPU {b:?}, 128 threads"),
-                &tall[i],
-                regions,
-                true,
-            );
-            assert!(
-                bits(&tall[i]) == bits(&wide[i]),
-                "{what}: {b:?} differs between 128 and 256 threads"
-            );
-            for r in regions {
-                assert_close(
-                    &format!("{what} {b:?} {r:?}, 128 threads"),
-                    &tall[i][r.clone()],
-                    &want[i][r.clone()],
-                    MM_ATOL,
-                    MM_RTOL,
-                );
-            }
         }
     }
 }

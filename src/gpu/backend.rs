@@ -175,10 +175,8 @@ fn disjoint(x: &[Range<u64>], y: &[Range<u64>]) -> bool {
 /// gradients included) that none of them reads, and their tiles fit one dispatch
 /// row. Three layers' weight gradients are such products. With `adam` (the op
 /// after the three) an Adam step that [`triple_adam`] allows, the dispatch is a
-/// `matmul_triple_adam` that runs it too, with `adam_tail` parameters (rounded
-/// down to whole rounds of [`ADAM_TAIL_ROUND`]) per tail workgroup, and the flag
-/// returned is true.
-fn triple(ops: [&Op; 3], adam: Option<&Op>, adam_tail: u32) -> Option<(Dispatch, Vec<u8>, bool)> {
+/// `matmul_triple_adam` that runs it too, and the flag returned is true.
+fn triple(ops: [&Op; 3], adam: Option<&Op>) -> Option<(Dispatch, Vec<u8>, bool)> {
     let mut ab = Vec::with_capacity(3);
     let mut qs = Vec::with_capacity(3);
     let mut out = None;
@@ -223,12 +221,11 @@ fn triple(ops: [&Op; 3], adam: Option<&Op>, adam_tail: u32) -> Option<(Dispatch,
     let mut bytes: Vec<u8> = qs.iter().flat_map(bytemuck::bytes_of).copied().collect();
     let reads: Vec<Buf> = ab.iter().flat_map(|&(a, b)| [a, b]).collect();
     if let Some((pa, tail)) = adam.and_then(|op| triple_adam(op, c, &reads, &qs, &regions)) {
-        let rounds = (adam_tail / ADAM_TAIL_ROUND).max(1);
-        let tail_groups = (tail.end - tail.start).div_ceil(rounds * ADAM_TAIL_ROUND);
+        let tail_groups = (tail.end - tail.start).div_ceil(ADAM_TAIL_PER_GROUP);
         if groups + tail_groups <= 65_535 {
             res.extend([f(Buf::Params), f(Buf::AdamM), f(Buf::AdamV)]);
             bytes.extend_from_slice(bytemuck::bytes_of(&pa));
-            bytes.extend_from_slice(bytemuck::bytes_of(&[tail.start, tail.end, rounds, 0]));
+            bytes.extend_from_slice(bytemuck::bytes_of(&[tail.start, tail.end, 0, 0]));
             let d = (Kernel::MatmulTripleAdam, res, (groups + tail_groups, 1, 1));
             return Some((d, bytes, true));
         }
@@ -236,21 +233,9 @@ fn triple(ops: [&Op; 3], adam: Option<&Op>, adam_tail: u32) -> Option<(Dispatch,
     Some(((Kernel::MatmulTriple, res, (groups, 1, 1)), bytes, false))
 }
 
-/// Parameters one round of a `matmul_triple_adam` tail workgroup updates
-/// (`matmul_adam.wgsl`'s TAIL_PER_ROUND).
-const ADAM_TAIL_ROUND: u32 = 1024;
-
-/// Parameters per tail workgroup of `matmul_triple_adam` (a multiple of
-/// [`ADAM_TAIL_ROUND`]): 1024, or `VAE_OOD_GPU_ADAM_TAIL` (a tuning knob: fewer,
-/// longer tail workgroups leave the triple's tiles more room on the SMs; any
-/// value gives the same bits).
-fn adam_tail() -> u32 {
-    static TAIL: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *TAIL.get_or_init(|| {
-        crate::knobs::number(crate::knobs::GPU_ADAM_TAIL, 1024..=65_536)
-            .map_or(ADAM_TAIL_ROUND, |v| v as u32)
-    })
-}
+/// Parameters `matmul_triple_adam` updates per workgroup after the triple's tiles
+/// (`matmul_adam.wgsl`'s TAIL_PER_GROUP).
+const ADAM_TAIL_PER_GROUP: u32 = 1024;
 
 /// Whether a triple's products `qs` (writing `regions` of `c`, reading `reads`)
 /// and `op`, the Adam step after them, can run as one `matmul_triple_adam`: `op`
@@ -418,7 +403,7 @@ fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool 
             params_only && c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n
         }
         Some(Op::Matmul { a, p, .. })
-            if latent && lower_latent(rest, None, false, None).is_some() =>
+            if latent && lower_latent(rest, None, false, false).is_some() =>
         {
             matches!((*a, c), (Buf::H1, Buf::H1) | (Buf::Dh3, Buf::Dh3))
                 && p.m == q.m
@@ -501,15 +486,12 @@ fn lower(op: &Op, next: Option<&Op>, fuse: Fusions) -> Lowered {
         }
     }
     if let (Op::Adam(pa), Some(Op::Gather(pg))) = (op, next) {
-        // a step's Adam and the next step's gather: one dispatch (adam_gather.wgsl),
-        // with `fuse.adam_wide` four parameters per thread
-        let per: u32 = if fuse.adam_wide { 4 } else { 1 };
-        let ga = pa.n.div_ceil(256 * per);
+        // a step's Adam and the next step's gather: one dispatch (adam_gather.wgsl)
+        let ga = pa.n.div_ceil(256);
         let gg = (pg.rows * pg.d).div_ceil(256);
         if ga + gg <= 65_535 {
             let mut bytes = bytes_of(pa).to_vec();
             bytes.extend_from_slice(bytes_of(pg));
-            bytes.extend_from_slice(bytes_of(&[per, 0, 0, 0]));
             return Lowered {
                 dispatches: vec![(
                     Kernel::AdamGather,
@@ -576,14 +558,6 @@ pub struct Fusions {
     /// a batch's gather in the loads of the product that reads it, as one
     /// `matmul_gather` ([`gather_product`])
     pub gather: bool,
-    /// a step's Adam beside the next gather (`adam_gather`) with four parameters
-    /// per thread, all their reads issued before the first write, instead of one
-    /// (`VAE_OOD_GPU_ADAM_WIDE=1`; off by default; identical bits)
-    pub adam_wide: bool,
-    /// with `adam`: parameters per workgroup of the triple's Adam tail (a multiple
-    /// of [`ADAM_TAIL_ROUND`]; 1024 unless `VAE_OOD_GPU_ADAM_TAIL` says otherwise,
-    /// see [`adam_tail`]). Identical bits whatever the value.
-    pub adam_tail: u32,
 }
 
 impl Fusions {
@@ -600,8 +574,6 @@ impl Fusions {
         triple: true,
         adam: true,
         gather: true,
-        adam_wide: false,
-        adam_tail: ADAM_TAIL_ROUND,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -611,8 +583,6 @@ impl Fusions {
         triple: false,
         adam: false,
         gather: false,
-        adam_wide: false,
-        adam_tail: ADAM_TAIL_ROUND,
     };
 
     pub fn from_env() -> Fusions {
@@ -625,8 +595,6 @@ impl Fusions {
             adam: crate::knobs::flag(crate::knobs::GPU_TRIPLE_ADAM)
                 && !crate::knobs::gpu_unfused("adam"),
             gather: !crate::knobs::gpu_unfused("gather"),
-            adam_wide: crate::knobs::flag(crate::knobs::GPU_ADAM_WIDE),
-            adam_tail: adam_tail(),
         }
     }
 
@@ -643,17 +611,13 @@ impl Fusions {
         .filter(|f| !f.0)
         .map(|f| f.1)
         .collect();
-        let adam = match (self.adam, self.adam_tail) {
-            (false, _) => String::new(),
-            (true, ADAM_TAIL_ROUND) => ", Adam in the triple".to_string(),
-            (true, t) => format!(", Adam in the triple (tail workgroups of {t})"),
-        } + if self.adam_wide {
-            ", four Adam parameters per thread"
+        let adam = if self.adam {
+            ", Adam in the triple"
         } else {
             ""
         };
         match off.len() {
-            0 => adam,
+            0 => adam.to_string(),
             5 => ", unfused".to_string(),
             _ => format!(", no {}{adam}", off.join(", no ")),
         }
@@ -707,7 +671,7 @@ fn lower_latent(
     rest: &[Op],
     src: Option<(SplitSource, Buf)>,
     join: bool,
-    adam: Option<u32>,
+    adam: bool,
 ) -> Option<Group> {
     use bytemuck::bytes_of;
     let f = Res::F;
@@ -810,12 +774,10 @@ fn lower_latent(
             let mut dispatches = vec![latent(Kernel::LatentBackward, bufs, rp.images)];
             // with `join`, the weight gradient and the two ops after the four (the
             // head's and fc1's weight gradients) as one triple where they may be,
-            // and with `adam` (its tail's parameters per workgroup) the step's Adam
-            // after them in it too
+            // and with `adam` the step's Adam after them in it too
             if let (true, [_, _, _, _, o4, o5, ..]) = (join, rest) {
-                let next = rest.get(6).filter(|_| adam.is_some());
-                let tail = adam.unwrap_or(ADAM_TAIL_ROUND);
-                if let Some((d, dw_bytes, with_adam)) = triple([dw, o4, o5], next, tail) {
+                let next = rest.get(6).filter(|_| adam);
+                if let Some((d, dw_bytes, with_adam)) = triple([dw, o4, o5], next) {
                     dispatches.push((1, d));
                     return Some(Group {
                         dispatches,
@@ -851,12 +813,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
     let mut i = 0;
     while i < ops.len() {
         if fuse.latent {
-            if let Some(g) = lower_latent(
-                &ops[i..],
-                source,
-                fuse.triple,
-                fuse.adam.then_some(fuse.adam_tail),
-            ) {
+            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam) {
                 source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
@@ -868,7 +825,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
         }
         if let (true, [o0, o1, o2, ..]) = (fuse.triple, &ops[i..]) {
             let adam = ops.get(i + 3).filter(|_| fuse.adam);
-            if let Some((d, bytes, with_adam)) = triple([o0, o1, o2], adam, fuse.adam_tail) {
+            if let Some((d, bytes, with_adam)) = triple([o0, o1, o2], adam) {
                 // (no split sums wait for a product: absorbs folds only into the
                 // kernels that read them)
                 debug_assert!(source.is_none());
@@ -1382,7 +1339,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -1394,15 +1351,6 @@ impl Backend for GpuBackend {
             },
             if self.ctx.options.ones_column {
                 ", bias gradients as a ones column"
-            } else {
-                ""
-            },
-            match self.ctx.options.matmul_threads {
-                256 => String::new(),
-                t => format!(", matmul tiles of {t} threads"),
-            },
-            if self.ctx.options.latent_wide {
-                ", 16 reads per trip in the latent kernels"
             } else {
                 ""
             },
@@ -1769,19 +1717,6 @@ mod tests {
             d.1 .2,
             (a.n.div_ceil(256) + (g.rows * g.d).div_ceil(256), 1, 1)
         );
-        // four parameters per thread: a quarter of the updating workgroups, and the
-        // count in the slot after Adam's and the gather's params
-        let wide = Fusions {
-            adam_wide: true,
-            ..fusions(true, true)
-        };
-        let (plan4, slots4) = lower_all(&two, wide);
-        let d4 = plan4.iter().find(|d| d.1 .0 == Kernel::AdamGather).unwrap();
-        assert_eq!(
-            d4.1 .2,
-            (a.n.div_ceil(1024) + (g.rows * g.d).div_ceil(256), 1, 1)
-        );
-        assert_eq!(slots4[16][48..64], *bytemuck::bytes_of(&[4u32, 0, 0, 0]));
         // too many workgroups for one row: two dispatches
         let mut big = two.clone();
         if let Op::Adam(p) = &mut big[16] {
@@ -1996,8 +1931,6 @@ mod tests {
                 triple: bits & 8 != 0,
                 adam: bits & 16 != 0,
                 gather: bits & 32 != 0,
-                adam_wide: false,
-                adam_tail: ADAM_TAIL_ROUND,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -2042,8 +1975,7 @@ mod tests {
     fn triples_are_refused_where_they_would_be_wrong() {
         let ops = step();
         let (fc3, head, fc1) = (ops[11], ops[14], ops[15]);
-        let (d, bytes, adam) =
-            triple([&fc3, &head, &fc1], None, ADAM_TAIL_ROUND).expect("the step's three");
+        let (d, bytes, adam) = triple([&fc3, &head, &fc1], None).expect("the step's three");
         assert!(!adam);
         assert_eq!(d.0, Kernel::MatmulTriple);
         assert_eq!(bytes.len(), 192);
@@ -2075,7 +2007,7 @@ mod tests {
         let with = |i: usize, f: &dyn Fn(&mut Op)| {
             let mut t = [fc3, head, fc1];
             f(&mut t[i]);
-            triple([&t[0], &t[1], &t[2]], None, ADAM_TAIL_ROUND).is_some()
+            triple([&t[0], &t[1], &t[2]], None).is_some()
         };
         let set_p = |g: fn(&mut MatmulParams)| {
             move |op: &mut Op| {
@@ -2111,7 +2043,7 @@ mod tests {
         assert!(with(2, &set_p(|p| p.flags = 0)));
         // not a product at all
         let t = [fc3, head, ops[16]];
-        assert!(triple([&t[0], &t[1], &t[2]], None, ADAM_TAIL_ROUND).is_none());
+        assert!(triple([&t[0], &t[1], &t[2]], None).is_none());
         assert!(with(0, &|_| {}));
     }
 
@@ -2173,17 +2105,9 @@ mod tests {
         };
         let lay = crate::model::Layout::new(crate::model::Dims::MNIST);
         let o = lay.offsets();
-        let tail = [o.w4 as u32, lay.total as u32, 1, 0];
+        let tail = [o.w4 as u32, lay.total as u32, 0, 0];
         assert_eq!(slots[11][192..224], *bytemuck::bytes_of(&pa));
         assert_eq!(slots[11][224..240], *bytemuck::bytes_of(&tail));
-        // tail workgroups of 4096 parameters: four rounds each, a quarter as many
-        let long = Fusions {
-            adam_tail: 4096,
-            ..Fusions::ALL
-        };
-        let (plan4, slots4) = lower_all(&ops, long);
-        let tail4 = [o.w4 as u32, lay.total as u32, 4, 0];
-        assert_eq!(slots4[11][224..240], *bytemuck::bytes_of(&tail4));
         assert!(slots[16].is_empty());
         let Op::Matmul { p: p1, .. } = ops[1] else {
             unreachable!()
@@ -2227,14 +2151,9 @@ mod tests {
         let tail_len = (lay.total - o.w4) as u32;
         assert_eq!(
             d11.2 .0,
-            tiles_of(11) + tiles_of(14) + tiles_of(15) + tail_len.div_ceil(ADAM_TAIL_ROUND)
+            tiles_of(11) + tiles_of(14) + tiles_of(15) + tail_len.div_ceil(ADAM_TAIL_PER_GROUP)
         );
         assert_eq!(d11.1[9..], [f(Buf::Params), f(Buf::AdamM), f(Buf::AdamV)]);
-        let d11_4 = &plan4.iter().find(|d| d.0 == 11).unwrap().1;
-        assert_eq!(
-            d11_4.2 .0,
-            d11.2 .0 - tail_len.div_ceil(1024) + tail_len.div_ceil(4096)
-        );
     }
 
     /// Adam joins a triple only where the triple's regions and one tail cover its
@@ -2245,8 +2164,7 @@ mod tests {
         let ops = step();
         let (fc3, head, fc1, adam) = (ops[11], ops[14], ops[15], ops[16]);
         let joins = |t: [Op; 3], a: Op| {
-            let (d, bytes, with) =
-                triple([&t[0], &t[1], &t[2]], Some(&a), ADAM_TAIL_ROUND).expect("a triple");
+            let (d, bytes, with) = triple([&t[0], &t[1], &t[2]], Some(&a)).expect("a triple");
             assert_eq!(with, d.0 == Kernel::MatmulTripleAdam);
             assert_eq!(bytes.len(), if with { 240 } else { 192 });
             with

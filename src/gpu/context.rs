@@ -167,8 +167,7 @@ impl Kernel {
     /// more, `matmul_gather_operands.wgsl` for `matmul_gather`,
     /// `matmul_operands.wgsl` for the others) and what follows a stored element
     /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_store.wgsl` for the
-    /// others), then `matmul_tall.wgsl` (the tile for 128 threads); `adam_update.wgsl`
-    /// for them and the Adam kernels; for
+    /// others); `adam_update.wgsl` for them and the Adam kernels; for
     /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `pixel.wgsl` for the kernels
     /// that unpack the image store; `normal.wgsl` (ε) for the
     /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
@@ -180,7 +179,6 @@ impl Kernel {
         const GATHER_OPERANDS: (&str, &str) = wgsl!("matmul_gather_operands.wgsl");
         const STORE: (&str, &str) = wgsl!("matmul_store.wgsl");
         const STORE_ADAM: (&str, &str) = wgsl!("matmul_adam.wgsl");
-        const TALL: (&str, &str) = wgsl!("matmul_tall.wgsl");
         let mut v = vec![self.source()];
         match self {
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
@@ -190,9 +188,6 @@ impl Kernel {
             Kernel::MatmulTripleAdam => v.extend([TRIPLE_OPERANDS, STORE_ADAM]),
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
             _ => {}
-        }
-        if self.is_matmul() {
-            v.push(TALL);
         }
         if self.is_matmul() || self == Kernel::Adam {
             v.push(ADAM_UPDATE);
@@ -225,24 +220,17 @@ impl Kernel {
     }
 
     /// Values for the module's pipeline-overridable constants: the matmul's
-    /// `PREFETCH` ([`GpuOptions::prefetch`]), `ONES` ([`GpuOptions::ones_column`]) and
-    /// `WGY` ([`GpuOptions::matmul_threads`] / 16), the latent kernels' workgroup size
-    /// `WG` ([`GpuOptions::latent_threads`], 256 where unset) and `WIDE`
-    /// ([`GpuOptions::latent_wide`]); none for the other
-    /// kernels.
+    /// `PREFETCH` ([`GpuOptions::prefetch`]) and `ONES` ([`GpuOptions::ones_column`]),
+    /// the latent kernels' workgroup size `WG` ([`GpuOptions::latent_threads`], 256
+    /// where unset); none for the other kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::LatentForward | Kernel::LatentBackward => {
-                vec![
-                    ("WG", opts.latent_threads.unwrap_or(256) as f64),
-                    ("WIDE", if opts.latent_wide { 1.0 } else { 0.0 }),
-                ]
+                vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
             }
             k if k.is_matmul() => vec![
                 ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
                 ("ONES", if opts.ones_column { 1.0 } else { 0.0 }),
-                // threads in y of a tile's workgroup (16 × WGY threads)
-                ("WGY", (opts.matmul_threads / 16) as f64),
             ],
             _ => Vec::new(),
         }
@@ -424,13 +412,6 @@ pub struct GpuOptions {
     /// row sums beside the multiply (`matmul.wgsl`'s `ONES`; off by default,
     /// `VAE_OOD_GPU_ONES_COLUMN=1` switches it on; identical bits)
     pub ones_column: bool,
-    /// threads per 32×32 matmul tile: 256 (2 × 2 outputs each, the default) or
-    /// 128 (4 × 2 each, `matmul_tall.wgsl`; `VAE_OOD_GPU_MATMUL_THREADS=128`;
-    /// identical bits)
-    pub matmul_threads: u32,
-    /// the latent kernels' dot products read sixteen weights per trip instead of
-    /// four (`latent.wgsl`'s `WIDE`; `VAE_OOD_GPU_LATENT_WIDE=1`; identical bits)
-    pub latent_wide: bool,
     /// the most storage buffers per shader stage to request (None: as many as the
     /// widest kernel binds, where the adapter has them). Kernels binding more are
     /// not built ([`GpuContext::has`]); tests set 8 (WebGPU's default) to run the
@@ -455,8 +436,6 @@ impl Default for GpuOptions {
             checks: ShaderChecks::Trusted,
             prefetch: true,
             ones_column: false,
-            matmul_threads: 256,
-            latent_wide: false,
             storage_buffers: None,
             latent_threads: None,
         }
@@ -504,9 +483,7 @@ impl GpuOptions {
     /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; shader checks from
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
     /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
-    /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; matmul tiles of
-    /// `VAE_OOD_GPU_MATMUL_THREADS` threads; sixteen reads per trip in the latent
-    /// kernels' dot products with `VAE_OOD_GPU_LATENT_WIDE=1`; the latent kernels' threads from
+    /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; the latent kernels' threads from
     /// `VAE_OOD_GPU_LATENT_THREADS`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
@@ -515,9 +492,6 @@ impl GpuOptions {
             checks: ShaderChecks::from_env(),
             prefetch: std::env::var(crate::knobs::GPU_PREFETCH).as_deref() != Ok("0"),
             ones_column: crate::knobs::flag(crate::knobs::GPU_ONES_COLUMN),
-            matmul_threads: crate::knobs::number(crate::knobs::GPU_MATMUL_THREADS, 128..=256)
-                .map_or(256, |v| v as u32),
-            latent_wide: crate::knobs::flag(crate::knobs::GPU_LATENT_WIDE),
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),
@@ -882,12 +856,6 @@ impl GpuContext {
                     .min(opts.storage_buffers.unwrap_or(u32::MAX)),
             );
         let storage_per_stage = limits.max_storage_buffers_per_shader_stage;
-        if !matches!(opts.matmul_threads, 128 | 256) {
-            bail!(
-                "matmul tiles of {} threads: 128 or 256 only",
-                opts.matmul_threads
-            );
-        }
         // the latent kernels' workgroup: the most threads asked for (all by default)
         // that the adapter runs in one workgroup, a power of two from 256 (WebGPU's
         // default, which every adapter has) to LATENT_THREADS_MAX
