@@ -1760,3 +1760,141 @@ fn bias_gradient_as_a_column_of_ones() {
         }
     }
 }
+
+/// `VAE_OOD_GPU_TILE64=1`: a pair's or a triple's products with both sides ≥ 256
+/// run in 64×64 tiles (`matmul_tile64.wgsl`: four 2 × 2 quadrants per thread, K 16
+/// at a time) with the same bits as in 32×32 tiles — every output one thread's fmas
+/// over K in order — and within MM_ATOL/MM_RTOL of the CPU: a layer's input
+/// gradient (split over K) and its 300 × 269 weight gradient as one pair; three
+/// weight gradients (300 × 269 and 257 × 300 in 64×64 tiles, 20 × 67 not; 37
+/// rows: K crosses its 16-steps) as one triple; and that triple with the step's
+/// Adam in its epilogue (the after_tile of every quadrant row). Outputs poisoned.
+#[test]
+fn large_products_in_64_tiles() {
+    use vae_ood::gpu::{self, Fusions, GpuBackend};
+    let mut rng = fresh_rng("large_products_in_64_tiles");
+    let m = 37;
+    let sizes = Sizes {
+        dims: Dims {
+            d: 300,
+            h: 300,
+            l: 5,
+        },
+        params: 200_000,
+        max_images: m,
+        max_rows: m,
+        sample_slots: m,
+        batch_slots: 1,
+    };
+    let p = sizes.params;
+    let grad = |a, b, n, k, w, bias| Op::Matmul {
+        a,
+        b,
+        e: Buf::Params,
+        c: Buf::Grads,
+        p: MatmulParams::linear_backward_weight(m, k, n, w, bias),
+    };
+    // a layer's pair: dX (m, 269) = dY (m, 300) · W, masked by X; dW (300, 269)
+    let dx = MatmulParams::linear_backward_input(m, 269, 300, 1000, true);
+    assert!(choose_splits(&dx) > 1);
+    let pair = vec![
+        Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::Params,
+            e: Buf::X,
+            c: Buf::H3,
+            p: dx,
+        },
+        grad(Buf::Logits, Buf::X, 300, 269, 0, 80_700),
+    ];
+    // three weight gradients, contiguous from 0 (so that Adam's tail is one range)
+    let triple = vec![
+        grad(Buf::Logits, Buf::X, 300, 269, 0, 80_700),
+        grad(Buf::Dh3, Buf::H1, 20, 67, 81_000, 82_340),
+        grad(Buf::Dh1, Buf::H3, 257, 300, 82_360, 159_460),
+    ];
+    let mut with_adam = triple.clone();
+    with_adam.push(Op::Adam(AdamParams::at_step(p, 1e-3, 0.9, 0.999, 1e-8, 2)));
+    let outs = [Buf::Grads, Buf::H3, Buf::Params, Buf::AdamM, Buf::AdamV];
+    let mut inputs: Vec<(Buf, Vec<f32>)> =
+        [Buf::Logits, Buf::X, Buf::Dh3, Buf::H1, Buf::Dh1, Buf::H3]
+            .iter()
+            .map(|&b| (b, uniform(&mut rng, b.len(&sizes), -1.0, 1.0)))
+            .collect();
+    inputs.extend(adam_state(&mut rng, p));
+    let run = |be: &mut dyn Backend, ops: &[Op]| {
+        for (buf, v) in &inputs {
+            be.write(*buf, 0, v).unwrap();
+        }
+        be.write(Buf::Grads, 0, &vec![f32::NAN; p]).unwrap();
+        be.run(ops).unwrap();
+        outs.map(|b| be.read(b, 0..b.len(&sizes)).unwrap())
+    };
+    let cases = [
+        ("pair", &pair, 1 + 1),
+        ("triple", &triple, 1),
+        ("triple with Adam", &with_adam, 1),
+    ];
+    let mut cpu = cpu_backend(&[0; 4], 1, sizes);
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        assert!(gpu_backend(&[0; 4], 1, sizes).is_none());
+        return;
+    };
+    let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, sizes).unwrap();
+    for (name, ops, dispatches) in cases {
+        let want = run(&mut *cpu, ops);
+        let mut got = Vec::new();
+        for tile64 in [false, true] {
+            gpu.set_fusions(Fusions {
+                tile64,
+                ..Fusions::ALL
+            });
+            assert_eq!(
+                gpu.describe().contains("64×64 tiles"),
+                tile64,
+                "{}",
+                gpu.describe()
+            );
+            // (the pair's dX is split: its reduce folds into nothing here)
+            assert_eq!(
+                gpu.dispatches(ops),
+                dispatches,
+                "{name}, 64×64 tiles {tile64}"
+            );
+            got.push(run(&mut gpu, ops));
+        }
+        for (i, b) in outs.iter().enumerate() {
+            let differ = got[0][i]
+                .iter()
+                .zip(&got[1][i])
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{name}: {b:?}, elements whose bits differ, 64×64 vs 32×32 tiles"
+            );
+        }
+        // gradients: sums of 37 O(1) terms (dX: 300), as MM_ATOL/MM_RTOL and the
+        // pair test's 1e-3/1e-4; Adam's state as in weight_gradients_and_adam_in_one_dispatch
+        for (i, (atol, rtol)) in [
+            (MM_ATOL, MM_RTOL),
+            (1e-3, 1e-4),
+            (1e-5, 1e-6),
+            (4e-4, 1e-5),
+            (3e-4, 1e-5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let what = format!("{name}: {:?}, 64×64 tiles", outs[i]);
+            // NaN where neither wrote (the poisoned gradients outside the regions)
+            let (g, w): (Vec<f32>, Vec<f32>) = got[1][i]
+                .iter()
+                .zip(&want[i])
+                .filter(|(g, w)| !(g.is_nan() && w.is_nan()))
+                .map(|(g, w)| (*g, *w))
+                .unzip();
+            assert_close(&what, &g, &w, atol, rtol);
+        }
+    }
+}
