@@ -52,20 +52,15 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # the default against the switches closest to it, 5 interleaved rounds of 10
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
-  # (tile64: untimed when added, 2026-11-26 19:45 UTC; the rest measured then on
-  # an H100 and an H200: ones_column 0.996–0.997, latent_512 0.991–0.993,
-  # triple_adam 1.043–1.054 × the default)
+  # (2026-11-26, H100 and H200: ones_column 0.996–1.032, latent_512 0.991–0.993,
+  # no_prefetch 1.005, triple_adam 1.043–1.054 × the default)
   ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
-    'tile64:VAE_OOD_GPU_TILE64=1' 'tile64_ones:VAE_OOD_GPU_TILE64=1,VAE_OOD_GPU_ONES_COLUMN=1' \
-    'tile64_adam:VAE_OOD_GPU_TILE64=1,VAE_OOD_GPU_TRIPLE_ADAM=1' \
     'ones_column:VAE_OOD_GPU_ONES_COLUMN=1' 'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
+    'no_prefetch:VAE_OOD_GPU_PREFETCH=0' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
-  # each gradient pair with its weight gradient in 64×64 tiles where it is large
-  VAE_OOD_GPU_TILE64=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
-    | tee "$LOG/matmul_micro_tile64.txt" | grep 'pair'
   if [ -n "${QUICK:-}" ]; then
     snapshot
     exit $status

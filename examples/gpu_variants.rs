@@ -7,8 +7,7 @@
 //! (`VAE_OOD_GPU_PREFETCH=0`); bias gradients as a column of ones
 //! (`VAE_OOD_GPU_ONES_COLUMN=1`); the latent kernels in workgroups of 256 threads
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
-//! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); with the large weight gradients in 64×64 tiles
-//! (`VAE_OOD_GPU_TILE64=1`); without the latent fusion, without the
+//! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
@@ -100,7 +99,6 @@ fn main() -> anyhow::Result<()> {
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),
-        ("tile 64", d, without(|f| f.tile64 = true)),
         ("no gather in fc1", d, without(|f| f.gather = false)),
         ("no pairs", d, without(|f| f.pairs = false)),
         ("no folds", d, without(|f| f.reduces = false)),

@@ -2,8 +2,7 @@
 //! wgpu picks): first the floor, a one-workgroup dispatch (the gather of one image)
 //! run `reps` times in one submission, each waiting for the last (they write one
 //! buffer); then each product likewise; then each layer's input and weight
-//! gradients, as one `matmul_pair` dispatch and as two (alternating, three rounds;
-//! with `VAE_OOD_GPU_TILE64=1` the pair's large weight gradient in 64×64 tiles).
+//! gradients, as one `matmul_pair` dispatch and as two (alternating, three rounds).
 //! Times are µs per dispatch or product, barriers included. A kernel experiment for
 //! comparing matmul variants, not part of the training path.
 //!
@@ -17,7 +16,7 @@
 //!   cargo run --release --example matmul_micro [reps] [ksweep]
 use std::time::Instant;
 use vae_ood::backend::Backend;
-use vae_ood::gpu::{self, Fusions, GpuBackend};
+use vae_ood::gpu::{self, GpuBackend};
 use vae_ood::model::Layout;
 use vae_ood::plan::{self, Buf, Op};
 
@@ -33,12 +32,6 @@ fn main() -> anyhow::Result<()> {
     let store = vec![0u8; b * sizes.dims.d];
     let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
     let mut be = GpuBackend::new(a, &store, b, sizes)?;
-    // (with VAE_OOD_GPU_TILE64=1 the pairs put their large weight gradient in 64×64
-    // tiles; products alone never do)
-    be.set_fusions(Fusions {
-        tile64: Fusions::from_env().tile64,
-        ..Fusions::NONE
-    });
     be.set_fused(false);
     println!("{}", be.describe());
     let ksweep = std::env::args().nth(2).as_deref() == Some("ksweep");

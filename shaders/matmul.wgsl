@@ -3,8 +3,7 @@
 //   A(i, p) = a[a_off + i*a_si + p*a_sp], B(p, j) = b[b_off + p*b_sp + j*b_sj],
 //   C(i, j) = c[c_off + i*c_si + j].
 // Flags: 1 add bias e[e_off + j]; 2 ReLU; 4 multiply by mask e[e_off + i*e_si + j] > 0;
-//        8 also write the row sums of A to c[e_off + i] (the bias gradient next to dW);
-//        16 (set by the GPU lowering only, never by an op) 64×64 tiles in a pair or a triple.
+//        8 also write the row sums of A to c[e_off + i] (the bias gradient next to dW).
 //
 // matmul: one 32×32 tile of C per workgroup of 16×16 threads (2×2 outputs each); K is
 // consumed 32 at a time through workgroup memory, loaded so that consecutive threads
@@ -50,8 +49,7 @@
 // than it uses. What happens to the elements a thread stored, at the end of its
 // tile: after_tile, from matmul_store.wgsl (nothing) or matmul_adam.wgsl (their
 // Adam steps).
-// matmul_tile64.wgsl (the 64×64 tile of a pair's or a triple's large products) and
-// adam_update.wgsl (AdamParams, named by the uniform) are appended to every module.
+// adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_si: u32, a_sp: u32,
@@ -109,34 +107,10 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     tile(0u, wg, lid);
 }
 
-// workgroups of problem q: (x, y, z) = (ceil(n/T), ceil(m/T), max(splits, 1)) for
-// tiles of T = 32, or 64 with flag 16 (matmul_tile64.wgsl)
+// workgroups of problem q: (x, y, z) = (ceil(n/32), ceil(m/32), max(splits, 1))
 fn grid(q: u32) -> vec3<u32> {
     let p = u.p[q];
-    let t = select(TILE, 64u, (p.flags & 16u) != 0u);
-    return vec3<u32>((p.n + t - 1u) / t, (p.m + t - 1u) / t, max(p.splits, 1u));
-}
-
-// Problem q's params. (Not u.p[q]: lavapipe treats a uniform array read at a
-// run-time index as varying per invocation, and ran the pair 1.3× slower with it.)
-fn params_of(q: u32) -> Params {
-    var p = u.p[0];
-    if (q == 1u) {
-        p = u.p[1];
-    } else if (q == 2u) {
-        p = u.p[2];
-    }
-    return p;
-}
-
-// The tile of problem q in a pair or a triple: 64×64 where its params carry flag
-// 16 (tile64, matmul_tile64.wgsl), else 32×32 (tile). Uniform over the workgroup.
-fn tile_any(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
-    if ((params_of(q).flags & 16u) != 0u) {
-        tile64(q, wg, lid);
-    } else {
-        tile(q, wg, lid);
-    }
+    return vec3<u32>((p.n + TILE - 1u) / TILE, (p.m + TILE - 1u) / TILE, max(p.splits, 1u));
 }
 
 @compute @workgroup_size(16, 16)
@@ -153,7 +127,7 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         g = grid(1u);
     }
     let at = vec3<u32>(w % g.x, (w / g.x) % g.y, w / (g.x * g.y));
-    tile_any(q, at, lid);
+    tile(q, at, lid);
 }
 
 @compute @workgroup_size(16, 16)
@@ -185,7 +159,7 @@ fn triple_tile(w_in: u32, lid: vec3<u32>) {
             g = grid(2u);
         }
     }
-    tile_any(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
+    tile(q, vec3<u32>(w % g.x, w / g.x, 0u), lid);
 }
 
 // What a workgroup's tile walks: problem q (params p), the tile's first row and
@@ -207,7 +181,14 @@ struct Walk {
 
 // The walk of tile (wg.x, wg.y) of problem q, K share wg.z.
 fn walk_of(q: u32, wg: vec3<u32>) -> Walk {
-    let p = params_of(q);
+    // (not u.p[q]: lavapipe treats a uniform array read at a run-time index as
+    // varying per invocation, and ran the pair 1.3× slower with it)
+    var p = u.p[0];
+    if (q == 1u) {
+        p = u.p[1];
+    } else if (q == 2u) {
+        p = u.p[2];
+    }
     let kc = split_len(p);
     let k_begin = wg.z * kc;
     let ones = ONES && (p.flags & 8u) != 0u && p.n % TILE != 0u && p.splits <= 1u;

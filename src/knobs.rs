@@ -25,15 +25,9 @@ pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
 /// `1`: the matmul gets a product's bias gradient as an extra column of ones in
 /// B (in the padding of its last tile) instead of adding row sums beside every
 /// multiply-add (`shaders/matmul.wgsl`, `ONES`): identical bits, two adds per
-/// four fmas fewer in every product's inner loop; off by default (0.996–0.997×
-/// the time per step on an H100 and an H200, inside what the sweep resolves).
+/// four fmas fewer in every product's inner loop; off by default (0.996–1.032×
+/// the time per step on an H100 and an H200: level at best).
 pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
-/// `1`: the large unsplit products of a gradient pair or the weight-gradient
-/// triple (both sides ≥ 256: the 400 × 784 weight gradients) in 64×64 tiles with
-/// four 2 × 2 quadrants per thread (`shaders/matmul_tile64.wgsl`) instead of
-/// 32×32: identical bits, half the workgroup-memory traffic per fma; off by
-/// default until timed.
-pub const GPU_TILE64: &str = "VAE_OOD_GPU_TILE64";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
@@ -58,14 +52,13 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 7] = [
+const FLAGS: [&str; 6] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
     GPU_PREFETCH,
     GPU_ONES_COLUMN,
     GPU_TRIPLE_ADAM,
-    GPU_TILE64,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

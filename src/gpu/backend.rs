@@ -101,22 +101,9 @@ pub const SPLIT_TARGET: u32 = 256;
 /// One dispatch: kernel, bound resources (in `Kernel::bindings` order), workgroups.
 type Dispatch = (Kernel, Vec<Res>, (u32, u32, u32));
 
-/// Output tiles of a product (its workgroups before K is split): 32×32, or 64×64
-/// where the lowering set [`MM_TILE64`].
+/// Output tiles of a product (its workgroups before K is split).
 fn tiles(p: &MatmulParams) -> u32 {
-    let t = if p.flags & MM_TILE64 != 0 { 64 } else { 32 };
-    p.n.div_ceil(t).max(1) * p.m.div_ceil(t).max(1)
-}
-
-/// Params flag the lowering (never an op) sets on an unsplit product of a pair or
-/// a triple to run it in 64×64 tiles (`shaders/matmul_tile64.wgsl`): same bits.
-pub const MM_TILE64: u32 = 16;
-
-/// The products [`Fusions::tile64`] puts in 64×64 tiles: unsplit, both sides ≥ 256
-/// (the reference model's 400 × 784 weight gradients; a smaller product would
-/// leave SMs idle).
-fn wants_tile64(q: &MatmulParams) -> bool {
-    q.splits <= 1 && q.m >= 256 && q.n >= 256
+    p.n.div_ceil(32).max(1) * p.m.div_ceil(32).max(1)
 }
 
 /// Whether `first` and `second` can run as one `matmul_pair` dispatch: a layer's
@@ -188,9 +175,8 @@ fn disjoint(x: &[Range<u64>], y: &[Range<u64>]) -> bool {
 /// gradients included) that none of them reads, and their tiles fit one dispatch
 /// row. Three layers' weight gradients are such products. With `adam` (the op
 /// after the three) an Adam step that [`triple_adam`] allows, the dispatch is a
-/// `matmul_triple_adam` that runs it too, and the flag returned is true. With
-/// `tile64`, its large products run in 64×64 tiles ([`wants_tile64`]).
-fn triple(ops: [&Op; 3], adam: Option<&Op>, tile64: bool) -> Option<(Dispatch, Vec<u8>, bool)> {
+/// `matmul_triple_adam` that runs it too, and the flag returned is true.
+fn triple(ops: [&Op; 3], adam: Option<&Op>) -> Option<(Dispatch, Vec<u8>, bool)> {
     let mut ab = Vec::with_capacity(3);
     let mut qs = Vec::with_capacity(3);
     let mut out = None;
@@ -207,9 +193,6 @@ fn triple(ops: [&Op; 3], adam: Option<&Op>, tile64: bool) -> Option<(Dispatch, V
         ab.push((a, b));
         let mut q = p;
         q.splits = 1;
-        if tile64 && wants_tile64(&q) {
-            q.flags |= MM_TILE64;
-        }
         qs.push(q);
     }
     let c = out?;
@@ -420,7 +403,7 @@ fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool 
             params_only && c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n
         }
         Some(Op::Matmul { a, p, .. })
-            if latent && lower_latent(rest, None, false, false, false).is_some() =>
+            if latent && lower_latent(rest, None, false, false).is_some() =>
         {
             matches!((*a, c), (Buf::H1, Buf::H1) | (Buf::Dh3, Buf::Dh3))
                 && p.m == q.m
@@ -461,11 +444,6 @@ fn lower(op: &Op, next: Option<&Op>, fuse: Fusions) -> Lowered {
             q0.splits = choose_splits(p);
             let mut q1 = *p1;
             q1.splits = 1;
-            for q in [&mut q0, &mut q1] {
-                if fuse.tile64 && wants_tile64(q) {
-                    q.flags |= MM_TILE64;
-                }
-            }
             // one workgroup per tile, no spare ones (pairable bounds the count)
             let groups = tiles(&q0) * q0.splits + tiles(&q1);
             let mut d = vec![(
@@ -580,10 +558,6 @@ pub struct Fusions {
     /// a batch's gather in the loads of the product that reads it, as one
     /// `matmul_gather` ([`gather_product`])
     pub gather: bool,
-    /// the large unsplit products of a pair or a triple in 64×64 tiles
-    /// ([`MM_TILE64`], [`wants_tile64`]) instead of 32×32 (`VAE_OOD_GPU_TILE64=1`;
-    /// off by default; identical bits)
-    pub tile64: bool,
 }
 
 impl Fusions {
@@ -600,7 +574,6 @@ impl Fusions {
         triple: true,
         adam: true,
         gather: true,
-        tile64: false,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -610,7 +583,6 @@ impl Fusions {
         triple: false,
         adam: false,
         gather: false,
-        tile64: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -623,7 +595,6 @@ impl Fusions {
             adam: crate::knobs::flag(crate::knobs::GPU_TRIPLE_ADAM)
                 && !crate::knobs::gpu_unfused("adam"),
             gather: !crate::knobs::gpu_unfused("gather"),
-            tile64: crate::knobs::flag(crate::knobs::GPU_TILE64),
         }
     }
 
@@ -645,15 +616,10 @@ impl Fusions {
         } else {
             ""
         };
-        let tile64 = if self.tile64 {
-            ", 64×64 tiles for the large weight gradients"
-        } else {
-            ""
-        };
         match off.len() {
-            0 => format!("{adam}{tile64}"),
-            5 => format!(", unfused{tile64}"),
-            _ => format!(", no {}{adam}{tile64}", off.join(", no ")),
+            0 => adam.to_string(),
+            5 => ", unfused".to_string(),
+            _ => format!(", no {}{adam}", off.join(", no ")),
         }
     }
 }
@@ -706,7 +672,6 @@ fn lower_latent(
     src: Option<(SplitSource, Buf)>,
     join: bool,
     adam: bool,
-    tile64: bool,
 ) -> Option<Group> {
     use bytemuck::bytes_of;
     let f = Res::F;
@@ -812,7 +777,7 @@ fn lower_latent(
             // and with `adam` the step's Adam after them in it too
             if let (true, [_, _, _, _, o4, o5, ..]) = (join, rest) {
                 let next = rest.get(6).filter(|_| adam);
-                if let Some((d, dw_bytes, with_adam)) = triple([dw, o4, o5], next, tile64) {
+                if let Some((d, dw_bytes, with_adam)) = triple([dw, o4, o5], next) {
                     dispatches.push((1, d));
                     return Some(Group {
                         dispatches,
@@ -848,7 +813,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
     let mut i = 0;
     while i < ops.len() {
         if fuse.latent {
-            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam, fuse.tile64) {
+            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam) {
                 source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
@@ -860,7 +825,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
         }
         if let (true, [o0, o1, o2, ..]) = (fuse.triple, &ops[i..]) {
             let adam = ops.get(i + 3).filter(|_| fuse.adam);
-            if let Some((d, bytes, with_adam)) = triple([o0, o1, o2], adam, fuse.tile64) {
+            if let Some((d, bytes, with_adam)) = triple([o0, o1, o2], adam) {
                 // (no split sums wait for a product: absorbs folds only into the
                 // kernels that read them)
                 debug_assert!(source.is_none());
@@ -1619,49 +1584,6 @@ mod tests {
         lower_all(ops, f).0.iter().map(|(i, d)| (*i, d.0)).collect()
     }
 
-    /// With `tile64`, the reference step's two 400 × 784 weight gradients (fc4's in
-    /// its pair, fc1's in the triple) carry MM_TILE64 and take 7 × 13 workgroups
-    /// each instead of 13 × 25; nothing else changes.
-    #[test]
-    fn large_weight_gradients_take_64_tiles() {
-        let ops = step();
-        let off = Fusions::DEFAULT;
-        let on = Fusions {
-            tile64: true,
-            ..off
-        };
-        let (p0, s0) = lower_all(&ops, off);
-        let (p1, s1) = lower_all(&ops, on);
-        let kinds = |p: &[(usize, Dispatch)]| p.iter().map(|(i, d)| (*i, d.0)).collect::<Vec<_>>();
-        assert_eq!(kinds(&p0), kinds(&p1));
-        let flagged = |slot: &[u8]| -> Vec<bool> {
-            slot.chunks(64)
-                .take(3)
-                .filter(|c| c.len() == 64)
-                .map(|c| bytemuck::pod_read_unaligned::<MatmulParams>(c).flags & MM_TILE64 != 0)
-                .collect()
-        };
-        let mut changed = 0;
-        for ((i, d0), (_, d1)) in p0.iter().zip(&p1) {
-            let (k, groups0, groups1) = (d0.0, d0.2 .0, d1.2 .0);
-            match k {
-                Kernel::MatmulPair | Kernel::MatmulTriple => {
-                    let f = flagged(&s1[*i]);
-                    // exactly one large product per dispatch, 325 − 91 workgroups fewer
-                    assert_eq!(f.iter().filter(|&&x| x).count(), 1, "{k:?}: {f:?}");
-                    assert_eq!(groups0 - groups1, 25 * 13 - 13 * 7, "{k:?}");
-                    assert!(!flagged(&s0[*i]).contains(&true));
-                    changed += 1;
-                }
-                _ => {
-                    assert_eq!(groups0, groups1, "{k:?}");
-                    assert_eq!(s0[*i], s1[*i], "{k:?}");
-                }
-            }
-        }
-        assert_eq!(changed, 2, "fc4's pair and the triple");
-    }
-
     #[test]
     fn reference_step_lowers_to_15_dispatches() {
         let ops = step();
@@ -2001,7 +1923,7 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for bits in 0..128 {
+        for bits in 0..64 {
             let f = Fusions {
                 pairs: bits & 1 != 0,
                 reduces: bits & 2 != 0,
@@ -2009,7 +1931,6 @@ mod tests {
                 triple: bits & 8 != 0,
                 adam: bits & 16 != 0,
                 gather: bits & 32 != 0,
-                tile64: bits & 64 != 0,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -2054,7 +1975,7 @@ mod tests {
     fn triples_are_refused_where_they_would_be_wrong() {
         let ops = step();
         let (fc3, head, fc1) = (ops[11], ops[14], ops[15]);
-        let (d, bytes, adam) = triple([&fc3, &head, &fc1], None, false).expect("the step's three");
+        let (d, bytes, adam) = triple([&fc3, &head, &fc1], None).expect("the step's three");
         assert!(!adam);
         assert_eq!(d.0, Kernel::MatmulTriple);
         assert_eq!(bytes.len(), 192);
@@ -2086,7 +2007,7 @@ mod tests {
         let with = |i: usize, f: &dyn Fn(&mut Op)| {
             let mut t = [fc3, head, fc1];
             f(&mut t[i]);
-            triple([&t[0], &t[1], &t[2]], None, false).is_some()
+            triple([&t[0], &t[1], &t[2]], None).is_some()
         };
         let set_p = |g: fn(&mut MatmulParams)| {
             move |op: &mut Op| {
@@ -2122,7 +2043,7 @@ mod tests {
         assert!(with(2, &set_p(|p| p.flags = 0)));
         // not a product at all
         let t = [fc3, head, ops[16]];
-        assert!(triple([&t[0], &t[1], &t[2]], None, false).is_none());
+        assert!(triple([&t[0], &t[1], &t[2]], None).is_none());
         assert!(with(0, &|_| {}));
     }
 
@@ -2243,8 +2164,7 @@ mod tests {
         let ops = step();
         let (fc3, head, fc1, adam) = (ops[11], ops[14], ops[15], ops[16]);
         let joins = |t: [Op; 3], a: Op| {
-            let (d, bytes, with) =
-                triple([&t[0], &t[1], &t[2]], Some(&a), false).expect("a triple");
+            let (d, bytes, with) = triple([&t[0], &t[1], &t[2]], Some(&a)).expect("a triple");
             assert_eq!(with, d.0 == Kernel::MatmulTripleAdam);
             assert_eq!(bytes.len(), if with { 240 } else { 192 });
             with

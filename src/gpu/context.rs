@@ -167,8 +167,7 @@ impl Kernel {
     /// more, `matmul_gather_operands.wgsl` for `matmul_gather`,
     /// `matmul_operands.wgsl` for the others) and what follows a stored element
     /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_store.wgsl` for the
-    /// others), then `matmul_tile64.wgsl` (the 64×64 tile); `adam_update.wgsl`
-    /// for them and the Adam kernels; for
+    /// others); `adam_update.wgsl` for them and the Adam kernels; for
     /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `pixel.wgsl` for the kernels
     /// that unpack the image store; `normal.wgsl` (ε) for the
     /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
@@ -180,7 +179,6 @@ impl Kernel {
         const GATHER_OPERANDS: (&str, &str) = wgsl!("matmul_gather_operands.wgsl");
         const STORE: (&str, &str) = wgsl!("matmul_store.wgsl");
         const STORE_ADAM: (&str, &str) = wgsl!("matmul_adam.wgsl");
-        const TILE64: (&str, &str) = wgsl!("matmul_tile64.wgsl");
         let mut v = vec![self.source()];
         match self {
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
@@ -190,9 +188,6 @@ impl Kernel {
             Kernel::MatmulTripleAdam => v.extend([TRIPLE_OPERANDS, STORE_ADAM]),
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
             _ => {}
-        }
-        if self.is_matmul() {
-            v.push(TILE64);
         }
         if self.is_matmul() || self == Kernel::Adam {
             v.push(ADAM_UPDATE);
