@@ -591,9 +591,10 @@ impl Fusions {
             reduces: !crate::knobs::gpu_unfused("reduces"),
             latent: !crate::knobs::gpu_unfused("latent"),
             triple: !crate::knobs::gpu_unfused("triple"),
-            // (opt-in; `VAE_OOD_GPU_UNFUSED=1` switches it off all the same)
+            // (opt-in; `VAE_OOD_GPU_UNFUSED=1` switches it off all the same: "adam"
+            // is no part name of its own, `knobs::check` rejects it)
             adam: crate::knobs::flag(crate::knobs::GPU_TRIPLE_ADAM)
-                && !crate::knobs::gpu_unfused("adam"),
+                && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
             gather: !crate::knobs::gpu_unfused("gather"),
         }
     }
