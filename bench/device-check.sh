@@ -11,8 +11,9 @@
 # $OUT/logs.tgz, refreshed after each phase so a run cut short still returns what it
 # finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
-#   QUICK=1: the tests, the sweep and gpu_variants only (no gpu.sh, matmul_micro,
-#   K sweep or grid barrier)
+#   QUICK=1: the tests, the sweep, two whole runs (tensor cores and not), matmul_micro
+#   on tensor cores and gpu_variants only (no gpu.sh, default matmul_micro, K sweep
+#   or grid barrier)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${OUT:-}" ]; then LOG=$(mktemp -d); else LOG=bench/out; fi
@@ -35,6 +36,8 @@ source bench/vulkan-env.sh
 status=0
 # (tests/bench.rs: only its GPU test; the others start the vae-ood binary by its
 # build path, which is not there)
+# (the tensor-core walk's test must run here, not only check its refusal)
+export VAE_OOD_TEST_REQUIRE_COOP=1
 for t in kernels torch_fixture train_step "bench timestamp" gpu_errors; do
   set -- $t
   echo "## $*"
@@ -53,11 +56,25 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
   # (2026-11-26, H100 and H200: ones_column 0.996–1.032, latent_512 0.991–0.993,
-  # no_prefetch 1.005, triple_adam 1.043–1.054 × the default)
+  # no_prefetch 1.005, triple_adam 1.043–1.054 × the default; coop: the tensor-core
+  # walk, built after those calls, not yet timed)
   ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
+    'coop:VAE_OOD_GPU_COOP=1' 'coop_ones:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_ONES_COLUMN=1' \
     'ones_column:VAE_OOD_GPU_ONES_COLUMN=1' 'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
-    'no_prefetch:VAE_OOD_GPU_PREFETCH=0' 'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
+    'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     2>&1 | tee "$LOG/sweep.txt"
+  snapshot
+  # the whole default run with the tensor-core walk and without: wall time, training
+  # time and AUROCs side by side (the accuracy target: clean AUROC within ±0.02)
+  for coop in 1 0; do
+    echo "## whole default run, VAE_OOD_GPU_COOP=$coop"
+    VAE_OOD_GPU_COOP=$coop timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_coop$coop" 2>&1 \
+      | grep -v 'XDG_RUNTIME_DIR\|====> Epoch' | tee "$LOG/run_coop$coop.txt"
+  done
+  # each product alone on the tensor cores (against the default's in matmul_micro.txt
+  # when not QUICK)
+  VAE_OOD_GPU_COOP=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
+    | tee "$LOG/matmul_micro_coop.txt"
   snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"

@@ -7,7 +7,8 @@
 //! (`VAE_OOD_GPU_PREFETCH=0`); bias gradients as a column of ones
 //! (`VAE_OOD_GPU_ONES_COLUMN=1`); the latent kernels in workgroups of 256 threads
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
-//! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); without the latent fusion, without the
+//! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); the matmul on tensor cores
+//! (`VAE_OOD_GPU_COOP=1`, where the adapter has them); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
@@ -96,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             },
             all,
         ),
+        ("tensor cores", GpuOptions { coop: true, ..d }, all),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),
@@ -105,6 +107,10 @@ fn main() -> anyhow::Result<()> {
         ("unfused", d, Fusions::NONE),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
+        if let (true, Err(why)) = (opts.coop, gpu::coop_support(&a)) {
+            println!("{name}: not run: the adapter {why}");
+            continue;
+        }
         let mut be = GpuBackend::with_options(a, &store, idx.len(), sizes, opts)?;
         be.set_fusions(f);
         be.write_idx(0, &idx)?;

@@ -33,6 +33,11 @@ pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
 /// identical bits, 0.93× the time per training step on an H100 and an H200).
 pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
+/// `1`: the matmul kernels walk K on tensor cores (`shaders/matmul_walk_coop.wgsl`:
+/// 16×16×16 cooperative matrices, operands rounded to f16, f32 sums) instead of
+/// f32 fmas; an error on a device without them. Off by default: not yet timed on
+/// a GPU, and it rounds what the products read (rounding-level differences).
+pub const GPU_COOP: &str = "VAE_OOD_GPU_COOP";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -52,13 +57,14 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 6] = [
+const FLAGS: [&str; 7] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
     GPU_PREFETCH,
     GPU_ONES_COLUMN,
     GPU_TRIPLE_ADAM,
+    GPU_COOP,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

@@ -1760,3 +1760,276 @@ fn bias_gradient_as_a_column_of_ones() {
         }
     }
 }
+
+/// Set to 1 to make `tensor_core_walk_against_its_twin` fail where the adapter has
+/// no cooperative matrices it can use (bench/device-check.sh sets it on the GPU
+/// machines, whose tensor cores the walk is for; tools/coop-lavapipe.sh on a Mesa
+/// ≥ 25.1 lavapipe). Without it, such an adapter (CI's Mesa 22 lavapipe) gets the
+/// refusal checked instead, and the test says the parity part did not run.
+const REQUIRE_COOP_ENV: &str = "VAE_OOD_TEST_REQUIRE_COOP";
+
+/// The tensor-core K walk (`matmul_walk_coop.wgsl`, `VAE_OOD_GPU_COOP=1`) against
+/// its CPU twin, `matmul` on operands rounded to f16, in every matmul kernel:
+/// alone with bias and ReLU (37 × 129 → 67: partial blocks in every direction),
+/// split over K (37 × 400 → 20), masked input gradient, a layer's pair, three
+/// weight gradients in one dispatch, and the gather read by fc1's product. On
+/// inputs that are f16 values already (the store's pixels 0 or 255) the walk must
+/// match `matmul` within the f32 tolerances of the FMA walk. On inputs that are
+/// not, it must match `matmul` on the rounded operands, and differ from the
+/// unrounded product (the tensor cores really ran), while the bias gradient, a
+/// row sum of the unrounded A, matches the unrounded one.
+#[test]
+fn tensor_core_walk_against_its_twin() {
+    use vae_ood::gpu::{self, coop_support, GpuBackend, GpuOptions};
+    let mut rng = fresh_rng("tensor_core_walk_against_its_twin");
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+        return;
+    };
+    let name = adapter.get_info().name;
+    let coop = GpuOptions {
+        coop: true,
+        ..GpuOptions::default()
+    };
+    let store: Vec<u8> = (0..N_IMAGES * D)
+        .map(|_| if rng.random_bool(0.3) { 255 } else { 0 })
+        .collect();
+    let idx: Vec<u32> = (0..42)
+        .map(|_| rng.random_range(0..N_IMAGES as u32))
+        .collect();
+    let (frag, sg) = match coop_support(&adapter) {
+        Ok(s) => s,
+        Err(why) => {
+            assert!(
+                std::env::var(REQUIRE_COOP_ENV).as_deref() != Ok("1"),
+                "{REQUIRE_COOP_ENV}=1 but GPU adapter {name} {why}"
+            );
+            // the switch is refused with the reason, in one line
+            let e = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, coop)
+                .err()
+                .expect("VAE_OOD_GPU_COOP=1 on an adapter without tensor cores must fail");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("VAE_OOD_GPU_COOP=1") && msg.contains(&why) && !msg.contains('\n'),
+                "{msg}"
+            );
+            eprintln!(
+                "NOT RUN: the tensor-core walk's parity (GPU adapter {name} {why}); its refusal was checked instead ({REQUIRE_COOP_ENV}=1 makes this a failure)"
+            );
+            return;
+        }
+    };
+    let mut gpu = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, coop).unwrap();
+    let says = format!("tensor cores ({frag}x{frag}x{frag} f16 -> f32, subgroups of {sg})");
+    assert!(gpu.describe().contains(&says), "{}", gpu.describe());
+    let mut cpu = cpu_backend(&store, idx.len(), SIZES);
+    // inputs into every backend, outputs poisoned, the ops, the outputs read back
+    let run = |be: &mut dyn Backend, inputs: &[(Buf, Vec<f32>)], outs: &[Buf], ops: &[Op]| {
+        be.write_idx(0, &idx).unwrap();
+        for (b, v) in inputs {
+            be.write(*b, 0, v).unwrap();
+        }
+        for b in outs {
+            be.write(*b, 0, &vec![f32::NAN; b.len(&SIZES)]).unwrap();
+        }
+        be.run(ops).unwrap();
+        outs.iter()
+            .map(|b| be.read(*b, 0..b.len(&SIZES)).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let halves = |rng: &mut rand::rngs::StdRng, n: usize, lo: f32, hi: f32| {
+        let mut v = uniform(rng, n, lo, hi);
+        round_to_f16(&mut v);
+        v
+    };
+    let mm = |a, b, e, c, p| Op::Matmul { a, b, e, c, p };
+    let fwd_split = MatmulParams::linear(37, 400, 20, 300, 19_000, true);
+    assert!(choose_splits(&fwd_split) > 1);
+    let wg = |a, b, n, k, w, bias| {
+        mm(
+            a,
+            b,
+            Buf::Params,
+            Buf::Grads,
+            MatmulParams::linear_backward_weight(37, k, n, w, bias),
+        )
+    };
+    // (what, ops, output buffers and their regions, K's largest)
+    type Outs = Vec<(Buf, Vec<Range<usize>>)>;
+    let cases: Vec<(&str, Vec<Op>, Outs, usize)> = vec![
+        (
+            "forward, bias + ReLU",
+            vec![mm(
+                Buf::X,
+                Buf::Params,
+                Buf::Params,
+                Buf::Logits,
+                MatmulParams::linear(37, D, 67, 300, 19_000, true),
+            )],
+            vec![(Buf::Logits, vec![0..37 * 67])],
+            D,
+        ),
+        (
+            "forward split over K",
+            vec![mm(Buf::X, Buf::Params, Buf::Params, Buf::Logits, fwd_split)],
+            vec![(Buf::Logits, vec![0..37 * 20])],
+            400,
+        ),
+        (
+            "input gradient, masked",
+            vec![mm(
+                Buf::Logits,
+                Buf::Params,
+                Buf::X,
+                Buf::H3,
+                MatmulParams::linear_backward_input(37, 53, 101, 100, true),
+            )],
+            vec![(Buf::H3, vec![0..37 * 53])],
+            101,
+        ),
+        (
+            "pair: input and weight gradients",
+            vec![
+                mm(
+                    Buf::Logits,
+                    Buf::Params,
+                    Buf::X,
+                    Buf::H3,
+                    MatmulParams::linear_backward_input(37, 53, 101, 100, true),
+                ),
+                wg(Buf::Logits, Buf::X, 101, 53, 9000, 18_500),
+            ],
+            vec![
+                (Buf::H3, vec![0..37 * 53]),
+                (Buf::Grads, vec![9000..9000 + 101 * 53, 18_500..18_601]),
+            ],
+            101,
+        ),
+        (
+            "triple: three weight gradients",
+            vec![
+                wg(Buf::Logits, Buf::X, 53, 29, 100, 2000),
+                wg(Buf::Dh3, Buf::H1, 20, 64, 3000, 4400),
+                wg(Buf::Dhead, Buf::Z, 10, 41, 5000, 100 + 53 * 29),
+            ],
+            vec![(
+                Buf::Grads,
+                vec![
+                    100..100 + 53 * 29,
+                    2000..2053,
+                    3000..3000 + 20 * 64,
+                    4400..4420,
+                    5000..5410,
+                    1637..1647,
+                ],
+            )],
+            37,
+        ),
+        (
+            "gather read by the product",
+            gather_and_product(37, D, 67).to_vec(),
+            vec![(Buf::X, vec![0..37 * D]), (Buf::H1, vec![0..37 * 67])],
+            D,
+        ),
+    ];
+    for (what, ops, outs, k) in &cases {
+        let mut inputs: Vec<(Buf, Vec<f32>)> = Vec::new();
+        for b in [
+            Buf::X,
+            Buf::Logits,
+            Buf::Dh3,
+            Buf::H1,
+            Buf::Dhead,
+            Buf::Z,
+            Buf::Params,
+        ] {
+            if !outs.iter().any(|(o, _)| *o == b) {
+                let lim = if b == Buf::Params { 0.5 } else { 1.0 };
+                inputs.push((b, halves(&mut rng, b.len(&SIZES), -lim, lim)));
+            }
+        }
+        let bufs: Vec<Buf> = outs.iter().map(|o| o.0).collect();
+        let want = run(&mut *cpu, &inputs, &bufs, ops);
+        let got = run(&mut gpu, &inputs, &bufs, ops);
+        // f32 sums of up to K products of f16 values (exact in f32) in another
+        // order: as MM_ATOL / MM_RTOL, and the split-K tests' 1e-3 beyond K = 129
+        let atol = if *k > D { 1e-3 } else { MM_ATOL };
+        for ((b, region), (g, w)) in outs.iter().zip(got.iter().zip(&want)) {
+            assert_written(&format!("{what}: CPU {b:?}"), w, region, true);
+            assert_written(&format!("{what}: tensor cores {b:?}"), g, region, true);
+            for r in region {
+                let at = format!("{what}: {b:?}[{r:?}] on tensor cores");
+                assert_close(&at, &g[r.clone()], &w[r.clone()], atol, MM_RTOL);
+            }
+        }
+    }
+    // inputs that are not f16 values: the walk rounds A and B (to nearest), not
+    // the bias gradient's row sums of A
+    let (m, k, n) = (37, 53, 101);
+    let ops = [
+        mm(
+            Buf::Logits,
+            Buf::Params,
+            Buf::X,
+            Buf::H3,
+            MatmulParams::linear_backward_input(m, k, n, 100, false),
+        ),
+        wg(Buf::Logits, Buf::X, n, k, 9000, 18_500),
+    ];
+    let dy = uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0);
+    let x = uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0);
+    let w = uniform(&mut rng, SIZES.params, -0.5, 0.5);
+    let rounded = |v: &[f32]| {
+        let mut r = v.to_vec();
+        round_to_f16(&mut r);
+        r
+    };
+    let outs = [Buf::H3, Buf::Grads];
+    let plain = vec![
+        (Buf::Logits, dy.clone()),
+        (Buf::X, x.clone()),
+        (Buf::Params, w.clone()),
+    ];
+    let halved = vec![
+        (Buf::Logits, rounded(&dy)),
+        (Buf::X, rounded(&x)),
+        (Buf::Params, rounded(&w)),
+    ];
+    let got = run(&mut gpu, &plain, &outs, &ops);
+    let twin = run(&mut *cpu, &halved, &outs, &ops);
+    let exact = run(&mut *cpu, &plain, &outs, &ops);
+    let (dx, dw, db) = (0..m * k, 9000..9000 + n * k, 18_500..18_500 + n);
+    assert_close(
+        "dX on tensor cores vs its twin",
+        &got[0][dx.clone()],
+        &twin[0][dx.clone()],
+        MM_ATOL,
+        MM_RTOL,
+    );
+    assert_close(
+        "dW on tensor cores vs its twin",
+        &got[1][dw.clone()],
+        &twin[1][dw.clone()],
+        MM_ATOL,
+        MM_RTOL,
+    );
+    assert_close(
+        "db on tensor cores vs f32 row sums",
+        &got[1][db.clone()],
+        &exact[1][db.clone()],
+        MM_ATOL,
+        MM_RTOL,
+    );
+    // f16 operands move a product by ~2⁻¹¹·√K·|terms| ≈ 1e-3; f32 sums by ~1e-6
+    let far = |g: &[f32], e: &[f32]| {
+        g.iter()
+            .zip(e)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    let moved = far(&got[0][dx.clone()], &exact[0][dx]);
+    assert!(
+        moved > 1e-4,
+        "dX on tensor cores is the unrounded product (moved {moved}): were the operands rounded?"
+    );
+}

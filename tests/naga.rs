@@ -1,10 +1,13 @@
 //! Every shader in shaders/ parses and validates with naga — no GPU needed: each
 //! kernel's module as the GPU backend assembles it, in both reduction variants
-//! (the subgroup one with naga's subgroup capability, the portable one without).
+//! (the subgroup one with naga's subgroup capability, the portable one without)
+//! and both matmul walks (the tensor-core one with naga's f16 and
+//! cooperative-matrix capabilities), and translates to SPIR-V as wgpu's Vulkan
+//! backend would.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use vae_ood::gpu::{Assembled, Kernel, Reduce};
+use vae_ood::gpu::{Assembled, Kernel, Reduce, Walk};
 
 fn validate(label: &str, src: &str, caps: naga::valid::Capabilities) -> naga::Module {
     let module = naga::front::wgsl::parse_str(src)
@@ -15,19 +18,79 @@ fn validate(label: &str, src: &str, caps: naga::valid::Capabilities) -> naga::Mo
     module
 }
 
-#[test]
-fn every_kernel_validates_in_both_reduction_variants() {
-    for r in Reduce::ALL {
-        for k in Kernel::ALL {
-            let src = Assembled::new(&k.parts(r));
-            let label = format!("{} ({r:?})", src.label());
-            let module = validate(&label, &src.text, r.capabilities());
-            assert!(
-                module.entry_points.iter().any(|e| e.name == k.entry()),
-                "{label} lacks entry point {}",
-                k.entry()
-            );
+/// Every kernel's parts in every variant it is built in.
+fn all_parts() -> Vec<Vec<(&'static str, &'static str)>> {
+    let mut v = Vec::new();
+    for k in Kernel::ALL {
+        for r in Reduce::ALL {
+            for w in Walk::ALL {
+                v.push(k.parts(r, w));
+            }
         }
+    }
+    v
+}
+
+#[test]
+fn every_kernel_validates_in_every_variant() {
+    for r in Reduce::ALL {
+        for w in Walk::ALL {
+            for k in Kernel::ALL {
+                let src = Assembled::new(&k.parts(r, w));
+                let label = format!("{} ({r:?}, {w:?})", src.label());
+                let caps = r.capabilities() | w.capabilities();
+                let module = validate(&label, &src.text, caps);
+                assert!(
+                    module.entry_points.iter().any(|e| e.name == k.entry()),
+                    "{label} lacks entry point {}",
+                    k.entry()
+                );
+                let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                    .validate(&module)
+                    .unwrap();
+                // the overridable constants at their defaults, then SPIR-V
+                let (module, info) = naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    Some((naga::ShaderStage::Compute, k.entry())),
+                    &naga::back::PipelineConstants::default(),
+                )
+                .unwrap_or_else(|e| panic!("{label}: overrides: {e}"));
+                let opts = naga::back::spv::Options::default();
+                let pipeline = naga::back::spv::PipelineOptions {
+                    shader_stage: naga::ShaderStage::Compute,
+                    entry_point: k.entry().to_string(),
+                };
+                naga::back::spv::write_vec(&module, &info, &opts, Some(&pipeline))
+                    .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn coop_walk_needs_its_capabilities_and_is_only_in_the_matmuls() {
+    for k in Kernel::ALL {
+        let fma = k.parts(Reduce::Portable, Walk::Fma);
+        let coop = k.parts(Reduce::Portable, Walk::Coop16);
+        if !k.is_matmul() {
+            assert_eq!(fma, coop, "{k:?}: only the matmuls have a walk");
+            continue;
+        }
+        // the tensor-core walk's fragment shape opens the module (its `enable`
+        // directives), the FMA walk follows matmul.wgsl
+        assert_eq!(coop[0].0, "coop16.wgsl");
+        assert!(coop.iter().any(|p| p.0 == "matmul_walk_coop.wgsl"));
+        assert!(fma.iter().any(|p| p.0 == "matmul_walk.wgsl"));
+        assert!(!fma.iter().any(|p| p.0.contains("coop")));
+        let src = Assembled::new(&coop);
+        let module = naga::front::wgsl::parse_str(&src.text).unwrap();
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::SHADER_FLOAT16,
+        )
+        .validate(&module)
+        .expect_err("cooperative matrices must need their capability");
     }
 }
 
@@ -36,7 +99,7 @@ fn subgroup_variant_needs_the_subgroup_capability() {
     // what makes choosing the variant at pipeline-build time necessary: without
     // Features::SUBGROUP (naga's SUBGROUP capability) the subgroup module is rejected
     for k in Kernel::ALL.into_iter().filter(|k| k.reduces()) {
-        let src = Assembled::new(&k.parts(Reduce::Subgroup));
+        let src = Assembled::new(&k.parts(Reduce::Subgroup, Walk::Fma));
         let module = naga::front::wgsl::parse_str(&src.text).unwrap();
         let e = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
@@ -62,9 +125,8 @@ fn every_wgsl_file_is_used_and_every_kernel_file_is_there() {
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
             // the embedded sources are these very files
             let text = std::fs::read_to_string(&path).unwrap();
-            let embedded = Kernel::ALL
-                .iter()
-                .flat_map(|k| Reduce::ALL.map(|r| k.parts(r)))
+            let embedded = all_parts()
+                .into_iter()
                 .flatten()
                 .find(|p| p.0 == name)
                 .unwrap_or_else(|| panic!("shaders/{name} is used by no kernel"));
@@ -72,9 +134,8 @@ fn every_wgsl_file_is_used_and_every_kernel_file_is_there() {
             on_disk.insert(name);
         }
     }
-    let used: BTreeSet<String> = Kernel::ALL
-        .iter()
-        .flat_map(|k| Reduce::ALL.map(|r| k.parts(r)))
+    let used: BTreeSet<String> = all_parts()
+        .into_iter()
         .flatten()
         .map(|p| p.0.to_string())
         .collect();

@@ -234,3 +234,14 @@ fn epilogue_body(cs: &mut [f32], e: &[f32], p: &MatmulParams) {
         }
     }
 }
+
+/// Each value rounded to the nearest f16 (ties to even) and back: what the
+/// tensor-core walk (`shaders/matmul_walk_coop.wgsl`, `VAE_OOD_GPU_COOP=1`) does
+/// to the operands it stages. With it, `matmul` is that walk's CPU twin: a product
+/// of two f16 values is exact in f32, so the two differ only in the order of their
+/// f32 sums. Values beyond f16's range become ±inf, as on the GPU.
+pub fn round_to_f16(v: &mut [f32]) {
+    for x in v {
+        *x = half::f16::from_f32(*x).to_f32();
+    }
+}

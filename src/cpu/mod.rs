@@ -40,5 +40,5 @@ pub use adam::{adam, AdamParams};
 pub use bce::{bce_logits, BceParams};
 pub use gather::{gather_pixels, GatherParams};
 pub use loss::{loss_reduce, LossParams, LOSS_ELBO, LOSS_IWAE, NO_SLOT};
-pub use matmul::{matmul, MatmulParams};
+pub use matmul::{matmul, round_to_f16, MatmulParams};
 pub use reparam::{reparam_backward, reparam_forward, ReparamParams};

@@ -1340,10 +1340,14 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
+            match self.ctx.features.coop {
+                Some(_) => format!(", matmul on {}", self.ctx.features.coop_why),
+                None => String::new(),
+            },
             self.ctx.options.checks.note(),
             if self.ctx.options.prefetch {
                 ""

@@ -173,13 +173,22 @@ impl Kernel {
     /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
     /// kernel reduces; `split_source.wgsl` if it reads split products or is one of
     /// `matmul.wgsl`'s (whose `matmul_reduce` sums with it).
-    pub fn parts(self, r: Reduce) -> Vec<(&'static str, &'static str)> {
+    /// The matmul kernels get their K walk, `walk`'s files, too: `matmul_walk.wgsl`,
+    /// or `matmul_walk_coop.wgsl` with its fragment shape (`coop16.wgsl` or
+    /// `coop8.wgsl`) opening the module (its `enable` directives must come first).
+    pub fn parts(self, r: Reduce, walk: Walk) -> Vec<(&'static str, &'static str)> {
         const OPERANDS: (&str, &str) = wgsl!("matmul_operands.wgsl");
         const TRIPLE_OPERANDS: (&str, &str) = wgsl!("matmul_triple_operands.wgsl");
         const GATHER_OPERANDS: (&str, &str) = wgsl!("matmul_gather_operands.wgsl");
         const STORE: (&str, &str) = wgsl!("matmul_store.wgsl");
         const STORE_ADAM: (&str, &str) = wgsl!("matmul_adam.wgsl");
         let mut v = vec![self.source()];
+        if self.is_matmul() {
+            if let Some(shape) = walk.shape() {
+                v.insert(0, shape);
+            }
+            v.push(walk.source());
+        }
         match self {
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
                 v.extend([OPERANDS, STORE])
@@ -220,7 +229,8 @@ impl Kernel {
     }
 
     /// Values for the module's pipeline-overridable constants: the matmul's
-    /// `PREFETCH` ([`GpuOptions::prefetch`]) and `ONES` ([`GpuOptions::ones_column`]),
+    /// `PREFETCH` ([`GpuOptions::prefetch`]) and `ONES` ([`GpuOptions::ones_column`])
+    /// and, with the tensor-core walk, `SG` (the subgroup size it was chosen for),
     /// the latent kernels' workgroup size `WG` ([`GpuOptions::latent_threads`], 256
     /// where unset); none for the other kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
@@ -228,10 +238,16 @@ impl Kernel {
             Kernel::LatentForward | Kernel::LatentBackward => {
                 vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
             }
-            k if k.is_matmul() => vec![
-                ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
-                ("ONES", if opts.ones_column { 1.0 } else { 0.0 }),
-            ],
+            k if k.is_matmul() => {
+                let mut c = vec![
+                    ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
+                    ("ONES", if opts.ones_column { 1.0 } else { 0.0 }),
+                ];
+                if let Some((_, sg)) = opts.coop_use {
+                    c.push(("SG", sg as f64));
+                }
+                c
+            }
             _ => Vec::new(),
         }
     }
@@ -383,6 +399,61 @@ impl Reduce {
     }
 }
 
+/// How the matmul kernels walk K ([`Kernel::parts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Walk {
+    /// f32 fmas on every thread (`matmul_walk.wgsl`; every device)
+    Fma,
+    /// cooperative matrices of 16×16×16, f16 operands into f32 sums
+    /// (`matmul_walk_coop.wgsl` with `coop16.wgsl`: tensor cores;
+    /// `VAE_OOD_GPU_COOP=1` on devices with them, see [`coop_support`])
+    Coop16,
+    /// the same walk with fragments of 8×8×8 (`coop8.wgsl`): devices that have
+    /// only those, lavapipe among them
+    Coop8,
+}
+
+impl Walk {
+    pub const ALL: [Walk; 3] = [Walk::Fma, Walk::Coop16, Walk::Coop8];
+
+    /// (file name, WGSL source) of the walk.
+    pub fn source(self) -> (&'static str, &'static str) {
+        match self {
+            Walk::Fma => wgsl!("matmul_walk.wgsl"),
+            Walk::Coop16 | Walk::Coop8 => wgsl!("matmul_walk_coop.wgsl"),
+        }
+    }
+
+    /// The fragment shape that opens a tensor-core module.
+    pub fn shape(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Walk::Fma => None,
+            Walk::Coop16 => Some(wgsl!("coop16.wgsl")),
+            Walk::Coop8 => Some(wgsl!("coop8.wgsl")),
+        }
+    }
+
+    /// The tensor-core walk with fragments of `frag` (16 or 8).
+    pub fn coop(frag: u32) -> Walk {
+        if frag == 8 {
+            Walk::Coop8
+        } else {
+            Walk::Coop16
+        }
+    }
+
+    /// The naga capabilities a matmul module with this walk needs.
+    pub fn capabilities(self) -> naga::valid::Capabilities {
+        match self {
+            Walk::Fma => naga::valid::Capabilities::empty(),
+            Walk::Coop16 | Walk::Coop8 => {
+                naga::valid::Capabilities::SHADER_FLOAT16
+                    | naga::valid::Capabilities::COOPERATIVE_MATRIX
+            }
+        }
+    }
+}
+
 /// Set to 1 to force the portable reductions on a device that offers subgroups.
 pub const NO_SUBGROUPS_ENV: &str = crate::knobs::NO_SUBGROUPS;
 
@@ -422,6 +493,13 @@ pub struct GpuOptions {
     /// of two, at least WebGPU's default 256). The context records the number it
     /// chose here.
     pub latent_threads: Option<u32>,
+    /// the matmul kernels walk K on tensor cores, f16 operands into f32 sums
+    /// (`VAE_OOD_GPU_COOP=1`, [`Walk::Coop`]); off by default. Opening a device
+    /// that lacks them is then an error ([`FeatureUse::of`]).
+    pub coop: bool,
+    /// the tensor-core walk's (fragment size, subgroup size `SG`): the context
+    /// records what it chose for the adapter here when `coop` is on
+    pub coop_use: Option<(u32, u32)>,
 }
 
 /// The most threads per workgroup the latent kernels use (`latent.wgsl`'s share
@@ -438,6 +516,8 @@ impl Default for GpuOptions {
             ones_column: false,
             storage_buffers: None,
             latent_threads: None,
+            coop: false,
+            coop_use: None,
         }
     }
 }
@@ -484,7 +564,7 @@ impl GpuOptions {
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
     /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
     /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; the latent kernels' threads from
-    /// `VAE_OOD_GPU_LATENT_THREADS`.
+    /// `VAE_OOD_GPU_LATENT_THREADS`; tensor cores with `VAE_OOD_GPU_COOP=1`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
@@ -495,6 +575,8 @@ impl GpuOptions {
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),
+            coop: crate::knobs::flag(crate::knobs::GPU_COOP),
+            coop_use: None,
         }
     }
 }
@@ -510,6 +592,12 @@ pub struct FeatureUse {
     pub subgroups_why: String,
     /// timestamp queries inside compute passes are available
     pub timestamps: bool,
+    /// the matmul kernels walk K on tensor cores, (fragment size, subgroup size)
+    /// ([`coop_support`]); None: on the FMA units
+    pub coop: Option<(u32, u32)>,
+    /// in words: "tensor cores (16x16x16 f16 -> f32, subgroups of 32)", "tensor
+    /// cores offered (VAE_OOD_GPU_COOP=1)", "no tensor cores"
+    pub coop_why: String,
 }
 
 impl FeatureUse {
@@ -540,11 +628,37 @@ impl FeatureUse {
                 "portable reductions: no subgroups offered".to_string(),
             ),
         };
+        let (coop, coop_why) = match (opts.coop, coop_support(adapter)) {
+            (true, Ok((f, sg))) => (
+                Some((f, sg)),
+                format!("tensor cores ({f}x{f}x{f} f16 -> f32, subgroups of {sg})"),
+            ),
+            (true, Err(why)) => bail!(
+                "{}=1: GPU adapter {} {why}",
+                crate::knobs::GPU_COOP,
+                info.name
+            ),
+            (false, Ok(_)) => (
+                None,
+                format!("tensor cores offered ({}=1)", crate::knobs::GPU_COOP),
+            ),
+            (false, Err(_)) => (None, "no tensor cores".to_string()),
+        };
         Ok(FeatureUse {
             subgroups,
             subgroups_why,
             timestamps: f.contains(TIMESTAMPS),
+            coop,
+            coop_why,
         })
+    }
+
+    /// The matmul's K walk: on tensor cores where they are used.
+    pub fn walk(&self) -> Walk {
+        match self.coop {
+            Some((f, _)) => Walk::coop(f),
+            None => Walk::Fma,
+        }
     }
 
     /// The features to request: those used.
@@ -555,6 +669,9 @@ impl FeatureUse {
         }
         if self.timestamps {
             f |= TIMESTAMPS;
+        }
+        if self.coop.is_some() {
+            f |= COOP;
         }
         f
     }
@@ -567,17 +684,56 @@ impl FeatureUse {
         }
     }
 
-    /// "subgroup reductions, sizes 8..8; timestamps" and the like.
+    /// "subgroup reductions, sizes 8..8; timestamps; no tensor cores" and the like.
     pub fn summary(&self) -> String {
         format!(
-            "{}; {}",
+            "{}; {}; {}",
             self.subgroups_why,
             if self.timestamps {
                 "timestamps"
             } else {
                 "no timestamps"
-            }
+            },
+            self.coop_why
         )
+    }
+}
+
+/// The device features the tensor-core walk needs: cooperative matrices (wgpu's
+/// experimental feature) and f16 in shaders.
+const COOP: wgpu::Features =
+    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(wgpu::Features::SHADER_F16);
+
+/// Whether `matmul_walk_coop.wgsl` runs on `adapter`: (fragment size, subgroup
+/// size), or what the adapter lacks, in words. It needs cooperative matrices of
+/// f16 into f32 of 16×16×16 (preferred) or 8×8×8, and one subgroup size SG with
+/// 256 / SG at least the walk's jobs (8 for 16×16 fragments, 32 for 8×8).
+pub fn coop_support(adapter: &wgpu::Adapter) -> std::result::Result<(u32, u32), String> {
+    if !adapter.features().contains(COOP) {
+        return Err("offers no cooperative matrices with f16 shaders (tensor cores)".into());
+    }
+    let info = adapter.get_info();
+    let (lo, hi) = (info.subgroup_min_size, info.subgroup_max_size);
+    if lo != hi || lo == 0 {
+        return Err(format!(
+            "has subgroups of {lo}..{hi} invocations; the tensor-core walk needs one size"
+        ));
+    }
+    let props = adapter.cooperative_matrix_properties();
+    let has = |f: u32| {
+        props.iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (f, f, f)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+    };
+    // jobs of the walk with fragments of f: two per f×f block of the 32×32 tile
+    let fits = |f: u32| 256 / lo >= 2 * (32 / f) * (32 / f);
+    match [16, 8].into_iter().find(|&f| has(f) && fits(f)) {
+        Some(f) => Ok((f, lo)),
+        None => Err(format!(
+            "offers no cooperative matrices of f16 into f32 the tensor-core walk can use (16x16x16 with subgroups of at most 32, or 8x8x8 with at most 8; it has subgroups of {lo})"
+        )),
     }
 }
 
@@ -770,11 +926,13 @@ pub fn build_pipeline(
             .unwrap_or("")
             .trim()
             .to_string();
-        let caps = if device.features().contains(wgpu::Features::SUBGROUP) {
-            naga::valid::Capabilities::SUBGROUP
-        } else {
-            naga::valid::Capabilities::empty()
-        };
+        let mut caps = naga::valid::Capabilities::empty();
+        if device.features().contains(wgpu::Features::SUBGROUP) {
+            caps |= naga::valid::Capabilities::SUBGROUP;
+        }
+        if device.features().contains(COOP) {
+            caps |= Walk::Coop16.capabilities();
+        }
         let in_module = if parts.len() > 1 {
             format!(", module {label}")
         } else {
@@ -872,12 +1030,22 @@ impl GpuContext {
             limits.max_compute_workgroup_size_x.max(latent_threads);
         let opts = GpuOptions {
             latent_threads: Some(latent_threads),
+            coop_use: features.coop,
             ..opts
+        };
+        let experimental_features = if features.coop.is_some() {
+            // SAFETY: wgpu marks cooperative matrices experimental (bugs in them may
+            // be unsound); they are asked for only with VAE_OOD_GPU_COOP=1, and the
+            // walk's results are checked against its CPU twin by tests/kernels.rs.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vae-ood"),
             required_features: features.features(),
             required_limits: limits,
+            experimental_features,
             ..Default::default()
         }))
         .with_context(|| format!("cannot open GPU device {}", info.name))?;
@@ -912,6 +1080,7 @@ impl GpuContext {
         let mut layouts = Vec::new();
         let mut pipelines = Vec::new();
         let reduce = features.reduce();
+        let walk = features.walk();
         // one thread per kernel: the driver compiles each shader when its pipeline is
         // made, and these compilations are independent (error scopes are per thread,
         // so each build still catches its own validation errors); the first error in
@@ -928,7 +1097,7 @@ impl GpuContext {
                             build_pipeline(
                                 device,
                                 uniform_layout,
-                                &k.parts(reduce),
+                                &k.parts(reduce, walk),
                                 k.entry(),
                                 k.bindings(),
                                 opts.checks,

@@ -7,8 +7,8 @@ mod context;
 
 pub use backend::{choose_splits, Fusions, GpuBackend};
 pub use context::{
-    build_pipeline, Assembled, FeatureUse, GpuContext, GpuOptions, Kernel, Reduce, ShaderChecks,
-    Subgroups, NO_SUBGROUPS_ENV,
+    build_pipeline, coop_support, Assembled, FeatureUse, GpuContext, GpuOptions, Kernel, Reduce,
+    ShaderChecks, Subgroups, Walk, NO_SUBGROUPS_ENV,
 };
 
 use anyhow::{bail, Result};

@@ -1,0 +1,112 @@
+// The K walk of matmul.wgsl's tiles on the FMA units (appended to matmul.wgsl for
+// every matmul kernel unless the tensor-core walk, matmul_walk_coop.wgsl, is used):
+// both operands' 32×32 tiles in workgroup memory as f32 pairs, each thread
+// multiplying its 2×2 outputs. Its CPU twin is cpu::matmul (src/cpu/matmul.rs).
+// The tiles are stored as pairs so that each step of the multiply reads a thread's
+// two A values and two B values with one load each (two loads per four FMAs, not
+// four: half the time on lavapipe, examples/matmul_micro.rs), and the multiply runs
+// 8 steps of kk per trip (wgpu puts a loop-bounding counter in every loop, which can
+// keep a driver from unrolling it).
+
+// Tiles in workgroup memory as pairs, both indexed [kk][pair], rows of ROW pairs (34
+// floats: the padding spreads the strided stores of a transposed load over the banks):
+// ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
+// B(kk, j) for columns j, j+1. The multiply then reads a thread's two rows and two
+// columns with one load each.
+const ROW: u32 = 17u;
+var<workgroup> ta: array<vec2<f32>, 544>; // 32 × ROW
+var<workgroup> tb: array<vec2<f32>, 544>;
+
+// The K walk of a tile: A and B tiles through workgroup memory, 32 of K at a time,
+// into the thread's four sums acc and, with `sums`, the row sums rs (flag 8).
+fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
+          rs: ptr<function, vec2<f32>>) {
+    // Thread t moves tile elements (fast, slow) = (t % 32, t / 32 + 8r), r = 0..3, of
+    // each operand (ra, rb): all eight reads from global memory are issued before
+    // the first store to workgroup memory, so their latencies overlap (a loop over r
+    // would leave that to the driver's unroller, which wgpu's loop-bounding counter
+    // can stop).
+    let t = lid.y * 16u + lid.x;
+    let fast = t % TILE;
+    let slow = t / TILE;
+    var ra = fetch_a4(w, w.k_begin, fast, slow);
+    var rb = fetch_b4(w, w.k_begin, fast, slow);
+    for (var k0 = w.k_begin; k0 < w.k_end; k0 += TILE) {
+        stash_a4(w.a_t, fast, slow, ra);
+        stash_b4(w.b_t, fast, slow, rb);
+        workgroupBarrier();
+        if (PREFETCH) {
+            // the next K step's reads in flight during this step's multiply
+            ra = fetch_a4(w, k0 + TILE, fast, slow);
+            rb = fetch_b4(w, k0 + TILE, fast, slow);
+        }
+        // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
+        // every loop (and any driver that will not unroll past it) costs once per 8
+        for (var kk = 0u; kk < TILE; kk += 8u) {
+            let ia = kk * ROW + lid.y; // rows 2·lid.y, +1
+            let ib = kk * ROW + lid.x; // columns 2·lid.x, +1
+            if (sums) {
+                mac(acc, rs, ta[ia], tb[ib]);
+                mac(acc, rs, ta[ia + ROW], tb[ib + ROW]);
+                mac(acc, rs, ta[ia + 2u * ROW], tb[ib + 2u * ROW]);
+                mac(acc, rs, ta[ia + 3u * ROW], tb[ib + 3u * ROW]);
+                mac(acc, rs, ta[ia + 4u * ROW], tb[ib + 4u * ROW]);
+                mac(acc, rs, ta[ia + 5u * ROW], tb[ib + 5u * ROW]);
+                mac(acc, rs, ta[ia + 6u * ROW], tb[ib + 6u * ROW]);
+                mac(acc, rs, ta[ia + 7u * ROW], tb[ib + 7u * ROW]);
+            } else {
+                mul_add(acc, ta[ia], tb[ib]);
+                mul_add(acc, ta[ia + ROW], tb[ib + ROW]);
+                mul_add(acc, ta[ia + 2u * ROW], tb[ib + 2u * ROW]);
+                mul_add(acc, ta[ia + 3u * ROW], tb[ib + 3u * ROW]);
+                mul_add(acc, ta[ia + 4u * ROW], tb[ib + 4u * ROW]);
+                mul_add(acc, ta[ia + 5u * ROW], tb[ib + 5u * ROW]);
+                mul_add(acc, ta[ia + 6u * ROW], tb[ib + 6u * ROW]);
+                mul_add(acc, ta[ia + 7u * ROW], tb[ib + 7u * ROW]);
+            }
+        }
+        workgroupBarrier();
+        if (!PREFETCH) {
+            ra = fetch_a4(w, k0 + TILE, fast, slow);
+            rb = fetch_b4(w, k0 + TILE, fast, slow);
+        }
+    }
+}
+
+// Thread t's four elements of A's tile into ta: (fast, slow + 8r), r = 0..3.
+fn stash_a4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
+    stash_a(a_t, fast, slow, v.x);
+    stash_a(a_t, fast, slow + 8u, v.y);
+    stash_a(a_t, fast, slow + 16u, v.z);
+    stash_a(a_t, fast, slow + 24u, v.w);
+}
+
+fn stash_a(a_t: bool, fast: u32, slow: u32, v: f32) {
+    let ik = tile_at(a_t, fast, slow);
+    ta[ik.y * ROW + ik.x / 2u][ik.x % 2u] = v;
+}
+
+// Those four into tb.
+fn stash_b4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
+    stash_b(b_t, fast, slow, v.x);
+    stash_b(b_t, fast, slow + 8u, v.y);
+    stash_b(b_t, fast, slow + 16u, v.z);
+    stash_b(b_t, fast, slow + 24u, v.w);
+}
+
+fn stash_b(b_t: bool, fast: u32, slow: u32, v: f32) {
+    let kj = tile_at(b_t, fast, slow);
+    tb[kj.x * ROW + kj.y / 2u][kj.y % 2u] = v;
+}
+
+// One step of the multiply: a thread's two A values av (rows i0, i0 + 1) times its
+// two B values bv (columns j0, j0 + 1) into the four sums, each one fma as before.
+fn mac(acc: ptr<function, vec4<f32>>, rs: ptr<function, vec2<f32>>, av: vec2<f32>, bv: vec2<f32>) {
+    *acc = fma(av.xxyy, bv.xyxy, *acc);
+    *rs += av;
+}
+
+// mac without the row sums
+fn mul_add(acc: ptr<function, vec4<f32>>, av: vec2<f32>, bv: vec2<f32>) {
+    *acc = fma(av.xxyy, bv.xyxy, *acc);
+}

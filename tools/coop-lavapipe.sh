@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The tensor-core matmul walk (shaders/matmul_walk_coop.wgsl, VAE_OOD_GPU_COOP=1)
+# on a CPU: Mesa's lavapipe has cooperative matrices (8x8x8, f16 into f32) from
+# Mesa 25.1 on, Debian 12 ships 22.3. This makes a Debian 13 root with
+# trixie-backports' Mesa (26.1 on 2026-11-26) once, bind-mounts the repository into
+# it and runs there, built here:
+#   - tests/kernels.rs's tensor_core_walk_against_its_twin with
+#     VAE_OOD_TEST_REQUIRE_COOP=1 (it fails if the adapter offers no usable
+#     cooperative matrices, instead of checking the refusal only);
+#   - with `--run`, also a one-epoch run on the first 1,024 images with the walk and
+#     without, printing both (output under /tmp in the root).
+# Needs root (debootstrap, chroot, mount) and Debian's package mirror. CI runs it
+# after the README's test command (.ci/run). VAE_OOD_COOP_ROOT picks the root's
+# folder (default /var/tmp/vae-ood-trixie: kept between runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+root=${VAE_OOD_COOP_ROOT:-/var/tmp/vae-ood-trixie}
+mirror=http://deb.debian.org/debian
+
+if [ ! -x "$root/usr/bin/vulkaninfo" ]; then
+  if ! command -v debootstrap >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  fi
+  rm -rf "$root"
+  echo "coop-lavapipe: making a Debian 13 root in $root (a few minutes, once)"
+  debootstrap --variant=minbase trixie "$root" "$mirror" >"$root.log" 2>&1 ||
+    { tail -20 "$root.log"; exit 1; }
+  echo "deb $mirror trixie-backports main" >"$root/etc/apt/sources.list.d/backports.list"
+  chroot "$root" apt-get update -qq 2>&1 | grep -v 'Can not write log' || true
+  DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
+    -t trixie-backports mesa-vulkan-drivers libvulkan1 vulkan-tools 2>&1 |
+    grep -v 'Can not write log' || true
+  [ -x "$root/usr/bin/vulkaninfo" ] || { echo "coop-lavapipe: Mesa not installed in $root"; exit 1; }
+fi
+
+# the test binary, built here (the root has no Rust)
+bin=$(cargo test --release --test kernels --no-run 2>&1 |
+  sed -n 's/.*Executable tests\/kernels.rs (\(.*\))/\1/p' | tail -1)
+[ -n "$bin" ] || { echo "coop-lavapipe: no kernels test binary"; exit 1; }
+if [ "${1:-}" = --run ]; then
+  cargo build --release --quiet
+fi
+
+mkdir -p "$root/work"
+mountpoint -q "$root/work" || mount --bind "$repo" "$root/work"
+trap 'umount "$root/work"' EXIT
+inside() {
+  chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root XDG_RUNTIME_DIR=/tmp \
+    sh -c "cd /work && $1"
+}
+inside "vulkaninfo --summary 2>/dev/null | grep -m1 driverInfo; ./target/release/vae-ood devices 2>/dev/null || true"
+inside "VAE_OOD_TEST_REQUIRE_COOP=1 $bin tensor_core_walk_against_its_twin --nocapture"
+if [ "${1:-}" = --run ]; then
+  for coop in 1 0; do
+    echo "## VAE_OOD_GPU_COOP=$coop"
+    inside "VAE_OOD_GPU_COOP=$coop ./target/release/vae-ood --device gpu --epochs 1 --train-limit 1024 --out /tmp/coop$coop 2>&1 | grep -v '^vae-ood: \\|wrote'"
+  done
+fi
