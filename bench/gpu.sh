@@ -54,7 +54,8 @@ done
 #   ones_column  a weight gradient's bias gradient as a column of ones in B, not row sums
 #              beside every multiply-add
 #   coop       the matmul kernels walk K on tensor cores (cooperative matrices, f16
-#              operands into f32 sums), not f32 fmas (rounding-level differences)
+#              operands into f32 sums), not f32 fmas (rounding-level differences);
+#              coop_32, coop_128: with K steps of 32 or 128, not 64
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...
@@ -78,10 +79,12 @@ variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
 variant no_prefetch VAE_OOD_GPU_PREFETCH=0
 variant ones_column VAE_OOD_GPU_ONES_COLUMN=1
 variant coop VAE_OOD_GPU_COOP=1
+variant coop_32 VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_COOP_STEP=32
+variant coop_128 VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_COOP_STEP=128
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,split_64,split_512,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,split_64,split_512,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

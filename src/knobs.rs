@@ -38,6 +38,9 @@ pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
 /// f32 fmas; an error on a device without them. Off by default: not yet timed on
 /// a GPU, and it rounds what the products read (rounding-level differences).
 pub const GPU_COOP: &str = "VAE_OOD_GPU_COOP";
+/// K per step of the tensor-core walk (one barrier each): 32, 64 (the default) or
+/// 128 (needs 47,232 bytes of workgroup memory).
+pub const GPU_COOP_STEP: &str = "VAE_OOD_GPU_COOP_STEP";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -89,13 +92,14 @@ pub fn number(name: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
 
 /// The switches that take one of a few words, and those words (each may also be
 /// set empty, which counts as unset).
-const CHOICES: [(&str, &[&str]); 3] = [
+const CHOICES: [(&str, &[&str]); 4] = [
     (GPU_TRUSTED, &["0", "1", "loops"]),
     (
         GPU_UNFUSED,
         &["0", "1", "pairs", "reduces", "latent", "triple", "gather"],
     ),
     (GPU_LATENT_THREADS, &["256", "512", "1024"]),
+    (GPU_COOP_STEP, &["32", "64", "128"]),
 ];
 
 /// Every switch that is set has a value vae-ood understands.

@@ -1819,9 +1819,37 @@ fn tensor_core_walk_against_its_twin() {
             return;
         }
     };
-    let mut gpu = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, coop).unwrap();
-    let says = format!("tensor cores ({frag}x{frag}x{frag} f16 -> f32, subgroups of {sg})");
-    assert!(gpu.describe().contains(&says), "{}", gpu.describe());
+    // every K step the walk takes (VAE_OOD_GPU_COOP_STEP) where the adapter has the
+    // workgroup memory for it; where not, opening it must fail in one line
+    let most = adapter.limits().max_compute_workgroup_storage_size;
+    let mut gpus = Vec::new();
+    for step in [32, 64, 128] {
+        let opts = GpuOptions {
+            coop_step: step,
+            ..coop
+        };
+        let be = GpuBackend::with_options(adapter.clone(), &store, idx.len(), SIZES, opts);
+        if gpu::coop_workgroup_bytes(step) > most {
+            let msg = be
+                .err()
+                .expect("a step beyond the workgroup memory")
+                .to_string();
+            assert!(
+                msg.contains("VAE_OOD_GPU_COOP_STEP") && !msg.contains('\n'),
+                "{msg}"
+            );
+            eprintln!("K steps of {step}: need more workgroup memory than {name} has ({most} bytes); refused");
+            continue;
+        }
+        let be = be.unwrap();
+        let says = format!(
+            "tensor cores ({frag}x{frag}x{frag} f16 -> f32, subgroups of {sg}, K steps of {step})"
+        );
+        assert!(be.describe().contains(&says), "{}", be.describe());
+        gpus.push(be);
+    }
+    // steps of 32 and 64 fit every adapter the walk runs on (lavapipe: 32,768 bytes)
+    assert!(gpus.len() >= 2, "K steps of 32 and 64 must run");
     let mut cpu = cpu_backend(&store, idx.len(), SIZES);
     // inputs into every backend, outputs poisoned, the ops, the outputs read back
     let run = |be: &mut dyn Backend, inputs: &[(Buf, Vec<f32>)], outs: &[Buf], ops: &[Op]| {
@@ -1950,16 +1978,19 @@ fn tensor_core_walk_against_its_twin() {
         }
         let bufs: Vec<Buf> = outs.iter().map(|o| o.0).collect();
         let want = run(&mut *cpu, &inputs, &bufs, ops);
-        let got = run(&mut gpu, &inputs, &bufs, ops);
-        // f32 sums of up to K products of f16 values (exact in f32) in another
-        // order: as MM_ATOL / MM_RTOL, and the split-K tests' 1e-3 beyond K = 129
-        let atol = if *k > D { 1e-3 } else { MM_ATOL };
-        for ((b, region), (g, w)) in outs.iter().zip(got.iter().zip(&want)) {
-            assert_written(&format!("{what}: CPU {b:?}"), w, region, true);
-            assert_written(&format!("{what}: tensor cores {b:?}"), g, region, true);
-            for r in region {
-                let at = format!("{what}: {b:?}[{r:?}] on tensor cores");
-                assert_close(&at, &g[r.clone()], &w[r.clone()], atol, MM_RTOL);
+        for gpu in gpus.iter_mut() {
+            let got = run(gpu, &inputs, &bufs, ops);
+            let on = gpu.describe();
+            // f32 sums of up to K products of f16 values (exact in f32) in another
+            // order: as MM_ATOL / MM_RTOL, and the split-K tests' 1e-3 beyond K = 129
+            let atol = if *k > D { 1e-3 } else { MM_ATOL };
+            for ((b, region), (g, w)) in outs.iter().zip(got.iter().zip(&want)) {
+                assert_written(&format!("{what}: CPU {b:?}"), w, region, true);
+                assert_written(&format!("{what}: {on} {b:?}"), g, region, true);
+                for r in region {
+                    let at = format!("{what}: {b:?}[{r:?}] on {on}");
+                    assert_close(&at, &g[r.clone()], &w[r.clone()], atol, MM_RTOL);
+                }
             }
         }
     }
@@ -1995,7 +2026,7 @@ fn tensor_core_walk_against_its_twin() {
         (Buf::X, rounded(&x)),
         (Buf::Params, rounded(&w)),
     ];
-    let got = run(&mut gpu, &plain, &outs, &ops);
+    let got = run(&mut gpus[0], &plain, &outs, &ops);
     let twin = run(&mut *cpu, &halved, &outs, &ops);
     let exact = run(&mut *cpu, &plain, &outs, &ops);
     let (dx, dw, db) = (0..m * k, 9000..9000 + n * k, 18_500..18_500 + n);

@@ -245,6 +245,7 @@ impl Kernel {
                 ];
                 if let Some((_, sg)) = opts.coop_use {
                     c.push(("SG", sg as f64));
+                    c.push(("KR", (opts.coop_step / 32) as f64));
                 }
                 c
             }
@@ -500,6 +501,9 @@ pub struct GpuOptions {
     /// the tensor-core walk's (fragment size, subgroup size `SG`): the context
     /// records what it chose for the adapter here when `coop` is on
     pub coop_use: Option<(u32, u32)>,
+    /// the K the tensor-core walk consumes per step (and barrier): 32, 64 (the
+    /// default) or 128 (`VAE_OOD_GPU_COOP_STEP`)
+    pub coop_step: u32,
 }
 
 /// The most threads per workgroup the latent kernels use (`latent.wgsl`'s share
@@ -518,6 +522,7 @@ impl Default for GpuOptions {
             latent_threads: None,
             coop: false,
             coop_use: None,
+            coop_step: COOP_STEP,
         }
     }
 }
@@ -577,6 +582,8 @@ impl GpuOptions {
                 .map(|v| v as u32),
             coop: crate::knobs::flag(crate::knobs::GPU_COOP),
             coop_use: None,
+            coop_step: crate::knobs::number(crate::knobs::GPU_COOP_STEP, 32..=128)
+                .map_or(COOP_STEP, |v| v as u32),
         }
     }
 }
@@ -629,10 +636,28 @@ impl FeatureUse {
             ),
         };
         let (coop, coop_why) = match (opts.coop, coop_support(adapter)) {
-            (true, Ok((f, sg))) => (
-                Some((f, sg)),
-                format!("tensor cores ({f}x{f}x{f} f16 -> f32, subgroups of {sg})"),
-            ),
+            (true, Ok((f, sg))) => {
+                let (need, most) = (
+                    coop_workgroup_bytes(opts.coop_step),
+                    adapter.limits().max_compute_workgroup_storage_size,
+                );
+                if need > most {
+                    bail!(
+                        "{}={}: GPU adapter {} allows {most} bytes of workgroup memory; the tensor-core walk needs {need} for K steps of {}",
+                        crate::knobs::GPU_COOP_STEP,
+                        opts.coop_step,
+                        info.name,
+                        opts.coop_step
+                    );
+                }
+                (
+                    Some((f, sg)),
+                    format!(
+                        "tensor cores ({f}x{f}x{f} f16 -> f32, subgroups of {sg}, K steps of {})",
+                        opts.coop_step
+                    ),
+                )
+            }
             (true, Err(why)) => bail!(
                 "{}=1: GPU adapter {} {why}",
                 crate::knobs::GPU_COOP,
@@ -704,6 +729,18 @@ impl FeatureUse {
 const COOP: wgpu::Features =
     wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(wgpu::Features::SHADER_F16);
 
+/// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise.
+pub const COOP_STEP: u32 = 64;
+
+/// Workgroup memory the tensor-core matmul kernels need with K steps of `step`:
+/// the walk's two f16 tiles of A (32 × (step + 8)) and of B (step × 40), its sums
+/// (9,216 bytes) and `matmul_gather`'s image numbers (128). 19,584 bytes for
+/// steps of 32, 28,800 for 64, 47,232 for 128 (WebGPU's default limit is 16,384;
+/// lavapipe allows 32,768, an H100 49,152).
+pub fn coop_workgroup_bytes(step: u32) -> u32 {
+    2 * 32 * (step + 8) * 2 + 2 * step * 40 * 2 + 9216 + 128
+}
+
 /// Whether `matmul_walk_coop.wgsl` runs on `adapter`: (fragment size, subgroup
 /// size), or what the adapter lacks, in words. It needs cooperative matrices of
 /// f16 into f32 of 16×16×16 (preferred) or 8×8×8, and one subgroup size SG with
@@ -717,6 +754,15 @@ pub fn coop_support(adapter: &wgpu::Adapter) -> std::result::Result<(u32, u32), 
     if lo != hi || lo == 0 {
         return Err(format!(
             "has subgroups of {lo}..{hi} invocations; the tensor-core walk needs one size"
+        ));
+    }
+    let (most, least) = (
+        adapter.limits().max_compute_workgroup_storage_size,
+        coop_workgroup_bytes(32),
+    );
+    if most < least {
+        return Err(format!(
+            "allows {most} bytes of workgroup memory; the tensor-core walk needs {least}"
         ));
     }
     let props = adapter.cooperative_matrix_properties();
@@ -1028,6 +1074,11 @@ impl GpuContext {
             .max(latent_threads);
         limits.max_compute_workgroup_size_x =
             limits.max_compute_workgroup_size_x.max(latent_threads);
+        if features.coop.is_some() {
+            limits.max_compute_workgroup_storage_size = limits
+                .max_compute_workgroup_storage_size
+                .max(coop_workgroup_bytes(opts.coop_step));
+        }
         let opts = GpuOptions {
             latent_threads: Some(latent_threads),
             coop_use: features.coop,

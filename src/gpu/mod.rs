@@ -7,8 +7,8 @@ mod context;
 
 pub use backend::{choose_splits, Fusions, GpuBackend};
 pub use context::{
-    build_pipeline, coop_support, Assembled, FeatureUse, GpuContext, GpuOptions, Kernel, Reduce,
-    ShaderChecks, Subgroups, Walk, NO_SUBGROUPS_ENV,
+    build_pipeline, coop_support, coop_workgroup_bytes, Assembled, FeatureUse, GpuContext,
+    GpuOptions, Kernel, Reduce, ShaderChecks, Subgroups, Walk, NO_SUBGROUPS_ENV,
 };
 
 use anyhow::{bail, Result};
