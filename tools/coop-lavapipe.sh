@@ -27,11 +27,12 @@ if [ ! -x "$root/usr/bin/vulkaninfo" ]; then
   debootstrap --variant=minbase trixie "$root" "$mirror" >"$root.log" 2>&1 ||
     { tail -20 "$root.log"; exit 1; }
   echo "deb $mirror trixie-backports main" >"$root/etc/apt/sources.list.d/backports.list"
-  chroot "$root" apt-get update -qq 2>&1 | grep -v 'Can not write log' || true
-  DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
-    -t trixie-backports mesa-vulkan-drivers libvulkan1 vulkan-tools 2>&1 |
-    grep -v 'Can not write log' || true
-  [ -x "$root/usr/bin/vulkaninfo" ] || { echo "coop-lavapipe: Mesa not installed in $root"; exit 1; }
+  # (apt's output to the log: it only matters when Mesa did not get installed)
+  { chroot "$root" apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
+      -t trixie-backports mesa-vulkan-drivers libvulkan1 vulkan-tools; } >>"$root.log" 2>&1 || true
+  [ -x "$root/usr/bin/vulkaninfo" ] ||
+    { tail -20 "$root.log"; echo "coop-lavapipe: Mesa not installed in $root"; exit 1; }
 fi
 
 # the test binary, built here (the root has no Rust)
