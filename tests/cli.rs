@@ -768,6 +768,8 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_ONES_COLUMN", "on"),
         ("VAE_OOD_GPU_LATENT_THREADS", "300"),
         ("VAE_OOD_GPU_LATENT_THREADS", "2048"),
+        ("VAE_OOD_GPU_COOP", "yes"),
+        ("VAE_OOD_GPU_COOP_STEP", "48"),
     ];
     // a one-epoch CPU run on 128 images, quiet
     let run = [
@@ -802,9 +804,23 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_TRIPLE_ADAM", "1")
         .env("VAE_OOD_GPU_ONES_COLUMN", "1")
         .env("VAE_OOD_GPU_LATENT_THREADS", "512")
+        .env("VAE_OOD_GPU_COOP", "1")
+        .env("VAE_OOD_GPU_COOP_STEP", "128")
         .args(run)
         .args(["--out", s(&out)])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // `devices` describes every adapter whatever VAE_OOD_GPU_COOP says (it is an
+    // error only where a device is opened): tensor cores offered or not
+    let o = bin()
+        .env("VAE_OOD_GPU_COOP", "1")
+        .arg("devices")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    for line in listed.lines().filter(|l| !l.starts_with("no GPU")) {
+        assert!(line.contains("tensor cores"), "{line}");
+    }
 }

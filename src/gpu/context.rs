@@ -495,7 +495,7 @@ pub struct GpuOptions {
     /// chose here.
     pub latent_threads: Option<u32>,
     /// the matmul kernels walk K on tensor cores, f16 operands into f32 sums
-    /// (`VAE_OOD_GPU_COOP=1`, [`Walk::Coop`]); off by default. Opening a device
+    /// (`VAE_OOD_GPU_COOP=1`, [`Walk::Coop16`]); off by default. Opening a device
     /// that lacks them is then an error ([`FeatureUse::of`]).
     pub coop: bool,
     /// the tensor-core walk's (fragment size, subgroup size `SG`): the context
@@ -602,8 +602,8 @@ pub struct FeatureUse {
     /// the matmul kernels walk K on tensor cores, (fragment size, subgroup size)
     /// ([`coop_support`]); None: on the FMA units
     pub coop: Option<(u32, u32)>,
-    /// in words: "tensor cores (16x16x16 f16 -> f32, subgroups of 32)", "tensor
-    /// cores offered (VAE_OOD_GPU_COOP=1)", "no tensor cores"
+    /// in words: "tensor cores (16x16x16 f16 -> f32, subgroups of 32, K steps of
+    /// 64)", "tensor cores offered (VAE_OOD_GPU_COOP=1)", "no tensor cores"
     pub coop_why: String,
 }
 

@@ -19,10 +19,14 @@ pub fn instance() -> wgpu::Instance {
 }
 
 /// Every adapter wgpu can see, with the optional features vae-ood would use on it
-/// (options from the environment).
+/// (options from the environment, but tensor cores only said to be offered or
+/// not: `VAE_OOD_GPU_COOP=1` is an error only where a device is opened).
 pub fn list_adapters() -> Vec<(wgpu::AdapterInfo, FeatureUse)> {
     let inst = instance();
-    let opts = GpuOptions::from_env();
+    let opts = GpuOptions {
+        coop: false,
+        ..GpuOptions::from_env()
+    };
     pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
         .iter()
         .map(|a| {
