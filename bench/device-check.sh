@@ -58,11 +58,13 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # (2026-11-26, H100 and H200, in three calls: ones_column 0.996–1.032, latent_512
   # 0.991–0.993, no_prefetch 1.005, triple_adam 1.043–1.054 × the default. The
   # tensor-core walk, built after those calls, is not timed yet: K steps of 64 (its
-  # default), 32 and 128, and split-K products aiming for 128 workgroups, not 256)
+  # default), 32 and 128, and split-K products aiming for 128 workgroups, not 256;
+  # nor the FMA walk with double-buffered tiles, one barrier per K step)
   ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_32:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=32' \
     'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
+    'double_tiles:VAE_OOD_GPU_DOUBLE_TILES=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # the whole default run with the tensor-core walk and without: wall time, training

@@ -8,7 +8,8 @@
 //! (`VAE_OOD_GPU_ONES_COLUMN=1`); the latent kernels in workgroups of 256 threads
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); the matmul on tensor cores
-//! (`VAE_OOD_GPU_COOP=1`, where the adapter has them); without the latent fusion, without the
+//! (`VAE_OOD_GPU_COOP=1`, where the adapter has them); double-buffered matmul tiles
+//! (`VAE_OOD_GPU_DOUBLE_TILES=1`); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
@@ -98,6 +99,14 @@ fn main() -> anyhow::Result<()> {
             all,
         ),
         ("tensor cores", GpuOptions { coop: true, ..d }, all),
+        (
+            "double tiles",
+            GpuOptions {
+                double_tiles: true,
+                ..d
+            },
+            all,
+        ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),

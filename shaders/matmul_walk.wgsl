@@ -13,9 +13,18 @@
 // ta[kk·ROW + i/2] holds A(i, kk) for rows i, i+1 of a pair; tb[kk·ROW + j/2] holds
 // B(kk, j) for columns j, j+1. The multiply then reads a thread's two rows and two
 // columns with one load each.
+// TILES (a pipeline constant the host always sets: 2 with `VAE_OOD_GPU_DOUBLE_TILES=1`,
+// else 1): with 2, two of each at s = 0 or 544 in turn, as in matmul_walk_coop.wgsl —
+// a K step stashes into one while no thread can still be reading it (all passed
+// the barrier after their multiply of the step before it), so one barrier per K
+// step instead of two, for 17.4 KB of workgroup memory instead of 8.7. The same
+// values into the same sums in the same order: the same bits.
 const ROW: u32 = 17u;
-var<workgroup> ta: array<vec2<f32>, 544>; // 32 × ROW
-var<workgroup> tb: array<vec2<f32>, 544>;
+const TLEN: u32 = 544u; // 32 × ROW
+override TILES: u32 = 1u;
+override T_LEN: u32 = TLEN * TILES;
+var<workgroup> ta: array<vec2<f32>, T_LEN>;
+var<workgroup> tb: array<vec2<f32>, T_LEN>;
 
 // The K walk of a tile: A and B tiles through workgroup memory, 32 of K at a time,
 // into the thread's four sums acc and, with `sums`, the row sums rs (flag 8).
@@ -31,9 +40,10 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
     let slow = t / TILE;
     var ra = fetch_a4(w, w.k_begin, fast, slow);
     var rb = fetch_b4(w, w.k_begin, fast, slow);
+    var s = 0u; // the tiles this K step uses (TILES = 2: 0 or TLEN in turn)
     for (var k0 = w.k_begin; k0 < w.k_end; k0 += TILE) {
-        stash_a4(w.a_t, fast, slow, ra);
-        stash_b4(w.b_t, fast, slow, rb);
+        stash_a4(w.a_t, s, fast, slow, ra);
+        stash_b4(w.b_t, s, fast, slow, rb);
         workgroupBarrier();
         if (PREFETCH) {
             // the next K step's reads in flight during this step's multiply
@@ -43,8 +53,8 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
         // unrolled by hand, 8 steps of kk per trip: the loop-bounding counter wgpu adds to
         // every loop (and any driver that will not unroll past it) costs once per 8
         for (var kk = 0u; kk < TILE; kk += 8u) {
-            let ia = kk * ROW + lid.y; // rows 2·lid.y, +1
-            let ib = kk * ROW + lid.x; // columns 2·lid.x, +1
+            let ia = s + kk * ROW + lid.y; // rows 2·lid.y, +1
+            let ib = s + kk * ROW + lid.x; // columns 2·lid.x, +1
             if (sums) {
                 mac(acc, rs, ta[ia], tb[ib]);
                 mac(acc, rs, ta[ia + ROW], tb[ib + ROW]);
@@ -65,7 +75,11 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
                 mul_add(acc, ta[ia + 7u * ROW], tb[ib + 7u * ROW]);
             }
         }
-        workgroupBarrier();
+        if (TILES == 1u) {
+            workgroupBarrier();
+        } else {
+            s = TLEN - s;
+        }
         if (!PREFETCH) {
             ra = fetch_a4(w, k0 + TILE, fast, slow);
             rb = fetch_b4(w, k0 + TILE, fast, slow);
@@ -73,30 +87,30 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
     }
 }
 
-// Thread t's four elements of A's tile into ta: (fast, slow + 8r), r = 0..3.
-fn stash_a4(a_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
-    stash_a(a_t, fast, slow, v.x);
-    stash_a(a_t, fast, slow + 8u, v.y);
-    stash_a(a_t, fast, slow + 16u, v.z);
-    stash_a(a_t, fast, slow + 24u, v.w);
+// Thread t's four elements of A's tile into ta (the tile at s): (fast, slow + 8r), r = 0..3.
+fn stash_a4(a_t: bool, s: u32, fast: u32, slow: u32, v: vec4<f32>) {
+    stash_a(a_t, s, fast, slow, v.x);
+    stash_a(a_t, s, fast, slow + 8u, v.y);
+    stash_a(a_t, s, fast, slow + 16u, v.z);
+    stash_a(a_t, s, fast, slow + 24u, v.w);
 }
 
-fn stash_a(a_t: bool, fast: u32, slow: u32, v: f32) {
+fn stash_a(a_t: bool, s: u32, fast: u32, slow: u32, v: f32) {
     let ik = tile_at(a_t, fast, slow);
-    ta[ik.y * ROW + ik.x / 2u][ik.x % 2u] = v;
+    ta[s + ik.y * ROW + ik.x / 2u][ik.x % 2u] = v;
 }
 
 // Those four into tb.
-fn stash_b4(b_t: bool, fast: u32, slow: u32, v: vec4<f32>) {
-    stash_b(b_t, fast, slow, v.x);
-    stash_b(b_t, fast, slow + 8u, v.y);
-    stash_b(b_t, fast, slow + 16u, v.z);
-    stash_b(b_t, fast, slow + 24u, v.w);
+fn stash_b4(b_t: bool, s: u32, fast: u32, slow: u32, v: vec4<f32>) {
+    stash_b(b_t, s, fast, slow, v.x);
+    stash_b(b_t, s, fast, slow + 8u, v.y);
+    stash_b(b_t, s, fast, slow + 16u, v.z);
+    stash_b(b_t, s, fast, slow + 24u, v.w);
 }
 
-fn stash_b(b_t: bool, fast: u32, slow: u32, v: f32) {
+fn stash_b(b_t: bool, s: u32, fast: u32, slow: u32, v: f32) {
     let kj = tile_at(b_t, fast, slow);
-    tb[kj.x * ROW + kj.y / 2u][kj.y % 2u] = v;
+    tb[s + kj.x * ROW + kj.y / 2u][kj.y % 2u] = v;
 }
 
 // One step of the multiply: a thread's two A values av (rows i0, i0 + 1) times its

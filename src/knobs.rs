@@ -33,6 +33,11 @@ pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
 /// identical bits, 0.93× the time per training step on an H100 and an H200).
 pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
+/// `1`: the FMA matmul walk keeps two tiles of each operand in workgroup memory and
+/// stashes each K step into the one not being read, one barrier per K step instead
+/// of two (`shaders/matmul_walk.wgsl`, `TILES`): identical bits; off by default (not
+/// yet timed on a GPU).
+pub const GPU_DOUBLE_TILES: &str = "VAE_OOD_GPU_DOUBLE_TILES";
 /// `1`: the matmul kernels walk K on tensor cores (`shaders/matmul_walk_coop.wgsl`:
 /// 16×16×16 cooperative matrices, operands rounded to f16, f32 sums) instead of
 /// f32 fmas; an error on a device without them. Off by default: not yet timed on
@@ -60,7 +65,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 7] = [
+const FLAGS: [&str; 8] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -68,6 +73,7 @@ const FLAGS: [&str; 7] = [
     GPU_ONES_COLUMN,
     GPU_TRIPLE_ADAM,
     GPU_COOP,
+    GPU_DOUBLE_TILES,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

@@ -521,6 +521,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         );
         assert_eq!(says("no prefetching matmul"), !opts.prefetch);
         assert_eq!(says("as a ones column"), opts.ones_column);
+        assert_eq!(says("double-buffered matmul tiles"), opts.double_tiles);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         be.set_fusions(Fusions::ALL);
@@ -621,6 +622,29 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
                 GpuOptions {
                     prefetch: false,
                     ..ones
+                },
+            ),
+        ),
+        (
+            "double-buffered matmul tiles",
+            run(
+                0,
+                Fusions::DEFAULT,
+                GpuOptions {
+                    double_tiles: true,
+                    ..d
+                },
+            ),
+        ),
+        (
+            "double-buffered tiles, Adam in the triple, no prefetching",
+            run(
+                0,
+                Fusions::ALL,
+                GpuOptions {
+                    double_tiles: true,
+                    prefetch: false,
+                    ..d
                 },
             ),
         ),

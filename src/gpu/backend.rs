@@ -1340,7 +1340,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -1356,6 +1356,11 @@ impl Backend for GpuBackend {
             },
             if self.ctx.options.ones_column {
                 ", bias gradients as a ones column"
+            } else {
+                ""
+            },
+            if self.ctx.options.double_tiles && self.ctx.features.coop.is_none() {
+                ", double-buffered matmul tiles"
             } else {
                 ""
             },

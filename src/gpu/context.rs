@@ -230,7 +230,8 @@ impl Kernel {
 
     /// Values for the module's pipeline-overridable constants: the matmul's
     /// `PREFETCH` ([`GpuOptions::prefetch`]) and `ONES` ([`GpuOptions::ones_column`])
-    /// and, with the tensor-core walk, `SG` (the subgroup size it was chosen for),
+    /// and, with the tensor-core walk, `SG` (the subgroup size it was chosen for)
+    /// and `KR` (its K step / 32), else `TILES` ([`GpuOptions::double_tiles`]),
     /// the latent kernels' workgroup size `WG` ([`GpuOptions::latent_threads`], 256
     /// where unset); none for the other kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
@@ -243,9 +244,12 @@ impl Kernel {
                     ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
                     ("ONES", if opts.ones_column { 1.0 } else { 0.0 }),
                 ];
-                if let Some((_, sg)) = opts.coop_use {
-                    c.push(("SG", sg as f64));
-                    c.push(("KR", (opts.coop_step / 32) as f64));
+                match opts.coop_use {
+                    Some((_, sg)) => {
+                        c.push(("SG", sg as f64));
+                        c.push(("KR", (opts.coop_step / 32) as f64));
+                    }
+                    None => c.push(("TILES", if opts.double_tiles { 2.0 } else { 1.0 })),
                 }
                 c
             }
@@ -504,6 +508,9 @@ pub struct GpuOptions {
     /// the K the tensor-core walk consumes per step (and barrier): 32, 64 (the
     /// default) or 128 (`VAE_OOD_GPU_COOP_STEP`)
     pub coop_step: u32,
+    /// the FMA walk's tiles double-buffered, one barrier per K step
+    /// (`VAE_OOD_GPU_DOUBLE_TILES=1`; identical bits; off by default)
+    pub double_tiles: bool,
 }
 
 /// The most threads per workgroup the latent kernels use (`latent.wgsl`'s share
@@ -523,6 +530,7 @@ impl Default for GpuOptions {
             coop: false,
             coop_use: None,
             coop_step: COOP_STEP,
+            double_tiles: false,
         }
     }
 }
@@ -584,6 +592,7 @@ impl GpuOptions {
             coop_use: None,
             coop_step: crate::knobs::number(crate::knobs::GPU_COOP_STEP, 32..=128)
                 .map_or(COOP_STEP, |v| v as u32),
+            double_tiles: crate::knobs::flag(crate::knobs::GPU_DOUBLE_TILES),
         }
     }
 }
@@ -728,6 +737,10 @@ impl FeatureUse {
 /// experimental feature) and f16 in shaders.
 const COOP: wgpu::Features =
     wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(wgpu::Features::SHADER_F16);
+
+/// Workgroup memory of the FMA matmul kernels with double-buffered tiles: two
+/// tiles of each operand (4 × 4,352 bytes) and `matmul_gather`'s image numbers.
+pub const DOUBLE_TILES_BYTES: u32 = 4 * 544 * 8 + 128;
 
 /// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise.
 pub const COOP_STEP: u32 = 64;
@@ -1078,6 +1091,18 @@ impl GpuContext {
             limits.max_compute_workgroup_storage_size = limits
                 .max_compute_workgroup_storage_size
                 .max(coop_workgroup_bytes(opts.coop_step));
+        } else if opts.double_tiles {
+            if have.max_compute_workgroup_storage_size < DOUBLE_TILES_BYTES {
+                bail!(
+                    "{}=1: GPU adapter {} allows {} bytes of workgroup memory; double-buffered matmul tiles need {DOUBLE_TILES_BYTES}",
+                    crate::knobs::GPU_DOUBLE_TILES,
+                    info.name,
+                    have.max_compute_workgroup_storage_size
+                );
+            }
+            limits.max_compute_workgroup_storage_size = limits
+                .max_compute_workgroup_storage_size
+                .max(DOUBLE_TILES_BYTES);
         }
         let opts = GpuOptions {
             latent_threads: Some(latent_threads),
