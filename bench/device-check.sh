@@ -14,6 +14,8 @@
 #   QUICK=1: the tests, the sweep, two whole runs (tensor cores and not), matmul_micro
 #   on tensor cores and gpu_variants only (no gpu.sh, default matmul_micro, K sweep
 #   or grid barrier)
+#   SWEEP_ROUNDS, SWEEP_EPOCHS: the sweep's rounds (5) and epochs (10); 0 rounds
+#   skips it (a dry run of this script on lavapipe, where it would take hours)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${OUT:-}" ]; then LOG=$(mktemp -d); else LOG=bench/out; fi
@@ -60,7 +62,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # tensor-core walk, built after those calls, is not timed yet: K steps of 64 (its
   # default), 32 and 128, and split-K products aiming for 128 workgroups, not 256;
   # nor the FMA walk with double-buffered tiles, one barrier per K step)
-  ROUNDS=5 EPOCHS=10 TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
+  ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_32:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=32' \
     'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
