@@ -891,7 +891,10 @@ pub const UNIFORM_BYTES: u64 = 256;
 /// (`examples/gpu_variants.rs`); on an H100 they train 1.18× faster than checked
 /// ones (`bench/gpu.sh`, 2026-11-26), which made them the default. Trusting is sound for the shaders in `shaders/` because:
 /// - every workgroup-memory index is in range by construction (matmul tiles:
-///   ii, kk < 32 → < 1056; reductions: lane, subgroup id < 256; the latent
+///   ii, kk < 32 → < 1056; double-buffered, the second tile is pairs 544..1088; the
+///   tensor-core walk's: ii, jj < 32 and kk < its K step, in either of its two
+///   tiles, and its sums' blocks < 9 · 256 (a job or the discard block) or
+///   ii · 32 + kk < 1024; reductions: lane, subgroup id < 256; the latent
 ///   kernels: rows and output counts ≤ 1,024 hidden units and 2 × 64 latents,
 ///   which the lowering checks, `lower_latent`, and thread shares t < 256), and
 ///   so is every tile `matmul_pair` derives from its workgroup id (the backend
