@@ -1865,10 +1865,13 @@ fn tensor_core_walk_against_its_twin() {
             .map(|b| be.read(*b, 0..b.len(&SIZES)).unwrap())
             .collect::<Vec<_>>()
     };
+    let rounded = |v: &[f32]| {
+        let mut r = v.to_vec();
+        round_to_f16(&mut r);
+        r
+    };
     let halves = |rng: &mut rand::rngs::StdRng, n: usize, lo: f32, hi: f32| {
-        let mut v = uniform(rng, n, lo, hi);
-        round_to_f16(&mut v);
-        v
+        rounded(&uniform(rng, n, lo, hi))
     };
     let mm = |a, b, e, c, p| Op::Matmul { a, b, e, c, p };
     let fwd_split = MatmulParams::linear(37, 400, 20, 300, 19_000, true);
@@ -2010,11 +2013,6 @@ fn tensor_core_walk_against_its_twin() {
     let dy = uniform(&mut rng, Buf::Logits.len(&SIZES), -1.0, 1.0);
     let x = uniform(&mut rng, Buf::X.len(&SIZES), -1.0, 1.0);
     let w = uniform(&mut rng, SIZES.params, -0.5, 0.5);
-    let rounded = |v: &[f32]| {
-        let mut r = v.to_vec();
-        round_to_f16(&mut r);
-        r
-    };
     let outs = [Buf::H3, Buf::Grads];
     let plain = vec![
         (Buf::Logits, dy.clone()),

@@ -645,28 +645,14 @@ impl FeatureUse {
             ),
         };
         let (coop, coop_why) = match (opts.coop, coop_support(adapter)) {
-            (true, Ok((f, sg))) => {
-                let (need, most) = (
-                    coop_workgroup_bytes(opts.coop_step),
-                    adapter.limits().max_compute_workgroup_storage_size,
-                );
-                if need > most {
-                    bail!(
-                        "{}={}: GPU adapter {} allows {most} bytes of workgroup memory; the tensor-core walk needs {need} for K steps of {}",
-                        crate::knobs::GPU_COOP_STEP,
-                        opts.coop_step,
-                        info.name,
-                        opts.coop_step
-                    );
-                }
-                (
-                    Some((f, sg)),
-                    format!(
-                        "tensor cores ({f}x{f}x{f} f16 -> f32, subgroups of {sg}, K steps of {})",
-                        opts.coop_step
-                    ),
-                )
-            }
+            // (whether its K step fits the workgroup memory: GpuContext::with_options)
+            (true, Ok((f, sg))) => (
+                Some((f, sg)),
+                format!(
+                    "tensor cores ({f}x{f}x{f} f16 -> f32, subgroups of {sg}, K steps of {})",
+                    opts.coop_step
+                ),
+            ),
             (true, Err(why)) => bail!(
                 "{}=1: GPU adapter {} {why}",
                 crate::knobs::GPU_COOP,
@@ -1090,22 +1076,34 @@ impl GpuContext {
             .max(latent_threads);
         limits.max_compute_workgroup_size_x =
             limits.max_compute_workgroup_size_x.max(latent_threads);
-        if features.coop.is_some() {
-            limits.max_compute_workgroup_storage_size = limits
-                .max_compute_workgroup_storage_size
-                .max(coop_workgroup_bytes(opts.coop_step));
-        } else if opts.double_tiles {
-            if have.max_compute_workgroup_storage_size < DOUBLE_TILES_BYTES {
+        // the matmul kernels' workgroup memory where their walk needs more than
+        // WebGPU's default: (bytes, the switch asking for it, what needs it)
+        let walk_memory = match features.coop {
+            Some(_) => {
+                let (need, step) = (coop_workgroup_bytes(opts.coop_step), opts.coop_step);
+                Some((
+                    need,
+                    format!("{}={step}", crate::knobs::GPU_COOP_STEP),
+                    format!("the tensor-core walk needs {need} for K steps of {step}"),
+                ))
+            }
+            None if opts.double_tiles => Some((
+                DOUBLE_TILES_BYTES,
+                format!("{}=1", crate::knobs::GPU_DOUBLE_TILES),
+                format!("double-buffered matmul tiles need {DOUBLE_TILES_BYTES}"),
+            )),
+            None => None,
+        };
+        if let Some((need, switch, what)) = walk_memory {
+            let most = have.max_compute_workgroup_storage_size;
+            if most < need {
                 bail!(
-                    "{}=1: GPU adapter {} allows {} bytes of workgroup memory; double-buffered matmul tiles need {DOUBLE_TILES_BYTES}",
-                    crate::knobs::GPU_DOUBLE_TILES,
-                    info.name,
-                    have.max_compute_workgroup_storage_size
+                    "{switch}: GPU adapter {} allows {most} bytes of workgroup memory; {what}",
+                    info.name
                 );
             }
-            limits.max_compute_workgroup_storage_size = limits
-                .max_compute_workgroup_storage_size
-                .max(DOUBLE_TILES_BYTES);
+            limits.max_compute_workgroup_storage_size =
+                limits.max_compute_workgroup_storage_size.max(need);
         }
         let opts = GpuOptions {
             latent_threads: Some(latent_threads),
