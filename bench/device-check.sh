@@ -61,20 +61,26 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # 0.991–0.993, no_prefetch 1.005, triple_adam 1.043–1.054 × the default. The
   # tensor-core walk, built after those calls, is not timed yet: K steps of 64 (its
   # default), 32 and 128, and split-K products aiming for 128 workgroups, not 256;
-  # nor the FMA walk with double-buffered tiles, one barrier per K step)
+  # nor the FMA walk with double-buffered tiles, one barrier per K step; nor the
+  # BCE in fc4's epilogue, 7 dispatches per step, with either walk)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_32:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=32' \
     'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
     'double_tiles:VAE_OOD_GPU_DOUBLE_TILES=1' \
+    'bce:VAE_OOD_GPU_BCE_EPILOGUE=1' 'coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
-  # the whole default run with the tensor-core walk and without: wall time, training
-  # time and AUROCs side by side (the accuracy target: clean AUROC within ±0.02)
-  for coop in 1 0; do
-    echo "## whole default run, VAE_OOD_GPU_COOP=$coop"
-    VAE_OOD_GPU_COOP=$coop timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_coop$coop" 2>&1 \
-      | grep -v 'XDG_RUNTIME_DIR\|====> Epoch' | tee "$LOG/run_coop$coop.txt"
+  # the whole default run with the tensor-core walk and the BCE epilogue, each and
+  # both, and without: wall time, training time and AUROCs side by side (the
+  # accuracy target: clean AUROC within ±0.02)
+  for v in coop:VAE_OOD_GPU_COOP=1 bce:VAE_OOD_GPU_BCE_EPILOGUE=1 \
+    coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1 default:VAE_OOD_GPU_COOP=0; do
+    name=${v%%:*}
+    echo "## whole default run, ${v#*:}"
+    # shellcheck disable=SC2046
+    env $(echo "${v#*:}" | tr , ' ') timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_$name" 2>&1 \
+      | grep -v 'XDG_RUNTIME_DIR\|====> Epoch' | tee "$LOG/run_$name.txt"
   done
   # each product alone on the tensor cores (against the default's in matmul_micro.txt
   # when not QUICK)

@@ -9,7 +9,8 @@
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); the matmul on tensor cores
 //! (`VAE_OOD_GPU_COOP=1`, where the adapter has them); double-buffered matmul tiles
-//! (`VAE_OOD_GPU_DOUBLE_TILES=1`); without the latent fusion, without the
+//! (`VAE_OOD_GPU_DOUBLE_TILES=1`); the BCE in fc4's epilogue
+//! (`VAE_OOD_GPU_BCE_EPILOGUE=1`), also on tensor cores; without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
@@ -106,6 +107,12 @@ fn main() -> anyhow::Result<()> {
                 ..d
             },
             all,
+        ),
+        ("bce epilogue", d, without(|f| f.bce = true)),
+        (
+            "tensor cores, bce",
+            GpuOptions { coop: true, ..d },
+            without(|f| f.bce = true),
         ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),

@@ -107,7 +107,12 @@ fn matmul_pair(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     // the dispatch is exactly (G0 + G1, 1, 1) (the backend pairs only products with
     // G0 + G1 ≤ 65535), so every workgroup has a tile, and no early return sits in
     // front of the barriers (lavapipe ran the pair 1.2× slower with one)
-    var w = wg.x;
+    pair_tile(wg.x, lid);
+}
+
+// Workgroup w_in < G0 + G1 of a pair: its problem's tile and K share.
+fn pair_tile(w_in: u32, lid: vec3<u32>) {
+    var w = w_in;
     var q = 0u;
     var g = grid(0u);
     if (w >= g.x * g.y * g.z) {
@@ -229,7 +234,7 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         b0 = row_sum(q, p, i0, rs.x);
         b1 = row_sum(q, p, i0 + 1u, rs.y);
     }
-    after_tile(array<Stored, 6>(s0, s1, s2, s3, b0, b1));
+    after_tile(w, lid, array<Stored, 6>(s0, s1, s2, s3, b0, b1));
 }
 
 // Row i's bias gradient v, stored (none past the last row).

@@ -32,7 +32,7 @@ fn matmul_triple_adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
 // two bias gradients; at = NONE: none): every read issued before the first write
 // (one step after another would wait for each other's reads: the buffers may alias
 // as far as the driver knows).
-fn after_tile(s: array<Stored, 6>) {
+fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>) {
     let o0 = adam_read(s[0].at);
     let o1 = adam_read(s[1].at);
     let o2 = adam_read(s[2].at);

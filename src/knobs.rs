@@ -46,6 +46,13 @@ pub const GPU_COOP: &str = "VAE_OOD_GPU_COOP";
 /// K per step of the tensor-core walk (one barrier each): 32, 64 (the default) or
 /// 128 (needs 47,232 bytes of workgroup memory).
 pub const GPU_COOP_STEP: &str = "VAE_OOD_GPU_COOP_STEP";
+/// `1`: a training step's BCE and its gradient in the epilogue of the
+/// decoder-output product (`shaders/matmul_bce.wgsl`; the product then walks all of
+/// K, unsplit) and its per-image loss finished in extra workgroups of fc4's
+/// gradient pair (`shaders/matmul_loss.wgsl`): seven dispatches per step instead
+/// of eight. Needs the gradient pairs. Off by default: not yet timed on a GPU, and
+/// it sums each row's BCE in another order (rounding-level differences).
+pub const GPU_BCE_EPILOGUE: &str = "VAE_OOD_GPU_BCE_EPILOGUE";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -65,7 +72,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 8] = [
+const FLAGS: [&str; 9] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -74,6 +81,7 @@ const FLAGS: [&str; 8] = [
     GPU_TRIPLE_ADAM,
     GPU_COOP,
     GPU_DOUBLE_TILES,
+    GPU_BCE_EPILOGUE,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

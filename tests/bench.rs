@@ -65,8 +65,10 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     // the gather, which runs in the previous step's Adam dispatch); the loss,
     // which the BCE kernel writes; the ops in the latent kernels after the first
     // (the head product's forward, fc3's input gradient backward); the head's
-    // and fc1's weight gradients, in fc3's triple (or else as one pair); and
-    // Adam, in the triple's epilogue where VAE_OOD_GPU_TRIPLE_ADAM=1 puts it
+    // and fc1's weight gradients, in fc3's triple (or else as one pair); Adam,
+    // in the triple's epilogue where VAE_OOD_GPU_TRIPLE_ADAM=1 puts it; and the
+    // BCE, in fc4's product where VAE_OOD_GPU_BCE_EPILOGUE=1 puts it (with the
+    // pairs: fc4's pair finishes the loss)
     let unfused = vae_ood::knobs::gpu_unfused;
     let mut zero: Vec<&str> = Vec::new();
     let triple = !unfused("latent") && !unfused("triple");
@@ -79,6 +81,10 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     }
     if adam {
         zero.push("adam");
+    }
+    let bce = !unfused("pairs") && vae_ood::gpu::Fusions::from_env().bce;
+    if bce {
+        zero.push("bce+grad");
     }
     // (inside an epoch a step's gather shares the previous step's Adam dispatch
     // where that is not in the triple, with the pairs on; fc1 then runs alone)
@@ -135,6 +141,12 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
         (Ok("gather"), false) => (9, 17),
         (_, true) => (7, 14),
         (_, false) => (8, 16),
+    };
+    // (one fewer per step with the BCE epilogue)
+    let (one, two_steps) = if bce {
+        (one - 1, two_steps - 2)
+    } else {
+        (one, two_steps)
     };
     assert_eq!(ex.backend.dispatches(&steps[0]), Some(one));
     let two: Vec<_> = steps[0].iter().chain(&steps[1]).copied().collect();

@@ -771,6 +771,7 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_COOP", "yes"),
         ("VAE_OOD_GPU_COOP_STEP", "48"),
         ("VAE_OOD_GPU_DOUBLE_TILES", "2"),
+        ("VAE_OOD_GPU_BCE_EPILOGUE", "on"),
     ];
     // a one-epoch CPU run on 128 images, quiet
     let run = [
@@ -808,6 +809,7 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_COOP", "1")
         .env("VAE_OOD_GPU_COOP_STEP", "128")
         .env("VAE_OOD_GPU_DOUBLE_TILES", "1")
+        .env("VAE_OOD_GPU_BCE_EPILOGUE", "1")
         .args(run)
         .args(["--out", s(&out)])
         .output()

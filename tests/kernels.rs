@@ -2061,4 +2061,204 @@ fn tensor_core_walk_against_its_twin() {
         moved > 1e-4,
         "dX on tensor cores is the unrounded product (moved {moved}): were the operands rounded?"
     );
+    // the BCE epilogue and the loss in fc4's pair on every K step
+    for gpu in gpus.iter_mut() {
+        for rows in [37, 261] {
+            check_bce_epilogue(&mut rng, gpu, rows, true);
+        }
+    }
+}
+
+/// The ops a training step runs from the decoder's hidden layer to fc4's
+/// gradients, for `rows` images of the test's D pixels and hidden width `h`: the
+/// decoder-output product (logits = h3 W4ᵀ + b4), the BCE with its gradient, the
+/// per-image −ELBO (one draw, no batch sum, to SampleLoss[out_off..]), and fc4's
+/// input and weight gradients (W4 at 100, b4 at 9000; their gradients at the same
+/// offsets of Grads).
+fn decoder_output_ops(rows: usize, h: usize, out_off: usize) -> [Op; 5] {
+    let (w4, b4) = (100, 9000);
+    [
+        Op::Matmul {
+            a: Buf::H3,
+            b: Buf::Params,
+            e: Buf::Params,
+            c: Buf::Logits,
+            p: MatmulParams::linear(rows, h, D, w4, b4, false),
+        },
+        Op::Bce(BceParams {
+            rows: rows as u32,
+            d: D as u32,
+            draws: 1,
+            write_grad: 1,
+        }),
+        Op::Loss(LossParams {
+            images: rows as u32,
+            draws: 1,
+            out_off: out_off as u32,
+            slot: NO_SLOT,
+            mode: LOSS_ELBO,
+            _pad: [0; 3],
+        }),
+        Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::Params,
+            e: Buf::H3,
+            c: Buf::Dh3,
+            p: MatmulParams::linear_backward_input(rows, h, D, w4, true),
+        },
+        Op::Matmul {
+            a: Buf::Logits,
+            b: Buf::H3,
+            e: Buf::Params,
+            c: Buf::Grads,
+            p: MatmulParams::linear_backward_weight(rows, h, D, w4, b4),
+        },
+    ]
+}
+
+/// The BCE and its gradient in the epilogue of the decoder-output product
+/// (`matmul_bce`, `VAE_OOD_GPU_BCE_EPILOGUE=1`) and the loss finished in extra
+/// workgroups of fc4's gradient pair (`matmul_pair_loss`): against the CPU (which
+/// runs the five ops one after the other) and against the GPU with the BCE kernel.
+/// 37 and 261 images (the loss tail in one and in two workgroups) of 129 pixels
+/// (five column tiles, the last one holding one column), hidden width 67: the
+/// product and fc4's input gradient cross tile boundaries and the input gradient
+/// splits K. (On tensor cores: `tensor_core_walk_against_its_twin`.)
+#[test]
+fn bce_in_the_decoder_products_epilogue() {
+    use vae_ood::gpu::{self, GpuBackend};
+    let mut rng = fresh_rng("bce_in_the_decoder_products_epilogue");
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        // fails unless VAE_OOD_SKIP_GPU_TESTS=1 (see common)
+        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+        return;
+    };
+    let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
+    for rows in [37, 261] {
+        check_bce_epilogue(&mut rng, &mut gpu, rows, false);
+    }
+}
+
+/// [`bce_in_the_decoder_products_epilogue`] for `rows` images on `gpu`; with
+/// `f16`, on the tensor-core walk: h3 and the parameters are f16 values (so that
+/// the products' operands are what the CPU reads), and fc4's gradients, whose
+/// operand σ(l) − x the walk rounds to f16, are held to a looser bound.
+fn check_bce_epilogue(
+    rng: &mut rand::rngs::StdRng,
+    gpu: &mut vae_ood::gpu::GpuBackend,
+    rows: usize,
+    f16: bool,
+) {
+    use vae_ood::gpu::Fusions;
+    let (h, out_off) = (67, 11);
+    let ops = decoder_output_ops(rows, h, out_off);
+    let Op::Matmul { p: dx, .. } = ops[3] else {
+        unreachable!()
+    };
+    assert!(choose_splits(&dx) > 1, "fc4's input gradient splits K");
+    let round = |mut v: Vec<f32>| {
+        if f16 {
+            round_to_f16(&mut v);
+        }
+        v
+    };
+    // a third of h3 zero (the ReLU mask of the input gradient)
+    let h3: Vec<f32> = uniform(rng, Buf::H3.len(&SIZES), -0.5, 1.0)
+        .into_iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let inputs = [
+        (Buf::H3, round(h3)),
+        (Buf::Params, round(uniform(rng, SIZES.params, -0.5, 0.5))),
+        (Buf::X, uniform(rng, Buf::X.len(&SIZES), 0.0, 1.0)),
+        (Buf::Kl, uniform(rng, Buf::Kl.len(&SIZES), 0.0, 30.0)),
+    ];
+    let outs = [
+        Buf::Logits,
+        Buf::Bce,
+        Buf::SampleLoss,
+        Buf::Dh3,
+        Buf::Grads,
+        Buf::BatchLoss,
+    ];
+    let run = |be: &mut dyn Backend| {
+        for (b, v) in &inputs {
+            be.write(*b, 0, v).unwrap();
+        }
+        for b in outs {
+            be.write(b, 0, &vec![f32::NAN; b.len(&SIZES)]).unwrap();
+        }
+        be.run(&ops).unwrap();
+        outs.map(|b| be.read(b, 0..b.len(&SIZES)).unwrap())
+    };
+    let cpu = run(&mut *cpu_backend(&[0; 4], 1, SIZES));
+    let regions: [Vec<Range<usize>>; 6] = [
+        vec![0..rows * D],
+        vec![0..rows],
+        vec![out_off..out_off + rows],
+        vec![0..rows * h],
+        vec![100..100 + D * h, 9000..9000 + D],
+        vec![],
+    ];
+    for ((b, r), w) in outs.iter().zip(&regions).zip(&cpu) {
+        assert_written(&format!("{rows} rows: CPU {b:?}"), w, r, true);
+    }
+    let on = gpu.describe();
+    let mut results = Vec::new();
+    for bce in [true, false] {
+        gpu.set_fusions(Fusions {
+            bce,
+            ..Fusions::DEFAULT
+        });
+        // matmul_bce and matmul_pair_loss; or the product, the BCE (with the
+        // loss) and the pair; then the input gradient's split-K reduce
+        let want = if bce { 3 } else { 4 };
+        assert_eq!(
+            gpu.dispatches(&ops),
+            want,
+            "{rows} rows, BCE epilogue {bce}"
+        );
+        assert_eq!(gpu.describe().contains("BCE in fc4's epilogue"), bce);
+        results.push(run(gpu));
+    }
+    // Tolerances: the logits are sums of 67 products (MM_ATOL), their gradients
+    // σ(l) − x move by at most a quarter of that; each row's BCE sums 129 terms of
+    // O(1) (bce_logits_with_extreme_logits: 1e-3 + 1e-5 relative), the KL added in
+    // f32; fc4's gradients are products of K up to 261 of O(1) terms (the split-K
+    // tests' 1e-3 + 1e-4 relative) — on tensor cores of σ(l) − x rounded to f16
+    // (≤ 2⁻¹² absolute for |σ − x| ≤ 1) times weights ≤ 0.5 or h3 ≤ 1: at most
+    // 129 · 2⁻¹² · 0.5 ≈ 0.016 for the input gradient, 261 · 2⁻¹² ≈ 0.064 for the
+    // weight gradient's worst case (about √K times less in practice).
+    let grads = if f16 { (0.07, 1e-4) } else { (1e-3, 1e-4) };
+    let tol = [
+        (MM_ATOL, MM_RTOL),
+        (1e-3, 1e-5),
+        (1e-3, 1e-5),
+        grads,
+        grads,
+        (0.0, 0.0),
+    ];
+    for (res, how) in results.iter().zip(["BCE epilogue", "BCE kernel"]) {
+        for (((b, r), (atol, rtol)), (g, w)) in
+            outs.iter().zip(&regions).zip(tol).zip(res.iter().zip(&cpu))
+        {
+            let what = format!("{rows} rows, {how} on {on}: {b:?}");
+            assert_written(&what, g, r, true);
+            for r in r {
+                assert_close(&what, &g[r.clone()], &w[r.clone()], atol, rtol);
+            }
+        }
+    }
+    // The same logits (both unsplit, the same tiles) and so the same gradient (the
+    // same expression of them), and the same fc4 gradients from it, bit for bit;
+    // the BCE sums in another order (close, above).
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for i in [0, 3, 4] {
+        assert_eq!(
+            bits(&results[0][i]),
+            bits(&results[1][i]),
+            "{rows} rows on {on}: {:?}, BCE epilogue vs BCE kernel",
+            outs[i]
+        );
+    }
 }

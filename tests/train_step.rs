@@ -747,6 +747,78 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
     }
 }
 
+/// The BCE epilogue (`VAE_OOD_GPU_BCE_EPILOGUE=1`: a training step's BCE and its
+/// gradient in fc4's product, its loss finished in fc4's gradient pair) against
+/// the default: one dispatch fewer per training step, and the same training up
+/// to rounding — fc4's product runs unsplit (its sums in another order) and each
+/// row's BCE is summed tile by tile. Three steps and the IWAE scoring batch (which
+/// runs the BCE kernel either way). A device with 10 storage buffers per stage
+/// builds `matmul_bce` (9) but not `matmul_pair_loss` (11): asked for the
+/// epilogue, it runs without it, the same bits as the default there.
+#[test]
+fn bce_epilogue_trains_as_the_bce_kernel() {
+    use vae_ood::gpu::{Fusions, Kernel};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let case = GpuRunCase::new("bce_epilogue_trains_as_the_bce_kernel", 3);
+    let bce = Fusions {
+        bce: true,
+        ..Fusions::DEFAULT
+    };
+    let kernels = [Kernel::MatmulBce, Kernel::MatmulPairLoss];
+    let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
+    let fused = case.capped_run(None, bce, kernels);
+    assert_eq!(fused.0, [true; 2]);
+    assert!(fused.1.contains("BCE in fc4's epilogue"), "{}", fused.1);
+    assert!(!plain.1.contains("BCE in fc4's epilogue"), "{}", plain.1);
+    assert_eq!(
+        fused.2 + 3,
+        plain.2,
+        "one dispatch fewer in each of 3 steps"
+    );
+    let f32s = |bits: &Bits, buf: Buf| -> Vec<f32> {
+        let v = &bits.iter().find(|(b, _)| *b == buf).unwrap().1;
+        v.iter().map(|&x| f32::from_bits(x)).collect()
+    };
+    // per-image losses of the three steps and the scoring batch: ~40 nats, sums
+    // of 53 pixels' BCE and the KL in another order, after up to three Adam steps
+    // that moved by rounding-level differences (below)
+    let n_loss = 4 * 19;
+    let (lf, lp) = (
+        f32s(&fused.3, Buf::SampleLoss),
+        f32s(&plain.3, Buf::SampleLoss),
+    );
+    assert_close("per-image losses", &lf[..n_loss], &lp[..n_loss], 1e-3, 1e-4);
+    // Parameters after three Adam steps from identical inputs: as in
+    // three_training_steps_gpu_equal_cpu, a gradient at rounding level may take
+    // either sign, moving its parameter by up to 2·lr a step; all but a handful
+    // move by less than 1e-5.
+    let (pf, pp) = (f32s(&fused.3, Buf::Params), f32s(&plain.3, Buf::Params));
+    let lr = AdamConfig::default().lr;
+    let mut loose = 0;
+    for (i, (a, b)) in pf.iter().zip(&pp).enumerate() {
+        let d = (a - b).abs();
+        assert!(d <= 3.0 * 2.0 * lr + 1e-5, "param {i}: {a} vs {b}");
+        loose += (d > 1e-5) as usize;
+    }
+    assert!(
+        loose * 1000 < pf.len(),
+        "{loose} of {} parameters differ by > 1e-5",
+        pf.len()
+    );
+    assert_ne!(pf, case.params, "parameters must have moved");
+    // too few storage buffers for matmul_pair_loss: no epilogue
+    let narrow_plain = case.capped_run(Some(10), Fusions::DEFAULT, kernels);
+    let narrow = case.capped_run(Some(10), bce, kernels);
+    assert_eq!(narrow.0, [true, false]);
+    assert!(!narrow.1.contains("BCE in fc4's epilogue"), "{}", narrow.1);
+    assert_eq!(narrow.2, narrow_plain.2);
+    for ((buf, got), (_, want)) in narrow.3.iter().zip(&narrow_plain.3) {
+        assert!(got == want, "{buf:?} differs");
+    }
+}
+
 /// Every buffer's bits after a run.
 type Bits = Vec<(Buf, Vec<u32>)>;
 

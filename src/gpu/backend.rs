@@ -23,6 +23,9 @@ enum Res {
     Idx,
     /// split-K partial sums (GPU only)
     Partial,
+    /// the column tiles' shares of each row's BCE, (rows, ⌈d / 32⌉), from
+    /// `matmul_bce` to `matmul_pair_loss` (GPU only)
+    RowLoss,
 }
 
 pub struct GpuBackend {
@@ -34,6 +37,7 @@ pub struct GpuBackend {
     uniforms: wgpu::Buffer,
     uniform_bg: wgpu::BindGroup,
     partial: wgpu::Buffer,
+    rowloss: wgpu::Buffer,
     slots: usize,
     stride: usize,
     bind_group_index: HashMap<(Kernel, Vec<Res>), usize>,
@@ -372,6 +376,103 @@ const LATENT_SPLIT_SOURCE_AT: usize = 160;
 /// Byte offset of the BCE kernel's loss output (on, out_off) in its uniform slot.
 const BCE_LOSS_AT: usize = 32;
 
+/// Byte offset of `Slot.tail` in a matmul kernel's uniform slot (after three
+/// `MatmulParams` and an `AdamParams`): the triple's Adam tail, `matmul_bce`'s
+/// (draws, write_grad, column tiles) and `matmul_pair_loss`'s (rows, column
+/// tiles, out_off).
+const SLOT_TAIL_AT: usize = 224;
+
+/// A training step's decoder-output product, its BCE and its loss (`rest[0..3]`)
+/// as one `matmul_bce` dispatch (`shaders/matmul_bce.wgsl`), where fc4's gradient
+/// pair follows (`rest[3..5]`, [`pairable`]) to finish the loss in its extra
+/// workgroups ([`with_loss_tail`]): the product is logits = A·B + bias (no other
+/// epilogue), written densely into Logits, which it does not read, and read whole by
+/// the BCE (with its gradient, one draw per row), whose loss is a training step's
+/// (−ELBO, one draw, no batch sum); the pair touches none of the buffers the loss
+/// tail reads or writes (the KL, the BCE, the per-image losses). The product runs
+/// unsplit. Returns its dispatch, its slot's bytes and the pair's loss tail (rows,
+/// column tiles, out_off).
+fn bce_epilogue(rest: &[Op]) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
+    use bytemuck::bytes_of;
+    let [Op::Matmul {
+        a,
+        b,
+        e,
+        c: Buf::Logits,
+        p,
+    }, Op::Bce(pb), Op::Loss(pl), dx @ Op::Matmul { p: px, .. }, dw @ Op::Matmul { p: pw, .. }, ..] =
+        rest
+    else {
+        return None;
+    };
+    let mut q = *p;
+    q.splits = 1;
+    let col_tiles = q.n.div_ceil(32);
+    let loss_groups = pb.rows.div_ceil(256);
+    let pair_groups = tiles(px) * choose_splits(px) + tiles(pw);
+    let loss_bufs = [Buf::Kl, Buf::Bce, Buf::SampleLoss];
+    let pair_bufs = |op: &Op| match *op {
+        Op::Matmul { a, b, e, c, .. } => [a, b, e, c],
+        _ => unreachable!("matched as products"),
+    };
+    let ok = q.flags == MM_BIAS
+        && dense_c(&q, q.n)
+        && ![a, b, e].contains(&&Buf::Logits)
+        && q.m == pb.rows
+        && q.n == pb.d
+        && q.m.div_ceil(32) <= 65_535
+        && pb.write_grad == 1
+        && pb.draws == 1
+        && pl.mode == LOSS_ELBO
+        && pl.slot == NO_SLOT
+        && pl.draws == 1
+        && pl.images == pb.rows
+        && pairable(dx, dw).is_some()
+        && pair_groups + loss_groups <= 65_535
+        && ![dx, dw]
+            .iter()
+            .flat_map(|op| pair_bufs(op))
+            .any(|b| loss_bufs.contains(&b));
+    if !ok {
+        return None;
+    }
+    let f = Res::F;
+    let res = vec![
+        f(*a),
+        f(*b),
+        f(*e),
+        f(Buf::Logits),
+        Res::Partial,
+        f(Buf::Logits),
+        f(*a),
+        f(Buf::X),
+        Res::RowLoss,
+    ];
+    let d = (Kernel::MatmulBce, res, (col_tiles, q.m.div_ceil(32), 1));
+    let mut bytes = bytes_of(&q).to_vec();
+    bytes.resize(SLOT_TAIL_AT, 0);
+    bytes.extend_from_slice(bytes_of(&[pb.draws, pb.write_grad, col_tiles, 0]));
+    Some((d, bytes, [pb.rows, col_tiles, pl.out_off, 0]))
+}
+
+/// fc4's gradient pair `low` (lowered by [`lower`]) as `matmul_pair_loss`: the
+/// loss `tail` (rows, column tiles, out_off) that [`bce_epilogue`] left finished in
+/// extra workgroups, one row per thread.
+fn with_loss_tail(low: &mut Lowered, tail: [u32; 4]) {
+    let (k, res, groups) = &mut low.dispatches[0];
+    assert_eq!(
+        *k,
+        Kernel::MatmulPair,
+        "bce_epilogue matches only before a pair"
+    );
+    *k = Kernel::MatmulPairLoss;
+    let f = Res::F;
+    res.extend([Res::RowLoss, f(Buf::Kl), f(Buf::Bce), f(Buf::SampleLoss)]);
+    groups.0 += tail[0].div_ceil(256);
+    low.bytes.resize(SLOT_TAIL_AT, 0);
+    low.bytes.extend_from_slice(bytemuck::bytes_of(&tail));
+}
+
 /// A lowered op (or pair of ops).
 struct Lowered {
     dispatches: Vec<Dispatch>,
@@ -558,15 +659,24 @@ pub struct Fusions {
     /// a batch's gather in the loads of the product that reads it, as one
     /// `matmul_gather` ([`gather_product`])
     pub gather: bool,
+    /// a training step's BCE and its gradient in the epilogue of the unsplit
+    /// decoder-output product (`matmul_bce`), its loss finished in extra
+    /// workgroups of fc4's gradient pair (`matmul_pair_loss`; [`bce_epilogue`],
+    /// needs `pairs`): one dispatch fewer per step. Off by default
+    /// (`VAE_OOD_GPU_BCE_EPILOGUE=1`): not yet timed on a GPU; it sums each
+    /// row's BCE in another order than the BCE kernel
+    pub bce: bool,
 }
 
 impl Fusions {
-    /// The default: all on but Adam in the triple (see [`Fusions::adam`]).
+    /// The default: all on but Adam in the triple (see [`Fusions::adam`]) and
+    /// the BCE epilogue ([`Fusions::bce`]).
     pub const DEFAULT: Fusions = Fusions {
         adam: false,
         ..Fusions::ALL
     };
-    /// All on.
+    /// All on but the BCE epilogue (the fusions whose results do not depend on
+    /// them, bit for bit, with the latent fusion's order of sums).
     pub const ALL: Fusions = Fusions {
         pairs: true,
         reduces: true,
@@ -574,6 +684,7 @@ impl Fusions {
         triple: true,
         adam: true,
         gather: true,
+        bce: false,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -583,6 +694,7 @@ impl Fusions {
         triple: false,
         adam: false,
         gather: false,
+        bce: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -596,6 +708,8 @@ impl Fusions {
             adam: crate::knobs::flag(crate::knobs::GPU_TRIPLE_ADAM)
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
             gather: !crate::knobs::gpu_unfused("gather"),
+            bce: crate::knobs::flag(crate::knobs::GPU_BCE_EPILOGUE)
+                && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
         }
     }
 
@@ -612,15 +726,19 @@ impl Fusions {
         .filter(|f| !f.0)
         .map(|f| f.1)
         .collect();
-        let adam = if self.adam {
+        let mut extra = if self.adam {
             ", Adam in the triple"
         } else {
             ""
-        };
+        }
+        .to_string();
+        if self.bce {
+            extra.push_str(", BCE in fc4's epilogue");
+        }
         match off.len() {
-            0 => adam.to_string(),
+            0 => extra,
             5 => ", unfused".to_string(),
-            _ => format!(", no {}{adam}", off.join(", no ")),
+            _ => format!(", no {}{extra}", off.join(", no ")),
         }
     }
 }
@@ -836,7 +954,21 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
                 continue;
             }
         }
-        let mut low = lower(&ops[i], ops.get(i + 1), fuse);
+        // with the BCE epilogue: the decoder-output product, its BCE and loss as one
+        // dispatch here, then fc4's gradient pair (op `at`) finishing the loss
+        let bce = (fuse.bce && fuse.pairs && source.is_none())
+            .then(|| bce_epilogue(&ops[i..]))
+            .flatten();
+        let (mut low, at) = match bce {
+            Some((d, bytes, tail)) => {
+                slots[i] = bytes;
+                plan.push((i, d));
+                let mut low = lower(&ops[i + 3], ops.get(i + 4), fuse);
+                with_loss_tail(&mut low, tail);
+                (low, i + 3)
+            }
+            None => (lower(&ops[i], ops.get(i + 1), fuse), i),
+        };
         let mut bytes = std::mem::take(&mut low.bytes);
         if let Some((src, _)) = source.take() {
             // (only BCE and reparameterisation ops read split sums here: their params
@@ -845,8 +977,8 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
             bytes.resize(SPLIT_SOURCE_AT, 0);
             bytes.extend_from_slice(bytemuck::bytes_of(&src));
         }
-        slots[i] = bytes;
-        let after = i + low.used;
+        slots[at] = bytes;
+        let after = at + low.used;
         if let (true, Some((q, e, c))) = (fuse.reduces, low.reduce) {
             if absorbs(&ops[after..], &q, e, c, fuse.latent) {
                 let reduce = low.dispatches.pop();
@@ -863,7 +995,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
                 source = Some((src, e));
             }
         }
-        plan.extend(low.dispatches.into_iter().map(|d| (i, d)));
+        plan.extend(low.dispatches.into_iter().map(|d| (at, d)));
         i = after;
     }
     (plan, slots)
@@ -967,6 +1099,17 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
     }
 }
 
+/// f32 elements of the BCE's row shares that `ops` may need (`matmul_bce`).
+fn rowloss_len(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Bce(p) => (p.rows * p.d.div_ceil(32)) as usize,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// f32 elements of split-K scratch that `ops` need.
 fn partial_len(ops: &[Op]) -> usize {
     ops.iter()
@@ -1032,6 +1175,10 @@ impl GpuBackend {
             latent: f.latent && latent.iter().all(|&k| self.ctx.has(k)),
             triple: f.triple && self.ctx.has(Kernel::MatmulTriple),
             adam: f.adam && self.ctx.has(Kernel::MatmulTripleAdam),
+            bce: f.bce
+                && [Kernel::MatmulBce, Kernel::MatmulPairLoss]
+                    .iter()
+                    .all(|&k| self.ctx.has(k)),
             ..f
         };
     }
@@ -1096,7 +1243,8 @@ impl GpuBackend {
         let stride = (ctx.device.limits().min_uniform_buffer_offset_alignment as usize)
             .max(UNIFORM_BYTES as usize);
         let (uniforms, uniform_bg) = Self::make_uniforms(&ctx, 1, stride);
-        let partial = Self::make_partial(&ctx, 1);
+        let partial = Self::make_scratch(&ctx, "split-K partial sums", 1);
+        let rowloss = Self::make_scratch(&ctx, "row shares of the BCE", 1);
         let mut me = GpuBackend {
             ctx,
             sizes,
@@ -1106,6 +1254,7 @@ impl GpuBackend {
             uniforms,
             uniform_bg,
             partial,
+            rowloss,
             slots: 1,
             stride,
             bind_group_index: HashMap::new(),
@@ -1151,9 +1300,10 @@ impl GpuBackend {
         (buf, bg)
     }
 
-    fn make_partial(ctx: &GpuContext, len: usize) -> wgpu::Buffer {
+    /// A GPU-only f32 buffer of `len` elements (at least one).
+    fn make_scratch(ctx: &GpuContext, label: &str, len: usize) -> wgpu::Buffer {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("split-K partial sums"),
+            label: Some(label),
             size: (len.max(1) * 4) as u64,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
@@ -1166,6 +1316,7 @@ impl GpuBackend {
             Res::Data => &self.data,
             Res::Idx => &self.idx,
             Res::Partial => &self.partial,
+            Res::RowLoss => &self.rowloss,
         }
     }
 
@@ -1242,9 +1393,19 @@ impl GpuBackend {
             self.slots = slots;
         }
         let need = partial_len(ops);
-        if need as u64 * 4 > self.partial.size() {
-            self.partial = Self::make_partial(&self.ctx, need);
-            // bind groups hold the old scratch buffer: rebuild them all lazily
+        let rows_need = if self.fusions.bce {
+            rowloss_len(ops)
+        } else {
+            0
+        };
+        if need as u64 * 4 > self.partial.size() || rows_need as u64 * 4 > self.rowloss.size() {
+            if need as u64 * 4 > self.partial.size() {
+                self.partial = Self::make_scratch(&self.ctx, "split-K partial sums", need);
+            }
+            if rows_need as u64 * 4 > self.rowloss.size() {
+                self.rowloss = Self::make_scratch(&self.ctx, "row shares of the BCE", rows_need);
+            }
+            // bind groups hold the old scratch buffers: rebuild them all lazily
             self.bind_group_index.clear();
             self.bind_groups.clear();
         }
@@ -1933,7 +2094,7 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for bits in 0..64 {
+        for bits in 0..128 {
             let f = Fusions {
                 pairs: bits & 1 != 0,
                 reduces: bits & 2 != 0,
@@ -1941,6 +2102,7 @@ mod tests {
                 triple: bits & 8 != 0,
                 adam: bits & 16 != 0,
                 gather: bits & 32 != 0,
+                bce: bits & 64 != 0,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -2277,5 +2439,134 @@ mod tests {
         // the other way round, or the gather before something else
         assert!(gather_product(&fc1, &g).is_none());
         assert!(gather_product(&g, &ops[2]).is_none());
+    }
+
+    /// With the BCE epilogue a training step takes one dispatch fewer: fc4's
+    /// product (op 5) runs unsplit as `matmul_bce`, the BCE (6) and the loss (7)
+    /// have no dispatch of their own, and fc4's gradient pair (8) is a
+    /// `matmul_pair_loss` with ⌈B / 256⌉ more workgroups; their slots' tails hold
+    /// (draws, write_grad, column tiles) and (rows, column tiles, out_off).
+    #[test]
+    fn the_bce_joins_fc4s_product_and_the_loss_fc4s_pair() {
+        let ops = step();
+        let bce = Fusions {
+            bce: true,
+            ..Fusions::DEFAULT
+        };
+        let (plan, slots) = lower_all(&ops, bce);
+        let (plain, _) = lower_all(&ops, Fusions::DEFAULT);
+        assert_eq!(plan.len() + 1, plain.len());
+        let k = kernels(&ops, bce);
+        assert!(k.contains(&(5, Kernel::MatmulBce)) && k.contains(&(8, Kernel::MatmulPairLoss)));
+        assert!(k
+            .iter()
+            .all(|d| ![6, 7].contains(&d.0) && d.1 != Kernel::Bce));
+        let d = |plan: &[(usize, Dispatch)], k: Kernel| {
+            plan.iter().find(|d| d.1 .0 == k).unwrap().1.clone()
+        };
+        assert_eq!(
+            d(&plan, Kernel::MatmulBce).2,
+            (25, 4, 1),
+            "784 columns, 128 rows, unsplit"
+        );
+        let pair = d(&plain, Kernel::MatmulPair).2;
+        assert_eq!(d(&plan, Kernel::MatmulPairLoss).2, (pair.0 + 1, 1, 1));
+        let tail = |i: usize| slots[i][SLOT_TAIL_AT..SLOT_TAIL_AT + 16].to_vec();
+        assert_eq!(tail(5), bytemuck::bytes_of(&[1u32, 1, 25, 0]));
+        assert_eq!(tail(8), bytemuck::bytes_of(&[128u32, 25, 0, 0]));
+        let Op::Matmul { p, .. } = ops[5] else {
+            unreachable!()
+        };
+        assert!(
+            choose_splits(&p) > 1,
+            "fc4's product splits without the epilogue"
+        );
+        assert_eq!(
+            slots[5][..64],
+            *bytemuck::bytes_of(&MatmulParams { splits: 1, ..p })
+        );
+        // everything else as without it
+        let rest = |plan: &[(usize, Dispatch)]| -> Vec<(usize, Dispatch)> {
+            plan.iter()
+                .filter(|d| ![5, 6, 8].contains(&d.0))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(rest(&plan), rest(&plain));
+    }
+
+    /// The BCE epilogue only where it computes what the ops say: not without the
+    /// gradient pairs, nor for a loss with a batch sum, two draws or no gradient
+    /// (scoring), nor for a product with another epilogue, nor where fc4's pair
+    /// would touch what the loss tail reads or writes.
+    #[test]
+    fn the_bce_epilogue_is_refused_where_it_would_be_wrong() {
+        let ops = step();
+        let bce = Fusions {
+            bce: true,
+            ..Fusions::DEFAULT
+        };
+        let joined =
+            |ops: &[Op], f: Fusions| kernels(ops, f).iter().any(|d| d.1 == Kernel::MatmulBce);
+        assert!(joined(&ops, bce));
+        assert!(!joined(
+            &ops,
+            Fusions {
+                pairs: false,
+                ..bce
+            }
+        ));
+        let changed = |at: usize, change: &dyn Fn(&mut Op)| {
+            let mut v = ops.clone();
+            change(&mut v[at]);
+            v
+        };
+        let refused = [
+            changed(7, &|op| {
+                if let Op::Loss(p) = op {
+                    p.slot = 0;
+                }
+            }),
+            changed(6, &|op| {
+                if let Op::Bce(p) = op {
+                    p.write_grad = 0;
+                }
+            }),
+            changed(5, &|op| {
+                if let Op::Matmul { p, .. } = op {
+                    p.flags |= MM_RELU;
+                }
+            }),
+            changed(8, &|op| {
+                if let Op::Matmul { e, .. } = op {
+                    *e = Buf::Kl;
+                }
+            }),
+            changed(9, &|op| {
+                if let Op::Matmul { c, .. } = op {
+                    *c = Buf::Bce;
+                }
+            }),
+        ];
+        for (i, v) in refused.iter().enumerate() {
+            assert!(!joined(v, bce), "case {i}");
+        }
+        // scoring: two draws per image, no gradient, an IWAE batch sum
+        let dims = crate::model::Dims::MNIST;
+        let lay = crate::model::Layout::new(dims);
+        let score = crate::plan::Batch {
+            images: 64,
+            draws: 2,
+            idx_off: 0,
+            seed: 1,
+            stream: 2,
+            row_base: 0,
+            out_off: 0,
+            slot: Some(0),
+            mode: crate::cpu::LOSS_IWAE,
+        };
+        let fwd = crate::plan::forward_ops(dims, &lay.offsets(), &score, false);
+        assert!(!joined(&fwd, bce));
+        assert_eq!(kernels(&fwd, bce), kernels(&fwd, Fusions::DEFAULT));
     }
 }

@@ -25,6 +25,8 @@ pub enum Kernel {
     MatmulTripleAdam,
     MatmulGather,
     MatmulReduce,
+    MatmulBce,
+    MatmulPairLoss,
     ReparamForward,
     ReparamBackward,
     Bce,
@@ -55,6 +57,17 @@ const MATMUL_TRIPLE_BINDINGS: [(u32, bool); 9] = then(&MATMUL_BINDINGS, &[(8, tr
 const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = then(
     &MATMUL_TRIPLE_BINDINGS,
     &[(12, false), (13, false), (14, false)],
+);
+
+/// `matmul_bce`: the product's, then x and the row shares of the BCE
+/// (`matmul_bce.wgsl`).
+const MATMUL_BCE_BINDINGS: [(u32, bool); 9] = then(&MATMUL_BINDINGS, &[(18, true), (19, false)]);
+
+/// `matmul_pair_loss`: the pair's, then the BCE's row shares and the KL → the
+/// BCE and the per-image losses (`matmul_loss.wgsl`).
+const MATMUL_PAIR_LOSS_BINDINGS: [(u32, bool); 11] = then(
+    &MATMUL_BINDINGS,
+    &[(19, true), (20, true), (21, false), (22, false)],
 );
 
 /// The bindings `first`, then `more` (M of them in all).
@@ -89,7 +102,7 @@ const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
 const ADAM_UPDATE: (&str, &str) = wgsl!("adam_update.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
@@ -97,6 +110,8 @@ impl Kernel {
         Kernel::MatmulTripleAdam,
         Kernel::MatmulGather,
         Kernel::MatmulReduce,
+        Kernel::MatmulBce,
+        Kernel::MatmulPairLoss,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
         Kernel::Bce,
@@ -116,7 +131,9 @@ impl Kernel {
             | Kernel::MatmulTriple
             | Kernel::MatmulTripleAdam
             | Kernel::MatmulGather
-            | Kernel::MatmulReduce => wgsl!("matmul.wgsl"),
+            | Kernel::MatmulReduce
+            | Kernel::MatmulBce
+            | Kernel::MatmulPairLoss => wgsl!("matmul.wgsl"),
             Kernel::ReparamForward | Kernel::ReparamBackward => {
                 wgsl!("reparam.wgsl")
             }
@@ -140,6 +157,8 @@ impl Kernel {
                 | Kernel::MatmulTripleAdam
                 | Kernel::MatmulGather
                 | Kernel::MatmulReduce
+                | Kernel::MatmulBce
+                | Kernel::MatmulPairLoss
         )
     }
 
@@ -166,8 +185,9 @@ impl Kernel {
     /// (`matmul_triple_operands.wgsl` for the triples, which bind two buffers
     /// more, `matmul_gather_operands.wgsl` for `matmul_gather`,
     /// `matmul_operands.wgsl` for the others) and what follows a stored element
-    /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_store.wgsl` for the
-    /// others); `adam_update.wgsl` for them and the Adam kernels; for
+    /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_bce.wgsl` for
+    /// `matmul_bce`, `matmul_store.wgsl` for the others), and for
+    /// `matmul_pair_loss` its entry point (`matmul_loss.wgsl`); `adam_update.wgsl` for them and the Adam kernels; for
     /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `pixel.wgsl` for the kernels
     /// that unpack the image store; `normal.wgsl` (ε) for the
     /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
@@ -182,6 +202,8 @@ impl Kernel {
         const GATHER_OPERANDS: (&str, &str) = wgsl!("matmul_gather_operands.wgsl");
         const STORE: (&str, &str) = wgsl!("matmul_store.wgsl");
         const STORE_ADAM: (&str, &str) = wgsl!("matmul_adam.wgsl");
+        const STORE_BCE: (&str, &str) = wgsl!("matmul_bce.wgsl");
+        const LOSS: (&str, &str) = wgsl!("matmul_loss.wgsl");
         let mut v = vec![self.source()];
         if self.is_matmul() {
             if let Some(shape) = walk.shape() {
@@ -196,6 +218,8 @@ impl Kernel {
             Kernel::MatmulTriple => v.extend([TRIPLE_OPERANDS, STORE]),
             Kernel::MatmulTripleAdam => v.extend([TRIPLE_OPERANDS, STORE_ADAM]),
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
+            Kernel::MatmulBce => v.extend([OPERANDS, STORE_BCE]),
+            Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
             _ => {}
         }
         if self.is_matmul() || self == Kernel::Adam {
@@ -266,6 +290,9 @@ impl Kernel {
             Kernel::MatmulTripleAdam => "matmul_triple_adam",
             Kernel::MatmulGather => "matmul_gather",
             Kernel::MatmulReduce => "matmul_reduce",
+            // (`matmul` of the module with matmul_bce.wgsl's epilogue)
+            Kernel::MatmulBce => "matmul",
+            Kernel::MatmulPairLoss => "matmul_pair_loss",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
             Kernel::Bce => "bce_logits",
@@ -286,6 +313,8 @@ impl Kernel {
             Kernel::MatmulTriple => &MATMUL_TRIPLE_BINDINGS,
             Kernel::MatmulTripleAdam => &MATMUL_TRIPLE_ADAM_BINDINGS,
             Kernel::MatmulGather => &MATMUL_GATHER_BINDINGS,
+            Kernel::MatmulBce => &MATMUL_BCE_BINDINGS,
+            Kernel::MatmulPairLoss => &MATMUL_PAIR_LOSS_BINDINGS,
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
             // head → z, eps, kl, logpq
@@ -728,6 +757,15 @@ const COOP: wgpu::Features =
 /// tiles of each operand (4 × 4,352 bytes) and `matmul_gather`'s image numbers.
 pub const DOUBLE_TILES_BYTES: u32 = 4 * 544 * 8 + 128;
 
+/// Workgroup memory of the FMA matmul kernels with single tiles (WebGPU's default
+/// limit, 16,384 bytes, holds it): a tile of each operand and `matmul_gather`'s
+/// image numbers.
+pub const SINGLE_TILES_BYTES: u32 = 2 * 544 * 8 + 128;
+
+/// Workgroup memory `matmul_bce` needs beyond its walk's: the row shares of its
+/// BCE (`matmul_bce.wgsl`, 256 f32).
+pub const BCE_ROW_SHARES_BYTES: u32 = 256 * 4;
+
 /// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise.
 pub const COOP_STEP: u32 = 64;
 
@@ -1094,17 +1132,29 @@ impl GpuContext {
             )),
             None => None,
         };
-        if let Some((need, switch, what)) = walk_memory {
-            let most = have.max_compute_workgroup_storage_size;
-            if most < need {
-                bail!(
-                    "{switch}: GPU adapter {} allows {most} bytes of workgroup memory; {what}",
-                    info.name
-                );
+        let most = have.max_compute_workgroup_storage_size;
+        let walk_bytes = match &walk_memory {
+            Some((need, switch, what)) => {
+                if most < *need {
+                    bail!(
+                        "{switch}: GPU adapter {} allows {most} bytes of workgroup memory; {what}",
+                        info.name
+                    );
+                }
+                limits.max_compute_workgroup_storage_size =
+                    limits.max_compute_workgroup_storage_size.max(*need);
+                *need
             }
+            None => SINGLE_TILES_BYTES,
+        };
+        // `matmul_bce` (the BCE epilogue, opt-in) where the adapter has the memory
+        // for its row shares beside the walk's tiles; not built otherwise (`has`)
+        let bce_bytes = walk_bytes + BCE_ROW_SHARES_BYTES;
+        if bce_bytes <= most {
             limits.max_compute_workgroup_storage_size =
-                limits.max_compute_workgroup_storage_size.max(need);
+                limits.max_compute_workgroup_storage_size.max(bce_bytes);
         }
+        let workgroup_bytes = limits.max_compute_workgroup_storage_size;
         let opts = GpuOptions {
             latent_threads: Some(latent_threads),
             coop_use: features.coop,
@@ -1162,14 +1212,17 @@ impl GpuContext {
         // made, and these compilations are independent (error scopes are per thread,
         // so each build still catches its own validation errors); the first error in
         // kernel order is the one reported
-        // (a kernel that binds more storage buffers than the device allows is not
-        // built: `has` says so)
+        // (a kernel that binds more storage buffers than the device allows, or
+        // `matmul_bce` where its workgroup memory does not fit, is not built: `has`
+        // says so)
         let built: Vec<Option<Result<_>>> = std::thread::scope(|s| {
             let handles: Vec<_> = Kernel::ALL
                 .iter()
                 .map(|&k| {
                     let (device, uniform_layout) = (&device, &uniform_layout);
-                    (k.bindings().len() as u32 <= storage_per_stage).then(|| {
+                    let fits = k.bindings().len() as u32 <= storage_per_stage
+                        && (k != Kernel::MatmulBce || bce_bytes <= workgroup_bytes);
+                    fits.then(|| {
                         s.spawn(move || {
                             build_pipeline(
                                 device,

@@ -1,0 +1,73 @@
+// Appended to matmul.wgsl (with matmul_operands.wgsl) for matmul_bce, the
+// `matmul` entry point of this module: the decoder-output product (logits = h3 W4ᵀ
+// + b4, never split) with the BCE kernel as its epilogue, so that a training step
+// runs no BCE dispatch (`VAE_OOD_GPU_BCE_EPILOGUE=1`). Its CPU twin is the op
+// sequence it replaces: cpu::matmul, then cpu::bce_logits (src/cpu/bce.rs), whose
+// per-element loss and gradient it computes as bce.wgsl does, from the logit
+// l = C(i, j) the tile stored and x(i, j) = x[(i / draws) · n + j]:
+//   loss = max(l, 0) − l·x + log(1 + e^{−|l|}),  with write_grad c[i, j] ← σ(l) − x.
+// A row's loss is summed in two stages (another order than bce.wgsl's, so results
+// agree with the CPU to rounding, tests/kernels.rs): each tile writes its share,
+// the sum over its 32 columns (per thread its two, then the 16 threads of the row
+// in order), to rowloss[i · T + wg.x] (T = ⌈n / 32⌉ column tiles); the
+// `matmul_pair_loss` tail in the next dispatch (matmul_loss.wgsl) adds a row's T
+// shares and the KL. u.tail = (draws, write_grad, T, 0).
+
+@group(0) @binding(18) var<storage, read> x: array<f32>;
+@group(0) @binding(19) var<storage, read_write> rowloss: array<f32>;
+
+// one share per thread: rows i0 of the tile's threads, then rows i0 + 1
+var<workgroup> row_shares: array<f32, 256>;
+
+// The loss of stored element s, C(i, j) (0 for none), and its gradient into c.
+fn bce_element(s: Stored, i: u32, j: u32, n: u32) -> f32 {
+    if (s.at == NONE) {
+        return 0.0;
+    }
+    let l = s.v;
+    let xv = x[(i / u.tail.x) * n + j];
+    let ex = exp(-abs(l));
+    if (u.tail.y != 0u) {
+        var sig = 1.0 / (1.0 + ex);
+        if (l < 0.0) {
+            sig = ex / (1.0 + ex);
+        }
+        c[s.at] = sig - xv;
+    }
+    return max(l, 0.0) - l * xv + log(1.0 + ex);
+}
+
+// Row ii of the tile: the sum of its 16 threads' shares (at row_shares[base..]).
+fn tile_row_share(w: Walk, ii: u32, base: u32) {
+    let i = w.row0 + ii;
+    if (i < w.p.m) {
+        var t = 0.0;
+        for (var k = 0u; k < 16u; k++) {
+            t += row_shares[base + k];
+        }
+        rowloss[i * u.tail.z + w.col0 / TILE] = t;
+    }
+}
+
+// A thread's four elements (i0, j0), (i0, j0 + 1), (i0 + 1, j0), (i0 + 1, j0 + 1):
+// their BCE, then the tile's row shares. Called by every thread of the workgroup
+// (the barriers below are in uniform control flow).
+fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>) {
+    let n = w.p.n;
+    let i0 = w.row0 + lid.y * 2u;
+    let j0 = w.col0 + lid.x * 2u;
+    let top = bce_element(s[0], i0, j0, n) + bce_element(s[1], i0, j0 + 1u, n);
+    let bottom = bce_element(s[2], i0 + 1u, j0, n) + bce_element(s[3], i0 + 1u, j0 + 1u, n);
+    let t = lid.y * 16u + lid.x;
+    row_shares[t] = top;
+    workgroupBarrier();
+    if (t < 16u) {
+        tile_row_share(w, 2u * t, t * 16u);
+    }
+    workgroupBarrier();
+    row_shares[t] = bottom;
+    workgroupBarrier();
+    if (t < 16u) {
+        tile_row_share(w, 2u * t + 1u, t * 16u);
+    }
+}
