@@ -11,9 +11,9 @@
 # $OUT/logs.tgz, refreshed after each phase so a run cut short still returns what it
 # finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
-#   QUICK=1: the tests, the sweep, two whole runs (tensor cores and not), matmul_micro
-#   on tensor cores and gpu_variants only (no gpu.sh, default matmul_micro, K sweep
-#   or grid barrier)
+#   QUICK=1: the tests, the sweep, four whole runs (tensor cores, the BCE epilogue,
+#   both, neither), matmul_micro on tensor cores and gpu_variants only (no gpu.sh,
+#   default matmul_micro, K sweep or grid barrier)
 #   SWEEP_ROUNDS, SWEEP_EPOCHS: the sweep's rounds (5) and epochs (10); 0 rounds
 #   skips it (a dry run of this script on lavapipe, where it would take hours)
 set -uo pipefail
@@ -69,6 +69,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
     'double_tiles:VAE_OOD_GPU_DOUBLE_TILES=1' \
     'bce:VAE_OOD_GPU_BCE_EPILOGUE=1' 'coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
+    'double_bce:VAE_OOD_GPU_DOUBLE_TILES=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # the whole default run with the tensor-core walk and the BCE epilogue, each and

@@ -16,8 +16,9 @@
 @group(0) @binding(18) var<storage, read> x: array<f32>;
 @group(0) @binding(19) var<storage, read_write> rowloss: array<f32>;
 
-// one share per thread: rows i0 of the tile's threads, then rows i0 + 1
-var<workgroup> row_shares: array<f32, 256>;
+// one share per thread (rows i0 of the tile's threads, then rows i0 + 1), four to a
+// vector: thread t's at row_shares[t / 4][t % 4], so a row's 16 are four loads
+var<workgroup> row_shares: array<vec4<f32>, 64>;
 
 // The loss of stored element s, C(i, j) (0 for none), and its gradient into c.
 fn bce_element(s: Stored, i: u32, j: u32, n: u32) -> f32 {
@@ -37,13 +38,18 @@ fn bce_element(s: Stored, i: u32, j: u32, n: u32) -> f32 {
     return max(l, 0.0) - l * xv + log(1.0 + ex);
 }
 
-// Row ii of the tile: the sum of its 16 threads' shares (at row_shares[base..]).
-fn tile_row_share(w: Walk, ii: u32, base: u32) {
+// Row ii of the tile: the sum of its 16 threads' shares, in order (thread `first`
+// .. first + 15 of row_shares).
+fn tile_row_share(w: Walk, ii: u32, first: u32) {
     let i = w.row0 + ii;
     if (i < w.p.m) {
         var t = 0.0;
-        for (var k = 0u; k < 16u; k++) {
-            t += row_shares[base + k];
+        for (var k = 0u; k < 4u; k++) {
+            let v = row_shares[first / 4u + k];
+            t += v.x;
+            t += v.y;
+            t += v.z;
+            t += v.w;
         }
         rowloss[i * u.tail.z + w.col0 / TILE] = t;
     }
@@ -59,13 +65,13 @@ fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>) {
     let top = bce_element(s[0], i0, j0, n) + bce_element(s[1], i0, j0 + 1u, n);
     let bottom = bce_element(s[2], i0 + 1u, j0, n) + bce_element(s[3], i0 + 1u, j0 + 1u, n);
     let t = lid.y * 16u + lid.x;
-    row_shares[t] = top;
+    row_shares[t / 4u][t % 4u] = top;
     workgroupBarrier();
     if (t < 16u) {
         tile_row_share(w, 2u * t, t * 16u);
     }
     workgroupBarrier();
-    row_shares[t] = bottom;
+    row_shares[t / 4u][t % 4u] = bottom;
     workgroupBarrier();
     if (t < 16u) {
         tile_row_share(w, 2u * t + 1u, t * 16u);

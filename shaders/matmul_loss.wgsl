@@ -24,9 +24,20 @@ fn matmul_pair_loss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     } else {
         let r = (wg.x - tiles) * 256u + lid.y * 16u + lid.x;
         if (r < u.tail.x) {
+            // the shares eight at a time: their loads issued together, then added
+            // in order (a missing one is +0.0, which changes no sum)
+            let row = r * u.tail.y;
             var total = 0.0;
-            for (var t = 0u; t < u.tail.y; t++) {
-                total += rowloss[r * u.tail.y + t];
+            for (var t0 = 0u; t0 < u.tail.y; t0 += 8u) {
+                var v: array<f32, 8>;
+                for (var k = 0u; k < 8u; k++) {
+                    if (t0 + k < u.tail.y) {
+                        v[k] = rowloss[row + t0 + k];
+                    }
+                }
+                for (var k = 0u; k < 8u; k++) {
+                    total += v[k];
+                }
             }
             bce[r] = total;
             sample_loss[u.tail.z + r] = total + kl[r];

@@ -1153,8 +1153,8 @@ impl GpuBackend {
     /// the step's Adam in it, `matmul_triple_adam`, where the device has that: on,
     /// this is every fusion, one more than [`Fusions::DEFAULT`]), and a gather in
     /// the loads of the product that reads it. The results do not depend on
-    /// it, bit for bit (tested). The latent fusion, which sums in another order,
-    /// is left as it is ([`Self::set_fusions`]).
+    /// it, bit for bit (tested). The latent fusion and the BCE epilogue, which sum
+    /// in another order, are left as they are ([`Self::set_fusions`]).
     pub fn set_fused(&mut self, on: bool) {
         self.fusions = Fusions {
             pairs: on,
