@@ -45,8 +45,10 @@
 // from matmul_triple_operands.wgsl (those and a2, b2) for the triples, or from
 // matmul_gather_operands.wgsl, so that each kernel binds no more storage buffers
 // than it uses. What happens to the elements a thread stored, at the end of its
-// tile: after_tile, from matmul_store.wgsl (nothing) or matmul_adam.wgsl (their
-// Adam steps).
+// tile: after_tile, from matmul_store.wgsl (nothing), matmul_adam.wgsl (their
+// Adam steps) or matmul_bce.wgsl (their BCE and its gradient: matmul_bce, the
+// decoder-output product of `VAE_OOD_GPU_BCE_EPILOGUE=1`). matmul_pair_loss
+// (matmul_loss.wgsl): a pair with extra workgroups that finish that BCE's loss.
 // adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,

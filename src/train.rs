@@ -151,9 +151,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Write the resumable state to `state_path` and the model (PyTorch names) to
-    /// `model_path`, each atomically (temp file + rename).
+    /// Write the model (PyTorch names) to `model_path`, then the resumable state to
+    /// `state_path`, each atomically (temp file + rename). In that order, so that
+    /// once a state is on disk the model of its epoch (or a later one's, after a
+    /// kill between the two writes of the next epoch) is too: `--resume` reads the
+    /// state, and the model is never behind it.
     pub fn write(&self, state_path: &Path, model_path: &Path) -> Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert(
+            crate::evaluate::CONFIG_KEY.into(),
+            serde_json::to_string(&self.meta.config)?,
+        );
+        meta.insert("vae_ood.epoch".into(), self.meta.epoch.to_string());
+        crate::checkpoint::save(model_path, &self.layout, &self.params, meta)?;
         let mut md = HashMap::new();
         md.insert(STATE_KEY.to_string(), serde_json::to_string(&self.meta)?);
         let views = [
@@ -170,14 +180,7 @@ impl Snapshot {
         })
         .collect::<Result<Vec<_>>>()?;
         let bytes = crate::checkpoint::serialize_sorted(views, md)?;
-        crate::fsutil::write_atomic(state_path, &bytes)?;
-        let mut meta = HashMap::new();
-        meta.insert(
-            crate::evaluate::CONFIG_KEY.into(),
-            serde_json::to_string(&self.meta.config)?,
-        );
-        meta.insert("vae_ood.epoch".into(), self.meta.epoch.to_string());
-        crate::checkpoint::save(model_path, &self.layout, &self.params, meta)
+        crate::fsutil::write_atomic(state_path, &bytes)
     }
 
     pub fn params(&self) -> &[f32] {

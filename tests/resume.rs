@@ -87,7 +87,8 @@ fn resume_after_sigkill_mid_training_equals_an_uninterrupted_run() {
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
     let finished = status.success();
-    // whatever epoch it died in, the files on disk are whole and resumable
+    // whatever epoch it died in, the files on disk are whole and resumable (and the
+    // model is there: each epoch writes it before the state waited for above)
     let ck = checkpoint::load(&b.join("model.safetensors"), None).unwrap();
     assert!(ck.metadata.contains_key("vae_ood.epoch"));
     train(&b, 4, &["--resume"]).success();
