@@ -110,6 +110,12 @@ fn tiles(p: &MatmulParams) -> u32 {
     p.n.div_ceil(32).max(1) * p.m.div_ceil(32).max(1)
 }
 
+/// Workgroups of a `matmul_pair` dispatch of products `p0` (split as
+/// [`choose_splits`] says) and `p1` (never split): one per tile and K share.
+fn pair_groups(p0: &MatmulParams, p1: &MatmulParams) -> u32 {
+    tiles(p0) * choose_splits(p0) + tiles(p1)
+}
+
 /// Whether `first` and `second` can run as one `matmul_pair` dispatch: a layer's
 /// input gradient and then its weight gradient, as `plan::backward_ops` lists them
 /// (they share A), or two independent products such as two layers' weight
@@ -142,7 +148,7 @@ fn pairable(first: &Op, second: &Op) -> Option<Buf> {
     let reads_e0 = p0.flags & (MM_BIAS | MM_MASK) != 0;
     let ok = p1.flags & (MM_BIAS | MM_MASK) == 0
         && choose_splits(p1) == 1
-        && tiles(p0) * choose_splits(p0) + tiles(p1) <= 65_535
+        && pair_groups(p0, p1) <= 65_535
         && (!reads_e0 || e0 == b1)
         && ![*a1, *b1].contains(c0)
         && (c0 != c1 || disjoint(&written(p0), &written(p1)))
@@ -400,8 +406,19 @@ fn bce_epilogue(rest: &[Op]) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
         e,
         c: Buf::Logits,
         p,
-    }, Op::Bce(pb), Op::Loss(pl), dx @ Op::Matmul { p: px, .. }, dw @ Op::Matmul { p: pw, .. }, ..] =
-        rest
+    }, Op::Bce(pb), Op::Loss(pl), dx @ Op::Matmul {
+        a: xa,
+        b: xb,
+        e: xe,
+        c: xc,
+        p: px,
+    }, dw @ Op::Matmul {
+        a: wa,
+        b: wb,
+        e: we,
+        c: wc,
+        p: pw,
+    }, ..] = rest
     else {
         return None;
     };
@@ -409,12 +426,7 @@ fn bce_epilogue(rest: &[Op]) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
     q.splits = 1;
     let col_tiles = q.n.div_ceil(32);
     let loss_groups = pb.rows.div_ceil(256);
-    let pair_groups = tiles(px) * choose_splits(px) + tiles(pw);
     let loss_bufs = [Buf::Kl, Buf::Bce, Buf::SampleLoss];
-    let pair_bufs = |op: &Op| match *op {
-        Op::Matmul { a, b, e, c, .. } => [a, b, e, c],
-        _ => unreachable!("matched as products"),
-    };
     let ok = q.flags == MM_BIAS
         && dense_c(&q, q.n)
         && ![a, b, e].contains(&&Buf::Logits)
@@ -428,11 +440,10 @@ fn bce_epilogue(rest: &[Op]) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
         && pl.draws == 1
         && pl.images == pb.rows
         && pairable(dx, dw).is_some()
-        && pair_groups + loss_groups <= 65_535
-        && ![dx, dw]
+        && pair_groups(px, pw) + loss_groups <= 65_535
+        && ![xa, xb, xe, xc, wa, wb, we, wc]
             .iter()
-            .flat_map(|op| pair_bufs(op))
-            .any(|b| loss_bufs.contains(&b));
+            .any(|b| loss_bufs.contains(b));
     if !ok {
         return None;
     }
@@ -546,7 +557,7 @@ fn lower(op: &Op, next: Option<&Op>, fuse: Fusions) -> Lowered {
             let mut q1 = *p1;
             q1.splits = 1;
             // one workgroup per tile, no spare ones (pairable bounds the count)
-            let groups = tiles(&q0) * q0.splits + tiles(&q1);
+            let groups = pair_groups(p, p1);
             let mut d = vec![(
                 Kernel::MatmulPair,
                 vec![f(*a), f(*b), f(e), f(*c), Res::Partial, f(*c1), f(*a1)],
@@ -1398,13 +1409,17 @@ impl GpuBackend {
         } else {
             0
         };
-        if need as u64 * 4 > self.partial.size() || rows_need as u64 * 4 > self.rowloss.size() {
-            if need as u64 * 4 > self.partial.size() {
-                self.partial = Self::make_scratch(&self.ctx, "split-K partial sums", need);
-            }
-            if rows_need as u64 * 4 > self.rowloss.size() {
-                self.rowloss = Self::make_scratch(&self.ctx, "row shares of the BCE", rows_need);
-            }
+        let (grow, grow_rows) = (
+            need as u64 * 4 > self.partial.size(),
+            rows_need as u64 * 4 > self.rowloss.size(),
+        );
+        if grow {
+            self.partial = Self::make_scratch(&self.ctx, "split-K partial sums", need);
+        }
+        if grow_rows {
+            self.rowloss = Self::make_scratch(&self.ctx, "row shares of the BCE", rows_need);
+        }
+        if grow || grow_rows {
             // bind groups hold the old scratch buffers: rebuild them all lazily
             self.bind_group_index.clear();
             self.bind_groups.clear();
