@@ -60,6 +60,10 @@ done
 #   bce_epilogue  a training step's BCE and its gradient in the epilogue of fc4's
 #              product (unsplit), its loss finished by fc4's gradient pair: 7 dispatches
 #              per step, not 8 (rounding-level differences); coop_bce: on tensor cores
+#   early_reads  the kernels issue the reads whose addresses they know from the start
+#              (the latent kernels' parameters, the matmul epilogues' operands) before
+#              the work that comes first, not after it (same bits); coop_bce_early: with
+#              the tensor cores and the BCE epilogue
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...
@@ -88,10 +92,12 @@ variant coop_128 VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_COOP_STEP=128
 variant double_tiles VAE_OOD_GPU_DOUBLE_TILES=1
 variant bce_epilogue VAE_OOD_GPU_BCE_EPILOGUE=1
 variant coop_bce VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_BCE_EPILOGUE=1
+variant early_reads VAE_OOD_GPU_EARLY_READS=1
+variant coop_bce_early VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_BCE_EPILOGUE=1 VAE_OOD_GPU_EARLY_READS=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,double_tiles,bce_epilogue,coop_bce,split_64,split_512,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,double_tiles,bce_epilogue,coop_bce,early_reads,coop_bce_early,split_64,split_512,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

@@ -10,7 +10,9 @@
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); the matmul on tensor cores
 //! (`VAE_OOD_GPU_COOP=1`, where the adapter has them); double-buffered matmul tiles
 //! (`VAE_OOD_GPU_DOUBLE_TILES=1`); the BCE in fc4's epilogue
-//! (`VAE_OOD_GPU_BCE_EPILOGUE=1`), also on tensor cores; without the latent fusion, without the
+//! (`VAE_OOD_GPU_BCE_EPILOGUE=1`), also on tensor cores; with early reads
+//! (`VAE_OOD_GPU_EARLY_READS=1`), alone, with the tensor cores and the BCE
+//! epilogue, and with Adam in the triple; without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
@@ -113,6 +115,31 @@ fn main() -> anyhow::Result<()> {
             "tensor cores, bce",
             GpuOptions { coop: true, ..d },
             without(|f| f.bce = true),
+        ),
+        (
+            "early reads",
+            GpuOptions {
+                early_reads: true,
+                ..d
+            },
+            all,
+        ),
+        (
+            "tc, bce, early",
+            GpuOptions {
+                coop: true,
+                early_reads: true,
+                ..d
+            },
+            without(|f| f.bce = true),
+        ),
+        (
+            "adam tri, early",
+            GpuOptions {
+                early_reads: true,
+                ..d
+            },
+            without(|f| f.adam = true),
         ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),

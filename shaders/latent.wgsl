@@ -29,6 +29,14 @@
 // sums p = g, g + G, … in order and the G shares are added in order g = 0, 1, ….
 // With G = 1 that is the order of an unsplit matmul tile; otherwise results agree
 // with the CPU to rounding (tests/kernels.rs, latent_*).
+//
+// Early reads (EARLY, a pipeline constant: `VAE_OOD_GPU_EARLY_READS=1`): each
+// product's bias or mask for the output a thread finishes, and the first draw's ε
+// backward, are read at the start of the kernel, together with the first row's
+// reads, instead of after the barriers and links before them: one round trip to
+// memory fewer at the end of each product. The same values: the same bits. The
+// per-image sums on one thread (KL, log p − log q) then run on threads that have no
+// output of the next product (at 1,024 threads) instead of thread 0.
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
@@ -87,6 +95,28 @@ var<workgroup> zs: array<f32, LMAX>;
 var<workgroup> es: array<f32, LMAX>;
 var<workgroup> share: array<f32, WG_MAX>;
 
+override EARLY: bool = false;
+
+// The epilogue operands of output j = t of product q in row `row`, read early: the
+// bias and the mask's h1 value (each 0 where the product has none). (Reading each
+// thread's first 16 weights of both products early as well — 32 more registers at
+// 1,024 threads — was tried with sixteen reads per trip and timed 1.057× slower on
+// an H100: README, "Tried on a GPU and removed".)
+struct EarlyEpilogue { bias: f32, mask: f32, row: u32 }
+
+fn early_epilogue(q: Params, row: u32, t: u32) -> EarlyEpilogue {
+    var r = EarlyEpilogue(0.0, 0.0, row);
+    if (EARLY && t < q.n) {
+        if ((q.flags & 1u) != 0u) {
+            r.bias = params[q.e_off + t];
+        }
+        if ((q.flags & 4u) != 0u) {
+            r.mask = h1[q.e_off + row * q.e_si + t];
+        }
+    }
+    return r;
+}
+
 // the four products, by the row they read
 const HEAD: u32 = 0u; // A row from xs (h1), C → head, hd
 const DEC: u32 = 1u;  // A row from zs (z), C → h3
@@ -128,11 +158,12 @@ fn dot_share(which: u32, q: Params, j: u32, g: u32, gs: u32) -> f32 {
 // matmul.wgsl's store: bias and ReLU from params, the mask from h1) into ys[j],
 // written by thread j % WG, which also stores it (no barrier needed between).
 // Called by the whole workgroup (it holds barriers); ends with a barrier, after
-// which the caller may overwrite the A row.
-fn product_row(which: u32, q: Params, i: u32, t: u32) {
+// which the caller may overwrite the A row. `pe`: the epilogue operands the thread
+// read early (with EARLY; for its first output j = t, in row pe.row).
+fn product_row(which: u32, q: Params, i: u32, t: u32, pe: EarlyEpilogue) {
     if (q.n > WG) {
         for (var j = t; j < q.n; j += WG) {
-            ys[j] = epilogue(q, i, j, dot_share(which, q, j, 0u, 1u));
+            ys[j] = epilogue(q, i, j, dot_share(which, q, j, 0u, 1u), EARLY && j == t, pe);
         }
     } else {
         let gs = WG / q.n;
@@ -148,22 +179,32 @@ fn product_row(which: u32, q: Params, i: u32, t: u32) {
             for (var g = 1u; g < gs; g++) {
                 v += share[t * gs + g];
             }
-            ys[t] = epilogue(q, i, t, v);
+            ys[t] = epilogue(q, i, t, v, EARLY, pe);
         }
     }
     workgroupBarrier();
 }
 
-fn epilogue(q: Params, i: u32, j: u32, v_in: f32) -> f32 {
+// C(i, j) from its sum: bias, ReLU, mask; with `pre`, the bias and (in row
+// pe.row) the mask read early.
+fn epilogue(q: Params, i: u32, j: u32, v_in: f32, pre: bool, pe: EarlyEpilogue) -> f32 {
     var v = v_in;
     if ((q.flags & 1u) != 0u) {
-        v += params[q.e_off + j];
+        if (pre) {
+            v += pe.bias;
+        } else {
+            v += params[q.e_off + j];
+        }
     }
     if ((q.flags & 2u) != 0u) {
         v = max(v, 0.0);
     }
     if ((q.flags & 4u) != 0u) {
-        if (h1[q.e_off + i * q.e_si + j] <= 0.0) {
+        var h = pe.mask;
+        if (!pre || i != pe.row) {
+            h = h1[q.e_off + i * q.e_si + j];
+        }
+        if (h <= 0.0) {
             v = 0.0;
         }
     }
@@ -185,6 +226,13 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let b = wg.x;
     let t = lid.x;
     let l = rp.l;
+    // (with EARLY: both products' biases, before the h1 row's reads)
+    let eh = early_epilogue(qh, b, t);
+    let ed = early_epilogue(qd, b * rp.draws, t);
+    // the thread of each per-image sum: with EARLY one without a head or fc3 output
+    // at 1024 threads (and never one of the t < l that draw)
+    let kl_t = select(0u, WG - 1u, EARLY);
+    let pq_t = select(0u, WG - 2u, EARLY);
     for (var p = t; p < qh.k; p += WG) {
         if (u.src.splits > 0u) {
             // (h1 dense here: the lowering folds only then)
@@ -196,13 +244,13 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         }
     }
     workgroupBarrier();
-    product_row(HEAD, qh, b, t);
+    product_row(HEAD, qh, b, t, eh);
     for (var j = t; j < qh.n; j += WG) {
         head[c_at(qh, b, j)] = ys[j];
         hd[j] = ys[j];
     }
     workgroupBarrier();
-    if (t == 0u) {
+    if (t == kl_t) {
         // as reparam.wgsl's kl_term, summed in order j = 0, 1, …
         var acc = 0.0;
         for (var j = 0u; j < l; j++) {
@@ -230,7 +278,7 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             es[t] = ev;
         }
         workgroupBarrier();
-        if (t == 0u) {
+        if (t == pq_t) {
             // as reparam.wgsl's pq_term, in order j = 0, 1, …
             var acc = 0.0;
             for (var j = 0u; j < l; j++) {
@@ -239,7 +287,7 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             logpq[r] = acc;
         }
         // (ends with a barrier: zs and es are rewritten by the next draw after it)
-        product_row(DEC, qd, r, t);
+        product_row(DEC, qd, r, t, ed);
         for (var j = t; j < qd.n; j += WG) {
             h3[c_at(qd, r, j)] = ys[j];
         }
@@ -257,6 +305,14 @@ fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let b = wg.x;
     let t = lid.x;
     let l = rp.l;
+    // (with EARLY: the mask of dh1 and the first draw's ε, before the head's and the
+    // dh3 row's reads)
+    let ez = early_epilogue(qz, b * rp.draws, t);
+    let ex = early_epilogue(qx, b, t);
+    var eps0 = 0.0;
+    if (EARLY && t < l) {
+        eps0 = eps[b * rp.draws * l + t];
+    }
     var half_sd = 0.0;
     if (t < l) {
         let mu = head[b * 2u * l + t];
@@ -279,13 +335,17 @@ fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         }
         workgroupBarrier();
         // (ends with a barrier: xs is rewritten by the next draw after it)
-        product_row(DZ, qz, r, t);
+        product_row(DZ, qz, r, t, ez);
         if (t < l) {
             // output t of the L outputs: this thread's
             let g = ys[t];
             dz[c_at(qz, r, t)] = g;
             hd[t] += g;
-            hd[l + t] += g * eps[r * l + t] * half_sd;
+            var ev = eps0;
+            if (!EARLY || k > 0u) {
+                ev = eps[r * l + t];
+            }
+            hd[l + t] += g * ev * half_sd;
         }
     }
     if (t < l) {
@@ -293,7 +353,7 @@ fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         dhead[b * 2u * l + l + t] = hd[l + t];
     }
     workgroupBarrier();
-    product_row(DH1, qx, b, t);
+    product_row(DH1, qx, b, t, ex);
     for (var j = t; j < qx.n; j += WG) {
         dh1[c_at(qx, b, j)] = ys[j];
     }

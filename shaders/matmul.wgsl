@@ -47,7 +47,8 @@
 // than it uses. What happens to the elements a thread stored, at the end of its
 // tile: after_tile, from matmul_store.wgsl (nothing), matmul_adam.wgsl (their
 // Adam steps) or matmul_bce.wgsl (their BCE and its gradient: matmul_bce, the
-// decoder-output product of `VAE_OOD_GPU_BCE_EPILOGUE=1`). matmul_pair_loss
+// decoder-output product of `VAE_OOD_GPU_BCE_EPILOGUE=1`); what it reads, by
+// after_reads from the same file (before the K walk with EARLY, else after it). matmul_pair_loss
 // (matmul_loss.wgsl): a pair with extra workgroups that finish that BCE's loss.
 // adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
 struct Params {
@@ -88,6 +89,13 @@ override PREFETCH: bool = true;
 // fmas. Only where column n lies in the last tile's padding (n % 32 ≠ 0) and K is
 // not split; elsewhere the row sums run as before (and, with ONES off, always).
 override ONES: bool = false;
+// Early reads (a pipeline constant the host always sets: on with
+// `VAE_OOD_GPU_EARLY_READS=1`): an unsplit product's thread reads its epilogue's
+// operands (bias, mask) and what after_tile will read (after_reads: the BCE's
+// pixels, Adam's parameters and moments) before the K walk, so that they arrive
+// during the walk instead of adding their round trips after it. The same values:
+// the same bits.
+override EARLY: bool = false;
 fn split_len(p: Params) -> u32 {
     let s = max(p.splits, 1u);
     return ((p.k + s - 1u) / s + TILE - 1u) / TILE * TILE;
@@ -207,6 +215,13 @@ fn walk_of(q: u32, wg: vec3<u32>) -> Walk {
 fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
     let w = walk_of(q, wg);
     let p = w.p;
+    let early = EARLY && p.splits <= 1u;
+    var ee = EarlyEpilogue(vec2<f32>(), vec4<f32>());
+    var ar = AfterReads();
+    if (early) {
+        ee = early_epilogue(w, lid);
+        ar = after_reads(w, lid, wg.x == 0u);
+    }
     var acc = vec4<f32>(); // C(i0, j0), C(i0, j0 + 1), C(i0 + 1, j0), C(i0 + 1, j0 + 1)
     var rs = vec2<f32>(); // row sums of A (flag 8) for rows i0, i0 + 1
     // the K walk, its multiply with or without the row sums: two calls with a
@@ -226,17 +241,81 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         store_partial(p, base, i0 + 1u, j0 + 1u, acc.w);
         return;
     }
-    let s0 = store(q, p, w.ones, i0, j0, acc.x);
-    let s1 = store(q, p, w.ones, i0, j0 + 1u, acc.y);
-    let s2 = store(q, p, w.ones, i0 + 1u, j0, acc.z);
-    let s3 = store(q, p, w.ones, i0 + 1u, j0 + 1u, acc.w);
+    let s0 = store(q, p, w.ones, i0, j0, acc.x, early, ee.bias.x, ee.mask.x);
+    let s1 = store(q, p, w.ones, i0, j0 + 1u, acc.y, early, ee.bias.y, ee.mask.y);
+    let s2 = store(q, p, w.ones, i0 + 1u, j0, acc.z, early, ee.bias.x, ee.mask.z);
+    let s3 = store(q, p, w.ones, i0 + 1u, j0 + 1u, acc.w, early, ee.bias.y, ee.mask.w);
     var b0 = Stored(NONE, 0.0);
     var b1 = Stored(NONE, 0.0);
     if ((p.flags & 8u) != 0u && w.sums && wg.x == 0u && lid.x == 0u) {
         b0 = row_sum(q, p, i0, rs.x);
         b1 = row_sum(q, p, i0 + 1u, rs.y);
     }
-    after_tile(w, lid, array<Stored, 6>(s0, s1, s2, s3, b0, b1));
+    if (!early) {
+        ar = after_reads(w, lid, wg.x == 0u);
+    }
+    after_tile(w, lid, array<Stored, 6>(s0, s1, s2, s3, b0, b1), ar);
+}
+
+// The epilogue operands of a thread's elements, read early: the bias of its
+// columns j0, j0 + 1 and the mask values of (i0, j0), (i0, j0 + 1), (i0 + 1, j0),
+// (i0 + 1, j0 + 1) (0 where the product has none or the element is outside C).
+struct EarlyEpilogue { bias: vec2<f32>, mask: vec4<f32> }
+
+fn early_epilogue(w: Walk, lid: vec3<u32>) -> EarlyEpilogue {
+    let p = w.p;
+    let i0 = w.row0 + lid.y * 2u;
+    let j0 = w.col0 + lid.x * 2u;
+    var r = EarlyEpilogue(vec2<f32>(), vec4<f32>());
+    for (var d = 0u; d < 2u; d++) {
+        if ((p.flags & 1u) != 0u && j0 + d < p.n) {
+            r.bias[d] = e[p.e_off + j0 + d];
+        }
+    }
+    for (var k = 0u; k < 4u; k++) {
+        let i = i0 + k / 2u;
+        let j = j0 + k % 2u;
+        if ((p.flags & 4u) != 0u && i < p.m && j < p.n) {
+            r.mask[k] = e[p.e_off + i * p.e_si + j];
+        }
+    }
+    return r;
+}
+
+// Where a thread's elements go (as store and row_sum put them; NONE: nowhere): its
+// four of C, then the bias gradients of rows i0 and i0 + 1 (first_tile: the tile
+// is in column 0, whose threads of column 0 store them). For after_reads.
+fn stored_ats(w: Walk, lid: vec3<u32>, first_tile: bool) -> array<u32, 6> {
+    let p = w.p;
+    let i0 = w.row0 + lid.y * 2u;
+    let j0 = w.col0 + lid.x * 2u;
+    var r = array<u32, 6>(
+        element_at(p, w.ones, i0, j0),
+        element_at(p, w.ones, i0, j0 + 1u),
+        element_at(p, w.ones, i0 + 1u, j0),
+        element_at(p, w.ones, i0 + 1u, j0 + 1u),
+        NONE,
+        NONE,
+    );
+    if ((p.flags & 8u) != 0u && w.sums && first_tile && lid.x == 0u) {
+        for (var d = 0u; d < 2u; d++) {
+            if (i0 + d < p.m) {
+                r[4u + d] = p.e_off + i0 + d;
+            }
+        }
+    }
+    return r;
+}
+
+// Where store puts C(i, j) (NONE: outside C).
+fn element_at(p: Params, ones: bool, i: u32, j: u32) -> u32 {
+    if (ones && i < p.m && j == p.n) {
+        return p.e_off + i;
+    }
+    if (i >= p.m || j >= p.n) {
+        return NONE;
+    }
+    return p.c_off + i * p.c_si + j;
 }
 
 // Row i's bias gradient v, stored (none past the last row).
@@ -340,8 +419,9 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 }
 
 // C(i, j) = epilogue(v_in) of problem q, and where it went (none outside C); with
-// `ones`, column n is the bias gradient, stored as it is.
-fn store(q: u32, p: Params, ones: bool, i: u32, j: u32, v_in: f32) -> Stored {
+// `ones`, column n is the bias gradient, stored as it is. With `early`, the bias
+// and the mask value are those read before the walk.
+fn store(q: u32, p: Params, ones: bool, i: u32, j: u32, v_in: f32, early: bool, bias: f32, mask: f32) -> Stored {
     if (ones && i < p.m && j == p.n) {
         put(q, p.e_off + i, v_in);
         return Stored(p.e_off + i, v_in);
@@ -351,13 +431,21 @@ fn store(q: u32, p: Params, ones: bool, i: u32, j: u32, v_in: f32) -> Stored {
     }
     var v = v_in;
     if ((p.flags & 1u) != 0u) {
-        v += e[p.e_off + j];
+        if (early) {
+            v += bias;
+        } else {
+            v += e[p.e_off + j];
+        }
     }
     if ((p.flags & 2u) != 0u) {
         v = max(v, 0.0);
     }
     if ((p.flags & 4u) != 0u) {
-        if (e[p.e_off + i * p.e_si + j] <= 0.0) {
+        var h = mask;
+        if (!early) {
+            h = e[p.e_off + i * p.e_si + j];
+        }
+        if (h <= 0.0) {
             v = 0.0;
         }
     }

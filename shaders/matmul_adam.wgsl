@@ -28,23 +28,35 @@ fn matmul_triple_adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
     }
 }
 
-// The Adam steps of the gradient elements a thread stored (its four of C and up to
-// two bias gradients; at = NONE: none): every read issued before the first write
-// (one step after another would wait for each other's reads: the buffers may alias
-// as far as the driver knows).
-fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>) {
-    let o0 = adam_read(s[0].at);
-    let o1 = adam_read(s[1].at);
-    let o2 = adam_read(s[2].at);
-    let o3 = adam_read(s[3].at);
-    let o4 = adam_read(s[4].at);
-    let o5 = adam_read(s[5].at);
-    adam_write(s[0], o0);
-    adam_write(s[1], o1);
-    adam_write(s[2], o2);
-    adam_write(s[3], o3);
-    adam_write(s[4], o4);
-    adam_write(s[5], o5);
+// The old (p, m, v) of the gradient elements a thread stores (its four of C and
+// up to two bias gradients; zeros for none), read before the K walk with EARLY —
+// the triple reads none of params, m, v, and each element is one thread's — else
+// after its stores: every read issued before the first write (one step after
+// another would wait for each other's reads: the buffers may alias as far as the
+// driver knows).
+struct AfterReads { o: array<vec3<f32>, 6> }
+
+fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
+    let at = stored_ats(w, lid, first_tile);
+    return AfterReads(array<vec3<f32>, 6>(
+        adam_read(at[0]),
+        adam_read(at[1]),
+        adam_read(at[2]),
+        adam_read(at[3]),
+        adam_read(at[4]),
+        adam_read(at[5]),
+    ));
+}
+
+// The Adam steps of the gradient elements a thread stored (at = NONE: none), from
+// their old (p, m, v) in r.
+fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
+    adam_write(s[0], r.o[0]);
+    adam_write(s[1], r.o[1]);
+    adam_write(s[2], r.o[2]);
+    adam_write(s[3], r.o[3]);
+    adam_write(s[4], r.o[4]);
+    adam_write(s[5], r.o[5]);
 }
 
 // (p, m, v) of parameter at (zeros for NONE).

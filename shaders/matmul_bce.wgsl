@@ -20,13 +20,32 @@
 // vector: thread t's at row_shares[t / 4][t % 4], so a row's 16 are four loads
 var<workgroup> row_shares: array<vec4<f32>, 64>;
 
-// The loss of stored element s, C(i, j) (0 for none), and its gradient into c.
-fn bce_element(s: Stored, i: u32, j: u32, n: u32) -> f32 {
+// The pixels x(i, j) of a thread's four elements (i0, j0), (i0, j0 + 1),
+// (i0 + 1, j0), (i0 + 1, j0 + 1), 0 outside C; read before the K walk with EARLY.
+struct AfterReads { x: vec4<f32> }
+
+fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
+    let n = w.p.n;
+    let i0 = w.row0 + lid.y * 2u;
+    let j0 = w.col0 + lid.x * 2u;
+    var r = AfterReads(vec4<f32>());
+    for (var k = 0u; k < 4u; k++) {
+        let i = i0 + k / 2u;
+        let j = j0 + k % 2u;
+        if (i < w.p.m && j < n) {
+            r.x[k] = x[(i / u.tail.x) * n + j];
+        }
+    }
+    return r;
+}
+
+// The loss of stored element s, C(i, j) with pixel xv (0 for none), and its
+// gradient into c.
+fn bce_element(s: Stored, xv: f32) -> f32 {
     if (s.at == NONE) {
         return 0.0;
     }
     let l = s.v;
-    let xv = x[(i / u.tail.x) * n + j];
     let ex = exp(-abs(l));
     if (u.tail.y != 0u) {
         var sig = 1.0 / (1.0 + ex);
@@ -56,14 +75,11 @@ fn tile_row_share(w: Walk, ii: u32, first: u32) {
 }
 
 // A thread's four elements (i0, j0), (i0, j0 + 1), (i0 + 1, j0), (i0 + 1, j0 + 1):
-// their BCE, then the tile's row shares. Called by every thread of the workgroup
+// their BCE (pixels from after_reads), then the tile's row shares. Called by every thread of the workgroup
 // (the barriers below are in uniform control flow).
-fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>) {
-    let n = w.p.n;
-    let i0 = w.row0 + lid.y * 2u;
-    let j0 = w.col0 + lid.x * 2u;
-    let top = bce_element(s[0], i0, j0, n) + bce_element(s[1], i0, j0 + 1u, n);
-    let bottom = bce_element(s[2], i0 + 1u, j0, n) + bce_element(s[3], i0 + 1u, j0 + 1u, n);
+fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
+    let top = bce_element(s[0], r.x.x) + bce_element(s[1], r.x.y);
+    let bottom = bce_element(s[2], r.x.z) + bce_element(s[3], r.x.w);
     let t = lid.y * 16u + lid.x;
     row_shares[t / 4u][t % 4u] = top;
     workgroupBarrier();

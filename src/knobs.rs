@@ -53,6 +53,15 @@ pub const GPU_COOP_STEP: &str = "VAE_OOD_GPU_COOP_STEP";
 /// of eight. Needs the gradient pairs. Off by default: not yet timed on a GPU, and
 /// it sums each row's BCE in another order (rounding-level differences).
 pub const GPU_BCE_EPILOGUE: &str = "VAE_OOD_GPU_BCE_EPILOGUE";
+/// `1`: the kernels issue the reads whose addresses they know from the start
+/// before the work that comes first: the latent kernels' epilogue operands
+/// (`shaders/latent.wgsl`, `EARLY`: each product's bias or mask, the first draw's ε,
+/// read as the kernel starts, not after the links before them; the KL and
+/// log p − log q summed off thread 0) and the matmul epilogues' operands
+/// (`shaders/matmul.wgsl`: bias, mask, the BCE epilogue's pixels, the Adam
+/// epilogue's parameters and moments, read before the K walk). Identical bits; off
+/// by default (not yet timed on a GPU).
+pub const GPU_EARLY_READS: &str = "VAE_OOD_GPU_EARLY_READS";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -72,7 +81,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 9] = [
+const FLAGS: [&str; 10] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -82,6 +91,7 @@ const FLAGS: [&str; 9] = [
     GPU_COOP,
     GPU_DOUBLE_TILES,
     GPU_BCE_EPILOGUE,
+    GPU_EARLY_READS,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

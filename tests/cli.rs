@@ -772,6 +772,7 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_COOP_STEP", "48"),
         ("VAE_OOD_GPU_DOUBLE_TILES", "2"),
         ("VAE_OOD_GPU_BCE_EPILOGUE", "on"),
+        ("VAE_OOD_GPU_EARLY_READS", "early"),
     ];
     // a one-epoch CPU run on 128 images, quiet
     let run = [
@@ -810,6 +811,7 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_COOP_STEP", "128")
         .env("VAE_OOD_GPU_DOUBLE_TILES", "1")
         .env("VAE_OOD_GPU_BCE_EPILOGUE", "1")
+        .env("VAE_OOD_GPU_EARLY_READS", "1")
         .args(run)
         .args(["--out", s(&out)])
         .output()

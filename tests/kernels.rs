@@ -1130,6 +1130,9 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
 /// (G = 25, 3, 51 and 3 of 256); (300, 20) has more outputs than threads in the
 /// fc3 product and the dh1 product (G = 1, each thread two outputs or one), and
 /// 12 threads per dz output. Three draws per image (rows b·3 + k), 37 images.
+/// The kernels with their epilogue operands read early (`VAE_OOD_GPU_EARLY_READS`:
+/// bias, mask, the first draw's ε) give the same bits: with G = 1 a thread's second
+/// output reads its operands late, and later draws their ε.
 #[test]
 fn latent_forward_and_backward_in_one_dispatch_each() {
     use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions};
@@ -1344,6 +1347,34 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         let (folded, not) = (&folded_or_not[0], &folded_or_not[1]);
         for (dir, (a, b)) in folded.iter().zip(not).enumerate() {
             assert!(bits(a) == bits(b), "{name}: folded vs not, direction {dir}");
+        }
+        // with the epilogue operands read early (`EARLY`), folded and not: the same
+        // values, so the same bits
+        let adapter = gpu::select_adapter()
+            .unwrap()
+            .expect("the adapter found above");
+        let opts = GpuOptions {
+            early_reads: true,
+            ..opts
+        };
+        let mut early = GpuBackend::with_options(adapter, &store, 1, sizes, opts).unwrap();
+        assert!(early.describe().contains("early reads"), "{name}");
+        for (reduces, want) in [(true, folded), (false, not)] {
+            early.set_fusions(Fusions {
+                latent: true,
+                reduces,
+                ..Fusions::ALL
+            });
+            let got = [
+                run(&mut early, &fwd, &inputs_fwd, &out_fwd),
+                run(&mut early, &bwd, &inputs_bwd, &out_bwd),
+            ];
+            for (dir, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    bits(a) == bits(b),
+                    "{name}: early reads, folds {reduces}, direction {dir}"
+                );
+            }
         }
     }
 }
@@ -1777,7 +1808,9 @@ const REQUIRE_COOP_ENV: &str = "VAE_OOD_TEST_REQUIRE_COOP";
 /// match `matmul` within the f32 tolerances of the FMA walk. On inputs that are
 /// not, it must match `matmul` on the rounded operands, and differ from the
 /// unrounded product (the tensor cores really ran), while the bias gradient, a
-/// row sum of the unrounded A, matches the unrounded one.
+/// row sum of the unrounded A, matches the unrounded one. With early reads
+/// (`VAE_OOD_GPU_EARLY_READS=1`: bias and mask before the walk) every case gives the
+/// same bits as without.
 #[test]
 fn tensor_core_walk_against_its_twin() {
     use vae_ood::gpu::{self, coop_support, GpuBackend, GpuOptions};
@@ -1850,6 +1883,14 @@ fn tensor_core_walk_against_its_twin() {
     }
     // steps of 32 and 64 fit every adapter the walk runs on (lavapipe: 32,768 bytes)
     assert!(gpus.len() >= 2, "K steps of 32 and 64 must run");
+    // K steps of 64 with the epilogues' reads before the walk (VAE_OOD_GPU_EARLY_READS)
+    let early_opts = GpuOptions {
+        coop_step: 64,
+        early_reads: true,
+        ..coop
+    };
+    let mut early =
+        GpuBackend::with_options(adapter, &store, idx.len(), SIZES, early_opts).unwrap();
     let mut cpu = cpu_backend(&store, idx.len(), SIZES);
     // inputs into every backend, outputs poisoned, the ops, the outputs read back
     let run = |be: &mut dyn Backend, inputs: &[(Buf, Vec<f32>)], outs: &[Buf], ops: &[Op]| {
@@ -1995,6 +2036,13 @@ fn tensor_core_walk_against_its_twin() {
                     assert_close(&at, &g[r.clone()], &w[r.clone()], atol, MM_RTOL);
                 }
             }
+        }
+        // early reads: the same bits as K steps of 64 without
+        let late = run(&mut gpus[1], &inputs, &bufs, ops);
+        let got = run(&mut early, &inputs, &bufs, ops);
+        for ((b, _), (g, l)) in outs.iter().zip(got.iter().zip(&late)) {
+            let same = g.iter().zip(l).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{what}: {b:?} differs with early reads");
         }
     }
     // inputs that are not f16 values: the walk rounds A and B (to nearest), not

@@ -474,6 +474,9 @@ fn cpu_sparse_first_layer_matches_dense() {
 /// `VAE_OOD_GPU_PREFETCH=0` turns it off), nor on how it gets the bias gradients
 /// (row sums beside the multiply, or a column of ones, `VAE_OOD_GPU_ONES_COLUMN=1`,
 /// here in the padding of every weight gradient's last tile: 53, 133 and 3 columns).
+/// Nor on whether the kernels issue the reads they can early
+/// (`VAE_OOD_GPU_EARLY_READS=1`: the latent kernels' parameters, the epilogues'
+/// operands, Adam's parameters and moments in the triple, before the work).
 /// Nor on the bit-exact GPU fusions (`VAE_OOD_GPU_UNFUSED=1` turns them off): a
 /// layer's input and weight gradients in one pair dispatch, the split-K reduce of
 /// the decoder-output product folded into the BCE kernel that reads it, the
@@ -522,6 +525,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         assert_eq!(says("no prefetching matmul"), !opts.prefetch);
         assert_eq!(says("as a ones column"), opts.ones_column);
         assert_eq!(says("double-buffered matmul tiles"), opts.double_tiles);
+        assert_eq!(says("early reads"), opts.early_reads);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         be.set_fusions(Fusions::ALL);
@@ -567,6 +571,10 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     );
     let ones = GpuOptions {
         ones_column: true,
+        ..d
+    };
+    let early = GpuOptions {
+        early_reads: true,
         ..d
     };
     for (what, other) in [
@@ -649,6 +657,12 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             ),
         ),
         ("unfused", run(0, unfused, d)),
+        ("early reads", run(0, Fusions::DEFAULT, early)),
+        (
+            "early reads, Adam in the triple (its reads before the walk)",
+            run(0, Fusions::ALL, early),
+        ),
+        ("early reads, unfused", run(0, unfused, early)),
     ] {
         for ((buf, got), (_, want)) in other.iter().zip(&whole) {
             assert!(got == want, "{buf:?} differs, {what}");
@@ -754,7 +768,8 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
 /// row's BCE is summed tile by tile. Three steps and the IWAE scoring batch (which
 /// runs the BCE kernel either way). A device with 10 storage buffers per stage
 /// builds `matmul_bce` (9) but not `matmul_pair_loss` (11): asked for the
-/// epilogue, it runs without it, the same bits as the default there.
+/// epilogue, it runs without it, the same bits as the default there. With early
+/// reads (the pixels before fc4's K walk) the epilogue gives the same bits.
 #[test]
 fn bce_epilogue_trains_as_the_bce_kernel() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -808,6 +823,17 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
         pf.len()
     );
     assert_ne!(pf, case.params, "parameters must have moved");
+    // with the pixels read before the K walk (`VAE_OOD_GPU_EARLY_READS=1`), and
+    // the latent kernels' reads early: the same bits
+    let mut be = case.backend(vae_ood::gpu::GpuOptions {
+        early_reads: true,
+        ..vae_ood::gpu::GpuOptions::default()
+    });
+    be.set_fusions(bce);
+    assert_eq!(be.dispatches(&case.ops), fused.2);
+    for ((buf, got), (_, want)) in case.run(&mut be).iter().zip(&fused.3) {
+        assert!(got == want, "{buf:?} differs with early reads");
+    }
     // too few storage buffers for matmul_pair_loss: no epilogue
     let narrow_plain = case.capped_run(Some(10), Fusions::DEFAULT, kernels);
     let narrow = case.capped_run(Some(10), bce, kernels);

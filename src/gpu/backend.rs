@@ -1516,7 +1516,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -1537,6 +1537,11 @@ impl Backend for GpuBackend {
             },
             if self.ctx.options.double_tiles && self.ctx.features.coop.is_none() {
                 ", double-buffered matmul tiles"
+            } else {
+                ""
+            },
+            if self.ctx.options.early_reads {
+                ", early reads"
             } else {
                 ""
             },

@@ -253,20 +253,25 @@ impl Kernel {
     }
 
     /// Values for the module's pipeline-overridable constants: the matmul's
-    /// `PREFETCH` ([`GpuOptions::prefetch`]) and `ONES` ([`GpuOptions::ones_column`])
-    /// and, with the tensor-core walk, `SG` (the subgroup size it was chosen for)
+    /// `PREFETCH` ([`GpuOptions::prefetch`]), `ONES` ([`GpuOptions::ones_column`]),
+    /// `EARLY` ([`GpuOptions::early_reads`]) and, with the tensor-core walk, `SG` (the subgroup size it was chosen for)
     /// and `KR` (its K step / 32), else `TILES` ([`GpuOptions::double_tiles`]),
     /// the latent kernels' workgroup size `WG` ([`GpuOptions::latent_threads`], 256
-    /// where unset); none for the other kernels.
+    /// where unset); `EARLY` ([`GpuOptions::early_reads`]) for both; none for the
+    /// other kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::LatentForward | Kernel::LatentBackward => {
-                vec![("WG", opts.latent_threads.unwrap_or(256) as f64)]
+                vec![
+                    ("WG", opts.latent_threads.unwrap_or(256) as f64),
+                    ("EARLY", if opts.early_reads { 1.0 } else { 0.0 }),
+                ]
             }
             k if k.is_matmul() => {
                 let mut c = vec![
                     ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
                     ("ONES", if opts.ones_column { 1.0 } else { 0.0 }),
+                    ("EARLY", if opts.early_reads { 1.0 } else { 0.0 }),
                 ];
                 match opts.coop_use {
                     Some((_, sg)) => {
@@ -540,6 +545,11 @@ pub struct GpuOptions {
     /// the FMA walk's tiles double-buffered, one barrier per K step
     /// (`VAE_OOD_GPU_DOUBLE_TILES=1`; identical bits; off by default)
     pub double_tiles: bool,
+    /// the kernels issue the reads whose addresses they know from the start —
+    /// the latent kernels' and the matmul epilogues' operands — before the work
+    /// that comes first (`EARLY` in `latent.wgsl` and `matmul.wgsl`;
+    /// `VAE_OOD_GPU_EARLY_READS=1`; identical bits; off by default)
+    pub early_reads: bool,
 }
 
 /// The most threads per workgroup the latent kernels use (`latent.wgsl`'s share
@@ -560,6 +570,7 @@ impl Default for GpuOptions {
             coop_use: None,
             coop_step: COOP_STEP,
             double_tiles: false,
+            early_reads: false,
         }
     }
 }
@@ -606,7 +617,8 @@ impl GpuOptions {
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
     /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
     /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; the latent kernels' threads from
-    /// `VAE_OOD_GPU_LATENT_THREADS`; tensor cores with `VAE_OOD_GPU_COOP=1`.
+    /// `VAE_OOD_GPU_LATENT_THREADS`; tensor cores with `VAE_OOD_GPU_COOP=1`;
+    /// early reads with `VAE_OOD_GPU_EARLY_READS=1`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
@@ -622,6 +634,7 @@ impl GpuOptions {
             coop_step: crate::knobs::number(crate::knobs::GPU_COOP_STEP, 32..=128)
                 .map_or(COOP_STEP, |v| v as u32),
             double_tiles: crate::knobs::flag(crate::knobs::GPU_DOUBLE_TILES),
+            early_reads: crate::knobs::flag(crate::knobs::GPU_EARLY_READS),
         }
     }
 }
