@@ -61,7 +61,7 @@ done
 #              product (unsplit), its loss finished by fc4's gradient pair: 7 dispatches
 #              per step, not 8 (rounding-level differences); coop_bce: on tensor cores
 #   early_reads  the kernels issue the reads whose addresses they know from the start
-#              (the latent kernels' parameters, the matmul epilogues' operands) before
+#              (the latent kernels', the BCE kernel's, the matmul epilogues' operands) before
 #              the work that comes first, not after it (same bits); coop_bce_early: with
 #              the tensor cores and the BCE epilogue
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256

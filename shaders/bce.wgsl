@@ -23,6 +23,14 @@ struct LossOut { on: u32, out_off: u32, _p0: u32, _p1: u32 }
 struct Uniform { @size(32) p: Params, @size(32) loss: LossOut, src: SplitSource }
 @group(1) @binding(0) var<uniform> u: Uniform;
 
+// Early reads (EARLY, a pipeline constant: `VAE_OOD_GPU_EARLY_READS=1`): a thread
+// reads the logits (or their split sums) and pixels of its next COLS columns c, c +
+// 256, … together, then computes them in the same order, instead of waiting for
+// each column's reads in turn (784 pixels: one round trip to memory instead of four).
+// The same terms added in the same order: the same bits.
+override EARLY: bool = false;
+const COLS: u32 = 4u;
+
 @compute @workgroup_size(REDUCE_THREADS)
 fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, ids: ReduceIds) {
     let p = u.p;
@@ -31,25 +39,27 @@ fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     var acc = 0.0;
     if (r < p.rows) {
         let xb = (r / p.draws) * p.d;
-        for (var c = t; c < p.d; c += REDUCE_THREADS) {
-            var l: f32;
-            if (u.src.splits > 0u) {
-                l = split_sum(u.src, r * p.d + c);
-                if (p.write_grad == 0u) {
-                    logits[r * p.d + c] = l;
+        if (EARLY) {
+            for (var c0 = t; c0 < p.d; c0 += COLS * REDUCE_THREADS) {
+                var ls: array<f32, COLS>;
+                var xs: array<f32, COLS>;
+                for (var k = 0u; k < COLS; k++) {
+                    let c = c0 + k * REDUCE_THREADS;
+                    if (c < p.d) {
+                        ls[k] = logit(r, c);
+                        xs[k] = x[xb + c];
+                    }
                 }
-            } else {
-                l = logits[r * p.d + c];
+                for (var k = 0u; k < COLS; k++) {
+                    let c = c0 + k * REDUCE_THREADS;
+                    if (c < p.d) {
+                        acc += bce_term(r, c, ls[k], xs[k]);
+                    }
+                }
             }
-            let xv = x[xb + c];
-            let ex = exp(-abs(l));
-            acc += max(l, 0.0) - l * xv + log(1.0 + ex);
-            if (p.write_grad != 0u) {
-                var sig = 1.0 / (1.0 + ex);
-                if (l < 0.0) {
-                    sig = ex / (1.0 + ex);
-                }
-                logits[r * p.d + c] = sig - xv;
+        } else {
+            for (var c = t; c < p.d; c += REDUCE_THREADS) {
+                acc += bce_term(r, c, logit(r, c), x[xb + c]);
             }
         }
     }
@@ -61,4 +71,32 @@ fn bce_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             sample_loss[u.loss.out_off + r] = total + kl[r];
         }
     }
+}
+
+// Logit (r, c): from the split sums (stored as well where no gradient replaces it)
+// or the logits buffer.
+fn logit(r: u32, c: u32) -> f32 {
+    let p = u.p;
+    if (u.src.splits > 0u) {
+        let l = split_sum(u.src, r * p.d + c);
+        if (p.write_grad == 0u) {
+            logits[r * p.d + c] = l;
+        }
+        return l;
+    }
+    return logits[r * p.d + c];
+}
+
+// The loss of logit l against pixel xv; with write_grad its gradient into logits.
+fn bce_term(r: u32, c: u32, l: f32, xv: f32) -> f32 {
+    let p = u.p;
+    let ex = exp(-abs(l));
+    if (p.write_grad != 0u) {
+        var sig = 1.0 / (1.0 + ex);
+        if (l < 0.0) {
+            sig = ex / (1.0 + ex);
+        }
+        logits[r * p.d + c] = sig - xv;
+    }
+    return max(l, 0.0) - l * xv + log(1.0 + ex);
 }

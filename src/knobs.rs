@@ -57,7 +57,8 @@ pub const GPU_BCE_EPILOGUE: &str = "VAE_OOD_GPU_BCE_EPILOGUE";
 /// before the work that comes first: the latent kernels' epilogue operands
 /// (`shaders/latent.wgsl`, `EARLY`: each product's bias or mask, the first draw's ε,
 /// read as the kernel starts, not after the links before them; the KL and
-/// log p − log q summed off thread 0) and the matmul epilogues' operands
+/// log p − log q summed off thread 0), the BCE kernel's (`shaders/bce.wgsl`: four
+/// columns' logits and pixels read together) and the matmul epilogues' operands
 /// (`shaders/matmul.wgsl`: bias, mask, the BCE epilogue's pixels, the Adam
 /// epilogue's parameters and moments, read before the K walk). Identical bits; off
 /// by default (not yet timed on a GPU).

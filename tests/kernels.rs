@@ -838,6 +838,94 @@ fn adam_and_next_gather_in_one_dispatch() {
     }
 }
 
+/// The BCE kernel with its reads issued early (`VAE_OOD_GPU_EARLY_READS=1`: each
+/// thread reads its next four columns' logits and pixels together, then adds them in
+/// the usual order) gives the default's bits: rows of 7, 784 and 1031 pixels (one
+/// column per thread; four for some; five: a second round of reads with one), with
+/// and without the gradient, the logits given or read from the split-K sums of the
+/// decoder product before it (37 rows, K = 300: split), two draws per image.
+#[test]
+fn bce_with_early_reads_gives_the_same_bits() {
+    use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions};
+    let mut rng = fresh_rng("bce_with_early_reads_gives_the_same_bits");
+    let Some(adapter) = gpu::select_adapter().unwrap() else {
+        assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
+        return;
+    };
+    for d in [7usize, 784, 1031] {
+        let dims = Dims { d, h: 300, l: 2 };
+        let (images, draws) = (37, 2);
+        let rows = images * draws;
+        let sizes = run_sizes(dims, images, draws, 1);
+        let lay = vae_ood::model::Layout::new(dims);
+        let o = lay.offsets();
+        let fc4 = MatmulParams::linear(rows, dims.h, d, o.w4, o.b4, false);
+        assert!(choose_splits(&fc4) > 1, "d = {d}: the product splits K");
+        let mm = Op::Matmul {
+            a: Buf::H3,
+            b: Buf::Params,
+            e: Buf::Params,
+            c: Buf::Logits,
+            p: fc4,
+        };
+        let bce = |write_grad| {
+            Op::Bce(BceParams {
+                rows: rows as u32,
+                d: d as u32,
+                draws: draws as u32,
+                write_grad,
+            })
+        };
+        let inputs = [
+            (Buf::Params, uniform(&mut rng, lay.total, -0.2, 0.2)),
+            (Buf::H3, uniform(&mut rng, rows * dims.h, 0.0, 1.0)),
+            (Buf::X, uniform(&mut rng, images * d, 0.0, 1.0)),
+        ];
+        let logits = uniform(&mut rng, rows * d, -8.0, 8.0);
+        let mut bes = [false, true].map(|early_reads| {
+            let opts = GpuOptions {
+                early_reads,
+                ..GpuOptions::default()
+            };
+            let mut be =
+                GpuBackend::with_options(adapter.clone(), &[0; 4], 1, sizes, opts).unwrap();
+            assert_eq!(be.describe().contains("early reads"), early_reads);
+            be.set_fusions(Fusions::DEFAULT);
+            be
+        });
+        for (ops, given) in [
+            (vec![bce(0)], true),
+            (vec![bce(1)], true),
+            (vec![mm, bce(0)], false),
+            (vec![mm, bce(1)], false),
+        ] {
+            let what = format!("d = {d}, {ops:?}");
+            // the product's split sums are read by the BCE: no reduce dispatch
+            assert_eq!(bes[0].dispatches(&ops), ops.len(), "{what}");
+            let [late, early] = [0, 1].map(|i| {
+                let be = &mut bes[i];
+                for (b, v) in &inputs {
+                    be.write(*b, 0, v).unwrap();
+                }
+                if given {
+                    be.write(Buf::Logits, 0, &logits).unwrap();
+                } else {
+                    be.write(Buf::Logits, 0, &vec![f32::NAN; rows * d]).unwrap();
+                }
+                be.write(Buf::Bce, 0, &vec![f32::NAN; rows]).unwrap();
+                be.run(&ops).unwrap();
+                [Buf::Bce, Buf::Logits].map(|b| be.read(b, 0..b.len(&sizes)).unwrap())
+            });
+            assert_written(&format!("{what}: bce"), &late[0], &[0..rows], true);
+            assert_written(&format!("{what}: logits"), &late[1], &[0..rows * d], !given);
+            for (b, (l, e)) in ["bce", "logits"].iter().zip(late.iter().zip(&early)) {
+                let same = l.iter().zip(e).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{what}: {b} differs with early reads");
+            }
+        }
+    }
+}
+
 /// A training step's per-image −ELBO (one draw, no batch sum: `NO_SLOT`) is
 /// written by the BCE kernel on the GPU, with no loss dispatch of its own: against
 /// the CPU (which runs `bce_logits` then `loss_reduce`) and against the GPU running

@@ -257,8 +257,8 @@ impl Kernel {
     /// `EARLY` ([`GpuOptions::early_reads`]) and, with the tensor-core walk, `SG` (the subgroup size it was chosen for)
     /// and `KR` (its K step / 32), else `TILES` ([`GpuOptions::double_tiles`]),
     /// the latent kernels' workgroup size `WG` ([`GpuOptions::latent_threads`], 256
-    /// where unset); `EARLY` ([`GpuOptions::early_reads`]) for both; none for the
-    /// other kernels.
+    /// where unset); `EARLY` ([`GpuOptions::early_reads`]) for both and for the
+    /// BCE kernel; none for the other kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::LatentForward | Kernel::LatentBackward => {
@@ -267,6 +267,7 @@ impl Kernel {
                     ("EARLY", if opts.early_reads { 1.0 } else { 0.0 }),
                 ]
             }
+            Kernel::Bce => vec![("EARLY", if opts.early_reads { 1.0 } else { 0.0 })],
             k if k.is_matmul() => {
                 let mut c = vec![
                     ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
@@ -546,8 +547,8 @@ pub struct GpuOptions {
     /// (`VAE_OOD_GPU_DOUBLE_TILES=1`; identical bits; off by default)
     pub double_tiles: bool,
     /// the kernels issue the reads whose addresses they know from the start —
-    /// the latent kernels' and the matmul epilogues' operands — before the work
-    /// that comes first (`EARLY` in `latent.wgsl` and `matmul.wgsl`;
+    /// the latent kernels', the BCE kernel's and the matmul epilogues' operands —
+    /// before the work that comes first (`EARLY` in `latent.wgsl` and `matmul.wgsl`;
     /// `VAE_OOD_GPU_EARLY_READS=1`; identical bits; off by default)
     pub early_reads: bool,
 }
