@@ -64,7 +64,9 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # nor the FMA walk with double-buffered tiles, one barrier per K step; nor the
   # BCE in fc4's epilogue, 7 dispatches per step, with either walk; nor early
   # reads, alone, with both, and with Adam in the triple, whose reads of the
-  # parameters and moments they move before its K walk)
+  # parameters and moments they move before its K walk; nor Adam in the triple
+  # with fc4's Adam in the latent backward, not in the triple's tail; all_in: all
+  # of them, 6 dispatches per step)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_32:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=32' \
     'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
@@ -74,7 +76,9 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     'double_bce:VAE_OOD_GPU_DOUBLE_TILES=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
     'early:VAE_OOD_GPU_EARLY_READS=1' \
     'coop_bce_early:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_EARLY_READS=1' \
+    'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     'triple_adam_early:VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
+    'all_in:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # the whole default run with the tensor-core walk and the BCE epilogue, each and

@@ -40,7 +40,8 @@ done
 #              dispatches, not one latent.wgsl kernel per direction (rounding-level differences)
 #   no_triple  fc3's weight gradient its own dispatch, not one matmul_triple with the
 #              head's and fc1's
-#   triple_adam  a step's Adam in the triple's epilogue (matmul_triple_adam), not its
+#   triple_adam  a step's Adam in the triple's epilogue (matmul_triple_adam; fc4's, which
+#              the triple does not write, in the latent backward: latent_backward_adam), not its
 #              own dispatch shared with the next step's gather (adam_gather)
 #   no_gather  a run's first gather its own dispatch, not read by fc1's product from
 #              the image store (matmul_gather; the later ones share the previous

@@ -12,7 +12,8 @@
 //! (`VAE_OOD_GPU_DOUBLE_TILES=1`); the BCE in fc4's epilogue
 //! (`VAE_OOD_GPU_BCE_EPILOGUE=1`), also on tensor cores; with early reads
 //! (`VAE_OOD_GPU_EARLY_READS=1`), alone, with the tensor cores and the BCE
-//! epilogue, and with Adam in the triple; without the latent fusion, without the
+//! epilogue, and with Adam in the triple; all of them (tensor cores, BCE epilogue,
+//! Adam in the triple, early reads: six dispatches per step); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
@@ -140,6 +141,18 @@ fn main() -> anyhow::Result<()> {
                 ..d
             },
             without(|f| f.adam = true),
+        ),
+        (
+            "all in",
+            GpuOptions {
+                coop: true,
+                early_reads: true,
+                ..d
+            },
+            without(|f| {
+                f.adam = true;
+                f.bce = true
+            }),
         ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),

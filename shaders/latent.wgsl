@@ -21,7 +21,7 @@
 // (bias, ReLU from params; mask from h1). Each entry point stores to its own
 // buffers only: it binds 10 storage buffers (WebGPU's default allows 8, desktop
 // GPUs and lavapipe far more; the backend runs without these kernels where the
-// device has fewer). Dispatch (B, 1, 1), workgroups of WG threads (a pipeline
+// device has fewer; latent_backward_adam, latent_adam.wgsl, binds 13). Dispatch (B, 1, 1), workgroups of WG threads (a pipeline
 // constant: 1024 where the device allows, else 512 or 256; the backend chooses).
 //
 // Summation order: output j of a product with N outputs gets G = ⌊WG / N⌋ threads
@@ -56,11 +56,16 @@ struct Reparam {
 // head dX. With src.splits > 0 the row the first product reads — h1 forward, dh3
 // backward — is read from the split-K partial sums of the product before it (fc1
 // forward, fc4's input gradient backward; split_source.wgsl, appended) and stored,
-// as if matmul_reduce had run: one reduce dispatch fewer each way.
-struct Uniform { first: Params, rp: Reparam, second: Params, src: SplitSource }
+// as if matmul_reduce had run: one reduce dispatch fewer each way. adam and tail:
+// latent_backward_adam's Adam step and the parameters [tail.x, tail.y) it updates.
+struct Uniform {
+    first: Params, rp: Reparam, second: Params, src: SplitSource,
+    adam: AdamParams, tail: vec4<u32>,
+}
 @group(1) @binding(0) var<uniform> u: Uniform;
 
-@group(0) @binding(0) var<storage, read> params: array<f32>;
+// (binding 0, the parameters: read-only in latent_params.wgsl, appended for
+// latent_forward and latent_backward; read-write in latent_adam.wgsl)
 @group(0) @binding(1) var<storage, read_write> h1: array<f32>;
 @group(0) @binding(2) var<storage, read_write> head: array<f32>;
 @group(0) @binding(3) var<storage, read_write> eps: array<f32>;
@@ -299,11 +304,15 @@ fn latent_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 // from the KL gradient, as reparam.wgsl) → after the last draw, dhead → dh1 row b.
 @compute @workgroup_size(WG)
 fn latent_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    backward_image(wg.x, lid.x);
+}
+
+// latent_backward's work for image b, thread t (called by the whole workgroup: it
+// holds barriers).
+fn backward_image(b: u32, t: u32) {
     let qz = u.first;
     let rp = u.rp;
     let qx = u.second;
-    let b = wg.x;
-    let t = lid.x;
     let l = rp.l;
     // (with EARLY: the mask of dh1 and the first draw's ε, before the head's and the
     // dh3 row's reads)

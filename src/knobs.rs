@@ -31,7 +31,9 @@ pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
 /// dispatch with the next step's gather (`adam_gather`, eight; the default:
-/// identical bits, 0.93× the time per training step on an H100 and an H200).
+/// identical bits, 0.93× the time per training step on an H100 and an H200, timed
+/// with fc4's Adam in the triple's tail), fc4's Adam in extra workgroups of the
+/// latent backward kernel (`latent_backward_adam`) where the device has it.
 pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
 /// `1`: the FMA matmul walk keeps two tiles of each operand in workgroup memory and
 /// stashes each K step into the one not being read, one barrier per K step instead

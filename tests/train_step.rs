@@ -717,7 +717,10 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
 /// kernels (10) and the triple (9) but not `matmul_triple_adam` (12): asked for
 /// Adam in the triple (`VAE_OOD_GPU_TRIPLE_ADAM=1`), it runs a training step's
 /// Adam with the next gather, as a device that has the kernel does by default —
-/// a dispatch more per step, the same bits as with Adam in the triple.
+/// a dispatch more per step, the same bits as with Adam in the triple. One that
+/// allows 12 builds `matmul_triple_adam` but not `latent_backward_adam` (13): the
+/// triple runs its tail (fc4's parameters) itself, which a device with 13 runs in
+/// the latent backward kernel — the same dispatches and bits either way.
 #[test]
 fn a_device_without_the_adam_triple_runs_adam_apart() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -734,20 +737,34 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
             Kernel::LatentForward,
             Kernel::MatmulTriple,
             Kernel::MatmulTripleAdam,
+            Kernel::LatentBackwardAdam,
         ];
         case.capped_run(cap, f, kernels)
     };
     let narrow = run(Some(11), true);
+    let twelve = run(Some(12), true);
     let off = run(None, false);
     let on = run(None, true);
     assert_eq!(
-        (narrow.0, on.0),
-        ([true, true, false], [true; 3]),
-        "latent kernels, triple, triple with Adam built (11 buffers, default)"
+        (narrow.0, twelve.0, on.0),
+        (
+            [true, true, false, false],
+            [true, true, true, false],
+            [true; 4]
+        ),
+        "latent kernels, triple, triple with Adam, latent backward with Adam built \
+         (11, 12 buffers, default)"
     );
     assert!(!narrow.1.contains("Adam in the triple"), "{}", narrow.1);
-    assert!(on.1.contains("Adam in the triple"), "{}", on.1);
+    let tail_in_latent = "Adam in the triple (its tail in the latent backward)";
+    assert!(on.1.contains(tail_in_latent), "{}", on.1);
+    assert!(
+        twelve.1.contains("Adam in the triple") && !twelve.1.contains(tail_in_latent),
+        "{}",
+        twelve.1
+    );
     assert_eq!(narrow.2, off.2);
+    assert_eq!(twelve.2, on.2);
     // two training steps, then the scoring batch: each step's Adam a dispatch more
     // (the first's shared with the next gather, whose fc1 then runs alone)
     assert_eq!(
@@ -756,6 +773,12 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
         "{} dispatches with Adam in the triple",
         on.2
     );
+    for ((buf, a), (_, b)) in twelve.3.iter().zip(&on.3) {
+        assert!(
+            a == b,
+            "{buf:?} differs, the tail in the triple or the latent backward"
+        );
+    }
     for (((buf, a), (_, b)), (_, c)) in narrow.3.iter().zip(&off.3).zip(&on.3) {
         assert!(a == b && b == c, "{buf:?} differs");
     }
@@ -769,7 +792,8 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
 /// runs the BCE kernel either way). A device with 10 storage buffers per stage
 /// builds `matmul_bce` (9) but not `matmul_pair_loss` (11): asked for the
 /// epilogue, it runs without it, the same bits as the default there. With early
-/// reads (the pixels before fc4's K walk) the epilogue gives the same bits.
+/// reads (the pixels before fc4's K walk) the epilogue gives the same bits, and
+/// so with Adam in the triple as well (six dispatches per step).
 #[test]
 fn bce_epilogue_trains_as_the_bce_kernel() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -824,15 +848,25 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
     );
     assert_ne!(pf, case.params, "parameters must have moved");
     // with the pixels read before the K walk (`VAE_OOD_GPU_EARLY_READS=1`), and
-    // the latent kernels' reads early: the same bits
+    // the latent kernels' reads early: the same bits; and so with Adam in the triple
+    // (fc4's in the latent backward) as well, one dispatch fewer per step again
     let mut be = case.backend(vae_ood::gpu::GpuOptions {
         early_reads: true,
         ..vae_ood::gpu::GpuOptions::default()
     });
-    be.set_fusions(bce);
-    assert_eq!(be.dispatches(&case.ops), fused.2);
-    for ((buf, got), (_, want)) in case.run(&mut be).iter().zip(&fused.3) {
-        assert!(got == want, "{buf:?} differs with early reads");
+    let all_in = Fusions {
+        bce: true,
+        ..Fusions::ALL
+    };
+    for (f, fewer, what) in [
+        (bce, 0, "early reads"),
+        (all_in, 3, "early reads, Adam too"),
+    ] {
+        be.set_fusions(f);
+        assert_eq!(be.dispatches(&case.ops) + fewer, fused.2, "{what}");
+        for ((buf, got), (_, want)) in case.run(&mut be).iter().zip(&fused.3) {
+            assert!(got == want, "{buf:?} differs with {what}");
+        }
     }
     // too few storage buffers for matmul_pair_loss: no epilogue
     let narrow_plain = case.capped_run(Some(10), Fusions::DEFAULT, kernels);

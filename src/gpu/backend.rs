@@ -185,8 +185,15 @@ fn disjoint(x: &[Range<u64>], y: &[Range<u64>]) -> bool {
 /// gradients included) that none of them reads, and their tiles fit one dispatch
 /// row. Three layers' weight gradients are such products. With `adam` (the op
 /// after the three) an Adam step that [`triple_adam`] allows, the dispatch is a
-/// `matmul_triple_adam` that runs it too, and the flag returned is true.
-fn triple(ops: [&Op; 3], adam: Option<&Op>) -> Option<(Dispatch, Vec<u8>, bool)> {
+/// `matmul_triple_adam` that runs it too, and the flag returned is true. With
+/// `tail_away` (the parameter ranges the dispatch before the triple reads, which
+/// offers to run the tail), a non-empty tail disjoint from them is left out of the
+/// triple and returned with Adam's params, for that dispatch to update.
+fn triple(
+    ops: [&Op; 3],
+    adam: Option<&Op>,
+    tail_away: Option<&[Range<u64>]>,
+) -> Option<(Dispatch, Vec<u8>, bool, Option<MovedTail>)> {
     let mut ab = Vec::with_capacity(3);
     let mut qs = Vec::with_capacity(3);
     let mut out = None;
@@ -231,16 +238,49 @@ fn triple(ops: [&Op; 3], adam: Option<&Op>) -> Option<(Dispatch, Vec<u8>, bool)>
     let mut bytes: Vec<u8> = qs.iter().flat_map(bytemuck::bytes_of).copied().collect();
     let reads: Vec<Buf> = ab.iter().flat_map(|&(a, b)| [a, b]).collect();
     if let Some((pa, tail)) = adam.and_then(|op| triple_adam(op, c, &reads, &qs, &regions)) {
-        let tail_groups = (tail.end - tail.start).div_ceil(ADAM_TAIL_PER_GROUP);
+        let away = tail_away.filter(|reads| {
+            let t = tail.start as u64..tail.end as u64;
+            !t.is_empty() && disjoint(std::slice::from_ref(&t), reads)
+        });
+        let (kept, moved) = match away {
+            Some(_) => (tail.end..tail.end, Some((pa, tail))),
+            None => (tail, None),
+        };
+        let tail_groups = (kept.end - kept.start).div_ceil(ADAM_TAIL_PER_GROUP);
         if groups + tail_groups <= 65_535 {
             res.extend([f(Buf::Params), f(Buf::AdamM), f(Buf::AdamV)]);
             bytes.extend_from_slice(bytemuck::bytes_of(&pa));
-            bytes.extend_from_slice(bytemuck::bytes_of(&[tail.start, tail.end, 0, 0]));
+            bytes.extend_from_slice(bytemuck::bytes_of(&[kept.start, kept.end, 0, 0]));
             let d = (Kernel::MatmulTripleAdam, res, (groups + tail_groups, 1, 1));
-            return Some((d, bytes, true));
+            return Some((d, bytes, true, moved));
         }
     }
-    Some(((Kernel::MatmulTriple, res, (groups, 1, 1)), bytes, false))
+    Some((
+        (Kernel::MatmulTriple, res, (groups, 1, 1)),
+        bytes,
+        false,
+        None,
+    ))
+}
+
+/// A triple's Adam tail run elsewhere ([`triple`]'s `tail_away`): Adam's params
+/// and the parameters of the tail.
+type MovedTail = (AdamParams, Range<u32>);
+
+/// Parameters `latent_backward_adam` updates per workgroup after the images'
+/// (`latent_adam.wgsl`'s TAIL_PER_GROUP).
+const LATENT_ADAM_PER_GROUP: u32 = 1024;
+
+/// Byte offset of the Adam step and its tail in a latent kernel's slot (after the
+/// [`SplitSource`]).
+const LATENT_ADAM_AT: usize = LATENT_SPLIT_SOURCE_AT + 32;
+
+/// The elements of B a product reads, as one span (from its first to its last).
+fn b_span(q: &MatmulParams) -> Range<u64> {
+    let last = q.b_off as u64
+        + (q.k.max(1) as u64 - 1) * q.b_sp as u64
+        + (q.n.max(1) as u64 - 1) * q.b_sj as u64;
+    q.b_off as u64..last + 1
 }
 
 /// Parameters `matmul_triple_adam` updates per workgroup after the triple's tiles
@@ -515,7 +555,7 @@ fn absorbs(rest: &[Op], q: &MatmulParams, e: Buf, c: Buf, latent: bool) -> bool 
             params_only && c == Buf::Dz && p.images * p.draws == q.m && p.l == q.n
         }
         Some(Op::Matmul { a, p, .. })
-            if latent && lower_latent(rest, None, false, false).is_some() =>
+            if latent && lower_latent(rest, None, false, false, false).is_some() =>
         {
             matches!((*a, c), (Buf::H1, Buf::H1) | (Buf::Dh3, Buf::Dh3))
                 && p.m == q.m
@@ -667,6 +707,11 @@ pub struct Fusions {
     /// bench/results/h100-2026-11-26.md): the epilogue's Adam lengthens the
     /// triple by more than a dispatch costs
     pub adam: bool,
+    /// with `adam` and the latent fusion: the parameters the triple's Adam does not
+    /// update (its tail: fc4's) in extra workgroups of the latent backward kernel
+    /// before it (`latent_backward_adam`, where that kernel reads none of them), so
+    /// that no tail workgroups wait behind the triple's tiles
+    pub latent_adam: bool,
     /// a batch's gather in the loads of the product that reads it, as one
     /// `matmul_gather` ([`gather_product`])
     pub gather: bool,
@@ -694,6 +739,7 @@ impl Fusions {
         latent: true,
         triple: true,
         adam: true,
+        latent_adam: true,
         gather: true,
         bce: false,
     };
@@ -704,6 +750,7 @@ impl Fusions {
         latent: false,
         triple: false,
         adam: false,
+        latent_adam: false,
         gather: false,
         bce: false,
     };
@@ -718,6 +765,7 @@ impl Fusions {
             // is no part name of its own, `knobs::check` rejects it)
             adam: crate::knobs::flag(crate::knobs::GPU_TRIPLE_ADAM)
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
+            latent_adam: !crate::knobs::gpu_unfused("latent"),
             gather: !crate::knobs::gpu_unfused("gather"),
             bce: crate::knobs::flag(crate::knobs::GPU_BCE_EPILOGUE)
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
@@ -737,10 +785,10 @@ impl Fusions {
         .filter(|f| !f.0)
         .map(|f| f.1)
         .collect();
-        let mut extra = if self.adam {
-            ", Adam in the triple"
-        } else {
-            ""
+        let mut extra = match (self.adam, self.adam && self.latent && self.latent_adam) {
+            (true, true) => ", Adam in the triple (its tail in the latent backward)",
+            (true, false) => ", Adam in the triple",
+            _ => "",
         }
         .to_string();
         if self.bce {
@@ -802,6 +850,7 @@ fn lower_latent(
     src: Option<(SplitSource, Buf)>,
     join: bool,
     adam: bool,
+    adam_here: bool,
 ) -> Option<Group> {
     use bytemuck::bytes_of;
     let f = Res::F;
@@ -905,13 +954,35 @@ fn lower_latent(
             // with `join`, the weight gradient and the two ops after the four (the
             // head's and fc1's weight gradients) as one triple where they may be,
             // and with `adam` the step's Adam after them in it too
+            // — whose tail, with `adam_here`, this kernel updates in extra workgroups
+            // (`latent_backward_adam`) where it reads none of those parameters and
+            // its split source's epilogue operand is not the parameters (which it
+            // then binds read-write)
             if let (true, [_, _, _, _, o4, o5, ..]) = (join, rest) {
                 let next = rest.get(6).filter(|_| adam);
-                if let Some((d, dw_bytes, with_adam)) = triple([dw, o4, o5], next) {
+                let reads = [b_span(qz), b_span(qx)];
+                let here = adam_here && src.is_none_or(|(_, e)| e != Buf::Params);
+                let away = here.then_some(&reads[..]);
+                if let Some((d, dw_bytes, with_adam, moved)) = triple([dw, o4, o5], next, away) {
+                    let mut bytes = slot(qz, rp, qx);
+                    if let Some((pa, tail)) = moved {
+                        let (_, (kernel, res, groups)) = &mut dispatches[0];
+                        *kernel = Kernel::LatentBackwardAdam;
+                        if src.is_none() {
+                            // (the unread epilogue binding: not the parameters,
+                            // bound read-write here, but the gradients, read-only)
+                            res[9] = f(Buf::Grads);
+                        }
+                        res.extend([f(Buf::Grads), f(Buf::AdamM), f(Buf::AdamV)]);
+                        groups.0 += (tail.end - tail.start).div_ceil(LATENT_ADAM_PER_GROUP);
+                        bytes.resize(LATENT_ADAM_AT, 0);
+                        bytes.extend_from_slice(bytes_of(&pa));
+                        bytes.extend_from_slice(bytes_of(&[tail.start, tail.end, 0, 0]));
+                    }
                     dispatches.push((1, d));
                     return Some(Group {
                         dispatches,
-                        slots: vec![(0, slot(qz, rp, qx)), (1, dw_bytes)],
+                        slots: vec![(0, bytes), (1, dw_bytes)],
                         used: 6 + with_adam as usize,
                     });
                 }
@@ -943,7 +1014,8 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
     let mut i = 0;
     while i < ops.len() {
         if fuse.latent {
-            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam) {
+            let adam_here = fuse.latent_adam;
+            if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam, adam_here) {
                 source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
@@ -955,7 +1027,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
         }
         if let (true, [o0, o1, o2, ..]) = (fuse.triple, &ops[i..]) {
             let adam = ops.get(i + 3).filter(|_| fuse.adam);
-            if let Some((d, bytes, with_adam)) = triple([o0, o1, o2], adam) {
+            if let Some((d, bytes, with_adam, _)) = triple([o0, o1, o2], adam, None) {
                 // (no split sums wait for a product: absorbs folds only into the
                 // kernels that read them)
                 debug_assert!(source.is_none());
@@ -1172,6 +1244,7 @@ impl GpuBackend {
             reduces: on,
             triple: on && self.ctx.has(Kernel::MatmulTriple),
             adam: on && self.ctx.has(Kernel::MatmulTripleAdam),
+            latent_adam: on && self.ctx.has(Kernel::LatentBackwardAdam),
             gather: on,
             ..self.fusions
         };
@@ -1186,6 +1259,7 @@ impl GpuBackend {
             latent: f.latent && latent.iter().all(|&k| self.ctx.has(k)),
             triple: f.triple && self.ctx.has(Kernel::MatmulTriple),
             adam: f.adam && self.ctx.has(Kernel::MatmulTripleAdam),
+            latent_adam: f.latent_adam && self.ctx.has(Kernel::LatentBackwardAdam),
             bce: f.bce
                 && [Kernel::MatmulBce, Kernel::MatmulPairLoss]
                     .iter()
@@ -2032,9 +2106,10 @@ mod tests {
         let ops = step();
         let fused = |ops: &[Op]| {
             let k = kernels(ops, Fusions::ALL);
+            let backward = [Kernel::LatentBackward, Kernel::LatentBackwardAdam];
             (
                 k.iter().any(|d| d.1 == Kernel::LatentForward),
-                k.iter().any(|d| d.1 == Kernel::LatentBackward),
+                k.iter().any(|d| backward.contains(&d.1)),
             )
         };
         assert_eq!(fused(&ops), (true, true));
@@ -2114,7 +2189,7 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for bits in 0..128 {
+        for bits in 0..256 {
             let f = Fusions {
                 pairs: bits & 1 != 0,
                 reduces: bits & 2 != 0,
@@ -2123,6 +2198,7 @@ mod tests {
                 adam: bits & 16 != 0,
                 gather: bits & 32 != 0,
                 bce: bits & 64 != 0,
+                latent_adam: bits & 128 != 0,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -2167,7 +2243,8 @@ mod tests {
     fn triples_are_refused_where_they_would_be_wrong() {
         let ops = step();
         let (fc3, head, fc1) = (ops[11], ops[14], ops[15]);
-        let (d, bytes, adam) = triple([&fc3, &head, &fc1], None).expect("the step's three");
+        let (d, bytes, adam, _) =
+            triple([&fc3, &head, &fc1], None, None).expect("the step's three");
         assert!(!adam);
         assert_eq!(d.0, Kernel::MatmulTriple);
         assert_eq!(bytes.len(), 192);
@@ -2199,7 +2276,7 @@ mod tests {
         let with = |i: usize, f: &dyn Fn(&mut Op)| {
             let mut t = [fc3, head, fc1];
             f(&mut t[i]);
-            triple([&t[0], &t[1], &t[2]], None).is_some()
+            triple([&t[0], &t[1], &t[2]], None, None).is_some()
         };
         let set_p = |g: fn(&mut MatmulParams)| {
             move |op: &mut Op| {
@@ -2235,13 +2312,14 @@ mod tests {
         assert!(with(2, &set_p(|p| p.flags = 0)));
         // not a product at all
         let t = [fc3, head, ops[16]];
-        assert!(triple([&t[0], &t[1], &t[2]], None).is_none());
+        assert!(triple([&t[0], &t[1], &t[2]], None, None).is_none());
         assert!(with(0, &|_| {}));
     }
 
     /// With every fusion on, a training step is 7 dispatches: fc1's product with
     /// the gather in its loads, the latent forward, fc4's product, the BCE, fc4's
-    /// pair, the latent backward and the triple with the step's Adam.
+    /// pair, the latent backward with fc4's Adam (the triple's tail) and the triple
+    /// with the rest of the step's Adam.
     #[test]
     fn adam_joins_the_triple_and_the_gather_joins_fc1() {
         use Kernel::*;
@@ -2255,10 +2333,18 @@ mod tests {
                 (5, Matmul),
                 (6, Bce),
                 (8, MatmulPair),
-                (10, LatentBackward),
+                (10, LatentBackwardAdam),
                 (11, MatmulTripleAdam),
             ]
         );
+        // the tail kept in the triple without latent_adam
+        let in_triple = Fusions {
+            latent_adam: false,
+            ..Fusions::ALL
+        };
+        let kt = kernels(&ops, in_triple);
+        assert_eq!(kt.len(), 7);
+        assert_eq!(kt[5..], [(10, LatentBackward), (11, MatmulTripleAdam)]);
         let two: Vec<Op> = ops.iter().chain(&ops).copied().collect();
         let k2 = kernels(&two, Fusions::ALL);
         assert_eq!(k2.len(), 14, "7 per step inside an epoch");
@@ -2289,17 +2375,45 @@ mod tests {
             [(11, MatmulTripleAdam), (17, Gather), (18, Matmul)]
         );
         // the triple's slot: its three params, Adam's, the tail (fc4's weights and
-        // bias, which the triple does not write), then zeros; the gather's: fc1's
-        // params (split) and the first index entry at GATHER_IDX_AT
+        // bias, which the triple does not write) — empty where the latent backward
+        // runs it (at LATENT_ADAM_AT of its slot, Adam's params, then the tail) —,
+        // then zeros; the gather's: fc1's params (split) and the first index entry
+        // at GATHER_IDX_AT
         let (plan, slots) = lower_all(&ops, Fusions::ALL);
         let Op::Adam(pa) = ops[16] else {
             unreachable!()
         };
         let lay = crate::model::Layout::new(crate::model::Dims::MNIST);
         let o = lay.offsets();
-        let tail = [o.w4 as u32, lay.total as u32, 0, 0];
+        let (w4, end) = (o.w4 as u32, lay.total as u32);
         assert_eq!(slots[11][192..224], *bytemuck::bytes_of(&pa));
-        assert_eq!(slots[11][224..240], *bytemuck::bytes_of(&tail));
+        assert_eq!(slots[11][224..240], *bytemuck::bytes_of(&[end, end, 0, 0]));
+        let at = LATENT_ADAM_AT;
+        assert_eq!(slots[10][at..at + 32], *bytemuck::bytes_of(&pa));
+        assert_eq!(slots[10][at + 32..], *bytemuck::bytes_of(&[w4, end, 0, 0]));
+        let groups = |plan: &[(usize, Dispatch)], i: usize| plan[i].1 .2 .0;
+        let tiles_of = |i: usize| match ops[i] {
+            Op::Matmul { p, .. } => tiles(&p),
+            _ => unreachable!(),
+        };
+        let (triple_tiles, images) = (tiles_of(11) + tiles_of(14) + tiles_of(15), 128);
+        let tail_groups = (end - w4).div_ceil(LATENT_ADAM_PER_GROUP);
+        assert_eq!(tail_groups, 308, "fc4's 314,384 parameters");
+        assert_eq!(groups(&plan, 5), images + tail_groups);
+        assert_eq!(groups(&plan, 6), triple_tiles);
+        // the latent backward binds Adam's buffers after its own
+        let res = &plan[5].1 .1;
+        let adam_bufs = [Buf::Grads, Buf::AdamM, Buf::AdamV].map(Res::F);
+        assert_eq!(res[res.len() - 3..], adam_bufs);
+        // with the tail in the triple: its slot holds it, its workgroups run it
+        let (plan_t, slots_t) = lower_all(&ops, in_triple);
+        assert_eq!(slots_t[11][224..240], *bytemuck::bytes_of(&[w4, end, 0, 0]));
+        assert_eq!(slots_t[10].len(), LATENT_SPLIT_SOURCE_AT + 32);
+        assert_eq!(groups(&plan_t, 5), images);
+        assert_eq!(
+            groups(&plan_t, 6),
+            triple_tiles + (end - w4).div_ceil(ADAM_TAIL_PER_GROUP)
+        );
         assert!(slots[16].is_empty());
         let Op::Matmul { p: p1, .. } = ops[1] else {
             unreachable!()
@@ -2335,17 +2449,51 @@ mod tests {
                 f(Buf::X)
             ]
         );
+        // (the triple's workgroups: above)
         let d11 = &plan.iter().find(|d| d.0 == 11).unwrap().1;
-        let tiles_of = |i: usize| match ops[i] {
-            Op::Matmul { p, .. } => tiles(&p),
-            _ => unreachable!(),
-        };
-        let tail_len = (lay.total - o.w4) as u32;
-        assert_eq!(
-            d11.2 .0,
-            tiles_of(11) + tiles_of(14) + tiles_of(15) + tail_len.div_ceil(ADAM_TAIL_PER_GROUP)
-        );
         assert_eq!(d11.1[9..], [f(Buf::Params), f(Buf::AdamM), f(Buf::AdamV)]);
+    }
+
+    /// The triple's tail moves into the latent backward only where that kernel reads
+    /// none of the tail's parameters: fc3's input gradient reading its weights from
+    /// fc4's range (or the head's from the tail's last element) keeps the tail in
+    /// the triple.
+    #[test]
+    fn the_tail_stays_in_the_triple_where_the_latent_backward_reads_it() {
+        use Kernel::*;
+        let ops = step();
+        let o = crate::model::Layout::new(crate::model::Dims::MNIST).offsets();
+        let total = crate::model::Layout::new(crate::model::Dims::MNIST).total as u32;
+        let backward = |ops: &[Op]| kernels(ops, Fusions::ALL)[5..].to_vec();
+        assert_eq!(
+            backward(&ops),
+            [(10, LatentBackwardAdam), (11, MatmulTripleAdam)]
+        );
+        let Op::Matmul { p: qz, .. } = ops[10] else {
+            unreachable!()
+        };
+        let Op::Matmul { p: qx, .. } = ops[13] else {
+            unreachable!()
+        };
+        assert_eq!(b_span(&qz), qz.b_off as u64..(qz.b_off + 20 * 400) as u64);
+        for (at, b_off) in [(10, o.w4 as u32), (13, total - 40 * 400)] {
+            let mut reads = ops.clone();
+            if let Op::Matmul { p, .. } = &mut reads[at] {
+                p.b_off = b_off;
+            }
+            assert_eq!(
+                backward(&reads),
+                [(10, LatentBackward), (11, MatmulTripleAdam)],
+                "op {at} reading from {b_off}"
+            );
+        }
+        // the head's weights just before the tail: moved
+        let mut next_to = ops.clone();
+        if let Op::Matmul { p, .. } = &mut next_to[13] {
+            p.b_off = o.w4 as u32 - 40 * 400;
+        }
+        assert_eq!(backward(&next_to)[0], (10, LatentBackwardAdam));
+        assert_eq!(qx.k * qx.n, 40 * 400);
     }
 
     /// Adam joins a triple only where the triple's regions and one tail cover its
@@ -2356,7 +2504,8 @@ mod tests {
         let ops = step();
         let (fc3, head, fc1, adam) = (ops[11], ops[14], ops[15], ops[16]);
         let joins = |t: [Op; 3], a: Op| {
-            let (d, bytes, with) = triple([&t[0], &t[1], &t[2]], Some(&a)).expect("a triple");
+            let (d, bytes, with, _) =
+                triple([&t[0], &t[1], &t[2]], Some(&a), None).expect("a triple");
             assert_eq!(with, d.0 == Kernel::MatmulTripleAdam);
             assert_eq!(bytes.len(), if with { 240 } else { 192 });
             with
@@ -2513,6 +2662,24 @@ mod tests {
                 .collect()
         };
         assert_eq!(rest(&plan), rest(&plain));
+        // with Adam in the triple too (fc4's in the latent backward): 6 dispatches,
+        // the gather in fc1's product
+        let all_in = Fusions {
+            bce: true,
+            ..Fusions::ALL
+        };
+        use Kernel::*;
+        assert_eq!(
+            kernels(&ops, all_in),
+            [
+                (0, MatmulGather),
+                (2, LatentForward),
+                (5, MatmulBce),
+                (8, MatmulPairLoss),
+                (10, LatentBackwardAdam),
+                (11, MatmulTripleAdam),
+            ]
+        );
     }
 
     /// The BCE epilogue only where it computes what the ops say: not without the

@@ -35,6 +35,7 @@ pub enum Kernel {
     AdamGather,
     LatentForward,
     LatentBackward,
+    LatentBackwardAdam,
 }
 
 /// `matmul.wgsl`'s products: a, b, e → c, or → partial sums when K is split; c2 and
@@ -102,7 +103,7 @@ const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
 const ADAM_UPDATE: (&str, &str) = wgsl!("adam_update.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
@@ -120,6 +121,7 @@ impl Kernel {
         Kernel::AdamGather,
         Kernel::LatentForward,
         Kernel::LatentBackward,
+        Kernel::LatentBackwardAdam,
     ];
 
     /// (file name, WGSL source) of the file that holds the entry point.
@@ -141,7 +143,7 @@ impl Kernel {
             Kernel::Loss => wgsl!("loss.wgsl"),
             Kernel::Adam => ADAM,
             Kernel::AdamGather => wgsl!("adam_gather.wgsl"),
-            Kernel::LatentForward | Kernel::LatentBackward => {
+            Kernel::LatentForward | Kernel::LatentBackward | Kernel::LatentBackwardAdam => {
                 wgsl!("latent.wgsl")
             }
         }
@@ -177,6 +179,7 @@ impl Kernel {
                 | Kernel::ReparamBackward
                 | Kernel::LatentForward
                 | Kernel::LatentBackward
+                | Kernel::LatentBackwardAdam
         )
     }
 
@@ -188,6 +191,9 @@ impl Kernel {
     /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_bce.wgsl` for
     /// `matmul_bce`, `matmul_store.wgsl` for the others), and for
     /// `matmul_pair_loss` its entry point (`matmul_loss.wgsl`); `adam_update.wgsl` for them and the Adam kernels; for
+    /// the latent kernels their parameters' binding (`latent_params.wgsl`, read-only,
+    /// or `latent_adam.wgsl`, read-write, with `latent_backward_adam`) and
+    /// `adam_update.wgsl`; for
     /// `adam_gather`, `adam.wgsl` and `gather.wgsl`; `pixel.wgsl` for the kernels
     /// that unpack the image store; `normal.wgsl` (ε) for the
     /// kernels that draw it; the workgroup-reduction helper of variant `r` if the
@@ -222,6 +228,15 @@ impl Kernel {
             Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
             _ => {}
         }
+        // (the latent kernels' parameters read-only, or read-write with Adam; all
+        // name AdamParams in their uniform)
+        match self {
+            Kernel::LatentForward | Kernel::LatentBackward => {
+                v.extend([wgsl!("latent_params.wgsl"), ADAM_UPDATE])
+            }
+            Kernel::LatentBackwardAdam => v.extend([wgsl!("latent_adam.wgsl"), ADAM_UPDATE]),
+            _ => {}
+        }
         if self.is_matmul() || self == Kernel::Adam {
             v.push(ADAM_UPDATE);
         }
@@ -240,6 +255,7 @@ impl Kernel {
                 | Kernel::ReparamBackward
                 | Kernel::LatentForward
                 | Kernel::LatentBackward
+                | Kernel::LatentBackwardAdam
         ) {
             v.push(NORMAL);
         }
@@ -261,7 +277,7 @@ impl Kernel {
     /// BCE kernel; none for the other kernels.
     pub fn constants(self, opts: &GpuOptions) -> Vec<(&'static str, f64)> {
         match self {
-            Kernel::LatentForward | Kernel::LatentBackward => {
+            Kernel::LatentForward | Kernel::LatentBackward | Kernel::LatentBackwardAdam => {
                 vec![
                     ("WG", opts.latent_threads.unwrap_or(256) as f64),
                     ("EARLY", if opts.early_reads { 1.0 } else { 0.0 }),
@@ -307,6 +323,7 @@ impl Kernel {
             Kernel::AdamGather => "adam_gather",
             Kernel::LatentForward => "latent_forward",
             Kernel::LatentBackward => "latent_backward",
+            Kernel::LatentBackwardAdam => "latent_backward_adam",
         }
     }
 
@@ -396,6 +413,23 @@ impl Kernel {
                 (13, false),
                 (10, true),
                 (11, true),
+            ],
+            // latent_backward's (the parameters read-write), then Adam's gradients,
+            // m and v
+            Kernel::LatentBackwardAdam => &[
+                (0, false),
+                (1, false),
+                (2, false),
+                (3, false),
+                (8, false),
+                (9, false),
+                (12, false),
+                (13, false),
+                (10, true),
+                (11, true),
+                (14, true),
+                (15, false),
+                (16, false),
             ],
         }
     }
