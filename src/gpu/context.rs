@@ -87,6 +87,30 @@ const fn then<const M: usize>(first: &[(u32, bool)], more: &[(u32, bool)]) -> [(
     b
 }
 
+/// `latent_backward` after its parameters: h1 (mask), head, eps, dh3 (written when
+/// read from split sums) → dz, dhead, dh1; split sums, epilogue operand.
+const LATENT_BACKWARD_REST: [(u32, bool); 9] = [
+    (1, false),
+    (2, false),
+    (3, false),
+    (8, false),
+    (9, false),
+    (12, false),
+    (13, false),
+    (10, true),
+    (11, true),
+];
+
+/// `latent_backward`: the parameters (read-only), then the rest.
+const LATENT_BACKWARD_BINDINGS: [(u32, bool); 10] = then(&[(0, true)], &LATENT_BACKWARD_REST);
+
+/// `latent_backward_adam`: the parameters (read-write), latent_backward's rest, then
+/// Adam's gradients, m and v.
+const LATENT_BACKWARD_ADAM_BINDINGS: [(u32, bool); 13] = then(
+    &then::<10>(&[(0, false)], &LATENT_BACKWARD_REST),
+    &[(14, true), (15, false), (16, false)],
+);
+
 /// `matmul_gather`: b, e → c (or partial sums), c2 (bound to c again), then the
 /// image store and the index → x.
 const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
@@ -400,37 +424,8 @@ impl Kernel {
                 (10, true),
                 (11, true),
             ],
-            // params, h1 (mask), head, eps, dh3 (written when read from split sums)
-            // → dz, dhead, dh1; split sums, epilogue operand
-            Kernel::LatentBackward => &[
-                (0, true),
-                (1, false),
-                (2, false),
-                (3, false),
-                (8, false),
-                (9, false),
-                (12, false),
-                (13, false),
-                (10, true),
-                (11, true),
-            ],
-            // latent_backward's (the parameters read-write), then Adam's gradients,
-            // m and v
-            Kernel::LatentBackwardAdam => &[
-                (0, false),
-                (1, false),
-                (2, false),
-                (3, false),
-                (8, false),
-                (9, false),
-                (12, false),
-                (13, false),
-                (10, true),
-                (11, true),
-                (14, true),
-                (15, false),
-                (16, false),
-            ],
+            Kernel::LatentBackward => &LATENT_BACKWARD_BINDINGS,
+            Kernel::LatentBackwardAdam => &LATENT_BACKWARD_ADAM_BINDINGS,
         }
     }
 }
