@@ -48,8 +48,9 @@
 // tile: after_tile, from matmul_store.wgsl (nothing), matmul_adam.wgsl (their
 // Adam steps) or matmul_bce.wgsl (their BCE and its gradient: matmul_bce, the
 // decoder-output product of `VAE_OOD_GPU_BCE_EPILOGUE=1`); what it reads, by
-// after_reads from the same file (before the K walk with EARLY, else after it). matmul_pair_loss
-// (matmul_loss.wgsl): a pair with extra workgroups that finish that BCE's loss.
+// after_reads from the same file (before the K walk with EARLY, else after it).
+// matmul_pair_loss (matmul_loss.wgsl): a pair with extra workgroups that finish
+// that BCE's loss.
 // adam_update.wgsl (AdamParams, named by the uniform) is appended to every module.
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,

@@ -187,12 +187,13 @@ fn disjoint(x: &[Range<u64>], y: &[Range<u64>]) -> bool {
 /// after the three) an Adam step that [`triple_adam`] allows, the dispatch is a
 /// `matmul_triple_adam` that runs it too, and the flag returned is true. With
 /// `tail_away` (the parameter ranges the dispatch before the triple reads, which
-/// offers to run the tail), a non-empty tail disjoint from them is left out of the
-/// triple and returned with Adam's params, for that dispatch to update.
+/// offers to run the tail, and the most parameters it can take), a non-empty tail
+/// disjoint from them and no longer is left out of the triple and returned with
+/// Adam's params, for that dispatch to update.
 fn triple(
     ops: [&Op; 3],
     adam: Option<&Op>,
-    tail_away: Option<&[Range<u64>]>,
+    tail_away: Option<(&[Range<u64>], u32)>,
 ) -> Option<(Dispatch, Vec<u8>, bool, Option<MovedTail>)> {
     let mut ab = Vec::with_capacity(3);
     let mut qs = Vec::with_capacity(3);
@@ -238,9 +239,11 @@ fn triple(
     let mut bytes: Vec<u8> = qs.iter().flat_map(bytemuck::bytes_of).copied().collect();
     let reads: Vec<Buf> = ab.iter().flat_map(|&(a, b)| [a, b]).collect();
     if let Some((pa, tail)) = adam.and_then(|op| triple_adam(op, c, &reads, &qs, &regions)) {
-        let away = tail_away.filter(|reads| {
+        let away = tail_away.filter(|&(reads, most)| {
             let t = tail.start as u64..tail.end as u64;
-            !t.is_empty() && disjoint(std::slice::from_ref(&t), reads)
+            !t.is_empty()
+                && t.end - t.start <= most as u64
+                && disjoint(std::slice::from_ref(&t), reads)
         });
         let (kept, moved) = match away {
             Some(_) => (tail.end..tail.end, Some((pa, tail))),
@@ -962,7 +965,9 @@ fn lower_latent(
                 let next = rest.get(6).filter(|_| adam);
                 let reads = [b_span(qz), b_span(qx)];
                 let here = adam_here && src.is_none_or(|(_, e)| e != Buf::Params);
-                let away = here.then_some(&reads[..]);
+                // (its workgroups after the images' stay within one dispatch row)
+                let most = (65_535 - rp.images) * LATENT_ADAM_PER_GROUP;
+                let away = here.then_some((&reads[..], most));
                 if let Some((d, dw_bytes, with_adam, moved)) = triple([dw, o4, o5], next, away) {
                     let mut bytes = slot(qz, rp, qx);
                     if let Some((pa, tail)) = moved {
@@ -2494,6 +2499,13 @@ mod tests {
         }
         assert_eq!(backward(&next_to)[0], (10, LatentBackwardAdam));
         assert_eq!(qx.k * qx.n, 40 * 400);
+        // the triple gives its tail away only whole, to a dispatch that can take it
+        let t = [&ops[11], &ops[14], &ops[15]];
+        let tail_len = total - o.w4 as u32;
+        let given = |most: u32| triple(t, Some(&ops[16]), Some((&[], most))).unwrap().3;
+        assert_eq!(given(tail_len).map(|m| m.1), Some(o.w4 as u32..total));
+        assert!(given(tail_len - 1).is_none());
+        assert!(triple(t, Some(&ops[16]), None).unwrap().3.is_none());
     }
 
     /// Adam joins a triple only where the triple's regions and one tail cover its
