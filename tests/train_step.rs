@@ -720,7 +720,8 @@ fn a_device_without_the_latent_kernels_runs_without_them() {
 /// a dispatch more per step, the same bits as with Adam in the triple. One that
 /// allows 12 builds `matmul_triple_adam` but not `latent_backward_adam` (13): the
 /// triple runs its tail (fc4's parameters) itself, which a device with 13 runs in
-/// the latent backward kernel — the same dispatches and bits either way.
+/// the latent backward kernel — the same dispatches and bits either way, with
+/// latent kernels of 1,024 threads (lavapipe's most) and of 256.
 #[test]
 fn a_device_without_the_adam_triple_runs_adam_apart() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -778,6 +779,21 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
             a == b,
             "{buf:?} differs, the tail in the triple or the latent backward"
         );
+    }
+    // and with latent kernels of 256 threads, four tail parameters each per
+    // workgroup of 1,024 (fc4's 7,102: seven workgroups, the last partial)
+    let at_256 = |cap: Option<u32>| {
+        let mut be = case.backend(vae_ood::gpu::GpuOptions {
+            storage_buffers: cap,
+            latent_threads: Some(256),
+            ..vae_ood::gpu::GpuOptions::default()
+        });
+        be.set_fusions(Fusions::ALL);
+        assert_eq!(be.context().has(Kernel::LatentBackwardAdam), cap.is_none());
+        case.run(&mut be)
+    };
+    for ((buf, a), (_, b)) in at_256(Some(12)).iter().zip(&at_256(None)) {
+        assert!(a == b, "{buf:?} differs at 256 threads");
     }
     for (((buf, a), (_, b)), (_, c)) in narrow.3.iter().zip(&off.3).zip(&on.3) {
         assert!(a == b && b == c, "{buf:?} differs");
