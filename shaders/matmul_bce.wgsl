@@ -75,8 +75,8 @@ fn tile_row_share(w: Walk, ii: u32, first: u32) {
 }
 
 // A thread's four elements (i0, j0), (i0, j0 + 1), (i0 + 1, j0), (i0 + 1, j0 + 1):
-// their BCE (pixels from after_reads), then the tile's row shares. Called by every thread of the workgroup
-// (the barriers below are in uniform control flow).
+// their BCE (pixels from after_reads), then the tile's row shares. Called by every
+// thread of the workgroup (the barriers below are in uniform control flow).
 fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
     let top = bce_element(s[0], r.x.x) + bce_element(s[1], r.x.y);
     let bottom = bce_element(s[2], r.x.z) + bce_element(s[3], r.x.w);
