@@ -42,8 +42,8 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
     var rb = fetch_b4(w, w.k_begin, fast, slow);
     var s = 0u; // the tiles this K step uses (TILES = 2: 0 or TLEN in turn)
     for (var k0 = w.k_begin; k0 < w.k_end; k0 += TILE) {
-        stash_a4(w.a_t, s, fast, slow, ra);
-        stash_b4(w.b_t, s, fast, slow, rb);
+        stash4(true, w.a_t, s, fast, slow, ra);
+        stash4(false, w.b_t, s, fast, slow, rb);
         workgroupBarrier();
         if (PREFETCH) {
             // the next K step's reads in flight during this step's multiply
@@ -87,30 +87,23 @@ fn k_walk(sums: bool, w: Walk, lid: vec3<u32>, acc: ptr<function, vec4<f32>>,
     }
 }
 
-// Thread t's four elements of A's tile into ta (the tile at s): (fast, slow + 8r), r = 0..3.
-fn stash_a4(a_t: bool, s: u32, fast: u32, slow: u32, v: vec4<f32>) {
-    stash_a(a_t, s, fast, slow, v.x);
-    stash_a(a_t, s, fast, slow + 8u, v.y);
-    stash_a(a_t, s, fast, slow + 16u, v.z);
-    stash_a(a_t, s, fast, slow + 24u, v.w);
+// Thread t's four elements (fast, slow + 8r), r = 0..3, of an operand's tile into
+// ta (is_a) or tb, the tile at s (as matmul_walk_coop.wgsl's stash_h4).
+fn stash4(is_a: bool, transposed: bool, s: u32, fast: u32, slow: u32, v: vec4<f32>) {
+    stash(is_a, transposed, s, fast, slow, v.x);
+    stash(is_a, transposed, s, fast, slow + 8u, v.y);
+    stash(is_a, transposed, s, fast, slow + 16u, v.z);
+    stash(is_a, transposed, s, fast, slow + 24u, v.w);
 }
 
-fn stash_a(a_t: bool, s: u32, fast: u32, slow: u32, v: f32) {
-    let ik = tile_at(a_t, fast, slow);
-    ta[s + ik.y * ROW + ik.x / 2u][ik.x % 2u] = v;
-}
-
-// Those four into tb.
-fn stash_b4(b_t: bool, s: u32, fast: u32, slow: u32, v: vec4<f32>) {
-    stash_b(b_t, s, fast, slow, v.x);
-    stash_b(b_t, s, fast, slow + 8u, v.y);
-    stash_b(b_t, s, fast, slow + 16u, v.z);
-    stash_b(b_t, s, fast, slow + 24u, v.w);
-}
-
-fn stash_b(b_t: bool, s: u32, fast: u32, slow: u32, v: f32) {
-    let kj = tile_at(b_t, fast, slow);
-    tb[s + kj.x * ROW + kj.y / 2u][kj.y % 2u] = v;
+fn stash(is_a: bool, transposed: bool, s: u32, fast: u32, slow: u32, v: f32) {
+    // (row, column) of the element in its tile: (ii, kk) for A, (kk, jj) for B
+    let rc = tile_at(transposed, fast, slow);
+    if (is_a) {
+        ta[s + rc.y * ROW + rc.x / 2u][rc.x % 2u] = v;
+    } else {
+        tb[s + rc.x * ROW + rc.y / 2u][rc.y % 2u] = v;
+    }
 }
 
 // One step of the multiply: a thread's two A values av (rows i0, i0 + 1) times its
