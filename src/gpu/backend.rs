@@ -768,7 +768,8 @@ impl Fusions {
             // is no part name of its own, `knobs::check` rejects it)
             adam: crate::knobs::flag(crate::knobs::GPU_TRIPLE_ADAM)
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
-            latent_adam: !crate::knobs::gpu_unfused("latent"),
+            // (it acts only with `adam` and `latent`, which the switches set)
+            latent_adam: true,
             gather: !crate::knobs::gpu_unfused("gather"),
             bce: crate::knobs::flag(crate::knobs::GPU_BCE_EPILOGUE)
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
