@@ -5,14 +5,15 @@
 # variants, one table), then bench/gpu-sweep.sh (the default against its nearest
 # variants and PyTorch's CUDA graph, medians of interleaved rounds), then the kernel
 # experiments (one step per GPU variant with per-op timestamps; each product alone,
-# each gradient pair fused and not; a dispatch boundary against a grid barrier), in
+# each gradient pair fused and not; a reduce dispatch against a last-block reduce; a
+# dispatch boundary against a grid barrier), in
 # one call. Logs go to bench/out, or, when $OUT
 # is set (the device tool, which brings back at most 8 files), into one
 # $OUT/logs.tgz, refreshed after each phase so a run cut short still returns what it
 # finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
 #   QUICK=1: the tests, the sweep, four whole runs (tensor cores, the BCE epilogue,
-#   both, neither), matmul_micro on tensor cores and gpu_variants only (no gpu.sh,
+#   both, neither), matmul_micro on tensor cores, gpu_variants and last_block only (no gpu.sh,
 #   default matmul_micro, K sweep or grid barrier)
 #   SWEEP_ROUNDS, SWEEP_EPOCHS: the sweep's rounds (5) and epochs (10); 0 rounds
 #   skips it (a dry run of this script on lavapipe, where it would take hours)
@@ -66,7 +67,8 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # reads, alone, with both, and with Adam in the triple, whose reads of the
   # parameters and moments they move before its K walk; nor Adam in the triple
   # with fc4's Adam in the latent backward, not in the triple's tail; all_in: all
-  # of them, 6 dispatches per step)
+  # of them, 6 dispatches per step; nor the BCE epilogue on the split product, the
+  # last K share of each tile finishing it: bce_split, and all_in_split)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_32:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=32' \
     'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
@@ -79,6 +81,8 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     'triple_adam_early:VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     'all_in:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
+    'bce_split:VAE_OOD_GPU_BCE_SPLIT=1' \
+    'all_in_split:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # the whole default run with the tensor-core walk and the BCE epilogue, each and
@@ -99,6 +103,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
+  # a split-K product's reduce by its last workgroup, no dispatch: whether the last
+  # one sees the others' partial sums (plain and atomic loads), and what it saves
+  # against a reduce dispatch (no waiting between workgroups: safe on any GPU)
+  echo "## examples/last_block.rs: reduce dispatch vs last-block reduce"
+  timeout 60 .devbin/ex_last_block 1000 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/last_block.txt"
   if [ -n "${QUICK:-}" ]; then
     snapshot
     exit $status

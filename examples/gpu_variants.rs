@@ -154,6 +154,27 @@ fn main() -> anyhow::Result<()> {
                 f.bce = true
             }),
         ),
+        (
+            "bce split",
+            d,
+            without(|f| {
+                f.bce = true;
+                f.bce_split = true
+            }),
+        ),
+        (
+            "all in, bce split",
+            GpuOptions {
+                coop: true,
+                early_reads: true,
+                ..d
+            },
+            without(|f| {
+                f.adam = true;
+                f.bce = true;
+                f.bce_split = true
+            }),
+        ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),

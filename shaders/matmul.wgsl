@@ -240,7 +240,13 @@ fn tile(q: u32, wg: vec3<u32>, lid: vec3<u32>) {
         store_partial(p, base, i0, j0 + 1u, acc.y);
         store_partial(p, base, i0 + 1u, j0, acc.z);
         store_partial(p, base, i0 + 1u, j0 + 1u, acc.w);
-        return;
+        // done, unless this module finishes the tile in the last of its K shares to
+        // finish (last_split: matmul_bce's split product; uniform over the
+        // workgroup), which then adds up the shares' sums as matmul_reduce would
+        if (!last_split(w, wg, lid)) {
+            return;
+        }
+        acc = split_totals(p, i0, j0);
     }
     let s0 = store(q, p, w.ones, i0, j0, acc.x, early, ee.bias.x, ee.mask.x);
     let s1 = store(q, p, w.ones, i0, j0 + 1u, acc.y, early, ee.bias.y, ee.mask.y);
@@ -406,6 +412,27 @@ fn store_partial(p: Params, base: u32, i: u32, j: u32, v: f32) {
     if (i < p.m && j < p.n) {
         partial[base + i * p.n + j] = v;
     }
+}
+
+// The split-K sums of a thread's four elements C(i0, j0), C(i0, j0 + 1),
+// C(i0 + 1, j0), C(i0 + 1, j0 + 1) (0 outside C): each adds the shares s = 0, 1, …
+// in order from 0, as split_sum does, so each is bit for bit the sum matmul_reduce
+// would take (the four's loads of a share issued together).
+fn split_totals(p: Params, i0: u32, j0: u32) -> vec4<f32> {
+    let mn = p.m * p.n;
+    var v = vec4<f32>();
+    for (var s = 0u; s < p.splits; s++) {
+        var x = vec4<f32>();
+        for (var k = 0u; k < 4u; k++) {
+            let i = i0 + k / 2u;
+            let j = j0 + k % 2u;
+            if (i < p.m && j < p.n) {
+                x[k] = partial[s * mn + i * p.n + j];
+            }
+        }
+        v += x;
+    }
+    return v;
 }
 
 @compute @workgroup_size(256)

@@ -101,3 +101,9 @@ fn tail_stored(at: u32) -> Stored {
     }
     return Stored(at, c[at]);
 }
+
+// (no split product of this module finishes its tiles itself: matmul_bce.wgsl's
+// does)
+fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
+    return false;
+}

@@ -1,7 +1,12 @@
 // Appended to matmul.wgsl (with matmul_operands.wgsl) for matmul_bce, the
 // `matmul` entry point of this module: the decoder-output product (logits = h3 W4ᵀ
-// + b4, never split) with the BCE kernel as its epilogue, so that a training step
-// runs no BCE dispatch (`VAE_OOD_GPU_BCE_EPILOGUE=1`). Its CPU twin is the op
+// + b4) with the BCE kernel as its epilogue, so that a training step runs no BCE
+// dispatch (`VAE_OOD_GPU_BCE_EPILOGUE=1`). Unsplit, or (`VAE_OOD_GPU_BCE_SPLIT=1`)
+// split over K as the product is without the epilogue: each K share's workgroup
+// stores its partial sums and counts itself in its tile's counter, and the last of
+// a tile's shares to count (last_split) adds them up — the same logits, bit for
+// bit, as the split product and the BCE kernel's split_sum — and runs the
+// epilogue, so no workgroup waits for another and none walks all of K. Its CPU twin is the op
 // sequence it replaces: cpu::matmul, then cpu::bce_logits (src/cpu/bce.rs), whose
 // per-element loss and gradient it computes as bce.wgsl does, from the logit
 // l = C(i, j) the tile stored and x(i, j) = x[(i / draws) · n + j]:
@@ -15,6 +20,33 @@
 
 @group(0) @binding(18) var<storage, read> x: array<f32>;
 @group(0) @binding(19) var<storage, read_write> rowloss: array<f32>;
+// (row tiles, column tiles): how many of a tile's K shares have stored their
+// partial sums; 0 between dispatches (the last share resets its tile's)
+@group(0) @binding(20) var<storage, read_write> tile_counts: array<atomic<u32>>;
+var<workgroup> last_ws: u32;
+
+// Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its
+// tile's w.p.splits shares to have stored its partial sums: then the others' are
+// visible to it. Called by the whole workgroup after its stores.
+fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
+    // this workgroup's stores before its count (device scope in naga)
+    storageBarrier();
+    if (lid.x == 0u && lid.y == 0u) {
+        let at = wg.y * u.tail.z + wg.x;
+        let last = atomicAdd(&tile_counts[at], 1u) + 1u == w.p.splits;
+        if (last) {
+            // (every share has counted: ready for the next dispatch)
+            atomicStore(&tile_counts[at], 0u);
+        }
+        last_ws = select(0u, 1u, last);
+    }
+    let last = workgroupUniformLoad(&last_ws) == 1u;
+    if (last) {
+        // the other shares' stores, which came before their counts
+        storageBarrier();
+    }
+    return last;
+}
 
 // one share per thread (rows i0 of the tile's threads, then rows i0 + 1), four to a
 // vector: thread t's at row_shares[t / 4][t % 4], so a row's 16 are four loads

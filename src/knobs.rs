@@ -55,6 +55,13 @@ pub const GPU_COOP_STEP: &str = "VAE_OOD_GPU_COOP_STEP";
 /// of eight. Needs the gradient pairs. Off by default: not yet timed on a GPU, and
 /// it sums each row's BCE in another order (rounding-level differences).
 pub const GPU_BCE_EPILOGUE: &str = "VAE_OOD_GPU_BCE_EPILOGUE";
+/// `1`: the BCE epilogue (as `VAE_OOD_GPU_BCE_EPILOGUE=1`) on the decoder-output
+/// product split over K as it is without it: each output tile's last K share to
+/// store its partial sums adds them up and runs the epilogue
+/// (`shaders/matmul_bce.wgsl`, `last_split`). The same logits and gradients as the
+/// default, bit for bit (each row's BCE summed in the epilogue's order). Off by
+/// default: not yet timed on a GPU.
+pub const GPU_BCE_SPLIT: &str = "VAE_OOD_GPU_BCE_SPLIT";
 /// `1`: the kernels issue the reads whose addresses they know from the start
 /// before the work that comes first: the latent kernels' epilogue operands
 /// (`shaders/latent.wgsl`, `EARLY`: each product's bias or mask, the first draw's ε,
@@ -84,7 +91,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 10] = [
+const FLAGS: [&str; 11] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -94,6 +101,7 @@ const FLAGS: [&str; 10] = [
     GPU_COOP,
     GPU_DOUBLE_TILES,
     GPU_BCE_EPILOGUE,
+    GPU_BCE_SPLIT,
     GPU_EARLY_READS,
 ];
 

@@ -2199,8 +2199,10 @@ fn tensor_core_walk_against_its_twin() {
     );
     // the BCE epilogue and the loss in fc4's pair on every K step
     for gpu in gpus.iter_mut() {
-        for rows in [37, 261] {
-            check_bce_epilogue(&mut rng, gpu, rows, true);
+        for h in [67, 150] {
+            for rows in [37, 261] {
+                check_bce_epilogue(&mut rng, gpu, rows, h, true);
+            }
         }
     }
 }
@@ -2209,10 +2211,10 @@ fn tensor_core_walk_against_its_twin() {
 /// gradients, for `rows` images of the test's D pixels and hidden width `h`: the
 /// decoder-output product (logits = h3 W4ᵀ + b4), the BCE with its gradient, the
 /// per-image −ELBO (one draw, no batch sum, to SampleLoss[out_off..]), and fc4's
-/// input and weight gradients (W4 at 100, b4 at 9000; their gradients at the same
-/// offsets of Grads).
+/// input and weight gradients (W4 and b4 at [`fc4_at`]; their gradients at the
+/// same offsets of Grads).
 fn decoder_output_ops(rows: usize, h: usize, out_off: usize) -> [Op; 5] {
-    let (w4, b4) = (100, 9000);
+    let (w4, b4) = fc4_at(h);
     [
         Op::Matmul {
             a: Buf::H3,
@@ -2259,7 +2261,9 @@ fn decoder_output_ops(rows: usize, h: usize, out_off: usize) -> [Op; 5] {
 /// 37 and 261 images (the loss tail in one and in two workgroups) of 129 pixels
 /// (five column tiles, the last one holding one column), hidden width 67: the
 /// product and fc4's input gradient cross tile boundaries and the input gradient
-/// splits K. (On tensor cores: `tensor_core_walk_against_its_twin`.)
+/// splits K. Hidden width 150: the product splits K too (5 shares, the last one
+/// of 22), and the epilogue runs on it split (`VAE_OOD_GPU_BCE_SPLIT=1`) as well
+/// as unsplit. (On tensor cores: `tensor_core_walk_against_its_twin`.)
 #[test]
 fn bce_in_the_decoder_products_epilogue() {
     use vae_ood::gpu::{self, GpuBackend};
@@ -2270,12 +2274,15 @@ fn bce_in_the_decoder_products_epilogue() {
         return;
     };
     let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
-    for rows in [37, 261] {
-        check_bce_epilogue(&mut rng, &mut gpu, rows, false);
+    for h in [67, 150] {
+        for rows in [37, 261] {
+            check_bce_epilogue(&mut rng, &mut gpu, rows, h, false);
+        }
     }
 }
 
-/// [`bce_in_the_decoder_products_epilogue`] for `rows` images on `gpu`; with
+/// [`bce_in_the_decoder_products_epilogue`] for `rows` images of hidden width `h`
+/// on `gpu`; with
 /// `f16`, on the tensor-core walk: h3 and the parameters are f16 values (so that
 /// the products' operands are what the CPU reads), and fc4's gradients, whose
 /// operand σ(l) − x the walk rounds to f16, are held to a looser bound.
@@ -2283,15 +2290,19 @@ fn check_bce_epilogue(
     rng: &mut rand::rngs::StdRng,
     gpu: &mut vae_ood::gpu::GpuBackend,
     rows: usize,
+    h: usize,
     f16: bool,
 ) {
     use vae_ood::gpu::Fusions;
-    let (h, out_off) = (67, 11);
+    let out_off = 11;
     let ops = decoder_output_ops(rows, h, out_off);
-    let Op::Matmul { p: dx, .. } = ops[3] else {
+    let (Op::Matmul { p: fwd, .. }, Op::Matmul { p: dx, .. }) = (ops[0], ops[3]) else {
         unreachable!()
     };
     assert!(choose_splits(&dx) > 1, "fc4's input gradient splits K");
+    let split = choose_splits(&fwd) > 1;
+    assert_eq!(split, h > 128, "the product splits K where K ≥ 128");
+    let b4 = fc4_at(h).1;
     let round = |mut v: Vec<f32>| {
         if f16 {
             round_to_f16(&mut v);
@@ -2333,7 +2344,7 @@ fn check_bce_epilogue(
         vec![0..rows],
         vec![out_off..out_off + rows],
         vec![0..rows * h],
-        vec![100..100 + D * h, 9000..9000 + D],
+        vec![100..100 + D * h, b4..b4 + D],
         vec![],
     ];
     for ((b, r), w) in outs.iter().zip(&regions).zip(&cpu) {
@@ -2341,9 +2352,12 @@ fn check_bce_epilogue(
     }
     let on = gpu.describe();
     let mut results = Vec::new();
-    for bce in [true, false] {
+    // the epilogue on the unsplit product, on the split one, and the BCE kernel
+    let ways = [(true, false), (true, true), (false, false)];
+    for (bce, bce_split) in ways {
         gpu.set_fusions(Fusions {
             bce,
+            bce_split,
             ..Fusions::DEFAULT
         });
         // matmul_bce and matmul_pair_loss; or the product, the BCE (with the
@@ -2355,6 +2369,7 @@ fn check_bce_epilogue(
             "{rows} rows, BCE epilogue {bce}"
         );
         assert_eq!(gpu.describe().contains("BCE in fc4's epilogue"), bce);
+        assert_eq!(gpu.describe().contains("split K"), bce_split);
         results.push(run(gpu));
     }
     // Tolerances: the logits are sums of 67 products (MM_ATOL), their gradients
@@ -2374,7 +2389,8 @@ fn check_bce_epilogue(
         grads,
         (0.0, 0.0),
     ];
-    for (res, how) in results.iter().zip(["BCE epilogue", "BCE kernel"]) {
+    let hows = ["BCE epilogue", "BCE epilogue, split K", "BCE kernel"];
+    for (res, how) in results.iter().zip(hows) {
         for (((b, r), (atol, rtol)), (g, w)) in
             outs.iter().zip(&regions).zip(tol).zip(res.iter().zip(&cpu))
         {
@@ -2385,16 +2401,33 @@ fn check_bce_epilogue(
             }
         }
     }
-    // The same logits (both unsplit, the same tiles) and so the same gradient (the
-    // same expression of them), and the same fc4 gradients from it, bit for bit;
-    // the BCE sums in another order (close, above).
+    // The epilogue on the split product: the same logits as the BCE kernel's (the
+    // shares added in the same order) and so the same gradient (the same
+    // expression of them), and the same fc4 gradients from it, bit for bit; so
+    // the unsplit one where the product does not split (the same tiles); the BCE
+    // sums in another order (close, above).
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for i in [0, 3, 4] {
-        assert_eq!(
-            bits(&results[0][i]),
-            bits(&results[1][i]),
-            "{rows} rows on {on}: {:?}, BCE epilogue vs BCE kernel",
-            outs[i]
-        );
+        for (w, how) in [(1, "split K"), (0, "unsplit")] {
+            if w == 0 && split {
+                continue;
+            }
+            assert_eq!(
+                bits(&results[w][i]),
+                bits(&results[2][i]),
+                "{rows} rows, hidden {h} on {on}: {:?}, BCE epilogue ({how}) vs BCE kernel",
+                outs[i]
+            );
+        }
     }
+    if split {
+        // (the unsplit product sums K in another order: were the logits its own?)
+        assert_ne!(bits(&results[0][0]), bits(&results[2][0]));
+    }
+}
+
+/// Where [`decoder_output_ops`] puts W4 and b4 (and their gradients) for hidden
+/// width `h`: W4 at 100, b4 at 9000 or after W4.
+fn fc4_at(h: usize) -> (usize, usize) {
+    (100, 9000.max(100 + D * h))
 }

@@ -806,10 +806,11 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
 /// to rounding — fc4's product runs unsplit (its sums in another order) and each
 /// row's BCE is summed tile by tile. Three steps and the IWAE scoring batch (which
 /// runs the BCE kernel either way). A device with 10 storage buffers per stage
-/// builds `matmul_bce` (9) but not `matmul_pair_loss` (11): asked for the
+/// builds `matmul_bce` (10) but not `matmul_pair_loss` (11): asked for the
 /// epilogue, it runs without it, the same bits as the default there. With early
 /// reads (the pixels before fc4's K walk) the epilogue gives the same bits, and
-/// so with Adam in the triple as well (six dispatches per step).
+/// so with Adam in the triple as well (six dispatches per step). Split over K
+/// (`VAE_OOD_GPU_BCE_SPLIT=1`), it trains bit for bit as the default.
 #[test]
 fn bce_epilogue_trains_as_the_bce_kernel() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -884,6 +885,58 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
             assert!(got == want, "{buf:?} differs with {what}");
         }
     }
+    // fc4's product split over K (5 shares of 133 here), the last share of each
+    // tile finishing it (`VAE_OOD_GPU_BCE_SPLIT=1`): the default's logits and
+    // gradients, so every buffer bit for bit the default's but the BCE and the
+    // losses (each row's BCE summed tile by tile, as with the unsplit epilogue);
+    // the same with early reads and Adam in the triple (six dispatches per step)
+    let split = Fusions {
+        bce_split: true,
+        ..bce
+    };
+    let last = case.capped_run(None, split, kernels);
+    assert!(
+        last.1
+            .contains("split K, the last share finishing each tile"),
+        "{}",
+        last.1
+    );
+    assert_eq!(last.2, fused.2, "split or not, seven dispatches per step");
+    let summed = [Buf::Bce, Buf::SampleLoss];
+    let same_but_sums = |got: &Bits, what: &str| {
+        for ((buf, g), (_, want)) in got.iter().zip(&plain.3) {
+            if !summed.contains(buf) {
+                assert!(g == want, "{buf:?} differs from the default's with {what}");
+            }
+        }
+    };
+    same_but_sums(&last.3, "the split BCE epilogue");
+    let ls = f32s(&last.3, Buf::SampleLoss);
+    assert_close(
+        "per-image losses, split",
+        &ls[..n_loss],
+        &lp[..n_loss],
+        1e-3,
+        1e-4,
+    );
+    assert_ne!(
+        ls[..n_loss],
+        lp[..n_loss],
+        "the epilogue sums each row's BCE in its own order: were the losses its?"
+    );
+    be.set_fusions(Fusions {
+        bce_split: true,
+        ..all_in
+    });
+    assert_eq!(
+        be.dispatches(&case.ops) + 3,
+        last.2,
+        "split, early reads, Adam too"
+    );
+    same_but_sums(
+        &case.run(&mut be),
+        "the split BCE epilogue, early reads, Adam too",
+    );
     // too few storage buffers for matmul_pair_loss: no epilogue
     let narrow_plain = case.capped_run(Some(10), Fusions::DEFAULT, kernels);
     let narrow = case.capped_run(Some(10), bce, kernels);

@@ -26,6 +26,10 @@ enum Res {
     /// the column tiles' shares of each row's BCE, (rows, ⌈d / 32⌉), from
     /// `matmul_bce` to `matmul_pair_loss` (GPU only)
     RowLoss,
+    /// how many K shares of each output tile of a split `matmul_bce` have stored
+    /// their partial sums, (row tiles, column tiles) u32, 0 between dispatches
+    /// (GPU only)
+    TileCounts,
 }
 
 pub struct GpuBackend {
@@ -38,6 +42,7 @@ pub struct GpuBackend {
     uniform_bg: wgpu::BindGroup,
     partial: wgpu::Buffer,
     rowloss: wgpu::Buffer,
+    tile_counts: wgpu::Buffer,
     slots: usize,
     stride: usize,
     bind_group_index: HashMap<(Kernel, Vec<Res>), usize>,
@@ -439,9 +444,11 @@ const SLOT_TAIL_AT: usize = 224;
 /// the BCE (with its gradient, one draw per row), whose loss is a training step's
 /// (−ELBO, one draw, no batch sum); the pair touches none of the buffers the loss
 /// tail reads or writes (the KL, the BCE, the per-image losses). The product runs
-/// unsplit. Returns its dispatch, its slot's bytes and the pair's loss tail (rows,
-/// column tiles, out_off).
-fn bce_epilogue(rest: &[Op]) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
+/// unsplit, or with `split` ([`Fusions::bce_split`]) split as [`choose_splits`]
+/// says, the last of each tile's K shares finishing it (its counters in
+/// `Res::TileCounts`). Returns its dispatch, its slot's bytes and the pair's loss
+/// tail (rows, column tiles, out_off).
+fn bce_epilogue(rest: &[Op], split: bool) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
     use bytemuck::bytes_of;
     let [Op::Matmul {
         a,
@@ -466,7 +473,7 @@ fn bce_epilogue(rest: &[Op]) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
         return None;
     };
     let mut q = *p;
-    q.splits = 1;
+    q.splits = if split { choose_splits(p) } else { 1 };
     let col_tiles = q.n.div_ceil(32);
     let loss_groups = pb.rows.div_ceil(256);
     let loss_bufs = [Buf::Kl, Buf::Bce, Buf::SampleLoss];
@@ -501,8 +508,13 @@ fn bce_epilogue(rest: &[Op]) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
         f(*a),
         f(Buf::X),
         Res::RowLoss,
+        Res::TileCounts,
     ];
-    let d = (Kernel::MatmulBce, res, (col_tiles, q.m.div_ceil(32), 1));
+    let d = (
+        Kernel::MatmulBce,
+        res,
+        (col_tiles, q.m.div_ceil(32), q.splits),
+    );
     let mut bytes = bytes_of(&q).to_vec();
     bytes.resize(SLOT_TAIL_AT, 0);
     bytes.extend_from_slice(bytes_of(&[pb.draws, pb.write_grad, col_tiles, 0]));
@@ -725,6 +737,15 @@ pub struct Fusions {
     /// (`VAE_OOD_GPU_BCE_EPILOGUE=1`): not yet timed on a GPU; it sums each
     /// row's BCE in another order than the BCE kernel
     pub bce: bool,
+    /// with `bce`: the decoder-output product split over K as it is without the
+    /// epilogue, the last of each output tile's K shares to store its partial
+    /// sums adding them up and running the epilogue (`shaders/matmul_bce.wgsl`,
+    /// `last_split`): the same logits and gradients as the split product and the
+    /// BCE kernel, bit for bit, without the unsplit product's longer K walk. Off
+    /// by default (`VAE_OOD_GPU_BCE_SPLIT=1`): not yet timed on a GPU, and it
+    /// relies on the last workgroup seeing the others' stores within a dispatch
+    /// (`examples/last_block.rs` counts whether it does)
+    pub bce_split: bool,
 }
 
 impl Fusions {
@@ -745,6 +766,7 @@ impl Fusions {
         latent_adam: true,
         gather: true,
         bce: false,
+        bce_split: false,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -756,6 +778,7 @@ impl Fusions {
         latent_adam: false,
         gather: false,
         bce: false,
+        bce_split: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -771,8 +794,10 @@ impl Fusions {
             // (it acts only with `adam` and `latent`, which the switches set)
             latent_adam: true,
             gather: !crate::knobs::gpu_unfused("gather"),
-            bce: crate::knobs::flag(crate::knobs::GPU_BCE_EPILOGUE)
+            bce: (crate::knobs::flag(crate::knobs::GPU_BCE_EPILOGUE)
+                || crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT))
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
+            bce_split: crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT),
         }
     }
 
@@ -796,7 +821,11 @@ impl Fusions {
         }
         .to_string();
         if self.bce {
-            extra.push_str(", BCE in fc4's epilogue");
+            extra.push_str(if self.bce_split {
+                ", BCE in fc4's epilogue (split K, the last share finishing each tile)"
+            } else {
+                ", BCE in fc4's epilogue"
+            });
         }
         match off.len() {
             0 => extra,
@@ -1046,7 +1075,7 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
         // with the BCE epilogue: the decoder-output product, its BCE and loss as one
         // dispatch here, then fc4's gradient pair (op `at`) finishing the loss
         let bce = (fuse.bce && fuse.pairs && source.is_none())
-            .then(|| bce_epilogue(&ops[i..]))
+            .then(|| bce_epilogue(&ops[i..], fuse.bce_split))
             .flatten();
         let (mut low, at) = match bce {
             Some((d, bytes, tail)) => {
@@ -1336,6 +1365,7 @@ impl GpuBackend {
         let (uniforms, uniform_bg) = Self::make_uniforms(&ctx, 1, stride);
         let partial = Self::make_scratch(&ctx, "split-K partial sums", 1);
         let rowloss = Self::make_scratch(&ctx, "row shares of the BCE", 1);
+        let tile_counts = Self::make_scratch(&ctx, "tile counters of the BCE epilogue", 1);
         let mut me = GpuBackend {
             ctx,
             sizes,
@@ -1346,6 +1376,7 @@ impl GpuBackend {
             uniform_bg,
             partial,
             rowloss,
+            tile_counts,
             slots: 1,
             stride,
             bind_group_index: HashMap::new(),
@@ -1408,6 +1439,7 @@ impl GpuBackend {
             Res::Idx => &self.idx,
             Res::Partial => &self.partial,
             Res::RowLoss => &self.rowloss,
+            Res::TileCounts => &self.tile_counts,
         }
     }
 
@@ -1498,6 +1530,10 @@ impl GpuBackend {
         }
         if grow_rows {
             self.rowloss = Self::make_scratch(&self.ctx, "row shares of the BCE", rows_need);
+            // (the counters of its tiles, each u32 as many as a row's shares per
+            // 32 rows: zeroed, as a new buffer is)
+            self.tile_counts =
+                Self::make_scratch(&self.ctx, "tile counters of the BCE epilogue", rows_need);
         }
         if grow || grow_rows {
             // bind groups hold the old scratch buffers: rebuild them all lazily
@@ -2195,7 +2231,7 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for bits in 0..256 {
+        for bits in 0..512 {
             let f = Fusions {
                 pairs: bits & 1 != 0,
                 reduces: bits & 2 != 0,
@@ -2205,6 +2241,7 @@ mod tests {
                 gather: bits & 32 != 0,
                 bce: bits & 64 != 0,
                 latent_adam: bits & 128 != 0,
+                bce_split: bits & 256 != 0,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -2675,6 +2712,27 @@ mod tests {
                 .collect()
         };
         assert_eq!(rest(&plan), rest(&plain));
+        // split over K (`bce_split`): the product's own splits, one workgroup per
+        // tile and share, the same slot but for them, and its tile counters bound;
+        // everything else as unsplit
+        let split = Fusions {
+            bce_split: true,
+            ..bce
+        };
+        let (split_plan, split_slots) = lower_all(&ops, split);
+        let s = choose_splits(&p);
+        let mm = d(&split_plan, Kernel::MatmulBce);
+        assert_eq!(mm.2, (25, 4, s), "784 columns, 128 rows, {s} K shares");
+        assert_eq!(mm.1.last(), Some(&Res::TileCounts));
+        assert_eq!(
+            split_slots[5][..64],
+            *bytemuck::bytes_of(&MatmulParams { splits: s, ..p })
+        );
+        assert_eq!(split_slots[5][64..], slots[5][64..]);
+        let but_fc4 = |plan: &[(usize, Dispatch)]| -> Vec<(usize, Dispatch)> {
+            plan.iter().filter(|d| d.0 != 5).cloned().collect()
+        };
+        assert_eq!(but_fc4(&split_plan), but_fc4(&plan));
         // with Adam in the triple too (fc4's in the latent backward): 6 dispatches,
         // the gather in fc1's product
         let all_in = Fusions {

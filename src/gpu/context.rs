@@ -60,9 +60,10 @@ const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = then(
     &[(12, false), (13, false), (14, false)],
 );
 
-/// `matmul_bce`: the product's, then x and the row shares of the BCE
-/// (`matmul_bce.wgsl`).
-const MATMUL_BCE_BINDINGS: [(u32, bool); 9] = then(&MATMUL_BINDINGS, &[(18, true), (19, false)]);
+/// `matmul_bce`: the product's, then x, the row shares of the BCE and the tile
+/// counters of its split product (`matmul_bce.wgsl`).
+const MATMUL_BCE_BINDINGS: [(u32, bool); 10] =
+    then(&MATMUL_BINDINGS, &[(18, true), (19, false), (20, false)]);
 
 /// `matmul_pair_loss`: the pair's, then the BCE's row shares and the KL → the
 /// BCE and the per-image losses (`matmul_loss.wgsl`).

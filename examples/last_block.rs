@@ -1,0 +1,439 @@
+//! Can a split-K product reduce its own partial sums, with no dispatch for it? The
+//! training step's dispatch boundaries cost 4–5 µs each on an H100 (README, "Where
+//! the time goes"), and a persistent kernel cannot replace them: after a grid
+//! barrier, plain loads of other workgroups' stores read stale values
+//! (`examples/grid_sync.rs`), and waiting on other workgroups needs them all to run
+//! at once. The "last block" pattern needs neither: each split's workgroup stores
+//! its partial sums, then adds one to its output tile's counter; the one that sees
+//! it was the last of the tile's `splits` adds the partials up (the work a reduce
+//! dispatch or a folded reduce in the next kernel does now, and the place an
+//! epilogue such as the BCE could run without an unsplit product) and resets the
+//! counter for the next dispatch. Nobody waits, so any number of workgroups may
+//! run.
+//!
+//! What is not known is whether the last workgroup sees the others' stores. The
+//! grid barrier's stale reads were of addresses the reader had read before in the
+//! same dispatch (its cache kept them); the last workgroup of a tile reads its
+//! partners' partials for the first time. This experiment counts the stale reads
+//! four ways: partials as vec4<f32> read with plain loads, or as u32 bit patterns
+//! stored and read with atomics (which go to L2); each "cold" (as in a product)
+//! and "warm" (every workgroup first reads its tile's old partials, to put them in
+//! its cache: the worst case). It times, per repetition in one compute pass:
+//!
+//! - `floor`: the splits' stores alone, one dispatch (one boundary);
+//! - `two`: the stores, then a reduce dispatch of one workgroup per tile (two
+//!   boundaries: what the step does where a reduce is a dispatch);
+//! - `last`: the stores and the last block's reduce, one dispatch.
+//!
+//! `two − last` is what a last-block reduce saves over a reduce dispatch, and
+//! `last − floor` what its counter and tail cost. Shapes: output tiles × splits of
+//! the step's products (fc4 forward 100 × 2, fc1 forward 52 × 8, a 400 × 784 weight
+//! gradient 325 × 4, a head-sized product 13 × 32); each workgroup stores 256 × 4
+//! floats, as a 32 × 32 matmul tile does. Exact small integers, so every sum is
+//! checked exactly. A kernel experiment for deciding whether to build last-block
+//! epilogues, not part of the training path; it runs on any adapter (on lavapipe it
+//! checks the kernels' logic, not a GPU's caches).
+//!
+//!   cargo run --release --example last_block [reps]
+use std::time::Instant;
+use vae_ood::gpu;
+
+// The partials' storage and access, one of two (PART_PLAIN, PART_ATOMIC), then
+// the common kernels (COMMON).
+const PART_PLAIN: &str = r#"
+@group(0) @binding(1) var<storage, read_write> parts: array<vec4<f32>>; // (tiles, splits, 256)
+fn load_part(i: u32) -> vec4<f32> {
+    return parts[i];
+}
+fn store_part(i: u32, v: vec4<f32>) {
+    parts[i] = v;
+}
+"#;
+
+const PART_ATOMIC: &str = r#"
+@group(0) @binding(1) var<storage, read_write> parts: array<atomic<u32>>; // (tiles, splits, 256, 4)
+fn load_part(i: u32) -> vec4<f32> {
+    return vec4<f32>(
+        bitcast<f32>(atomicLoad(&parts[4u * i])),
+        bitcast<f32>(atomicLoad(&parts[4u * i + 1u])),
+        bitcast<f32>(atomicLoad(&parts[4u * i + 2u])),
+        bitcast<f32>(atomicLoad(&parts[4u * i + 3u])),
+    );
+}
+fn store_part(i: u32, v: vec4<f32>) {
+    atomicStore(&parts[4u * i], bitcast<u32>(v.x));
+    atomicStore(&parts[4u * i + 1u], bitcast<u32>(v.y));
+    atomicStore(&parts[4u * i + 2u], bitcast<u32>(v.z));
+    atomicStore(&parts[4u * i + 3u], bitcast<u32>(v.w));
+}
+"#;
+
+const COMMON: &str = r#"
+// warm: every workgroup first reads its tile's old partials (into its cache)
+struct P { tiles: u32, splits: u32, warm: u32, _b: u32 }
+@group(0) @binding(0) var<storage, read_write> counters: array<atomic<u32>>; // (tiles)
+@group(0) @binding(2) var<storage, read_write> outs: array<vec4<f32>>; // (tiles, 256)
+// (tiles) each tile's generation: bumped by its reduce, so every repetition stores
+// other values than the one before
+@group(0) @binding(3) var<storage, read_write> gens: array<u32>;
+@group(0) @binding(4) var<storage, read_write> errors: atomic<u32>;
+@group(0) @binding(5) var<uniform> prm: P;
+var<workgroup> last_ws: u32;
+
+// split s's partial sums, thread li's four, of tile t in generation g: small
+// integers (exact in f32, and so their sums)
+fn value(g: u32, t: u32, s: u32, li: u32) -> vec4<f32> {
+    let base = (g * 31u + t * 7u + s * 3u + li) % 4096u;
+    return vec4<f32>(f32(base), f32(base + 1u), f32(base + 2u), f32(base + 3u));
+}
+
+fn store_split(t: u32, s: u32, li: u32, g: u32) {
+    if (prm.warm != 0u) {
+        var acc = vec4<f32>(0.0);
+        for (var q = 0u; q < prm.splits; q++) {
+            acc += load_part((t * prm.splits + q) * 256u + li);
+        }
+        // (never true: keeps the reads)
+        if (acc.x < 0.0) {
+            atomicAdd(&errors, 1000000u);
+        }
+    }
+    store_part((t * prm.splits + s) * 256u + li, value(g, t, s, li));
+}
+
+// tile t's partials added up in split order, each checked
+fn reduce_tile(t: u32, li: u32, g: u32) {
+    var acc = vec4<f32>(0.0);
+    for (var s = 0u; s < prm.splits; s++) {
+        let v = load_part((t * prm.splits + s) * 256u + li);
+        if (any(v != value(g, t, s, li))) {
+            atomicAdd(&errors, 1u);
+        }
+        acc += v;
+    }
+    outs[t * 256u + li] = acc;
+}
+
+// the splits' stores alone: workgroup x = tile · splits + split
+@compute @workgroup_size(256)
+fn stores(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.x / prm.splits;
+    store_split(t, wg.x % prm.splits, li, gens[t]);
+}
+
+// a reduce dispatch: workgroup x = tile
+@compute @workgroup_size(256)
+fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.x;
+    let g = gens[t];
+    reduce_tile(t, li, g);
+    // (every thread has read gens[t] before it is bumped)
+    workgroupBarrier();
+    if (li == 0u) {
+        gens[t] = g + 1u;
+    }
+}
+
+// stores, then the last of a tile's splits reduces it
+@compute @workgroup_size(256)
+fn last(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.x / prm.splits;
+    let g = gens[t];
+    store_split(t, wg.x % prm.splits, li, g);
+    // this workgroup's stores before its count (device scope in naga)
+    storageBarrier();
+    if (li == 0u) {
+        last_ws = select(0u, 1u, atomicAdd(&counters[t], 1u) == prm.splits - 1u);
+    }
+    if (workgroupUniformLoad(&last_ws) == 1u) {
+        // the others' stores after their counts
+        storageBarrier();
+        reduce_tile(t, li, g);
+        workgroupBarrier();
+        if (li == 0u) {
+            atomicStore(&counters[t], 0u);
+            gens[t] = g + 1u;
+        }
+    }
+}
+"#;
+
+/// One way of running the repetitions.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    Floor,
+    Two,
+    Last,
+}
+
+struct Rig {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    errors: wgpu::Buffer,
+    prm: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+/// A module's three pipelines and their bind group.
+struct Kernels {
+    stores: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
+    last: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+}
+
+impl Rig {
+    /// `reps` repetitions one way; µs per repetition and the stale reads counted.
+    fn time(
+        &self,
+        k: &Kernels,
+        way: Way,
+        reps: u32,
+        tiles: u32,
+        splits: u32,
+        warm: bool,
+    ) -> anyhow::Result<(f64, u32)> {
+        let words = [tiles, splits, warm as u32, 0];
+        self.queue
+            .write_buffer(&self.prm, 0, bytemuck::cast_slice(&words));
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.clear_buffer(&self.errors, 0, None);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_bind_group(0, &k.bind, &[]);
+            for _ in 0..reps {
+                match way {
+                    Way::Floor => {
+                        pass.set_pipeline(&k.stores);
+                        pass.dispatch_workgroups(tiles * splits, 1, 1);
+                    }
+                    Way::Two => {
+                        pass.set_pipeline(&k.stores);
+                        pass.dispatch_workgroups(tiles * splits, 1, 1);
+                        pass.set_pipeline(&k.reduce);
+                        pass.dispatch_workgroups(tiles, 1, 1);
+                    }
+                    Way::Last => {
+                        pass.set_pipeline(&k.last);
+                        pass.dispatch_workgroups(tiles * splits, 1, 1);
+                    }
+                }
+            }
+        }
+        enc.copy_buffer_to_buffer(&self.errors, 0, &self.staging, 0, 4);
+        let t = Instant::now();
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
+        let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        rx.recv()??;
+        let errors = {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?;
+            bytemuck::cast_slice::<u8, u32>(&view)[0]
+        };
+        self.staging.unmap();
+        Ok((us, errors))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let reps: u32 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1000);
+    anyhow::ensure!(reps > 0, "reps must be at least 1");
+    let adapter = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
+    let info = adapter.get_info();
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
+    // (output tiles, splits) of the step's split-K products
+    let shapes: [(u32, u32); 4] = [(100, 2), (52, 8), (325, 4), (13, 32)];
+    let most = shapes.iter().map(|&(t, s)| t * s).max().unwrap() as u64;
+    let most_tiles = shapes.iter().map(|&(t, _)| t).max().unwrap() as u64;
+    let storage = |label, size| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    // (zeroed at creation: counters start at 0, and every tile's last block
+    // resets its own)
+    let counters = storage("counters", most_tiles * 4);
+    let parts = storage("parts", most * 256 * 16);
+    let outs = storage("outs", most_tiles * 256 * 16);
+    let gens = storage("gens", most_tiles * 4);
+    let errors = storage("errors", 4);
+    let prm = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("params"),
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("staging"),
+        size: 4,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let kernels = |name: &str, part: &str| -> Kernels {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(format!("{part}{COMMON}").into()),
+        });
+        // (one explicit layout for the three entry points: `reduce` and `stores`
+        // do not use every binding)
+        let ro = |binding, ty| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty,
+            count: None,
+        };
+        let rw = wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only: false },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        };
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = (0..5).map(|b| ro(b, rw)).collect();
+        entries.push(ro(
+            5,
+            wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+        ));
+        let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(name),
+            entries: &entries,
+        });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(name),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        let pipeline = |entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(name),
+            layout: &bgl,
+            entries: &[&counters, &parts, &outs, &gens, &errors, &prm]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect::<Vec<_>>(),
+        });
+        Kernels {
+            stores: pipeline("stores"),
+            reduce: pipeline("reduce"),
+            last: pipeline("last"),
+            bind,
+        }
+    };
+    let plain = kernels("plain", PART_PLAIN);
+    let atomic = kernels("atomic", PART_ATOMIC);
+    let rig = Rig {
+        device: device.clone(),
+        queue,
+        errors,
+        prm,
+        staging,
+    };
+    println!(
+        "{} ({:?}, {:?}); {reps} repetitions per run, 256-thread workgroups storing 256 × vec4 each",
+        info.name, info.backend, info.device_type
+    );
+    println!(
+        "µs per repetition, medians of 3 runs after a warm-up; stale = partials the reduce read wrong (all 4 runs)"
+    );
+    println!(
+        "{:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} | stale: two, last plain cold/warm, atomic cold/warm",
+        "tiles×splits", "floor", "two", "last", "last_at", "two−last", "last−floor"
+    );
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (mut any_stale_plain, mut any_stale_atomic) = (false, false);
+    for (tiles, splits) in shapes {
+        // columns: floor, two, last (plain, cold), last (atomic, cold); then the
+        // warm runs, whose times are not printed (their extra reads are not a
+        // product's)
+        let runs: [(&Kernels, Way, bool); 6] = [
+            (&plain, Way::Floor, false),
+            (&plain, Way::Two, false),
+            (&plain, Way::Last, false),
+            (&atomic, Way::Last, false),
+            (&plain, Way::Last, true),
+            (&atomic, Way::Last, true),
+        ];
+        let mut times = vec![Vec::new(); runs.len()];
+        let mut stale = [0u32; 6];
+        for round in 0..4 {
+            for (i, &(k, way, warm)) in runs.iter().enumerate() {
+                let (us, e) = rig.time(k, way, reps, tiles, splits, warm)?;
+                stale[i] += e;
+                if round > 0 {
+                    times[i].push(us);
+                }
+            }
+        }
+        let t: Vec<f64> = times.iter_mut().map(&med).collect();
+        println!(
+            "{:>13} {:8.2} {:8.2} {:8.2} {:8.2} {:8.2} {:10.2} | {} / {} {} / {} {}",
+            format!("{tiles}×{splits}"),
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[1] - t[2],
+            t[2] - t[0],
+            stale[1],
+            stale[2],
+            stale[4],
+            stale[3],
+            stale[5]
+        );
+        any_stale_plain |= stale[2] + stale[4] > 0;
+        any_stale_atomic |= stale[3] + stale[5] > 0;
+        anyhow::ensure!(
+            stale[1] == 0,
+            "the reduce dispatch read {} stale partials: across a dispatch boundary every store must be seen",
+            stale[1]
+        );
+    }
+    println!(
+        "{}",
+        match (any_stale_plain, any_stale_atomic) {
+            (_, true) => "atomic loads read stale partials too: the last-block pattern does not work on this driver",
+            (true, false) => "plain loads read stale partials, atomic loads none: a last-block epilogue would need atomics (the last_at column)",
+            (false, false) => "no stale reads, plain or atomic, in these runs (evidence that the pattern works on this driver, not a proof)",
+        }
+    );
+    Ok(())
+}
