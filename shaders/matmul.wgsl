@@ -65,7 +65,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read> e: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
+// (binding 4, the split-K partial sums (splits, m, n): put_partial and
+// get_partial, from matmul_partial.wgsl, or matmul_partial_atomic.wgsl for
+// matmul_bce, appended)
 @group(0) @binding(6) var<storage, read_write> c2: array<f32>;
 // A of problem 1 of a pair (bound to a's buffer again for a lone product)
 @group(0) @binding(7) var<storage, read> a1: array<f32>;
@@ -410,14 +412,15 @@ fn put(q: u32, at: u32, v: f32) {
 
 fn store_partial(p: Params, base: u32, i: u32, j: u32, v: f32) {
     if (i < p.m && j < p.n) {
-        partial[base + i * p.n + j] = v;
+        put_partial(base + i * p.n + j, v);
     }
 }
 
 // The split-K sums of a thread's four elements C(i0, j0), C(i0, j0 + 1),
 // C(i0 + 1, j0), C(i0 + 1, j0 + 1) (0 outside C): each adds the shares s = 0, 1, …
 // in order from 0, as split_sum does, so each is bit for bit the sum matmul_reduce
-// would take (the four's loads of a share issued together).
+// would take (the four's loads of a share issued together). Only for a tile's last
+// share (last_split), which reads the others' partial sums.
 fn split_totals(p: Params, i0: u32, j0: u32) -> vec4<f32> {
     let mn = p.m * p.n;
     var v = vec4<f32>();
@@ -427,7 +430,7 @@ fn split_totals(p: Params, i0: u32, j0: u32) -> vec4<f32> {
             let i = i0 + k / 2u;
             let j = j0 + k % 2u;
             if (i < p.m && j < p.n) {
-                x[k] = partial[s * mn + i * p.n + j];
+                x[k] = get_partial(s * mn + i * p.n + j);
             }
         }
         v += x;

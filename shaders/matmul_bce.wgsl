@@ -27,7 +27,8 @@ var<workgroup> last_ws: u32;
 
 // Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its
 // tile's w.p.splits shares to have stored its partial sums: then the others' are
-// visible to it. Called by the whole workgroup after its stores.
+// visible to its atomic loads (the partial sums are atomics in this module:
+// matmul_partial_atomic.wgsl). Called by the whole workgroup after its stores.
 fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
     // this workgroup's stores before its count (device scope in naga)
     storageBarrier();

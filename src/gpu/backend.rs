@@ -741,10 +741,9 @@ pub struct Fusions {
     /// epilogue, the last of each output tile's K shares to store its partial
     /// sums adding them up and running the epilogue (`shaders/matmul_bce.wgsl`,
     /// `last_split`): the same logits and gradients as the split product and the
-    /// BCE kernel, bit for bit, without the unsplit product's longer K walk. Off
-    /// by default (`VAE_OOD_GPU_BCE_SPLIT=1`): not yet timed on a GPU, and it
-    /// relies on the last workgroup seeing the others' stores within a dispatch
-    /// (`examples/last_block.rs` counts whether it does)
+    /// BCE kernel, bit for bit, without the unsplit product's longer K walk (its
+    /// partial sums atomics: `shaders/matmul_partial_atomic.wgsl`). Off by
+    /// default (`VAE_OOD_GPU_BCE_SPLIT=1`): not yet timed on a GPU
     pub bce_split: bool,
 }
 

@@ -209,7 +209,9 @@ impl Kernel {
     }
 
     /// The files its shader module is assembled from, in order: the kernel's file;
-    /// for `matmul.wgsl`'s kernels where their problems read their operands
+    /// for `matmul.wgsl`'s kernels their split-K partial sums
+    /// (`matmul_partial.wgsl`, or `matmul_partial_atomic.wgsl` for `matmul_bce`,
+    /// whose last K share of a tile reads the others'), where their problems read their operands
     /// (`matmul_triple_operands.wgsl` for the triples, which bind two buffers
     /// more, `matmul_gather_operands.wgsl` for `matmul_gather`,
     /// `matmul_operands.wgsl` for the others) and what follows a stored element
@@ -241,6 +243,13 @@ impl Kernel {
                 v.insert(0, shape);
             }
             v.push(walk.source());
+        }
+        // (the split-K partial sums: atomics where a tile's last K share reads the
+        // others' in the same dispatch)
+        match self {
+            Kernel::MatmulBce => v.push(wgsl!("matmul_partial_atomic.wgsl")),
+            k if k.is_matmul() => v.push(wgsl!("matmul_partial.wgsl")),
+            _ => {}
         }
         match self {
             Kernel::Matmul | Kernel::MatmulPair | Kernel::MatmulReduce => {
