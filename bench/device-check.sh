@@ -27,11 +27,9 @@ snapshot() {
     tar czf "$OUT/logs.tgz" --exclude='scores.csv' --exclude='*.safetensors' -C "$LOG" .
   fi
 }
-# (xz, or Python's lzma where the machine has no xz)
-for f in .devbin/*.xz; do
-  xz -dkf "$f" 2>/dev/null || python3 -c 'import lzma, shutil, sys
-with lzma.open(sys.argv[1]) as i, open(sys.argv[1][:-3], "wb") as o: shutil.copyfileobj(i, o)' "$f"
-done
+# (tar with xz, or Python's tarfile where the machine has no xz)
+tar -xJf .devbin/devbin.tar.xz -C .devbin 2>/dev/null || python3 -c 'import sys, tarfile
+tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .devbin/devbin.tar.xz .devbin
 chmod +x .devbin/vae-ood .devbin/test_* .devbin/ex_*
 # shellcheck source=bench/vulkan-env.sh
 source bench/vulkan-env.sh
