@@ -27,7 +27,9 @@
 //! of the reads after it were stale from 32 workgroups up: the idea was dropped.
 //!
 //!   cargo run --release --example grid_sync [phases] [max_groups]
-use std::time::Instant;
+mod common;
+
+use common::Count;
 use vae_ood::gpu;
 
 const SHADER: &str = r#"
@@ -90,9 +92,8 @@ struct Rig {
     device: wgpu::Device,
     queue: wgpu::Queue,
     counter: wgpu::Buffer,
-    errors: wgpu::Buffer,
+    errors: Count,
     prm: wgpu::Buffer,
-    staging: wgpu::Buffer,
 }
 
 impl Rig {
@@ -111,7 +112,7 @@ impl Rig {
             .write_buffer(&self.prm, 0, bytemuck::cast_slice(&words));
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.clear_buffer(&self.counter, 0, None);
-        enc.clear_buffer(&self.errors, 0, None);
+        enc.clear_buffer(&self.errors.on_gpu, 0, None);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(pipeline);
@@ -120,28 +121,10 @@ impl Rig {
                 pass.dispatch_workgroups(groups, 1, 1);
             }
         }
-        enc.copy_buffer_to_buffer(&self.errors, 0, &self.staging, 0, 4);
-        let t = Instant::now();
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
-        let us = t.elapsed().as_secs_f64() * 1e6 / phases as f64;
-        rx.recv()??;
-        let errors = {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?;
-            bytemuck::cast_slice::<u8, u32>(&view)[0]
-        };
-        self.staging.unmap();
+        let (took, errors) = self
+            .errors
+            .submit_and_read(&self.device, &self.queue, enc)?;
+        let us = took.as_secs_f64() * 1e6 / phases as f64;
         Ok((us, errors))
     }
 }
@@ -169,40 +152,19 @@ fn main() -> anyhow::Result<()> {
         })
     };
     let (chained, persistent) = (pipeline("chained"), pipeline("persistent"));
-    let storage = |label, size| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    };
-    let counter = storage("counter", 4);
-    let errors = storage("errors", 4);
+    let counter = common::storage(&device, "counter", 4);
+    let errors = Count::new(&device, "errors");
     // (1 workgroup, 32, an H100's 132 SMs, then 2 and 4 per SM: those up to max_groups)
     let groups: Vec<u32> = [1, 32, 132, 264, 528]
         .into_iter()
         .filter(|&g| g <= max_groups.max(1))
         .collect();
     let most = *groups.last().unwrap() as u64;
-    let slots = storage("slots", 2 * most * 256 * 4);
-    let prm = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("params"),
-        size: 16,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("staging"),
-        size: 4,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let slots = common::storage(&device, "slots", 2 * most * 256 * 4);
+    let prm = common::params(&device);
     // (each pipeline's own layout, derived from the shader: both bind all four)
     let bind_for = |p: &wgpu::ComputePipeline| {
-        let entries: Vec<wgpu::BindGroupEntry> = [&counter, &slots, &errors, &prm]
+        let entries: Vec<wgpu::BindGroupEntry> = [&counter, &slots, &errors.on_gpu, &prm]
             .iter()
             .enumerate()
             .map(|(i, b)| wgpu::BindGroupEntry {
@@ -223,7 +185,6 @@ fn main() -> anyhow::Result<()> {
         counter,
         errors,
         prm,
-        staging,
     };
     println!(
         "{} ({:?}, {:?}); {phases} phases of 256-thread workgroups",

@@ -38,7 +38,9 @@
 //! column is its cost.
 //!
 //!   cargo run --release --example last_block [reps]
-use std::time::Instant;
+mod common;
+
+use common::Count;
 use vae_ood::gpu;
 
 // The partials' storage and access, one of two (PART_PLAIN, PART_ATOMIC), then
@@ -172,9 +174,8 @@ enum Way {
 struct Rig {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    errors: wgpu::Buffer,
+    errors: Count,
     prm: wgpu::Buffer,
-    staging: wgpu::Buffer,
 }
 
 /// A module's three pipelines and their bind group.
@@ -200,7 +201,7 @@ impl Rig {
         self.queue
             .write_buffer(&self.prm, 0, bytemuck::cast_slice(&words));
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.clear_buffer(&self.errors, 0, None);
+        enc.clear_buffer(&self.errors.on_gpu, 0, None);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_bind_group(0, &k.bind, &[]);
@@ -223,28 +224,10 @@ impl Rig {
                 }
             }
         }
-        enc.copy_buffer_to_buffer(&self.errors, 0, &self.staging, 0, 4);
-        let t = Instant::now();
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
-        let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
-        rx.recv()??;
-        let errors = {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?;
-            bytemuck::cast_slice::<u8, u32>(&view)[0]
-        };
-        self.staging.unmap();
+        let (took, errors) = self
+            .errors
+            .submit_and_read(&self.device, &self.queue, enc)?;
+        let us = took.as_secs_f64() * 1e6 / reps as f64;
         Ok((us, errors))
     }
 }
@@ -264,35 +247,15 @@ fn main() -> anyhow::Result<()> {
     let shapes: [(u32, u32); 4] = [(100, 2), (52, 8), (325, 4), (13, 32)];
     let most = shapes.iter().map(|&(t, s)| t * s).max().unwrap() as u64;
     let most_tiles = shapes.iter().map(|&(t, _)| t).max().unwrap() as u64;
-    let storage = |label, size| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    };
+    let storage = |label, size| common::storage(&device, label, size);
     // (zeroed at creation: counters start at 0, and every tile's last block
     // resets its own)
     let counters = storage("counters", most_tiles * 4);
     let parts = storage("parts", most * 256 * 16);
     let outs = storage("outs", most_tiles * 256 * 16);
     let gens = storage("gens", most_tiles * 4);
-    let errors = storage("errors", 4);
-    let prm = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("params"),
-        size: 16,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("staging"),
-        size: 4,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let errors = Count::new(&device, "errors");
+    let prm = common::params(&device);
     let kernels = |name: &str, part: &str| -> Kernels {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
@@ -342,7 +305,7 @@ fn main() -> anyhow::Result<()> {
         let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(name),
             layout: &bgl,
-            entries: &[&counters, &parts, &outs, &gens, &errors, &prm]
+            entries: &[&counters, &parts, &outs, &gens, &errors.on_gpu, &prm]
                 .iter()
                 .enumerate()
                 .map(|(i, b)| wgpu::BindGroupEntry {
@@ -365,7 +328,6 @@ fn main() -> anyhow::Result<()> {
         queue,
         errors,
         prm,
-        staging,
     };
     println!(
         "{} ({:?}, {:?}); {reps} repetitions per run, 256-thread workgroups storing 256 × vec4 each",

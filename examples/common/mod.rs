@@ -1,0 +1,82 @@
+//! What the kernel experiments that count on the GPU share (`grid_sync`,
+//! `last_block`): their buffers, and one timed submission that reads back a u32
+//! count. Not an example of its own (cargo builds only the files directly in
+//! examples/).
+use std::time::{Duration, Instant};
+
+/// A storage buffer that can be cleared and copied from.
+pub fn storage(device: &wgpu::Device, label: &str, size: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// A 16-byte uniform buffer for an experiment's parameters.
+pub fn params(device: &wgpu::Device) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("params"),
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// A count on the GPU (one u32 in a storage buffer) and the staging buffer it
+/// is read back through.
+pub struct Count {
+    pub on_gpu: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+impl Count {
+    pub fn new(device: &wgpu::Device, label: &str) -> Count {
+        Count {
+            on_gpu: storage(device, label, 4),
+            staging: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("staging"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        }
+    }
+
+    /// Submits `enc` (which should have cleared the count first) with the count's
+    /// copy to staging after it, waits for the GPU, and returns the time from
+    /// submission to the end of the wait and the count.
+    pub fn submit_and_read(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        mut enc: wgpu::CommandEncoder,
+    ) -> anyhow::Result<(Duration, u32)> {
+        enc.copy_buffer_to_buffer(&self.on_gpu, 0, &self.staging, 0, 4);
+        let t = Instant::now();
+        queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
+        let took = t.elapsed();
+        rx.recv()??;
+        let n = {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?;
+            bytemuck::cast_slice::<u8, u32>(&view)[0]
+        };
+        self.staging.unmap();
+        Ok((took, n))
+    }
+}
