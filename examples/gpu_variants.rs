@@ -61,6 +61,12 @@ fn main() -> anyhow::Result<()> {
         subgroups: Subgroups::Auto,
         ..GpuOptions::default()
     };
+    // the tensor cores with early reads, as the sweep's all_in configurations run
+    let tc_early = GpuOptions {
+        coop: true,
+        early_reads: true,
+        ..d
+    };
     let without = |f: fn(&mut Fusions)| {
         let mut x = all;
         f(&mut x);
@@ -125,15 +131,7 @@ fn main() -> anyhow::Result<()> {
             },
             all,
         ),
-        (
-            "tc, bce, early",
-            GpuOptions {
-                coop: true,
-                early_reads: true,
-                ..d
-            },
-            without(|f| f.bce = true),
-        ),
+        ("tc, bce, early", tc_early, without(|f| f.bce = true)),
         (
             "adam tri, early",
             GpuOptions {
@@ -144,11 +142,7 @@ fn main() -> anyhow::Result<()> {
         ),
         (
             "all in",
-            GpuOptions {
-                coop: true,
-                early_reads: true,
-                ..d
-            },
+            tc_early,
             without(|f| {
                 f.adam = true;
                 f.bce = true
@@ -164,11 +158,7 @@ fn main() -> anyhow::Result<()> {
         ),
         (
             "all in, bce split",
-            GpuOptions {
-                coop: true,
-                early_reads: true,
-                ..d
-            },
+            tc_early,
             without(|f| {
                 f.adam = true;
                 f.bce = true;
