@@ -6,11 +6,10 @@
 # variants and PyTorch's CUDA graph, medians of interleaved rounds), then the kernel
 # experiments (one step per GPU variant with per-op timestamps; each product alone,
 # each gradient pair fused and not; a reduce dispatch against a last-block reduce; a
-# dispatch boundary against a grid barrier), in
-# one call. Logs go to bench/out, or, when $OUT
-# is set (the device tool, which brings back at most 8 files), into one
-# $OUT/logs.tgz, refreshed after each phase so a run cut short still returns what it
-# finished.
+# dispatch boundary against a grid barrier), in one call. Logs go to bench/out, or,
+# when $OUT is set (the device tool, which brings back at most 8 files), into one
+# $OUT/logs.tgz, refreshed after each phase and every 30 s so a run cut short still
+# returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
 #   QUICK=1: the tests, the sweep, four whole runs (tensor cores, the BCE epilogue,
 #   both, neither), matmul_micro on tensor cores, gpu_variants and last_block only (no gpu.sh,
@@ -22,11 +21,31 @@ cd "$(dirname "$0")/.."
 if [ -n "${OUT:-}" ]; then LOG=$(mktemp -d); else LOG=bench/out; fi
 mkdir -p "$LOG"
 # (the whole runs' scores and weights stay behind: over the 16 MB a file may bring back)
+# (through a file of its own, then renamed: the ticker below may snapshot at the
+# same time, and a call cut short must not leave half an archive)
 snapshot() {
   if [ -n "${OUT:-}" ]; then
-    tar czf "$OUT/logs.tgz" --exclude='scores.csv' --exclude='*.safetensors' -C "$LOG" .
+    tar czf "$OUT/.logs.$BASHPID.tmp" --exclude='scores.csv' --exclude='*.safetensors' -C "$LOG" . &&
+      mv -f "$OUT/.logs.$BASHPID.tmp" "$OUT/logs.tgz"
   fi
 }
+# also every 30 s: a call that runs past its time limit still brings back the runs
+# the sweep finished (its .jsonl files; bench/gpu-sweep.sh tabulates them)
+# (its sleep killed with it, and no output of its own: nothing of it may outlive
+# the script and hold the call's output open)
+if [ -n "${OUT:-}" ]; then
+  (
+    trap 'kill $nap 2>/dev/null; exit 0' TERM
+    while :; do
+      sleep 30 &
+      nap=$!
+      wait $nap
+      snapshot
+    done
+  ) >/dev/null 2>&1 &
+  ticker=$!
+  trap 'kill $ticker 2>/dev/null; wait $ticker 2>/dev/null' EXIT
+fi
 # (tar with xz, or Python's tarfile where the machine has no xz)
 tar -xJf .devbin/devbin.tar.xz -C .devbin 2>/dev/null || python3 -c 'import sys, tarfile
 tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .devbin/devbin.tar.xz .devbin
