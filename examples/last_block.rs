@@ -37,6 +37,13 @@
 //! (`shaders/matmul_partial_atomic.wgsl`), the way WGSL orders: the `last_at`
 //! column is its cost.
 //!
+//! A second table chains two levels, as a fusion of fc1's product with the latent
+//! forward would (README, "The next candidate"): each tile's last share sums the
+//! tile and counts it in its band (a row of tiles), whose last tile sums the band
+//! (`last2`), against the stores, a tile reduce and a band reduce dispatch
+//! (`three`: three boundaries). Shapes: bands × tiles per band × splits of fc1's
+//! forward (4 × 13 × 4) and fc4's (4 × 25 × 2).
+//!
 //!   cargo run --release --example last_block [reps]
 mod common;
 
@@ -52,6 +59,13 @@ fn load_part(i: u32) -> vec4<f32> {
 }
 fn store_part(i: u32, v: vec4<f32>) {
     parts[i] = v;
+}
+@group(0) @binding(6) var<storage, read_write> tsums: array<vec4<f32>>; // (tiles, 256)
+fn load_tsum(i: u32) -> vec4<f32> {
+    return tsums[i];
+}
+fn store_tsum(i: u32, v: vec4<f32>) {
+    tsums[i] = v;
 }
 "#;
 
@@ -71,13 +85,32 @@ fn store_part(i: u32, v: vec4<f32>) {
     atomicStore(&parts[4u * i + 2u], bitcast<u32>(v.z));
     atomicStore(&parts[4u * i + 3u], bitcast<u32>(v.w));
 }
+@group(0) @binding(6) var<storage, read_write> tsums: array<atomic<u32>>; // (tiles, 256, 4)
+fn load_tsum(i: u32) -> vec4<f32> {
+    return vec4<f32>(
+        bitcast<f32>(atomicLoad(&tsums[4u * i])),
+        bitcast<f32>(atomicLoad(&tsums[4u * i + 1u])),
+        bitcast<f32>(atomicLoad(&tsums[4u * i + 2u])),
+        bitcast<f32>(atomicLoad(&tsums[4u * i + 3u])),
+    );
+}
+fn store_tsum(i: u32, v: vec4<f32>) {
+    atomicStore(&tsums[4u * i], bitcast<u32>(v.x));
+    atomicStore(&tsums[4u * i + 1u], bitcast<u32>(v.y));
+    atomicStore(&tsums[4u * i + 2u], bitcast<u32>(v.z));
+    atomicStore(&tsums[4u * i + 3u], bitcast<u32>(v.w));
+}
 "#;
 
 const COMMON: &str = r#"
-// warm: every workgroup first reads its tile's old partials (into its cache)
-struct P { tiles: u32, splits: u32, warm: u32, _b: u32 }
+// warm: every workgroup first reads its tile's old partials (into its cache);
+// band: tiles per band of the two-level runs
+struct P { tiles: u32, splits: u32, warm: u32, band: u32 }
 @group(0) @binding(0) var<storage, read_write> counters: array<atomic<u32>>; // (tiles)
-@group(0) @binding(2) var<storage, read_write> outs: array<vec4<f32>>; // (tiles, 256)
+@group(0) @binding(2) var<storage, read_write> outs: array<vec4<f32>>; // (tiles or bands, 256)
+// (bands) how many of a band's tiles have stored their sums (two-level runs)
+@group(0) @binding(7) var<storage, read_write> band_counters: array<atomic<u32>>;
+var<workgroup> band_ws: u32;
 // (tiles) each tile's generation: bumped by its reduce, so every repetition stores
 // other values than the one before
 @group(0) @binding(3) var<storage, read_write> gens: array<u32>;
@@ -107,7 +140,7 @@ fn store_split(t: u32, s: u32, li: u32, g: u32) {
 }
 
 // tile t's partials added up in split order, each checked
-fn reduce_tile(t: u32, li: u32, g: u32) {
+fn tile_total(t: u32, li: u32, g: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
     for (var s = 0u; s < prm.splits; s++) {
         let v = load_part((t * prm.splits + s) * 256u + li);
@@ -116,7 +149,38 @@ fn reduce_tile(t: u32, li: u32, g: u32) {
         }
         acc += v;
     }
-    outs[t * 256u + li] = acc;
+    return acc;
+}
+
+fn reduce_tile(t: u32, li: u32, g: u32) {
+    outs[t * 256u + li] = tile_total(t, li, g);
+}
+
+// band b's tile sums added up, checked against what they should be (two-level)
+fn band_total(b: u32, li: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    var want = vec4<f32>(0.0);
+    for (var k = 0u; k < prm.band; k++) {
+        let t = b * prm.band + k;
+        acc += load_tsum(t * 256u + li);
+        let g = gens[t];
+        for (var s = 0u; s < prm.splits; s++) {
+            want += value(g, t, s, li);
+        }
+    }
+    if (any(acc != want)) {
+        atomicAdd(&errors, 1u);
+    }
+    return acc;
+}
+
+// band b's tiles on to their next generation (after every thread read theirs)
+fn bump_band(b: u32, li: u32) {
+    workgroupBarrier();
+    if (li < prm.band) {
+        let t = b * prm.band + li;
+        gens[t] = gens[t] + 1u;
+    }
 }
 
 // the splits' stores alone: workgroup x = tile · splits + split
@@ -136,6 +200,50 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     workgroupBarrier();
     if (li == 0u) {
         gens[t] = g + 1u;
+    }
+}
+
+// two-level reduce dispatches: each tile's sum (workgroup x = tile), then each
+// band's (workgroup x = band)
+@compute @workgroup_size(256)
+fn tile_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.x;
+    store_tsum(t * 256u + li, tile_total(t, li, gens[t]));
+}
+
+@compute @workgroup_size(256)
+fn band_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    outs[wg.x * 256u + li] = band_total(wg.x, li);
+    bump_band(wg.x, li);
+}
+
+// two levels in one dispatch: the last of a tile's splits sums the tile and
+// counts it in its band; the last of a band's tiles sums the band
+@compute @workgroup_size(256)
+fn last2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.x / prm.splits;
+    let b = t / prm.band;
+    store_split(t, wg.x % prm.splits, li, gens[t]);
+    storageBarrier();
+    if (li == 0u) {
+        last_ws = select(0u, 1u, atomicAdd(&counters[t], 1u) == prm.splits - 1u);
+    }
+    if (workgroupUniformLoad(&last_ws) == 1u) {
+        storageBarrier();
+        store_tsum(t * 256u + li, tile_total(t, li, gens[t]));
+        storageBarrier();
+        if (li == 0u) {
+            atomicStore(&counters[t], 0u);
+            band_ws = select(0u, 1u, atomicAdd(&band_counters[b], 1u) == prm.band - 1u);
+        }
+        if (workgroupUniformLoad(&band_ws) == 1u) {
+            storageBarrier();
+            outs[b * 256u + li] = band_total(b, li);
+            if (li == 0u) {
+                atomicStore(&band_counters[b], 0u);
+            }
+            bump_band(b, li);
+        }
     }
 }
 
@@ -169,6 +277,11 @@ enum Way {
     Floor,
     Two,
     Last,
+    /// two levels (tiles in bands): stores, a tile reduce and a band reduce
+    /// dispatch
+    Three,
+    /// two levels in one dispatch
+    Last2,
 }
 
 struct Rig {
@@ -183,7 +296,19 @@ struct Kernels {
     stores: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     last: wgpu::ComputePipeline,
+    tile_reduce: wgpu::ComputePipeline,
+    band_reduce: wgpu::ComputePipeline,
+    last2: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
+}
+
+/// A run's shape: output tiles, K shares per tile, and tiles per band (two-level
+/// runs; 1 for one level).
+#[derive(Clone, Copy)]
+struct Shape {
+    tiles: u32,
+    splits: u32,
+    band: u32,
 }
 
 impl Rig {
@@ -193,11 +318,15 @@ impl Rig {
         k: &Kernels,
         way: Way,
         reps: u32,
-        tiles: u32,
-        splits: u32,
+        shape: Shape,
         warm: bool,
     ) -> anyhow::Result<(f64, u32)> {
-        let words = [tiles, splits, warm as u32, 0];
+        let Shape {
+            tiles,
+            splits,
+            band,
+        } = shape;
+        let words = [tiles, splits, warm as u32, band];
         self.queue
             .write_buffer(&self.prm, 0, bytemuck::cast_slice(&words));
         let mut enc = self.device.create_command_encoder(&Default::default());
@@ -219,6 +348,18 @@ impl Rig {
                     }
                     Way::Last => {
                         pass.set_pipeline(&k.last);
+                        pass.dispatch_workgroups(tiles * splits, 1, 1);
+                    }
+                    Way::Three => {
+                        pass.set_pipeline(&k.stores);
+                        pass.dispatch_workgroups(tiles * splits, 1, 1);
+                        pass.set_pipeline(&k.tile_reduce);
+                        pass.dispatch_workgroups(tiles, 1, 1);
+                        pass.set_pipeline(&k.band_reduce);
+                        pass.dispatch_workgroups(tiles / band, 1, 1);
+                    }
+                    Way::Last2 => {
+                        pass.set_pipeline(&k.last2);
                         pass.dispatch_workgroups(tiles * splits, 1, 1);
                     }
                 }
@@ -245,6 +386,9 @@ fn main() -> anyhow::Result<()> {
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
     // (output tiles, splits) of the step's split-K products
     let shapes: [(u32, u32); 4] = [(100, 2), (52, 8), (325, 4), (13, 32)];
+    // (row bands, column tiles per band, splits): fc1's forward (128 images, 400
+    // hidden units, 4 K shares) and fc4's (784 pixels, 2 K shares)
+    let shapes2: [(u32, u32, u32); 2] = [(4, 13, 4), (4, 25, 2)];
     let most = shapes.iter().map(|&(t, s)| t * s).max().unwrap() as u64;
     let most_tiles = shapes.iter().map(|&(t, _)| t).max().unwrap() as u64;
     let storage = |label, size| common::storage(&device, label, size);
@@ -254,6 +398,8 @@ fn main() -> anyhow::Result<()> {
     let parts = storage("parts", most * 256 * 16);
     let outs = storage("outs", most_tiles * 256 * 16);
     let gens = storage("gens", most_tiles * 4);
+    let tsums = storage("tile sums", most_tiles * 256 * 16);
+    let band_counters = storage("band counters", most_tiles * 4);
     let errors = Count::new(&device, "errors");
     let prm = common::params(&device);
     let kernels = |name: &str, part: &str| -> Kernels {
@@ -274,7 +420,8 @@ fn main() -> anyhow::Result<()> {
             has_dynamic_offset: false,
             min_binding_size: None,
         };
-        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = (0..5).map(|b| ro(b, rw)).collect();
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> =
+            [0, 1, 2, 3, 4, 6, 7].map(|b| ro(b, rw)).to_vec();
         entries.push(ro(
             5,
             wgpu::BindingType::Buffer {
@@ -305,19 +452,31 @@ fn main() -> anyhow::Result<()> {
         let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(name),
             layout: &bgl,
-            entries: &[&counters, &parts, &outs, &gens, &errors.on_gpu, &prm]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: b.as_entire_binding(),
-                })
-                .collect::<Vec<_>>(),
+            entries: &[
+                &counters,
+                &parts,
+                &outs,
+                &gens,
+                &errors.on_gpu,
+                &prm,
+                &tsums,
+                &band_counters,
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect::<Vec<_>>(),
         });
         Kernels {
             stores: pipeline("stores"),
             reduce: pipeline("reduce"),
             last: pipeline("last"),
+            tile_reduce: pipeline("tile_reduce"),
+            band_reduce: pipeline("band_reduce"),
+            last2: pipeline("last2"),
             bind,
         }
     };
@@ -344,34 +503,44 @@ fn main() -> anyhow::Result<()> {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let (mut any_stale_plain, mut any_stale_atomic) = (false, false);
-    for (tiles, splits) in shapes {
-        // columns: floor, two, last (plain, cold), last (atomic, cold); then the
-        // warm runs, whose times are not printed (their extra reads are not a
-        // product's)
+    // Each shape: the stores alone, the reduce dispatch(es), the last-block reduce
+    // with plain and atomic partials (cold; the warm runs' times are not printed:
+    // their extra reads are not a product's); medians of rounds 1–3, stale reads
+    // of all four.
+    let measure = |shape: Shape,
+                   dispatches: Way,
+                   last: Way|
+     -> anyhow::Result<(Vec<f64>, [u32; 6])> {
         let runs: [(&Kernels, Way, bool); 6] = [
             (&plain, Way::Floor, false),
-            (&plain, Way::Two, false),
-            (&plain, Way::Last, false),
-            (&atomic, Way::Last, false),
-            (&plain, Way::Last, true),
-            (&atomic, Way::Last, true),
+            (&plain, dispatches, false),
+            (&plain, last, false),
+            (&atomic, last, false),
+            (&plain, last, true),
+            (&atomic, last, true),
         ];
         let mut times = vec![Vec::new(); runs.len()];
         let mut stale = [0u32; 6];
         for round in 0..4 {
             for (i, &(k, way, warm)) in runs.iter().enumerate() {
-                let (us, e) = rig.time(k, way, reps, tiles, splits, warm)?;
+                let (us, e) = rig.time(k, way, reps, shape, warm)?;
                 stale[i] += e;
                 if round > 0 {
                     times[i].push(us);
                 }
             }
         }
-        let t: Vec<f64> = times.iter_mut().map(&med).collect();
+        anyhow::ensure!(
+            stale[1] == 0,
+            "the reduce dispatches read {} stale values: across a dispatch boundary every store must be seen",
+            stale[1]
+        );
+        Ok((times.iter_mut().map(&med).collect(), stale))
+    };
+    let row = |name: String, t: &[f64], stale: &[u32; 6]| {
         println!(
             "{:>13} {:8.2} {:8.2} {:8.2} {:8.2} {:8.2} {:10.2} | {} / {} {} / {} {}",
-            format!("{tiles}×{splits}"),
+            name,
             t[0],
             t[1],
             t[2],
@@ -384,13 +553,40 @@ fn main() -> anyhow::Result<()> {
             stale[3],
             stale[5]
         );
+    };
+    let (mut any_stale_plain, mut any_stale_atomic) = (false, false);
+    let mut note = |stale: &[u32; 6]| {
         any_stale_plain |= stale[2] + stale[4] > 0;
         any_stale_atomic |= stale[3] + stale[5] > 0;
-        anyhow::ensure!(
-            stale[1] == 0,
-            "the reduce dispatch read {} stale partials: across a dispatch boundary every store must be seen",
-            stale[1]
-        );
+    };
+    for (tiles, splits) in shapes {
+        let shape = Shape {
+            tiles,
+            splits,
+            band: 1,
+        };
+        let (t, stale) = measure(shape, Way::Two, Way::Last)?;
+        row(format!("{tiles}×{splits}"), &t, &stale);
+        note(&stale);
+    }
+    // Two levels: the last share of each tile sums it and counts it in its band
+    // (of a row of tiles), whose last tile sums the band — what a fusion of fc1's
+    // product with the latent forward would chain (README, "The next candidate");
+    // against stores, a tile reduce and a band reduce dispatch (three boundaries).
+    println!("two levels: tiles summed by their last share, bands by their last tile");
+    println!(
+        "{:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} | stale: three, last2 plain cold/warm, atomic cold/warm",
+        "bands×tiles×K", "floor", "three", "last2", "last2_at", "3−last2", "last2−floor"
+    );
+    for (bands, band, splits) in shapes2 {
+        let shape = Shape {
+            tiles: bands * band,
+            splits,
+            band,
+        };
+        let (t, stale) = measure(shape, Way::Three, Way::Last2)?;
+        row(format!("{bands}×{band}×{splits}"), &t, &stale);
+        note(&stale);
     }
     println!(
         "{}",
