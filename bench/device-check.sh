@@ -11,9 +11,10 @@
 # $OUT/logs.tgz, refreshed after each phase and every 30 s so a run cut short still
 # returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
-#   QUICK=1: the tests, the sweep, four whole runs (tensor cores, the BCE epilogue,
-#   both, neither), matmul_micro on tensor cores, gpu_variants and last_block only (no gpu.sh,
-#   default matmul_micro, K sweep or grid barrier)
+#   QUICK=1: the tests, the sweep, six whole runs (tensor cores, the BCE epilogue,
+#   both, the latent forward in fc1, all in, neither), matmul_micro on tensor cores,
+#   gpu_variants and last_block only (no gpu.sh, default matmul_micro, K sweep or
+#   grid barrier)
 #   SWEEP_ROUNDS, SWEEP_EPOCHS: the sweep's rounds (5) and epochs (10); 0 rounds
 #   skips it (a dry run of this script on lavapipe, where it would take hours)
 set -uo pipefail
@@ -85,7 +86,9 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # parameters and moments they move before its K walk; nor Adam in the triple
   # with fc4's Adam in the latent backward, not in the triple's tail; all_in: all
   # of them, 6 dispatches per step; nor the BCE epilogue on the split product, the
-  # last K share of each tile finishing it: bce_split, and all_in_split)
+  # last K share of each tile finishing it: bce_split, and all_in_split; nor the
+  # latent forward in fc1's product: latent_fc1, and all_in_fc1, 5 dispatches per
+  # step)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_32:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=32' \
     'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
@@ -100,13 +103,18 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     'all_in:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     'bce_split:VAE_OOD_GPU_BCE_SPLIT=1' \
     'all_in_split:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
+    'latent_fc1:VAE_OOD_GPU_LATENT_FC1=1' \
+    'all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # the whole default run with the tensor-core walk and the BCE epilogue, each and
-  # both, and without: wall time, training time and AUROCs side by side (the
-  # accuracy target: clean AUROC within ±0.02)
+  # both, the latent forward in fc1 alone and with all the rest, and without: wall
+  # time, training time and AUROCs side by side (the accuracy target: clean AUROC
+  # within ±0.02)
   for v in coop:VAE_OOD_GPU_COOP=1 bce:VAE_OOD_GPU_BCE_EPILOGUE=1 \
-    coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1 default:VAE_OOD_GPU_COOP=0; do
+    coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1 latent_fc1:VAE_OOD_GPU_LATENT_FC1=1 \
+    all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1 \
+    default:VAE_OOD_GPU_COOP=0; do
     name=${v%%:*}
     echo "## whole default run, ${v#*:}"
     # shellcheck disable=SC2046

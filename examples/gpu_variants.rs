@@ -165,6 +165,17 @@ fn main() -> anyhow::Result<()> {
                 f.bce_split = true
             }),
         ),
+        ("latent in fc1", d, without(|f| f.latent_fc1 = true)),
+        (
+            "all in, latent in fc1",
+            tc_early,
+            without(|f| {
+                f.adam = true;
+                f.bce = true;
+                f.bce_split = true;
+                f.latent_fc1 = true
+            }),
+        ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),

@@ -72,6 +72,12 @@ pub const GPU_BCE_SPLIT: &str = "VAE_OOD_GPU_BCE_SPLIT";
 /// epilogue's parameters and moments, read before the K walk). Identical bits; off
 /// by default (not yet timed on a GPU).
 pub const GPU_EARLY_READS: &str = "VAE_OOD_GPU_EARLY_READS";
+/// `1`: a training step's latent forward (the head product, the
+/// reparameterisation, fc3's product) in the last workgroups of fc1's split
+/// product (`shaders/matmul_latent.wgsl`): seven dispatches per step instead of
+/// eight. Off by default: not yet timed on a GPU, and it sums the head in another
+/// order (rounding-level differences).
+pub const GPU_LATENT_FC1: &str = "VAE_OOD_GPU_LATENT_FC1";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -91,7 +97,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 11] = [
+const FLAGS: [&str; 12] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -103,6 +109,7 @@ const FLAGS: [&str; 11] = [
     GPU_BCE_EPILOGUE,
     GPU_BCE_SPLIT,
     GPU_EARLY_READS,
+    GPU_LATENT_FC1,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

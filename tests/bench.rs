@@ -73,8 +73,22 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     let mut zero: Vec<&str> = Vec::new();
     let triple = !unfused("latent") && !unfused("triple");
     let adam = triple && vae_ood::gpu::Fusions::from_env().adam;
+    // whether a step's latent forward runs in its fc1 product
+    // (VAE_OOD_GPU_LATENT_FC1=1): where fc1 reads x (its gather a dispatch of its
+    // own, or beside the previous step's Adam) and its split sums are folded
+    let fc1_fused = |first: bool| {
+        vae_ood::gpu::Fusions::from_env().latent_fc1
+            && !unfused("latent")
+            && !unfused("reduces")
+            && (unfused("gather") || (!first && !adam && !unfused("pairs")))
+    };
     if !unfused("latent") {
         zero.extend(["reparam fwd", "fc3 fwd", "reparam bwd", "head dX"]);
+        // (and the head product in fc1's, where VAE_OOD_GPU_LATENT_FC1=1 puts the
+        // latent forward)
+        if fc1_fused(false) {
+            zero.push("head fwd");
+        }
     }
     if triple {
         zero.extend(["head dW+db", "fc1 dW+db"]);
@@ -142,12 +156,15 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
         (_, true) => (7, 14),
         (_, false) => (8, 16),
     };
-    // (one fewer per step with the BCE epilogue)
+    // (one fewer per step with the BCE epilogue, and per step whose latent forward
+    // runs in fc1's product)
     let (one, two_steps) = if bce {
         (one - 1, two_steps - 2)
     } else {
         (one, two_steps)
     };
+    let (first, second) = (fc1_fused(true) as usize, fc1_fused(false) as usize);
+    let (one, two_steps) = (one - first, two_steps - first - second);
     assert_eq!(ex.backend.dispatches(&steps[0]), Some(one));
     let two: Vec<_> = steps[0].iter().chain(&steps[1]).copied().collect();
     assert_eq!(ex.backend.dispatches(&two), Some(two_steps));

@@ -1205,6 +1205,139 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
     }
 }
 
+/// The latent forward in fc1's product (`matmul_latent`, `VAE_OOD_GPU_LATENT_FC1=1`:
+/// the last K share of each fc1 tile stores its h1 and its share of the head, the
+/// last tile of each band of 32 images the head, ε, z, the KL, log p − log q and
+/// h3): one dispatch for the four ops, against the CPU running them op by op and
+/// the GPU's latent kernel. 37 images (a band of 32 and one of 5) and 261 (9
+/// bands); 129 inputs (fc1 splits K); hidden 67 (three column tiles, the last
+/// holding three columns) and 150; l = 5 and 20 (a head of 40: five per thread);
+/// ε given and drawn (the same counter-based normals as the latent kernel's).
+#[test]
+fn latent_forward_in_fc1s_product() {
+    use vae_ood::gpu::{self, Fusions, GpuBackend};
+    use vae_ood::model::Layout;
+    use vae_ood::plan::{self, Batch};
+    let mut rng = fresh_rng("latent_forward_in_fc1s_product");
+    for (b, h, l, eps_given) in [
+        (37, 67, 5, true),
+        (261, 150, 20, true),
+        (37, 67, 5, false),
+        (261, 150, 20, false),
+    ] {
+        let dims = Dims { d: 129, h, l };
+        let lay = Layout::new(dims);
+        let sizes = run_sizes(dims, b, 1, 1);
+        let bt = Batch {
+            images: b,
+            draws: 1,
+            idx_off: 0,
+            seed: 7,
+            stream: 3,
+            row_base: 500,
+            out_off: 0,
+            slot: None,
+            mode: LOSS_ELBO,
+        };
+        // fc1 fwd, head fwd, reparam fwd, fc3 fwd
+        let mut ops: Vec<Op> = plan::forward_ops(dims, &lay.offsets(), &bt, true)[1..5].to_vec();
+        for op in &mut ops {
+            if let Op::ReparamForward(p) = op {
+                p.eps_given = eps_given as u32;
+            }
+        }
+        let Op::Matmul { p: fc1, .. } = ops[0] else {
+            unreachable!()
+        };
+        assert!(choose_splits(&fc1) > 1, "fc1 splits K");
+        let inputs = [
+            (Buf::Params, uniform(&mut rng, lay.total, -0.2, 0.2)),
+            (Buf::X, uniform(&mut rng, b * dims.d, 0.0, 1.0)),
+            (Buf::Eps, uniform(&mut rng, b * l, -3.0, 3.0)),
+        ];
+        // the tolerances of latent_forward_and_backward_in_one_dispatch_each (the
+        // head summed tile by tile, then over the tiles: another order)
+        let (eps_tol, z_tol, h3_tol, pq_tol) = if eps_given {
+            (0.0, 2e-4, 1e-3, 1e-3)
+        } else {
+            (3e-3, 5e-3, 2e-2, 2.0)
+        };
+        let outs = [
+            (Buf::H1, b * h, MM_ATOL),
+            (Buf::Head, b * 2 * l, MM_ATOL),
+            (Buf::Eps, b * l, eps_tol),
+            (Buf::Z, b * l, z_tol),
+            (Buf::Kl, b, 1e-4),
+            (Buf::LogPq, b, pq_tol),
+            (Buf::H3, b * h, h3_tol),
+        ];
+        let run = |be: &mut dyn Backend| {
+            be.write_idx(0, &[0]).unwrap();
+            for (buf, v) in &inputs {
+                if *buf != Buf::Eps || eps_given {
+                    be.write(*buf, 0, v).unwrap();
+                }
+            }
+            for (buf, ..) in &outs {
+                if *buf != Buf::Eps || !eps_given {
+                    be.write(*buf, 0, &vec![f32::NAN; buf.len(&sizes)]).unwrap();
+                }
+            }
+            be.run(&ops).unwrap();
+            outs.map(|(buf, ..)| be.read(buf, 0..buf.len(&sizes)).unwrap())
+        };
+        let store = vec![0u8; dims.d];
+        let name = format!("{b} images, hidden {h}, l {l}, eps given {eps_given}");
+        let want = run(&mut *cpu_backend(&store, 1, sizes));
+        for (v, (buf, n, _)) in want.iter().zip(&outs) {
+            assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], true);
+        }
+        let Some(adapter) = gpu::select_adapter().unwrap() else {
+            assert!(gpu_backend(&store, 1, sizes).is_none());
+            return;
+        };
+        let mut gpu = GpuBackend::new(adapter, &store, 1, sizes).unwrap();
+        let mut got = Vec::new();
+        for latent_fc1 in [true, false] {
+            gpu.set_fusions(Fusions {
+                latent_fc1,
+                ..Fusions::DEFAULT
+            });
+            let how = format!(
+                "{name}, latent forward in fc1 {latent_fc1} on {}",
+                gpu.describe()
+            );
+            assert_eq!(
+                gpu.describe()
+                    .contains("the latent forward in fc1's product"),
+                latent_fc1
+            );
+            // one dispatch, or fc1's product and the latent kernel
+            let want_n = if latent_fc1 { 1 } else { 2 };
+            assert_eq!(gpu.dispatches(&ops), want_n, "{how}");
+            let g = run(&mut gpu);
+            for ((buf, n, atol), (g, w)) in outs.iter().zip(g.iter().zip(&want)) {
+                assert_written(&format!("{how} {buf:?}"), g, &[0..*n], true);
+                assert_close(
+                    &format!("{how} {buf:?}"),
+                    &g[..*n],
+                    &w[..*n],
+                    *atol,
+                    MM_RTOL,
+                );
+            }
+            // again: the same bits (each counter back at 0 for the next dispatch)
+            assert!(run(&mut gpu) == g, "{how}: a second run differs");
+            got.push(g);
+        }
+        // h1 is fc1's split sums through its epilogue either way: the same bits;
+        // so are ε drawn (the same counter-based normals)
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&got[0][0]), bits(&got[1][0]), "{name}: h1");
+        assert_eq!(bits(&got[0][2]), bits(&got[1][2]), "{name}: ε");
+    }
+}
+
 /// The ops around the latent code — head product, reparameterisation, fc3 product
 /// forward; fc3 input and weight gradients, reparameterisation and head input
 /// gradient backward — run on the GPU as one `latent_forward` and one

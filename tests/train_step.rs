@@ -948,6 +948,79 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
     }
 }
 
+/// The latent forward in fc1's product (`VAE_OOD_GPU_LATENT_FC1=1`) against the
+/// default over three training steps and a scoring batch: one dispatch fewer in
+/// each step after the first (whose fc1 reads the image store, and keeps the
+/// latent kernel), the scoring batch (two draws) as before, and the same training
+/// up to rounding (the head summed tile by tile) — fc1's 53 inputs unsplit here,
+/// its 133 hidden units in five column tiles, 19 images in one band. A device
+/// allowing 14 storage buffers (the kernel binds 15) runs without it, bit for bit
+/// as the default.
+#[test]
+fn latent_forward_in_fc1_trains_as_the_latent_kernel() {
+    use vae_ood::gpu::{Fusions, Kernel};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let case = GpuRunCase::new("latent_forward_in_fc1_trains_as_the_latent_kernel", 3);
+    let fused_f = Fusions {
+        latent_fc1: true,
+        ..Fusions::DEFAULT
+    };
+    let kernels = [Kernel::MatmulLatent];
+    let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
+    let fused = case.capped_run(None, fused_f, kernels);
+    assert_eq!(fused.0, [true]);
+    assert!(
+        fused.1.contains("the latent forward in fc1's product"),
+        "{}",
+        fused.1
+    );
+    assert_eq!(fused.2 + 2, plain.2, "one dispatch fewer in steps 2 and 3");
+    let f32s = |bits: &Bits, buf: Buf| -> Vec<f32> {
+        let v = &bits.iter().find(|(b, _)| *b == buf).unwrap().1;
+        v.iter().map(|&x| f32::from_bits(x)).collect()
+    };
+    // per-image losses of the three steps and the scoring batch, ~40 nats, and
+    // the parameters after three Adam steps: as bce_epilogue_trains_as_the_bce_kernel
+    let n_loss = 4 * 19;
+    let (lf, lp) = (
+        f32s(&fused.3, Buf::SampleLoss),
+        f32s(&plain.3, Buf::SampleLoss),
+    );
+    assert_close("per-image losses", &lf[..n_loss], &lp[..n_loss], 1e-3, 1e-4);
+    assert_ne!(
+        lf[..n_loss],
+        lp[..n_loss],
+        "the head summed in another order: was it fused?"
+    );
+    let (pf, pp) = (f32s(&fused.3, Buf::Params), f32s(&plain.3, Buf::Params));
+    let lr = AdamConfig::default().lr;
+    let mut loose = 0;
+    for (i, (a, b)) in pf.iter().zip(&pp).enumerate() {
+        let d = (a - b).abs();
+        assert!(d <= 3.0 * 2.0 * lr + 1e-5, "param {i}: {a} vs {b}");
+        loose += (d > 1e-5) as usize;
+    }
+    assert!(
+        loose * 1000 < pf.len(),
+        "{loose} of {} parameters differ by > 1e-5",
+        pf.len()
+    );
+    // the same run again: the same bits (its counters back at 0 after each step)
+    let again = case.capped_run(None, fused_f, kernels);
+    assert!(again.3 == fused.3, "a second run differs");
+    // too few storage buffers for matmul_latent: without it, the default's bits
+    let narrow_plain = case.capped_run(Some(14), Fusions::DEFAULT, kernels);
+    let narrow = case.capped_run(Some(14), fused_f, kernels);
+    assert_eq!(narrow.0, [false]);
+    assert_eq!(narrow.2, narrow_plain.2);
+    assert!(
+        narrow.3 == narrow_plain.3,
+        "without the kernel: the default's bits"
+    );
+}
+
 /// Every buffer's bits after a run.
 type Bits = Vec<(Buf, Vec<u32>)>;
 

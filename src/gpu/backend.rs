@@ -30,6 +30,12 @@ enum Res {
     /// their partial sums, (row tiles, column tiles) u32, 0 between dispatches
     /// (GPU only)
     TileCounts,
+    /// `matmul_latent`'s counters: fc1's tiles', then its row bands' (u32, 0
+    /// between dispatches; GPU only)
+    LatentCounts,
+    /// `matmul_latent`'s column tiles' shares of the head, (column tiles, B, 2L)
+    /// f32 bits (GPU only)
+    HeadParts,
 }
 
 pub struct GpuBackend {
@@ -43,6 +49,8 @@ pub struct GpuBackend {
     partial: wgpu::Buffer,
     rowloss: wgpu::Buffer,
     tile_counts: wgpu::Buffer,
+    latent_counts: wgpu::Buffer,
+    head_parts: wgpu::Buffer,
     slots: usize,
     stride: usize,
     bind_group_index: HashMap<(Kernel, Vec<Res>), usize>,
@@ -427,6 +435,78 @@ const SPLIT_SOURCE_AT: usize = 64;
 /// `MatmulParams` and a `ReparamParams`).
 const LATENT_SPLIT_SOURCE_AT: usize = 160;
 
+/// With [`Fusions::latent_fc1`]: the latent forward `ops[i..i + 3]` (the head
+/// product, the reparameterisation, fc3's product: `g`, reading the split sums
+/// `src` of the product before it, if split) folded into that product, op i − 1
+/// and the last dispatch of `plan`, as one `matmul_latent`
+/// (`shaders/matmul_latent.wgsl`) where it is fc1's: a bias-and-ReLU product of B
+/// rows written densely into H1 from the parameters, read whole by the head
+/// product; one draw per image, 2L ≤ 64. Its slot holds fc1's, the head's and
+/// fc3's products and the reparameterisation (at [`SLOT_TAIL_AT`]). Returns
+/// whether it did.
+fn latent_into_fc1(
+    plan: &mut [(usize, Dispatch)],
+    slots: &mut [Vec<u8>],
+    ops: &[Op],
+    i: usize,
+    g: &Group,
+    src: Option<(SplitSource, Buf)>,
+) -> bool {
+    use bytemuck::bytes_of;
+    let [(_, (Kernel::LatentForward, ..))] = &g.dispatches[..] else {
+        return false;
+    };
+    let [Op::Matmul { p: qh, .. }, Op::ReparamForward(rp), Op::Matmul { p: qd, .. }, ..] =
+        &ops[i..]
+    else {
+        return false;
+    };
+    let Some((at, (kernel, res, grid))) = plan.last_mut() else {
+        return false;
+    };
+    let f = Res::F;
+    if *at + 1 != i
+        || *kernel != Kernel::Matmul
+        || res[..4] != [f(Buf::X), f(Buf::Params), f(Buf::Params), f(Buf::H1)]
+        || slots[*at].len() != 64
+    {
+        return false;
+    }
+    let q1: MatmulParams = *bytemuck::from_bytes(&slots[*at][..64]);
+    // (split: its sums are what the latent kernel would read; unsplit: no reduce
+    // between)
+    let splits = src.map_or(1, |(s, _)| s.splits);
+    let ok = q1.splits.max(1) == splits
+        && grid.2 == splits
+        && q1.flags == MM_BIAS | MM_RELU
+        && dense_c(&q1, q1.n)
+        && dense_a(qh, q1.n)
+        && q1.m == rp.images
+        && rp.draws == 1
+        && 2 * rp.l <= 64
+        && qh.n == 2 * rp.l;
+    if !ok {
+        return false;
+    }
+    *kernel = Kernel::MatmulLatent;
+    res.extend([
+        f(Buf::Head),
+        f(Buf::Eps),
+        f(Buf::Z),
+        f(Buf::Kl),
+        f(Buf::LogPq),
+        f(Buf::H3),
+        Res::LatentCounts,
+        Res::HeadParts,
+    ]);
+    let bytes = &mut slots[*at];
+    bytes.extend_from_slice(bytes_of(qh));
+    bytes.extend_from_slice(bytes_of(qd));
+    bytes.resize(SLOT_TAIL_AT, 0);
+    bytes.extend_from_slice(bytes_of(rp));
+    true
+}
+
 /// Byte offset of the BCE kernel's loss output (on, out_off) in its uniform slot.
 const BCE_LOSS_AT: usize = 32;
 
@@ -745,6 +825,12 @@ pub struct Fusions {
     /// partial sums atomics: `shaders/matmul_partial_atomic.wgsl`). Off by
     /// default (`VAE_OOD_GPU_BCE_SPLIT=1`): not yet timed on a GPU
     pub bce_split: bool,
+    /// with `latent`: a training step's latent forward (the head product, the
+    /// reparameterisation, fc3's product) in the last workgroups of fc1's split
+    /// product (`matmul_latent`, [`latent_into_fc1`]): one dispatch fewer per
+    /// step. Off by default (`VAE_OOD_GPU_LATENT_FC1=1`): not yet timed on a GPU;
+    /// it sums the head in another order than the latent kernel
+    pub latent_fc1: bool,
 }
 
 impl Fusions {
@@ -766,6 +852,7 @@ impl Fusions {
         gather: true,
         bce: false,
         bce_split: false,
+        latent_fc1: false,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -778,6 +865,7 @@ impl Fusions {
         gather: false,
         bce: false,
         bce_split: false,
+        latent_fc1: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -797,6 +885,7 @@ impl Fusions {
                 || crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT))
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
             bce_split: crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT),
+            latent_fc1: crate::knobs::flag(crate::knobs::GPU_LATENT_FC1),
         }
     }
 
@@ -819,6 +908,9 @@ impl Fusions {
             _ => "",
         }
         .to_string();
+        if self.latent && self.latent_fc1 {
+            extra.push_str(", the latent forward in fc1's product");
+        }
         if self.bce {
             extra.push_str(if self.bce_split {
                 ", BCE in fc4's epilogue (split K, the last share finishing each tile)"
@@ -1050,6 +1142,11 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
         if fuse.latent {
             let adam_here = fuse.latent_adam;
             if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam, adam_here) {
+                if fuse.latent_fc1 && latent_into_fc1(&mut plan, &mut slots, ops, i, &g, source) {
+                    source = None;
+                    i += g.used;
+                    continue;
+                }
                 source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
@@ -1216,6 +1313,21 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
     }
 }
 
+/// u32 counters and f32 shares of the head that `ops` may need (`matmul_latent`:
+/// for every product into H1, its tiles' and row bands' counters, and its column
+/// tiles' shares of a head of up to 64 outputs per row).
+fn latent_scratch_len(ops: &[Op]) -> (usize, usize) {
+    ops.iter()
+        .map(|op| match op {
+            Op::Matmul { c: Buf::H1, p, .. } => {
+                let (cols, rows) = (p.n.div_ceil(32) as usize, p.m.div_ceil(32) as usize);
+                (cols * rows + rows, cols * p.m as usize * 64)
+            }
+            _ => (0, 0),
+        })
+        .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+}
+
 /// f32 elements of the BCE's row shares that `ops` may need (`matmul_bce`).
 fn rowloss_len(ops: &[Op]) -> usize {
     ops.iter()
@@ -1294,6 +1406,7 @@ impl GpuBackend {
             triple: f.triple && self.ctx.has(Kernel::MatmulTriple),
             adam: f.adam && self.ctx.has(Kernel::MatmulTripleAdam),
             latent_adam: f.latent_adam && self.ctx.has(Kernel::LatentBackwardAdam),
+            latent_fc1: f.latent_fc1 && self.ctx.has(Kernel::MatmulLatent),
             bce: f.bce
                 && [Kernel::MatmulBce, Kernel::MatmulPairLoss]
                     .iter()
@@ -1365,6 +1478,8 @@ impl GpuBackend {
         let partial = Self::make_scratch(&ctx, "split-K partial sums", 1);
         let rowloss = Self::make_scratch(&ctx, "row shares of the BCE", 1);
         let tile_counts = Self::make_scratch(&ctx, "tile counters of the BCE epilogue", 1);
+        let latent_counts = Self::make_scratch(&ctx, "counters of the latent forward in fc1", 1);
+        let head_parts = Self::make_scratch(&ctx, "shares of the head", 1);
         let mut me = GpuBackend {
             ctx,
             sizes,
@@ -1376,6 +1491,8 @@ impl GpuBackend {
             partial,
             rowloss,
             tile_counts,
+            latent_counts,
+            head_parts,
             slots: 1,
             stride,
             bind_group_index: HashMap::new(),
@@ -1439,6 +1556,8 @@ impl GpuBackend {
             Res::Partial => &self.partial,
             Res::RowLoss => &self.rowloss,
             Res::TileCounts => &self.tile_counts,
+            Res::LatentCounts => &self.latent_counts,
+            Res::HeadParts => &self.head_parts,
         }
     }
 
@@ -1534,7 +1653,23 @@ impl GpuBackend {
             self.tile_counts =
                 Self::make_scratch(&self.ctx, "tile counters of the BCE epilogue", rows_need);
         }
-        if grow || grow_rows {
+        let (counts_need, parts_need) = if self.fusions.latent_fc1 {
+            latent_scratch_len(ops)
+        } else {
+            (0, 0)
+        };
+        let grow_latent = counts_need as u64 * 4 > self.latent_counts.size()
+            || parts_need as u64 * 4 > self.head_parts.size();
+        if grow_latent {
+            // (zeroed, as a new buffer is: every counter starts at 0)
+            self.latent_counts = Self::make_scratch(
+                &self.ctx,
+                "counters of the latent forward in fc1",
+                counts_need,
+            );
+            self.head_parts = Self::make_scratch(&self.ctx, "shares of the head", parts_need);
+        }
+        if grow || grow_rows || grow_latent {
             // bind groups hold the old scratch buffers: rebuild them all lazily
             self.bind_group_index.clear();
             self.bind_groups.clear();
@@ -2230,7 +2365,7 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for bits in 0..512 {
+        for bits in 0..1024 {
             let f = Fusions {
                 pairs: bits & 1 != 0,
                 reduces: bits & 2 != 0,
@@ -2241,6 +2376,7 @@ mod tests {
                 bce: bits & 64 != 0,
                 latent_adam: bits & 128 != 0,
                 bce_split: bits & 256 != 0,
+                latent_fc1: bits & 512 != 0,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -2750,6 +2886,88 @@ mod tests {
                 (11, MatmulTripleAdam),
             ]
         );
+    }
+
+    /// The latent forward in fc1's product (`latent_fc1`): in two steps, the second
+    /// step's fc1 (op 14 + 1: its gather ran beside the first step's Adam) takes
+    /// the head product, the reparameterisation and fc3's product as one
+    /// `matmul_latent` — one dispatch fewer — whose slot holds fc1's (split), the
+    /// head's and fc3's products and the reparameterisation; the first step's fc1
+    /// reads the image store (`matmul_gather`) and keeps the latent kernel. Not
+    /// with two draws, nor where the latent group is not fused, nor after a reduce
+    /// that is not folded.
+    #[test]
+    fn the_latent_forward_joins_fc1s_product() {
+        let one = step();
+        let two: Vec<Op> = one.iter().chain(&one).copied().collect();
+        let f = Fusions {
+            latent_fc1: true,
+            ..Fusions::DEFAULT
+        };
+        let (plan, slots) = lower_all(&two, f);
+        let (plain, _) = lower_all(&two, Fusions::DEFAULT);
+        assert_eq!(plan.len() + 1, plain.len());
+        let fc1 = one.len() + 1;
+        let Op::Matmul { p: q1, .. } = two[fc1] else {
+            unreachable!()
+        };
+        let (Op::Matmul { p: qh, .. }, Op::ReparamForward(rp), Op::Matmul { p: qd, .. }) =
+            (two[fc1 + 1], two[fc1 + 2], two[fc1 + 3])
+        else {
+            unreachable!()
+        };
+        let k = kernels(&two, f);
+        assert_eq!(
+            k.iter()
+                .filter(|d| d.1 == Kernel::MatmulLatent)
+                .collect::<Vec<_>>(),
+            [&(fc1, Kernel::MatmulLatent)]
+        );
+        assert_eq!(
+            k.iter().filter(|d| d.1 == Kernel::LatentForward).count(),
+            1,
+            "the first step keeps its latent kernel"
+        );
+        let d = plan
+            .iter()
+            .find(|d| d.1 .0 == Kernel::MatmulLatent)
+            .unwrap();
+        let s = choose_splits(&q1);
+        assert!(s > 1);
+        assert_eq!(d.1 .2, (13, 4, s), "400 columns, 128 rows, {s} K shares");
+        assert_eq!(d.1 .1.len(), 15);
+        assert_eq!(d.1 .1[14], Res::HeadParts);
+        let mut want = bytemuck::bytes_of(&MatmulParams { splits: s, ..q1 }).to_vec();
+        want.extend_from_slice(bytemuck::bytes_of(&qh));
+        want.extend_from_slice(bytemuck::bytes_of(&qd));
+        want.resize(SLOT_TAIL_AT, 0);
+        want.extend_from_slice(bytemuck::bytes_of(&rp));
+        assert_eq!(slots[fc1], want);
+        // everything but the two ops' dispatches as without it
+        let rest = |plan: &[(usize, Dispatch)]| -> Vec<(usize, Dispatch)> {
+            plan.iter()
+                .filter(|d| d.0 != fc1 && d.0 != fc1 + 1)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(rest(&plan), rest(&plain));
+        // refused: two draws; the latent group unfused; the reduce a dispatch
+        let mut drawn = two.clone();
+        if let Op::ReparamForward(p) = &mut drawn[fc1 + 2] {
+            p.draws = 2;
+        }
+        let fused =
+            |ops: &[Op], f: Fusions| kernels(ops, f).iter().any(|d| d.1 == Kernel::MatmulLatent);
+        assert!(!fused(&drawn, f));
+        assert!(!fused(&two, Fusions { latent: false, ..f }));
+        assert!(!fused(
+            &two,
+            Fusions {
+                reduces: false,
+                ..f
+            }
+        ));
+        assert!(fused(&two, f));
     }
 
     /// The BCE epilogue only where it computes what the ops say: not without the

@@ -27,6 +27,7 @@ pub enum Kernel {
     MatmulReduce,
     MatmulBce,
     MatmulPairLoss,
+    MatmulLatent,
     ReparamForward,
     ReparamBackward,
     Bce,
@@ -64,6 +65,23 @@ const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = then(
 /// counters of its split product (`matmul_bce.wgsl`).
 const MATMUL_BCE_BINDINGS: [(u32, bool); 10] =
     then(&MATMUL_BINDINGS, &[(18, true), (19, false), (20, false)]);
+
+/// `matmul_latent`: the product's (fc1's), then the latent forward's outputs (head,
+/// ε, z, KL, log p − log q, h3), its counters and the head's shares
+/// (`matmul_latent.wgsl`).
+const MATMUL_LATENT_BINDINGS: [(u32, bool); 15] = then(
+    &MATMUL_BINDINGS,
+    &[
+        (20, false),
+        (21, false),
+        (22, false),
+        (23, false),
+        (24, false),
+        (25, false),
+        (26, false),
+        (27, false),
+    ],
+);
 
 /// `matmul_pair_loss`: the pair's, then the BCE's row shares and the KL → the
 /// BCE and the per-image losses (`matmul_loss.wgsl`).
@@ -128,7 +146,7 @@ const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
 const ADAM_UPDATE: (&str, &str) = wgsl!("adam_update.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
@@ -138,6 +156,7 @@ impl Kernel {
         Kernel::MatmulReduce,
         Kernel::MatmulBce,
         Kernel::MatmulPairLoss,
+        Kernel::MatmulLatent,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
         Kernel::Bce,
@@ -160,7 +179,8 @@ impl Kernel {
             | Kernel::MatmulGather
             | Kernel::MatmulReduce
             | Kernel::MatmulBce
-            | Kernel::MatmulPairLoss => wgsl!("matmul.wgsl"),
+            | Kernel::MatmulPairLoss
+            | Kernel::MatmulLatent => wgsl!("matmul.wgsl"),
             Kernel::ReparamForward | Kernel::ReparamBackward => {
                 wgsl!("reparam.wgsl")
             }
@@ -186,6 +206,7 @@ impl Kernel {
                 | Kernel::MatmulReduce
                 | Kernel::MatmulBce
                 | Kernel::MatmulPairLoss
+                | Kernel::MatmulLatent
         )
     }
 
@@ -247,7 +268,7 @@ impl Kernel {
         // (the split-K partial sums: atomics where a tile's last K share reads the
         // others' in the same dispatch)
         match self {
-            Kernel::MatmulBce => v.push(wgsl!("matmul_partial_atomic.wgsl")),
+            Kernel::MatmulBce | Kernel::MatmulLatent => v.push(wgsl!("matmul_partial_atomic.wgsl")),
             k if k.is_matmul() => v.push(wgsl!("matmul_partial.wgsl")),
             _ => {}
         }
@@ -259,6 +280,7 @@ impl Kernel {
             Kernel::MatmulTripleAdam => v.extend([TRIPLE_OPERANDS, STORE_ADAM]),
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
             Kernel::MatmulBce => v.extend([OPERANDS, STORE_BCE]),
+            Kernel::MatmulLatent => v.extend([OPERANDS, wgsl!("matmul_latent.wgsl")]),
             Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
             _ => {}
         }
@@ -290,6 +312,7 @@ impl Kernel {
                 | Kernel::LatentForward
                 | Kernel::LatentBackward
                 | Kernel::LatentBackwardAdam
+                | Kernel::MatmulLatent
         ) {
             v.push(NORMAL);
         }
@@ -347,7 +370,7 @@ impl Kernel {
             Kernel::MatmulGather => "matmul_gather",
             Kernel::MatmulReduce => "matmul_reduce",
             // (`matmul` of the module with matmul_bce.wgsl's epilogue)
-            Kernel::MatmulBce => "matmul",
+            Kernel::MatmulBce | Kernel::MatmulLatent => "matmul",
             Kernel::MatmulPairLoss => "matmul_pair_loss",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
@@ -371,6 +394,7 @@ impl Kernel {
             Kernel::MatmulTripleAdam => &MATMUL_TRIPLE_ADAM_BINDINGS,
             Kernel::MatmulGather => &MATMUL_GATHER_BINDINGS,
             Kernel::MatmulBce => &MATMUL_BCE_BINDINGS,
+            Kernel::MatmulLatent => &MATMUL_LATENT_BINDINGS,
             Kernel::MatmulPairLoss => &MATMUL_PAIR_LOSS_BINDINGS,
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
@@ -819,6 +843,10 @@ pub const SINGLE_TILES_BYTES: u32 = 2 * 544 * 8 + 128;
 /// BCE (`matmul_bce.wgsl`, 256 f32).
 pub const BCE_ROW_SHARES_BYTES: u32 = 256 * 4;
 
+/// Workgroup memory `matmul_latent` needs beyond its walk's: a tile of h1 and a
+/// band's head, z and ε (`matmul_latent.wgsl`, 4,096 f32 and one u32).
+pub const LATENT_TAIL_BYTES: u32 = 4096 * 4 + 16;
+
 /// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise.
 pub const COOP_STEP: u32 = 64;
 
@@ -1207,6 +1235,12 @@ impl GpuContext {
             limits.max_compute_workgroup_storage_size =
                 limits.max_compute_workgroup_storage_size.max(bce_bytes);
         }
+        // `matmul_latent` (the latent forward in fc1's product, opt-in) likewise
+        let latent_bytes = walk_bytes + LATENT_TAIL_BYTES;
+        if latent_bytes <= most {
+            limits.max_compute_workgroup_storage_size =
+                limits.max_compute_workgroup_storage_size.max(latent_bytes);
+        }
         let workgroup_bytes = limits.max_compute_workgroup_storage_size;
         let opts = GpuOptions {
             latent_threads: Some(latent_threads),
@@ -1274,7 +1308,8 @@ impl GpuContext {
                 .map(|&k| {
                     let (device, uniform_layout) = (&device, &uniform_layout);
                     let fits = k.bindings().len() as u32 <= storage_per_stage
-                        && (k != Kernel::MatmulBce || bce_bytes <= workgroup_bytes);
+                        && (k != Kernel::MatmulBce || bce_bytes <= workgroup_bytes)
+                        && (k != Kernel::MatmulLatent || latent_bytes <= workgroup_bytes);
                     fits.then(|| {
                         s.spawn(move || {
                             build_pipeline(

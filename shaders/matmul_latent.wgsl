@@ -1,0 +1,205 @@
+// Appended to matmul.wgsl (with matmul_operands.wgsl, matmul_partial_atomic.wgsl
+// and normal.wgsl) for matmul_latent, the `matmul` entry point of this module:
+// fc1's forward product (h1 = ReLU(x W1ᵀ + b1), split over K) with the latent
+// forward in its last workgroups, so that a training step runs no latent_forward
+// dispatch (`VAE_OOD_GPU_LATENT_FC1=1`). Two levels of "last blocks"
+// (examples/last_block.rs), nobody waiting for anybody:
+//
+//   1. the last of a tile's K shares to finish (last_split) adds the shares up and
+//      stores its 32 × 32 tile of h1 (the product's epilogue, as matmul_reduce
+//      would), then multiplies it into its column tile's share of the head,
+//      head_parts[ct, i, o] = Σ_{j in the tile's columns} h1(i, j) W2(o, j), and
+//      counts the tile in its row band;
+//   2. the last of a band's column tiles (its 32 images) adds the shares in order
+//      ct = 0, 1, … and the head's bias (head, (B, 2L)), draws ε and computes z, the
+//      KL and log p − log q as latent.wgsl does, and fc3's product h3 = ReLU(z W3ᵀ
+//      + b3) (each output summed over the L latents in order, as cpu::matmul).
+//
+// The shares of the head cross workgroups inside the dispatch, so they are atomics
+// (f32 bits), as are the split-K partial sums. Its CPU twin is the op sequence it
+// replaces: cpu::matmul (fc1), cpu::matmul (head), cpu::reparam_forward,
+// cpu::matmul (fc3); the head sums in another order (by column tile), so results
+// agree to rounding (tests/kernels.rs). One draw per image (training steps);
+// 2L ≤ 64. u.p[0]: fc1, u.p[1]: the head product, u.p[2]: fc3's; u.tail, u.gather:
+// the ReparamParams (images, l, draws, seed; stream, row_base, eps_given, _).
+
+@group(0) @binding(20) var<storage, read_write> head: array<f32>;
+@group(0) @binding(21) var<storage, read_write> eps: array<f32>;
+@group(0) @binding(22) var<storage, read_write> z: array<f32>;
+@group(0) @binding(23) var<storage, read_write> kl: array<f32>;
+@group(0) @binding(24) var<storage, read_write> logpq: array<f32>;
+@group(0) @binding(25) var<storage, read_write> h3: array<f32>;
+// the tiles' counters (row tiles × column tiles of fc1, row-major), then the
+// bands' (row tiles); each 0 between dispatches (its last counter resets it)
+@group(0) @binding(26) var<storage, read_write> counts: array<atomic<u32>>;
+// the column tiles' shares of the head, (column tiles, B, 2L), as f32 bits
+@group(0) @binding(27) var<storage, read_write> head_parts: array<atomic<u32>>;
+
+// [0, 1024): the tile's h1 (32 × 32), then the band's z (32 × 32); [1024, 3072):
+// the band's head rows (32 × 64); [3072, 4096): its ε (32 × 32)
+var<workgroup> lat: array<f32, 4096>;
+var<workgroup> count_ws: u32;
+const ZS: u32 = 0u;
+const HD: u32 = 1024u;
+const ES: u32 = 3072u;
+
+struct AfterReads { none: u32 }
+
+fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
+    return AfterReads();
+}
+
+// Tiles of fc1 per row and in all.
+fn col_tiles(w: Walk) -> u32 {
+    return (w.p.n + TILE - 1u) / TILE;
+}
+
+fn all_tiles(w: Walk) -> u32 {
+    return col_tiles(w) * ((w.p.m + TILE - 1u) / TILE);
+}
+
+// Adds one to counter `at` from thread 0; whether it reached `total` (then resets it),
+// the same for the whole workgroup. After a storageBarrier of the stores it orders.
+fn count_in(at: u32, total: u32, t: u32) -> bool {
+    if (t == 0u) {
+        let last = atomicAdd(&counts[at], 1u) + 1u == total;
+        if (last) {
+            atomicStore(&counts[at], 0u);
+        }
+        count_ws = select(0u, 1u, last);
+    }
+    let last = workgroupUniformLoad(&count_ws) == 1u;
+    if (last) {
+        // the others' stores, which came before their counts
+        storageBarrier();
+    }
+    return last;
+}
+
+// Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its
+// tile's shares to have stored its partial sums (as matmul_bce.wgsl's).
+fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
+    storageBarrier();
+    return count_in(wg.y * col_tiles(w) + wg.x, w.p.splits, lid.y * 16u + lid.x);
+}
+
+// The tile is done (h1 stored): its share of the head, then the band's tail if
+// this is the band's last tile. Called by every thread of the workgroup.
+fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
+    let t = lid.y * 16u + lid.x;
+    let ii = lid.y * 2u;
+    let jj = lid.x * 2u;
+    lat[ii * 32u + jj] = select(0.0, s[0].v, s[0].at != NONE);
+    lat[ii * 32u + jj + 1u] = select(0.0, s[1].v, s[1].at != NONE);
+    lat[(ii + 1u) * 32u + jj] = select(0.0, s[2].v, s[2].at != NONE);
+    lat[(ii + 1u) * 32u + jj + 1u] = select(0.0, s[3].v, s[3].at != NONE);
+    workgroupBarrier();
+    let qh = u.p[1];
+    let two_l = qh.n;
+    let ct = w.col0 / TILE;
+    // thread t: row t / 8 of the tile, head outputs t % 8, + 8, …
+    let rr = t / 8u;
+    for (var o = t % 8u; o < two_l; o += 8u) {
+        var v = 0.0;
+        for (var k = 0u; k < TILE; k++) {
+            let j = w.col0 + k;
+            if (j < w.p.n) {
+                v = fma(lat[rr * 32u + k], b[qh.b_off + j * qh.b_sp + o * qh.b_sj], v);
+            }
+        }
+        if (w.row0 + rr < w.p.m) {
+            atomicStore(&head_parts[(ct * w.p.m + w.row0 + rr) * two_l + o], bitcast<u32>(v));
+        }
+    }
+    storageBarrier();
+    if (count_in(all_tiles(w) + w.row0 / TILE, col_tiles(w), t)) {
+        band_tail(w, t);
+    }
+}
+
+// The latent forward for the band's images (rows row0 … row0 + 31 of fc1).
+fn band_tail(w: Walk, t: u32) {
+    let qh = u.p[1];
+    let qd = u.p[2];
+    let two_l = qh.n;
+    let l = u.tail.y;
+    let row0 = w.row0;
+    let rows = min(TILE, w.p.m - row0);
+    let cts = col_tiles(w);
+    // the head: the column tiles' shares in order, then the bias
+    for (var x = t; x < rows * two_l; x += 256u) {
+        let r = x / two_l;
+        let o = x % two_l;
+        var v = 0.0;
+        for (var c = 0u; c < cts; c++) {
+            v += bitcast<f32>(atomicLoad(&head_parts[(c * w.p.m + row0 + r) * two_l + o]));
+        }
+        if ((qh.flags & 1u) != 0u) {
+            v += e[qh.e_off + o];
+        }
+        if ((qh.flags & 2u) != 0u) {
+            v = max(v, 0.0);
+        }
+        head[qh.c_off + (row0 + r) * qh.c_si + o] = v;
+        lat[HD + r * 64u + o] = v;
+    }
+    workgroupBarrier();
+    // ε and z (one draw: row b, draw 0), as latent.wgsl
+    for (var x = t; x < rows * l; x += 256u) {
+        let r = x / l;
+        let j = x % l;
+        let b = row0 + r;
+        let mu = lat[HD + r * 64u + j];
+        let lv = lat[HD + r * 64u + l + j];
+        var ev: f32;
+        if (u.gather.z != 0u) {
+            ev = eps[b * l + j];
+        } else {
+            ev = normal(u.tail.w, u.gather.x, u.gather.y + b, j);
+        }
+        let zv = mu + ev * exp(0.5 * lv);
+        eps[b * l + j] = ev;
+        z[b * l + j] = zv;
+        lat[ZS + r * 32u + j] = zv;
+        lat[ES + r * 32u + j] = ev;
+    }
+    workgroupBarrier();
+    // the KL and log p − log q, one image per thread, in order j = 0, 1, … (as
+    // reparam.wgsl's kl_term and pq_term)
+    if (t < rows) {
+        var acc = 0.0;
+        var pq = 0.0;
+        for (var j = 0u; j < l; j++) {
+            let mu = lat[HD + t * 64u + j];
+            let lv = lat[HD + t * 64u + l + j];
+            acc += 1.0 + lv - mu * mu - exp(lv);
+            let ev = lat[ES + t * 32u + j];
+            let zv = lat[ZS + t * 32u + j];
+            pq += 0.5 * (ev * ev - zv * zv + lv);
+        }
+        kl[row0 + t] = -0.5 * acc;
+        logpq[row0 + t] = pq;
+    }
+    // fc3: output j for every row of the band, its weights read once
+    for (var j = t; j < qd.n; j += 256u) {
+        var wj: array<f32, 32>;
+        for (var p = 0u; p < l; p++) {
+            wj[p] = b[qd.b_off + p * qd.b_sp + j * qd.b_sj];
+        }
+        var bias = 0.0;
+        if ((qd.flags & 1u) != 0u) {
+            bias = e[qd.e_off + j];
+        }
+        for (var r = 0u; r < rows; r++) {
+            var v = 0.0;
+            for (var p = 0u; p < l; p++) {
+                v = fma(lat[ZS + r * 32u + p], wj[p], v);
+            }
+            v += bias;
+            if ((qd.flags & 2u) != 0u) {
+                v = max(v, 0.0);
+            }
+            h3[qd.c_off + (row0 + r) * qd.c_si + j] = v;
+        }
+    }
+}
