@@ -419,18 +419,41 @@ fn store_partial(p: Params, base: u32, i: u32, j: u32, v: f32) {
 // The split-K sums of a thread's four elements C(i0, j0), C(i0, j0 + 1),
 // C(i0 + 1, j0), C(i0 + 1, j0 + 1) (0 outside C): each adds the shares s = 0, 1, …
 // in order from 0, as split_sum does, so each is bit for bit the sum matmul_reduce
-// would take (the four's loads of a share issued together). Only for a tile's last
-// share (last_split), which reads the others' partial sums.
+// would take. Only for a tile's last share (last_split), which reads the others'
+// partial sums: four shares' loads of the four elements issued together, then
+// added (a load's round trip is the cost here, and an add waiting on a load
+// would hold back the loads after it).
 fn split_totals(p: Params, i0: u32, j0: u32) -> vec4<f32> {
     let mn = p.m * p.n;
+    var at = array<u32, 4>();
+    var ok = array<bool, 4>();
+    for (var k = 0u; k < 4u; k++) {
+        let i = i0 + k / 2u;
+        let j = j0 + k % 2u;
+        at[k] = i * p.n + j;
+        ok[k] = i < p.m && j < p.n;
+    }
     var v = vec4<f32>();
-    for (var s = 0u; s < p.splits; s++) {
+    var s = 0u;
+    for (; s + 4u <= p.splits; s += 4u) {
+        var x = array<vec4<f32>, 4>();
+        for (var q = 0u; q < 4u; q++) {
+            for (var k = 0u; k < 4u; k++) {
+                if (ok[k]) {
+                    x[q][k] = get_partial((s + q) * mn + at[k]);
+                }
+            }
+        }
+        v += x[0];
+        v += x[1];
+        v += x[2];
+        v += x[3];
+    }
+    for (; s < p.splits; s++) {
         var x = vec4<f32>();
         for (var k = 0u; k < 4u; k++) {
-            let i = i0 + k / 2u;
-            let j = j0 + k % 2u;
-            if (i < p.m && j < p.n) {
-                x[k] = get_partial(s * mn + i * p.n + j);
+            if (ok[k]) {
+                x[k] = get_partial(s * mn + at[k]);
             }
         }
         v += x;

@@ -126,22 +126,47 @@ fn band_tail(w: Walk, t: u32) {
     let row0 = w.row0;
     let rows = min(TILE, w.p.m - row0);
     let cts = col_tiles(w);
-    // the head: the column tiles' shares in order, then the bias
-    for (var x = t; x < rows * two_l; x += 256u) {
-        let r = x / two_l;
-        let o = x % two_l;
-        var v = 0.0;
-        for (var c = 0u; c < cts; c++) {
-            v += bitcast<f32>(atomicLoad(&head_parts[(c * w.p.m + row0 + r) * two_l + o]));
+    // the head: the column tiles' shares in order, then the bias. Thread t's
+    // outputs x = t + 256·k (k < 8: 32 rows × 64 at most), each summing over the
+    // column tiles four at a time: all 32 loads of a trip issued before any add
+    // waits on one (a load's round trip is what this costs)
+    let n_out = rows * two_l;
+    var acc = array<f32, 8>();
+    var c = 0u;
+    for (; c < cts; c += 4u) {
+        var x = array<f32, 32>();
+        for (var k = 0u; k < 8u; k++) {
+            let out = t + 256u * k;
+            let base = (row0 + out / two_l) * two_l + out % two_l;
+            for (var q = 0u; q < 4u; q++) {
+                if (out < n_out && c + q < cts) {
+                    x[k * 4u + q] = bitcast<f32>(atomicLoad(&head_parts[(c + q) * w.p.m * two_l + base]));
+                }
+            }
         }
-        if ((qh.flags & 1u) != 0u) {
-            v += e[qh.e_off + o];
+        for (var k = 0u; k < 8u; k++) {
+            for (var q = 0u; q < 4u; q++) {
+                if (c + q < cts) {
+                    acc[k] += x[k * 4u + q];
+                }
+            }
         }
-        if ((qh.flags & 2u) != 0u) {
-            v = max(v, 0.0);
+    }
+    for (var k = 0u; k < 8u; k++) {
+        let out = t + 256u * k;
+        if (out < n_out) {
+            let r = out / two_l;
+            let o = out % two_l;
+            var v = acc[k];
+            if ((qh.flags & 1u) != 0u) {
+                v += e[qh.e_off + o];
+            }
+            if ((qh.flags & 2u) != 0u) {
+                v = max(v, 0.0);
+            }
+            head[qh.c_off + (row0 + r) * qh.c_si + o] = v;
+            lat[HD + r * 64u + o] = v;
         }
-        head[qh.c_off + (row0 + r) * qh.c_si + o] = v;
-        lat[HD + r * 64u + o] = v;
     }
     workgroupBarrier();
     // ε and z (one draw: row b, draw 0), as latent.wgsl
