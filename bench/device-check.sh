@@ -77,33 +77,26 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
   # (2026-11-26, H100 and H200, in three calls: ones_column 0.996–1.032, latent_512
-  # 0.991–0.993, no_prefetch 1.005, triple_adam 1.043–1.054 × the default. The
-  # tensor-core walk, built after those calls, is not timed yet: K steps of 64 (its
-  # default), 32 and 128, and split-K products aiming for 128 workgroups, not 256;
-  # nor the FMA walk with double-buffered tiles, one barrier per K step; nor the
-  # BCE in fc4's epilogue, 7 dispatches per step, with either walk; nor early
-  # reads, alone, with both, and with Adam in the triple, whose reads of the
-  # parameters and moments they move before its K walk; nor Adam in the triple
-  # with fc4's Adam in the latent backward, not in the triple's tail; all_in: all
-  # of them, 6 dispatches per step; nor the BCE epilogue on the split product, the
-  # last K share of each tile finishing it: bce_split, and all_in_split; nor the
-  # latent forward in fc1's product: latent_fc1, and all_in_fc1, 5 dispatches per
-  # step)
+  # 0.991–0.993, no_prefetch 1.005, triple_adam 1.043–1.054 × the default. Not
+  # timed yet, all built without a GPU: the tensor-core walk (K steps of 64, its
+  # default, and 128; split-K products aiming for 128 workgroups); the FMA walk's
+  # double-buffered tiles; the BCE in fc4's epilogue, unsplit and split (the last K
+  # share finishing each tile), on either walk; early reads; Adam in the triple with
+  # fc4's Adam in the latent backward and early reads; the latent forward in fc1's
+  # product; and all of them together (all_in: 6 dispatches per step; all_in_split
+  # with the split BCE; all_in_fc1 with the latent forward in fc1 too: 5).
+  # Fourteen configurations and the CUDA graph: about 4 minutes on an H100)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
-    'coop:VAE_OOD_GPU_COOP=1' 'coop_32:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=32' \
-    'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
+    'coop:VAE_OOD_GPU_COOP=1' 'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
     'double_tiles:VAE_OOD_GPU_DOUBLE_TILES=1' \
-    'bce:VAE_OOD_GPU_BCE_EPILOGUE=1' 'coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
-    'double_bce:VAE_OOD_GPU_DOUBLE_TILES=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
+    'bce:VAE_OOD_GPU_BCE_EPILOGUE=1' 'bce_split:VAE_OOD_GPU_BCE_SPLIT=1' \
+    'coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
     'early:VAE_OOD_GPU_EARLY_READS=1' \
-    'coop_bce_early:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_EARLY_READS=1' \
-    'triple_adam:VAE_OOD_GPU_TRIPLE_ADAM=1' \
     'triple_adam_early:VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
-    'all_in:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
-    'bce_split:VAE_OOD_GPU_BCE_SPLIT=1' \
-    'all_in_split:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     'latent_fc1:VAE_OOD_GPU_LATENT_FC1=1' \
+    'all_in:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
+    'all_in_split:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     'all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
