@@ -36,12 +36,13 @@
 @group(0) @binding(27) var<storage, read_write> head_parts: array<atomic<u32>>;
 
 // [0, 1024): the tile's h1 (32 × 32), then the band's z (32 × 32); [1024, 3072):
-// the band's head rows (32 × 64); [3072, 4096): its ε (32 × 32)
-var<workgroup> lat: array<f32, 4096>;
+// the band's head rows (32 × 64). (ε is read back from `eps`: 12 KB in all, so
+// that the kernel fits beside the tensor-core walk's K steps of 32 in lavapipe's
+// 32 KB, where it is tested)
+var<workgroup> lat: array<f32, 3072>;
 var<workgroup> count_ws: u32;
 const ZS: u32 = 0u;
 const HD: u32 = 1024u;
-const ES: u32 = 3072u;
 
 struct AfterReads { none: u32 }
 
@@ -186,9 +187,10 @@ fn band_tail(w: Walk, t: u32) {
         eps[b * l + j] = ev;
         z[b * l + j] = zv;
         lat[ZS + r * 32u + j] = zv;
-        lat[ES + r * 32u + j] = ev;
     }
+    // (z in workgroup memory, ε in `eps`, both this workgroup's)
     workgroupBarrier();
+    storageBarrier();
     // the KL and log p − log q, one image per thread, in order j = 0, 1, … (as
     // reparam.wgsl's kl_term and pq_term)
     if (t < rows) {
@@ -198,7 +200,7 @@ fn band_tail(w: Walk, t: u32) {
             let mu = lat[HD + t * 64u + j];
             let lv = lat[HD + t * 64u + l + j];
             acc += 1.0 + lv - mu * mu - exp(lv);
-            let ev = lat[ES + t * 32u + j];
+            let ev = eps[(row0 + t) * l + j];
             let zv = lat[ZS + t * 32u + j];
             pq += 0.5 * (ev * ev - zv * zv + lv);
         }

@@ -1212,13 +1212,21 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
 /// the GPU's latent kernel. 37 images (a band of 32 and one of 5) and 261 (9
 /// bands); 129 inputs (fc1 splits K); hidden 67 (three column tiles, the last
 /// holding three columns) and 150; l = 5 and 20 (a head of 40: five per thread);
-/// ε given and drawn (the same counter-based normals as the latent kernel's).
+/// ε given and drawn (the same counter-based normals as the latent kernel's). (On
+/// tensor cores: `tensor_core_walk_against_its_twin`.)
 #[test]
 fn latent_forward_in_fc1s_product() {
-    use vae_ood::gpu::{self, Fusions, GpuBackend};
+    let mut rng = fresh_rng("latent_forward_in_fc1s_product");
+    check_latent_in_fc1(&mut rng, None);
+}
+
+/// [`latent_forward_in_fc1s_product`] on backends opened with `opts` (None: the
+/// default). With options (the tensor-core walk, whose fc1 reads f16 operands) the
+/// GPU's results are compared with the same GPU's latent kernel only.
+fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::GpuOptions>) {
+    use vae_ood::gpu::{self, Fusions, GpuBackend, Kernel};
     use vae_ood::model::Layout;
     use vae_ood::plan::{self, Batch};
-    let mut rng = fresh_rng("latent_forward_in_fc1s_product");
     for (b, h, l, eps_given) in [
         (37, 67, 5, true),
         (261, 150, 20, true),
@@ -1251,9 +1259,9 @@ fn latent_forward_in_fc1s_product() {
         };
         assert!(choose_splits(&fc1) > 1, "fc1 splits K");
         let inputs = [
-            (Buf::Params, uniform(&mut rng, lay.total, -0.2, 0.2)),
-            (Buf::X, uniform(&mut rng, b * dims.d, 0.0, 1.0)),
-            (Buf::Eps, uniform(&mut rng, b * l, -3.0, 3.0)),
+            (Buf::Params, uniform(rng, lay.total, -0.2, 0.2)),
+            (Buf::X, uniform(rng, b * dims.d, 0.0, 1.0)),
+            (Buf::Eps, uniform(rng, b * l, -3.0, 3.0)),
         ];
         // the tolerances of latent_forward_and_backward_in_one_dispatch_each (the
         // head summed tile by tile, then over the tiles: another order)
@@ -1288,17 +1296,25 @@ fn latent_forward_in_fc1s_product() {
         };
         let store = vec![0u8; dims.d];
         let name = format!("{b} images, hidden {h}, l {l}, eps given {eps_given}");
-        let want = run(&mut *cpu_backend(&store, 1, sizes));
-        for (v, (buf, n, _)) in want.iter().zip(&outs) {
+        let cpu = run(&mut *cpu_backend(&store, 1, sizes));
+        for (v, (buf, n, _)) in cpu.iter().zip(&outs) {
             assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], true);
         }
         let Some(adapter) = gpu::select_adapter().unwrap() else {
             assert!(gpu_backend(&store, 1, sizes).is_none());
             return;
         };
-        let mut gpu = GpuBackend::new(adapter, &store, 1, sizes).unwrap();
+        let mut gpu = match opts {
+            Some(o) => GpuBackend::with_options(adapter, &store, 1, sizes, o).unwrap(),
+            None => GpuBackend::new(adapter, &store, 1, sizes).unwrap(),
+        };
+        assert!(
+            gpu.context().has(Kernel::MatmulLatent),
+            "{}",
+            gpu.describe()
+        );
         let mut got = Vec::new();
-        for latent_fc1 in [true, false] {
+        for latent_fc1 in [false, true] {
             gpu.set_fusions(Fusions {
                 latent_fc1,
                 ..Fusions::DEFAULT
@@ -1316,15 +1332,23 @@ fn latent_forward_in_fc1s_product() {
             let want_n = if latent_fc1 { 1 } else { 2 };
             assert_eq!(gpu.dispatches(&ops), want_n, "{how}");
             let g = run(&mut gpu);
-            for ((buf, n, atol), (g, w)) in outs.iter().zip(g.iter().zip(&want)) {
-                assert_written(&format!("{how} {buf:?}"), g, &[0..*n], true);
-                assert_close(
-                    &format!("{how} {buf:?}"),
-                    &g[..*n],
-                    &w[..*n],
-                    *atol,
-                    MM_RTOL,
-                );
+            // against the CPU, or (on tensor cores) the latent kernel's run
+            let want = if opts.is_none() {
+                &cpu
+            } else {
+                got.first().unwrap_or(&cpu)
+            };
+            if opts.is_none() || latent_fc1 {
+                for ((buf, n, atol), (g, w)) in outs.iter().zip(g.iter().zip(want)) {
+                    assert_written(&format!("{how} {buf:?}"), g, &[0..*n], true);
+                    assert_close(
+                        &format!("{how} {buf:?}"),
+                        &g[..*n],
+                        &w[..*n],
+                        *atol,
+                        MM_RTOL,
+                    );
+                }
             }
             // again: the same bits (each counter back at 0 for the next dispatch)
             assert!(run(&mut gpu) == g, "{how}: a second run differs");
@@ -2329,6 +2353,15 @@ fn tensor_core_walk_against_its_twin() {
     assert!(
         moved > 1e-4,
         "dX on tensor cores is the unrounded product (moved {moved}): were the operands rounded?"
+    );
+    // the latent forward in fc1's product on K steps of 32 (where it fits beside
+    // the walk: lavapipe's 32 KB of workgroup memory), against the latent kernel
+    check_latent_in_fc1(
+        &mut rng,
+        Some(GpuOptions {
+            coop_step: 32,
+            ..coop
+        }),
     );
     // the BCE epilogue and the loss in fc4's pair on every K step
     for gpu in gpus.iter_mut() {

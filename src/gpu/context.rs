@@ -843,9 +843,9 @@ pub const SINGLE_TILES_BYTES: u32 = 2 * 544 * 8 + 128;
 /// BCE (`matmul_bce.wgsl`, 256 f32).
 pub const BCE_ROW_SHARES_BYTES: u32 = 256 * 4;
 
-/// Workgroup memory `matmul_latent` needs beyond its walk's: a tile of h1 and a
-/// band's head, z and ε (`matmul_latent.wgsl`, 4,096 f32 and one u32).
-pub const LATENT_TAIL_BYTES: u32 = 4096 * 4 + 16;
+/// Workgroup memory `matmul_latent` needs beyond its walk's: a tile of h1 (then a
+/// band's z) and a band's head (`matmul_latent.wgsl`, 3,072 f32 and one u32).
+pub const LATENT_TAIL_BYTES: u32 = 3072 * 4 + 16;
 
 /// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise.
 pub const COOP_STEP: u32 = 64;
