@@ -16,9 +16,12 @@
 //! Adam in the triple, early reads: six dispatches per step); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
-//! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`). Each round runs `steps`
-//! steps in one run per variant; then one step per variant with per-op timestamps
-//! where the adapter has them. A kernel experiment, not part of the training path;
+//! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`); the BCE epilogue
+//! split over K and the latent forward in fc1's product (`VAE_OOD_GPU_BCE_SPLIT=1`,
+//! `VAE_OOD_GPU_LATENT_FC1=1`), alone and with all the rest. Each round runs `steps`
+//! steps in one run per variant; then two steps per variant with per-op timestamps
+//! in the second (as inside an epoch; before 2026-11-27 a lone first step, whose
+//! gather ran in fc1's dispatch) where the adapter has them. A kernel experiment, not part of the training path;
 //! on lavapipe a step takes about a quarter of a second.
 //!
 //!   cargo run --release --example gpu_variants [rounds] [steps]
@@ -224,9 +227,14 @@ fn main() -> anyhow::Result<()> {
             s[s.len() - 1]
         );
     }
-    // where the time goes, where the adapter has timestamps: one more step per variant
+    // where the time goes, where the adapter has timestamps: the second of two more
+    // steps per variant (as inside an epoch: its gather beside the first's Adam, or
+    // in its fc1 with Adam in the triple; the latent forward in fc1 where
+    // VAE_OOD_GPU_LATENT_FC1's fusion is on — a run's first step keeps the latent
+    // kernel)
+    let two: Vec<_> = ops.iter().chain(&ops).copied().collect();
     for (name, be) in backends.iter_mut() {
-        if let Some(ns) = be.run_timed(&ops, 0..ops.len())? {
+        if let Some(ns) = be.run_timed(&two, ops.len()..two.len())? {
             let parts: Vec<String> = plan::TRAIN_STEP_OP_NAMES
                 .iter()
                 .zip(&ns)
