@@ -50,57 +50,44 @@ mod common;
 use common::Count;
 use vae_ood::gpu;
 
-// The partials' storage and access, one of two (PART_PLAIN, PART_ATOMIC), then
-// the common kernels (COMMON).
-const PART_PLAIN: &str = r#"
-@group(0) @binding(1) var<storage, read_write> parts: array<vec4<f32>>; // (tiles, splits, 256)
-fn load_part(i: u32) -> vec4<f32> {
-    return parts[i];
+// The partials' storage and access: for `array` (at `binding`), `load_{what}(i)`
+// and `store_{what}(i, v)` of vec4s, as plain vec4<f32> or as f32 bits in atomics;
+// then the common kernels (COMMON).
+fn plain_array(array: &str, binding: u32, what: &str) -> String {
+    format!(
+        r#"
+@group(0) @binding({binding}) var<storage, read_write> {array}: array<vec4<f32>>;
+fn load_{what}(i: u32) -> vec4<f32> {{
+    return {array}[i];
+}}
+fn store_{what}(i: u32, v: vec4<f32>) {{
+    {array}[i] = v;
+}}
+"#
+    )
 }
-fn store_part(i: u32, v: vec4<f32>) {
-    parts[i] = v;
-}
-@group(0) @binding(6) var<storage, read_write> tsums: array<vec4<f32>>; // (tiles, 256)
-fn load_tsum(i: u32) -> vec4<f32> {
-    return tsums[i];
-}
-fn store_tsum(i: u32, v: vec4<f32>) {
-    tsums[i] = v;
-}
-"#;
 
-const PART_ATOMIC: &str = r#"
-@group(0) @binding(1) var<storage, read_write> parts: array<atomic<u32>>; // (tiles, splits, 256, 4)
-fn load_part(i: u32) -> vec4<f32> {
+fn atomic_array(array: &str, binding: u32, what: &str) -> String {
+    format!(
+        r#"
+@group(0) @binding({binding}) var<storage, read_write> {array}: array<atomic<u32>>;
+fn load_{what}(i: u32) -> vec4<f32> {{
     return vec4<f32>(
-        bitcast<f32>(atomicLoad(&parts[4u * i])),
-        bitcast<f32>(atomicLoad(&parts[4u * i + 1u])),
-        bitcast<f32>(atomicLoad(&parts[4u * i + 2u])),
-        bitcast<f32>(atomicLoad(&parts[4u * i + 3u])),
+        bitcast<f32>(atomicLoad(&{array}[4u * i])),
+        bitcast<f32>(atomicLoad(&{array}[4u * i + 1u])),
+        bitcast<f32>(atomicLoad(&{array}[4u * i + 2u])),
+        bitcast<f32>(atomicLoad(&{array}[4u * i + 3u])),
     );
+}}
+fn store_{what}(i: u32, v: vec4<f32>) {{
+    atomicStore(&{array}[4u * i], bitcast<u32>(v.x));
+    atomicStore(&{array}[4u * i + 1u], bitcast<u32>(v.y));
+    atomicStore(&{array}[4u * i + 2u], bitcast<u32>(v.z));
+    atomicStore(&{array}[4u * i + 3u], bitcast<u32>(v.w));
+}}
+"#
+    )
 }
-fn store_part(i: u32, v: vec4<f32>) {
-    atomicStore(&parts[4u * i], bitcast<u32>(v.x));
-    atomicStore(&parts[4u * i + 1u], bitcast<u32>(v.y));
-    atomicStore(&parts[4u * i + 2u], bitcast<u32>(v.z));
-    atomicStore(&parts[4u * i + 3u], bitcast<u32>(v.w));
-}
-@group(0) @binding(6) var<storage, read_write> tsums: array<atomic<u32>>; // (tiles, 256, 4)
-fn load_tsum(i: u32) -> vec4<f32> {
-    return vec4<f32>(
-        bitcast<f32>(atomicLoad(&tsums[4u * i])),
-        bitcast<f32>(atomicLoad(&tsums[4u * i + 1u])),
-        bitcast<f32>(atomicLoad(&tsums[4u * i + 2u])),
-        bitcast<f32>(atomicLoad(&tsums[4u * i + 3u])),
-    );
-}
-fn store_tsum(i: u32, v: vec4<f32>) {
-    atomicStore(&tsums[4u * i], bitcast<u32>(v.x));
-    atomicStore(&tsums[4u * i + 1u], bitcast<u32>(v.y));
-    atomicStore(&tsums[4u * i + 2u], bitcast<u32>(v.z));
-    atomicStore(&tsums[4u * i + 3u], bitcast<u32>(v.w));
-}
-"#;
 
 const COMMON: &str = r#"
 // warm: every workgroup first reads its tile's old partials (into its cache);
@@ -329,39 +316,28 @@ impl Rig {
         let words = [tiles, splits, warm as u32, band];
         self.queue
             .write_buffer(&self.prm, 0, bytemuck::cast_slice(&words));
+        // each repetition's dispatches: (pipeline, workgroups)
+        let all = tiles * splits;
+        let steps: Vec<(&wgpu::ComputePipeline, u32)> = match way {
+            Way::Floor => vec![(&k.stores, all)],
+            Way::Two => vec![(&k.stores, all), (&k.reduce, tiles)],
+            Way::Last => vec![(&k.last, all)],
+            Way::Three => vec![
+                (&k.stores, all),
+                (&k.tile_reduce, tiles),
+                (&k.band_reduce, tiles / band),
+            ],
+            Way::Last2 => vec![(&k.last2, all)],
+        };
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.clear_buffer(&self.errors.on_gpu, 0, None);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_bind_group(0, &k.bind, &[]);
             for _ in 0..reps {
-                match way {
-                    Way::Floor => {
-                        pass.set_pipeline(&k.stores);
-                        pass.dispatch_workgroups(tiles * splits, 1, 1);
-                    }
-                    Way::Two => {
-                        pass.set_pipeline(&k.stores);
-                        pass.dispatch_workgroups(tiles * splits, 1, 1);
-                        pass.set_pipeline(&k.reduce);
-                        pass.dispatch_workgroups(tiles, 1, 1);
-                    }
-                    Way::Last => {
-                        pass.set_pipeline(&k.last);
-                        pass.dispatch_workgroups(tiles * splits, 1, 1);
-                    }
-                    Way::Three => {
-                        pass.set_pipeline(&k.stores);
-                        pass.dispatch_workgroups(tiles * splits, 1, 1);
-                        pass.set_pipeline(&k.tile_reduce);
-                        pass.dispatch_workgroups(tiles, 1, 1);
-                        pass.set_pipeline(&k.band_reduce);
-                        pass.dispatch_workgroups(tiles / band, 1, 1);
-                    }
-                    Way::Last2 => {
-                        pass.set_pipeline(&k.last2);
-                        pass.dispatch_workgroups(tiles * splits, 1, 1);
-                    }
+                for (pipeline, groups) in &steps {
+                    pass.set_pipeline(pipeline);
+                    pass.dispatch_workgroups(*groups, 1, 1);
                 }
             }
         }
@@ -480,8 +456,15 @@ fn main() -> anyhow::Result<()> {
             bind,
         }
     };
-    let plain = kernels("plain", PART_PLAIN);
-    let atomic = kernels("atomic", PART_ATOMIC);
+    // parts: (tiles, splits, 256); tile sums: (tiles, 256)
+    let plain = kernels(
+        "plain",
+        &(plain_array("parts", 1, "part") + &plain_array("tsums", 6, "tsum")),
+    );
+    let atomic = kernels(
+        "atomic",
+        &(atomic_array("parts", 1, "part") + &atomic_array("tsums", 6, "tsum")),
+    );
     let rig = Rig {
         device: device.clone(),
         queue,

@@ -20,33 +20,15 @@
 
 @group(0) @binding(18) var<storage, read> x: array<f32>;
 @group(0) @binding(19) var<storage, read_write> rowloss: array<f32>;
-// (row tiles, column tiles): how many of a tile's K shares have stored their
-// partial sums; 0 between dispatches (the last share resets its tile's)
-@group(0) @binding(20) var<storage, read_write> tile_counts: array<atomic<u32>>;
-var<workgroup> last_ws: u32;
-
 // Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its
 // tile's w.p.splits shares to have stored its partial sums: then the others' are
 // visible to its atomic loads (the partial sums are atomics in this module:
-// matmul_partial_atomic.wgsl). Called by the whole workgroup after its stores.
+// matmul_partial_atomic.wgsl; its counters, (row tiles, column tiles), in
+// last_block.wgsl). Called by the whole workgroup after its stores.
 fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
     // this workgroup's stores before its count (device scope in naga)
     storageBarrier();
-    if (lid.x == 0u && lid.y == 0u) {
-        let at = wg.y * u.tail.z + wg.x;
-        let last = atomicAdd(&tile_counts[at], 1u) + 1u == w.p.splits;
-        if (last) {
-            // (every share has counted: ready for the next dispatch)
-            atomicStore(&tile_counts[at], 0u);
-        }
-        last_ws = select(0u, 1u, last);
-    }
-    let last = workgroupUniformLoad(&last_ws) == 1u;
-    if (last) {
-        // the other shares' stores, which came before their counts
-        storageBarrier();
-    }
-    return last;
+    return count_in(wg.y * u.tail.z + wg.x, w.p.splits, lid.y * 16u + lid.x);
 }
 
 // one share per thread (rows i0 of the tile's threads, then rows i0 + 1), four to a

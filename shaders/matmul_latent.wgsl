@@ -29,9 +29,8 @@
 @group(0) @binding(23) var<storage, read_write> kl: array<f32>;
 @group(0) @binding(24) var<storage, read_write> logpq: array<f32>;
 @group(0) @binding(25) var<storage, read_write> h3: array<f32>;
-// the tiles' counters (row tiles × column tiles of fc1, row-major), then the
-// bands' (row tiles); each 0 between dispatches (its last counter resets it)
-@group(0) @binding(26) var<storage, read_write> counts: array<atomic<u32>>;
+// (its counters, last_block.wgsl's: the tiles' (row tiles × column tiles of fc1,
+// row-major), then the bands' (row tiles))
 // the column tiles' shares of the head, (column tiles, B, 2L), as f32 bits
 @group(0) @binding(27) var<storage, read_write> head_parts: array<atomic<u32>>;
 
@@ -40,7 +39,6 @@
 // that the kernel fits beside the tensor-core walk's K steps of 32 in lavapipe's
 // 32 KB, where it is tested)
 var<workgroup> lat: array<f32, 3072>;
-var<workgroup> count_ws: u32;
 const ZS: u32 = 0u;
 const HD: u32 = 1024u;
 
@@ -57,24 +55,6 @@ fn col_tiles(w: Walk) -> u32 {
 
 fn all_tiles(w: Walk) -> u32 {
     return col_tiles(w) * ((w.p.m + TILE - 1u) / TILE);
-}
-
-// Adds one to counter `at` from thread 0; whether it reached `total` (then resets it),
-// the same for the whole workgroup. After a storageBarrier of the stores it orders.
-fn count_in(at: u32, total: u32, t: u32) -> bool {
-    if (t == 0u) {
-        let last = atomicAdd(&counts[at], 1u) + 1u == total;
-        if (last) {
-            atomicStore(&counts[at], 0u);
-        }
-        count_ws = select(0u, 1u, last);
-    }
-    let last = workgroupUniformLoad(&count_ws) == 1u;
-    if (last) {
-        // the others' stores, which came before their counts
-        storageBarrier();
-    }
-    return last;
 }
 
 // Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its

@@ -1205,6 +1205,52 @@ fn reductions_across_workgroup_and_subgroup_boundaries() {
     }
 }
 
+/// The batch of the latent tests: `b` images of `k` draws, ε keyed by seed 7,
+/// stream 3 and a first image 500.
+fn latent_batch(b: usize, k: usize) -> vae_ood::plan::Batch {
+    vae_ood::plan::Batch {
+        images: b,
+        draws: k,
+        idx_off: 0,
+        seed: 7,
+        stream: 3,
+        row_base: 500,
+        out_off: 0,
+        slot: None,
+        mode: LOSS_ELBO,
+    }
+}
+
+/// What the latent forward writes for `b` images of `k` draws (hidden `h`, `l`
+/// latents), the region, and the tolerance against the CPU: products of up to 300
+/// terms of O(0.1) as MM_ATOL/MM_RTOL, of 129 terms of O(0.2) (h1) 1e-4 as well; z
+/// and the KL through exp (3 ULP) of a head that carries MM_ATOL; h3 = relu(z W3ᵀ +
+/// b3) carries z's error times Σ|W3 row| ≤ 20 × 0.2. With ε drawn, ε and z as
+/// reparam_forward_draws_same_noise (3e-3, 5e-3: GPU log and cos), and h3 and
+/// log p − log q carry those (×4 and ×2·|z|·l).
+fn latent_forward_outs(
+    b: usize,
+    k: usize,
+    h: usize,
+    l: usize,
+    eps_given: bool,
+) -> [(Buf, usize, f32); 7] {
+    let (eps_tol, z_tol, h3_tol, pq_tol) = if eps_given {
+        (0.0, 2e-4, 1e-3, 1e-3)
+    } else {
+        (3e-3, 5e-3, 2e-2, 2.0)
+    };
+    [
+        (Buf::H1, b * h, MM_ATOL),
+        (Buf::Head, b * 2 * l, MM_ATOL),
+        (Buf::Eps, b * k * l, eps_tol),
+        (Buf::Z, b * k * l, z_tol),
+        (Buf::Kl, b, 1e-4),
+        (Buf::LogPq, b * k, pq_tol),
+        (Buf::H3, b * k * h, h3_tol),
+    ]
+}
+
 /// The latent forward in fc1's product (`matmul_latent`, `VAE_OOD_GPU_LATENT_FC1=1`:
 /// the last K share of each fc1 tile stores its h1 and its share of the head, the
 /// last tile of each band of 32 images the head, ε, z, the KL, log p − log q and
@@ -1226,7 +1272,7 @@ fn latent_forward_in_fc1s_product() {
 fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::GpuOptions>) {
     use vae_ood::gpu::{self, Fusions, GpuBackend, Kernel};
     use vae_ood::model::Layout;
-    use vae_ood::plan::{self, Batch};
+    use vae_ood::plan;
     for (b, h, l, eps_given) in [
         (37, 67, 5, true),
         (261, 150, 20, true),
@@ -1236,17 +1282,7 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
         let dims = Dims { d: 129, h, l };
         let lay = Layout::new(dims);
         let sizes = run_sizes(dims, b, 1, 1);
-        let bt = Batch {
-            images: b,
-            draws: 1,
-            idx_off: 0,
-            seed: 7,
-            stream: 3,
-            row_base: 500,
-            out_off: 0,
-            slot: None,
-            mode: LOSS_ELBO,
-        };
+        let bt = latent_batch(b, 1);
         // fc1 fwd, head fwd, reparam fwd, fc3 fwd
         let mut ops: Vec<Op> = plan::forward_ops(dims, &lay.offsets(), &bt, true)[1..5].to_vec();
         for op in &mut ops {
@@ -1263,22 +1299,9 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
             (Buf::X, uniform(rng, b * dims.d, 0.0, 1.0)),
             (Buf::Eps, uniform(rng, b * l, -3.0, 3.0)),
         ];
-        // the tolerances of latent_forward_and_backward_in_one_dispatch_each (the
-        // head summed tile by tile, then over the tiles: another order)
-        let (eps_tol, z_tol, h3_tol, pq_tol) = if eps_given {
-            (0.0, 2e-4, 1e-3, 1e-3)
-        } else {
-            (3e-3, 5e-3, 2e-2, 2.0)
-        };
-        let outs = [
-            (Buf::H1, b * h, MM_ATOL),
-            (Buf::Head, b * 2 * l, MM_ATOL),
-            (Buf::Eps, b * l, eps_tol),
-            (Buf::Z, b * l, z_tol),
-            (Buf::Kl, b, 1e-4),
-            (Buf::LogPq, b, pq_tol),
-            (Buf::H3, b * h, h3_tol),
-        ];
+        // (the tolerances of latent_forward_and_backward_in_one_dispatch_each: the
+        // head summed tile by tile, then over the tiles, is another order)
+        let outs = latent_forward_outs(b, 1, h, l, eps_given);
         let run = |be: &mut dyn Backend| {
             be.write_idx(0, &[0]).unwrap();
             for (buf, v) in &inputs {
@@ -1382,7 +1405,7 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
 fn latent_forward_and_backward_in_one_dispatch_each() {
     use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions};
     use vae_ood::model::Layout;
-    use vae_ood::plan::{self, Batch};
+    use vae_ood::plan;
     let mut rng = fresh_rng("latent_forward_and_backward_in_one_dispatch_each");
     // workgroups of 256 threads (300 outputs: more than the threads, a loop over
     // them) and of the most the adapter allows (1024 on lavapipe: shares of every
@@ -1397,17 +1420,7 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
         let (b, k) = (37, 3);
         let lay = Layout::new(dims);
         let sizes = run_sizes(dims, b, k, 1);
-        let bt = Batch {
-            images: b,
-            draws: k,
-            idx_off: 0,
-            seed: 7,
-            stream: 3,
-            row_base: 500,
-            out_off: 0,
-            slot: None,
-            mode: LOSS_ELBO,
-        };
+        let bt = latent_batch(b, k);
         let o = lay.offsets();
         // fc1 fwd, head fwd, reparam fwd, fc3 fwd
         let mut fwd: Vec<Op> = plan::forward_ops(dims, &o, &bt, true)[1..5].to_vec();
@@ -1444,27 +1457,8 @@ fn latent_forward_and_backward_in_one_dispatch_each() {
             (Buf::Eps, uniform(&mut rng, b * k * l, -3.0, 3.0)),
             (Buf::Z, uniform(&mut rng, b * k * l, -3.0, 3.0)),
         ];
-        // what each direction writes, the region, and the tolerance against the CPU:
-        // products of up to 300 terms of O(0.1) as MM_ATOL/MM_RTOL, of 129 terms of
-        // O(0.2) (h1, dh3) 1e-4 as well; z and the KL through exp (3 ULP) of a head
-        // that carries MM_ATOL; h3 = relu(z W3ᵀ + b3) carries z's error times
-        // Σ|W3 row| ≤ 20 × 0.2. With ε drawn, ε and z as
-        // reparam_forward_draws_same_noise (3e-3, 5e-3: GPU log and cos), and h3
-        // and log p − log q carry those (×4 and ×2·|z|·l).
-        let (eps_tol, z_tol, h3_tol, pq_tol) = if eps_given {
-            (0.0, 2e-4, 1e-3, 1e-3)
-        } else {
-            (3e-3, 5e-3, 2e-2, 2.0)
-        };
-        let out_fwd = [
-            (Buf::H1, b * h, MM_ATOL),
-            (Buf::Head, b * 2 * l, MM_ATOL),
-            (Buf::Eps, b * k * l, eps_tol),
-            (Buf::Z, b * k * l, z_tol),
-            (Buf::Kl, b, 1e-4),
-            (Buf::LogPq, b * k, pq_tol),
-            (Buf::H3, b * k * h, h3_tol),
-        ];
+        // what each direction writes, the region, and the tolerance against the CPU
+        let out_fwd = latent_forward_outs(b, k, h, l, eps_given);
         let out_bwd = [
             (Buf::Dh3, b * k * h, MM_ATOL),
             (Buf::Dz, b * k * l, MM_ATOL),

@@ -833,36 +833,12 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
         plain.2,
         "one dispatch fewer in each of 3 steps"
     );
-    let f32s = |bits: &Bits, buf: Buf| -> Vec<f32> {
-        let v = &bits.iter().find(|(b, _)| *b == buf).unwrap().1;
-        v.iter().map(|&x| f32::from_bits(x)).collect()
-    };
-    // per-image losses of the three steps and the scoring batch: ~40 nats, sums
-    // of 53 pixels' BCE and the KL in another order, after up to three Adam steps
-    // that moved by rounding-level differences (below)
+    // per-image losses of the three steps and the scoring batch (BCE summed in
+    // another order), and the parameters
     let n_loss = 4 * 19;
-    let (lf, lp) = (
-        f32s(&fused.3, Buf::SampleLoss),
-        f32s(&plain.3, Buf::SampleLoss),
-    );
-    assert_close("per-image losses", &lf[..n_loss], &lp[..n_loss], 1e-3, 1e-4);
-    // Parameters after three Adam steps from identical inputs: as in
-    // three_training_steps_gpu_equal_cpu, a gradient at rounding level may take
-    // either sign, moving its parameter by up to 2·lr a step; all but a handful
-    // move by less than 1e-5.
-    let (pf, pp) = (f32s(&fused.3, Buf::Params), f32s(&plain.3, Buf::Params));
-    let lr = AdamConfig::default().lr;
-    let mut loose = 0;
-    for (i, (a, b)) in pf.iter().zip(&pp).enumerate() {
-        let d = (a - b).abs();
-        assert!(d <= 3.0 * 2.0 * lr + 1e-5, "param {i}: {a} vs {b}");
-        loose += (d > 1e-5) as usize;
-    }
-    assert!(
-        loose * 1000 < pf.len(),
-        "{loose} of {} parameters differ by > 1e-5",
-        pf.len()
-    );
+    let (_, lp) = losses_close(&fused.3, &plain.3, n_loss);
+    let pf = f32s(&fused.3, Buf::Params);
+    assert_params_close(&pf, &f32s(&plain.3, Buf::Params), 3);
     assert_ne!(pf, case.params, "parameters must have moved");
     // with the pixels read before the K walk (`VAE_OOD_GPU_EARLY_READS=1`), and
     // the latent kernels' reads early: the same bits; and so with Adam in the triple
@@ -977,35 +953,19 @@ fn latent_forward_in_fc1_trains_as_the_latent_kernel() {
         fused.1
     );
     assert_eq!(fused.2 + 2, plain.2, "one dispatch fewer in steps 2 and 3");
-    let f32s = |bits: &Bits, buf: Buf| -> Vec<f32> {
-        let v = &bits.iter().find(|(b, _)| *b == buf).unwrap().1;
-        v.iter().map(|&x| f32::from_bits(x)).collect()
-    };
     // per-image losses of the three steps and the scoring batch, ~40 nats, and
     // the parameters after three Adam steps: as bce_epilogue_trains_as_the_bce_kernel
     let n_loss = 4 * 19;
-    let (lf, lp) = (
-        f32s(&fused.3, Buf::SampleLoss),
-        f32s(&plain.3, Buf::SampleLoss),
-    );
-    assert_close("per-image losses", &lf[..n_loss], &lp[..n_loss], 1e-3, 1e-4);
+    let (lf, lp) = losses_close(&fused.3, &plain.3, n_loss);
     assert_ne!(
         lf[..n_loss],
         lp[..n_loss],
         "the head summed in another order: was it fused?"
     );
-    let (pf, pp) = (f32s(&fused.3, Buf::Params), f32s(&plain.3, Buf::Params));
-    let lr = AdamConfig::default().lr;
-    let mut loose = 0;
-    for (i, (a, b)) in pf.iter().zip(&pp).enumerate() {
-        let d = (a - b).abs();
-        assert!(d <= 3.0 * 2.0 * lr + 1e-5, "param {i}: {a} vs {b}");
-        loose += (d > 1e-5) as usize;
-    }
-    assert!(
-        loose * 1000 < pf.len(),
-        "{loose} of {} parameters differ by > 1e-5",
-        pf.len()
+    assert_params_close(
+        &f32s(&fused.3, Buf::Params),
+        &f32s(&plain.3, Buf::Params),
+        3,
     );
     // the same run again: the same bits (its counters back at 0 after each step)
     let again = case.capped_run(None, fused_f, kernels);
@@ -1019,6 +979,40 @@ fn latent_forward_in_fc1_trains_as_the_latent_kernel() {
         narrow.3 == narrow_plain.3,
         "without the kernel: the default's bits"
     );
+}
+
+/// Parameters after `steps` Adam steps from identical inputs, trained by ops that
+/// sum in other orders: as in three_training_steps_gpu_equal_cpu, a gradient at
+/// rounding level may take either sign, moving its parameter by up to 2·lr a step;
+/// all but a handful move by less than 1e-5.
+fn assert_params_close(got: &[f32], want: &[f32], steps: usize) {
+    let lr = AdamConfig::default().lr;
+    let mut loose = 0;
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let d = (a - b).abs();
+        assert!(d <= steps as f32 * 2.0 * lr + 1e-5, "param {i}: {a} vs {b}");
+        loose += (d > 1e-5) as usize;
+    }
+    assert!(
+        loose * 1000 < got.len(),
+        "{loose} of {} parameters differ by > 1e-5",
+        got.len()
+    );
+}
+
+/// Buffer `buf` of a run's bits, as f32.
+fn f32s(bits: &Bits, buf: Buf) -> Vec<f32> {
+    let v = &bits.iter().find(|(b, _)| *b == buf).unwrap().1;
+    v.iter().map(|&x| f32::from_bits(x)).collect()
+}
+
+/// The first `n` per-image losses of two runs (~40 nats: sums of 53 pixels' BCE
+/// and the KL, in other orders, after Adam steps that moved by rounding-level
+/// differences), close; returned.
+fn losses_close(a: &Bits, b: &Bits, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let (la, lb) = (f32s(a, Buf::SampleLoss), f32s(b, Buf::SampleLoss));
+    assert_close("per-image losses", &la[..n], &lb[..n], 1e-3, 1e-4);
+    (la, lb)
 }
 
 /// Every buffer's bits after a run.

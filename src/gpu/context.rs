@@ -61,14 +61,15 @@ const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = then(
     &[(12, false), (13, false), (14, false)],
 );
 
-/// `matmul_bce`: the product's, then x, the row shares of the BCE and the tile
-/// counters of its split product (`matmul_bce.wgsl`).
+/// `matmul_bce`: the product's, then x, the row shares of the BCE
+/// (`matmul_bce.wgsl`) and the tile counters of its split product
+/// (`last_block.wgsl`).
 const MATMUL_BCE_BINDINGS: [(u32, bool); 10] =
-    then(&MATMUL_BINDINGS, &[(18, true), (19, false), (20, false)]);
+    then(&MATMUL_BINDINGS, &[(18, true), (19, false), (26, false)]);
 
 /// `matmul_latent`: the product's (fc1's), then the latent forward's outputs (head,
-/// ε, z, KL, log p − log q, h3), its counters and the head's shares
-/// (`matmul_latent.wgsl`).
+/// ε, z, KL, log p − log q, h3), its counters (`last_block.wgsl`) and the head's
+/// shares (`matmul_latent.wgsl`).
 const MATMUL_LATENT_BINDINGS: [(u32, bool); 15] = then(
     &MATMUL_BINDINGS,
     &[
@@ -258,6 +259,7 @@ impl Kernel {
         const STORE_ADAM: (&str, &str) = wgsl!("matmul_adam.wgsl");
         const STORE_BCE: (&str, &str) = wgsl!("matmul_bce.wgsl");
         const LOSS: (&str, &str) = wgsl!("matmul_loss.wgsl");
+        const LAST_BLOCK: (&str, &str) = wgsl!("last_block.wgsl");
         let mut v = vec![self.source()];
         if self.is_matmul() {
             if let Some(shape) = walk.shape() {
@@ -279,8 +281,8 @@ impl Kernel {
             Kernel::MatmulTriple => v.extend([TRIPLE_OPERANDS, STORE]),
             Kernel::MatmulTripleAdam => v.extend([TRIPLE_OPERANDS, STORE_ADAM]),
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
-            Kernel::MatmulBce => v.extend([OPERANDS, STORE_BCE]),
-            Kernel::MatmulLatent => v.extend([OPERANDS, wgsl!("matmul_latent.wgsl")]),
+            Kernel::MatmulBce => v.extend([OPERANDS, STORE_BCE, LAST_BLOCK]),
+            Kernel::MatmulLatent => v.extend([OPERANDS, wgsl!("matmul_latent.wgsl"), LAST_BLOCK]),
             Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
             _ => {}
         }

@@ -1,0 +1,29 @@
+// Appended to matmul.wgsl for matmul_bce and matmul_latent: the counters of the
+// "last block" pattern (examples/last_block.rs). A workgroup that has stored its
+// part (and passed a storageBarrier after its stores) adds one to a counter; the
+// one that brings it to the total does the follow-on work, reading the others'
+// parts (atomics: matmul_partial_atomic.wgsl), and resets the counter to 0 for the
+// next dispatch. Nobody waits for anybody, so any number of workgroups may run.
+
+// (each kernel's counters: matmul_bce's tiles; matmul_latent's tiles, then bands)
+@group(0) @binding(26) var<storage, read_write> counts: array<atomic<u32>>;
+var<workgroup> count_ws: u32;
+
+// Thread t of the workgroup (all call it): adds one to counter `at` from thread 0;
+// whether it reached `total` (then resets it), the same for the whole workgroup,
+// which then sees the parts stored before the others' counts.
+fn count_in(at: u32, total: u32, t: u32) -> bool {
+    if (t == 0u) {
+        let last = atomicAdd(&counts[at], 1u) + 1u == total;
+        if (last) {
+            atomicStore(&counts[at], 0u);
+        }
+        count_ws = select(0u, 1u, last);
+    }
+    let last = workgroupUniformLoad(&count_ws) == 1u;
+    if (last) {
+        // the others' stores, which came before their counts
+        storageBarrier();
+    }
+    return last;
+}
