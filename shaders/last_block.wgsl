@@ -1,5 +1,6 @@
 // Appended to matmul.wgsl for matmul_bce and matmul_latent: the counters of the
-// "last block" pattern (examples/last_block.rs). A workgroup that has stored its
+// "last block" pattern (examples/last_block.rs), and last_split, with which a split
+// product's tiles are finished by their last K share. A workgroup that has stored its
 // part (and passed a storageBarrier after its stores) adds one to a counter; the
 // one that brings it to the total does the follow-on work, reading the others'
 // parts (atomics: matmul_partial_atomic.wgsl), and resets the counter to 0 for the
@@ -26,4 +27,20 @@ fn count_in(at: u32, total: u32, t: u32) -> bool {
         storageBarrier();
     }
     return last;
+}
+
+// Output tiles of problem w per row.
+fn col_tiles(w: Walk) -> u32 {
+    return (w.p.n + TILE - 1u) / TILE;
+}
+
+// Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its
+// tile's w.p.splits shares to have stored its partial sums: then the others' are
+// visible to its atomic loads (the partial sums are atomics in these modules:
+// matmul_partial_atomic.wgsl). Counter wg.y · column tiles + wg.x. Called by the
+// whole workgroup after its stores.
+fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
+    // this workgroup's stores before its count (device scope in naga)
+    storageBarrier();
+    return count_in(wg.y * col_tiles(w) + wg.x, w.p.splits, lid.y * 16u + lid.x);
 }

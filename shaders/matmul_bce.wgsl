@@ -20,16 +20,8 @@
 
 @group(0) @binding(18) var<storage, read> x: array<f32>;
 @group(0) @binding(19) var<storage, read_write> rowloss: array<f32>;
-// Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its
-// tile's w.p.splits shares to have stored its partial sums: then the others' are
-// visible to its atomic loads (the partial sums are atomics in this module:
-// matmul_partial_atomic.wgsl; its counters, (row tiles, column tiles), in
-// last_block.wgsl). Called by the whole workgroup after its stores.
-fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
-    // this workgroup's stores before its count (device scope in naga)
-    storageBarrier();
-    return count_in(wg.y * u.tail.z + wg.x, w.p.splits, lid.y * 16u + lid.x);
-}
+// (a split product's tiles are finished by their last K share: last_split, from
+// last_block.wgsl, with the partial sums as atomics: matmul_partial_atomic.wgsl)
 
 // one share per thread (rows i0 of the tile's threads, then rows i0 + 1), four to a
 // vector: thread t's at row_shares[t / 4][t % 4], so a row's 16 are four loads

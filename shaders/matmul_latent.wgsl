@@ -48,20 +48,9 @@ fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
     return AfterReads();
 }
 
-// Tiles of fc1 per row and in all.
-fn col_tiles(w: Walk) -> u32 {
-    return (w.p.n + TILE - 1u) / TILE;
-}
-
+// Tiles of fc1 in all (col_tiles: per row, last_block.wgsl).
 fn all_tiles(w: Walk) -> u32 {
     return col_tiles(w) * ((w.p.m + TILE - 1u) / TILE);
-}
-
-// Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its
-// tile's shares to have stored its partial sums (as matmul_bce.wgsl's).
-fn last_split(w: Walk, wg: vec3<u32>, lid: vec3<u32>) -> bool {
-    storageBarrier();
-    return count_in(wg.y * col_tiles(w) + wg.x, w.p.splits, lid.y * 16u + lid.x);
 }
 
 // The tile is done (h1 stored): its share of the head, then the band's tail if

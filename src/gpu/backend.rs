@@ -26,13 +26,10 @@ enum Res {
     /// the column tiles' shares of each row's BCE, (rows, ⌈d / 32⌉), from
     /// `matmul_bce` to `matmul_pair_loss` (GPU only)
     RowLoss,
-    /// how many K shares of each output tile of a split `matmul_bce` have stored
-    /// their partial sums, (row tiles, column tiles) u32, 0 between dispatches
-    /// (GPU only)
-    TileCounts,
-    /// `matmul_latent`'s counters: fc1's tiles', then its row bands' (u32, 0
-    /// between dispatches; GPU only)
-    LatentCounts,
+    /// the last-block counters (`shaders/last_block.wgsl`, u32, each 0 between
+    /// dispatches): a split `matmul_bce`'s tiles', (row tiles, column tiles), or
+    /// `matmul_latent`'s, fc1's tiles' then its row bands' (GPU only)
+    Counts,
     /// `matmul_latent`'s column tiles' shares of the head, (column tiles, B, 2L)
     /// f32 bits (GPU only)
     HeadParts,
@@ -48,8 +45,7 @@ pub struct GpuBackend {
     uniform_bg: wgpu::BindGroup,
     partial: wgpu::Buffer,
     rowloss: wgpu::Buffer,
-    tile_counts: wgpu::Buffer,
-    latent_counts: wgpu::Buffer,
+    counts: wgpu::Buffer,
     head_parts: wgpu::Buffer,
     slots: usize,
     stride: usize,
@@ -496,7 +492,7 @@ fn latent_into_fc1(
         f(Buf::Kl),
         f(Buf::LogPq),
         f(Buf::H3),
-        Res::LatentCounts,
+        Res::Counts,
         Res::HeadParts,
     ]);
     let bytes = &mut slots[*at];
@@ -526,7 +522,7 @@ const SLOT_TAIL_AT: usize = 224;
 /// tail reads or writes (the KL, the BCE, the per-image losses). The product runs
 /// unsplit, or with `split` ([`Fusions::bce_split`]) split as [`choose_splits`]
 /// says, the last of each tile's K shares finishing it (its counters in
-/// `Res::TileCounts`). Returns its dispatch, its slot's bytes and the pair's loss
+/// `Res::Counts`). Returns its dispatch, its slot's bytes and the pair's loss
 /// tail (rows, column tiles, out_off).
 fn bce_epilogue(rest: &[Op], split: bool) -> Option<(Dispatch, Vec<u8>, [u32; 4])> {
     use bytemuck::bytes_of;
@@ -588,7 +584,7 @@ fn bce_epilogue(rest: &[Op], split: bool) -> Option<(Dispatch, Vec<u8>, [u32; 4]
         f(*a),
         f(Buf::X),
         Res::RowLoss,
-        Res::TileCounts,
+        Res::Counts,
     ];
     let d = (
         Kernel::MatmulBce,
@@ -1313,14 +1309,20 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
     }
 }
 
-/// u32 counters and f32 shares of the head that `ops` may need (`matmul_latent`:
-/// for every product into H1, its tiles' and row bands' counters, and its column
-/// tiles' shares of a head of up to 64 outputs per row).
-fn latent_scratch_len(ops: &[Op]) -> (usize, usize) {
+/// Last-block counters (u32) and f32 shares of the head that `ops` may need: for
+/// every BCE, the tiles of the product before it (`matmul_bce`); for every product
+/// into H1, its tiles and row bands, and its column tiles' shares of a head of up
+/// to 64 outputs per row (`matmul_latent`).
+fn last_block_len(ops: &[Op]) -> (usize, usize) {
+    let tiles = |m: u32, n: u32| (m.div_ceil(32) as usize, n.div_ceil(32) as usize);
     ops.iter()
         .map(|op| match op {
+            Op::Bce(p) => {
+                let (rows, cols) = tiles(p.rows, p.d);
+                (rows * cols, 0)
+            }
             Op::Matmul { c: Buf::H1, p, .. } => {
-                let (cols, rows) = (p.n.div_ceil(32) as usize, p.m.div_ceil(32) as usize);
+                let (rows, cols) = tiles(p.m, p.n);
                 (cols * rows + rows, cols * p.m as usize * 64)
             }
             _ => (0, 0),
@@ -1477,8 +1479,7 @@ impl GpuBackend {
         let (uniforms, uniform_bg) = Self::make_uniforms(&ctx, 1, stride);
         let partial = Self::make_scratch(&ctx, "split-K partial sums", 1);
         let rowloss = Self::make_scratch(&ctx, "row shares of the BCE", 1);
-        let tile_counts = Self::make_scratch(&ctx, "tile counters of the BCE epilogue", 1);
-        let latent_counts = Self::make_scratch(&ctx, "counters of the latent forward in fc1", 1);
+        let counts = Self::make_scratch(&ctx, "last-block counters", 1);
         let head_parts = Self::make_scratch(&ctx, "shares of the head", 1);
         let mut me = GpuBackend {
             ctx,
@@ -1490,8 +1491,7 @@ impl GpuBackend {
             uniform_bg,
             partial,
             rowloss,
-            tile_counts,
-            latent_counts,
+            counts,
             head_parts,
             slots: 1,
             stride,
@@ -1555,8 +1555,7 @@ impl GpuBackend {
             Res::Idx => &self.idx,
             Res::Partial => &self.partial,
             Res::RowLoss => &self.rowloss,
-            Res::TileCounts => &self.tile_counts,
-            Res::LatentCounts => &self.latent_counts,
+            Res::Counts => &self.counts,
             Res::HeadParts => &self.head_parts,
         }
     }
@@ -1648,28 +1647,24 @@ impl GpuBackend {
         }
         if grow_rows {
             self.rowloss = Self::make_scratch(&self.ctx, "row shares of the BCE", rows_need);
-            // (the counters of its tiles, each u32 as many as a row's shares per
-            // 32 rows: zeroed, as a new buffer is)
-            self.tile_counts =
-                Self::make_scratch(&self.ctx, "tile counters of the BCE epilogue", rows_need);
         }
-        let (counts_need, parts_need) = if self.fusions.latent_fc1 {
-            latent_scratch_len(ops)
-        } else {
-            (0, 0)
+        let (counts_need, parts_need) = match (self.fusions.bce, self.fusions.latent_fc1) {
+            (false, false) => (0, 0),
+            (_, latent) => {
+                let (c, p) = last_block_len(ops);
+                (c, if latent { p } else { 0 })
+            }
         };
-        let grow_latent = counts_need as u64 * 4 > self.latent_counts.size()
-            || parts_need as u64 * 4 > self.head_parts.size();
-        if grow_latent {
+        let grow_counts = counts_need as u64 * 4 > self.counts.size();
+        if grow_counts {
             // (zeroed, as a new buffer is: every counter starts at 0)
-            self.latent_counts = Self::make_scratch(
-                &self.ctx,
-                "counters of the latent forward in fc1",
-                counts_need,
-            );
+            self.counts = Self::make_scratch(&self.ctx, "last-block counters", counts_need);
+        }
+        let grow_parts = parts_need as u64 * 4 > self.head_parts.size();
+        if grow_parts {
             self.head_parts = Self::make_scratch(&self.ctx, "shares of the head", parts_need);
         }
-        if grow || grow_rows || grow_latent {
+        if grow || grow_rows || grow_counts || grow_parts {
             // bind groups hold the old scratch buffers: rebuild them all lazily
             self.bind_group_index.clear();
             self.bind_groups.clear();
@@ -2858,7 +2853,7 @@ mod tests {
         let s = choose_splits(&p);
         let mm = d(&split_plan, Kernel::MatmulBce);
         assert_eq!(mm.2, (25, 4, s), "784 columns, 128 rows, {s} K shares");
-        assert_eq!(mm.1.last(), Some(&Res::TileCounts));
+        assert_eq!(mm.1.last(), Some(&Res::Counts));
         assert_eq!(
             split_slots[5][..64],
             *bytemuck::bytes_of(&MatmulParams { splits: s, ..p })
