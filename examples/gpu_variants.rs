@@ -17,8 +17,9 @@
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`); the BCE epilogue
-//! split over K and the latent forward in fc1's product (`VAE_OOD_GPU_BCE_SPLIT=1`,
-//! `VAE_OOD_GPU_LATENT_FC1=1`), alone and with all the rest. Each round runs `steps`
+//! split over K, the latent forward in fc1's product and the latent backward in
+//! fc4's gradient pair (`VAE_OOD_GPU_BCE_SPLIT=1`, `VAE_OOD_GPU_LATENT_FC1=1`,
+//! `VAE_OOD_GPU_LATENT_PAIR=1`), alone and with all the rest. Each round runs `steps`
 //! steps in one run per variant; then two steps per variant with per-op timestamps
 //! in the second (as inside an epoch; before 2026-11-27 a lone first step, whose
 //! gather ran in fc1's dispatch) where the adapter has them. A kernel experiment, not part of the training path;
@@ -179,6 +180,18 @@ fn main() -> anyhow::Result<()> {
                 f.latent_fc1 = true
             }),
         ),
+        ("latent in pair", d, without(|f| f.latent_pair = true)),
+        (
+            "all in, latent in fc1 and pair",
+            tc_early,
+            without(|f| {
+                f.adam = true;
+                f.bce = true;
+                f.bce_split = true;
+                f.latent_fc1 = true;
+                f.latent_pair = true
+            }),
+        ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
         ("adam in triple", d, without(|f| f.adam = true)),
@@ -230,8 +243,8 @@ fn main() -> anyhow::Result<()> {
     // where the time goes, where the adapter has timestamps: the second of two more
     // steps per variant (as inside an epoch: its gather beside the first's Adam, or
     // in its fc1 with Adam in the triple; the latent forward in fc1 where
-    // VAE_OOD_GPU_LATENT_FC1's fusion is on — a run's first step keeps the latent
-    // kernel)
+    // VAE_OOD_GPU_LATENT_FC1's fusion is on, and the latent backward in fc4's pair
+    // where VAE_OOD_GPU_LATENT_PAIR's is)
     let two: Vec<_> = ops.iter().chain(&ops).copied().collect();
     for (name, be) in backends.iter_mut() {
         if let Some(ns) = be.run_timed(&two, ops.len()..two.len())? {

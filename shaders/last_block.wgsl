@@ -1,12 +1,14 @@
-// Appended to matmul.wgsl for matmul_bce and matmul_latent: the counters of the
-// "last block" pattern (examples/last_block.rs), and last_split, with which a split
-// product's tiles are finished by their last K share. A workgroup that has stored its
-// part (and passed a storageBarrier after its stores) adds one to a counter; the
-// one that brings it to the total does the follow-on work, reading the others'
-// parts (atomics: matmul_partial_atomic.wgsl), and resets the counter to 0 for the
-// next dispatch. Nobody waits for anybody, so any number of workgroups may run.
+// Appended to matmul.wgsl for matmul_bce, matmul_latent and matmul_pair_latent:
+// the counters of the "last block" pattern (examples/last_block.rs), and
+// last_split, with which a split product's tiles are finished by their last K
+// share. A workgroup that has stored its part (and passed a storageBarrier after
+// its stores) adds one to a counter; the one that brings it to the total does the
+// follow-on work, reading the others' parts (atomics:
+// matmul_partial_atomic.wgsl), and resets the counter to 0 for the next dispatch.
+// Nobody waits for anybody, so any number of workgroups may run.
 
-// (each kernel's counters: matmul_bce's tiles; matmul_latent's tiles, then bands)
+// (each kernel's counters: matmul_bce's tiles; matmul_latent's and
+// matmul_pair_latent's tiles, then bands)
 @group(0) @binding(26) var<storage, read_write> counts: array<atomic<u32>>;
 var<workgroup> count_ws: u32;
 
@@ -32,6 +34,13 @@ fn count_in(at: u32, total: u32, t: u32) -> bool {
 // Output tiles of problem w per row.
 fn col_tiles(w: Walk) -> u32 {
     return (w.p.n + TILE - 1u) / TILE;
+}
+
+// The counter of w's row band (its 32 rows), after the tiles' counters: for two
+// levels (matmul_latent, matmul_pair_latent), where a tile's last share counts the
+// tile in its band and the band's last tile finishes the band.
+fn band_count(w: Walk) -> u32 {
+    return col_tiles(w) * ((w.p.m + TILE - 1u) / TILE) + w.row0 / TILE;
 }
 
 // Whether this workgroup (K share wg.z of tile (wg.x, wg.y)) is the last of its

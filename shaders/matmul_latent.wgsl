@@ -1,7 +1,9 @@
 // Appended to matmul.wgsl (with matmul_operands.wgsl, matmul_partial_atomic.wgsl
-// and normal.wgsl) for matmul_latent, the `matmul` entry point of this module:
-// fc1's forward product (h1 = ReLU(x W1ᵀ + b1), split over K) with the latent
-// forward in its last workgroups, so that a training step runs no latent_forward
+// and normal.wgsl) for matmul_latent, the `matmul` entry point of this module, and
+// (with matmul_gather_operands.wgsl instead) for matmul_gather_latent, its
+// `matmul_gather`: fc1's forward product (h1 = ReLU(x W1ᵀ + b1), split over K; x
+// read from the image store by the second) with the latent forward in its last
+// workgroups, so that a training step runs no latent_forward
 // dispatch (`VAE_OOD_GPU_LATENT_FC1=1`). Two levels of "last blocks"
 // (examples/last_block.rs), nobody waiting for anybody:
 //
@@ -20,8 +22,10 @@
 // replaces: cpu::matmul (fc1), cpu::matmul (head), cpu::reparam_forward,
 // cpu::matmul (fc3); the head sums in another order (by column tile), so results
 // agree to rounding (tests/kernels.rs). One draw per image (training steps);
-// 2L ≤ 64. u.p[0]: fc1, u.p[1]: the head product, u.p[2]: fc3's; u.tail, u.gather:
-// the ReparamParams (images, l, draws, seed; stream, row_base, eps_given, _).
+// 2L ≤ 64. u.p[0]: fc1, u.p[1]: the head product, u.p[2]: fc3's; u.tail: the
+// ReparamParams' first half (images, l, draws, seed); u.gather: the gather's first
+// index entry (matmul_gather_latent; 0 otherwise), then the second half's stream,
+// row_base, eps_given.
 
 @group(0) @binding(20) var<storage, read_write> head: array<f32>;
 @group(0) @binding(21) var<storage, read_write> eps: array<f32>;
@@ -30,7 +34,7 @@
 @group(0) @binding(24) var<storage, read_write> logpq: array<f32>;
 @group(0) @binding(25) var<storage, read_write> h3: array<f32>;
 // (its counters, last_block.wgsl's: the tiles' (row tiles × column tiles of fc1,
-// row-major), then the bands' (row tiles))
+// row-major), then the bands' (row tiles): band_count)
 // the column tiles' shares of the head, (column tiles, B, 2L), as f32 bits
 @group(0) @binding(27) var<storage, read_write> head_parts: array<atomic<u32>>;
 
@@ -46,11 +50,6 @@ struct AfterReads { none: u32 }
 
 fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
     return AfterReads();
-}
-
-// Tiles of fc1 in all (col_tiles: per row, last_block.wgsl).
-fn all_tiles(w: Walk) -> u32 {
-    return col_tiles(w) * ((w.p.m + TILE - 1u) / TILE);
 }
 
 // The tile is done (h1 stored): its share of the head, then the band's tail if
@@ -82,7 +81,7 @@ fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
         }
     }
     storageBarrier();
-    if (count_in(all_tiles(w) + w.row0 / TILE, col_tiles(w), t)) {
+    if (count_in(band_count(w), col_tiles(w), t)) {
         band_tail(w, t);
     }
 }
@@ -147,10 +146,10 @@ fn band_tail(w: Walk, t: u32) {
         let mu = lat[HD + r * 64u + j];
         let lv = lat[HD + r * 64u + l + j];
         var ev: f32;
-        if (u.gather.z != 0u) {
+        if (u.gather.w != 0u) {
             ev = eps[b * l + j];
         } else {
-            ev = normal(u.tail.w, u.gather.x, u.gather.y + b, j);
+            ev = normal(u.tail.w, u.gather.y, u.gather.z + b, j);
         }
         let zv = mu + ev * exp(0.5 * lv);
         eps[b * l + j] = ev;

@@ -22,25 +22,31 @@ fn matmul_pair_loss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     if (wg.x < tiles) {
         pair_tile(wg.x, lid);
     } else {
-        let r = (wg.x - tiles) * 256u + lid.y * 16u + lid.x;
-        if (r < u.tail.x) {
-            // the shares eight at a time: their loads issued together, then added
-            // in order (a missing one is +0.0, which changes no sum)
-            let row = r * u.tail.y;
-            var total = 0.0;
-            for (var t0 = 0u; t0 < u.tail.y; t0 += 8u) {
-                var v: array<f32, 8>;
-                for (var k = 0u; k < 8u; k++) {
-                    if (t0 + k < u.tail.y) {
-                        v[k] = rowloss[row + t0 + k];
-                    }
-                }
-                for (var k = 0u; k < 8u; k++) {
-                    total += v[k];
+        loss_rows(wg.x - tiles, lid);
+    }
+}
+
+// Extra workgroup w (after the pair's tiles): the losses of rows w · 256 … + 255
+// (also matmul_pair_latent's, matmul_latent_backward.wgsl).
+fn loss_rows(w: u32, lid: vec3<u32>) {
+    let r = w * 256u + lid.y * 16u + lid.x;
+    if (r < u.tail.x) {
+        // the shares eight at a time: their loads issued together, then added
+        // in order (a missing one is +0.0, which changes no sum)
+        let row = r * u.tail.y;
+        var total = 0.0;
+        for (var t0 = 0u; t0 < u.tail.y; t0 += 8u) {
+            var v: array<f32, 8>;
+            for (var k = 0u; k < 8u; k++) {
+                if (t0 + k < u.tail.y) {
+                    v[k] = rowloss[row + t0 + k];
                 }
             }
-            bce[r] = total;
-            sample_loss[u.tail.z + r] = total + kl[r];
+            for (var k = 0u; k < 8u; k++) {
+                total += v[k];
+            }
         }
+        bce[r] = total;
+        sample_loss[u.tail.z + r] = total + kl[r];
     }
 }

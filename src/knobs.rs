@@ -78,6 +78,13 @@ pub const GPU_EARLY_READS: &str = "VAE_OOD_GPU_EARLY_READS";
 /// eight. Off by default: not yet timed on a GPU, and it sums the head in another
 /// order (rounding-level differences).
 pub const GPU_LATENT_FC1: &str = "VAE_OOD_GPU_LATENT_FC1";
+/// `1`: a training step's latent backward (fc3's input gradient, the
+/// reparameterisation backward, the head's input gradient) in the last workgroups
+/// of fc4's gradient pair, whose input gradient it reads as the pair finishes it
+/// (`shaders/matmul_latent_backward.wgsl`): one dispatch fewer per step. Off by
+/// default: not yet timed on a GPU, and it sums dz in another order
+/// (rounding-level differences).
+pub const GPU_LATENT_PAIR: &str = "VAE_OOD_GPU_LATENT_PAIR";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -97,7 +104,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 12] = [
+const FLAGS: [&str; 13] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -110,6 +117,7 @@ const FLAGS: [&str; 12] = [
     GPU_BCE_SPLIT,
     GPU_EARLY_READS,
     GPU_LATENT_FC1,
+    GPU_LATENT_PAIR,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

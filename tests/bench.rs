@@ -74,20 +74,26 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     let triple = !unfused("latent") && !unfused("triple");
     let adam = triple && vae_ood::gpu::Fusions::from_env().adam;
     // whether a step's latent forward runs in its fc1 product
-    // (VAE_OOD_GPU_LATENT_FC1=1): where fc1 reads x (its gather a dispatch of its
-    // own, or beside the previous step's Adam) and its split sums are folded
-    let fc1_fused = |first: bool| {
-        vae_ood::gpu::Fusions::from_env().latent_fc1
-            && !unfused("latent")
-            && !unfused("reduces")
-            && (unfused("gather") || (!first && !adam && !unfused("pairs")))
-    };
+    // (VAE_OOD_GPU_LATENT_FC1=1; with the batch's gather or without): where fc1's
+    // split sums are folded; whether its latent backward runs in fc4's gradient
+    // pair (VAE_OOD_GPU_LATENT_PAIR=1): where the pairs are on and fc4's split
+    // sums folded
+    let fc1_fused =
+        vae_ood::gpu::Fusions::from_env().latent_fc1 && !unfused("latent") && !unfused("reduces");
+    let pair_fused = vae_ood::gpu::Fusions::from_env().latent_pair
+        && !unfused("latent")
+        && !unfused("reduces")
+        && !unfused("pairs");
     if !unfused("latent") {
         zero.extend(["reparam fwd", "fc3 fwd", "reparam bwd", "head dX"]);
         // (and the head product in fc1's, where VAE_OOD_GPU_LATENT_FC1=1 puts the
-        // latent forward)
-        if fc1_fused(false) {
+        // latent forward, and fc3's input gradient in fc4's pair, where
+        // VAE_OOD_GPU_LATENT_PAIR=1 puts the latent backward)
+        if fc1_fused {
             zero.push("head fwd");
+        }
+        if pair_fused {
+            zero.push("fc3 dX");
         }
     }
     if triple {
@@ -156,15 +162,10 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
         (_, true) => (7, 14),
         (_, false) => (8, 16),
     };
-    // (one fewer per step with the BCE epilogue, and per step whose latent forward
-    // runs in fc1's product)
-    let (one, two_steps) = if bce {
-        (one - 1, two_steps - 2)
-    } else {
-        (one, two_steps)
-    };
-    let (first, second) = (fc1_fused(true) as usize, fc1_fused(false) as usize);
-    let (one, two_steps) = (one - first, two_steps - first - second);
+    // (one fewer per step with the BCE epilogue, with the latent forward in fc1's
+    // product and with the latent backward in fc4's pair)
+    let fewer = bce as usize + fc1_fused as usize + pair_fused as usize;
+    let (one, two_steps) = (one - fewer, two_steps - 2 * fewer);
     assert_eq!(ex.backend.dispatches(&steps[0]), Some(one));
     let two: Vec<_> = steps[0].iter().chain(&steps[1]).copied().collect();
     assert_eq!(ex.backend.dispatches(&two), Some(two_steps));

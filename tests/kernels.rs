@@ -1255,11 +1255,13 @@ fn latent_forward_outs(
 /// the last K share of each fc1 tile stores its h1 and its share of the head, the
 /// last tile of each band of 32 images the head, ε, z, the KL, log p − log q and
 /// h3): one dispatch for the four ops, against the CPU running them op by op and
-/// the GPU's latent kernel. 37 images (a band of 32 and one of 5) and 261 (9
-/// bands); 129 inputs (fc1 splits K); hidden 67 (three column tiles, the last
-/// holding three columns) and 150; l = 5 and 20 (a head of 40: five per thread);
-/// ε given and drawn (the same counter-based normals as the latent kernel's). (On
-/// tensor cores: `tensor_core_walk_against_its_twin`.)
+/// the GPU's latent kernel — and with the batch's gather before them
+/// (`matmul_gather_latent`: fc1 reads the image store, x written on the way): one
+/// dispatch for the five. 37 images (a band of 32 and one of 5) and 261 (9 bands);
+/// 129 inputs (fc1 splits K); hidden 67 (three column tiles, the last holding
+/// three columns) and 150; l = 5 and 20 (a head of 40: five per thread); ε given
+/// and drawn (the same counter-based normals as the latent kernel's). (On tensor
+/// cores: `tensor_core_walk_against_its_twin`.)
 #[test]
 fn latent_forward_in_fc1s_product() {
     let mut rng = fresh_rng("latent_forward_in_fc1s_product");
@@ -1273,69 +1275,92 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
     use vae_ood::gpu::{self, Fusions, GpuBackend, Kernel};
     use vae_ood::model::Layout;
     use vae_ood::plan;
-    for (b, h, l, eps_given) in [
-        (37, 67, 5, true),
-        (261, 150, 20, true),
-        (37, 67, 5, false),
-        (261, 150, 20, false),
+    for (b, h, l, eps_given, gather) in [
+        (37, 67, 5, true, false),
+        (261, 150, 20, true, false),
+        (37, 67, 5, false, false),
+        (261, 150, 20, false, false),
+        (37, 67, 5, true, true),
+        (261, 150, 20, false, true),
     ] {
         let dims = Dims { d: 129, h, l };
         let lay = Layout::new(dims);
         let sizes = run_sizes(dims, b, 1, 1);
-        let bt = latent_batch(b, 1);
-        // fc1 fwd, head fwd, reparam fwd, fc3 fwd
-        let mut ops: Vec<Op> = plan::forward_ops(dims, &lay.offsets(), &bt, true)[1..5].to_vec();
+        // (the batch's index entries from 3 on: the gather's first entry is read
+        // from the slot)
+        let bt = plan::Batch {
+            idx_off: 3,
+            ..latent_batch(b, 1)
+        };
+        // (gather,) fc1 fwd, head fwd, reparam fwd, fc3 fwd
+        let first = !gather as usize;
+        let mut ops: Vec<Op> =
+            plan::forward_ops(dims, &lay.offsets(), &bt, true)[first..5].to_vec();
         for op in &mut ops {
             if let Op::ReparamForward(p) = op {
                 p.eps_given = eps_given as u32;
             }
         }
-        let Op::Matmul { p: fc1, .. } = ops[0] else {
+        let Op::Matmul { p: fc1, .. } = ops[1 - first] else {
             unreachable!()
         };
         assert!(choose_splits(&fc1) > 1, "fc1 splits K");
+        // with the gather: b images of the store in reverse order after three entries
+        // of image 0; without: x given
+        let store: Vec<u8> = (0..b * dims.d).map(|_| rng.random()).collect();
+        let idx: Vec<u32> = [0; 3].into_iter().chain((0..b as u32).rev()).collect();
         let inputs = [
             (Buf::Params, uniform(rng, lay.total, -0.2, 0.2)),
             (Buf::X, uniform(rng, b * dims.d, 0.0, 1.0)),
             (Buf::Eps, uniform(rng, b * l, -3.0, 3.0)),
         ];
+        let given = |buf: Buf| match buf {
+            Buf::Eps => eps_given,
+            Buf::X => !gather,
+            _ => true,
+        };
         // (the tolerances of latent_forward_and_backward_in_one_dispatch_each: the
         // head summed tile by tile, then over the tiles, is another order)
         let outs = latent_forward_outs(b, 1, h, l, eps_given);
         let run = |be: &mut dyn Backend| {
-            be.write_idx(0, &[0]).unwrap();
+            be.write_idx(0, &idx).unwrap();
             for (buf, v) in &inputs {
-                if *buf != Buf::Eps || eps_given {
+                if given(*buf) {
                     be.write(*buf, 0, v).unwrap();
                 }
             }
-            for (buf, ..) in &outs {
-                if *buf != Buf::Eps || !eps_given {
-                    be.write(*buf, 0, &vec![f32::NAN; buf.len(&sizes)]).unwrap();
+            for buf in outs.iter().map(|o| o.0).chain([Buf::X]) {
+                if !given(buf) || !inputs.iter().any(|i| i.0 == buf) {
+                    be.write(buf, 0, &vec![f32::NAN; buf.len(&sizes)]).unwrap();
                 }
             }
             be.run(&ops).unwrap();
-            outs.map(|(buf, ..)| be.read(buf, 0..buf.len(&sizes)).unwrap())
+            let mut got: Vec<Vec<f32>> = outs
+                .iter()
+                .map(|(buf, ..)| be.read(*buf, 0..buf.len(&sizes)).unwrap())
+                .collect();
+            got.push(be.read(Buf::X, 0..b * dims.d).unwrap());
+            got
         };
-        let store = vec![0u8; dims.d];
-        let name = format!("{b} images, hidden {h}, l {l}, eps given {eps_given}");
-        let cpu = run(&mut *cpu_backend(&store, 1, sizes));
+        let name = format!("{b} images, hidden {h}, l {l}, eps given {eps_given}, gather {gather}");
+        let cpu = run(&mut *cpu_backend(&store, idx.len(), sizes));
         for (v, (buf, n, _)) in cpu.iter().zip(&outs) {
             assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], true);
         }
         let Some(adapter) = gpu::select_adapter().unwrap() else {
-            assert!(gpu_backend(&store, 1, sizes).is_none());
+            assert!(gpu_backend(&store, idx.len(), sizes).is_none());
             return;
         };
         let mut gpu = match opts {
-            Some(o) => GpuBackend::with_options(adapter, &store, 1, sizes, o).unwrap(),
-            None => GpuBackend::new(adapter, &store, 1, sizes).unwrap(),
+            Some(o) => GpuBackend::with_options(adapter, &store, idx.len(), sizes, o).unwrap(),
+            None => GpuBackend::new(adapter, &store, idx.len(), sizes).unwrap(),
         };
-        assert!(
-            gpu.context().has(Kernel::MatmulLatent),
-            "{}",
-            gpu.describe()
-        );
+        let kernel = if gather {
+            Kernel::MatmulGatherLatent
+        } else {
+            Kernel::MatmulLatent
+        };
+        assert!(gpu.context().has(kernel), "{}", gpu.describe());
         let mut got = Vec::new();
         for latent_fc1 in [false, true] {
             gpu.set_fusions(Fusions {
@@ -1351,7 +1376,7 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
                     .contains("the latent forward in fc1's product"),
                 latent_fc1
             );
-            // one dispatch, or fc1's product and the latent kernel
+            // one dispatch, or fc1's product (with the gather) and the latent kernel
             let want_n = if latent_fc1 { 1 } else { 2 };
             assert_eq!(gpu.dispatches(&ops), want_n, "{how}");
             let g = run(&mut gpu);
@@ -1373,6 +1398,8 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
                     );
                 }
             }
+            // x: the store's pixels / 255 (gathered), or as given: exact
+            assert!(g[7] == cpu[7], "{how}: x");
             // again: the same bits (each counter back at 0 for the next dispatch)
             assert!(run(&mut gpu) == g, "{how}: a second run differs");
             got.push(g);
@@ -1382,6 +1409,169 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&got[0][0]), bits(&got[1][0]), "{name}: h1");
         assert_eq!(bits(&got[0][2]), bits(&got[1][2]), "{name}: ε");
+    }
+}
+
+/// The latent backward in fc4's gradient pair (`matmul_pair_latent`,
+/// `VAE_OOD_GPU_LATENT_PAIR=1`: the last K share of each tile of dh3 stores it and
+/// its column tile's share of dz, the last tile of each band of 32 images finishes
+/// dz and runs the reparameterisation backward and the head's input gradient)
+/// against the six CPU ops it replaces (fc4's input and weight gradients, fc3's,
+/// the reparameterisation backward, the head's input gradient) and the latent
+/// kernel. 37 images (two bands, the second of 5 rows) and 261 (nine); 129 pixels
+/// (fc4's input gradient splits K); hidden 67 (three column tiles, the last of
+/// three columns) and 150; l = 5 and 20 (dz outputs 3 and 1 per thread of a
+/// tile's row). (On tensor cores: `tensor_core_walk_against_its_twin`.)
+#[test]
+fn latent_backward_in_fc4s_pair() {
+    let mut rng = fresh_rng("latent_backward_in_fc4s_pair");
+    check_latent_in_pair(&mut rng, None);
+}
+
+/// [`latent_backward_in_fc4s_pair`] on backends opened with `opts` (None: the
+/// default). With options (the tensor-core walk, whose products read f16 operands)
+/// the GPU's results are compared with the same GPU's latent kernel only.
+fn check_latent_in_pair(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::GpuOptions>) {
+    use vae_ood::gpu::{self, Fusions, GpuBackend, Kernel};
+    use vae_ood::model::Layout;
+    use vae_ood::plan;
+    for (b, h, l) in [(37, 67, 5), (261, 150, 20)] {
+        let dims = Dims { d: 129, h, l };
+        let lay = Layout::new(dims);
+        let o = lay.offsets();
+        let sizes = run_sizes(dims, b, 1, 1);
+        // fc4 dX, fc4 dW, fc3 dX, fc3 dW, reparam bwd, head dX
+        let ops: Vec<Op> = plan::backward_ops(dims, &o, &latent_batch(b, 1))[..6].to_vec();
+        let Op::Matmul { p: dx, .. } = ops[0] else {
+            unreachable!()
+        };
+        assert!(choose_splits(&dx) > 1, "fc4's input gradient splits K");
+        let relu = |v: Vec<f32>| v.into_iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
+        let inputs = [
+            (Buf::Params, uniform(rng, lay.total, -0.2, 0.2)),
+            (Buf::Logits, uniform(rng, b * dims.d, -1.0, 1.0)),
+            (Buf::H3, relu(uniform(rng, b * h, -1.0, 1.0))),
+            (Buf::H1, relu(uniform(rng, b * h, -1.0, 1.0))),
+            (Buf::Head, uniform(rng, b * 2 * l, -3.0, 1.0)),
+            (Buf::Eps, uniform(rng, b * l, -3.0, 3.0)),
+            (Buf::Z, uniform(rng, b * l, -3.0, 3.0)),
+        ];
+        // (the tolerances of latent_forward_and_backward_in_one_dispatch_each: dz
+        // summed tile by tile, then over the tiles, is another order)
+        let outs = [
+            (Buf::Dh3, b * h, MM_ATOL),
+            (Buf::Dz, b * l, MM_ATOL),
+            (Buf::Dhead, b * 2 * l, 1e-3),
+            (Buf::Dh1, b * h, 1e-3),
+        ];
+        // the parts of Grads written: fc4's and fc3's weight and bias gradients
+        let dw = [
+            o.w4..o.w4 + dims.d * h,
+            o.b4..o.b4 + dims.d,
+            o.w3..o.w3 + h * l,
+            o.b3..o.b3 + h,
+        ];
+        let run = |be: &mut dyn Backend| {
+            be.write_idx(0, &[0]).unwrap();
+            for (buf, v) in &inputs {
+                be.write(*buf, 0, v).unwrap();
+            }
+            for (buf, ..) in &outs {
+                be.write(*buf, 0, &vec![f32::NAN; buf.len(&sizes)]).unwrap();
+            }
+            be.write(Buf::Grads, 0, &vec![f32::NAN; lay.total]).unwrap();
+            be.run(&ops).unwrap();
+            let mut got: Vec<Vec<f32>> = outs
+                .iter()
+                .map(|(buf, ..)| be.read(*buf, 0..buf.len(&sizes)).unwrap())
+                .collect();
+            got.push(be.read(Buf::Grads, 0..lay.total).unwrap());
+            got
+        };
+        let store = vec![0u8; dims.d];
+        let name = format!("{b} images, hidden {h}, l {l}");
+        let cpu = run(&mut *cpu_backend(&store, 1, sizes));
+        for (v, (buf, n, _)) in cpu.iter().zip(&outs) {
+            assert_written(&format!("{name}: CPU {buf:?}"), v, &[0..*n], true);
+        }
+        assert_written(&format!("{name}: CPU grads"), &cpu[4], &dw, true);
+        let Some(adapter) = gpu::select_adapter().unwrap() else {
+            assert!(gpu_backend(&store, 1, sizes).is_none());
+            return;
+        };
+        let mut gpu = match opts {
+            Some(o) => GpuBackend::with_options(adapter, &store, 1, sizes, o).unwrap(),
+            None => GpuBackend::new(adapter, &store, 1, sizes).unwrap(),
+        };
+        assert!(
+            gpu.context().has(Kernel::MatmulPairLatent),
+            "{}",
+            gpu.describe()
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let mut got = Vec::new();
+        for latent_pair in [false, true] {
+            gpu.set_fusions(Fusions {
+                latent_pair,
+                ..Fusions::DEFAULT
+            });
+            let how = format!(
+                "{name}, latent backward in the pair {latent_pair} on {}",
+                gpu.describe()
+            );
+            assert_eq!(
+                gpu.describe()
+                    .contains("the latent backward in fc4's gradient pair"),
+                latent_pair
+            );
+            // the pair, (the latent kernel,) fc3's weight gradient
+            let want_n = if latent_pair { 2 } else { 3 };
+            assert_eq!(gpu.dispatches(&ops), want_n, "{how}");
+            let g = run(&mut gpu);
+            // against the CPU, or (on tensor cores) the latent kernel's run
+            let want = if opts.is_none() {
+                &cpu
+            } else {
+                got.first().unwrap_or(&cpu)
+            };
+            if opts.is_none() || latent_pair {
+                for ((buf, n, atol), (g, w)) in outs.iter().zip(g.iter().zip(want)) {
+                    assert_written(&format!("{how} {buf:?}"), g, &[0..*n], true);
+                    assert_close(
+                        &format!("{how} {buf:?}"),
+                        &g[..*n],
+                        &w[..*n],
+                        *atol,
+                        MM_RTOL,
+                    );
+                }
+                assert_written(&format!("{how} grads"), &g[4], &dw, true);
+                for r in &dw {
+                    let what = format!("{how} dW {r:?}");
+                    assert_close(
+                        &what,
+                        &g[4][r.clone()],
+                        &want[4][r.clone()],
+                        MM_ATOL,
+                        MM_RTOL,
+                    );
+                }
+            }
+            // again: the same bits (each counter back at 0 for the next dispatch;
+            // Grads' unwritten NaNs compared as bits)
+            let again = run(&mut gpu);
+            assert!(
+                again.iter().map(|v| bits(v)).eq(g.iter().map(|v| bits(v))),
+                "{how}: a second run differs"
+            );
+            got.push(g);
+        }
+        // dh3 is the split sums through their mask either way, and the weight
+        // gradients read it and the same operands: the same bits; dz is summed in
+        // another order, and so differs (the fused kernel ran)
+        assert_eq!(bits(&got[0][0]), bits(&got[1][0]), "{name}: dh3");
+        assert_eq!(bits(&got[0][4]), bits(&got[1][4]), "{name}: grads");
+        assert_ne!(bits(&got[0][1]), bits(&got[1][1]), "{name}: dz");
     }
 }
 
@@ -2348,15 +2538,15 @@ fn tensor_core_walk_against_its_twin() {
         moved > 1e-4,
         "dX on tensor cores is the unrounded product (moved {moved}): were the operands rounded?"
     );
-    // the latent forward in fc1's product on K steps of 32 (where it fits beside
-    // the walk: lavapipe's 32 KB of workgroup memory), against the latent kernel
-    check_latent_in_fc1(
-        &mut rng,
-        Some(GpuOptions {
-            coop_step: 32,
-            ..coop
-        }),
-    );
+    // the latent forward in fc1's product and the latent backward in fc4's pair
+    // on K steps of 32 (where they fit beside the walk: lavapipe's 32 KB of
+    // workgroup memory), against the latent kernels
+    let step_32 = GpuOptions {
+        coop_step: 32,
+        ..coop
+    };
+    check_latent_in_fc1(&mut rng, Some(step_32));
+    check_latent_in_pair(&mut rng, Some(step_32));
     // the BCE epilogue and the loss in fc4's pair on every K step
     for gpu in gpus.iter_mut() {
         for h in [67, 150] {

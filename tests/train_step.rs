@@ -926,12 +926,12 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
 
 /// The latent forward in fc1's product (`VAE_OOD_GPU_LATENT_FC1=1`) against the
 /// default over three training steps and a scoring batch: one dispatch fewer in
-/// each step after the first (whose fc1 reads the image store, and keeps the
-/// latent kernel), the scoring batch (two draws) as before, and the same training
+/// each step (the first's fc1 reads the image store: `matmul_gather_latent`), the
+/// scoring batch (two draws) as before, and the same training
 /// up to rounding (the head summed tile by tile) — fc1's 53 inputs unsplit here,
 /// its 133 hidden units in five column tiles, 19 images in one band. A device
-/// allowing 14 storage buffers (the kernel binds 15) runs without it, bit for bit
-/// as the default.
+/// allowing 14 storage buffers (the kernels bind 15 and 16) runs without it, bit
+/// for bit as the default.
 #[test]
 fn latent_forward_in_fc1_trains_as_the_latent_kernel() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -943,16 +943,16 @@ fn latent_forward_in_fc1_trains_as_the_latent_kernel() {
         latent_fc1: true,
         ..Fusions::DEFAULT
     };
-    let kernels = [Kernel::MatmulLatent];
+    let kernels = [Kernel::MatmulLatent, Kernel::MatmulGatherLatent];
     let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
     let fused = case.capped_run(None, fused_f, kernels);
-    assert_eq!(fused.0, [true]);
+    assert_eq!(fused.0, [true, true]);
     assert!(
         fused.1.contains("the latent forward in fc1's product"),
         "{}",
         fused.1
     );
-    assert_eq!(fused.2 + 2, plain.2, "one dispatch fewer in steps 2 and 3");
+    assert_eq!(fused.2 + 3, plain.2, "one dispatch fewer in each step");
     // per-image losses of the three steps and the scoring batch, ~40 nats, and
     // the parameters after three Adam steps: as bce_epilogue_trains_as_the_bce_kernel
     let n_loss = 4 * 19;
@@ -973,6 +973,96 @@ fn latent_forward_in_fc1_trains_as_the_latent_kernel() {
     // too few storage buffers for matmul_latent: without it, the default's bits
     let narrow_plain = case.capped_run(Some(14), Fusions::DEFAULT, kernels);
     let narrow = case.capped_run(Some(14), fused_f, kernels);
+    assert_eq!(narrow.0, [false, false]);
+    assert_eq!(narrow.2, narrow_plain.2);
+    assert!(
+        narrow.3 == narrow_plain.3,
+        "without the kernel: the default's bits"
+    );
+}
+
+/// The latent backward in fc4's gradient pair (`VAE_OOD_GPU_LATENT_PAIR=1`)
+/// against the default over three training steps and a scoring batch: one
+/// dispatch fewer in each step, the scoring batch (two draws, no backward) as
+/// before, and the same training up to rounding (dz summed tile by tile) — fc4's
+/// input gradient unsplit here (53 pixels), its 133 hidden units in five column
+/// tiles, 19 images in one band. With every other fusion that removes a dispatch
+/// (the split BCE epilogue, whose loss tail the pair then carries beside the latent
+/// tail; Adam in the triple, whose tail then stays in the triple; the latent
+/// forward in fc1's product): 4 dispatches per step, close to the default too. A device allowing 18 storage buffers (the kernel binds 19) runs
+/// without it, bit for bit as the default.
+#[test]
+fn latent_backward_in_fc4s_pair_trains_as_the_latent_kernel() {
+    use vae_ood::gpu::{Fusions, Kernel};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let case = GpuRunCase::new(
+        "latent_backward_in_fc4s_pair_trains_as_the_latent_kernel",
+        3,
+    );
+    let fused_f = Fusions {
+        latent_pair: true,
+        ..Fusions::DEFAULT
+    };
+    let kernels = [Kernel::MatmulPairLatent];
+    let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
+    let fused = case.capped_run(None, fused_f, kernels);
+    assert_eq!(fused.0, [true]);
+    assert!(
+        fused
+            .1
+            .contains("the latent backward in fc4's gradient pair"),
+        "{}",
+        fused.1
+    );
+    assert_eq!(fused.2 + 3, plain.2, "one dispatch fewer in each step");
+    // as latent_forward_in_fc1_trains_as_the_latent_kernel
+    let n_loss = 4 * 19;
+    let (lf, lp) = losses_close(&fused.3, &plain.3, n_loss);
+    assert_ne!(
+        lf[..n_loss],
+        lp[..n_loss],
+        "dz summed in another order: was it fused?"
+    );
+    assert_params_close(
+        &f32s(&fused.3, Buf::Params),
+        &f32s(&plain.3, Buf::Params),
+        3,
+    );
+    // the same run again: the same bits (its counters back at 0 after each step)
+    let again = case.capped_run(None, fused_f, kernels);
+    assert!(again.3 == fused.3, "a second run differs");
+    // with the rest: four dispatches per step, three fewer than without this one
+    let rest = Fusions {
+        bce: true,
+        bce_split: true,
+        adam: true,
+        latent_fc1: true,
+        ..Fusions::DEFAULT
+    };
+    let all_in = case.capped_run(
+        None,
+        Fusions {
+            latent_pair: true,
+            ..rest
+        },
+        kernels,
+    );
+    let all_but = case.capped_run(None, rest, kernels);
+    assert_eq!(all_in.0, [true]);
+    assert_eq!(all_in.2 + 3, all_but.2);
+    let scoring = plain.2 - 3 * 8;
+    assert_eq!(all_in.2, 3 * 4 + scoring, "{}", all_in.1);
+    losses_close(&all_in.3, &plain.3, n_loss);
+    assert_params_close(
+        &f32s(&all_in.3, Buf::Params),
+        &f32s(&plain.3, Buf::Params),
+        3,
+    );
+    // too few storage buffers for matmul_pair_latent: without it, the default's bits
+    let narrow_plain = case.capped_run(Some(18), Fusions::DEFAULT, kernels);
+    let narrow = case.capped_run(Some(18), fused_f, kernels);
     assert_eq!(narrow.0, [false]);
     assert_eq!(narrow.2, narrow_plain.2);
     assert!(

@@ -435,11 +435,14 @@ const LATENT_SPLIT_SOURCE_AT: usize = 160;
 /// product, the reparameterisation, fc3's product: `g`, reading the split sums
 /// `src` of the product before it, if split) folded into that product, op i − 1
 /// and the last dispatch of `plan`, as one `matmul_latent`
-/// (`shaders/matmul_latent.wgsl`) where it is fc1's: a bias-and-ReLU product of B
-/// rows written densely into H1 from the parameters, read whole by the head
-/// product; one draw per image, 2L ≤ 64. Its slot holds fc1's, the head's and
-/// fc3's products and the reparameterisation (at [`SLOT_TAIL_AT`]). Returns
-/// whether it did.
+/// (`shaders/matmul_latent.wgsl`) — or, where the batch's gather runs in that
+/// product (`matmul_gather`, ops i − 2 and i − 1: [`gather_product`]), one
+/// `matmul_gather_latent` — where it is fc1's: a bias-and-ReLU product of B rows
+/// written densely into H1 from the parameters, read whole by the head product;
+/// one draw per image, 2L ≤ 64. Its slot holds fc1's, the head's and fc3's
+/// products and the reparameterisation, whose second half follows the gather's
+/// first index entry (0 without a gather) at [`GATHER_IDX_AT`]. Returns whether it
+/// did.
 fn latent_into_fc1(
     plan: &mut [(usize, Dispatch)],
     slots: &mut [Vec<u8>],
@@ -461,11 +464,23 @@ fn latent_into_fc1(
         return false;
     };
     let f = Res::F;
-    if *at + 1 != i
-        || *kernel != Kernel::Matmul
-        || res[..4] != [f(Buf::X), f(Buf::Params), f(Buf::Params), f(Buf::H1)]
-        || slots[*at].len() != 64
-    {
+    // the product alone (op i − 1), or with the gather before it (ops i − 2, i − 1:
+    // gather_product)
+    let gather = *kernel == Kernel::MatmulGather;
+    let fits = match *kernel {
+        Kernel::Matmul => {
+            *at + 1 == i
+                && res[..4] == [f(Buf::X), f(Buf::Params), f(Buf::Params), f(Buf::H1)]
+                && slots[*at].len() == 64
+        }
+        Kernel::MatmulGather => {
+            *at + 2 == i
+                && res[..3] == [f(Buf::Params), f(Buf::Params), f(Buf::H1)]
+                && slots[*at].len() == GATHER_IDX_AT + 16
+        }
+        _ => false,
+    };
+    if !fits {
         return false;
     }
     let q1: MatmulParams = *bytemuck::from_bytes(&slots[*at][..64]);
@@ -484,7 +499,11 @@ fn latent_into_fc1(
     if !ok {
         return false;
     }
-    *kernel = Kernel::MatmulLatent;
+    *kernel = if gather {
+        Kernel::MatmulGatherLatent
+    } else {
+        Kernel::MatmulLatent
+    };
     res.extend([
         f(Buf::Head),
         f(Buf::Eps),
@@ -496,10 +515,108 @@ fn latent_into_fc1(
         Res::HeadParts,
     ]);
     let bytes = &mut slots[*at];
+    let idx: [u8; 4] = if gather {
+        bytes[GATHER_IDX_AT..GATHER_IDX_AT + 4]
+            .try_into()
+            .expect("the index entry")
+    } else {
+        [0; 4]
+    };
+    bytes.truncate(64);
     bytes.extend_from_slice(bytes_of(qh));
     bytes.extend_from_slice(bytes_of(qd));
     bytes.resize(SLOT_TAIL_AT, 0);
-    bytes.extend_from_slice(bytes_of(rp));
+    bytes.extend_from_slice(bytes_of(&[rp.images, rp.l, rp.draws, rp.seed]));
+    bytes.extend_from_slice(&idx);
+    bytes.extend_from_slice(bytes_of(&[rp.stream, rp.row_base, rp.eps_given]));
+    true
+}
+
+/// With [`Fusions::latent_pair`]: the latent backward `ops[i..i + 4]` (fc3's input
+/// gradient, its weight gradient — which the group `g` runs after, in its own
+/// dispatch or the triple —, the reparameterisation backward, the head's input
+/// gradient; `g`'s first dispatch a plain `latent_backward`, reading the split
+/// sums `src` of the product before it, if split) folded into fc4's gradient pair
+/// before it, ops i − 2 and i − 1 and the last dispatch of `plan`, as one
+/// `matmul_pair_latent` (`shaders/matmul_latent_backward.wgsl`) where the pair's
+/// input gradient is what fc3's reads: its product, from the parameters, written
+/// densely into Dh3 and read whole; one draw per image, L ≤ 32. The pair's slot
+/// keeps its two products and its loss tail (`matmul_pair_loss`'s, or none), and
+/// gets the head's input gradient as its third product and fc3's weights (offset,
+/// strides) and L at [`GATHER_IDX_AT`]. Returns whether it did.
+fn latent_into_pair(
+    plan: &mut [(usize, Dispatch)],
+    slots: &mut [Vec<u8>],
+    ops: &[Op],
+    i: usize,
+    g: &Group,
+    src: Option<(SplitSource, Buf)>,
+) -> bool {
+    use bytemuck::bytes_of;
+    let [(_, (Kernel::LatentBackward, ..)), ..] = &g.dispatches[..] else {
+        return false;
+    };
+    let [Op::Matmul { p: qz, .. }, _, Op::ReparamBackward(rp), Op::Matmul { p: qx, .. }, ..] =
+        &ops[i..]
+    else {
+        return false;
+    };
+    let Some((at, (kernel, res, _))) = plan.last_mut() else {
+        return false;
+    };
+    let f = Res::F;
+    let loss = *kernel == Kernel::MatmulPairLoss;
+    let want = if loss { SLOT_TAIL_AT + 16 } else { 128 };
+    if *at + 2 != i
+        || !matches!(*kernel, Kernel::MatmulPair | Kernel::MatmulPairLoss)
+        || res[1] != f(Buf::Params)
+        || res[3] != f(Buf::Dh3)
+        || slots[*at].len() != want
+    {
+        return false;
+    }
+    let q0: MatmulParams = *bytemuck::from_bytes(&slots[*at][..64]);
+    // (split: its sums are what the latent kernel would read, the reduce folded
+    // into it; unsplit: no reduce between)
+    let splits = src.map_or(1, |(s, _)| s.splits);
+    let ok = q0.splits.max(1) == splits
+        && dense_c(&q0, q0.n)
+        && dense_a(qz, q0.n)
+        && q0.m == rp.images
+        && rp.draws == 1
+        && rp.l <= 32
+        && qz.n == rp.l
+        && qx.k == 2 * rp.l;
+    if !ok {
+        return false;
+    }
+    *kernel = Kernel::MatmulPairLatent;
+    if !loss {
+        // (named by the loss's code, unread without a loss tail)
+        res.extend([Res::RowLoss, f(Buf::Kl), f(Buf::Bce), f(Buf::SampleLoss)]);
+    }
+    res.extend([
+        Res::Counts,
+        Res::HeadParts,
+        f(Buf::Head),
+        f(Buf::Eps),
+        f(Buf::H1),
+        f(Buf::Dz),
+        f(Buf::Dhead),
+        f(Buf::Dh1),
+    ]);
+    let bytes = &mut slots[*at];
+    let tail: [u8; 16] = if loss {
+        bytes[SLOT_TAIL_AT..].try_into().expect("the loss tail")
+    } else {
+        [0; 16]
+    };
+    bytes.truncate(128);
+    bytes.extend_from_slice(bytes_of(qx));
+    bytes.resize(SLOT_TAIL_AT, 0);
+    bytes.extend_from_slice(&tail);
+    debug_assert_eq!(bytes.len(), GATHER_IDX_AT);
+    bytes.extend_from_slice(bytes_of(&[qz.b_off, qz.b_sp, qz.b_sj, rp.l]));
     true
 }
 
@@ -827,6 +944,13 @@ pub struct Fusions {
     /// step. Off by default (`VAE_OOD_GPU_LATENT_FC1=1`): not yet timed on a GPU;
     /// it sums the head in another order than the latent kernel
     pub latent_fc1: bool,
+    /// with `latent` and `pairs`: a training step's latent backward (fc3's input
+    /// gradient, the reparameterisation backward, the head's input gradient) in
+    /// the last workgroups of fc4's gradient pair, which finishes its input
+    /// gradient's tiles itself (`matmul_pair_latent`, [`latent_into_pair`]): one
+    /// dispatch fewer per step. Off by default (`VAE_OOD_GPU_LATENT_PAIR=1`): not
+    /// yet timed on a GPU; it sums dz in another order than the latent kernel
+    pub latent_pair: bool,
 }
 
 impl Fusions {
@@ -849,6 +973,7 @@ impl Fusions {
         bce: false,
         bce_split: false,
         latent_fc1: false,
+        latent_pair: false,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -862,6 +987,7 @@ impl Fusions {
         bce: false,
         bce_split: false,
         latent_fc1: false,
+        latent_pair: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -882,6 +1008,7 @@ impl Fusions {
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
             bce_split: crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT),
             latent_fc1: crate::knobs::flag(crate::knobs::GPU_LATENT_FC1),
+            latent_pair: crate::knobs::flag(crate::knobs::GPU_LATENT_PAIR),
         }
     }
 
@@ -898,7 +1025,9 @@ impl Fusions {
         .filter(|f| !f.0)
         .map(|f| f.1)
         .collect();
-        let mut extra = match (self.adam, self.adam && self.latent && self.latent_adam) {
+        // (with the latent backward in fc4's pair the tail stays in the triple)
+        let tail_in_latent = self.latent && self.latent_adam && !(self.latent_pair && self.pairs);
+        let mut extra = match (self.adam, self.adam && tail_in_latent) {
             (true, true) => ", Adam in the triple (its tail in the latent backward)",
             (true, false) => ", Adam in the triple",
             _ => "",
@@ -906,6 +1035,9 @@ impl Fusions {
         .to_string();
         if self.latent && self.latent_fc1 {
             extra.push_str(", the latent forward in fc1's product");
+        }
+        if self.latent && self.pairs && self.latent_pair {
+            extra.push_str(", the latent backward in fc4's gradient pair");
         }
         if self.bce {
             extra.push_str(if self.bce_split {
@@ -1143,6 +1275,22 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
                     i += g.used;
                     continue;
                 }
+                // (the backward group lowered again without Adam's tail in its
+                // kernel, which folding drops: the tail stays in the triple)
+                let folded = (fuse.latent_pair && fuse.pairs)
+                    .then(|| lower_latent(&ops[i..], source, fuse.triple, fuse.adam, false))
+                    .flatten()
+                    .filter(|g| latent_into_pair(&mut plan, &mut slots, ops, i, g, source));
+                if let Some(g) = folded {
+                    source = None;
+                    // (the latent kernel's slot and dispatch dropped)
+                    for (at, bytes) in g.slots.into_iter().skip(1) {
+                        slots[i + at] = bytes;
+                    }
+                    plan.extend(g.dispatches.into_iter().skip(1).map(|(at, d)| (i + at, d)));
+                    i += g.used;
+                    continue;
+                }
                 source = None;
                 for (at, bytes) in g.slots {
                     slots[i + at] = bytes;
@@ -1309,10 +1457,11 @@ fn lower_one(op: &Op) -> (Vec<Dispatch>, Vec<u8>) {
     }
 }
 
-/// Last-block counters (u32) and f32 shares of the head that `ops` may need: for
-/// every BCE, the tiles of the product before it (`matmul_bce`); for every product
-/// into H1, its tiles and row bands, and its column tiles' shares of a head of up
-/// to 64 outputs per row (`matmul_latent`).
+/// Last-block counters (u32) and f32 shares of the head or dz that `ops` may need:
+/// for every BCE, the tiles of the product before it (`matmul_bce`); for every
+/// product into H1 or Dh3, its tiles and row bands, and its column tiles' shares of
+/// a head or dz of up to 64 outputs per row (`matmul_latent`,
+/// `matmul_pair_latent`).
 fn last_block_len(ops: &[Op]) -> (usize, usize) {
     let tiles = |m: u32, n: u32| (m.div_ceil(32) as usize, n.div_ceil(32) as usize);
     ops.iter()
@@ -1321,7 +1470,11 @@ fn last_block_len(ops: &[Op]) -> (usize, usize) {
                 let (rows, cols) = tiles(p.rows, p.d);
                 (rows * cols, 0)
             }
-            Op::Matmul { c: Buf::H1, p, .. } => {
+            Op::Matmul {
+                c: Buf::H1 | Buf::Dh3,
+                p,
+                ..
+            } => {
                 let (rows, cols) = tiles(p.m, p.n);
                 (cols * rows + rows, cols * p.m as usize * 64)
             }
@@ -1408,7 +1561,12 @@ impl GpuBackend {
             triple: f.triple && self.ctx.has(Kernel::MatmulTriple),
             adam: f.adam && self.ctx.has(Kernel::MatmulTripleAdam),
             latent_adam: f.latent_adam && self.ctx.has(Kernel::LatentBackwardAdam),
-            latent_fc1: f.latent_fc1 && self.ctx.has(Kernel::MatmulLatent),
+            // (both kernels: fc1 reads the image store at a run's first step)
+            latent_fc1: f.latent_fc1
+                && [Kernel::MatmulLatent, Kernel::MatmulGatherLatent]
+                    .iter()
+                    .all(|&k| self.ctx.has(k)),
+            latent_pair: f.latent_pair && self.ctx.has(Kernel::MatmulPairLatent),
             bce: f.bce
                 && [Kernel::MatmulBce, Kernel::MatmulPairLoss]
                     .iter()
@@ -1648,7 +1806,9 @@ impl GpuBackend {
         if grow_rows {
             self.rowloss = Self::make_scratch(&self.ctx, "row shares of the BCE", rows_need);
         }
-        let (counts_need, parts_need) = match (self.fusions.bce, self.fusions.latent_fc1) {
+        let f = self.fusions;
+        let latent = f.latent_fc1 || f.latent_pair;
+        let (counts_need, parts_need) = match (f.bce, latent) {
             (false, false) => (0, 0),
             (_, latent) => {
                 let (c, p) = last_block_len(ops);
@@ -1662,7 +1822,7 @@ impl GpuBackend {
         }
         let grow_parts = parts_need as u64 * 4 > self.head_parts.size();
         if grow_parts {
-            self.head_parts = Self::make_scratch(&self.ctx, "shares of the head", parts_need);
+            self.head_parts = Self::make_scratch(&self.ctx, "shares of the head or dz", parts_need);
         }
         if grow || grow_rows || grow_counts || grow_parts {
             // bind groups hold the old scratch buffers: rebuild them all lazily
@@ -2360,7 +2520,7 @@ mod tests {
     fn slots_increase_along_every_plan() {
         let one = step();
         let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-        for bits in 0..1024 {
+        for bits in 0..2048 {
             let f = Fusions {
                 pairs: bits & 1 != 0,
                 reduces: bits & 2 != 0,
@@ -2372,6 +2532,7 @@ mod tests {
                 latent_adam: bits & 128 != 0,
                 bce_split: bits & 256 != 0,
                 latent_fc1: bits & 512 != 0,
+                latent_pair: bits & 1024 != 0,
             };
             let plan = lower_all(&two, f).0;
             assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -2887,21 +3048,26 @@ mod tests {
     /// step's fc1 (op 14 + 1: its gather ran beside the first step's Adam) takes
     /// the head product, the reparameterisation and fc3's product as one
     /// `matmul_latent` — one dispatch fewer — whose slot holds fc1's (split), the
-    /// head's and fc3's products and the reparameterisation; the first step's fc1
-    /// reads the image store (`matmul_gather`) and keeps the latent kernel. Not
-    /// with two draws, nor where the latent group is not fused, nor after a reduce
-    /// that is not folded.
+    /// head's and fc3's products and the reparameterisation; the first step's fc1,
+    /// which reads the image store (`matmul_gather`), takes them as one
+    /// `matmul_gather_latent`, its slot the same with the gather's first index
+    /// entry. Not with two draws, nor where the latent group is not fused, nor after
+    /// a reduce that is not folded.
     #[test]
     fn the_latent_forward_joins_fc1s_product() {
         let one = step();
-        let two: Vec<Op> = one.iter().chain(&one).copied().collect();
+        let mut two: Vec<Op> = one.iter().chain(&one).copied().collect();
+        if let Op::Gather(g) = &mut two[0] {
+            // (a batch of images from 128 on: the index entry the slot must hold)
+            g.idx_off = 128;
+        }
         let f = Fusions {
             latent_fc1: true,
             ..Fusions::DEFAULT
         };
         let (plan, slots) = lower_all(&two, f);
         let (plain, _) = lower_all(&two, Fusions::DEFAULT);
-        assert_eq!(plan.len() + 1, plain.len());
+        assert_eq!(plan.len() + 2, plain.len());
         let fc1 = one.len() + 1;
         let Op::Matmul { p: q1, .. } = two[fc1] else {
             unreachable!()
@@ -2911,37 +3077,50 @@ mod tests {
         else {
             unreachable!()
         };
+        let Op::Gather(g) = two[0] else {
+            unreachable!()
+        };
         let k = kernels(&two, f);
         assert_eq!(
             k.iter()
-                .filter(|d| d.1 == Kernel::MatmulLatent)
+                .filter(|d| matches!(
+                    d.1,
+                    Kernel::MatmulLatent | Kernel::MatmulGatherLatent | Kernel::LatentForward
+                ))
                 .collect::<Vec<_>>(),
-            [&(fc1, Kernel::MatmulLatent)]
+            [
+                &(0, Kernel::MatmulGatherLatent),
+                &(fc1, Kernel::MatmulLatent)
+            ]
         );
-        assert_eq!(
-            k.iter().filter(|d| d.1 == Kernel::LatentForward).count(),
-            1,
-            "the first step keeps its latent kernel"
-        );
-        let d = plan
-            .iter()
-            .find(|d| d.1 .0 == Kernel::MatmulLatent)
-            .unwrap();
         let s = choose_splits(&q1);
         assert!(s > 1);
-        assert_eq!(d.1 .2, (13, 4, s), "400 columns, 128 rows, {s} K shares");
-        assert_eq!(d.1 .1.len(), 15);
-        assert_eq!(d.1 .1[14], Res::HeadParts);
-        let mut want = bytemuck::bytes_of(&MatmulParams { splits: s, ..q1 }).to_vec();
-        want.extend_from_slice(bytemuck::bytes_of(&qh));
-        want.extend_from_slice(bytemuck::bytes_of(&qd));
-        want.resize(SLOT_TAIL_AT, 0);
-        want.extend_from_slice(bytemuck::bytes_of(&rp));
-        assert_eq!(slots[fc1], want);
-        // everything but the two ops' dispatches as without it
+        for (at, kernel, idx, n_res) in [
+            (fc1, Kernel::MatmulLatent, 0, 15),
+            (0, Kernel::MatmulGatherLatent, g.idx_off, 16),
+        ] {
+            let d = plan.iter().find(|d| d.0 == at).unwrap();
+            assert_eq!(d.1 .0, kernel);
+            assert_eq!(d.1 .2, (13, 4, s), "400 columns, 128 rows, {s} K shares");
+            assert_eq!(d.1 .1.len(), n_res);
+            assert_eq!(d.1 .1[n_res - 1], Res::HeadParts);
+            let mut want = bytemuck::bytes_of(&MatmulParams { splits: s, ..q1 }).to_vec();
+            want.extend_from_slice(bytemuck::bytes_of(&qh));
+            want.extend_from_slice(bytemuck::bytes_of(&qd));
+            want.resize(SLOT_TAIL_AT, 0);
+            want.extend_from_slice(bytemuck::bytes_of(&[rp.images, rp.l, rp.draws, rp.seed]));
+            want.extend_from_slice(bytemuck::bytes_of(&[
+                idx,
+                rp.stream,
+                rp.row_base,
+                rp.eps_given,
+            ]));
+            assert_eq!(slots[at], want, "{kernel:?}");
+        }
+        // everything but the ops' dispatches as without it
         let rest = |plan: &[(usize, Dispatch)]| -> Vec<(usize, Dispatch)> {
             plan.iter()
-                .filter(|d| d.0 != fc1 && d.0 != fc1 + 1)
+                .filter(|d| ![0, 2, fc1, fc1 + 1].contains(&d.0))
                 .cloned()
                 .collect()
         };
@@ -2963,6 +3142,150 @@ mod tests {
             }
         ));
         assert!(fused(&two, f));
+    }
+
+    /// The latent backward in fc4's gradient pair (`latent_pair`): the pair (op 8,
+    /// fc4's input gradient split over K, the reduce folded) takes fc3's input
+    /// gradient, the reparameterisation backward and the head's input gradient as
+    /// one `matmul_pair_latent` — one dispatch fewer — whose slot holds the pair's
+    /// two products, the head's input gradient and fc3's weights and L; the triple
+    /// after it is unchanged. With the BCE epilogue the pair keeps its loss tail and
+    /// workgroups; with Adam in the triple, Adam's tail (fc4's parameters) stays in
+    /// the triple instead of moving to the latent kernel, which is gone. Not with
+    /// two draws, nor where the latent group or the pairs are not fused, nor after
+    /// a reduce that is not folded, nor for a product whose B is not the parameters.
+    #[test]
+    fn the_latent_backward_joins_fc4s_pair() {
+        let one = step();
+        let f = Fusions {
+            latent_pair: true,
+            ..Fusions::DEFAULT
+        };
+        let (plan, slots) = lower_all(&one, f);
+        let (plain, plain_slots) = lower_all(&one, Fusions::DEFAULT);
+        assert_eq!(plan.len() + 1, plain.len());
+        let (pair, fc3) = (8, 10);
+        let (Op::Matmul { p: q0, .. }, Op::Matmul { p: q1, .. }) = (one[pair], one[pair + 1])
+        else {
+            unreachable!()
+        };
+        let (Op::Matmul { p: qz, .. }, Op::ReparamBackward(rp), Op::Matmul { p: qx, .. }) =
+            (one[fc3], one[fc3 + 2], one[fc3 + 3])
+        else {
+            unreachable!()
+        };
+        let k = kernels(&one, f);
+        assert_eq!(
+            k.iter()
+                .filter(|d| matches!(d.1, Kernel::MatmulPairLatent | Kernel::LatentBackward))
+                .collect::<Vec<_>>(),
+            [&(pair, Kernel::MatmulPairLatent)]
+        );
+        let d = plan.iter().find(|d| d.0 == pair).unwrap();
+        let was = plain.iter().find(|d| d.0 == pair).unwrap();
+        assert_eq!(was.1 .0, Kernel::MatmulPair);
+        assert_eq!(d.1 .2, was.1 .2, "the pair's workgroups");
+        assert_eq!(d.1 .1.len(), 19);
+        assert_eq!(d.1 .1[..7], was.1 .1[..]);
+        assert_eq!(d.1 .1[12], Res::HeadParts);
+        let s = choose_splits(&q0);
+        assert!(s > 1);
+        let mut want = bytemuck::bytes_of(&MatmulParams { splits: s, ..q0 }).to_vec();
+        want.extend_from_slice(bytemuck::bytes_of(&MatmulParams { splits: 1, ..q1 }));
+        assert_eq!(plain_slots[pair], want);
+        want.extend_from_slice(bytemuck::bytes_of(&qx));
+        want.resize(GATHER_IDX_AT, 0);
+        want.extend_from_slice(bytemuck::bytes_of(&[qz.b_off, qz.b_sp, qz.b_sj, rp.l]));
+        assert_eq!(slots[pair], want);
+        // everything but the latent kernel as without it
+        let rest = |plan: &[(usize, Dispatch)]| -> Vec<(usize, Dispatch)> {
+            plan.iter()
+                .filter(|d| d.0 != pair && d.0 != fc3)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(rest(&plan), rest(&plain));
+        // with the BCE epilogue: the loss tail kept, its workgroups too
+        let bce = Fusions { bce: true, ..f };
+        let (lossy, lossy_slots) = lower_all(&one, bce);
+        let (plain_lossy, plain_lossy_slots) = lower_all(
+            &one,
+            Fusions {
+                latent_pair: false,
+                ..bce
+            },
+        );
+        assert_eq!(lossy.len() + 1, plain_lossy.len());
+        let d = lossy.iter().find(|d| d.0 == pair).unwrap();
+        let was = plain_lossy.iter().find(|d| d.0 == pair).unwrap();
+        assert_eq!(
+            (was.1 .0, d.1 .0),
+            (Kernel::MatmulPairLoss, Kernel::MatmulPairLatent)
+        );
+        assert_eq!(d.1 .2, was.1 .2);
+        assert_eq!(d.1 .1[..11], was.1 .1[..]);
+        assert_eq!(
+            lossy_slots[pair][SLOT_TAIL_AT..GATHER_IDX_AT],
+            plain_lossy_slots[pair][SLOT_TAIL_AT..]
+        );
+        assert_ne!(lossy_slots[pair][SLOT_TAIL_AT..GATHER_IDX_AT], [0; 16]);
+        // with Adam in the triple: its tail in the triple's extra workgroups
+        let adam = Fusions { adam: true, ..f };
+        let with_adam = kernels(&one, adam);
+        assert!(with_adam.contains(&(11, Kernel::MatmulTripleAdam)));
+        assert!(!with_adam.iter().any(|d| d.1 == Kernel::LatentBackwardAdam));
+        assert!(kernels(
+            &one,
+            Fusions {
+                latent_pair: false,
+                ..adam
+            }
+        )
+        .contains(&(fc3, Kernel::LatentBackwardAdam)));
+        let tail = |plan: &[(usize, Dispatch)]| plan.iter().find(|d| d.0 == 11).unwrap().1 .2;
+        assert!(
+            tail(&lower_all(&one, adam).0).0
+                > tail(
+                    &lower_all(
+                        &one,
+                        Fusions {
+                            latent_pair: false,
+                            ..adam
+                        }
+                    )
+                    .0
+                )
+                .0,
+            "the tail's workgroups in the triple"
+        );
+        // refused: two draws; the latent group or the pairs unfused; the reduce a
+        // dispatch; the product's B not the parameters
+        let fused = |ops: &[Op], f: Fusions| {
+            kernels(ops, f)
+                .iter()
+                .any(|d| d.1 == Kernel::MatmulPairLatent)
+        };
+        assert!(fused(&one, f));
+        let mut drawn = one.clone();
+        if let Op::ReparamBackward(p) = &mut drawn[fc3 + 2] {
+            p.draws = 2;
+            p.images /= 2;
+        }
+        assert!(!fused(&drawn, f));
+        assert!(!fused(&one, Fusions { latent: false, ..f }));
+        assert!(!fused(&one, Fusions { pairs: false, ..f }));
+        assert!(!fused(
+            &one,
+            Fusions {
+                reduces: false,
+                ..f
+            }
+        ));
+        let mut grads_b = one.clone();
+        if let Op::Matmul { b, .. } = &mut grads_b[pair] {
+            *b = Buf::Grads;
+        }
+        assert!(!fused(&grads_b, f));
     }
 
     /// The BCE epilogue only where it computes what the ops say: not without the

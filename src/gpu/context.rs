@@ -28,6 +28,8 @@ pub enum Kernel {
     MatmulBce,
     MatmulPairLoss,
     MatmulLatent,
+    MatmulGatherLatent,
+    MatmulPairLatent,
     ReparamForward,
     ReparamBackward,
     Bce,
@@ -67,28 +69,45 @@ const MATMUL_TRIPLE_ADAM_BINDINGS: [(u32, bool); 12] = then(
 const MATMUL_BCE_BINDINGS: [(u32, bool); 10] =
     then(&MATMUL_BINDINGS, &[(18, true), (19, false), (26, false)]);
 
-/// `matmul_latent`: the product's (fc1's), then the latent forward's outputs (head,
-/// ε, z, KL, log p − log q, h3), its counters (`last_block.wgsl`) and the head's
-/// shares (`matmul_latent.wgsl`).
-const MATMUL_LATENT_BINDINGS: [(u32, bool); 15] = then(
-    &MATMUL_BINDINGS,
-    &[
-        (20, false),
-        (21, false),
-        (22, false),
-        (23, false),
-        (24, false),
-        (25, false),
-        (26, false),
-        (27, false),
-    ],
-);
+/// `matmul_latent.wgsl`'s: the latent forward's outputs (head, ε, z, KL,
+/// log p − log q, h3), its counters (`last_block.wgsl`) and the head's shares.
+const LATENT_TAIL: [(u32, bool); 8] = [
+    (20, false),
+    (21, false),
+    (22, false),
+    (23, false),
+    (24, false),
+    (25, false),
+    (26, false),
+    (27, false),
+];
+
+/// `matmul_latent`: the product's (fc1's), then [`LATENT_TAIL`].
+const MATMUL_LATENT_BINDINGS: [(u32, bool); 15] = then(&MATMUL_BINDINGS, &LATENT_TAIL);
 
 /// `matmul_pair_loss`: the pair's, then the BCE's row shares and the KL → the
 /// BCE and the per-image losses (`matmul_loss.wgsl`).
 const MATMUL_PAIR_LOSS_BINDINGS: [(u32, bool); 11] = then(
     &MATMUL_BINDINGS,
     &[(19, true), (20, true), (21, false), (22, false)],
+);
+
+/// `matmul_pair_latent`: the pair loss's (its loss bindings bound even where it
+/// finishes no loss: they are named by its code), its counters and the shares of dz,
+/// then the latent backward's head, ε and h1 (mask) → dz, dhead, dh1
+/// (`matmul_latent_backward.wgsl`).
+const MATMUL_PAIR_LATENT_BINDINGS: [(u32, bool); 19] = then(
+    &MATMUL_PAIR_LOSS_BINDINGS,
+    &[
+        (26, false),
+        (27, false),
+        (28, true),
+        (29, true),
+        (30, true),
+        (31, false),
+        (32, false),
+        (33, false),
+    ],
 );
 
 /// The bindings `first`, then `more` (M of them in all).
@@ -144,10 +163,14 @@ const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
     (17, false),
 ];
 
+/// `matmul_gather_latent`: `matmul_gather`'s, then [`LATENT_TAIL`].
+const MATMUL_GATHER_LATENT_BINDINGS: [(u32, bool); 16] =
+    then(&MATMUL_GATHER_BINDINGS, &LATENT_TAIL);
+
 const ADAM_UPDATE: (&str, &str) = wgsl!("adam_update.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
@@ -158,6 +181,8 @@ impl Kernel {
         Kernel::MatmulBce,
         Kernel::MatmulPairLoss,
         Kernel::MatmulLatent,
+        Kernel::MatmulGatherLatent,
+        Kernel::MatmulPairLatent,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
         Kernel::Bce,
@@ -181,7 +206,9 @@ impl Kernel {
             | Kernel::MatmulReduce
             | Kernel::MatmulBce
             | Kernel::MatmulPairLoss
-            | Kernel::MatmulLatent => wgsl!("matmul.wgsl"),
+            | Kernel::MatmulLatent
+            | Kernel::MatmulGatherLatent
+            | Kernel::MatmulPairLatent => wgsl!("matmul.wgsl"),
             Kernel::ReparamForward | Kernel::ReparamBackward => {
                 wgsl!("reparam.wgsl")
             }
@@ -208,6 +235,8 @@ impl Kernel {
                 | Kernel::MatmulBce
                 | Kernel::MatmulPairLoss
                 | Kernel::MatmulLatent
+                | Kernel::MatmulGatherLatent
+                | Kernel::MatmulPairLatent
         )
     }
 
@@ -232,14 +261,18 @@ impl Kernel {
 
     /// The files its shader module is assembled from, in order: the kernel's file;
     /// for `matmul.wgsl`'s kernels their split-K partial sums
-    /// (`matmul_partial.wgsl`, or `matmul_partial_atomic.wgsl` for `matmul_bce`,
-    /// whose last K share of a tile reads the others'), where their problems read their operands
-    /// (`matmul_triple_operands.wgsl` for the triples, which bind two buffers
-    /// more, `matmul_gather_operands.wgsl` for `matmul_gather`,
+    /// (`matmul_partial.wgsl`, or `matmul_partial_atomic.wgsl` for the kernels
+    /// whose last K share of a tile reads the others': `matmul_bce`,
+    /// `matmul_latent`, `matmul_pair_latent`), where their problems read their
+    /// operands (`matmul_triple_operands.wgsl` for the triples, which bind two
+    /// buffers more, `matmul_gather_operands.wgsl` for `matmul_gather`,
     /// `matmul_operands.wgsl` for the others) and what follows a stored element
     /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_bce.wgsl` for
-    /// `matmul_bce`, `matmul_store.wgsl` for the others), and for
-    /// `matmul_pair_loss` its entry point (`matmul_loss.wgsl`); `adam_update.wgsl` for them and the Adam kernels; for
+    /// `matmul_bce`, `matmul_latent.wgsl` for `matmul_latent`,
+    /// `matmul_latent_backward.wgsl` for `matmul_pair_latent`, with
+    /// `last_block.wgsl` for these three, `matmul_store.wgsl` for the others), and
+    /// for `matmul_pair_loss` and `matmul_pair_latent` the loss's extra workgroups
+    /// (`matmul_loss.wgsl`); `adam_update.wgsl` for them and the Adam kernels; for
     /// the latent kernels their parameters' binding (`latent_params.wgsl`, read-only,
     /// or `latent_adam.wgsl`, read-write, with `latent_backward_adam`) and
     /// `adam_update.wgsl`; for
@@ -270,7 +303,10 @@ impl Kernel {
         // (the split-K partial sums: atomics where a tile's last K share reads the
         // others' in the same dispatch)
         match self {
-            Kernel::MatmulBce | Kernel::MatmulLatent => v.push(wgsl!("matmul_partial_atomic.wgsl")),
+            Kernel::MatmulBce
+            | Kernel::MatmulLatent
+            | Kernel::MatmulGatherLatent
+            | Kernel::MatmulPairLatent => v.push(wgsl!("matmul_partial_atomic.wgsl")),
             k if k.is_matmul() => v.push(wgsl!("matmul_partial.wgsl")),
             _ => {}
         }
@@ -283,7 +319,16 @@ impl Kernel {
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
             Kernel::MatmulBce => v.extend([OPERANDS, STORE_BCE, LAST_BLOCK]),
             Kernel::MatmulLatent => v.extend([OPERANDS, wgsl!("matmul_latent.wgsl"), LAST_BLOCK]),
+            Kernel::MatmulGatherLatent => {
+                v.extend([GATHER_OPERANDS, wgsl!("matmul_latent.wgsl"), LAST_BLOCK])
+            }
             Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
+            Kernel::MatmulPairLatent => v.extend([
+                OPERANDS,
+                wgsl!("matmul_latent_backward.wgsl"),
+                LAST_BLOCK,
+                LOSS,
+            ]),
             _ => {}
         }
         // (the latent kernels' parameters read-only, or read-write with Adam; all
@@ -303,7 +348,7 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::Gather | Kernel::AdamGather | Kernel::MatmulGather
+            Kernel::Gather | Kernel::AdamGather | Kernel::MatmulGather | Kernel::MatmulGatherLatent
         ) {
             v.push(PIXEL);
         }
@@ -315,6 +360,7 @@ impl Kernel {
                 | Kernel::LatentBackward
                 | Kernel::LatentBackwardAdam
                 | Kernel::MatmulLatent
+                | Kernel::MatmulGatherLatent
         ) {
             v.push(NORMAL);
         }
@@ -369,11 +415,12 @@ impl Kernel {
             Kernel::MatmulPair => "matmul_pair",
             Kernel::MatmulTriple => "matmul_triple",
             Kernel::MatmulTripleAdam => "matmul_triple_adam",
-            Kernel::MatmulGather => "matmul_gather",
+            Kernel::MatmulGather | Kernel::MatmulGatherLatent => "matmul_gather",
             Kernel::MatmulReduce => "matmul_reduce",
             // (`matmul` of the module with matmul_bce.wgsl's epilogue)
             Kernel::MatmulBce | Kernel::MatmulLatent => "matmul",
             Kernel::MatmulPairLoss => "matmul_pair_loss",
+            Kernel::MatmulPairLatent => "matmul_pair_latent",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
             Kernel::Bce => "bce_logits",
@@ -397,7 +444,9 @@ impl Kernel {
             Kernel::MatmulGather => &MATMUL_GATHER_BINDINGS,
             Kernel::MatmulBce => &MATMUL_BCE_BINDINGS,
             Kernel::MatmulLatent => &MATMUL_LATENT_BINDINGS,
+            Kernel::MatmulGatherLatent => &MATMUL_GATHER_LATENT_BINDINGS,
             Kernel::MatmulPairLoss => &MATMUL_PAIR_LOSS_BINDINGS,
+            Kernel::MatmulPairLatent => &MATMUL_PAIR_LATENT_BINDINGS,
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
             Kernel::MatmulReduce => &[(10, true), (11, true), (3, false), (6, false)],
             // head → z, eps, kl, logpq
@@ -1311,7 +1360,12 @@ impl GpuContext {
                     let (device, uniform_layout) = (&device, &uniform_layout);
                     let fits = k.bindings().len() as u32 <= storage_per_stage
                         && (k != Kernel::MatmulBce || bce_bytes <= workgroup_bytes)
-                        && (k != Kernel::MatmulLatent || latent_bytes <= workgroup_bytes);
+                        && (!matches!(
+                            k,
+                            Kernel::MatmulLatent
+                                | Kernel::MatmulGatherLatent
+                                | Kernel::MatmulPairLatent
+                        ) || latent_bytes <= workgroup_bytes);
                     fits.then(|| {
                         s.spawn(move || {
                             build_pipeline(

@@ -1,0 +1,185 @@
+// Appended to matmul.wgsl (with matmul_operands.wgsl, matmul_partial_atomic.wgsl,
+// last_block.wgsl and matmul_loss.wgsl) for matmul_pair_latent, the entry point
+// below: fc4's gradient pair (as matmul_pair: problem 0 its input gradient
+// dh3 = (dlogits W4) ⊙ [h3 > 0], split over K; problem 1 its weight gradient) with
+// the latent backward in the last workgroups of problem 0, so that a training step
+// runs no latent_backward dispatch (`VAE_OOD_GPU_LATENT_PAIR=1`). The backward
+// counterpart of matmul_latent.wgsl, with the same two levels of last blocks:
+//
+//   1. the last of a dh3 tile's K shares to finish (last_split) adds the shares up
+//      and stores its 32 × 32 tile of dh3 (the product's epilogue, as matmul_reduce
+//      would), then multiplies it into its column tile's share of dz,
+//      dz_parts[ct, i, o] = Σ_{j in the tile's columns} dh3(i, j) W3(j, o), and
+//      counts the tile in its row band;
+//   2. the last of a band's column tiles (its 32 images) adds the shares in order
+//      ct = 0, 1, … (dz, (B, L)), runs the reparameterisation backward as
+//      latent.wgsl does (dhead, (B, 2L), from the KL's gradient, ε and the head),
+//      and the head's input gradient dh1 = (dhead W2) ⊙ [h1 > 0] (each output
+//      summed over the 2L head outputs in order, as cpu::matmul).
+//
+// With u.tail.x > 0 (the BCE in fc4's epilogue, `VAE_OOD_GPU_BCE_EPILOGUE` or
+// `_SPLIT`) workgroups after the pair's tiles finish the per-image losses as
+// matmul_pair_loss's do (loss_rows, matmul_loss.wgsl). The shares of dz cross
+// workgroups inside the dispatch, so they are atomics (f32 bits), as are the
+// split-K partial sums. Its CPU twin is the op sequence it replaces: the pair's two
+// cpu::matmul calls, cpu::matmul (fc3 dX), cpu::reparam_backward, cpu::matmul
+// (head dX; fc3's weight gradient, which the latent group moves after these, runs
+// in the next dispatch); dz sums in another order (by column tile), so results
+// agree to rounding (tests/kernels.rs). One draw per image (training steps); L ≤ 32.
+// u.p[0], u.p[1]: the pair; u.p[2]: the head's input gradient (A: dhead, dense;
+// mask from h1); u.gather: fc3's input gradient, (b_off, b_sp, b_sj, L) of W3 (A:
+// dh3 as problem 0 stores it, C: dz dense).
+
+@group(0) @binding(28) var<storage, read> head: array<f32>;
+@group(0) @binding(29) var<storage, read> eps: array<f32>;
+@group(0) @binding(30) var<storage, read> h1: array<f32>;
+@group(0) @binding(31) var<storage, read_write> dz: array<f32>;
+@group(0) @binding(32) var<storage, read_write> dhead: array<f32>;
+@group(0) @binding(33) var<storage, read_write> dh1: array<f32>;
+// (its counters, last_block.wgsl's: the tiles' of problem 0, then the bands':
+// band_count)
+// the column tiles' shares of dz, (column tiles, B, L), as f32 bits
+@group(0) @binding(27) var<storage, read_write> dz_parts: array<atomic<u32>>;
+
+// [0, 1024): the tile's dh3 (32 × 32), then the band's dz (32 × 32); [1024, 3072):
+// the band's dhead rows (32 × 64). 12 KB, as matmul_latent's (LATENT_TAIL_BYTES)
+var<workgroup> lat: array<f32, 3072>;
+const ZS: u32 = 0u;
+const HD: u32 = 1024u;
+
+@compute @workgroup_size(16, 16)
+fn matmul_pair_latent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g0 = grid(0u);
+    let g1 = grid(1u);
+    let tiles = g0.x * g0.y * g0.z + g1.x * g1.y;
+    if (wg.x < tiles) {
+        pair_tile(wg.x, lid);
+    } else {
+        loss_rows(wg.x - tiles, lid);
+    }
+}
+
+struct AfterReads { none: u32 }
+
+fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
+    return AfterReads();
+}
+
+// A tile of dh3 is done (stored): its share of dz, then the band's tail if this is
+// the band's last tile. Nothing for the weight gradient's tiles (problem 1).
+// Called by every thread of the workgroup.
+fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
+    if (w.q != 0u) {
+        return;
+    }
+    let t = lid.y * 16u + lid.x;
+    let ii = lid.y * 2u;
+    let jj = lid.x * 2u;
+    lat[ii * 32u + jj] = select(0.0, s[0].v, s[0].at != NONE);
+    lat[ii * 32u + jj + 1u] = select(0.0, s[1].v, s[1].at != NONE);
+    lat[(ii + 1u) * 32u + jj] = select(0.0, s[2].v, s[2].at != NONE);
+    lat[(ii + 1u) * 32u + jj + 1u] = select(0.0, s[3].v, s[3].at != NONE);
+    workgroupBarrier();
+    let qz = u.gather;
+    let l = qz.w;
+    let ct = w.col0 / TILE;
+    // thread t: row t / 8 of the tile, outputs t % 8, + 8, …
+    let rr = t / 8u;
+    for (var o = t % 8u; o < l; o += 8u) {
+        var v = 0.0;
+        for (var k = 0u; k < TILE; k++) {
+            let j = w.col0 + k;
+            if (j < w.p.n) {
+                v = fma(lat[rr * 32u + k], b[qz.x + j * qz.y + o * qz.z], v);
+            }
+        }
+        if (w.row0 + rr < w.p.m) {
+            atomicStore(&dz_parts[(ct * w.p.m + w.row0 + rr) * l + o], bitcast<u32>(v));
+        }
+    }
+    storageBarrier();
+    if (count_in(band_count(w), col_tiles(w), t)) {
+        band_tail(w, t);
+    }
+}
+
+// The latent backward for the band's images (rows row0 … row0 + 31 of dh3).
+fn band_tail(w: Walk, t: u32) {
+    let qx = u.p[2];
+    let l = u.gather.w;
+    let two_l = 2u * l;
+    let row0 = w.row0;
+    let rows = min(TILE, w.p.m - row0);
+    let cts = col_tiles(w);
+    // dz: the column tiles' shares in order. Thread t's outputs x = t + 256·k (k < 4:
+    // 32 rows × 32 at most), each summing over the column tiles four at a time: all
+    // 16 loads of a trip issued before any add waits on one
+    let n_out = rows * l;
+    var acc = array<f32, 4>();
+    var c = 0u;
+    for (; c < cts; c += 4u) {
+        var x = array<f32, 16>();
+        for (var k = 0u; k < 4u; k++) {
+            let out = t + 256u * k;
+            let base = (row0 + out / l) * l + out % l;
+            for (var q = 0u; q < 4u; q++) {
+                if (out < n_out && c + q < cts) {
+                    x[k * 4u + q] = bitcast<f32>(atomicLoad(&dz_parts[(c + q) * w.p.m * l + base]));
+                }
+            }
+        }
+        for (var k = 0u; k < 4u; k++) {
+            for (var q = 0u; q < 4u; q++) {
+                if (c + q < cts) {
+                    acc[k] += x[k * 4u + q];
+                }
+            }
+        }
+    }
+    for (var k = 0u; k < 4u; k++) {
+        let out = t + 256u * k;
+        if (out < n_out) {
+            let r = out / l;
+            let o = out % l;
+            dz[(row0 + r) * l + o] = acc[k];
+            lat[ZS + r * 32u + o] = acc[k];
+        }
+    }
+    workgroupBarrier();
+    // the head's gradient (one draw: row i), as latent.wgsl: the KL's gradient, then
+    // dz's through z = μ + ε σ
+    for (var x = t; x < rows * l; x += 256u) {
+        let r = x / l;
+        let j = x % l;
+        let i = row0 + r;
+        let mu = head[i * two_l + j];
+        let lv = head[i * two_l + l + j];
+        let half_sd = 0.5 * exp(0.5 * lv);
+        let g = lat[ZS + r * 32u + j];
+        let gmu = mu + g;
+        let glv = 0.5 * (exp(lv) - 1.0) + g * eps[i * l + j] * half_sd;
+        dhead[i * two_l + j] = gmu;
+        dhead[i * two_l + l + j] = glv;
+        lat[HD + r * 64u + j] = gmu;
+        lat[HD + r * 64u + l + j] = glv;
+    }
+    workgroupBarrier();
+    // dh1: output j for every row of the band, its weights read once
+    for (var j = t; j < qx.n; j += 256u) {
+        var wj: array<f32, 64>;
+        for (var p = 0u; p < two_l; p++) {
+            wj[p] = b[qx.b_off + p * qx.b_sp + j * qx.b_sj];
+        }
+        for (var r = 0u; r < rows; r++) {
+            var v = 0.0;
+            for (var p = 0u; p < two_l; p++) {
+                v = fma(lat[HD + r * 64u + p], wj[p], v);
+            }
+            let i = row0 + r;
+            if ((qx.flags & 4u) != 0u && h1[qx.e_off + i * qx.e_si + j] <= 0.0) {
+                v = 0.0;
+            }
+            dh1[qx.c_off + i * qx.c_si + j] = v;
+        }
+    }
+}
