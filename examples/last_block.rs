@@ -44,6 +44,21 @@
 //! (`three`: three boundaries). Shapes: bands × tiles per band × splits of fc1's
 //! forward (4 × 13 × 4) and fc4's (4 × 25 × 2).
 //!
+//! A third table is about the boundaries left once the last blocks have taken
+//! what they can (four per step with every fusion: fc4's product reads all of h3,
+//! the triple all of dh1 — a fan-out, which a last block cannot do): P producers
+//! store their parts and count themselves, C consumers wait until all P have and
+//! then read one each (`wait`, `wait_at` with atomics), against a producers'
+//! dispatch and a consumers' (`two`). Waiting inside a dispatch deadlocks if a
+//! consumer holds a place on the GPU that a producer it waits for needs; here each
+//! workgroup takes a ticket (an atomic counter) as it starts, and the first P to
+//! start produce, so a consumer waits only for workgroups that have started (as
+//! CUB's decoupled look-back does). Shapes (P × C): 4 × 100 (fc1's band tails, then
+//! fc4's tiles), 208 × 338 (dh3's K shares, then the triple's tiles), 4 × 325 and
+//! 416 × 416. On lavapipe consumers that do not wait read stale parts at 416 × 416
+//! only (its workgroups run nearly in ticket order), so there it checks the kernels'
+//! logic; on a GPU `two − wait` is what each such boundary would save.
+//!
 //!   cargo run --release --example last_block [reps]
 mod common;
 
@@ -234,6 +249,87 @@ fn last2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
+// Fan-out (the third table): P producers store their parts, C consumers read them
+// (consumer c reads producer c % P's, checked), the last consumer to finish
+// resets the counters and bumps the generation (gens[0]). fan: (ticket, producers
+// done, consumers done). prm.tiles = P, prm.splits = C.
+@group(0) @binding(8) var<storage, read_write> fan: array<atomic<u32>>;
+var<workgroup> fan_ws: u32;
+
+fn fan_produce(p: u32, li: u32, g: u32) {
+    store_part(p * 256u + li, value(g, p, 0u, li));
+    // this workgroup's stores before its count
+    storageBarrier();
+    if (li == 0u) {
+        atomicAdd(&fan[1], 1u);
+    }
+}
+
+fn fan_consume(c: u32, li: u32, g: u32) {
+    let p = c % prm.tiles;
+    let v = load_part(p * 256u + li);
+    if (any(v != value(g, p, 0u, li))) {
+        atomicAdd(&errors, 1u);
+    }
+    // (every thread has read, and read g, before the count)
+    workgroupBarrier();
+    if (li == 0u && atomicAdd(&fan[2], 1u) + 1u == prm.splits) {
+        atomicStore(&fan[0], 0u);
+        atomicStore(&fan[1], 0u);
+        atomicStore(&fan[2], 0u);
+        gens[0] = g + 1u;
+    }
+}
+
+// two dispatches: the producers (P workgroups), then the consumers (C)
+@compute @workgroup_size(256)
+fn fan_store(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    fan_produce(wg.x, li, gens[0]);
+}
+
+@compute @workgroup_size(256)
+fn fan_read(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    fan_consume(wg.x, li, gens[0]);
+}
+
+// one dispatch of P + C workgroups: each takes a ticket as it starts; the first P
+// to start produce, the others wait until all P have counted, then consume. A
+// consumer waits only for workgroups that started before it (they hold earlier
+// tickets), so it needs no more workgroups resident than the GPU runs anyway,
+// whatever order it starts them in (the grid barrier of examples/grid_sync.rs
+// needed every workgroup resident at once).
+@compute @workgroup_size(256)
+fn fan_wait(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    if (li == 0u) {
+        fan_ws = atomicAdd(&fan[0], 1u);
+    }
+    let ticket = workgroupUniformLoad(&fan_ws);
+    let g = gens[0];
+    if (ticket < prm.tiles) {
+        fan_produce(ticket, li, g);
+    } else {
+        if (li == 0u) {
+            // (bounded: a wait that never ends counts a million errors instead of
+            // hanging the GPU)
+            var n = 0u;
+            loop {
+                if (atomicLoad(&fan[1]) >= prm.tiles) {
+                    break;
+                }
+                n++;
+                if (n == 1u << 26u) {
+                    atomicAdd(&errors, 1000000u);
+                    break;
+                }
+            }
+        }
+        // the wait, then the producers' stores (device scope in naga)
+        workgroupBarrier();
+        storageBarrier();
+        fan_consume(ticket - prm.tiles, li, g);
+    }
+}
+
 // stores, then the last of a tile's splits reduces it
 @compute @workgroup_size(256)
 fn last(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -269,6 +365,11 @@ enum Way {
     Three,
     /// two levels in one dispatch
     Last2,
+    /// fan-out: a producers' dispatch, then a consumers'
+    FanTwo,
+    /// fan-out in one dispatch, consumers waiting for the producers that started
+    /// before them
+    FanWait,
 }
 
 struct Rig {
@@ -286,11 +387,14 @@ struct Kernels {
     tile_reduce: wgpu::ComputePipeline,
     band_reduce: wgpu::ComputePipeline,
     last2: wgpu::ComputePipeline,
+    fan_store: wgpu::ComputePipeline,
+    fan_read: wgpu::ComputePipeline,
+    fan_wait: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
 }
 
 /// A run's shape: output tiles, K shares per tile, and tiles per band (two-level
-/// runs; 1 for one level).
+/// runs; 1 for one level); for the fan-out runs, producers, consumers and 1.
 #[derive(Clone, Copy)]
 struct Shape {
     tiles: u32,
@@ -328,6 +432,8 @@ impl Rig {
                 (&k.band_reduce, tiles / band),
             ],
             Way::Last2 => vec![(&k.last2, all)],
+            Way::FanTwo => vec![(&k.fan_store, tiles), (&k.fan_read, splits)],
+            Way::FanWait => vec![(&k.fan_wait, tiles + splits)],
         };
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.clear_buffer(&self.errors.on_gpu, 0, None);
@@ -376,6 +482,7 @@ fn main() -> anyhow::Result<()> {
     let gens = storage("gens", most_tiles * 4);
     let tsums = storage("tile sums", most_tiles * 256 * 16);
     let band_counters = storage("band counters", most_tiles * 4);
+    let fan = storage("fan-out counters", 16);
     let errors = Count::new(&device, "errors");
     let prm = common::params(&device);
     let kernels = |name: &str, part: &str| -> Kernels {
@@ -397,7 +504,7 @@ fn main() -> anyhow::Result<()> {
             min_binding_size: None,
         };
         let mut entries: Vec<wgpu::BindGroupLayoutEntry> =
-            [0, 1, 2, 3, 4, 6, 7].map(|b| ro(b, rw)).to_vec();
+            [0, 1, 2, 3, 4, 6, 7, 8].map(|b| ro(b, rw)).to_vec();
         entries.push(ro(
             5,
             wgpu::BindingType::Buffer {
@@ -437,6 +544,7 @@ fn main() -> anyhow::Result<()> {
                 &prm,
                 &tsums,
                 &band_counters,
+                &fan,
             ]
             .iter()
             .enumerate()
@@ -453,6 +561,9 @@ fn main() -> anyhow::Result<()> {
             tile_reduce: pipeline("tile_reduce"),
             band_reduce: pipeline("band_reduce"),
             last2: pipeline("last2"),
+            fan_store: pipeline("fan_store"),
+            fan_read: pipeline("fan_read"),
+            fan_wait: pipeline("fan_wait"),
             bind,
         }
     };
@@ -571,11 +682,66 @@ fn main() -> anyhow::Result<()> {
         row(format!("{bands}×{band}×{splits}"), &t, &stale);
         note(&stale);
     }
+    // Fan-out: what a dispatch boundary between a product and the kernels that read
+    // it whole would cost if the readers waited for the writers inside one dispatch
+    // (the step's remaining boundaries are all of this kind: fc4 reads all of h3,
+    // the triple all of dh1): P producers, C consumers each reading one producer's
+    // part after all P have stored theirs, against two dispatches.
+    println!("fan-out: C consumers wait for P producers (ticketed: the first P workgroups to start produce)");
+    println!(
+        "{:>13} {:>8} {:>8} {:>8} {:>8} | stale: two, wait plain, atomic",
+        "P×C", "two", "wait", "wait_at", "two−wait"
+    );
+    // (producers, consumers): fc1's band tails → fc4's tiles, dh3's shares → the
+    // triple's tiles, the bands' tails → the triple's dW1 tiles, and a large one
+    let fan_shapes: [(u32, u32); 4] = [(4, 100), (208, 338), (4, 325), (416, 416)];
+    for (p, c) in fan_shapes {
+        let shape = Shape {
+            tiles: p,
+            splits: c,
+            band: 1,
+        };
+        let runs: [(&Kernels, Way); 3] = [
+            (&plain, Way::FanTwo),
+            (&plain, Way::FanWait),
+            (&atomic, Way::FanWait),
+        ];
+        let mut times = vec![Vec::new(); runs.len()];
+        let mut stale = [0u32; 3];
+        for round in 0..4 {
+            for (i, &(k, way)) in runs.iter().enumerate() {
+                let (us, e) = rig.time(k, way, reps, shape, false)?;
+                stale[i] += e;
+                if round > 0 {
+                    times[i].push(us);
+                }
+            }
+        }
+        anyhow::ensure!(
+            stale[0] == 0,
+            "the consumers' dispatch read {} stale values: across a dispatch boundary every store must be seen",
+            stale[0]
+        );
+        let t: Vec<f64> = times.iter_mut().map(&med).collect();
+        println!(
+            "{:>13} {:8.2} {:8.2} {:8.2} {:8.2} | {} / {} {}",
+            format!("{p}×{c}"),
+            t[0],
+            t[1],
+            t[2],
+            t[0] - t[1],
+            stale[0],
+            stale[1],
+            stale[2]
+        );
+        any_stale_plain |= stale[1] > 0;
+        any_stale_atomic |= stale[2] > 0;
+    }
     println!(
         "{}",
         match (any_stale_plain, any_stale_atomic) {
-            (_, true) => "atomic loads read stale partials too: the last-block pattern does not work on this driver",
-            (true, false) => "plain loads read stale partials, atomic loads none: a last-block epilogue would need atomics (the last_at column)",
+            (_, true) => "atomic loads read stale values too: neither the last blocks nor the waits work on this driver",
+            (true, false) => "plain loads read stale values, atomic loads none: last blocks and waits need atomics (the *_at columns)",
             (false, false) => "no stale reads, plain or atomic, in these runs (evidence that the pattern works on this driver, not a proof)",
         }
     );
