@@ -10,7 +10,7 @@
 //   1. the last of a tile's K shares to finish (last_split) adds the shares up and
 //      stores its 32 × 32 tile of h1 (the product's epilogue, as matmul_reduce
 //      would), then multiplies it into its column tile's share of the head,
-//      head_parts[ct, i, o] = Σ_{j in the tile's columns} h1(i, j) W2(o, j), and
+//      parts[ct, i, o] = Σ_{j in the tile's columns} h1(i, j) W2(o, j), and
 //      counts the tile in its row band;
 //   2. the last of a band's column tiles (its 32 images) adds the shares in order
 //      ct = 0, 1, … and the head's bias (head, (B, 2L)), draws ε and computes z, the
@@ -34,17 +34,10 @@
 @group(0) @binding(24) var<storage, read_write> logpq: array<f32>;
 @group(0) @binding(25) var<storage, read_write> h3: array<f32>;
 // (its counters, last_block.wgsl's: the tiles' (row tiles × column tiles of fc1,
-// row-major), then the bands' (row tiles): band_count)
-// the column tiles' shares of the head, (column tiles, B, 2L), as f32 bits
-@group(0) @binding(27) var<storage, read_write> head_parts: array<atomic<u32>>;
-
-// [0, 1024): the tile's h1 (32 × 32), then the band's z (32 × 32); [1024, 3072):
-// the band's head rows (32 × 64). (ε is read back from `eps`: 12 KB in all, so
-// that the kernel fits beside the tensor-core walk's K steps of 32 in lavapipe's
-// 32 KB, where it is tested)
-var<workgroup> lat: array<f32, 3072>;
-const ZS: u32 = 0u;
-const HD: u32 = 1024u;
+// row-major), then the bands' (row tiles): band_count; the column tiles' shares of
+// the head, (column tiles, B, 2L), in latent_tail.wgsl's `parts`, and its
+// workgroup memory `lat`: h1's tile, then z at ZS and the head at HD; ε is read
+// back from `eps`)
 
 struct AfterReads { none: u32 }
 
@@ -56,31 +49,9 @@ fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
 // this is the band's last tile. Called by every thread of the workgroup.
 fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
     let t = lid.y * 16u + lid.x;
-    let ii = lid.y * 2u;
-    let jj = lid.x * 2u;
-    lat[ii * 32u + jj] = select(0.0, s[0].v, s[0].at != NONE);
-    lat[ii * 32u + jj + 1u] = select(0.0, s[1].v, s[1].at != NONE);
-    lat[(ii + 1u) * 32u + jj] = select(0.0, s[2].v, s[2].at != NONE);
-    lat[(ii + 1u) * 32u + jj + 1u] = select(0.0, s[3].v, s[3].at != NONE);
-    workgroupBarrier();
+    tile_to_lat(lid, s);
     let qh = u.p[1];
-    let two_l = qh.n;
-    let ct = w.col0 / TILE;
-    // thread t: row t / 8 of the tile, head outputs t % 8, + 8, …
-    let rr = t / 8u;
-    for (var o = t % 8u; o < two_l; o += 8u) {
-        var v = 0.0;
-        for (var k = 0u; k < TILE; k++) {
-            let j = w.col0 + k;
-            if (j < w.p.n) {
-                v = fma(lat[rr * 32u + k], b[qh.b_off + j * qh.b_sp + o * qh.b_sj], v);
-            }
-        }
-        if (w.row0 + rr < w.p.m) {
-            atomicStore(&head_parts[(ct * w.p.m + w.row0 + rr) * two_l + o], bitcast<u32>(v));
-        }
-    }
-    storageBarrier();
+    tile_share(w, t, qh.n, qh.b_off, qh.b_sp, qh.b_sj);
     if (count_in(band_count(w), col_tiles(w), t)) {
         band_tail(w, t);
     }
@@ -94,33 +65,9 @@ fn band_tail(w: Walk, t: u32) {
     let l = u.tail.y;
     let row0 = w.row0;
     let rows = min(TILE, w.p.m - row0);
-    let cts = col_tiles(w);
-    // the head: the column tiles' shares in order, then the bias. Thread t's
-    // outputs x = t + 256·k (k < 8: 32 rows × 64 at most), each summing over the
-    // column tiles four at a time: all 32 loads of a trip issued before any add
-    // waits on one (a load's round trip is what this costs)
+    // the head: the column tiles' shares in order, then the bias
     let n_out = rows * two_l;
-    var acc = array<f32, 8>();
-    var c = 0u;
-    for (; c < cts; c += 4u) {
-        var x = array<f32, 32>();
-        for (var k = 0u; k < 8u; k++) {
-            let out = t + 256u * k;
-            let base = (row0 + out / two_l) * two_l + out % two_l;
-            for (var q = 0u; q < 4u; q++) {
-                if (out < n_out && c + q < cts) {
-                    x[k * 4u + q] = bitcast<f32>(atomicLoad(&head_parts[(c + q) * w.p.m * two_l + base]));
-                }
-            }
-        }
-        for (var k = 0u; k < 8u; k++) {
-            for (var q = 0u; q < 4u; q++) {
-                if (c + q < cts) {
-                    acc[k] += x[k * 4u + q];
-                }
-            }
-        }
-    }
+    let acc = band_sums(w, t, two_l);
     for (var k = 0u; k < 8u; k++) {
         let out = t + 256u * k;
         if (out < n_out) {

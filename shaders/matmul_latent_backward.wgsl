@@ -9,7 +9,7 @@
 //   1. the last of a dh3 tile's K shares to finish (last_split) adds the shares up
 //      and stores its 32 × 32 tile of dh3 (the product's epilogue, as matmul_reduce
 //      would), then multiplies it into its column tile's share of dz,
-//      dz_parts[ct, i, o] = Σ_{j in the tile's columns} dh3(i, j) W3(j, o), and
+//      parts[ct, i, o] = Σ_{j in the tile's columns} dh3(i, j) W3(j, o), and
 //      counts the tile in its row band;
 //   2. the last of a band's column tiles (its 32 images) adds the shares in order
 //      ct = 0, 1, … (dz, (B, L)), runs the reparameterisation backward as
@@ -37,15 +37,9 @@
 @group(0) @binding(32) var<storage, read_write> dhead: array<f32>;
 @group(0) @binding(33) var<storage, read_write> dh1: array<f32>;
 // (its counters, last_block.wgsl's: the tiles' of problem 0, then the bands':
-// band_count)
-// the column tiles' shares of dz, (column tiles, B, L), as f32 bits
-@group(0) @binding(27) var<storage, read_write> dz_parts: array<atomic<u32>>;
-
-// [0, 1024): the tile's dh3 (32 × 32), then the band's dz (32 × 32); [1024, 3072):
-// the band's dhead rows (32 × 64). 12 KB, as matmul_latent's (LATENT_TAIL_BYTES)
-var<workgroup> lat: array<f32, 3072>;
-const ZS: u32 = 0u;
-const HD: u32 = 1024u;
+// band_count; the column tiles' shares of dz, (column tiles, B, L), in
+// latent_tail.wgsl's `parts`, and its workgroup memory `lat`: dh3's tile, then dz
+// at ZS and dhead at HD)
 
 @compute @workgroup_size(16, 16)
 fn matmul_pair_latent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -73,31 +67,9 @@ fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {
         return;
     }
     let t = lid.y * 16u + lid.x;
-    let ii = lid.y * 2u;
-    let jj = lid.x * 2u;
-    lat[ii * 32u + jj] = select(0.0, s[0].v, s[0].at != NONE);
-    lat[ii * 32u + jj + 1u] = select(0.0, s[1].v, s[1].at != NONE);
-    lat[(ii + 1u) * 32u + jj] = select(0.0, s[2].v, s[2].at != NONE);
-    lat[(ii + 1u) * 32u + jj + 1u] = select(0.0, s[3].v, s[3].at != NONE);
-    workgroupBarrier();
+    tile_to_lat(lid, s);
     let qz = u.gather;
-    let l = qz.w;
-    let ct = w.col0 / TILE;
-    // thread t: row t / 8 of the tile, outputs t % 8, + 8, …
-    let rr = t / 8u;
-    for (var o = t % 8u; o < l; o += 8u) {
-        var v = 0.0;
-        for (var k = 0u; k < TILE; k++) {
-            let j = w.col0 + k;
-            if (j < w.p.n) {
-                v = fma(lat[rr * 32u + k], b[qz.x + j * qz.y + o * qz.z], v);
-            }
-        }
-        if (w.row0 + rr < w.p.m) {
-            atomicStore(&dz_parts[(ct * w.p.m + w.row0 + rr) * l + o], bitcast<u32>(v));
-        }
-    }
-    storageBarrier();
+    tile_share(w, t, qz.w, qz.x, qz.y, qz.z);
     if (count_in(band_count(w), col_tiles(w), t)) {
         band_tail(w, t);
     }
@@ -110,32 +82,9 @@ fn band_tail(w: Walk, t: u32) {
     let two_l = 2u * l;
     let row0 = w.row0;
     let rows = min(TILE, w.p.m - row0);
-    let cts = col_tiles(w);
-    // dz: the column tiles' shares in order. Thread t's outputs x = t + 256·k (k < 4:
-    // 32 rows × 32 at most), each summing over the column tiles four at a time: all
-    // 16 loads of a trip issued before any add waits on one
+    // dz: the column tiles' shares in order (32 rows × 32 at most: k < 4)
     let n_out = rows * l;
-    var acc = array<f32, 4>();
-    var c = 0u;
-    for (; c < cts; c += 4u) {
-        var x = array<f32, 16>();
-        for (var k = 0u; k < 4u; k++) {
-            let out = t + 256u * k;
-            let base = (row0 + out / l) * l + out % l;
-            for (var q = 0u; q < 4u; q++) {
-                if (out < n_out && c + q < cts) {
-                    x[k * 4u + q] = bitcast<f32>(atomicLoad(&dz_parts[(c + q) * w.p.m * l + base]));
-                }
-            }
-        }
-        for (var k = 0u; k < 4u; k++) {
-            for (var q = 0u; q < 4u; q++) {
-                if (c + q < cts) {
-                    acc[k] += x[k * 4u + q];
-                }
-            }
-        }
-    }
+    let acc = band_sums(w, t, l);
     for (var k = 0u; k < 4u; k++) {
         let out = t + 256u * k;
         if (out < n_out) {

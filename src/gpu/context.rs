@@ -270,7 +270,8 @@ impl Kernel {
     /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_bce.wgsl` for
     /// `matmul_bce`, `matmul_latent.wgsl` for `matmul_latent`,
     /// `matmul_latent_backward.wgsl` for `matmul_pair_latent`, with
-    /// `last_block.wgsl` for these three, `matmul_store.wgsl` for the others), and
+    /// `last_block.wgsl` for these three and `latent_tail.wgsl` for the last two,
+    /// `matmul_store.wgsl` for the others), and
     /// for `matmul_pair_loss` and `matmul_pair_latent` the loss's extra workgroups
     /// (`matmul_loss.wgsl`); `adam_update.wgsl` for them and the Adam kernels; for
     /// the latent kernels their parameters' binding (`latent_params.wgsl`, read-only,
@@ -293,6 +294,8 @@ impl Kernel {
         const STORE_BCE: (&str, &str) = wgsl!("matmul_bce.wgsl");
         const LOSS: (&str, &str) = wgsl!("matmul_loss.wgsl");
         const LAST_BLOCK: (&str, &str) = wgsl!("last_block.wgsl");
+        const LATENT: (&str, &str) = wgsl!("matmul_latent.wgsl");
+        const LATENT_TAIL: (&str, &str) = wgsl!("latent_tail.wgsl");
         let mut v = vec![self.source()];
         if self.is_matmul() {
             if let Some(shape) = walk.shape() {
@@ -318,15 +321,16 @@ impl Kernel {
             Kernel::MatmulTripleAdam => v.extend([TRIPLE_OPERANDS, STORE_ADAM]),
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
             Kernel::MatmulBce => v.extend([OPERANDS, STORE_BCE, LAST_BLOCK]),
-            Kernel::MatmulLatent => v.extend([OPERANDS, wgsl!("matmul_latent.wgsl"), LAST_BLOCK]),
+            Kernel::MatmulLatent => v.extend([OPERANDS, LATENT, LAST_BLOCK, LATENT_TAIL]),
             Kernel::MatmulGatherLatent => {
-                v.extend([GATHER_OPERANDS, wgsl!("matmul_latent.wgsl"), LAST_BLOCK])
+                v.extend([GATHER_OPERANDS, LATENT, LAST_BLOCK, LATENT_TAIL])
             }
             Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
             Kernel::MatmulPairLatent => v.extend([
                 OPERANDS,
                 wgsl!("matmul_latent_backward.wgsl"),
                 LAST_BLOCK,
+                LATENT_TAIL,
                 LOSS,
             ]),
             _ => {}
