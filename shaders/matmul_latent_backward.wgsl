@@ -1,6 +1,6 @@
 // Appended to matmul.wgsl (with matmul_operands.wgsl, matmul_partial_atomic.wgsl,
-// last_block.wgsl and matmul_loss.wgsl) for matmul_pair_latent, the entry point
-// below: fc4's gradient pair (as matmul_pair: problem 0 its input gradient
+// last_block.wgsl, latent_tail.wgsl and matmul_loss.wgsl) for matmul_pair_latent,
+// the `matmul_pair_loss` entry point of this module: fc4's gradient pair (as matmul_pair: problem 0 its input gradient
 // dh3 = (dlogits W4) ⊙ [h3 > 0], split over K; problem 1 its weight gradient) with
 // the latent backward in the last workgroups of problem 0, so that a training step
 // runs no latent_backward dispatch (`VAE_OOD_GPU_LATENT_PAIR=1`). The backward
@@ -19,7 +19,7 @@
 //
 // With u.tail.x > 0 (the BCE in fc4's epilogue, `VAE_OOD_GPU_BCE_EPILOGUE` or
 // `_SPLIT`) workgroups after the pair's tiles finish the per-image losses as
-// matmul_pair_loss's do (loss_rows, matmul_loss.wgsl). The shares of dz cross
+// matmul_pair_loss's do (matmul_loss.wgsl; none without). The shares of dz cross
 // workgroups inside the dispatch, so they are atomics (f32 bits), as are the
 // split-K partial sums. Its CPU twin is the op sequence it replaces: the pair's two
 // cpu::matmul calls, cpu::matmul (fc3 dX), cpu::reparam_backward, cpu::matmul
@@ -40,18 +40,6 @@
 // band_count; the column tiles' shares of dz, (column tiles, B, L), in
 // latent_tail.wgsl's `parts`, and its workgroup memory `lat`: dh3's tile, then dz
 // at ZS and dhead at HD)
-
-@compute @workgroup_size(16, 16)
-fn matmul_pair_latent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let g0 = grid(0u);
-    let g1 = grid(1u);
-    let tiles = g0.x * g0.y * g0.z + g1.x * g1.y;
-    if (wg.x < tiles) {
-        pair_tile(wg.x, lid);
-    } else {
-        loss_rows(wg.x - tiles, lid);
-    }
-}
 
 struct AfterReads { none: u32 }
 

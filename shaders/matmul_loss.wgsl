@@ -1,5 +1,7 @@
 // Appended to matmul.wgsl (with matmul_operands.wgsl and matmul_store.wgsl) for
-// matmul_pair_loss: fc4's gradient pair (as matmul_pair) with the training step's
+// matmul_pair_loss, and (with matmul_latent_backward.wgsl instead of
+// matmul_store.wgsl) for matmul_pair_latent, whose entry point it is too: fc4's
+// gradient pair (as matmul_pair) with the training step's
 // per-image loss finished in extra workgroups after the pair's G0 + G1, one row
 // per thread (`VAE_OOD_GPU_BCE_EPILOGUE=1`, after matmul_bce.wgsl's product):
 //   bce[r] = Σ_t rowloss[r · T + t]  (t = 0, 1, …, T − 1 in order: the column
@@ -22,31 +24,25 @@ fn matmul_pair_loss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     if (wg.x < tiles) {
         pair_tile(wg.x, lid);
     } else {
-        loss_rows(wg.x - tiles, lid);
-    }
-}
-
-// Extra workgroup w (after the pair's tiles): the losses of rows w · 256 … + 255
-// (also matmul_pair_latent's, matmul_latent_backward.wgsl).
-fn loss_rows(w: u32, lid: vec3<u32>) {
-    let r = w * 256u + lid.y * 16u + lid.x;
-    if (r < u.tail.x) {
-        // the shares eight at a time: their loads issued together, then added
-        // in order (a missing one is +0.0, which changes no sum)
-        let row = r * u.tail.y;
-        var total = 0.0;
-        for (var t0 = 0u; t0 < u.tail.y; t0 += 8u) {
-            var v: array<f32, 8>;
-            for (var k = 0u; k < 8u; k++) {
-                if (t0 + k < u.tail.y) {
-                    v[k] = rowloss[row + t0 + k];
+        let r = (wg.x - tiles) * 256u + lid.y * 16u + lid.x;
+        if (r < u.tail.x) {
+            // the shares eight at a time: their loads issued together, then added
+            // in order (a missing one is +0.0, which changes no sum)
+            let row = r * u.tail.y;
+            var total = 0.0;
+            for (var t0 = 0u; t0 < u.tail.y; t0 += 8u) {
+                var v: array<f32, 8>;
+                for (var k = 0u; k < 8u; k++) {
+                    if (t0 + k < u.tail.y) {
+                        v[k] = rowloss[row + t0 + k];
+                    }
+                }
+                for (var k = 0u; k < 8u; k++) {
+                    total += v[k];
                 }
             }
-            for (var k = 0u; k < 8u; k++) {
-                total += v[k];
-            }
+            bce[r] = total;
+            sample_loss[u.tail.z + r] = total + kl[r];
         }
-        bce[r] = total;
-        sample_loss[u.tail.z + r] = total + kl[r];
     }
 }

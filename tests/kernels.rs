@@ -1363,22 +1363,22 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
         assert!(gpu.context().has(kernel), "{}", gpu.describe());
         let mut got = Vec::new();
         for latent_fc1 in [false, true] {
-            gpu.set_fusions(Fusions {
+            let f = Fusions {
                 latent_fc1,
                 ..Fusions::DEFAULT
-            });
-            let how = format!(
-                "{name}, latent forward in fc1 {latent_fc1} on {}",
-                gpu.describe()
-            );
-            assert_eq!(
-                gpu.describe()
-                    .contains("the latent forward in fc1's product"),
-                latent_fc1
-            );
+            };
             // one dispatch, or fc1's product (with the gather) and the latent kernel
             let want_n = if latent_fc1 { 1 } else { 2 };
-            assert_eq!(gpu.dispatches(&ops), want_n, "{how}");
+            let how = format!("{name}, latent forward in fc1 {latent_fc1}");
+            let how = fusion_on(
+                &mut gpu,
+                f,
+                "the latent forward in fc1's product",
+                latent_fc1,
+                &ops,
+                want_n,
+                &how,
+            );
             let g = run(&mut gpu);
             // against the CPU, or (on tensor cores) the latent kernel's run
             let want = if opts.is_none() {
@@ -1387,16 +1387,7 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
                 got.first().unwrap_or(&cpu)
             };
             if opts.is_none() || latent_fc1 {
-                for ((buf, n, atol), (g, w)) in outs.iter().zip(g.iter().zip(want)) {
-                    assert_written(&format!("{how} {buf:?}"), g, &[0..*n], true);
-                    assert_close(
-                        &format!("{how} {buf:?}"),
-                        &g[..*n],
-                        &w[..*n],
-                        *atol,
-                        MM_RTOL,
-                    );
-                }
+                assert_outs_close(&how, &g, want, &outs);
             }
             // x: the store's pixels / 255 (gathered), or as given: exact
             assert!(g[7] == cpu[7], "{how}: x");
@@ -1409,6 +1400,40 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&got[0][0]), bits(&got[1][0]), "{name}: h1");
         assert_eq!(bits(&got[0][2]), bits(&got[1][2]), "{name}: ε");
+    }
+}
+
+/// `gpu` with fusions `f`, whose description names `note` exactly when `on`, and
+/// which runs `ops` in `want_n` dispatches; `how` with the description, for
+/// messages.
+fn fusion_on(
+    gpu: &mut vae_ood::gpu::GpuBackend,
+    f: vae_ood::gpu::Fusions,
+    note: &str,
+    on: bool,
+    ops: &[Op],
+    want_n: usize,
+    how: &str,
+) -> String {
+    gpu.set_fusions(f);
+    let how = format!("{how} on {}", gpu.describe());
+    assert_eq!(gpu.describe().contains(note), on, "{how}");
+    assert_eq!(gpu.dispatches(ops), want_n, "{how}");
+    how
+}
+
+/// Each output of `outs` (buffer, elements, absolute tolerance) in `got` written
+/// and close to `want`'s.
+fn assert_outs_close(how: &str, got: &[Vec<f32>], want: &[Vec<f32>], outs: &[(Buf, usize, f32)]) {
+    for ((buf, n, atol), (g, w)) in outs.iter().zip(got.iter().zip(want)) {
+        assert_written(&format!("{how} {buf:?}"), g, &[0..*n], true);
+        assert_close(
+            &format!("{how} {buf:?}"),
+            &g[..*n],
+            &w[..*n],
+            *atol,
+            MM_RTOL,
+        );
     }
 }
 
@@ -1511,22 +1536,15 @@ fn check_latent_in_pair(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu:
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         let mut got = Vec::new();
         for latent_pair in [false, true] {
-            gpu.set_fusions(Fusions {
+            let f = Fusions {
                 latent_pair,
                 ..Fusions::DEFAULT
-            });
-            let how = format!(
-                "{name}, latent backward in the pair {latent_pair} on {}",
-                gpu.describe()
-            );
-            assert_eq!(
-                gpu.describe()
-                    .contains("the latent backward in fc4's gradient pair"),
-                latent_pair
-            );
+            };
             // the pair, (the latent kernel,) fc3's weight gradient
             let want_n = if latent_pair { 2 } else { 3 };
-            assert_eq!(gpu.dispatches(&ops), want_n, "{how}");
+            let how = format!("{name}, latent backward in the pair {latent_pair}");
+            let note = "the latent backward in fc4's gradient pair";
+            let how = fusion_on(&mut gpu, f, note, latent_pair, &ops, want_n, &how);
             let g = run(&mut gpu);
             // against the CPU, or (on tensor cores) the latent kernel's run
             let want = if opts.is_none() {
@@ -1535,16 +1553,7 @@ fn check_latent_in_pair(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu:
                 got.first().unwrap_or(&cpu)
             };
             if opts.is_none() || latent_pair {
-                for ((buf, n, atol), (g, w)) in outs.iter().zip(g.iter().zip(want)) {
-                    assert_written(&format!("{how} {buf:?}"), g, &[0..*n], true);
-                    assert_close(
-                        &format!("{how} {buf:?}"),
-                        &g[..*n],
-                        &w[..*n],
-                        *atol,
-                        MM_RTOL,
-                    );
-                }
+                assert_outs_close(&how, &g, want, &outs);
                 assert_written(&format!("{how} grads"), &g[4], &dw, true);
                 for r in &dw {
                     let what = format!("{how} dW {r:?}");

@@ -1017,12 +1017,14 @@ fn latent_backward_in_fc4s_pair_trains_as_the_latent_kernel() {
         fused.1
     );
     assert_eq!(fused.2 + 3, plain.2, "one dispatch fewer in each step");
-    // as latent_forward_in_fc1_trains_as_the_latent_kernel
+    // as latent_forward_in_fc1_trains_as_the_latent_kernel; but the losses may be
+    // the same bits here (rounding-level differences in the gradients seldom move
+    // Adam's first steps, about ±lr each), the last step's gradients are not
     let n_loss = 4 * 19;
-    let (lf, lp) = losses_close(&fused.3, &plain.3, n_loss);
+    losses_close(&fused.3, &plain.3, n_loss);
     assert_ne!(
-        lf[..n_loss],
-        lp[..n_loss],
+        f32s(&fused.3, Buf::Grads),
+        f32s(&plain.3, Buf::Grads),
         "dz summed in another order: was it fused?"
     );
     assert_params_close(

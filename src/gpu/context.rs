@@ -423,8 +423,8 @@ impl Kernel {
             Kernel::MatmulReduce => "matmul_reduce",
             // (`matmul` of the module with matmul_bce.wgsl's epilogue)
             Kernel::MatmulBce | Kernel::MatmulLatent => "matmul",
-            Kernel::MatmulPairLoss => "matmul_pair_loss",
-            Kernel::MatmulPairLatent => "matmul_pair_latent",
+            // (with matmul_latent_backward.wgsl's epilogue for the latter)
+            Kernel::MatmulPairLoss | Kernel::MatmulPairLatent => "matmul_pair_loss",
             Kernel::ReparamForward => "reparam_forward",
             Kernel::ReparamBackward => "reparam_backward",
             Kernel::Bce => "bce_logits",
