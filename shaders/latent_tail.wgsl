@@ -84,3 +84,24 @@ fn band_sums(w: Walk, t: u32, width: u32) -> array<f32, 8> {
     }
     return acc;
 }
+
+// Column j of the band's product with K = k ≤ 64 (fc3's forward, the head's input
+// gradient backward), for all 32 rows: acc[r] = Σ_p lat[base + r·stride + p] B(p, j),
+// B(p, j) = b[b_off + p·b_sp + j·b_sj], each summed over p in order (fma) as
+// cpu::matmul orders it. The k weights are loaded first (their round trips
+// together), then each is multiplied into the 32 rows' sums side by side: no chain
+// of k dependent fmas per row. Rows past the band's hold garbage (not stored).
+fn band_column(base: u32, stride: u32, k: u32, b_off: u32, b_sp: u32, b_sj: u32, j: u32) -> array<f32, 32> {
+    var wj: array<f32, 64>;
+    for (var p = 0u; p < k; p++) {
+        wj[p] = b[b_off + p * b_sp + j * b_sj];
+    }
+    var acc = array<f32, 32>();
+    for (var p = 0u; p < k; p++) {
+        let wv = wj[p];
+        for (var r = 0u; r < 32u; r++) {
+            acc[r] = fma(lat[base + r * stride + p], wv, acc[r]);
+        }
+    }
+    return acc;
+}

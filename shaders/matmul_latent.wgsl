@@ -124,19 +124,13 @@ fn band_tail(w: Walk, t: u32) {
     }
     // fc3: output j for every row of the band, its weights read once
     for (var j = t; j < qd.n; j += 256u) {
-        var wj: array<f32, 32>;
-        for (var p = 0u; p < l; p++) {
-            wj[p] = b[qd.b_off + p * qd.b_sp + j * qd.b_sj];
-        }
         var bias = 0.0;
         if ((qd.flags & 1u) != 0u) {
             bias = e[qd.e_off + j];
         }
+        let acc = band_column(ZS, 32u, l, qd.b_off, qd.b_sp, qd.b_sj, j);
         for (var r = 0u; r < rows; r++) {
-            var v = 0.0;
-            for (var p = 0u; p < l; p++) {
-                v = fma(lat[ZS + r * 32u + p], wj[p], v);
-            }
+            var v = acc[r];
             v += bias;
             if ((qd.flags & 2u) != 0u) {
                 v = max(v, 0.0);

@@ -103,15 +103,9 @@ fn band_tail(w: Walk, t: u32) {
     workgroupBarrier();
     // dh1: output j for every row of the band, its weights read once
     for (var j = t; j < qx.n; j += 256u) {
-        var wj: array<f32, 64>;
-        for (var p = 0u; p < two_l; p++) {
-            wj[p] = b[qx.b_off + p * qx.b_sp + j * qx.b_sj];
-        }
+        let acc = band_column(HD, 64u, two_l, qx.b_off, qx.b_sp, qx.b_sj, j);
         for (var r = 0u; r < rows; r++) {
-            var v = 0.0;
-            for (var p = 0u; p < two_l; p++) {
-                v = fma(lat[HD + r * 64u + p], wj[p], v);
-            }
+            var v = acc[r];
             let i = row0 + r;
             if ((qx.flags & 4u) != 0u && h1[qx.e_off + i * qx.e_si + j] <= 0.0) {
                 v = 0.0;
