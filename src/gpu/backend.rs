@@ -918,7 +918,9 @@ pub struct Fusions {
     /// with `adam` and the latent fusion: the parameters the triple's Adam does not
     /// update (its tail: fc4's) in extra workgroups of the latent backward kernel
     /// before it (`latent_backward_adam`, where that kernel reads none of them), so
-    /// that no tail workgroups wait behind the triple's tiles
+    /// that no tail workgroups wait behind the triple's tiles (not with
+    /// `latent_pair`, which leaves no latent backward kernel: the tail stays in the
+    /// triple)
     pub latent_adam: bool,
     /// a batch's gather in the loads of the product that reads it, as one
     /// `matmul_gather` ([`gather_product`])
