@@ -3,9 +3,9 @@
 // (with matmul_gather_operands.wgsl instead) for matmul_gather_latent, its
 // `matmul_gather`: fc1's forward product (h1 = ReLU(x W1ᵀ + b1), split over K; x
 // read from the image store by the second) with the latent forward in its last
-// workgroups, so that a training step runs no latent_forward
-// dispatch (`VAE_OOD_GPU_LATENT_FC1=1`). Two levels of "last blocks"
-// (examples/last_block.rs), nobody waiting for anybody:
+// workgroups, so that a training step runs no latent_forward dispatch
+// (`VAE_OOD_GPU_LATENT_FC1=1`). Two levels of "last blocks" (examples/last_block.rs),
+// nobody waiting for anybody:
 //
 //   1. the last of a tile's K shares to finish (last_split) adds the shares up and
 //      stores its 32 × 32 tile of h1 (the product's epilogue, as matmul_reduce

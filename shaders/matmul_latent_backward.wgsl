@@ -1,9 +1,10 @@
 // Appended to matmul.wgsl (with matmul_operands.wgsl, matmul_partial_atomic.wgsl,
 // last_block.wgsl, latent_tail.wgsl and matmul_loss.wgsl) for matmul_pair_latent,
-// the `matmul_pair_loss` entry point of this module: fc4's gradient pair (as matmul_pair: problem 0 its input gradient
-// dh3 = (dlogits W4) ⊙ [h3 > 0], split over K; problem 1 its weight gradient) with
-// the latent backward in the last workgroups of problem 0, so that a training step
-// runs no latent_backward dispatch (`VAE_OOD_GPU_LATENT_PAIR=1`). The backward
+// the `matmul_pair_loss` entry point of this module: fc4's gradient pair (as
+// matmul_pair: problem 0 its input gradient dh3 = (dlogits W4) ⊙ [h3 > 0], split
+// over K; problem 1 its weight gradient) with the latent backward in the last
+// workgroups of problem 0, so that a training step runs no latent_backward
+// dispatch (`VAE_OOD_GPU_LATENT_PAIR=1`). The backward
 // counterpart of matmul_latent.wgsl, with the same two levels of last blocks:
 //
 //   1. the last of a dh3 tile's K shares to finish (last_split) adds the shares up

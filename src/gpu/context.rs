@@ -70,7 +70,8 @@ const MATMUL_BCE_BINDINGS: [(u32, bool); 10] =
     then(&MATMUL_BINDINGS, &[(18, true), (19, false), (26, false)]);
 
 /// `matmul_latent.wgsl`'s: the latent forward's outputs (head, ε, z, KL,
-/// log p − log q, h3), its counters (`last_block.wgsl`) and the head's shares.
+/// log p − log q, h3), its counters (`last_block.wgsl`) and the head's shares
+/// (`latent_tail.wgsl`).
 const LATENT_TAIL: [(u32, bool); 8] = [
     (20, false),
     (21, false),
@@ -93,9 +94,9 @@ const MATMUL_PAIR_LOSS_BINDINGS: [(u32, bool); 11] = then(
 );
 
 /// `matmul_pair_latent`: the pair loss's (its loss bindings bound even where it
-/// finishes no loss: they are named by its code), its counters and the shares of dz,
-/// then the latent backward's head, ε and h1 (mask) → dz, dhead, dh1
-/// (`matmul_latent_backward.wgsl`).
+/// finishes no loss: they are named by its code), its counters (`last_block.wgsl`)
+/// and the shares of dz (`latent_tail.wgsl`), then the latent backward's head, ε
+/// and h1 (mask) → dz, dhead, dh1 (`matmul_latent_backward.wgsl`).
 const MATMUL_PAIR_LATENT_BINDINGS: [(u32, bool); 19] = then(
     &MATMUL_PAIR_LOSS_BINDINGS,
     &[
@@ -263,14 +264,15 @@ impl Kernel {
     /// for `matmul.wgsl`'s kernels their split-K partial sums
     /// (`matmul_partial.wgsl`, or `matmul_partial_atomic.wgsl` for the kernels
     /// whose last K share of a tile reads the others': `matmul_bce`,
-    /// `matmul_latent`, `matmul_pair_latent`), where their problems read their
-    /// operands (`matmul_triple_operands.wgsl` for the triples, which bind two
-    /// buffers more, `matmul_gather_operands.wgsl` for `matmul_gather`,
-    /// `matmul_operands.wgsl` for the others) and what follows a stored element
-    /// (`matmul_adam.wgsl` for `matmul_triple_adam`, `matmul_bce.wgsl` for
-    /// `matmul_bce`, `matmul_latent.wgsl` for `matmul_latent`,
+    /// `matmul_latent`, `matmul_gather_latent`, `matmul_pair_latent`), where their
+    /// problems read their operands (`matmul_triple_operands.wgsl` for the
+    /// triples, which bind two buffers more, `matmul_gather_operands.wgsl` for
+    /// `matmul_gather` and `matmul_gather_latent`, `matmul_operands.wgsl` for the
+    /// others) and what follows a stored element (`matmul_adam.wgsl` for
+    /// `matmul_triple_adam`, `matmul_bce.wgsl` for `matmul_bce`,
+    /// `matmul_latent.wgsl` for `matmul_latent` and `matmul_gather_latent`,
     /// `matmul_latent_backward.wgsl` for `matmul_pair_latent`, with
-    /// `last_block.wgsl` for these three and `latent_tail.wgsl` for the last two,
+    /// `last_block.wgsl` for these four and `latent_tail.wgsl` for the last three,
     /// `matmul_store.wgsl` for the others), and
     /// for `matmul_pair_loss` and `matmul_pair_latent` the loss's extra workgroups
     /// (`matmul_loss.wgsl`); `adam_update.wgsl` for them and the Adam kernels; for
@@ -1217,7 +1219,8 @@ impl GpuContext {
         // WebGPU's default limits (which lavapipe and every desktop GPU meet), with the
         // storage-buffer size raised to what the image store needs, and storage
         // buffers per shader stage raised to what the widest kernel binds
-        // (`matmul_triple_adam`: 12, the latent kernels 10; WebGPU's default is 8)
+        // (`matmul_pair_latent`: 19, `matmul_triple_adam` 12, the latent kernels 10;
+        // WebGPU's default is 8)
         // where the adapter has that many — where it has not, the kernels binding
         // more are not built and the backend runs without them.
         let mut limits = wgpu::Limits::default();
@@ -1290,7 +1293,8 @@ impl GpuContext {
             limits.max_compute_workgroup_storage_size =
                 limits.max_compute_workgroup_storage_size.max(bce_bytes);
         }
-        // `matmul_latent` (the latent forward in fc1's product, opt-in) likewise
+        // `matmul_latent`, `matmul_gather_latent` and `matmul_pair_latent` (the latent
+        // forward in fc1's product and the backward in fc4's pair, opt-in) likewise
         let latent_bytes = walk_bytes + LATENT_TAIL_BYTES;
         if latent_bytes <= most {
             limits.max_compute_workgroup_storage_size =
