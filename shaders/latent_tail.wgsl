@@ -19,6 +19,13 @@ var<workgroup> lat: array<f32, 3072>;
 const ZS: u32 = 0u;
 const HD: u32 = 1024u;
 
+// (nothing is read for the tile's elements before its after_tile)
+struct AfterReads { none: u32 }
+
+fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
+    return AfterReads();
+}
+
 // The tile's stored values (0 outside C) into lat[0, 1024), row-major; ends with a
 // barrier. Called by every thread of the workgroup.
 fn tile_to_lat(lid: vec3<u32>, s: array<Stored, 6>) {

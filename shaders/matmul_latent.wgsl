@@ -39,12 +39,6 @@
 // workgroup memory `lat`: h1's tile, then z at ZS and the head at HD; ε is read
 // back from `eps`)
 
-struct AfterReads { none: u32 }
-
-fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
-    return AfterReads();
-}
-
 // The tile is done (h1 stored): its share of the head, then the band's tail if
 // this is the band's last tile. Called by every thread of the workgroup.
 fn after_tile(w: Walk, lid: vec3<u32>, s: array<Stored, 6>, r: AfterReads) {

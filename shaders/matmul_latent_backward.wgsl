@@ -42,12 +42,6 @@
 // latent_tail.wgsl's `parts`, and its workgroup memory `lat`: dh3's tile, then dz
 // at ZS and dhead at HD)
 
-struct AfterReads { none: u32 }
-
-fn after_reads(w: Walk, lid: vec3<u32>, first_tile: bool) -> AfterReads {
-    return AfterReads();
-}
-
 // A tile of dh3 is done (stored): its share of dz, then the band's tail if this is
 // the band's last tile. Nothing for the weight gradient's tiles (problem 1).
 // Called by every thread of the workgroup.

@@ -1270,34 +1270,29 @@ fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, Vec<Vec<u8>>
     let mut i = 0;
     while i < ops.len() {
         if fuse.latent {
-            let adam_here = fuse.latent_adam;
+            // (Adam's tail in the latent backward kernel, where that kernel is not to
+            // be folded into fc4's pair: otherwise the tail stays in the triple)
+            let pair = fuse.latent_pair && fuse.pairs;
+            let adam_here = fuse.latent_adam && !pair;
             if let Some(g) = lower_latent(&ops[i..], source, fuse.triple, fuse.adam, adam_here) {
                 if fuse.latent_fc1 && latent_into_fc1(&mut plan, &mut slots, ops, i, &g, source) {
                     source = None;
                     i += g.used;
                     continue;
                 }
-                // (the backward group lowered again without Adam's tail in its
-                // kernel, which folding drops: the tail stays in the triple)
-                let folded = (fuse.latent_pair && fuse.pairs)
-                    .then(|| lower_latent(&ops[i..], source, fuse.triple, fuse.adam, false))
-                    .flatten()
-                    .filter(|g| latent_into_pair(&mut plan, &mut slots, ops, i, g, source));
-                if let Some(g) = folded {
-                    source = None;
-                    // (the latent kernel's slot and dispatch dropped)
-                    for (at, bytes) in g.slots.into_iter().skip(1) {
-                        slots[i + at] = bytes;
-                    }
-                    plan.extend(g.dispatches.into_iter().skip(1).map(|(at, d)| (i + at, d)));
-                    i += g.used;
-                    continue;
-                }
+                // (folded: the latent kernel's slot and dispatch dropped)
+                let first =
+                    (pair && latent_into_pair(&mut plan, &mut slots, ops, i, &g, source)) as usize;
                 source = None;
-                for (at, bytes) in g.slots {
+                for (at, bytes) in g.slots.into_iter().skip(first) {
                     slots[i + at] = bytes;
                 }
-                plan.extend(g.dispatches.into_iter().map(|(at, d)| (i + at, d)));
+                plan.extend(
+                    g.dispatches
+                        .into_iter()
+                        .skip(first)
+                        .map(|(at, d)| (i + at, d)),
+                );
                 i += g.used;
                 continue;
             }
