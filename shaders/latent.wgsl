@@ -9,7 +9,7 @@
 // links: one dispatch instead of three (four with the head's split-K), and none of
 // the small products' launch and drain on the critical path of a training step.
 // The GPU backend lowers the three ops to one of these where `lower_latent`
-// (src/gpu/backend.rs) allows; ε from normal.wgsl and the split-K reader from
+// (src/gpu/lower/latent.rs) allows; ε from normal.wgsl and the split-K reader from
 // split_source.wgsl (both appended to this module).
 //
 // Shapes (R = B·K rows of the decoder, row r = b·K + k):
@@ -86,7 +86,7 @@ struct Uniform {
 override WG: u32 = 256u;
 const WG_MAX: u32 = 1024u;
 // The most hidden units and latents an image's rows may have here (the lowering
-// checks: MAX_HIDDEN and MAX_LATENT in src/gpu/backend.rs).
+// checks: MAX_HIDDEN and MAX_LATENT in src/gpu/lower/latent.rs).
 const HMAX: u32 = 1024u;
 const LMAX: u32 = 64u;
 

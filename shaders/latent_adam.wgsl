@@ -6,8 +6,8 @@
 // that the triple has no tail of its own to wait for. Workgroups 0 .. B − 1 run
 // latent_backward's image b; workgroup B + w updates parameters tail.x + 1024·w …
 // (WG threads, 1024 / WG each, reads before writes). The backend moves the tail
-// here only where latent_backward reads none of those parameters (src/gpu/
-// backend.rs, `lower_latent`). Its CPU twin is latent_backward's op sequence, then
+// here only where latent_backward reads none of those parameters
+// (src/gpu/lower/latent.rs, `lower_latent`). Its CPU twin is latent_backward's op sequence, then
 // cpu::adam over the tail. Dispatch (B + ceil((tail.y − tail.x) / 1024), 1, 1).
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;

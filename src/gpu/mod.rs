@@ -4,12 +4,14 @@
 
 mod backend;
 mod context;
+mod lower;
 
-pub use backend::{choose_splits, Fusions, GpuBackend};
+pub use backend::GpuBackend;
 pub use context::{
     build_pipeline, coop_support, coop_workgroup_bytes, Assembled, FeatureUse, GpuContext,
     GpuOptions, Kernel, Reduce, ShaderChecks, Subgroups, Walk, NO_SUBGROUPS_ENV,
 };
+pub use lower::{choose_splits, Fusions};
 
 use anyhow::{bail, Result};
 
