@@ -203,14 +203,14 @@ fn devices() -> Result<()> {
         );
     }
     for (a, f) in list {
+        let summary = if vae_ood::gpu::backend_used(a.backend) {
+            f.summary()
+        } else {
+            "not used: vae-ood does not run on wgpu's OpenGL backend (its kernels compute wrong results there)".to_string()
+        };
         println!(
             "{:?}\t{:?}\t{}\t{} {}\t{}",
-            a.backend,
-            a.device_type,
-            a.name,
-            a.driver,
-            a.driver_info,
-            f.summary()
+            a.backend, a.device_type, a.name, a.driver, a.driver_info, summary
         );
     }
     Ok(())

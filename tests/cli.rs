@@ -830,6 +830,74 @@ fn bad_environment_switches() {
     assert!(o.status.success(), "{}", stderr(&o));
     let listed = String::from_utf8_lossy(&o.stdout);
     for line in listed.lines().filter(|l| !l.starts_with("no GPU")) {
-        assert!(line.contains("tensor cores"), "{line}");
+        if line.starts_with("Gl\t") {
+            assert!(line.contains("not used"), "{line}");
+        } else {
+            assert!(line.contains("tensor cores"), "{line}");
+        }
     }
+}
+
+/// wgpu's OpenGL backend is never used (its kernels compute wrong results:
+/// `gpu::BACKENDS`): asking for it alone is a one-line error that writes nothing;
+/// and with Vulkan's drivers hidden, where the GL adapter (Mesa's llvmpipe on CI)
+/// is all wgpu finds, `--device gpu` finds no adapter instead of training on it,
+/// and `auto` runs the CPU backend.
+#[test]
+fn the_opengl_backend_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = [
+        "--epochs",
+        "1",
+        "--train-limit",
+        "128",
+        "-q",
+        "--out",
+        s(&out),
+    ];
+    for device in ["gpu", "auto"] {
+        let o = bin()
+            .env("WGPU_BACKEND", "gl")
+            .args(["--device", device])
+            .args(run)
+            .output()
+            .unwrap();
+        let e = assert_one_line_error(&o, &format!("WGPU_BACKEND=gl --device {device}"));
+        assert!(e.contains("OpenGL") && e.contains("\"gl\""), "{e}");
+        assert!(
+            !out.exists(),
+            "--device {device}: created the output folder"
+        );
+    }
+    // no Vulkan driver: the loader finds no ICD file (older loaders read
+    // VK_ICD_FILENAMES, newer VK_DRIVER_FILES)
+    let no_vulkan = |c: &mut Command| {
+        c.env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+            .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+            .env_remove("WGPU_BACKEND")
+            .env_remove("WGPU_ADAPTER_NAME");
+    };
+    let mut c = bin();
+    no_vulkan(&mut c);
+    let o = c.arg("devices").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    for line in listed.lines() {
+        assert!(!line.starts_with("Vulkan"), "Vulkan hidden, yet: {line}");
+        if line.starts_with("Gl\t") {
+            assert!(line.contains("not used"), "{line}");
+        }
+    }
+    let mut c = bin();
+    no_vulkan(&mut c);
+    let o = c.args(["--device", "gpu"]).args(run).output().unwrap();
+    let e = assert_one_line_error(&o, "--device gpu without Vulkan");
+    assert!(e.contains("no GPU adapter"), "{e} (adapters: {listed})");
+    assert!(!out.exists(), "--device gpu: created the output folder");
+    let mut c = bin();
+    no_vulkan(&mut c);
+    let o = c.args(["--device", "auto"]).args(run).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("scores.csv").exists());
 }

@@ -15,16 +15,33 @@ pub use lower::{choose_splits, Fusions};
 
 use anyhow::{bail, Result};
 
-/// The wgpu instance as configured by the environment (`WGPU_BACKEND`, …).
-pub fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+/// The wgpu backends vae-ood runs on: all but OpenGL. On wgpu's GL backend several
+/// kernels compute wrong results — measured 2026-11-27 on Mesa 22.3's llvmpipe
+/// (GL 4.5): the BCE kernel's loss and the latent kernels' outputs left unwritten,
+/// a training epoch's loss 0.0000 — while the same kernels pass their tests on
+/// Vulkan. So a machine whose only adapter is a GL one has no GPU adapter here
+/// (`auto` runs the CPU backend), and `vae-ood devices` marks GL adapters unused.
+pub const BACKENDS: wgpu::Backends = wgpu::Backends::all().difference(wgpu::Backends::GL);
+
+/// Whether vae-ood runs on adapters of backend `b` ([`BACKENDS`]).
+pub fn backend_used(b: wgpu::Backend) -> bool {
+    BACKENDS.contains(b.into())
 }
 
-/// Every adapter wgpu can see, with the optional features vae-ood would use on it
-/// (options from the environment, but tensor cores only said to be offered or
-/// not: `VAE_OOD_GPU_COOP=1` is an error only where a device is opened).
+/// The wgpu instance as configured by the environment (`WGPU_BACKEND`, …), limited
+/// to `backends`.
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends &= backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see, GL ones included (see [`backend_used`]), with the
+/// optional features vae-ood would use on it (options from the environment, but
+/// tensor cores only said to be offered or not: `VAE_OOD_GPU_COOP=1` is an error
+/// only where a device is opened).
 pub fn list_adapters() -> Vec<(wgpu::AdapterInfo, FeatureUse)> {
-    let inst = instance();
+    let inst = instance(wgpu::Backends::all());
     let opts = GpuOptions {
         coop: false,
         ..GpuOptions::from_env()
@@ -43,7 +60,15 @@ pub fn list_adapters() -> Vec<(wgpu::AdapterInfo, FeatureUse)> {
 /// `Ok(None)` when there is none; an error when `WGPU_ADAPTER_NAME` matches nothing
 /// (wgpu itself would panic there).
 pub fn select_adapter() -> Result<Option<wgpu::Adapter>> {
-    let inst = instance();
+    if let Some(asked) = wgpu::Backends::from_env() {
+        if !asked.is_empty() && !asked.intersects(BACKENDS) {
+            bail!(
+                "WGPU_BACKEND={:?} names only wgpu's OpenGL backend, which vae-ood does not run on (its kernels compute wrong results there): use vulkan, metal or dx12, or --device cpu",
+                std::env::var("WGPU_BACKEND").unwrap_or_default()
+            );
+        }
+    }
+    let inst = instance(BACKENDS);
     if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
         let want = name.to_lowercase();
         let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
