@@ -96,9 +96,15 @@ pub fn bench(
         Breakdown::Auto if ex.backend.has_timestamps() => Some(BreakdownMethod::Timestamps),
         Breakdown::Auto => Some(BreakdownMethod::EachOpAlone),
     };
+    // where it is (stderr, a terminal only): on a software adapter such as
+    // lavapipe the scoring alone takes minutes
+    let stages = warmup + epochs + 2 + usize::from(method.is_some());
+    let bar = crate::report::progress_bar(false, stages as u64, "bench: warm-up epochs");
     for _ in 0..warmup {
         ex.train_epoch()?;
+        bar.inc(1);
     }
+    bar.set_message("bench: timed epochs");
     // as `vae-ood` trains: the next epoch submitted before this one's results are
     // read (without the checkpoint reads)
     let t = Instant::now();
@@ -106,12 +112,14 @@ pub fn bench(
     let mut pipe = EpochPipeline::new(ex.epoch + epochs, false);
     while let Some(done) = pipe.next(&mut ex) {
         last = done?.0.train_loss;
+        bar.inc(1);
     }
     let train_seconds = t.elapsed().as_secs_f64();
     let n = ex.splits.train.len();
     let steps = n.div_ceil(cfg.batch_size);
 
     // scoring: every split once (warm), then timed
+    bar.set_message("bench: scoring −ELBO");
     let mut scored = 0;
     ex.score(SplitId::TestAnomaly)?;
     let t = Instant::now();
@@ -120,16 +128,23 @@ pub fn bench(
     }
     let score_seconds = t.elapsed().as_secs_f64();
     // importance-weighted score with K = 64 on the test set
+    bar.inc(1);
+    bar.set_message(format!("bench: scoring IWAE, K = {IWAE_K}"));
     ex.score_iwae(SplitId::TestAnomaly, IWAE_K)?;
     let t = Instant::now();
     let iwae_n = ex.score_iwae(SplitId::TestNormal, IWAE_K)?.len()
         + ex.score_iwae(SplitId::TestAnomaly, IWAE_K)?.len();
     let iwae_seconds = t.elapsed().as_secs_f64();
 
+    bar.inc(1);
+    if method.is_some() {
+        bar.set_message("bench: per-kernel breakdown");
+    }
     let parts = match method {
         None => Vec::new(),
         Some(m) => per_kernel(&mut ex, m, epochs.max(1))?,
     };
+    bar.finish_and_clear();
     let dispatches_per_step = epoch_ops(&ex)
         .first()
         .and_then(|step| dispatches_per_step(&*ex.backend, step));
