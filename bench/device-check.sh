@@ -121,6 +121,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     env $(echo "${v#*:}" | tr , ' ') timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_$name" 2>&1 \
       | grep -v 'XDG_RUNTIME_DIR\|====> Epoch' | tee "$LOG/run_$name.txt"
   done
+  # the sweep's medians beside the whole runs' clean AUROCs: the fastest
+  # configuration within the accuracy target (bench/decide.py)
+  echo "## bench/decide.py: the fastest configuration within the accuracy target"
+  python3 bench/decide.py "$LOG" 2>&1 | tee "$LOG/decide.txt"
+  snapshot
   # each product alone on the tensor cores (against the default's in matmul_micro.txt
   # when not QUICK)
   VAE_OOD_GPU_COOP=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
