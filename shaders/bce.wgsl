@@ -20,7 +20,9 @@ struct Params { rows: u32, d: u32, draws: u32, write_grad: u32 }
 @group(0) @binding(3) var<storage, read> kl: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sample_loss: array<f32>;
 struct LossOut { on: u32, out_off: u32, _p0: u32, _p1: u32 }
-struct Uniform { @size(32) p: Params, @size(32) loss: LossOut, src: SplitSource }
+// (padding spelled out as fields, not as `@size`: naga's GLSL output ignores
+// member offsets, gfx-rs/wgpu#4374)
+struct Uniform { p: Params, _pad0: vec4<u32>, loss: LossOut, _pad1: vec4<u32>, src: SplitSource }
 @group(1) @binding(0) var<uniform> u: Uniform;
 
 // Early reads (EARLY, a pipeline constant: `VAE_OOD_GPU_EARLY_READS=1`): a thread

@@ -24,7 +24,9 @@ struct Params {
 // With src.splits > 0 the kernel's input product — the head (forward) or dz
 // (backward) — is read from its split-K partial sums (split_source.wgsl, appended
 // when the pipeline is built) and stored to head or dz, as if matmul_reduce had run.
-struct Uniform { @size(64) p: Params, src: SplitSource }
+// (The slot's padding is spelled out as fields, not as `@size`: naga's GLSL output
+// ignores member offsets, gfx-rs/wgpu#4374.)
+struct Uniform { p: Params, _pad: array<vec4<u32>, 2>, src: SplitSource }
 @group(1) @binding(0) var<uniform> u: Uniform;
 
 // Forward: one workgroup per image. First the threads split the latents (thread t
