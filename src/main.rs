@@ -206,7 +206,7 @@ fn devices() -> Result<()> {
         let summary = if vae_ood::gpu::backend_used(a.backend) {
             f.summary()
         } else {
-            "not used: vae-ood does not run on wgpu's OpenGL backend (its kernels compute wrong results there)".to_string()
+            "not used: vae-ood does not run on wgpu's OpenGL backend (not tested there; naga's GLSL output has known layout bugs, gfx-rs/wgpu#4374)".to_string()
         };
         println!(
             "{:?}\t{:?}\t{}\t{} {}\t{}",

@@ -152,3 +152,36 @@ fn assembled_lines_map_back_to_their_files() {
     assert_eq!(a.locate(3), ("b.wgsl", 1));
     assert_eq!(a.locate(5), ("b.wgsl", 3));
 }
+
+/// No shader sets a struct member's offset with `@size` or `@align`: naga's GLSL
+/// output ignores them (gfx-rs/wgpu#4374), which is how two uniform slots were
+/// read at the wrong offsets on wgpu's OpenGL backend (README, "Choosing a
+/// backend"). Padding is spelled out as fields instead, which every backend lays
+/// out alike.
+#[test]
+fn no_shader_relies_on_explicit_member_offsets() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            assert!(
+                !code.contains("@size(") && !code.contains("@align("),
+                "{}:{}: {line}",
+                path.display(),
+                i + 1
+            );
+        }
+        checked += 1;
+    }
+    assert!(
+        checked > 20,
+        "only {checked} shaders found in {}",
+        dir.display()
+    );
+}

@@ -15,12 +15,16 @@ pub use lower::{choose_splits, Fusions};
 
 use anyhow::{bail, Result};
 
-/// The wgpu backends vae-ood runs on: all but OpenGL. On wgpu's GL backend several
-/// kernels compute wrong results — measured 2026-11-27 on Mesa 22.3's llvmpipe
-/// (GL 4.5): the BCE kernel's loss and the latent kernels' outputs left unwritten,
-/// a training epoch's loss 0.0000 — while the same kernels pass their tests on
-/// Vulkan. So a machine whose only adapter is a GL one has no GPU adapter here
-/// (`auto` runs the CPU backend), and `vae-ood devices` marks GL adapters unused.
+/// The wgpu backends vae-ood runs on: all but OpenGL. On wgpu's GL backend the
+/// kernels once computed wrong results (2026-11-27, Mesa 22.3's llvmpipe GL 4.5: a
+/// training epoch's loss 0.0000): naga's GLSL output ignores struct members'
+/// explicit offsets (gfx-rs/wgpu#4374), and two uniform slots padded with `@size`
+/// were read at the wrong offsets. They now spell their padding out, and on GL the
+/// kernels' and training tests then give the right results; but GL is not tested in
+/// CI, offers no subgroups, has too few storage bindings for some fused kernels, and
+/// compiles some variants to other bits than their twins (the column of ones). So a
+/// machine whose only adapter is a GL one has no GPU adapter here (`auto` runs the
+/// CPU backend), and `vae-ood devices` marks GL adapters unused.
 pub const BACKENDS: wgpu::Backends = wgpu::Backends::all().difference(wgpu::Backends::GL);
 
 /// Whether vae-ood runs on adapters of backend `b` ([`BACKENDS`]).
@@ -63,7 +67,7 @@ pub fn select_adapter() -> Result<Option<wgpu::Adapter>> {
     if let Some(asked) = wgpu::Backends::from_env() {
         if !asked.is_empty() && !asked.intersects(BACKENDS) {
             bail!(
-                "WGPU_BACKEND={:?} names only wgpu's OpenGL backend, which vae-ood does not run on (its kernels compute wrong results there): use vulkan, metal or dx12, or --device cpu",
+                "WGPU_BACKEND={:?} names only wgpu's OpenGL backend, which vae-ood does not run on (not tested there; naga's GLSL output has known layout bugs, gfx-rs/wgpu#4374): use vulkan, metal or dx12, or --device cpu",
                 std::env::var("WGPU_BACKEND").unwrap_or_default()
             );
         }
