@@ -838,8 +838,9 @@ fn bad_environment_switches() {
     }
 }
 
-/// wgpu's OpenGL backend is never used (its kernels compute wrong results:
-/// `gpu::BACKENDS`): asking for it alone is a one-line error that writes nothing;
+/// wgpu's OpenGL backend is never used (untested there, and it once trained
+/// silently wrong: `gpu::BACKENDS`): asking for it alone is a one-line error that
+/// writes nothing;
 /// and with Vulkan's drivers hidden, where the GL adapter (Mesa's llvmpipe on CI)
 /// is all wgpu finds, `--device gpu` finds no adapter instead of training on it,
 /// and `auto` runs the CPU backend.
