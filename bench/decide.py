@@ -20,6 +20,9 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from table import steps_us  # noqa: E402  (the same reader of the sweep's lines)
+
 UNFUSED_CLEAN_AUROC = 0.8376
 TOLERANCE = 0.02
 GRAPH_TARGET = 4.5
@@ -41,16 +44,7 @@ def medians(sweep):
     if not os.path.isdir(sweep):
         return out
     for f in sorted(os.listdir(sweep)):
-        if not f.endswith(".jsonl"):
-            continue
-        us = []
-        for line in open(os.path.join(sweep, f)):
-            try:
-                v = json.loads(line).get("us_per_step")
-            except ValueError:
-                v = None
-            if v:
-                us.append(v)
+        us = steps_us(os.path.join(sweep, f)) if f.endswith(".jsonl") else []
         if us:
             out[f[: -len(".jsonl")]] = statistics.median(us)
     return out

@@ -44,22 +44,14 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 $PY - "$OUTDIR" "${configs[@]}" <<'PYEOF'
-import json, os, statistics, sys
+import os, statistics, sys
+sys.path.insert(0, "bench")
+from table import steps_us
 out, configs = sys.argv[1], sys.argv[2:]
 rows = []
 for c in configs:
     name, _, env = c.partition(":")
-    us = []
-    try:
-        for line in open(os.path.join(out, name + ".jsonl")):
-            try:
-                v = json.loads(line).get("us_per_step")
-            except ValueError:
-                v = None
-            if v:
-                us.append(v)
-    except OSError:
-        pass
+    us = steps_us(os.path.join(out, name + ".jsonl"))
     rows.append((name, env.replace(",", " ") or "(default)", us))
 base = statistics.median(rows[0][2]) if rows[0][2] else None
 print("| configuration | switches | runs | median µs/step | fastest | slowest | median vs first |")

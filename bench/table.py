@@ -18,6 +18,24 @@ def load(p):
         return {}
 
 
+def steps_us(p):
+    """Every run's µs per step in a .jsonl file of `vae-ood bench --json` or
+    torch_baseline.py --json lines (bench/gpu-sweep.sh); [] when it is missing."""
+    us = []
+    try:
+        with open(p) as f:
+            for line in f:
+                try:
+                    v = json.loads(line).get("us_per_step")
+                except ValueError:
+                    v = None
+                if v:
+                    us.append(v)
+    except OSError:
+        pass
+    return us
+
+
 def main(argv):
     vae = load(argv[1])
     def backend(t):
