@@ -206,7 +206,7 @@ fn devices() -> Result<()> {
         let summary = if vae_ood::gpu::backend_used(a.backend) {
             f.summary()
         } else {
-            "not used: vae-ood does not run on wgpu's OpenGL backend (not tested there; naga's GLSL output has known layout bugs, gfx-rs/wgpu#4374)".to_string()
+            format!("not used: {}", vae_ood::gpu::GL_NOT_USED)
         };
         println!(
             "{:?}\t{:?}\t{}\t{} {}\t{}",

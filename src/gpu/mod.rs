@@ -27,6 +27,10 @@ use anyhow::{bail, Result};
 /// CPU backend), and `vae-ood devices` marks GL adapters unused.
 pub const BACKENDS: wgpu::Backends = wgpu::Backends::all().difference(wgpu::Backends::GL);
 
+/// Why GL adapters are not used, as `vae-ood devices` and the error for
+/// `WGPU_BACKEND=gl` say it.
+pub const GL_NOT_USED: &str = "vae-ood does not run on wgpu's OpenGL backend (not tested there; naga's GLSL output has known layout bugs, gfx-rs/wgpu#4374)";
+
 /// Whether vae-ood runs on adapters of backend `b` ([`BACKENDS`]).
 pub fn backend_used(b: wgpu::Backend) -> bool {
     BACKENDS.contains(b.into())
@@ -67,7 +71,7 @@ pub fn select_adapter() -> Result<Option<wgpu::Adapter>> {
     if let Some(asked) = wgpu::Backends::from_env() {
         if !asked.is_empty() && !asked.intersects(BACKENDS) {
             bail!(
-                "WGPU_BACKEND={:?} names only wgpu's OpenGL backend, which vae-ood does not run on (not tested there; naga's GLSL output has known layout bugs, gfx-rs/wgpu#4374): use vulkan, metal or dx12, or --device cpu",
+                "WGPU_BACKEND={:?} names only OpenGL: {GL_NOT_USED}; use vulkan, metal or dx12, or --device cpu",
                 std::env::var("WGPU_BACKEND").unwrap_or_default()
             );
         }
