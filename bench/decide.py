@@ -36,6 +36,7 @@ SAME_BITS = {
     "triple_adam_early": "default",
     "all_in_split": "coop",
     "all_in": "coop_bce",
+    "all_in_tail": "all_in_pair",
 }
 
 

@@ -87,9 +87,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # product; the latent backward in fc4's gradient pair; and all of them together
   # (all_in: 6 dispatches per step; all_in_split with the split BCE; all_in_fc1
   # with the latent forward in fc1 too: 5; all_in_pair with the latent backward in
-  # the pair as well: 4). The unsplit BCE on the FMA walk (bce) is left to
-  # bench/gpu.sh: the split one (bce_split) has its logits and no longer K walk.
-  # Fifteen configurations and the CUDA graph: about 4.5 minutes on an H100)
+  # the pair as well: 4; all_in_tail with the triple's Adam tail, fc4's, in the
+  # next step's fc1 dispatch: 4, all_in_pair's bits). The unsplit BCE on the FMA
+  # walk (bce) is left to bench/gpu.sh: the split one (bce_split) has its logits
+  # and no longer K walk. Sixteen configurations and the CUDA graph: about 4.8
+  # minutes on an H100)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
@@ -103,6 +105,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     'all_in_split:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     'all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1' \
     'all_in_pair:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1' \
+    'all_in_tail:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1,VAE_OOD_GPU_TAIL_FC1=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # the whole default run with the tensor-core walk and the BCE epilogue, each and

@@ -19,7 +19,8 @@
 //! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`); the BCE epilogue
 //! split over K, the latent forward in fc1's product and the latent backward in
 //! fc4's gradient pair (`VAE_OOD_GPU_BCE_SPLIT=1`, `VAE_OOD_GPU_LATENT_FC1=1`,
-//! `VAE_OOD_GPU_LATENT_PAIR=1`), alone and with all the rest. Each round runs `steps`
+//! `VAE_OOD_GPU_LATENT_PAIR=1`), alone and with all the rest, and with all the rest
+//! the triple's Adam tail in the next step's fc1 (`VAE_OOD_GPU_TAIL_FC1=1`). Each round runs `steps`
 //! steps in one run per variant; then two steps per variant with per-op timestamps
 //! in the second (as inside an epoch; before 2026-11-27 a lone first step, whose
 //! gather ran in fc1's dispatch) where the adapter has them. A kernel experiment, not part of the training path;
@@ -190,6 +191,18 @@ fn main() -> anyhow::Result<()> {
                 f.bce_split = true;
                 f.latent_fc1 = true;
                 f.latent_pair = true
+            }),
+        ),
+        (
+            "all in, latent in fc1 and pair, tail in fc1",
+            tc_early,
+            without(|f| {
+                f.adam = true;
+                f.bce = true;
+                f.bce_split = true;
+                f.latent_fc1 = true;
+                f.latent_pair = true;
+                f.tail_fc1 = true
             }),
         ),
         ("no latent fusion", d, without(|f| f.latent = false)),

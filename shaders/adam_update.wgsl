@@ -4,7 +4,9 @@
 // m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;  p −= (lr / bc1) · m / (√v / √bc2 + eps)
 // with bc1 = 1 − β1^t, bc2 = 1 − β2^t from the host.
 
-struct AdamParams { n: u32, lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, _pad: u32 }
+// (`first`: where the parameters of matmul_gather_adam's Adam tail begin, [first, n);
+// 0 and unread elsewhere)
+struct AdamParams { n: u32, lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, first: u32 }
 
 // (p, m, v) after the step, from gradient g and the old p, m and v.
 fn adam_update(g: f32, p_old: f32, m_old: f32, v_old: f32, a: AdamParams) -> vec3<f32> {

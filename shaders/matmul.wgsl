@@ -62,8 +62,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read> e: array<f32>;
+// (bindings 1 and 2, B and the epilogue operand e (bias or mask): matmul_be.wgsl,
+// read-only, appended; or matmul_be_rw.wgsl, read-write, for matmul_gather_adam,
+// which writes the parameters they are views of)
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 // (binding 4, the split-K partial sums (splits, m, n): put_partial and
 // get_partial, from matmul_partial.wgsl, or matmul_partial_atomic.wgsl for

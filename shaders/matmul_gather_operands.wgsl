@@ -18,6 +18,13 @@ var<private> writes_x: bool;
 
 @compute @workgroup_size(16, 16)
 fn matmul_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    gather_tile(wg, lid);
+}
+
+// Workgroup wg's tile of the product (wg in its grid: (ceil(n/32), ceil(m/32),
+// splits)), its 32 image numbers read first. Called by every thread of the
+// workgroup (matmul_gather, and matmul_gather_adam's product workgroups).
+fn gather_tile(wg: vec3<u32>, lid: vec3<u32>) {
     let p = u.p[0];
     first_row = wg.y * TILE;
     writes_x = wg.x == 0u;

@@ -85,6 +85,13 @@ pub const GPU_LATENT_FC1: &str = "VAE_OOD_GPU_LATENT_FC1";
 /// default: not yet timed on a GPU, and it sums dz in another order
 /// (rounding-level differences).
 pub const GPU_LATENT_PAIR: &str = "VAE_OOD_GPU_LATENT_PAIR";
+/// `1`: with Adam in the triple and the latent forward in fc1's product, the
+/// triple's Adam tail (the parameters it does not write: fc4's, where the latent
+/// backward kernel is folded into fc4's pair) in extra workgroups of the next
+/// training step's fc1 dispatch (`shaders/matmul_gather_adam.wgsl`) instead of
+/// the triple's last workgroups; a run's last step keeps it in the triple. The
+/// same bits. Off by default: not yet timed on a GPU.
+pub const GPU_TAIL_FC1: &str = "VAE_OOD_GPU_TAIL_FC1";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
 /// gather as two, not one, and a training step's loss its own dispatch, not
@@ -104,7 +111,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 13] = [
+const FLAGS: [&str; 14] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -118,6 +125,7 @@ const FLAGS: [&str; 13] = [
     GPU_EARLY_READS,
     GPU_LATENT_FC1,
     GPU_LATENT_PAIR,
+    GPU_TAIL_FC1,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

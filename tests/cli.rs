@@ -775,6 +775,7 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_BCE_SPLIT", "split"),
         ("VAE_OOD_GPU_LATENT_FC1", "yes"),
         ("VAE_OOD_GPU_LATENT_PAIR", "pair"),
+        ("VAE_OOD_GPU_TAIL_FC1", "tail"),
         ("VAE_OOD_GPU_EARLY_READS", "early"),
     ];
     // a one-epoch CPU run on 128 images, quiet

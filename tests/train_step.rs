@@ -1073,6 +1073,74 @@ fn latent_backward_in_fc4s_pair_trains_as_the_latent_kernel() {
     );
 }
 
+/// The triple's Adam tail in the next step's fc1 dispatch (`VAE_OOD_GPU_TAIL_FC1=1`)
+/// with every fusion that removes a dispatch (the split BCE epilogue, Adam in the
+/// triple, the latent forward in fc1, the latent backward in fc4's pair: the
+/// triple keeps fc4's parameters as its tail) over three training steps and a
+/// scoring batch: the same four dispatches per step, the second and third steps'
+/// fc1 as `matmul_gather_adam`, and every buffer the same bits as with the tail in
+/// the triple (Adam's steps on the same values, one dispatch later). fc4's 7,102
+/// parameters here take 7 workgroups in two extra layers of fc1's 5 × 1 × 1 grid.
+/// A device allowing 18 storage buffers (the kernel binds 19) keeps the tail in
+/// the triple, bit for bit.
+#[test]
+fn the_triples_tail_in_the_next_fc1_gives_the_same_bits() {
+    use vae_ood::gpu::{Fusions, Kernel};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let case = GpuRunCase::new("the_triples_tail_in_the_next_fc1_gives_the_same_bits", 3);
+    let all_in = Fusions {
+        bce: true,
+        bce_split: true,
+        adam: true,
+        latent_fc1: true,
+        latent_pair: true,
+        ..Fusions::DEFAULT
+    };
+    let moved = Fusions {
+        tail_fc1: true,
+        ..all_in
+    };
+    let kernels = [Kernel::MatmulGatherAdam, Kernel::MatmulPairLatent];
+    let kept = case.capped_run(None, all_in, kernels);
+    let tail = case.capped_run(None, moved, kernels);
+    assert_eq!(tail.0, [true, true]);
+    assert!(
+        tail.1.contains("its tail in the next step's fc1"),
+        "{}",
+        tail.1
+    );
+    assert!(!kept.1.contains("next step's fc1"), "{}", kept.1);
+    assert_eq!(tail.2, kept.2, "as many dispatches");
+    let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
+    assert_eq!(tail.2, 3 * 4 + (plain.2 - 3 * 8), "{}", tail.1);
+    let count = |f: Fusions, k: Kernel| {
+        let mut be = case.backend(vae_ood::gpu::GpuOptions::default());
+        be.set_fusions(f);
+        be.kernels(&case.ops).iter().filter(|&&d| d == k).count()
+    };
+    assert_eq!(count(moved, Kernel::MatmulGatherAdam), 2, "steps 2 and 3");
+    assert_eq!(count(all_in, Kernel::MatmulGatherAdam), 0);
+    for ((buf, got), (_, want)) in tail.3.iter().zip(&kept.3) {
+        assert!(got == want, "{buf:?} differs");
+    }
+    // not a run that left the tail alone: Adam moved the parameters
+    assert_ne!(f32s(&tail.3, Buf::Params), case.params);
+    // the same run again: the same bits
+    let again = case.capped_run(None, moved, kernels);
+    assert!(again.3 == tail.3, "a second run differs");
+    // too few storage buffers for matmul_gather_adam: the tail stays in the triple
+    let narrow = case.capped_run(Some(18), moved, kernels);
+    let narrow_kept = case.capped_run(Some(18), all_in, kernels);
+    assert_eq!(narrow.0, [false, false]);
+    assert!(!narrow.1.contains("next step's fc1"), "{}", narrow.1);
+    assert!(
+        narrow.3 == narrow_kept.3,
+        "without the kernel: the same bits"
+    );
+}
+
 /// Parameters after `steps` Adam steps from identical inputs, trained by ops that
 /// sum in other orders: as in three_training_steps_gpu_equal_cpu, a gradient at
 /// rounding level may take either sign, moving its parameter by up to 2·lr a step;

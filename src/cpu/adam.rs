@@ -15,7 +15,11 @@ pub struct AdamParams {
     /// 1 − β1^t and 1 − β2^t for this step t (computed on the host in f64)
     pub bc1: f32,
     pub bc2: f32,
-    pub _pad: u32,
+    /// where the range of parameters a kernel updates begins, [first, n): read only
+    /// by `matmul_gather_adam` (`shaders/matmul_gather_adam.wgsl`, the triple's
+    /// Adam tail in the next step's fc1 dispatch, with n the range's end); 0, and
+    /// unread, everywhere else (`adam` updates all of its slices)
+    pub first: u32,
 }
 
 impl AdamParams {
@@ -29,7 +33,7 @@ impl AdamParams {
             eps,
             bc1: (1.0 - (beta1 as f64).powf(t as f64)) as f32,
             bc2: (1.0 - (beta2 as f64).powf(t as f64)) as f32,
-            _pad: 0,
+            first: 0,
         }
     }
 }

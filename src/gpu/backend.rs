@@ -111,6 +111,7 @@ impl GpuBackend {
                     .iter()
                     .all(|&k| self.ctx.has(k)),
             latent_pair: f.latent_pair && self.ctx.has(Kernel::MatmulPairLatent),
+            tail_fc1: f.tail_fc1 && self.ctx.has(Kernel::MatmulGatherAdam),
             bce: f.bce
                 && [Kernel::MatmulBce, Kernel::MatmulPairLoss]
                     .iter()
@@ -122,6 +123,15 @@ impl GpuBackend {
     /// How many dispatches `ops` take (pairs and split-K reduces counted).
     pub fn dispatches(&self, ops: &[Op]) -> usize {
         lower_all(ops, self.fusions).0.len()
+    }
+
+    /// The kernel of each dispatch `ops` take, in order.
+    pub fn kernels(&self, ops: &[Op]) -> Vec<Kernel> {
+        lower_all(ops, self.fusions)
+            .0
+            .iter()
+            .map(|d| d.1 .0)
+            .collect()
     }
 
     /// The backend on `adapter`, options from the environment (`VAE_OOD_NO_SUBGROUPS`).

@@ -30,6 +30,7 @@ pub enum Kernel {
     MatmulLatent,
     MatmulGatherLatent,
     MatmulPairLatent,
+    MatmulGatherAdam,
     ReparamForward,
     ReparamBackward,
     Bce,
@@ -151,11 +152,9 @@ const LATENT_BACKWARD_ADAM_BINDINGS: [(u32, bool); 13] = then(
     &[(14, true), (15, false), (16, false)],
 );
 
-/// `matmul_gather`: b, e → c (or partial sums), c2 (bound to c again), then the
-/// image store and the index → x.
-const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
-    (1, true),
-    (2, true),
+/// `matmul_gather` after b and e: c (or partial sums), c2 (bound to c again),
+/// then the image store and the index → x.
+const GATHER_REST: [(u32, bool); 6] = [
     (3, false),
     (4, false),
     (6, false),
@@ -164,14 +163,28 @@ const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = [
     (17, false),
 ];
 
+/// `matmul_gather`: b, e (read-only), then [`GATHER_REST`].
+const MATMUL_GATHER_BINDINGS: [(u32, bool); 8] = then(&[(1, true), (2, true)], &GATHER_REST);
+
 /// `matmul_gather_latent`: `matmul_gather`'s, then [`LATENT_TAIL`].
 const MATMUL_GATHER_LATENT_BINDINGS: [(u32, bool); 16] =
     then(&MATMUL_GATHER_BINDINGS, &LATENT_TAIL);
 
+/// `matmul_gather_adam`: `matmul_gather_latent`'s with b and e read-write (the
+/// parameters, which its extra workgroups update: `matmul_be_rw.wgsl`), then
+/// Adam's gradients, m and v (`matmul_gather_adam.wgsl`).
+const MATMUL_GATHER_ADAM_BINDINGS: [(u32, bool); 19] = then(
+    &then::<16>(
+        &then::<8>(&[(1, false), (2, false)], &GATHER_REST),
+        &LATENT_TAIL,
+    ),
+    &[(12, true), (13, false), (14, false)],
+);
+
 const ADAM_UPDATE: (&str, &str) = wgsl!("adam_update.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::Gather,
         Kernel::Matmul,
         Kernel::MatmulPair,
@@ -184,6 +197,7 @@ impl Kernel {
         Kernel::MatmulLatent,
         Kernel::MatmulGatherLatent,
         Kernel::MatmulPairLatent,
+        Kernel::MatmulGatherAdam,
         Kernel::ReparamForward,
         Kernel::ReparamBackward,
         Kernel::Bce,
@@ -209,7 +223,8 @@ impl Kernel {
             | Kernel::MatmulPairLoss
             | Kernel::MatmulLatent
             | Kernel::MatmulGatherLatent
-            | Kernel::MatmulPairLatent => wgsl!("matmul.wgsl"),
+            | Kernel::MatmulPairLatent
+            | Kernel::MatmulGatherAdam => wgsl!("matmul.wgsl"),
             Kernel::ReparamForward | Kernel::ReparamBackward => {
                 wgsl!("reparam.wgsl")
             }
@@ -238,6 +253,7 @@ impl Kernel {
                 | Kernel::MatmulLatent
                 | Kernel::MatmulGatherLatent
                 | Kernel::MatmulPairLatent
+                | Kernel::MatmulGatherAdam
         )
     }
 
@@ -261,7 +277,11 @@ impl Kernel {
     }
 
     /// The files its shader module is assembled from, in order: the kernel's file;
-    /// for `matmul.wgsl`'s kernels their split-K partial sums
+    /// for `matmul.wgsl`'s kernels the bindings of B and the epilogue operand
+    /// (`matmul_be.wgsl`, read-only, or `matmul_be_rw.wgsl` for
+    /// `matmul_gather_adam`, which is `matmul_gather_latent` with
+    /// `matmul_gather_adam.wgsl`: the previous step's Adam tail in extra
+    /// workgroups), their split-K partial sums
     /// (`matmul_partial.wgsl`, or `matmul_partial_atomic.wgsl` for the kernels
     /// whose last K share of a tile reads the others': `matmul_bce`,
     /// `matmul_latent`, `matmul_gather_latent`, `matmul_pair_latent`), where their
@@ -303,6 +323,12 @@ impl Kernel {
             if let Some(shape) = walk.shape() {
                 v.insert(0, shape);
             }
+            // (B and e: read-write where the kernel writes the parameters)
+            v.push(if self == Kernel::MatmulGatherAdam {
+                wgsl!("matmul_be_rw.wgsl")
+            } else {
+                wgsl!("matmul_be.wgsl")
+            });
             v.push(walk.source());
         }
         // (the split-K partial sums: atomics where a tile's last K share reads the
@@ -311,7 +337,8 @@ impl Kernel {
             Kernel::MatmulBce
             | Kernel::MatmulLatent
             | Kernel::MatmulGatherLatent
-            | Kernel::MatmulPairLatent => v.push(wgsl!("matmul_partial_atomic.wgsl")),
+            | Kernel::MatmulPairLatent
+            | Kernel::MatmulGatherAdam => v.push(wgsl!("matmul_partial_atomic.wgsl")),
             k if k.is_matmul() => v.push(wgsl!("matmul_partial.wgsl")),
             _ => {}
         }
@@ -327,6 +354,13 @@ impl Kernel {
             Kernel::MatmulGatherLatent => {
                 v.extend([GATHER_OPERANDS, LATENT, LAST_BLOCK, LATENT_TAIL])
             }
+            Kernel::MatmulGatherAdam => v.extend([
+                GATHER_OPERANDS,
+                LATENT,
+                LAST_BLOCK,
+                LATENT_TAIL,
+                wgsl!("matmul_gather_adam.wgsl"),
+            ]),
             Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
             Kernel::MatmulPairLatent => v.extend([
                 OPERANDS,
@@ -354,7 +388,11 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::Gather | Kernel::AdamGather | Kernel::MatmulGather | Kernel::MatmulGatherLatent
+            Kernel::Gather
+                | Kernel::AdamGather
+                | Kernel::MatmulGather
+                | Kernel::MatmulGatherLatent
+                | Kernel::MatmulGatherAdam
         ) {
             v.push(PIXEL);
         }
@@ -367,6 +405,7 @@ impl Kernel {
                 | Kernel::LatentBackwardAdam
                 | Kernel::MatmulLatent
                 | Kernel::MatmulGatherLatent
+                | Kernel::MatmulGatherAdam
         ) {
             v.push(NORMAL);
         }
@@ -422,6 +461,7 @@ impl Kernel {
             Kernel::MatmulTriple => "matmul_triple",
             Kernel::MatmulTripleAdam => "matmul_triple_adam",
             Kernel::MatmulGather | Kernel::MatmulGatherLatent => "matmul_gather",
+            Kernel::MatmulGatherAdam => "matmul_gather_adam",
             Kernel::MatmulReduce => "matmul_reduce",
             // (`matmul` of the module with matmul_bce.wgsl's epilogue)
             Kernel::MatmulBce | Kernel::MatmulLatent => "matmul",
@@ -451,6 +491,7 @@ impl Kernel {
             Kernel::MatmulBce => &MATMUL_BCE_BINDINGS,
             Kernel::MatmulLatent => &MATMUL_LATENT_BINDINGS,
             Kernel::MatmulGatherLatent => &MATMUL_GATHER_LATENT_BINDINGS,
+            Kernel::MatmulGatherAdam => &MATMUL_GATHER_ADAM_BINDINGS,
             Kernel::MatmulPairLoss => &MATMUL_PAIR_LOSS_BINDINGS,
             Kernel::MatmulPairLatent => &MATMUL_PAIR_LATENT_BINDINGS,
             // partial sums, e (split_source.wgsl's bindings) → c (c2 as for matmul)
@@ -1373,6 +1414,7 @@ impl GpuContext {
                             Kernel::MatmulLatent
                                 | Kernel::MatmulGatherLatent
                                 | Kernel::MatmulPairLatent
+                                | Kernel::MatmulGatherAdam
                         ) || latent_bytes <= workgroup_bytes);
                     fits.then(|| {
                         s.spawn(move || {

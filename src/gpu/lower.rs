@@ -346,6 +346,14 @@ pub struct Fusions {
     /// dispatch fewer per step. Off by default (`VAE_OOD_GPU_LATENT_PAIR=1`): not
     /// yet timed on a GPU; it sums dz in another order than the latent kernel
     pub latent_pair: bool,
+    /// with `adam` and `latent_fc1`: where the triple keeps a tail of parameters
+    /// its Adam epilogue does not reach (fc4's, with `latent_pair`), that tail
+    /// updated in extra workgroups of the next training step's fc1 dispatch
+    /// instead (`matmul_gather_adam`, [`tail_into_fc1`]), where that dispatch
+    /// directly follows the triple in the run; a run's last step keeps its tail.
+    /// The same bits. Off by default (`VAE_OOD_GPU_TAIL_FC1=1`): not yet timed on
+    /// a GPU
+    pub tail_fc1: bool,
 }
 
 impl Fusions {
@@ -369,6 +377,7 @@ impl Fusions {
         bce_split: false,
         latent_fc1: false,
         latent_pair: false,
+        tail_fc1: false,
     };
     /// All off: every op its own dispatches.
     pub const NONE: Fusions = Fusions {
@@ -383,6 +392,7 @@ impl Fusions {
         bce_split: false,
         latent_fc1: false,
         latent_pair: false,
+        tail_fc1: false,
     };
 
     pub fn from_env() -> Fusions {
@@ -404,6 +414,7 @@ impl Fusions {
             bce_split: crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT),
             latent_fc1: crate::knobs::flag(crate::knobs::GPU_LATENT_FC1),
             latent_pair: crate::knobs::flag(crate::knobs::GPU_LATENT_PAIR),
+            tail_fc1: crate::knobs::flag(crate::knobs::GPU_TAIL_FC1),
         }
     }
 
@@ -422,9 +433,11 @@ impl Fusions {
         .collect();
         // (with the latent backward in fc4's pair the tail stays in the triple)
         let tail_in_latent = self.latent && self.latent_adam && !(self.latent_pair && self.pairs);
-        let mut extra = match (self.adam, self.adam && tail_in_latent) {
-            (true, true) => ", Adam in the triple (its tail in the latent backward)",
-            (true, false) => ", Adam in the triple",
+        let tail_in_fc1 = self.latent && self.latent_fc1 && self.tail_fc1 && !tail_in_latent;
+        let mut extra = match (self.adam, tail_in_latent, tail_in_fc1) {
+            (true, true, _) => ", Adam in the triple (its tail in the latent backward)",
+            (true, false, true) => ", Adam in the triple (its tail in the next step's fc1)",
+            (true, false, false) => ", Adam in the triple",
             _ => "",
         }
         .to_string();
@@ -546,6 +559,9 @@ pub(super) fn lower_all(ops: &[Op], fuse: Fusions) -> (Vec<(usize, Dispatch)>, V
         }
         plan.extend(low.dispatches.into_iter().map(|d| (at, d)));
         i = after;
+    }
+    if fuse.tail_fc1 && fuse.adam && fuse.latent && fuse.latent_fc1 {
+        tail_into_fc1(&mut plan, &mut slots);
     }
     (plan, slots)
 }

@@ -164,6 +164,64 @@ pub(super) fn triple(
     ))
 }
 
+/// With [`Fusions::tail_fc1`]: each `matmul_triple_adam` of `plan` that keeps a
+/// tail (the parameters its tiles do not write, updated by its last workgroups)
+/// and whose next dispatch is the next training step's `matmul_gather_latent`
+/// hands the tail to that dispatch, which becomes a `matmul_gather_adam`
+/// (`shaders/matmul_gather_adam.wgsl`): the triple's slot gets an empty tail and
+/// its tail workgroups go; the fc1 slot gets the triple's Adam step at
+/// `Slot.adam` (192, unused by `matmul_gather_latent`) with the tail as
+/// [first, n), and its grid extra layers of z, 1024 parameters per workgroup.
+/// Only where the tail is disjoint from every parameter the fc1 dispatch's three
+/// products read (their B spans and bias ranges: fc1's, the head's, fc3's) and
+/// the dispatch binds no gradients or moments; nothing runs between the two.
+pub(super) fn tail_into_fc1(plan: &mut [(usize, Dispatch)], slots: &mut [Vec<u8>]) {
+    use bytemuck::{bytes_of, pod_read_unaligned};
+    for i in 1..plan.len() {
+        let (before, after) = plan.split_at_mut(i);
+        let (t_at, (tk, _, t_groups)) = &mut before[i - 1];
+        let (f_at, (fk, f_res, f_grid)) = &mut after[0];
+        if *tk != Kernel::MatmulTripleAdam || *fk != Kernel::MatmulGatherLatent {
+            continue;
+        }
+        let (t_at, f_at) = (*t_at, *f_at);
+        let tail: [u32; 2] = pod_read_unaligned(&slots[t_at][SLOT_TAIL_AT..SLOT_TAIL_AT + 8]);
+        if tail[0] >= tail[1] || slots[f_at].len() != 256 {
+            continue;
+        }
+        let qs: [MatmulParams; 3] = pod_read_unaligned(&slots[f_at][..192]);
+        let reads: Vec<Range<u64>> = qs
+            .iter()
+            .flat_map(|q| [b_span(q), q.e_off as u64..q.e_off as u64 + q.n as u64])
+            .collect();
+        let moved = tail[0] as u64..tail[1] as u64;
+        let groups = (tail[1] - tail[0]).div_ceil(ADAM_TAIL_PER_GROUP);
+        let layers = groups.div_ceil((f_grid.0 * f_grid.1).max(1));
+        let ok = disjoint(std::slice::from_ref(&moved), &reads)
+            && ![Buf::Grads, Buf::AdamM, Buf::AdamV]
+                .iter()
+                .any(|b| f_res.contains(&Res::F(*b)))
+            && slots[f_at][192..224].iter().all(|&b| b == 0)
+            && f_grid.2 + layers <= 65_535
+            && t_groups.0 > groups;
+        if !ok {
+            continue;
+        }
+        let pa: AdamParams = pod_read_unaligned(&slots[t_at][192..224]);
+        slots[t_at][SLOT_TAIL_AT..SLOT_TAIL_AT + 8].copy_from_slice(bytes_of(&[tail[1]; 2]));
+        t_groups.0 -= groups;
+        let range = AdamParams {
+            n: tail[1],
+            first: tail[0],
+            ..pa
+        };
+        slots[f_at][192..224].copy_from_slice(bytes_of(&range));
+        *fk = Kernel::MatmulGatherAdam;
+        f_res.extend([Res::F(Buf::Grads), Res::F(Buf::AdamM), Res::F(Buf::AdamV)]);
+        f_grid.2 += layers;
+    }
+}
+
 /// A triple's Adam tail run elsewhere ([`triple`]'s `tail_away`): Adam's params
 /// and the parameters of the tail.
 pub(super) type MovedTail = (AdamParams, Range<u32>);

@@ -361,7 +361,7 @@ fn latent_fusion_is_refused_where_it_would_be_wrong() {
 fn slots_increase_along_every_plan() {
     let one = step();
     let two: Vec<Op> = one.iter().chain(&one).copied().collect();
-    for bits in 0..2048 {
+    for bits in 0..4096 {
         let f = Fusions {
             pairs: bits & 1 != 0,
             reduces: bits & 2 != 0,
@@ -374,6 +374,7 @@ fn slots_increase_along_every_plan() {
             bce_split: bits & 256 != 0,
             latent_fc1: bits & 512 != 0,
             latent_pair: bits & 1024 != 0,
+            tail_fc1: bits & 2048 != 0,
         };
         let plan = lower_all(&two, f).0;
         assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "{f:?}");
@@ -1198,4 +1199,137 @@ fn the_bce_epilogue_is_refused_where_it_would_be_wrong() {
     let fwd = crate::plan::forward_ops(dims, &lay.offsets(), &score, false);
     assert!(!joined(&fwd, bce));
     assert_eq!(kernels(&fwd, bce), kernels(&fwd, Fusions::DEFAULT));
+}
+
+/// With every fusion that removes a dispatch (Adam in the triple, whose tail —
+/// fc4's parameters — stays in the triple once the latent backward joins fc4's
+/// pair) and `tail_fc1`: in three steps, the first two triples hand their tails
+/// to the next step's fc1 dispatch (`matmul_gather_adam`, extra layers of z), the
+/// last keeps its own; slots as without it but for the triple's emptied tail and
+/// the Adam step at fc1's `Slot.adam` with the tail as [first, n). Not without
+/// the latent forward in fc1, nor where fc1's dispatch reads the tail's
+/// parameters.
+#[test]
+fn the_triples_tail_moves_into_the_next_fc1() {
+    let one = step();
+    let three: Vec<Op> = [&one[..], &one[..], &one[..]].concat();
+    let all_in = Fusions {
+        adam: true,
+        bce: true,
+        bce_split: true,
+        latent_fc1: true,
+        latent_pair: true,
+        ..Fusions::DEFAULT
+    };
+    let f = Fusions {
+        tail_fc1: true,
+        ..all_in
+    };
+    let (plan, slots) = lower_all(&three, f);
+    let (plain, plain_slots) = lower_all(&three, all_in);
+    assert_eq!(plan.len(), plain.len());
+    assert_eq!(plan.len(), 3 * 4, "four dispatches a step");
+    let n = one.len();
+    let Op::Adam(pa) = one[n - 1] else {
+        unreachable!()
+    };
+    // the tail: fc4's weights and bias, at the end of the parameters
+    let Op::Matmul { p: q4, .. } = one[5] else {
+        unreachable!()
+    };
+    let (start, end) = (pa.n - (q4.n * q4.k + q4.n), pa.n);
+    let groups = (end - start).div_ceil(ADAM_TAIL_PER_GROUP);
+    for step in 0..3 {
+        let (triple, fc1) = (step * n + 11, step * n);
+        let t = plan.iter().position(|d| d.0 == triple).unwrap();
+        assert_eq!(plan[t].1 .0, Kernel::MatmulTripleAdam);
+        let tail: [u32; 4] =
+            bytemuck::pod_read_unaligned(&slots[triple][SLOT_TAIL_AT..SLOT_TAIL_AT + 16]);
+        let was: [u32; 4] =
+            bytemuck::pod_read_unaligned(&plain_slots[triple][SLOT_TAIL_AT..SLOT_TAIL_AT + 16]);
+        assert_eq!(
+            was,
+            [start, end, 0, 0],
+            "step {step}: the tail in the triple"
+        );
+        let f1 = plan.iter().position(|d| d.0 == fc1).unwrap();
+        let (k, res, grid) = &plan[f1].1;
+        let (pk, pres, pgrid) = &plain[f1].1;
+        assert_eq!(*pk, Kernel::MatmulGatherLatent);
+        if step < 2 {
+            assert_eq!(tail, [end, end, 0, 0], "step {step}: moved");
+            assert_eq!(plan[t].1 .2 .0 + groups, plain[t].1 .2 .0);
+        } else {
+            assert_eq!(tail, was, "the run's last step keeps its tail");
+            assert_eq!(plan[t].1 .2, plain[t].1 .2);
+        }
+        assert_eq!(
+            slots[triple][..SLOT_TAIL_AT],
+            plain_slots[triple][..SLOT_TAIL_AT]
+        );
+        if step == 0 {
+            // (no triple before the run's first step)
+            assert_eq!(plan[f1], plain[f1]);
+            assert_eq!(slots[fc1], plain_slots[fc1]);
+            continue;
+        }
+        assert_eq!(*k, Kernel::MatmulGatherAdam);
+        assert_eq!(res[..16], pres[..]);
+        use Buf::*;
+        assert_eq!(res[16..], [Res::F(Grads), Res::F(AdamM), Res::F(AdamV)]);
+        let layers = groups.div_ceil(pgrid.0 * pgrid.1);
+        assert_eq!(layers, 6, "308 workgroups in layers of 13 × 4");
+        assert_eq!(*grid, (pgrid.0, pgrid.1, pgrid.2 + layers));
+        let mut want = plain_slots[fc1].clone();
+        let moved = crate::cpu::AdamParams {
+            n: end,
+            first: start,
+            ..pa
+        };
+        want[192..224].copy_from_slice(bytemuck::bytes_of(&moved));
+        assert_eq!(slots[fc1], want, "step {step}");
+    }
+    // everything else (the fc4 products and pairs between) as without it
+    let rest = |plan: &[(usize, Dispatch)]| -> Vec<(usize, Dispatch)> {
+        plan.iter()
+            .filter(|(_, d)| {
+                !matches!(
+                    d.0,
+                    Kernel::MatmulGatherAdam
+                        | Kernel::MatmulGatherLatent
+                        | Kernel::MatmulTripleAdam
+                )
+            })
+            .cloned()
+            .collect()
+    };
+    assert_eq!(rest(&plan), rest(&plain));
+    let moved = |ops: &[Op], f: Fusions| {
+        kernels(ops, f)
+            .iter()
+            .filter(|d| d.1 == Kernel::MatmulGatherAdam)
+            .count()
+    };
+    assert_eq!(moved(&three, f), 2);
+    // refused: one step (no next fc1); without the latent forward in fc1 or Adam
+    // in the triple; where the second step's fc3 product reads fc4's bias
+    assert_eq!(moved(&one, f), 0);
+    assert_eq!(
+        moved(
+            &three,
+            Fusions {
+                latent_fc1: false,
+                ..f
+            }
+        ),
+        0
+    );
+    assert_eq!(moved(&three, Fusions { adam: false, ..f }), 0);
+    let mut reads_tail = three.clone();
+    if let Op::Matmul { p, .. } = &mut reads_tail[n + 4] {
+        p.e_off = end - p.n;
+    }
+    assert_eq!(moved(&reads_tail, f), 1, "the third step's fc1 only");
+    // and without the flag, the triple keeps it
+    assert_eq!(moved(&three, all_in), 0);
 }
