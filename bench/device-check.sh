@@ -11,9 +11,10 @@
 # $OUT/logs.tgz, refreshed after each phase and every 30 s so a run cut short still
 # returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
-#   QUICK=1: the tests, the sweep, eight whole runs (tensor cores, the BCE
+#   QUICK=1: the tests, the sweep, nine whole runs (tensor cores, the BCE
 #   epilogue, both, the latent forward in fc1, the latent backward in fc4's pair,
-#   all in with the first and with both, neither), matmul_micro on tensor cores,
+#   all in with the first and with both, all in on the FMA walk, neither),
+#   matmul_micro on tensor cores,
 #   gpu_variants and last_block only (no gpu.sh, default matmul_micro, K sweep or
 #   grid barrier)
 #   SWEEP_ROUNDS, SWEEP_EPOCHS: the sweep's rounds (5) and epochs (10); 0 rounds
@@ -88,10 +89,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # (all_in: 6 dispatches per step; all_in_split with the split BCE; all_in_fc1
   # with the latent forward in fc1 too: 5; all_in_pair with the latent backward in
   # the pair as well: 4; all_in_tail with the triple's Adam tail, fc4's, in the
-  # next step's fc1 dispatch: 4, all_in_pair's bits). The unsplit BCE on the FMA
-  # walk (bce) is left to bench/gpu.sh: the split one (bce_split) has its logits
-  # and no longer K walk. Sixteen configurations and the CUDA graph: about 4.8
-  # minutes on an H100)
+  # next step's fc1 dispatch: 4, all_in_pair's bits; all_in_fma, all_in_tail on the
+  # FMA walk, in case the tensor cores lose). The unsplit BCE on the FMA walk (bce)
+  # is left to bench/gpu.sh: the split one (bce_split) has its logits and no
+  # longer K walk. Seventeen configurations and the CUDA graph: about 5 minutes on
+  # an H100)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
@@ -106,17 +108,19 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     'all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1' \
     'all_in_pair:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1' \
     'all_in_tail:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1,VAE_OOD_GPU_TAIL_FC1=1' \
+    'all_in_fma:VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1,VAE_OOD_GPU_TAIL_FC1=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # the whole default run with the tensor-core walk and the BCE epilogue, each and
   # both, the latent forward in fc1 and the latent backward in fc4's pair, each
-  # alone and with all the rest, and without: wall time, training time and AUROCs
-  # side by side (the accuracy target: clean AUROC within ±0.02)
+  # alone and with all the rest (on either walk), and without: wall time, training
+  # time and AUROCs side by side (the accuracy target: clean AUROC within ±0.02)
   for v in coop:VAE_OOD_GPU_COOP=1 bce:VAE_OOD_GPU_BCE_EPILOGUE=1 \
     coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1 latent_fc1:VAE_OOD_GPU_LATENT_FC1=1 \
     latent_pair:VAE_OOD_GPU_LATENT_PAIR=1 \
     all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1 \
     all_in_pair:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1 \
+    all_in_fma:VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1,VAE_OOD_GPU_TAIL_FC1=1 \
     default:VAE_OOD_GPU_COOP=0; do
     name=${v%%:*}
     echo "## whole default run, ${v#*:}"

@@ -20,7 +20,8 @@
 //! split over K, the latent forward in fc1's product and the latent backward in
 //! fc4's gradient pair (`VAE_OOD_GPU_BCE_SPLIT=1`, `VAE_OOD_GPU_LATENT_FC1=1`,
 //! `VAE_OOD_GPU_LATENT_PAIR=1`), alone and with all the rest, and with all the rest
-//! the triple's Adam tail in the next step's fc1 (`VAE_OOD_GPU_TAIL_FC1=1`). Each round runs `steps`
+//! the triple's Adam tail in the next step's fc1 (`VAE_OOD_GPU_TAIL_FC1=1`), on the
+//! tensor cores and on the FMA walk. Each round runs `steps`
 //! steps in one run per variant; then two steps per variant with per-op timestamps
 //! in the second (as inside an epoch; before 2026-11-27 a lone first step, whose
 //! gather ran in fc1's dispatch) where the adapter has them. A kernel experiment, not part of the training path;
@@ -77,6 +78,16 @@ fn main() -> anyhow::Result<()> {
         f(&mut x);
         x
     };
+    // every fusion that removes a dispatch (4 per step), with the triple's Adam tail
+    // in the next step's fc1
+    let all_in_tail = without(|f| {
+        f.adam = true;
+        f.bce = true;
+        f.bce_split = true;
+        f.latent_fc1 = true;
+        f.latent_pair = true;
+        f.tail_fc1 = true
+    });
     use ShaderChecks::{All, NoLoopBounds};
     for (name, opts, f) in [
         ("default", d, all),
@@ -196,14 +207,15 @@ fn main() -> anyhow::Result<()> {
         (
             "all in, latent in fc1 and pair, tail in fc1",
             tc_early,
-            without(|f| {
-                f.adam = true;
-                f.bce = true;
-                f.bce_split = true;
-                f.latent_fc1 = true;
-                f.latent_pair = true;
-                f.tail_fc1 = true
-            }),
+            all_in_tail,
+        ),
+        (
+            "all in on the fma walk, tail in fc1",
+            GpuOptions {
+                early_reads: true,
+                ..d
+            },
+            all_in_tail,
         ),
         ("no latent fusion", d, without(|f| f.latent = false)),
         ("no triple", d, without(|f| f.triple = false)),
