@@ -25,6 +25,7 @@
 @group(0) @binding(13) var<storage, read_write> tail_m: array<f32>;
 @group(0) @binding(14) var<storage, read_write> tail_v: array<f32>;
 
+// (the host's ADAM_TAIL_PER_GROUP, src/gpu/lower/products.rs, as matmul_adam.wgsl's)
 const TAIL_PER_GROUP: u32 = 1024u;
 
 @compute @workgroup_size(16, 16)

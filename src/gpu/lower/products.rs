@@ -235,7 +235,8 @@ pub(super) fn b_span(q: &MatmulParams) -> Range<u64> {
 }
 
 /// Parameters `matmul_triple_adam` updates per workgroup after the triple's tiles
-/// (`matmul_adam.wgsl`'s TAIL_PER_GROUP).
+/// (`matmul_adam.wgsl`'s TAIL_PER_GROUP), and `matmul_gather_adam` in its extra
+/// layers (`matmul_gather_adam.wgsl`'s).
 pub(super) const ADAM_TAIL_PER_GROUP: u32 = 1024;
 
 /// Whether a triple's products `qs` (writing `regions` of `c`, reading `reads`)
