@@ -10,7 +10,7 @@
 // fc4 forward — so they can be updated beside the next step's fc1 instead of
 // making the triple's last workgroups wait. The backend moves the tail here only
 // where this dispatch directly follows the triple and its products read none of
-// those parameters (src/gpu/lower.rs, `tail_into_fc1`); a run's last step keeps
+// those parameters (`tail_into_fc1`, src/gpu/lower/products.rs); a run's last step keeps
 // its tail in the triple.
 //
 // Workgroups with wg.z < splits run matmul_gather_latent's tile; the layers after

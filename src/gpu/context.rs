@@ -351,16 +351,12 @@ impl Kernel {
             Kernel::MatmulGather => v.extend([GATHER_OPERANDS, STORE]),
             Kernel::MatmulBce => v.extend([OPERANDS, STORE_BCE, LAST_BLOCK]),
             Kernel::MatmulLatent => v.extend([OPERANDS, LATENT, LAST_BLOCK, LATENT_TAIL]),
-            Kernel::MatmulGatherLatent => {
-                v.extend([GATHER_OPERANDS, LATENT, LAST_BLOCK, LATENT_TAIL])
+            Kernel::MatmulGatherLatent | Kernel::MatmulGatherAdam => {
+                v.extend([GATHER_OPERANDS, LATENT, LAST_BLOCK, LATENT_TAIL]);
+                if self == Kernel::MatmulGatherAdam {
+                    v.push(wgsl!("matmul_gather_adam.wgsl"));
+                }
             }
-            Kernel::MatmulGatherAdam => v.extend([
-                GATHER_OPERANDS,
-                LATENT,
-                LAST_BLOCK,
-                LATENT_TAIL,
-                wgsl!("matmul_gather_adam.wgsl"),
-            ]),
             Kernel::MatmulPairLoss => v.extend([OPERANDS, STORE, LOSS]),
             Kernel::MatmulPairLatent => v.extend([
                 OPERANDS,
