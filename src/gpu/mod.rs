@@ -44,6 +44,18 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+/// The one instance of [`BACKENDS`] that [`select_adapter`] asks in this process.
+/// On an NVIDIA H200 (2026-11-27) the GPU test binaries, opening backends with a
+/// new instance each, stopped finding any adapter partway (every later test
+/// failed with "no GPU adapter found"); with one instance per process they ran
+/// through, twice. What ran out is not pinned down: `examples/device_churn.rs`
+/// opened 100 fresh instances, adapters and devices in a row there without a
+/// failure or a growing count of file descriptors, threads or memory.
+pub fn shared_instance() -> &'static wgpu::Instance {
+    static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| instance(BACKENDS))
+}
+
 /// Every adapter wgpu can see, GL ones included (see [`backend_used`]), with the
 /// optional features vae-ood would use on it (options from the environment, but
 /// tensor cores only said to be offered or not: `VAE_OOD_GPU_COOP=1` is an error
@@ -76,7 +88,7 @@ pub fn select_adapter() -> Result<Option<wgpu::Adapter>> {
             );
         }
     }
-    let inst = instance(BACKENDS);
+    let inst = shared_instance();
     if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
         let want = name.to_lowercase();
         let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
@@ -103,7 +115,7 @@ pub fn select_adapter() -> Result<Option<wgpu::Adapter>> {
     }
     Ok(
         pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
-            &inst, None,
+            inst, None,
         ))
         .ok(),
     )
