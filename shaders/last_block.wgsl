@@ -10,7 +10,14 @@
 // (each kernel's counters: matmul_bce's tiles; matmul_latent's and
 // matmul_pair_latent's tiles, then bands)
 @group(0) @binding(26) var<storage, read_write> counts: array<atomic<u32>>;
-var<workgroup> count_ws: u32;
+// (four words, not one, though only [0] is used: every workgroup variable of a
+// module with the tensor-core walk is a multiple of 16 bytes, so none can leave
+// the walk's f16 tiles off the 16-byte alignment cooperative-matrix loads need,
+// whatever order the driver lays them out in. With a lone u32 here, on an NVIDIA
+// H200 (2026-11-27), the walk in these modules stored zeros for some tiles (h1 in
+// tests/kernels.rs) and training with the BCE epilogue went NaN in its first
+// step; with four words every GPU test passed there and those runs trained)
+var<workgroup> count_ws: array<u32, 4>;
 
 // Thread t of the workgroup (all call it): adds one to counter `at` from thread 0;
 // whether it reached `total` (then resets it), the same for the whole workgroup,
@@ -21,9 +28,9 @@ fn count_in(at: u32, total: u32, t: u32) -> bool {
         if (last) {
             atomicStore(&counts[at], 0u);
         }
-        count_ws = select(0u, 1u, last);
+        count_ws[0] = select(0u, 1u, last);
     }
-    let last = workgroupUniformLoad(&count_ws) == 1u;
+    let last = workgroupUniformLoad(&count_ws[0]) == 1u;
     if (last) {
         // the others' stores, which came before their counts
         storageBarrier();
