@@ -30,12 +30,10 @@ GRAPH_TARGET = 4.5
 # configurations whose scores and weights are bit for bit another's (tested on
 # lavapipe, one-epoch runs): they need no whole run of their own
 SAME_BITS = {
-    "bce_split": "default",
+    "bce_kernel": "default",
     "double_tiles": "default",
     "early": "default",
     "triple_adam_early": "default",
-    "all_in_split": "coop",
-    "all_in": "coop_bce",
     "all_in_tail": "all_in_pair",
 }
 
@@ -69,7 +67,8 @@ def main():
         sys.exit(f"no sweep results under {log}/sweep")
     rows = []
     for name, us in sorted(med.items(), key=lambda kv: kv[1]):
-        source = SAME_BITS.get(name, name)
+        # (its own whole run where there is one)
+        source = name if clean_auroc(log, name) is not None else SAME_BITS.get(name, name)
         auc = clean_auroc(log, source)
         ok = None if auc is None else abs(auc - UNFUSED_CLEAN_AUROC) <= TOLERANCE
         rows.append((name, us, auc, source, ok))

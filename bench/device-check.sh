@@ -11,9 +11,11 @@
 # $OUT/logs.tgz, refreshed after each phase and every 30 s so a run cut short still
 # returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
-#   QUICK=1: the tests, the sweep, nine whole runs (tensor cores, the BCE
-#   epilogue, both, the latent forward in fc1, the latent backward in fc4's pair,
-#   all in with the first and with both, all in on the FMA walk, neither),
+#   FOCUS=1: the tests, the device churn probe, a sweep of the default, the BCE
+#   kernel and the tensor cores, and their whole runs
+#   QUICK=1: the tests, the sweep, seven whole runs (tensor cores, the unsplit
+#   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
+#   all in on the tensor cores and on the FMA walk, the default),
 #   matmul_micro on tensor cores,
 #   gpu_variants and last_block only (no gpu.sh, default matmul_micro, K sweep or
 #   grid barrier)
@@ -68,8 +70,47 @@ for t in kernels torch_fixture train_step "bench timestamp" gpu_errors; do
   timeout 240 ".devbin/test_$1" --test-threads 1 ${2:-} 2>&1 | grep -v XDG_RUNTIME_DIR \
     | tee "$LOG/test_$1.txt" | tail -n 3
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  # each failed test again in a process of its own: on the H200 (2026-11-27) one
+  # binary stopped finding an adapter partway, and every later test failed with
+  # "no GPU adapter found", hiding what they would have said
+  for name in $(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$LOG/test_$1.txt"); do
+    timeout 120 ".devbin/test_$1" --test-threads 1 --exact "$name" >"$LOG/alone.tmp" 2>&1
+    rc=$?
+    grep -v XDG_RUNTIME_DIR "$LOG/alone.tmp" >>"$LOG/test_$1_alone.txt"
+    if [ $rc -eq 0 ]; then echo "   alone: $name ok"; else echo "   alone: $name FAILED (rc $rc)"; fi
+  done
 done
 snapshot
+# how many devices one process can open and drop in a row, three ways (the
+# adapter that vanished above): fds, threads and memory as they go
+timeout 120 .devbin/ex_device_churn "${CHURN_ROUNDS:-100}" 2>&1 | grep -v XDG_RUNTIME_DIR \
+  | tee "$LOG/device_churn.txt" | grep -v ' round '
+snapshot
+# FOCUS=1: after the tests, only the default (the split BCE epilogue since
+# 2026-11-27) against the BCE kernel (the default before), and the tensor cores
+# with the default and with every fusion that removes a dispatch (4 per step),
+# with PyTorch's CUDA graph in the same rounds; then their whole runs, and the
+# tensor cores with the latent forward in fc1 alone (whose tiles came out wrong on
+# the H200 before the last-block counter's 16-byte workgroup variable)
+if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
+  pair=VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1
+  echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
+  ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
+    'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' 'coop:VAE_OOD_GPU_COOP=1' "coop_all_in_pair:$pair" \
+    2>&1 | tee "$LOG/sweep.txt"
+  snapshot
+  for v in default:VAE_OOD_GPU_COOP=0 bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0 coop:VAE_OOD_GPU_COOP=1 \
+    coop_latent_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_FC1=1 "coop_all_in_pair:$pair"; do
+    name=${v%%:*}
+    echo "## whole default run, ${v#*:}"
+    # shellcheck disable=SC2046
+    env $(echo "${v#*:}" | tr , ' ') timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_$name" 2>&1 \
+      | grep -v 'XDG_RUNTIME_DIR\|====> \(Epoch\|Anomaly\)' | tee "$LOG/run_$name.txt"
+  done
+  python3 bench/decide.py "$LOG" 2>&1 | tee "$LOG/decide.txt"
+  snapshot
+  exit $status
+fi
 if [ -z "${SKIP_BENCH:-}" ]; then
   if [ -z "${QUICK:-}" ]; then
     OUTDIR="$LOG/bench" bash bench/gpu.sh .devbin/vae-ood 2>&1 | grep -v '^{' | tee "$LOG/bench.txt"
@@ -78,49 +119,33 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # the default against the switches closest to it, 5 interleaved rounds of 10
   # epochs each (one gpu.sh run per variant cannot tell a 3 % difference)
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
-  # (2026-11-26, H100 and H200, in three calls: ones_column 0.996–1.032, latent_512
-  # 0.991–0.993, no_prefetch 1.005, triple_adam 1.043–1.054 × the default. Not
-  # timed yet, all built without a GPU: the tensor-core walk (K steps of 64, its
-  # default, and 128; split-K products aiming for 128 workgroups); the FMA walk's
-  # double-buffered tiles; the BCE in fc4's epilogue, unsplit and split (the last K
-  # share finishing each tile), on either walk; early reads; Adam in the triple with
-  # fc4's Adam in the latent backward and early reads; the latent forward in fc1's
-  # product; the latent backward in fc4's gradient pair; and all of them together
-  # (all_in: 6 dispatches per step; all_in_split with the split BCE; all_in_fc1
-  # with the latent forward in fc1 too: 5; all_in_pair with the latent backward in
-  # the pair as well: 4; all_in_tail with the triple's Adam tail, fc4's, in the
-  # next step's fc1 dispatch: 4, all_in_pair's bits; all_in_fma, all_in_tail on the
-  # FMA walk, in case the tensor cores lose). The unsplit BCE on the FMA walk (bce)
-  # is left to bench/gpu.sh: the split one (bce_split) has its logits and no
-  # longer K walk. Seventeen configurations and the CUDA graph: about 5 minutes on
-  # an H100)
+  # (2026-11-26, H100 and H200: ones_column 0.996–1.032, latent_512 0.991–0.993,
+  # no_prefetch 1.005, triple_adam 1.043–1.054 × the default. 2026-11-27, H200,
+  # all built without a GPU before: the BCE in fc4's split epilogue 0.966–0.968 ×
+  # the BCE kernel, made the default; early reads 0.991–0.993, double tiles 1.004,
+  # the tensor cores 1.12–1.14, the latent forward in fc1 1.45, the latent backward
+  # in fc4's pair 1.37, all of them at 4 dispatches per step 1.88 (FMA walk) and
+  # 2.35 (tensor cores): bench/results/h200-2026-11-27.md.) The default against
+  # each of them again, for a card or driver where they may rank otherwise
+  p=VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
+    'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' 'bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0' \
     'coop:VAE_OOD_GPU_COOP=1' 'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
     'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
-    'double_tiles:VAE_OOD_GPU_DOUBLE_TILES=1' \
-    'bce_split:VAE_OOD_GPU_BCE_SPLIT=1' \
-    'coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1' \
-    'early:VAE_OOD_GPU_EARLY_READS=1' \
+    'double_tiles:VAE_OOD_GPU_DOUBLE_TILES=1' 'early:VAE_OOD_GPU_EARLY_READS=1' \
     'triple_adam_early:VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     'latent_fc1:VAE_OOD_GPU_LATENT_FC1=1' 'latent_pair:VAE_OOD_GPU_LATENT_PAIR=1' \
-    'all_in:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
-    'all_in_split:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
-    'all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1' \
-    'all_in_pair:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1' \
-    'all_in_tail:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1,VAE_OOD_GPU_TAIL_FC1=1' \
-    'all_in_fma:VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1,VAE_OOD_GPU_TAIL_FC1=1' \
+    "all_in_pair:VAE_OOD_GPU_COOP=1,$p" "all_in_tail:VAE_OOD_GPU_COOP=1,$p,VAE_OOD_GPU_TAIL_FC1=1" \
+    "all_in_fma:$p,VAE_OOD_GPU_TAIL_FC1=1" \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
-  # the whole default run with the tensor-core walk and the BCE epilogue, each and
-  # both, the latent forward in fc1 and the latent backward in fc4's pair, each
-  # alone and with all the rest (on either walk), and without: wall time, training
-  # time and AUROCs side by side (the accuracy target: clean AUROC within ±0.02)
-  for v in coop:VAE_OOD_GPU_COOP=1 bce:VAE_OOD_GPU_BCE_EPILOGUE=1 \
-    coop_bce:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_EPILOGUE=1 latent_fc1:VAE_OOD_GPU_LATENT_FC1=1 \
-    latent_pair:VAE_OOD_GPU_LATENT_PAIR=1 \
-    all_in_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1 \
-    all_in_pair:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1 \
-    all_in_fma:VAE_OOD_GPU_BCE_SPLIT=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1,VAE_OOD_GPU_TAIL_FC1=1 \
+  # whole default runs of those whose rounding differs from the default's (the
+  # tensor cores, the unsplit BCE epilogue, the latent fusions, all of them) and
+  # the default: wall time, training time and AUROCs side by side (the accuracy
+  # target: clean AUROC within ±0.02)
+  for v in coop:VAE_OOD_GPU_COOP=1 bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0 \
+    latent_fc1:VAE_OOD_GPU_LATENT_FC1=1 latent_pair:VAE_OOD_GPU_LATENT_PAIR=1 \
+    "all_in_pair:VAE_OOD_GPU_COOP=1,$p" "all_in_fma:$p,VAE_OOD_GPU_TAIL_FC1=1" \
     default:VAE_OOD_GPU_COOP=0; do
     name=${v%%:*}
     echo "## whole default run, ${v#*:}"

@@ -58,16 +58,16 @@ done
 #              operands into f32 sums), not f32 fmas (rounding-level differences);
 #              coop_32, coop_128: with K steps of 32 or 128, not 64
 #   double_tiles  the FMA walk's tiles double-buffered: one barrier per K step, not two
-#   bce_epilogue  a training step's BCE and its gradient in the epilogue of fc4's
-#              product (unsplit), its loss finished by fc4's gradient pair: 7 dispatches
-#              per step, not 8 (rounding-level differences); coop_bce: on tensor cores
+#   bce_kernel  a training step's BCE and its gradient in a kernel of their own (8
+#              dispatches per step), not in the epilogue of fc4's split product with the
+#              loss finished by fc4's gradient pair (the default since 2026-11-27: 7; the
+#              same weights, each row's BCE summed in another order)
+#   bce_unsplit  the BCE epilogue on fc4's product unsplit, walking all of K
+#              (rounding-level differences)
 #   early_reads  the kernels issue the reads whose addresses they know from the start
 #              (the latent kernels', the BCE kernel's, the matmul epilogues' operands) before
-#              the work that comes first, not after it (same bits); coop_bce_early: with
-#              the tensor cores and the BCE epilogue
-#   bce_split  the BCE epilogue on fc4's product split over K as without it, the last K
-#              share of each tile finishing it (same bits as the default but each row's
-#              BCE sum)
+#              the work that comes first, not after it (same bits); coop_early: with
+#              the tensor cores
 #   latent_fc1  the latent forward in the last workgroups of fc1's product (the head
 #              summed tile by tile: rounding-level differences): 7 dispatches per step
 #   latent_pair  the latent backward in the last workgroups of fc4's gradient pair (dz
@@ -98,17 +98,16 @@ variant coop VAE_OOD_GPU_COOP=1
 variant coop_32 VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_COOP_STEP=32
 variant coop_128 VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_COOP_STEP=128
 variant double_tiles VAE_OOD_GPU_DOUBLE_TILES=1
-variant bce_epilogue VAE_OOD_GPU_BCE_EPILOGUE=1
-variant coop_bce VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_BCE_EPILOGUE=1
+variant bce_kernel VAE_OOD_GPU_BCE_EPILOGUE=0
+variant bce_unsplit VAE_OOD_GPU_BCE_SPLIT=0
 variant early_reads VAE_OOD_GPU_EARLY_READS=1
-variant coop_bce_early VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_BCE_EPILOGUE=1 VAE_OOD_GPU_EARLY_READS=1
-variant bce_split VAE_OOD_GPU_BCE_SPLIT=1
+variant coop_early VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_EARLY_READS=1
 variant latent_fc1 VAE_OOD_GPU_LATENT_FC1=1
 variant latent_pair VAE_OOD_GPU_LATENT_PAIR=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,double_tiles,bce_epilogue,coop_bce,early_reads,coop_bce_early,bce_split,latent_fc1,latent_pair,split_64,split_512,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,double_tiles,bce_kernel,bce_unsplit,early_reads,coop_early,latent_fc1,latent_pair,split_64,split_512,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

@@ -9,17 +9,18 @@
 //! (`VAE_OOD_GPU_LATENT_THREADS`); with Adam in the triple
 //! (`VAE_OOD_GPU_TRIPLE_ADAM=1`); the matmul on tensor cores
 //! (`VAE_OOD_GPU_COOP=1`, where the adapter has them); double-buffered matmul tiles
-//! (`VAE_OOD_GPU_DOUBLE_TILES=1`); the BCE in fc4's epilogue
-//! (`VAE_OOD_GPU_BCE_EPILOGUE=1`), also on tensor cores; with early reads
-//! (`VAE_OOD_GPU_EARLY_READS=1`), alone, with the tensor cores and the BCE
-//! epilogue, and with Adam in the triple; all of them (tensor cores, BCE epilogue,
+//! (`VAE_OOD_GPU_DOUBLE_TILES=1`); the BCE kernel instead of the default's BCE in
+//! fc4's split epilogue (`VAE_OOD_GPU_BCE_EPILOGUE=0`), also on tensor cores, and
+//! the epilogue on the unsplit product (`VAE_OOD_GPU_BCE_SPLIT=0`); with early
+//! reads (`VAE_OOD_GPU_EARLY_READS=1`), alone, with the tensor cores, and with
+//! Adam in the triple; all of them (tensor cores, the BCE epilogue, split or not,
 //! Adam in the triple, early reads: six dispatches per step); without the latent fusion, without the
 //! weight-gradient triple, without the gather in fc1's product, without the
 //! gradient pairs, without the folded reduces, and without all of them
-//! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`); the BCE epilogue
-//! split over K, the latent forward in fc1's product and the latent backward in
-//! fc4's gradient pair (`VAE_OOD_GPU_BCE_SPLIT=1`, `VAE_OOD_GPU_LATENT_FC1=1`,
-//! `VAE_OOD_GPU_LATENT_PAIR=1`), alone and with all the rest, and with all the rest
+//! (`VAE_OOD_GPU_UNFUSED=latent|triple|gather|pairs|reduces|1`); the latent forward
+//! in fc1's product and the latent backward in fc4's gradient pair
+//! (`VAE_OOD_GPU_LATENT_FC1=1`, `VAE_OOD_GPU_LATENT_PAIR=1`), alone and with all
+//! the rest, and with all the rest
 //! the triple's Adam tail in the next step's fc1 (`VAE_OOD_GPU_TAIL_FC1=1`), on the
 //! tensor cores and on the FMA walk. Each round runs `steps`
 //! steps in one run per variant; then two steps per variant with per-op timestamps
@@ -82,8 +83,6 @@ fn main() -> anyhow::Result<()> {
     // in the next step's fc1
     let all_in_tail = without(|f| {
         f.adam = true;
-        f.bce = true;
-        f.bce_split = true;
         f.latent_fc1 = true;
         f.latent_pair = true;
         f.tail_fc1 = true
@@ -133,11 +132,12 @@ fn main() -> anyhow::Result<()> {
             },
             all,
         ),
-        ("bce epilogue", d, without(|f| f.bce = true)),
+        ("bce kernel", d, without(|f| f.bce = false)),
+        ("bce unsplit", d, without(|f| f.bce_split = false)),
         (
-            "tensor cores, bce",
+            "tensor cores, bce kernel",
             GpuOptions { coop: true, ..d },
-            without(|f| f.bce = true),
+            without(|f| f.bce = false),
         ),
         (
             "early reads",
@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             },
             all,
         ),
-        ("tc, bce, early", tc_early, without(|f| f.bce = true)),
+        ("tc, early", tc_early, all),
         (
             "adam tri, early",
             GpuOptions {
@@ -157,38 +157,20 @@ fn main() -> anyhow::Result<()> {
             without(|f| f.adam = true),
         ),
         (
-            "all in",
+            "all in, bce unsplit",
             tc_early,
             without(|f| {
                 f.adam = true;
-                f.bce = true
+                f.bce_split = false
             }),
         ),
-        (
-            "bce split",
-            d,
-            without(|f| {
-                f.bce = true;
-                f.bce_split = true
-            }),
-        ),
-        (
-            "all in, bce split",
-            tc_early,
-            without(|f| {
-                f.adam = true;
-                f.bce = true;
-                f.bce_split = true
-            }),
-        ),
+        ("all in", tc_early, without(|f| f.adam = true)),
         ("latent in fc1", d, without(|f| f.latent_fc1 = true)),
         (
             "all in, latent in fc1",
             tc_early,
             without(|f| {
                 f.adam = true;
-                f.bce = true;
-                f.bce_split = true;
                 f.latent_fc1 = true
             }),
         ),
@@ -198,8 +180,6 @@ fn main() -> anyhow::Result<()> {
             tc_early,
             without(|f| {
                 f.adam = true;
-                f.bce = true;
-                f.bce_split = true;
                 f.latent_fc1 = true;
                 f.latent_pair = true
             }),

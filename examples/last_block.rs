@@ -32,8 +32,8 @@
 //! floats, as a 32 × 32 matmul tile does. Exact small integers, so every sum is
 //! checked exactly. A kernel experiment for deciding whether to build last-block
 //! epilogues, not part of the training path; it runs on any adapter (on lavapipe it
-//! checks the kernels' logic, not a GPU's caches). The one built so far,
-//! `VAE_OOD_GPU_BCE_SPLIT=1`, stores and reads its partial sums as atomics
+//! checks the kernels' logic, not a GPU's caches). The BCE epilogue on the split
+//! decoder-output product (the default since 2026-11-27), stores and reads its partial sums as atomics
 //! (`shaders/matmul_partial_atomic.wgsl`), the way WGSL orders: the `last_at`
 //! column is its cost.
 //!

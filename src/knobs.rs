@@ -48,19 +48,22 @@ pub const GPU_COOP: &str = "VAE_OOD_GPU_COOP";
 /// K per step of the tensor-core walk (one barrier each): 32, 64 (the default) or
 /// 128 (needs 47,232 bytes of workgroup memory).
 pub const GPU_COOP_STEP: &str = "VAE_OOD_GPU_COOP_STEP";
-/// `1`: a training step's BCE and its gradient in the epilogue of the
-/// decoder-output product (`shaders/matmul_bce.wgsl`; the product then walks all of
-/// K, unsplit) and its per-image loss finished in extra workgroups of fc4's
-/// gradient pair (`shaders/matmul_loss.wgsl`): seven dispatches per step instead
-/// of eight. Needs the gradient pairs. Off by default: not yet timed on a GPU, and
-/// it sums each row's BCE in another order (rounding-level differences).
+/// `0`: a training step's BCE and its gradient in a kernel of their own (the BCE
+/// kernel, `shaders/bce.wgsl`: eight dispatches per step), not in the epilogue of
+/// the decoder-output product (`shaders/matmul_bce.wgsl`), whose per-image loss is
+/// finished in extra workgroups of fc4's gradient pair (`shaders/matmul_loss.wgsl`):
+/// seven. The epilogue is the default (on the split product: `GPU_BCE_SPLIT`); it
+/// needs the gradient pairs and sums each row's BCE in another order (the losses
+/// move by rounding, and so may the scores; the weights are the BCE kernel's, bit
+/// for bit).
 pub const GPU_BCE_EPILOGUE: &str = "VAE_OOD_GPU_BCE_EPILOGUE";
-/// `1`: the BCE epilogue (as `VAE_OOD_GPU_BCE_EPILOGUE=1`) on the decoder-output
-/// product split over K as it is without it: each output tile's last K share to
-/// store its partial sums adds them up and runs the epilogue
-/// (`shaders/matmul_bce.wgsl`, `last_split`). The same logits and gradients as the
-/// default, bit for bit (each row's BCE summed in the epilogue's order). Off by
-/// default: not yet timed on a GPU.
+/// `0`: the BCE epilogue on the decoder-output product unsplit, walking all of K
+/// (rounding-level differences in the logits too). Unset or `1`:
+/// on the product split over K as it is without the epilogue, the last of each
+/// output tile's K shares to store its partial sums adding them up and running the
+/// epilogue (`shaders/matmul_bce.wgsl`, `last_split`): the default, the BCE
+/// kernel's logits and gradients bit for bit, 0.966–0.968 × its time per step on an
+/// NVIDIA H200 (2026-11-27, medians of 5 interleaved rounds, twice).
 pub const GPU_BCE_SPLIT: &str = "VAE_OOD_GPU_BCE_SPLIT";
 /// `1`: the kernels issue the reads whose addresses they know from the start
 /// before the work that comes first: the latent kernels' epilogue operands

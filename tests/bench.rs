@@ -67,8 +67,8 @@ fn timestamp_breakdown_has_one_positive_entry_per_op() {
     // (the head product's forward, fc3's input gradient backward); the head's
     // and fc1's weight gradients, in fc3's triple (or else as one pair); Adam,
     // in the triple's epilogue where VAE_OOD_GPU_TRIPLE_ADAM=1 puts it; and the
-    // BCE, in fc4's product where VAE_OOD_GPU_BCE_EPILOGUE=1 puts it (with the
-    // pairs: fc4's pair finishes the loss)
+    // BCE, in fc4's product unless VAE_OOD_GPU_BCE_EPILOGUE=0 (with the pairs:
+    // fc4's pair finishes the loss)
     let unfused = vae_ood::knobs::gpu_unfused;
     let mut zero: Vec<&str> = Vec::new();
     let triple = !unfused("latent") && !unfused("triple");

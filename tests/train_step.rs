@@ -546,19 +546,32 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         be.set_fusions(Fusions::ALL);
         assert_eq!(be.dispatches(two_steps), 2 * with);
         // by default each step's Adam is a dispatch of its own, shared with the
-        // next step's gather (whose fc1 then runs alone)
-        be.set_fusions(Fusions::DEFAULT);
+        // next step's gather (whose fc1 then runs alone), and the BCE is in fc4's
+        // epilogue: one dispatch more, one fewer
+        be.set_fusions(Fusions::BCE_KERNEL);
         assert_eq!(be.dispatches(one_step), with + 1);
         assert_eq!(be.dispatches(two_steps), 2 * (with + 1));
+        be.set_fusions(Fusions::DEFAULT);
+        assert_eq!(be.dispatches(two_steps), 2 * with);
         be.set_fusions(fusions);
-        case.run(&mut be)
+        // (the BCE epilogue sums each row's BCE in its own order: runs with it
+        // are compared with the default, runs without with the BCE kernel's)
+        (fusions.bce, case.run(&mut be))
     };
     assert!(
         ops.len() > 40,
         "{} ops: the cut must fall inside the run",
         ops.len()
     );
-    let whole = run(0, Fusions::DEFAULT, d);
+    let (_, whole) = run(0, Fusions::DEFAULT, d);
+    // the BCE kernel's run: every buffer the default's but the BCE sums and the
+    // losses (tests/train_step.rs's bce_epilogue_trains_as_the_bce_kernel)
+    let (_, whole_kernel) = run(0, Fusions::BCE_KERNEL, d);
+    for ((buf, got), (_, want)) in whole_kernel.iter().zip(&whole) {
+        if ![Buf::Bce, Buf::SampleLoss].contains(buf) {
+            assert!(got == want, "{buf:?} differs, the BCE kernel");
+        }
+    }
     let p = &whole.iter().find(|(b, _)| *b == Buf::Params).unwrap().1;
     assert_ne!(
         p,
@@ -664,7 +677,9 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         ),
         ("early reads, unfused", run(0, unfused, early)),
     ] {
-        for ((buf, got), (_, want)) in other.iter().zip(&whole) {
+        let (epilogue, other) = other;
+        let base = if epilogue { &whole } else { &whole_kernel };
+        for ((buf, got), (_, want)) in other.iter().zip(base) {
             assert!(got == want, "{buf:?} differs, {what}");
         }
     }
@@ -800,17 +815,18 @@ fn a_device_without_the_adam_triple_runs_adam_apart() {
     }
 }
 
-/// The BCE epilogue (`VAE_OOD_GPU_BCE_EPILOGUE=1`: a training step's BCE and its
-/// gradient in fc4's product, its loss finished in fc4's gradient pair) against
-/// the default: one dispatch fewer per training step, and the same training up
-/// to rounding — fc4's product runs unsplit (its sums in another order) and each
-/// row's BCE is summed tile by tile. Three steps and the IWAE scoring batch (which
-/// runs the BCE kernel either way). A device with 10 storage buffers per stage
-/// builds `matmul_bce` (10) but not `matmul_pair_loss` (11): asked for the
-/// epilogue, it runs without it, the same bits as the default there. With early
-/// reads (the pixels before fc4's K walk) the epilogue gives the same bits, and
-/// so with Adam in the triple as well (six dispatches per step). Split over K
-/// (`VAE_OOD_GPU_BCE_SPLIT=1`), it trains bit for bit as the default.
+/// The BCE epilogue on fc4's unsplit product (`VAE_OOD_GPU_BCE_SPLIT=0`: a
+/// training step's BCE and its gradient in fc4's product, its loss finished in
+/// fc4's gradient pair) against the BCE kernel (`VAE_OOD_GPU_BCE_EPILOGUE=0`, the
+/// default until 2026-11-27): one dispatch fewer per training step, and the same
+/// training up to rounding — fc4's product runs unsplit (its sums in another
+/// order) and each row's BCE is summed tile by tile. Three steps and the IWAE
+/// scoring batch (which runs the BCE kernel either way). A device with 10 storage
+/// buffers per stage builds `matmul_bce` (10) but not `matmul_pair_loss` (11):
+/// asked for the epilogue, split or not, it runs the BCE kernel, bit for bit, and
+/// says so. With early reads (the pixels before fc4's K walk) the epilogue gives
+/// the same bits, and so with Adam in the triple as well (six dispatches per
+/// step). Split over K (the default), it trains bit for bit as the BCE kernel.
 #[test]
 fn bce_epilogue_trains_as_the_bce_kernel() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -818,16 +834,19 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
         return;
     }
     let case = GpuRunCase::new("bce_epilogue_trains_as_the_bce_kernel", 3);
+    // the epilogue on the unsplit product (`VAE_OOD_GPU_BCE_SPLIT=0`) against
+    // the BCE kernel (`VAE_OOD_GPU_BCE_EPILOGUE=0`)
     let bce = Fusions {
         bce: true,
-        ..Fusions::DEFAULT
+        bce_split: false,
+        ..Fusions::BCE_KERNEL
     };
     let kernels = [Kernel::MatmulBce, Kernel::MatmulPairLoss];
-    let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
+    let plain = case.capped_run(None, Fusions::BCE_KERNEL, kernels);
     let fused = case.capped_run(None, bce, kernels);
     assert_eq!(fused.0, [true; 2]);
-    assert!(fused.1.contains("BCE in fc4's epilogue"), "{}", fused.1);
-    assert!(!plain.1.contains("BCE in fc4's epilogue"), "{}", plain.1);
+    assert!(fused.1.contains("BCE in the unsplit fc4's epilogue"), "{}", fused.1);
+    assert!(plain.1.contains("the BCE kernel"), "{}", plain.1);
     assert_eq!(
         fused.2 + 3,
         plain.2,
@@ -862,27 +881,24 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
         }
     }
     // fc4's product split over K (5 shares of 133 here), the last share of each
-    // tile finishing it (`VAE_OOD_GPU_BCE_SPLIT=1`): the default's logits and
-    // gradients, so every buffer bit for bit the default's but the BCE and the
-    // losses (each row's BCE summed tile by tile, as with the unsplit epilogue);
-    // the same with early reads and Adam in the triple (six dispatches per step)
+    // tile finishing it (the default): the BCE kernel's logits and gradients, so
+    // every buffer bit for bit the BCE kernel's but the BCE and the losses (each
+    // row's BCE summed tile by tile, as with the unsplit epilogue); the same with
+    // early reads and Adam in the triple (six dispatches per step)
     let split = Fusions {
         bce_split: true,
         ..bce
     };
+    assert_eq!(split, Fusions::DEFAULT);
     let last = case.capped_run(None, split, kernels);
-    assert!(
-        last.1
-            .contains("split K, the last share finishing each tile"),
-        "{}",
-        last.1
-    );
+    // (the default's: unsaid)
+    assert!(!last.1.contains("BCE"), "{}", last.1);
     assert_eq!(last.2, fused.2, "split or not, seven dispatches per step");
     let summed = [Buf::Bce, Buf::SampleLoss];
     let same_but_sums = |got: &Bits, what: &str| {
         for ((buf, g), (_, want)) in got.iter().zip(&plain.3) {
             if !summed.contains(buf) {
-                assert!(g == want, "{buf:?} differs from the default's with {what}");
+                assert!(g == want, "{buf:?} differs from the BCE kernel's with {what}");
             }
         }
     };
@@ -913,14 +929,17 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
         &case.run(&mut be),
         "the split BCE epilogue, early reads, Adam too",
     );
-    // too few storage buffers for matmul_pair_loss: no epilogue
-    let narrow_plain = case.capped_run(Some(10), Fusions::DEFAULT, kernels);
-    let narrow = case.capped_run(Some(10), bce, kernels);
-    assert_eq!(narrow.0, [true, false]);
-    assert!(!narrow.1.contains("BCE in fc4's epilogue"), "{}", narrow.1);
-    assert_eq!(narrow.2, narrow_plain.2);
-    for ((buf, got), (_, want)) in narrow.3.iter().zip(&narrow_plain.3) {
-        assert!(got == want, "{buf:?} differs");
+    // too few storage buffers for matmul_pair_loss: no epilogue, split (the
+    // default) or not, and the description says so
+    let narrow_plain = case.capped_run(Some(10), Fusions::BCE_KERNEL, kernels);
+    for f in [bce, Fusions::DEFAULT] {
+        let narrow = case.capped_run(Some(10), f, kernels);
+        assert_eq!(narrow.0, [true, false]);
+        assert!(narrow.1.contains("the BCE kernel"), "{}", narrow.1);
+        assert_eq!(narrow.2, narrow_plain.2);
+        for ((buf, got), (_, want)) in narrow.3.iter().zip(&narrow_plain.3) {
+            assert!(got == want, "{buf:?} differs");
+        }
     }
 }
 
@@ -982,15 +1001,17 @@ fn latent_forward_in_fc1_trains_as_the_latent_kernel() {
 }
 
 /// The latent backward in fc4's gradient pair (`VAE_OOD_GPU_LATENT_PAIR=1`)
-/// against the default over three training steps and a scoring batch: one
+/// against the BCE kernel's default (`VAE_OOD_GPU_BCE_EPILOGUE=0`: eight dispatches
+/// per step) over three training steps and a scoring batch: one
 /// dispatch fewer in each step, the scoring batch (two draws, no backward) as
 /// before, and the same training up to rounding (dz summed tile by tile) — fc4's
 /// input gradient unsplit here (53 pixels), its 133 hidden units in five column
 /// tiles, 19 images in one band. With every other fusion that removes a dispatch
 /// (the split BCE epilogue, whose loss tail the pair then carries beside the latent
 /// tail; Adam in the triple, whose tail then stays in the triple; the latent
-/// forward in fc1's product): 4 dispatches per step, close to the default too. A device allowing 18 storage buffers (the kernel binds 19) runs
-/// without it, bit for bit as the default.
+/// forward in fc1's product): 4 dispatches per step, close to it too. A device
+/// allowing 18 storage buffers (the kernel binds 19) runs without it, bit for bit
+/// as without it.
 #[test]
 fn latent_backward_in_fc4s_pair_trains_as_the_latent_kernel() {
     use vae_ood::gpu::{Fusions, Kernel};
@@ -1003,10 +1024,10 @@ fn latent_backward_in_fc4s_pair_trains_as_the_latent_kernel() {
     );
     let fused_f = Fusions {
         latent_pair: true,
-        ..Fusions::DEFAULT
+        ..Fusions::BCE_KERNEL
     };
     let kernels = [Kernel::MatmulPairLatent];
-    let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
+    let plain = case.capped_run(None, Fusions::BCE_KERNEL, kernels);
     let fused = case.capped_run(None, fused_f, kernels);
     assert_eq!(fused.0, [true]);
     assert!(
@@ -1041,7 +1062,7 @@ fn latent_backward_in_fc4s_pair_trains_as_the_latent_kernel() {
         bce_split: true,
         adam: true,
         latent_fc1: true,
-        ..Fusions::DEFAULT
+        ..Fusions::BCE_KERNEL
     };
     let all_in = case.capped_run(
         None,
@@ -1063,7 +1084,7 @@ fn latent_backward_in_fc4s_pair_trains_as_the_latent_kernel() {
         3,
     );
     // too few storage buffers for matmul_pair_latent: without it, the default's bits
-    let narrow_plain = case.capped_run(Some(18), Fusions::DEFAULT, kernels);
+    let narrow_plain = case.capped_run(Some(18), Fusions::BCE_KERNEL, kernels);
     let narrow = case.capped_run(Some(18), fused_f, kernels);
     assert_eq!(narrow.0, [false]);
     assert_eq!(narrow.2, narrow_plain.2);
@@ -1096,7 +1117,7 @@ fn the_triples_tail_in_the_next_fc1_gives_the_same_bits() {
         adam: true,
         latent_fc1: true,
         latent_pair: true,
-        ..Fusions::DEFAULT
+        ..Fusions::BCE_KERNEL
     };
     let moved = Fusions {
         tail_fc1: true,
@@ -1113,7 +1134,7 @@ fn the_triples_tail_in_the_next_fc1_gives_the_same_bits() {
     );
     assert!(!kept.1.contains("next step's fc1"), "{}", kept.1);
     assert_eq!(tail.2, kept.2, "as many dispatches");
-    let plain = case.capped_run(None, Fusions::DEFAULT, kernels);
+    let plain = case.capped_run(None, Fusions::BCE_KERNEL, kernels);
     assert_eq!(tail.2, 3 * 4 + (plain.2 - 3 * 8), "{}", tail.1);
     let count = |f: Fusions, k: Kernel| {
         let mut be = case.backend(vae_ood::gpu::GpuOptions::default());

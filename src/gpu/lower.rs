@@ -321,30 +321,37 @@ pub struct Fusions {
     /// a training step's BCE and its gradient in the epilogue of the unsplit
     /// decoder-output product (`matmul_bce`), its loss finished in extra
     /// workgroups of fc4's gradient pair (`matmul_pair_loss`; [`bce_epilogue`],
-    /// needs `pairs`): one dispatch fewer per step. Off by default
-    /// (`VAE_OOD_GPU_BCE_EPILOGUE=1`): not yet timed on a GPU; it sums each
-    /// row's BCE in another order than the BCE kernel
+    /// needs `pairs`): one dispatch fewer per step. On by default, on the split
+    /// product (`bce_split`; `VAE_OOD_GPU_BCE_EPILOGUE=0`: the BCE kernel, as
+    /// [`Fusions::BCE_KERNEL`]); it sums each row's BCE in another order than the
+    /// BCE kernel (the losses move by rounding, nothing else)
     pub bce: bool,
     /// with `bce`: the decoder-output product split over K as it is without the
     /// epilogue, the last of each output tile's K shares to store its partial
     /// sums adding them up and running the epilogue (`shaders/matmul_bce.wgsl`,
     /// `last_split`): the same logits and gradients as the split product and the
     /// BCE kernel, bit for bit, without the unsplit product's longer K walk (its
-    /// partial sums atomics: `shaders/matmul_partial_atomic.wgsl`). Off by
-    /// default (`VAE_OOD_GPU_BCE_SPLIT=1`): not yet timed on a GPU
+    /// partial sums atomics: `shaders/matmul_partial_atomic.wgsl`). On by
+    /// default (`VAE_OOD_GPU_BCE_SPLIT=0`: the unsplit product's epilogue): on an
+    /// NVIDIA H200 (2026-11-27, medians of 5 interleaved rounds, twice) 0.966 and
+    /// 0.968 × the BCE kernel's time per step, the same weights and scores
     pub bce_split: bool,
     /// with `latent`: a training step's latent forward (the head product, the
     /// reparameterisation, fc3's product) in the last workgroups of fc1's split
     /// product (`matmul_latent`, [`latent_into_fc1`]): one dispatch fewer per
-    /// step. Off by default (`VAE_OOD_GPU_LATENT_FC1=1`): not yet timed on a GPU;
-    /// it sums the head in another order than the latent kernel
+    /// step. Off by default (`VAE_OOD_GPU_LATENT_FC1=1`): on an NVIDIA H200
+    /// (2026-11-27) 1.45 × the time per step with the latent kernel (the one
+    /// dispatch took 85 µs, fc1's product and the latent kernel 19 + 18); it sums
+    /// the head in another order than the latent kernel
     pub latent_fc1: bool,
     /// with `latent` and `pairs`: a training step's latent backward (fc3's input
     /// gradient, the reparameterisation backward, the head's input gradient) in
     /// the last workgroups of fc4's gradient pair, which finishes its input
     /// gradient's tiles itself (`matmul_pair_latent`, [`latent_into_pair`]): one
-    /// dispatch fewer per step. Off by default (`VAE_OOD_GPU_LATENT_PAIR=1`): not
-    /// yet timed on a GPU; it sums dz in another order than the latent kernel
+    /// dispatch fewer per step. Off by default (`VAE_OOD_GPU_LATENT_PAIR=1`): on an
+    /// NVIDIA H200 (2026-11-27) 1.37 × the time per step with the latent kernel
+    /// (the pair took 69 µs, the pair and the latent kernel 25 + 15); it sums dz
+    /// in another order than the latent kernel
     pub latent_pair: bool,
     /// with `adam` and `latent_fc1`: where the triple keeps a tail of parameters
     /// its Adam epilogue does not reach (fc4's, with `latent_pair`), that tail
@@ -357,11 +364,22 @@ pub struct Fusions {
 }
 
 impl Fusions {
-    /// The default: all on but Adam in the triple (see [`Fusions::adam`]) and
-    /// the BCE epilogue ([`Fusions::bce`]).
+    /// The default: all on but Adam in the triple (see [`Fusions::adam`]), with
+    /// the BCE epilogue on the split product ([`Fusions::bce_split`]) and without
+    /// the fusions not timed faster on a GPU.
     pub const DEFAULT: Fusions = Fusions {
         adam: false,
+        bce: true,
+        bce_split: true,
         ..Fusions::ALL
+    };
+    /// The default until 2026-11-27: the BCE kernel its own dispatch, not in fc4's
+    /// epilogue (`VAE_OOD_GPU_BCE_EPILOGUE=0`); every buffer but the BCE and the
+    /// losses bit for bit the default's.
+    pub const BCE_KERNEL: Fusions = Fusions {
+        bce: false,
+        bce_split: false,
+        ..Fusions::DEFAULT
     };
     /// All on but the BCE epilogue (the fusions whose results do not depend on
     /// them, bit for bit, with the latent fusion's order of sums).
@@ -408,10 +426,11 @@ impl Fusions {
             // (it acts only with `adam` and `latent`, which the switches set)
             latent_adam: true,
             gather: !crate::knobs::gpu_unfused("gather"),
-            bce: (crate::knobs::flag(crate::knobs::GPU_BCE_EPILOGUE)
-                || crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT))
+            // (on unless `VAE_OOD_GPU_BCE_EPILOGUE=0`; split unless
+            // `VAE_OOD_GPU_BCE_SPLIT=0`)
+            bce: std::env::var(crate::knobs::GPU_BCE_EPILOGUE).as_deref() != Ok("0")
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
-            bce_split: crate::knobs::flag(crate::knobs::GPU_BCE_SPLIT),
+            bce_split: std::env::var(crate::knobs::GPU_BCE_SPLIT).as_deref() != Ok("0"),
             latent_fc1: crate::knobs::flag(crate::knobs::GPU_LATENT_FC1),
             latent_pair: crate::knobs::flag(crate::knobs::GPU_LATENT_PAIR),
             tail_fc1: crate::knobs::flag(crate::knobs::GPU_TAIL_FC1),
@@ -447,12 +466,11 @@ impl Fusions {
         if self.latent && self.pairs && self.latent_pair {
             extra.push_str(", the latent backward in fc4's gradient pair");
         }
-        if self.bce {
-            extra.push_str(if self.bce_split {
-                ", BCE in fc4's epilogue (split K, the last share finishing each tile)"
-            } else {
-                ", BCE in fc4's epilogue"
-            });
+        // (the default, the split product's: unsaid; the epilogue needs the pairs)
+        if !(self.bce && self.pairs) {
+            extra.push_str(", the BCE kernel (not in fc4's epilogue)");
+        } else if !self.bce_split {
+            extra.push_str(", BCE in the unsplit fc4's epilogue");
         }
         match off.len() {
             0 => extra,

@@ -801,10 +801,10 @@ fn the_bce_joins_fc4s_product_and_the_loss_fc4s_pair() {
     let ops = step();
     let bce = Fusions {
         bce: true,
-        ..Fusions::DEFAULT
+        ..Fusions::BCE_KERNEL
     };
     let (plan, slots) = lower_all(&ops, bce);
-    let (plain, _) = lower_all(&ops, Fusions::DEFAULT);
+    let (plain, _) = lower_all(&ops, Fusions::BCE_KERNEL);
     assert_eq!(plan.len() + 1, plain.len());
     let k = kernels(&ops, bce);
     assert!(k.contains(&(5, Kernel::MatmulBce)) && k.contains(&(8, Kernel::MatmulPairLoss)));
@@ -999,10 +999,10 @@ fn the_latent_backward_joins_fc4s_pair() {
     let one = step();
     let f = Fusions {
         latent_pair: true,
-        ..Fusions::DEFAULT
+        ..Fusions::BCE_KERNEL
     };
     let (plan, slots) = lower_all(&one, f);
-    let (plain, plain_slots) = lower_all(&one, Fusions::DEFAULT);
+    let (plain, plain_slots) = lower_all(&one, Fusions::BCE_KERNEL);
     assert_eq!(plan.len() + 1, plain.len());
     let (pair, fc3) = (8, 10);
     let (Op::Matmul { p: q0, .. }, Op::Matmul { p: q1, .. }) = (one[pair], one[pair + 1]) else {
