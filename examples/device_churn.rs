@@ -40,8 +40,9 @@ fn usage() -> (usize, usize, usize) {
 fn device(inst: &wgpu::Instance) -> Result<(), String> {
     let adapter = pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions::default()))
         .map_err(|e| format!("adapter: {e}"))?;
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
-        .map_err(|e| format!("device: {e}"))?;
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+            .map_err(|e| format!("device: {e}"))?;
     // one buffer written and waited for: the device did something before it goes
     let buf = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
@@ -59,7 +60,11 @@ fn device(inst: &wgpu::Instance) -> Result<(), String> {
 
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args().nth(1).map_or(Ok(150), |a| a.parse())?;
-    let dims = Dims { d: 784, h: 400, l: 20 };
+    let dims = Dims {
+        d: 784,
+        h: 400,
+        l: 20,
+    };
     let sizes = Sizes {
         dims,
         params: Layout::new(dims).total,
@@ -69,7 +74,8 @@ fn main() -> anyhow::Result<()> {
         batch_slots: 16,
     };
     let store = vec![0u8; 784 * 64];
-    let shared = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let shared =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let (fds, threads, rss) = usage();
     println!("start: {fds} fds, {threads} threads, {rss} KiB resident");
     for mode in ["fresh", "shared", "backend"] {
@@ -91,7 +97,9 @@ fn main() -> anyhow::Result<()> {
             };
             let (fds, threads, rss) = usage();
             if let Err(e) = res {
-                failed = Some(format!("round {r} failed: {e} ({fds} fds, {threads} threads, {rss} KiB)"));
+                failed = Some(format!(
+                    "round {r} failed: {e} ({fds} fds, {threads} threads, {rss} KiB)"
+                ));
                 break;
             }
             if r % 10 == 0 || r == 1 {

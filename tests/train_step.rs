@@ -845,7 +845,11 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
     let plain = case.capped_run(None, Fusions::BCE_KERNEL, kernels);
     let fused = case.capped_run(None, bce, kernels);
     assert_eq!(fused.0, [true; 2]);
-    assert!(fused.1.contains("BCE in the unsplit fc4's epilogue"), "{}", fused.1);
+    assert!(
+        fused.1.contains("BCE in the unsplit fc4's epilogue"),
+        "{}",
+        fused.1
+    );
     assert!(plain.1.contains("the BCE kernel"), "{}", plain.1);
     assert_eq!(
         fused.2 + 3,
@@ -898,7 +902,10 @@ fn bce_epilogue_trains_as_the_bce_kernel() {
     let same_but_sums = |got: &Bits, what: &str| {
         for ((buf, g), (_, want)) in got.iter().zip(&plain.3) {
             if !summed.contains(buf) {
-                assert!(g == want, "{buf:?} differs from the BCE kernel's with {what}");
+                assert!(
+                    g == want,
+                    "{buf:?} differs from the BCE kernel's with {what}"
+                );
             }
         }
     };
