@@ -62,8 +62,8 @@ pub const GPU_BCE_EPILOGUE: &str = "VAE_OOD_GPU_BCE_EPILOGUE";
 /// on the product split over K as it is without the epilogue, the last of each
 /// output tile's K shares to store its partial sums adding them up and running the
 /// epilogue (`shaders/matmul_bce.wgsl`, `last_split`): the default, the BCE
-/// kernel's logits and gradients bit for bit, 0.966–0.968 × its time per step on an
-/// NVIDIA H200 (2026-11-27, medians of 5 interleaved rounds, twice).
+/// kernel's logits and gradients bit for bit, 0.963–0.968 × its time per step on an
+/// NVIDIA H200 (2026-11-27, medians of 5 interleaved rounds, three calls).
 pub const GPU_BCE_SPLIT: &str = "VAE_OOD_GPU_BCE_SPLIT";
 /// `1`: the kernels issue the reads whose addresses they know from the start
 /// before the work that comes first: the latent kernels' epilogue operands

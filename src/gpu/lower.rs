@@ -333,8 +333,8 @@ pub struct Fusions {
     /// BCE kernel, bit for bit, without the unsplit product's longer K walk (its
     /// partial sums atomics: `shaders/matmul_partial_atomic.wgsl`). On by
     /// default (`VAE_OOD_GPU_BCE_SPLIT=0`: the unsplit product's epilogue): on an
-    /// NVIDIA H200 (2026-11-27, medians of 5 interleaved rounds, twice) 0.966 and
-    /// 0.968 × the BCE kernel's time per step, the same weights and scores
+    /// NVIDIA H200 (2026-11-27, medians of 5 interleaved rounds, three calls)
+    /// 0.963–0.968 × the BCE kernel's time per step, the same weights and AUROCs
     pub bce_split: bool,
     /// with `latent`: a training step's latent forward (the head product, the
     /// reparameterisation, fc3's product) in the last workgroups of fc1's split
