@@ -58,6 +58,18 @@ chmod +x .devbin/vae-ood .devbin/test_* .devbin/ex_*
 # shellcheck source=bench/vulkan-env.sh
 source bench/vulkan-env.sh
 .devbin/vae-ood devices 2>&1 | tee "$LOG/devices.txt"
+# The whole default run once per `name:VAR=value,VAR=value` argument, its output
+# (but the epoch lines) in $LOG/run_name.txt and its files in $LOG/run_name/
+whole_runs() {
+  local v name
+  for v in "$@"; do
+    name=${v%%:*}
+    echo "## whole default run, ${v#*:}"
+    # shellcheck disable=SC2046
+    env $(echo "${v#*:}" | tr , ' ') timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_$name" 2>&1 \
+      | grep -v 'XDG_RUNTIME_DIR\|====> Epoch' | tee "$LOG/run_$name.txt"
+  done
+}
 status=0
 # (tests/bench.rs: only its GPU test; the others start the vae-ood binary by its
 # build path, which is not there)
@@ -99,14 +111,8 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
     'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' 'coop:VAE_OOD_GPU_COOP=1' "coop_all_in_pair:$pair" \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
-  for v in default:VAE_OOD_GPU_COOP=0 bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0 coop:VAE_OOD_GPU_COOP=1 \
-    coop_latent_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_FC1=1 "coop_all_in_pair:$pair"; do
-    name=${v%%:*}
-    echo "## whole default run, ${v#*:}"
-    # shellcheck disable=SC2046
-    env $(echo "${v#*:}" | tr , ' ') timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_$name" 2>&1 \
-      | grep -v 'XDG_RUNTIME_DIR\|====> \(Epoch\|Anomaly\)' | tee "$LOG/run_$name.txt"
-  done
+  whole_runs default:VAE_OOD_GPU_COOP=0 bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0 coop:VAE_OOD_GPU_COOP=1 \
+    coop_latent_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_FC1=1 "coop_all_in_pair:$pair"
   python3 bench/decide.py "$LOG" 2>&1 | tee "$LOG/decide.txt"
   snapshot
   exit $status
@@ -143,16 +149,10 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # tensor cores, the unsplit BCE epilogue, the latent fusions, all of them) and
   # the default: wall time, training time and AUROCs side by side (the accuracy
   # target: clean AUROC within ±0.02)
-  for v in coop:VAE_OOD_GPU_COOP=1 bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0 \
+  whole_runs coop:VAE_OOD_GPU_COOP=1 bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0 \
     latent_fc1:VAE_OOD_GPU_LATENT_FC1=1 latent_pair:VAE_OOD_GPU_LATENT_PAIR=1 \
     "all_in_pair:VAE_OOD_GPU_COOP=1,$p" "all_in_fma:$p,VAE_OOD_GPU_TAIL_FC1=1" \
-    default:VAE_OOD_GPU_COOP=0; do
-    name=${v%%:*}
-    echo "## whole default run, ${v#*:}"
-    # shellcheck disable=SC2046
-    env $(echo "${v#*:}" | tr , ' ') timeout 60 .devbin/vae-ood --device gpu --out "$LOG/run_$name" 2>&1 \
-      | grep -v 'XDG_RUNTIME_DIR\|====> Epoch' | tee "$LOG/run_$name.txt"
-  done
+    default:VAE_OOD_GPU_COOP=0
   # the sweep's medians beside the whole runs' clean AUROCs: the fastest
   # configuration within the accuracy target (bench/decide.py)
   echo "## bench/decide.py: the fastest configuration within the accuracy target"
