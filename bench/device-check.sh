@@ -17,8 +17,14 @@
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default),
 #   matmul_micro on tensor cores,
-#   gpu_variants and last_block only (no gpu.sh, default matmul_micro, K sweep or
-#   grid barrier)
+#   gpu_variants, last_block and grid_sync only (no gpu.sh, default matmul_micro
+#   or K sweep)
+#   PROBE=1: only the two kernel experiments on cross-workgroup reads inside a
+#   dispatch (last_block, grid_sync), with their @coherent columns (about a
+#   minute): whether coherent loads see other workgroups' stores at plain loads'
+#   cost, which decides whether a persistent kernel or ticketed waits can take
+#   the dispatch boundaries' time off a step (README, "What could still get to
+#   70 µs")
 #   SWEEP_ROUNDS, SWEEP_EPOCHS: the sweep's rounds (5) and epochs (10); 0 rounds
 #   skips it (a dry run of this script on lavapipe, where it would take hours)
 set -uo pipefail
@@ -58,6 +64,21 @@ chmod +x .devbin/vae-ood .devbin/test_* .devbin/ex_*
 # shellcheck source=bench/vulkan-env.sh
 source bench/vulkan-env.sh
 .devbin/vae-ood devices 2>&1 | tee "$LOG/devices.txt"
+# the last block's reduce, the fan-out's waits and the grid barrier: plain, atomic
+# and @coherent loads of other workgroups' stores (the grid barrier last: one that
+# deadlocked would hold the GPU until its timeout)
+probes() {
+  echo "## examples/last_block.rs: reduce dispatch vs last-block reduce"
+  timeout 60 .devbin/ex_last_block 1000 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/last_block.txt"
+  snapshot
+  echo "## examples/grid_sync.rs: dispatch boundary vs grid barrier"
+  timeout 60 .devbin/ex_grid_sync 2000 528 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/grid_sync.txt"
+  snapshot
+}
+if [ -n "${PROBE:-}" ]; then
+  probes
+  exit 0
+fi
 # The whole default run once per `name:VAR=value,VAR=value` argument, its output
 # (but the epoch lines) in $LOG/run_name.txt and its files in $LOG/run_name/
 whole_runs() {
@@ -165,13 +186,9 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   snapshot
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
-  # a split-K product's reduce by its last workgroup, no dispatch: whether the last
-  # one sees the others' partial sums (plain and atomic loads), and what it saves
-  # against a reduce dispatch (no waiting between workgroups: safe on any GPU)
-  echo "## examples/last_block.rs: reduce dispatch vs last-block reduce"
-  timeout 60 .devbin/ex_last_block 1000 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/last_block.txt"
   if [ -n "${QUICK:-}" ]; then
-    snapshot
+    # (the grid barrier too since 2026-11-27: its @coherent columns)
+    probes
     exit $status
   fi
   timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
@@ -192,8 +209,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   snapshot
   # last: a grid barrier that deadlocked would hold the GPU (2,000 phases; up to
   # 4 workgroups of 256 threads per SM of a 132-SM card)
-  echo "## examples/grid_sync.rs: dispatch boundary vs grid barrier"
-  timeout 60 .devbin/ex_grid_sync 2000 528 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/grid_sync.txt"
+  probes
 fi
 snapshot
 exit $status

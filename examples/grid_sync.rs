@@ -26,6 +26,16 @@
 //! against 4.1–5.2 µs per dispatch boundary at up to 132 workgroups, but 99.8 %
 //! of the reads after it were stale from 32 workgroups up: the idea was dropped.
 //!
+//! Those stale reads were plain loads served from the reader's cache (it had read
+//! the same slots two phases before). wgpu 30 offers `@coherent` storage buffers on
+//! every Vulkan adapter (`Features::MEMORY_DECORATION_COHERENT`, SPIR-V's
+//! `Coherent` decoration: loads that see stores a barrier made visible, as
+//! GLSL's `coherent` buffers), so the grid barrier runs a third time with the
+//! slots declared `@coherent` (added 2026-11-27, not yet run on a GPU): if its
+//! stale count is 0 at a cost near the plain one, a persistent kernel is back on
+//! the table. (Not with the tensor-core walk: its device runs the Vulkan memory
+//! model, where SPIR-V forbids the decoration.)
+//!
 //!   cargo run --release --example grid_sync [phases] [max_groups]
 mod common;
 
@@ -34,8 +44,10 @@ use vae_ood::gpu;
 
 const SHADER: &str = r#"
 struct P { phases: u32, groups: u32, _a: u32, _b: u32 }
-@group(0) @binding(0) var<storage, read_write> counter: atomic<u32>;
-@group(0) @binding(1) var<storage, read_write> slots: array<u32>; // (2, groups, 256)
+// [0]: arrivals (phases · workgroups so far); [1]: the last phase all have
+// reached (persistent_flag)
+@group(0) @binding(0) var<storage, read_write> counter: array<atomic<u32>, 2>;
+/*slots*/ @group(0) @binding(1) var<storage, read_write> slots: array<u32>; // (2, groups, 256)
 @group(0) @binding(2) var<storage, read_write> errors: atomic<u32>;
 @group(0) @binding(3) var<uniform> prm: P;
 var<workgroup> phase_ws: u32;
@@ -58,7 +70,7 @@ fn check_phase(p: u32, g: u32, li: u32) {
 @compute @workgroup_size(256)
 fn chained(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     if (li == 0u) {
-        phase_ws = atomicAdd(&counter, 1u) / prm.groups + 1u;
+        phase_ws = atomicAdd(&counter[0], 1u) / prm.groups + 1u;
     }
     let p = workgroupUniformLoad(&phase_ws);
     if (p > 1u) {
@@ -74,15 +86,40 @@ fn persistent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         write_phase(p, wg.x, li);
         storageBarrier(); // this workgroup's stores made visible (device scope)
         if (li == 0u) {
-            atomicAdd(&counter, 1u);
+            atomicAdd(&counter[0], 1u);
             let want = p * prm.groups;
             loop {
-                if (atomicLoad(&counter) >= want) {
+                if (atomicLoad(&counter[0]) >= want) {
                     break;
                 }
             }
         }
         storageBarrier(); // the others' stores, after the counter said they are done
+        check_phase(p, wg.x, li);
+    }
+}
+
+// as persistent, but the waiting workgroups poll a flag that only the last to
+// arrive writes (once per phase), not the counter every arrival adds to: whether
+// the barrier's cost from 264 workgroups up (3.5 µs at 264, 5.8 at 528 on an
+// H100) is the polls contending with the adds
+@compute @workgroup_size(256)
+fn persistent_flag(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var p = 1u; p <= prm.phases; p++) {
+        write_phase(p, wg.x, li);
+        storageBarrier();
+        if (li == 0u) {
+            if (atomicAdd(&counter[0], 1u) + 1u == p * prm.groups) {
+                atomicStore(&counter[1], p);
+            } else {
+                loop {
+                    if (atomicLoad(&counter[1]) >= p) {
+                        break;
+                    }
+                }
+            }
+        }
+        storageBarrier();
         check_phase(p, wg.x, li);
     }
 }
@@ -135,24 +172,45 @@ fn main() -> anyhow::Result<()> {
     let max_groups: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(132);
     let adapter = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
     let info = adapter.get_info();
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("grid_sync"),
-        source: wgpu::ShaderSource::Wgsl(SHADER.into()),
-    });
-    let pipeline = |entry: &str| {
+    let (device, queue, coherent) = common::device_with_coherent(&adapter)?;
+    // the shader as it is, and with its slots `@coherent` (where the device has it)
+    let module = |label: &str, slots: &str| {
+        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(SHADER.replace("/*slots*/", slots).into()),
+        })
+    };
+    let plain = module("grid_sync", "");
+    let pipeline = |module: &wgpu::ShaderModule, entry: &str| {
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: None,
-            module: &module,
+            module,
             entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
         })
     };
-    let (chained, persistent) = (pipeline("chained"), pipeline("persistent"));
-    let counter = common::storage(&device, "counter", 4);
+    // (the coherent module where the device has it, else the plain one again)
+    let slotted = if coherent {
+        module("grid_sync coherent", "@coherent")
+    } else {
+        module("grid_sync", "")
+    };
+    // the ways, in the table's order: (name, pipeline, one dispatch per phase)
+    let mut ways = vec![
+        ("dispatches", pipeline(&plain, "chained"), true),
+        ("barrier", pipeline(&plain, "persistent"), false),
+    ];
+    if coherent {
+        ways.push(("barrier_co", pipeline(&slotted, "persistent"), false));
+    }
+    ways.push((
+        if coherent { "flag_co" } else { "flag" },
+        pipeline(&slotted, "persistent_flag"),
+        false,
+    ));
+    let counter = common::storage(&device, "counter", 8);
     let errors = Count::new(&device, "errors");
     // (1 workgroup, 32, an H100's 132 SMs, then 2 and 4 per SM: those up to max_groups)
     let groups: Vec<u32> = [1, 32, 132, 264, 528]
@@ -162,7 +220,7 @@ fn main() -> anyhow::Result<()> {
     let most = *groups.last().unwrap() as u64;
     let slots = common::storage(&device, "slots", 2 * most * 256 * 4);
     let prm = common::params(&device);
-    // (each pipeline's own layout, derived from the shader: both bind all four)
+    // (each pipeline's own layout, derived from the shader: all bind all four)
     let bind_for = |p: &wgpu::ComputePipeline| {
         let entries: Vec<wgpu::BindGroupEntry> = [&counter, &slots, &errors.on_gpu, &prm]
             .iter()
@@ -178,7 +236,7 @@ fn main() -> anyhow::Result<()> {
             entries: &entries,
         })
     };
-    let (bind_c, bind_p) = (bind_for(&chained), bind_for(&persistent));
+    let binds: Vec<wgpu::BindGroup> = ways.iter().map(|(_, p, _)| bind_for(p)).collect();
     let rig = Rig {
         device: device.clone(),
         queue,
@@ -190,42 +248,67 @@ fn main() -> anyhow::Result<()> {
         "{} ({:?}, {:?}); {phases} phases of 256-thread workgroups",
         info.name, info.backend, info.device_type
     );
+    println!(
+        "µs per phase, medians of 3 runs after a warm-up; stale = slots read wrong after the barrier (all 4 runs); barrier: one counter polled; flag: a flag the last arrival writes; _co: slots @coherent{}",
+        if coherent {
+            ""
+        } else {
+            " (not offered by this adapter: left out)"
+        }
+    );
+    let names: Vec<&str> = ways.iter().map(|(n, _, _)| *n).collect();
+    println!(
+        "{:>10} {} | stale: {}",
+        "workgroups",
+        names
+            .iter()
+            .map(|n| format!(" {n:>10}"))
+            .collect::<String>(),
+        names.join(", ")
+    );
     let hardware = !matches!(info.device_type, wgpu::DeviceType::Cpu);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    };
     for g in groups {
-        // warm, then three rounds each way, alternating; medians
-        let mut t = [Vec::new(), Vec::new()];
-        let mut stale = [0u32; 2];
+        // warm, then three rounds each way, alternating; medians. A grid barrier
+        // deadlocks unless all workgroups run at once, which a CPU adapter such as
+        // lavapipe need not do: there it runs with one workgroup only (which checks
+        // the kernels' logic).
+        let barrier = hardware || g == 1;
+        let mut t = vec![Vec::new(); ways.len()];
+        let mut stale: Vec<Option<u32>> = vec![None; ways.len()];
         for round in 0..4 {
-            let (us, e) = rig.time(&chained, &bind_c, true, phases, g)?;
-            stale[0] += e;
-            if round > 0 {
-                t[0].push(us);
-            }
-            // (one workgroup cannot wait on another: safe anywhere, and it checks
-            // the kernel's logic on lavapipe)
-            if hardware || g == 1 {
-                let (us, e) = rig.time(&persistent, &bind_p, false, phases, g)?;
-                stale[1] += e;
+            for (i, (_, pipeline, chained)) in ways.iter().enumerate() {
+                if !chained && !barrier {
+                    continue;
+                }
+                let (us, e) = rig.time(pipeline, &binds[i], *chained, phases, g)?;
+                *stale[i].get_or_insert(0) += e;
                 if round > 0 {
-                    t[1].push(us);
+                    t[i].push(us);
                 }
             }
         }
-        let med = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v.get(v.len() / 2).copied()
-        };
-        let chained_us = med(&mut t[0]).unwrap_or(f64::NAN);
-        match med(&mut t[1]) {
-            Some(p) => println!(
-                "{g:>4} workgroups: {chained_us:6.2} µs per phase as dispatches, {p:6.2} µs with a grid barrier; stale reads (4 runs) {} / {}",
-                stale[0], stale[1]
-            ),
-            None => println!(
-                "{g:>4} workgroups: {chained_us:6.2} µs per phase as dispatches (grid barrier not run on a {:?} adapter: its workgroups need not run at once); stale reads (4 runs) {}",
-                info.device_type, stale[0]
-            ),
-        }
+        let dash = |v: Option<String>| v.unwrap_or_else(|| "–".to_string());
+        println!(
+            "{g:>10} {} | {}",
+            t.iter_mut()
+                .map(|v| format!(" {:>10}", dash(med(v).map(|us| format!("{us:.2}")))))
+                .collect::<String>(),
+            stale
+                .iter()
+                .map(|n| dash(n.map(|n| n.to_string())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !hardware {
+        println!(
+            "(grid barriers run with one workgroup only on a {:?} adapter: its workgroups need not run at once)",
+            info.device_type
+        );
     }
     Ok(())
 }

@@ -174,3 +174,63 @@ fn no_shader_relies_on_explicit_member_offsets() {
     }
     assert!(files.len() > 20, "only {} shaders", files.len());
 }
+
+/// The premise of the `@coherent` columns of `examples/grid_sync.rs` and
+/// `examples/last_block.rs`: naga 30 turns a storage buffer's `@coherent` into
+/// SPIR-V's `Coherent` decoration (what GLSL's `coherent` buffers give, loads that
+/// see the stores a barrier made visible), and only with the capability that
+/// wgpu's `Features::MEMORY_DECORATION_COHERENT` grants. Without it the probes
+/// would time plain loads under another name.
+#[test]
+fn coherent_storage_buffers_become_spirv_coherent() {
+    const DECORATE: u32 = 71; // OpDecorate
+    const COHERENT: u32 = 23; // Decoration Coherent
+    let src = |attr: &str| {
+        r#"ATTR @group(0) @binding(0) var<storage, read_write> parts: array<vec4<f32>>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    parts[id.x] = parts[id.x + 64u] * 2.0;
+}
+"#
+        .replace("ATTR", attr)
+    };
+    // how many ids the SPIR-V decorates Coherent (OpDecorate %id Coherent: 3 words)
+    let coherent_ids = |attr: &str| -> usize {
+        let module = naga::front::wgsl::parse_str(&src(attr)).unwrap();
+        let caps = naga::valid::Capabilities::MEMORY_DECORATION_COHERENT;
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{attr}: {e:?}"));
+        let words = naga::back::spv::write_vec(
+            &module,
+            &info,
+            &naga::back::spv::Options::default(),
+            Some(&naga::back::spv::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: "main".into(),
+            }),
+        )
+        .unwrap();
+        // walk the instructions after the 5-word header
+        let (mut at, mut n) = (5, 0);
+        while at < words.len() {
+            let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
+            assert!(count > 0, "malformed SPIR-V at word {at}");
+            if op == DECORATE && count == 3 && words[at + 2] == COHERENT {
+                n += 1;
+            }
+            at += count;
+        }
+        n
+    };
+    assert_eq!(coherent_ids("@coherent"), 1);
+    assert_eq!(coherent_ids(""), 0);
+    // and the attribute needs the capability
+    let module = naga::front::wgsl::parse_str(&src("@coherent")).unwrap();
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .expect_err("@coherent must need its capability");
+}

@@ -4,6 +4,28 @@
 //! examples/).
 use std::time::{Duration, Instant};
 
+/// The adapter's device, with `Features::MEMORY_DECORATION_COHERENT` where the
+/// adapter offers it (wgpu 30 offers it on every Vulkan adapter): then a storage
+/// buffer can be declared `@coherent` (SPIR-V's `Coherent` decoration: its loads
+/// see other invocations' stores made visible by a barrier, instead of being served
+/// from the reader's cache). Whether it was enabled is the third value.
+pub fn device_with_coherent(
+    adapter: &wgpu::Adapter,
+) -> anyhow::Result<(wgpu::Device, wgpu::Queue, bool)> {
+    let coherent = adapter
+        .features()
+        .contains(wgpu::Features::MEMORY_DECORATION_COHERENT);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: if coherent {
+            wgpu::Features::MEMORY_DECORATION_COHERENT
+        } else {
+            wgpu::Features::empty()
+        },
+        ..Default::default()
+    }))?;
+    Ok((device, queue, coherent))
+}
+
 /// A storage buffer that can be cleared and copied from.
 pub fn storage(device: &wgpu::Device, label: &str, size: u64) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
