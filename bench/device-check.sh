@@ -17,11 +17,11 @@
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default),
 #   matmul_micro on tensor cores,
-#   gpu_variants, last_block and grid_sync only (no gpu.sh, default matmul_micro
-#   or K sweep)
-#   PROBE=1: only the two kernel experiments on cross-workgroup reads inside a
-#   dispatch (last_block, grid_sync), with their @coherent columns (about a
-#   minute): whether coherent loads see other workgroups' stores at plain loads'
+#   gpu_variants, last_block, grid_sync and persistent_chain only (no gpu.sh,
+#   default matmul_micro or K sweep)
+#   PROBE=1: only the kernel experiments on cross-workgroup reads inside a
+#   dispatch (last_block, grid_sync, persistent_chain), with their @coherent
+#   columns (about a minute): whether coherent loads see other workgroups' stores at plain loads'
 #   cost, which decides whether a persistent kernel or ticketed waits can take
 #   the dispatch boundaries' time off a step (README, "What could still get to
 #   70 µs")
@@ -65,7 +65,7 @@ chmod +x .devbin/vae-ood .devbin/test_* .devbin/ex_*
 source bench/vulkan-env.sh
 .devbin/vae-ood devices 2>&1 | tee "$LOG/devices.txt"
 # the last block's reduce, the fan-out's waits and the grid barrier: plain, atomic
-# and @coherent loads of other workgroups' stores (the grid barrier last: one that
+# and @coherent loads of other workgroups' stores (the grid barriers last: one that
 # deadlocked would hold the GPU until its timeout)
 probes() {
   echo "## examples/last_block.rs: reduce dispatch vs last-block reduce"
@@ -73,6 +73,11 @@ probes() {
   snapshot
   echo "## examples/grid_sync.rs: dispatch boundary vs grid barrier"
   timeout 60 .devbin/ex_grid_sync 2000 528 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/grid_sync.txt"
+  snapshot
+  # the same with products shaped as the step's between the barriers (200
+  # repetitions of 8)
+  echo "## examples/persistent_chain.rs: a chain of split-K products, dispatches vs one persistent dispatch"
+  timeout 60 .devbin/ex_persistent_chain 200 416 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/persistent_chain.txt"
   snapshot
 }
 if [ -n "${PROBE:-}" ]; then

@@ -219,7 +219,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let most = *groups.last().unwrap() as u64;
     let slots = common::storage(&device, "slots", 2 * most * 256 * 4);
-    let prm = common::params(&device);
+    let prm = common::params(&device, 16);
     // (each pipeline's own layout, derived from the shader: all bind all four)
     let bind_for = |p: &wgpu::ComputePipeline| {
         let entries: Vec<wgpu::BindGroupEntry> = [&counter, &slots, &errors.on_gpu, &prm]

@@ -499,7 +499,7 @@ fn main() -> anyhow::Result<()> {
     let band_counters = storage("band counters", most_tiles * 4);
     let fan = storage("fan-out counters", 16);
     let errors = Count::new(&device, "errors");
-    let prm = common::params(&device);
+    let prm = common::params(&device, 16);
     let kernels = |name: &str, part: &str| -> Kernels {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),

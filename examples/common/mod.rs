@@ -38,11 +38,11 @@ pub fn storage(device: &wgpu::Device, label: &str, size: u64) -> wgpu::Buffer {
     })
 }
 
-/// A 16-byte uniform buffer for an experiment's parameters.
-pub fn params(device: &wgpu::Device) -> wgpu::Buffer {
+/// A uniform buffer of `size` bytes for an experiment's parameters.
+pub fn params(device: &wgpu::Device, size: u64) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("params"),
-        size: 16,
+        size,
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     })
