@@ -182,14 +182,7 @@ fn main() -> anyhow::Result<()> {
     };
     let plain = module("grid_sync", "");
     let pipeline = |module: &wgpu::ShaderModule, entry: &str| {
-        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        })
+        common::compute_pipeline(&device, None, module, entry)
     };
     // (the coherent module where the device has it, else the plain one again)
     let slotted = if coherent {
@@ -222,19 +215,12 @@ fn main() -> anyhow::Result<()> {
     let prm = common::params(&device, 16);
     // (each pipeline's own layout, derived from the shader: all bind all four)
     let bind_for = |p: &wgpu::ComputePipeline| {
-        let entries: Vec<wgpu::BindGroupEntry> = [&counter, &slots, &errors.on_gpu, &prm]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("grid_sync"),
-            layout: &p.get_bind_group_layout(0),
-            entries: &entries,
-        })
+        common::bind_buffers(
+            &device,
+            "grid_sync",
+            &p.get_bind_group_layout(0),
+            &[&counter, &slots, &errors.on_gpu, &prm],
+        )
     };
     let binds: Vec<wgpu::BindGroup> = ways.iter().map(|(_, p, _)| bind_for(p)).collect();
     let rig = Rig {

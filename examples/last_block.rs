@@ -537,20 +537,13 @@ fn main() -> anyhow::Result<()> {
             bind_group_layouts: &[Some(&bgl)],
             immediate_size: 0,
         });
-        let pipeline = |entry: &str| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(name),
-            layout: &bgl,
-            entries: &[
+        let pipeline =
+            |entry: &str| common::compute_pipeline(&device, Some(&layout), &module, entry);
+        let bind = common::bind_buffers(
+            &device,
+            name,
+            &bgl,
+            &[
                 &counters,
                 &parts,
                 &outs,
@@ -560,15 +553,8 @@ fn main() -> anyhow::Result<()> {
                 &tsums,
                 &band_counters,
                 &fan,
-            ]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect::<Vec<_>>(),
-        });
+            ],
+        );
         Kernels {
             stores: pipeline("stores"),
             reduce: pipeline("reduce"),

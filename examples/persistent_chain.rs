@@ -330,18 +330,12 @@ fn main() -> anyhow::Result<()> {
         bind_group_layouts: &[Some(&bgl0), Some(&bgl1)],
         immediate_size: 0,
     });
-    let bind0 = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("chain"),
-        layout: &bgl0,
-        entries: &[&prm, &x0_buf, &w_buf, &acts, &total, &counter]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect::<Vec<_>>(),
-    });
+    let bind0 = common::bind_buffers(
+        &device,
+        "chain",
+        &bgl0,
+        &[&prm, &x0_buf, &w_buf, &acts, &total, &counter],
+    );
     let bind1 = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("phase"),
         layout: &bgl1,
@@ -359,14 +353,7 @@ fn main() -> anyhow::Result<()> {
             label: Some(entry),
             source: wgpu::ShaderSource::Wgsl(SHADER.replace("/*acts*/", acts_attr).into()),
         });
-        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        })
+        common::compute_pipeline(&device, Some(&layout), &module, entry)
     };
     let dispatched = pipeline("", "dispatched");
     let persistent = pipeline("", "persistent");
