@@ -11,7 +11,11 @@
 //!   barrier between them, as between a training step's dispatches);
 //! - `persistent`: one dispatch, the phases separated by a grid barrier
 //!   (`storageBarrier`, which naga emits with device memory scope, then the
-//!   counter).
+//!   counter);
+//! - `persistent_flag` (added 2026-11-27): the same, but the waiting workgroups
+//!   poll a flag that the last to arrive writes once per phase instead of the
+//!   counter every arrival adds to (the column `flag`, or `flag_co` with the
+//!   slots `@coherent`, below).
 //!
 //! It also counts the slots a workgroup read stale after the grid barrier: WGSL
 //! promises neither forward progress between workgroups nor that a plain load sees

@@ -614,8 +614,8 @@ fn main() -> anyhow::Result<()> {
     // with plain, atomic and coherent partials (cold; the warm runs' times are not
     // printed: their extra reads are not a product's); medians of rounds 1–3, stale
     // reads of all four. Times: floor, dispatches, last plain, atomic[, coherent];
-    // stale: dispatches, plain cold, atomic cold, plain warm, atomic warm[,
-    // coherent cold, coherent warm].
+    // stale (in the runs' order): floor, dispatches, plain cold, atomic cold, plain
+    // warm, atomic warm[, coherent cold, coherent warm].
     let measure = |shape: Shape,
                    dispatches: Way,
                    last: Way|
