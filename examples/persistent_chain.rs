@@ -1,7 +1,7 @@
 //! Would a persistent training step beat the dispatch chain, with real products
 //! in it? `grid_sync` times a grid barrier against a dispatch boundary around
 //! trivial work; this runs a chain of split-K products shaped as the step's, each
-//! reading the one before, two ways:
+//! reading the one before, three ways:
 //!
 //! - `dispatches`: one dispatch per product, one workgroup per (output tile, K
 //!   share), all in one compute pass (wgpu's barrier between them, as in a
@@ -10,7 +10,14 @@
 //!   (tile, share) items, a grid barrier (the flag-polling one of `grid_sync`)
 //!   between products. G is at most what the GPU runs at once (the barrier
 //!   deadlocks otherwise): 132 (one per SM of an H100 or H200), 264 or 416 (the
-//!   fc1-like product's item count, so that no workgroup loops).
+//!   fc1-like product's item count, so that no workgroup loops);
+//! - `ticketed`: one dispatch of a workgroup per item of every product of every
+//!   repetition; each takes a ticket as it starts (its product and item, in chain
+//!   order) and waits until every item of the product before has counted itself
+//!   done. A workgroup only waits for lower tickets, whose workgroups have started,
+//!   so it needs no cap on the workgroups (`last_block`'s fan-out waits, with
+//!   products around them): the design that keeps the products' natural
+//!   workgroup counts, where the persistent one may lose to its cap.
 //!
 //! The products alternate between fc1's forward shape (128 × 400, K = 784, 8 K
 //! shares: 52 tiles × 8 = 416 items) and fc4's (128 × 784, K = 400, 2 shares:
@@ -19,9 +26,9 @@
 //! shares as it loads its A tile (the step's folded reduces), so every load of A
 //! is of values other workgroups stored in the previous phase: with plain loads
 //! after a grid barrier those may be stale on NVIDIA (`grid_sync`, 2026-11-26), so
-//! the persistent runs use the partial sums' buffer declared `@coherent` where the
-//! adapter offers it (wgpu 30: every Vulkan adapter), and plain as well for the
-//! stale count. Each repetition starts from the input rotated by its number of rows
+//! the persistent and ticketed runs use the partial sums' buffer (and the total's)
+//! declared `@coherent` where the adapter offers it (wgpu 30: every Vulkan
+//! adapter), and plain as well for the stale count. Each repetition starts from the input rotated by its number of rows
 //! (other values each time, or a stale read of the previous repetition's would go
 //! unseen), and its last product's partial sums are added to a total, which must
 //! come out the same as the dispatch chain's (same code, same order: bit for
@@ -35,12 +42,14 @@
 //! the training path; added 2026-11-27 without a GPU, checked on lavapipe
 //! (there, the persistent kernel only with one workgroup, which cannot wait on
 //! another): on Mesa 26.1's (`tools/coop-lavapipe.sh`'s Debian 13 root) the
-//! dispatch chain equals its CPU twin and the one-workgroup persistent runs equal
-//! the chain, bit for bit; on Mesa 22.3's (Debian 12) that one workgroup stops
-//! partway through the chain (its item loop, with barriers in it, cut short after
-//! a few hundred items, earlier with wgpu's loop bounding on: a lavapipe defect,
-//! not a stale read), so there the persistent rows show mismatches. README, "One
-//! lever not yet measured".
+//! dispatch chain equals its CPU twin, and the one-workgroup persistent runs and
+//! the ticketed runs equal the chain, bit for bit. Mesa 22.3's (Debian 12) cuts
+//! long loops short: the one persistent workgroup stops partway through the chain
+//! (its item loop, with barriers in it, after a few hundred items, earlier with
+//! wgpu's loop bounding on), and 1–4 ticketed workgroups per run leave their wait
+//! loop before its condition holds (counted with a debug counter: 0 on 26.1), so
+//! there those rows show mismatches. A lavapipe defect, not a stale read. README,
+//! "One lever not yet measured".
 //!
 //!   cargo run --release --example persistent_chain [reps] [max_groups]
 mod common;
@@ -65,11 +74,16 @@ struct Phase { g: u32 }
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 // ping-pong partial sums: (2, splits · m · n) of the larger shape
 /*acts*/ @group(0) @binding(3) var<storage, read_write> acts: array<f32>;
-// (each repetition's last product's partial sums, added up)
-@group(0) @binding(4) var<storage, read_write> total: array<f32>;
+// (each repetition's last product's partial sums, added up; `@coherent` with the
+// partial sums: in the ticketed way the next repetition's add may run on another
+// workgroup)
+/*acts*/ @group(0) @binding(4) var<storage, read_write> total: array<f32>;
 // [0]: arrivals; [1]: the last product all have finished
 @group(0) @binding(5) var<storage, read_write> counter: array<atomic<u32>, 2>;
+// (the ticketed way: how many items of each product have stored theirs)
+@group(0) @binding(6) var<storage, read_write> done: array<atomic<u32>>; // (reps · chain)
 @group(1) @binding(0) var<uniform> phase: Phase;
+var<workgroup> ticket_ws: u32;
 
 const T: u32 = 32u;
 var<workgroup> a_ws: array<array<f32, 32>, 32>;
@@ -206,7 +220,72 @@ fn persistent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         storageBarrier();
     }
 }
+
+// every product of every repetition in one dispatch of one workgroup per item
+// (and some to spare): each takes a ticket as it starts, which says its product
+// and item in chain order, and waits until every item of the product before has
+// stored its sums. A workgroup waits only for lower tickets, whose workgroups have
+// started, so any number of workgroups may run at once (no cap, unlike the grid
+// barrier; examples/last_block.rs's fan-out waits)
+@compute @workgroup_size(256)
+fn ticketed(@builtin(local_invocation_index) li: u32) {
+    if (li == 0u) {
+        ticket_ws = atomicAdd(&counter[0], 1u);
+    }
+    var r = workgroupUniformLoad(&ticket_ws);
+    var per_rep = 0u;
+    for (var i = 0u; i < prm.chain; i++) {
+        per_rep += items(shape_of(i));
+    }
+    if (r >= prm.reps * per_rep) {
+        return;
+    }
+    let rep = r / per_rep;
+    r = r % per_rep;
+    var i = 0u;
+    loop {
+        let n = items(shape_of(i));
+        if (r < n) {
+            break;
+        }
+        r -= n;
+        i++;
+    }
+    let g = rep * prm.chain + i;
+    if (g > 0u) {
+        if (li == 0u) {
+            let want = items(shape_of((g - 1u) % prm.chain));
+            // (bounded: a wait that never ends leaves its item unwritten, a
+            // mismatch, instead of hanging the GPU)
+            for (var n = 0u; n < (1u << 26u); n++) {
+                if (atomicLoad(&done[g - 1u]) >= want) {
+                    break;
+                }
+            }
+        }
+        // the wait, then the product before's stores (device scope in naga)
+        workgroupBarrier();
+        storageBarrier();
+    }
+    item(g, r, li);
+    // this item's stores before its count
+    storageBarrier();
+    if (li == 0u) {
+        atomicAdd(&done[g], 1u);
+    }
+}
 "#;
+
+/// How a run separates the products.
+#[derive(Clone, Copy)]
+enum Way {
+    /// one dispatch per product
+    Dispatches,
+    /// one dispatch of this many workgroups, a grid barrier between products
+    Persistent(u32),
+    /// one dispatch of a workgroup per item, each waiting for the product before
+    Ticketed,
+}
 
 /// The CPU twin of the chain: every repetition's last product's partial sums,
 /// added up (the same loops, in f32).
@@ -281,6 +360,7 @@ fn main() -> anyhow::Result<()> {
     let total_len = (last[0] * last[1] * last[3]) as u64;
     let total = common::storage(&device, "total", total_len * 4);
     let counter = common::storage(&device, "counter", 8);
+    let done_counts = common::storage(&device, "done", 4 * (CHAIN * reps) as u64);
     let prm = common::params(&device, 48);
     // each product's index at a 256-byte stride (a dynamic offset per dispatch)
     let phases = device.create_buffer(&wgpu::BufferDescriptor {
@@ -319,6 +399,7 @@ fn main() -> anyhow::Result<()> {
             entry(3, storage(false)),
             entry(4, storage(false)),
             entry(5, storage(false)),
+            entry(6, storage(false)),
         ],
     });
     let bgl1 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -334,7 +415,7 @@ fn main() -> anyhow::Result<()> {
         &device,
         "chain",
         &bgl0,
-        &[&prm, &x0_buf, &w_buf, &acts, &total, &counter],
+        &[&prm, &x0_buf, &w_buf, &acts, &total, &counter, &done_counts],
     );
     let bind1 = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("phase"),
@@ -358,6 +439,8 @@ fn main() -> anyhow::Result<()> {
     let dispatched = pipeline("", "dispatched");
     let persistent = pipeline("", "persistent");
     let persistent_co = coherent.then(|| pipeline("@coherent", "persistent"));
+    let ticketed = pipeline("", "ticketed");
+    let ticketed_co = coherent.then(|| pipeline("@coherent", "ticketed"));
     // (the totals come back through this)
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("staging"),
@@ -367,9 +450,13 @@ fn main() -> anyhow::Result<()> {
     });
     // (its count is not used: it times a submission to the end of its wait)
     let done = Count::new(&device, "timing");
-    // one run: the chain of reps · CHAIN products one way (groups: None for one
-    // dispatch per product); µs per product and the total
-    let run = |p: &wgpu::ComputePipeline, groups: Option<u32>| -> anyhow::Result<(f64, Vec<f32>)> {
+    // one run: the chain of reps · CHAIN products one way; µs per product and the
+    // total
+    let run = |p: &wgpu::ComputePipeline, way: Way| -> anyhow::Result<(f64, Vec<f32>)> {
+        let groups = match way {
+            Way::Persistent(g) => Some(g),
+            _ => None,
+        };
         let mut words = [0u32; 12];
         for (i, s) in SHAPES.iter().enumerate() {
             words[4 * i..4 * i + 4].copy_from_slice(s);
@@ -379,21 +466,30 @@ fn main() -> anyhow::Result<()> {
         let mut enc = device.create_command_encoder(&Default::default());
         enc.clear_buffer(&total, 0, None);
         enc.clear_buffer(&counter, 0, None);
+        enc.clear_buffer(&done_counts, 0, None);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(p);
             pass.set_bind_group(0, &bind0, &[]);
-            match groups {
-                Some(g) => {
+            let items = |g: u32| {
+                let s = SHAPES[(g % CHAIN % 2) as usize];
+                s[0].div_ceil(32) * s[1].div_ceil(32) * s[3]
+            };
+            match way {
+                Way::Persistent(g) => {
                     pass.set_bind_group(1, &bind1, &[0]);
                     pass.dispatch_workgroups(g, 1, 1);
                 }
-                None => {
+                Way::Ticketed => {
+                    // (a grid of 1,024-wide rows: a dimension holds at most 65,535)
+                    let all: u32 = (0..CHAIN * reps).map(items).sum();
+                    pass.set_bind_group(1, &bind1, &[0]);
+                    pass.dispatch_workgroups(1024, all.div_ceil(1024), 1);
+                }
+                Way::Dispatches => {
                     for g in 0..CHAIN * reps {
                         pass.set_bind_group(1, &bind1, &[256 * g]);
-                        let s = SHAPES[(g % CHAIN % 2) as usize];
-                        let items = s[0].div_ceil(32) * s[1].div_ceil(32) * s[3];
-                        pass.dispatch_workgroups(items, 1, 1);
+                        pass.dispatch_workgroups(items(g), 1, 1);
                     }
                 }
             }
@@ -425,7 +521,7 @@ fn main() -> anyhow::Result<()> {
     let mut chain_t = Vec::new();
     let mut reference = Vec::new();
     for round in 0..4 {
-        let (us, out) = run(&dispatched, None)?;
+        let (us, out) = run(&dispatched, Way::Dispatches)?;
         if round == 0 {
             reference = out;
         } else {
@@ -480,32 +576,36 @@ fn main() -> anyhow::Result<()> {
     } else {
         vec![1]
     };
+    // (name, pipeline, way; whether one workgroup loops over a product's items)
+    let mut ways = vec![("ticketed, plain".to_string(), &ticketed, Way::Ticketed)];
+    if let Some(p) = &ticketed_co {
+        ways.push(("ticketed, @coherent".to_string(), p, Way::Ticketed));
+    }
     for g in groups {
-        let mut ways = vec![("plain", &persistent)];
+        ways.push((
+            format!("persistent {g}, plain"),
+            &persistent,
+            Way::Persistent(g),
+        ));
         if let Some(p) = &persistent_co {
-            ways.push(("@coherent", p));
+            ways.push((format!("persistent {g}, @coherent"), p, Way::Persistent(g)));
         }
-        for (name, p) in ways {
-            let (mut t, mut bad) = (Vec::new(), 0usize);
-            for round in 0..4 {
-                let (us, out) = run(p, Some(g))?;
-                bad += out.iter().zip(&reference).filter(|(a, b)| a != b).count();
-                if round > 0 {
-                    t.push(us);
-                }
+    }
+    for (name, p, way) in ways {
+        let (mut t, mut bad) = (Vec::new(), 0usize);
+        for round in 0..4 {
+            let (us, out) = run(p, way)?;
+            bad += out.iter().zip(&reference).filter(|(a, b)| a != b).count();
+            if round > 0 {
+                t.push(us);
             }
+        }
+        println!("{name:>24} {:>10.2} {bad:>12}", med(&mut t));
+        if bad > 0 && !hardware {
             println!(
-                "{:>24} {:>10.2} {:>12}",
-                format!("persistent {g}, {name}"),
-                med(&mut t),
-                bad
+                "{:>24} (Mesa 22.3's lavapipe cuts long loops short; 26.1's runs them through: the file's comment)",
+                ""
             );
-            if bad > 0 && !hardware {
-                println!(
-                    "{:>24} (Mesa 22.3's lavapipe cuts one workgroup's long loop short; 26.1's runs it through: the file's comment)",
-                    ""
-                );
-            }
         }
     }
     Ok(())
