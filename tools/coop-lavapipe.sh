@@ -7,6 +7,10 @@
 #   - tests/kernels.rs's tensor_core_walk_against_its_twin with
 #     VAE_OOD_TEST_REQUIRE_COOP=1 (it fails if the adapter offers no usable
 #     cooperative matrices, instead of checking the refusal only);
+#   - examples/persistent_chain.rs with two repetitions, strict: its dispatch chain
+#     against its CPU twin, and its one-dispatch ways (ticketed; persistent with
+#     one workgroup) against the chain, bit for bit (Debian 12's lavapipe 22.3
+#     cuts their long loops short, so only here);
 #   - with `--run`, also a one-epoch run on the first 1,024 images with the walk and
 #     without, printing both (output under /tmp in the root).
 # Needs root (debootstrap, chroot, mount) and Debian's package mirror. CI runs it
@@ -39,6 +43,7 @@ fi
 bin=$(cargo test --release --test kernels --no-run 2>&1 |
   sed -n 's/.*Executable tests\/kernels.rs (\(.*\))/\1/p' | tail -1)
 [ -n "$bin" ] || { echo "coop-lavapipe: no kernels test binary"; exit 1; }
+cargo build --release --quiet --example persistent_chain
 if [ "${1:-}" = --run ]; then
   cargo build --release --quiet
 fi
@@ -52,6 +57,7 @@ inside() {
 }
 inside "vulkaninfo --summary 2>/dev/null | grep -m1 driverInfo; ./target/release/vae-ood devices 2>/dev/null || true"
 inside "VAE_OOD_TEST_REQUIRE_COOP=1 $bin tensor_core_walk_against_its_twin --nocapture"
+inside "PERSISTENT_CHAIN_STRICT=1 ./target/release/examples/persistent_chain 2"
 if [ "${1:-}" = --run ]; then
   for coop in 1 0; do
     echo "## VAE_OOD_GPU_COOP=$coop"
