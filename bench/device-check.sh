@@ -192,7 +192,8 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   echo "## examples/gpu_variants.rs (20 rounds of 50 steps), examples/matmul_micro.rs (200 reps)"
   timeout 60 .devbin/ex_gpu_variants 20 50 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/gpu_variants.txt"
   if [ -n "${QUICK:-}" ]; then
-    # (the grid barrier too since 2026-11-27: its @coherent columns)
+    # (since 2026-11-27 the grid barriers and persistent_chain too: their @coherent
+    # columns)
     probes
     exit $status
   fi
