@@ -83,7 +83,8 @@ struct Phase { g: u32 }
 // partial sums: in the ticketed way the next repetition's add may run on another
 // workgroup)
 /*acts*/ @group(0) @binding(4) var<storage, read_write> total: array<f32>;
-// [0]: arrivals; [1]: the last product all have finished
+// [0]: arrivals at the grid barrier (persistent) or tickets handed out
+// (ticketed); [1]: the last product all have finished (persistent)
 @group(0) @binding(5) var<storage, read_write> counter: array<atomic<u32>, 2>;
 // (the ticketed way: how many items of each product have stored theirs)
 @group(0) @binding(6) var<storage, read_write> done: array<atomic<u32>>; // (reps · chain)
