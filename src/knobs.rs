@@ -142,6 +142,11 @@ pub fn flag(name: &str) -> bool {
     std::env::var(name).as_deref() == Ok("1")
 }
 
+/// Whether a flag that is on by default is on: unset, empty or `1` (`0`: off).
+pub fn flag_unless_zero(name: &str) -> bool {
+    std::env::var(name).as_deref() != Ok("0")
+}
+
 /// A number switch: `Some(value)` when set and in `range`, `None` when unset or
 /// not understood (which [`check`] reports at start-up).
 pub fn number(name: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {

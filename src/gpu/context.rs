@@ -782,7 +782,7 @@ impl GpuOptions {
         GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
             checks: ShaderChecks::from_env(),
-            prefetch: std::env::var(crate::knobs::GPU_PREFETCH).as_deref() != Ok("0"),
+            prefetch: crate::knobs::flag_unless_zero(crate::knobs::GPU_PREFETCH),
             ones_column: crate::knobs::flag(crate::knobs::GPU_ONES_COLUMN),
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)

@@ -426,11 +426,9 @@ impl Fusions {
             // (it acts only with `adam` and `latent`, which the switches set)
             latent_adam: true,
             gather: !crate::knobs::gpu_unfused("gather"),
-            // (on unless `VAE_OOD_GPU_BCE_EPILOGUE=0`; split unless
-            // `VAE_OOD_GPU_BCE_SPLIT=0`)
-            bce: std::env::var(crate::knobs::GPU_BCE_EPILOGUE).as_deref() != Ok("0")
+            bce: crate::knobs::flag_unless_zero(crate::knobs::GPU_BCE_EPILOGUE)
                 && !crate::knobs::flag(crate::knobs::GPU_UNFUSED),
-            bce_split: std::env::var(crate::knobs::GPU_BCE_SPLIT).as_deref() != Ok("0"),
+            bce_split: crate::knobs::flag_unless_zero(crate::knobs::GPU_BCE_SPLIT),
             latent_fc1: crate::knobs::flag(crate::knobs::GPU_LATENT_FC1),
             latent_pair: crate::knobs::flag(crate::knobs::GPU_LATENT_PAIR),
             tail_fc1: crate::knobs::flag(crate::knobs::GPU_TAIL_FC1),
