@@ -59,7 +59,6 @@
 //!   cargo run --release --example persistent_chain [reps] [max_groups]
 mod common;
 
-use common::Count;
 use rand::{Rng, SeedableRng};
 use vae_ood::gpu;
 
@@ -454,8 +453,6 @@ fn main() -> anyhow::Result<()> {
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    // (its count is not used: it times a submission to the end of its wait)
-    let done = Count::new(&device, "timing");
     // one run: the chain of reps · CHAIN products one way; µs per product and the
     // total
     let run = |p: &wgpu::ComputePipeline, way: Way| -> anyhow::Result<(f64, Vec<f32>)> {
@@ -500,23 +497,8 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        enc.copy_buffer_to_buffer(&total, 0, &staging, 0, total_len * 4);
-        let (took, _) = done.submit_and_read(&device, &queue, enc)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
-        rx.recv()??;
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        staging.unmap();
+        let (took, bytes) = common::submit_and_read(&device, &queue, enc, &total, &staging)?;
+        let out = bytemuck::cast_slice::<u8, f32>(&bytes).to_vec();
         Ok((took.as_secs_f64() * 1e6 / (CHAIN * reps) as f64, out))
     };
     println!(

@@ -1,7 +1,11 @@
 //! What the kernel experiments that count on the GPU share (`grid_sync`,
-//! `last_block`): their buffers, and one timed submission that reads back a u32
-//! count. Not an example of its own (cargo builds only the files directly in
-//! examples/).
+//! `last_block`, `persistent_chain`): their device (with `@coherent` buffers),
+//! buffers, pipelines and bind groups, and one timed submission that reads a
+//! buffer back (a u32 count, or a whole result). Not an example of its own (cargo
+//! builds only the files directly in examples/).
+// (each experiment includes this module and uses only part of it)
+#![allow(dead_code)]
+
 use std::time::{Duration, Instant};
 
 /// The adapter's device, with `Features::MEMORY_DECORATION_COHERENT` where the
@@ -115,30 +119,39 @@ impl Count {
         &self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
-        mut enc: wgpu::CommandEncoder,
+        enc: wgpu::CommandEncoder,
     ) -> anyhow::Result<(Duration, u32)> {
-        enc.copy_buffer_to_buffer(&self.on_gpu, 0, &self.staging, 0, 4);
-        let t = Instant::now();
-        queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
-        let took = t.elapsed();
-        rx.recv()??;
-        let n = {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?;
-            bytemuck::cast_slice::<u8, u32>(&view)[0]
-        };
-        self.staging.unmap();
-        Ok((took, n))
+        let (took, bytes) = submit_and_read(device, queue, enc, &self.on_gpu, &self.staging)?;
+        Ok((took, bytemuck::cast_slice::<u8, u32>(&bytes)[0]))
     }
+}
+
+/// Submits `enc` with a copy of `src`'s first `staging.size()` bytes to
+/// `staging` (MAP_READ) after it, waits for the GPU, and returns the time from
+/// submission to the end of the wait and the bytes.
+pub fn submit_and_read(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    mut enc: wgpu::CommandEncoder,
+    src: &wgpu::Buffer,
+    staging: &wgpu::Buffer,
+) -> anyhow::Result<(Duration, Vec<u8>)> {
+    enc.copy_buffer_to_buffer(src, 0, staging, 0, staging.size());
+    let t = Instant::now();
+    queue.submit([enc.finish()]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| anyhow::anyhow!("GPU wait failed: {e}"))?;
+    let took = t.elapsed();
+    rx.recv()??;
+    let bytes = staging
+        .get_mapped_range(..)
+        .map_err(|e| anyhow::anyhow!("mapping failed: {e}"))?
+        .to_vec();
+    staging.unmap();
+    Ok((took, bytes))
 }
