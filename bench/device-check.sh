@@ -11,8 +11,9 @@
 # $OUT/logs.tgz, refreshed after each phase and every 30 s so a run cut short still
 # returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
-#   FOCUS=1: the tests, the device churn probe, a sweep of the default, the BCE
-#   kernel and the tensor cores, and their whole runs
+#   FOCUS=1: the tests, the device churn probe, a sweep of the default (atomic
+#   partial sums) against @coherent ones, the BCE kernel and the latent fusions
+#   either way, and whole runs of the default and the @coherent one
 #   QUICK=1: the tests, the sweep, seven whole runs (tensor cores, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default),
@@ -124,22 +125,24 @@ snapshot
 timeout 120 .devbin/ex_device_churn "${CHURN_ROUNDS:-100}" 2>&1 | grep -v XDG_RUNTIME_DIR \
   | tee "$LOG/device_churn.txt" | grep -v ' round '
 snapshot
-# FOCUS=1: after the tests, only the default (the split BCE epilogue since
-# 2026-11-27) against the BCE kernel (the default before), and the tensor cores
-# with the default and with every fusion that removes a dispatch (4 per step),
-# with PyTorch's CUDA graph in the same rounds; then their whole runs, and the
-# tensor cores with the latent forward in fc1 alone (whose tiles came out wrong on
-# the H200 before the last-block counter's 16-byte workgroup variable)
+# FOCUS=1: after the tests, the default (its split BCE epilogue's last shares read
+# the others' partial sums as atomics) against the same with them @coherent
+# (VAE_OOD_GPU_COHERENT=1), the BCE kernel, and the two last-block fusions that
+# lost on 2026-11-27 (the latent forward in fc1's product, the latent backward in
+# fc4's pair), atomic and @coherent, with PyTorch's CUDA graph in the same rounds;
+# then whole runs of the default and the @coherent one (the same bits: the same
+# AUROCs). On an H200 (2026-11-27, with @coherent then the default) every pair was
+# level: 86.1/86.1, 125.9/125.5, 118.7/118.8 µs per step
 if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
-  pair=VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1
+  c=VAE_OOD_GPU_COHERENT=1
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
-    'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' 'coop:VAE_OOD_GPU_COOP=1' "coop_all_in_pair:$pair" \
+    "coherent:$c" 'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' \
+    'latent_fc1:VAE_OOD_GPU_LATENT_FC1=1' "latent_fc1_coherent:VAE_OOD_GPU_LATENT_FC1=1,$c" \
+    'latent_pair:VAE_OOD_GPU_LATENT_PAIR=1' "latent_pair_coherent:VAE_OOD_GPU_LATENT_PAIR=1,$c" \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
-  whole_runs default:VAE_OOD_GPU_COOP=0 bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0 coop:VAE_OOD_GPU_COOP=1 \
-    coop_latent_fc1:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_FC1=1 "coop_all_in_pair:$pair"
-  python3 bench/decide.py "$LOG" 2>&1 | tee "$LOG/decide.txt"
+  whole_runs default:VAE_OOD_GPU_COOP=0 "coherent:$c"
   snapshot
   exit $status
 fi

@@ -72,6 +72,9 @@ done
 #              summed tile by tile: rounding-level differences): 7 dispatches per step
 #   latent_pair  the latent backward in the last workgroups of fc4's gradient pair (dz
 #              summed tile by tile: rounding-level differences): 7 dispatches per step
+#   coherent   the last K shares that read the others' partial sums in the same dispatch
+#              (the split BCE epilogue's) read them as plain loads of an @coherent buffer,
+#              not as atomics (same bits)
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...
@@ -104,10 +107,11 @@ variant early_reads VAE_OOD_GPU_EARLY_READS=1
 variant coop_early VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_EARLY_READS=1
 variant latent_fc1 VAE_OOD_GPU_LATENT_FC1=1
 variant latent_pair VAE_OOD_GPU_LATENT_PAIR=1
+variant coherent VAE_OOD_GPU_COHERENT=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,double_tiles,bce_kernel,bce_unsplit,early_reads,coop_early,latent_fc1,latent_pair,split_64,split_512,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,double_tiles,bce_kernel,bce_unsplit,early_reads,coop_early,latent_fc1,latent_pair,coherent,split_64,split_512,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

@@ -106,6 +106,16 @@ pub const GPU_TAIL_FC1: &str = "VAE_OOD_GPU_TAIL_FC1";
 /// head's and fc1's) or `gather` (a batch's gather its own dispatch, or in the
 /// previous step's Adam's, not read by the first product from the image store).
 pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
+/// `1`: the kernels whose last K share of a tile reads the others' partial sums
+/// in the same dispatch (the split BCE epilogue, the default, and the latent
+/// kernels folded into products) read them as plain loads of a buffer declared
+/// `@coherent` (`shaders/matmul_partial_coherent.wgsl`) on devices that offer
+/// wgpu's `MEMORY_DECORATION_COHERENT` (every Vulkan adapter), with the FMA walk
+/// (the tensor-core walk keeps the atomics), not as atomics
+/// (`shaders/matmul_partial_atomic.wgsl`). The same bits; off by default: level
+/// with the atomics on an NVIDIA H200 (86.1 against 86.1 µs per step, 2026-11-27,
+/// medians of 5 interleaved rounds).
+pub const GPU_COHERENT: &str = "VAE_OOD_GPU_COHERENT";
 /// Threads per workgroup of the latent kernels: 256, 512 or 1024 (default: the
 /// most the device allows, up to 1024).
 pub const GPU_LATENT_THREADS: &str = "VAE_OOD_GPU_LATENT_THREADS";
@@ -114,7 +124,7 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 14] = [
+const FLAGS: [&str; 15] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -129,6 +139,7 @@ const FLAGS: [&str; 14] = [
     GPU_LATENT_FC1,
     GPU_LATENT_PAIR,
     GPU_TAIL_FC1,
+    GPU_COHERENT,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

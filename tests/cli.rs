@@ -835,6 +835,8 @@ fn bad_environment_switches() {
             assert!(line.contains("not used"), "{line}");
         } else {
             assert!(line.contains("tensor cores"), "{line}");
+            // and how the last K shares read the others' partial sums
+            assert!(line.contains("partial sums"), "{line}");
         }
     }
 }

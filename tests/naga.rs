@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use vae_ood::gpu::{Assembled, Kernel, Reduce, Walk};
+use vae_ood::gpu::{Assembled, Kernel, Partials, Reduce, Walk};
 
 fn validate(label: &str, src: &str, caps: naga::valid::Capabilities) -> naga::Module {
     let module = naga::front::wgsl::parse_str(src)
@@ -24,7 +24,9 @@ fn all_parts() -> Vec<Vec<(&'static str, &'static str)>> {
     for k in Kernel::ALL {
         for r in Reduce::ALL {
             for w in Walk::ALL {
-                v.push(k.parts(r, w));
+                for p in Partials::ALL {
+                    v.push(k.parts(r, w, p));
+                }
             }
         }
     }
@@ -34,11 +36,14 @@ fn all_parts() -> Vec<Vec<(&'static str, &'static str)>> {
 #[test]
 fn every_kernel_validates_in_every_variant() {
     for r in Reduce::ALL {
-        for w in Walk::ALL {
+        for (w, p) in Walk::ALL
+            .into_iter()
+            .flat_map(|w| Partials::ALL.map(|p| (w, p)))
+        {
             for k in Kernel::ALL {
-                let src = Assembled::new(&k.parts(r, w));
-                let label = format!("{} ({r:?}, {w:?})", src.label());
-                let caps = r.capabilities() | w.capabilities();
+                let src = Assembled::new(&k.parts(r, w, p));
+                let label = format!("{} ({r:?}, {w:?}, {p:?})", src.label());
+                let caps = r.capabilities() | w.capabilities() | p.capabilities();
                 let module = validate(&label, &src.text, caps);
                 assert!(
                     module.entry_points.iter().any(|e| e.name == k.entry()),
@@ -71,8 +76,8 @@ fn every_kernel_validates_in_every_variant() {
 #[test]
 fn coop_walk_needs_its_capabilities_and_is_only_in_the_matmuls() {
     for k in Kernel::ALL {
-        let fma = k.parts(Reduce::Portable, Walk::Fma);
-        let coop = k.parts(Reduce::Portable, Walk::Coop16);
+        let fma = k.parts(Reduce::Portable, Walk::Fma, Partials::Atomic);
+        let coop = k.parts(Reduce::Portable, Walk::Coop16, Partials::Atomic);
         if !k.is_matmul() {
             assert_eq!(fma, coop, "{k:?}: only the matmuls have a walk");
             continue;
@@ -94,12 +99,79 @@ fn coop_walk_needs_its_capabilities_and_is_only_in_the_matmuls() {
     }
 }
 
+/// The `@coherent` partial sums (`matmul_partial_coherent.wgsl`) are in exactly
+/// the kernels whose last K share of a tile reads the others' in the same dispatch,
+/// only with the FMA walk (the tensor-core walk's device runs the Vulkan memory
+/// model, where SPIR-V forbids the decoration: it keeps the atomics), need their
+/// capability, and reach the SPIR-V as the Coherent decoration on one variable.
+#[test]
+fn coherent_partials_only_where_a_last_share_reads_the_others() {
+    let last_block = [
+        Kernel::MatmulBce,
+        Kernel::MatmulLatent,
+        Kernel::MatmulGatherLatent,
+        Kernel::MatmulPairLatent,
+        Kernel::MatmulGatherAdam,
+    ];
+    let file = |parts: &[(&str, &str)], name: &str| parts.iter().any(|p| p.0 == name);
+    for k in Kernel::ALL {
+        for w in Walk::ALL {
+            let atomic = k.parts(Reduce::Portable, w, Partials::Atomic);
+            let coherent = k.parts(Reduce::Portable, w, Partials::Coherent);
+            if !last_block.contains(&k) || w != Walk::Fma {
+                assert_eq!(
+                    atomic, coherent,
+                    "{k:?} ({w:?}) reads no partial sums @coherent"
+                );
+                continue;
+            }
+            assert!(file(&atomic, "matmul_partial_atomic.wgsl"), "{k:?}");
+            assert!(file(&coherent, "matmul_partial_coherent.wgsl"), "{k:?}");
+            assert!(!file(&coherent, "matmul_partial_atomic.wgsl"), "{k:?}");
+            let src = Assembled::new(&coherent);
+            let module = naga::front::wgsl::parse_str(&src.text).unwrap();
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            )
+            .validate(&module)
+            .expect_err("@coherent must need its capability");
+            let caps = Partials::Coherent.capabilities();
+            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap();
+            let (module, info) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((naga::ShaderStage::Compute, k.entry())),
+                &naga::back::PipelineConstants::default(),
+            )
+            .unwrap();
+            let words = naga::back::spv::write_vec(
+                &module,
+                &info,
+                &naga::back::spv::Options::default(),
+                Some(&naga::back::spv::PipelineOptions {
+                    shader_stage: naga::ShaderStage::Compute,
+                    entry_point: k.entry().to_string(),
+                }),
+            )
+            .unwrap();
+            assert_eq!(
+                coherent_decorations(&words),
+                1,
+                "{k:?}: the partial sums alone"
+            );
+        }
+    }
+}
+
 #[test]
 fn subgroup_variant_needs_the_subgroup_capability() {
     // what makes choosing the variant at pipeline-build time necessary: without
     // Features::SUBGROUP (naga's SUBGROUP capability) the subgroup module is rejected
     for k in Kernel::ALL.into_iter().filter(|k| k.reduces()) {
-        let src = Assembled::new(&k.parts(Reduce::Subgroup, Walk::Fma));
+        let src = Assembled::new(&k.parts(Reduce::Subgroup, Walk::Fma, Partials::Atomic));
         let module = naga::front::wgsl::parse_str(&src.text).unwrap();
         let e = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
@@ -183,8 +255,6 @@ fn no_shader_relies_on_explicit_member_offsets() {
 /// would time plain loads under another name.
 #[test]
 fn coherent_storage_buffers_become_spirv_coherent() {
-    const DECORATE: u32 = 71; // OpDecorate
-    const COHERENT: u32 = 23; // Decoration Coherent
     let src = |attr: &str| {
         r#"ATTR @group(0) @binding(0) var<storage, read_write> parts: array<vec4<f32>>;
 @compute @workgroup_size(64)
@@ -211,17 +281,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             }),
         )
         .unwrap();
-        // walk the instructions after the 5-word header
-        let (mut at, mut n) = (5, 0);
-        while at < words.len() {
-            let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
-            assert!(count > 0, "malformed SPIR-V at word {at}");
-            if op == DECORATE && count == 3 && words[at + 2] == COHERENT {
-                n += 1;
-            }
-            at += count;
-        }
-        n
+        coherent_decorations(&words)
     };
     assert_eq!(coherent_ids("@coherent"), 1);
     assert_eq!(coherent_ids(""), 0);
@@ -233,4 +293,22 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     )
     .validate(&module)
     .expect_err("@coherent must need its capability");
+}
+
+/// How many ids a SPIR-V module decorates Coherent (`OpDecorate %id Coherent`: 3
+/// words).
+fn coherent_decorations(words: &[u32]) -> usize {
+    const DECORATE: u32 = 71; // OpDecorate
+    const COHERENT: u32 = 23; // Decoration Coherent
+                              // walk the instructions after the 5-word header
+    let (mut at, mut n) = (5, 0);
+    while at < words.len() {
+        let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
+        assert!(count > 0, "malformed SPIR-V at word {at}");
+        if op == DECORATE && count == 3 && words[at + 2] == COHERENT {
+            n += 1;
+        }
+        at += count;
+    }
+    n
 }

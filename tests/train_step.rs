@@ -526,6 +526,8 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         assert_eq!(says("as a ones column"), opts.ones_column);
         assert_eq!(says("double-buffered matmul tiles"), opts.double_tiles);
         assert_eq!(says("early reads"), opts.early_reads);
+        // (every Vulkan adapter offers @coherent buffers)
+        assert_eq!(says("coherent partial sums"), opts.coherent);
         be.set_submit_chunk(chunk);
         let one_step = &ops[..plan::TRAIN_STEP_OP_NAMES.len()];
         be.set_fusions(Fusions::ALL);
@@ -588,6 +590,10 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
     };
     let early = GpuOptions {
         early_reads: true,
+        ..d
+    };
+    let coherent = GpuOptions {
+        coherent: true,
         ..d
     };
     for (what, other) in [
@@ -676,12 +682,35 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             run(0, Fusions::ALL, early),
         ),
         ("early reads, unfused", run(0, unfused, early)),
+        (
+            "@coherent partial sums (the split BCE epilogue's last shares)",
+            run(0, Fusions::DEFAULT, coherent),
+        ),
     ] {
         let (epilogue, other) = other;
         let base = if epilogue { &whole } else { &whole_kernel };
         for ((buf, got), (_, want)) in other.iter().zip(base) {
             assert!(got == want, "{buf:?} differs, {what}");
         }
+    }
+    // every kernel whose last K shares read the others' partial sums (the latent
+    // forward in fc1's product, the latent backward in fc4's pair, the triple's
+    // Adam tail in the next fc1, the split BCE epilogue) with them as atomics (the
+    // default) and @coherent: the same bits
+    let last_blocks = Fusions {
+        adam: true,
+        latent_fc1: true,
+        latent_pair: true,
+        tail_fc1: true,
+        ..Fusions::DEFAULT
+    };
+    let (_, atomics) = run(0, last_blocks, d);
+    let (_, coherents) = run(0, last_blocks, coherent);
+    for ((buf, got), (_, want)) in coherents.iter().zip(&atomics) {
+        assert!(
+            got == want,
+            "{buf:?} differs, last blocks with @coherent partial sums"
+        );
     }
 }
 

@@ -475,7 +475,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{}{})",
+            "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{}{}{})",
             self.ctx.info.name,
             self.ctx.info.backend,
             self.ctx.features.subgroups_why,
@@ -501,6 +501,11 @@ impl Backend for GpuBackend {
             },
             if self.ctx.options.early_reads {
                 ", early reads"
+            } else {
+                ""
+            },
+            if self.ctx.features.coherent {
+                ", coherent partial sums"
             } else {
                 ""
             },

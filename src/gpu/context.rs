@@ -282,9 +282,11 @@ impl Kernel {
     /// `matmul_gather_adam`, which is `matmul_gather_latent` with
     /// `matmul_gather_adam.wgsl`: the previous step's Adam tail in extra
     /// workgroups), their split-K partial sums
-    /// (`matmul_partial.wgsl`, or `matmul_partial_atomic.wgsl` for the kernels
-    /// whose last K share of a tile reads the others': `matmul_bce`,
-    /// `matmul_latent`, `matmul_gather_latent`, `matmul_pair_latent`), where their
+    /// (`matmul_partial.wgsl`, or for the kernels whose last K share of a tile
+    /// reads the others' — `matmul_bce`, `matmul_latent`, `matmul_gather_latent`,
+    /// `matmul_pair_latent`, `matmul_gather_adam` — those of `partials`:
+    /// `matmul_partial_atomic.wgsl` or, with the FMA walk, `matmul_partial_coherent.wgsl`;
+    /// the tensor-core walk always gets the atomics), where their
     /// problems read their operands (`matmul_triple_operands.wgsl` for the
     /// triples, which bind two buffers more, `matmul_gather_operands.wgsl` for
     /// `matmul_gather` and `matmul_gather_latent`, `matmul_operands.wgsl` for the
@@ -307,7 +309,12 @@ impl Kernel {
     /// The matmul kernels get their K walk, `walk`'s files, too: `matmul_walk.wgsl`,
     /// or `matmul_walk_coop.wgsl` with its fragment shape (`coop16.wgsl` or
     /// `coop8.wgsl`) opening the module (its `enable` directives must come first).
-    pub fn parts(self, r: Reduce, walk: Walk) -> Vec<(&'static str, &'static str)> {
+    pub fn parts(
+        self,
+        r: Reduce,
+        walk: Walk,
+        partials: Partials,
+    ) -> Vec<(&'static str, &'static str)> {
         const OPERANDS: (&str, &str) = wgsl!("matmul_operands.wgsl");
         const TRIPLE_OPERANDS: (&str, &str) = wgsl!("matmul_triple_operands.wgsl");
         const GATHER_OPERANDS: (&str, &str) = wgsl!("matmul_gather_operands.wgsl");
@@ -331,14 +338,19 @@ impl Kernel {
             });
             v.push(walk.source());
         }
-        // (the split-K partial sums: atomics where a tile's last K share reads the
-        // others' in the same dispatch)
+        // (the split-K partial sums: atomics or @coherent where a tile's last K
+        // share reads the others' in the same dispatch; the tensor-core walk's
+        // device runs the Vulkan memory model, where SPIR-V forbids Coherent)
         match self {
             Kernel::MatmulBce
             | Kernel::MatmulLatent
             | Kernel::MatmulGatherLatent
             | Kernel::MatmulPairLatent
-            | Kernel::MatmulGatherAdam => v.push(wgsl!("matmul_partial_atomic.wgsl")),
+            | Kernel::MatmulGatherAdam => v.push(if walk == Walk::Fma {
+                partials.source()
+            } else {
+                Partials::Atomic.source()
+            }),
             k if k.is_matmul() => v.push(wgsl!("matmul_partial.wgsl")),
             _ => {}
         }
@@ -651,6 +663,42 @@ impl Walk {
     }
 }
 
+/// How the kernels whose last K share of a tile reads the other shares' partial
+/// sums in the same dispatch (`matmul_bce`, `matmul_latent`,
+/// `matmul_gather_latent`, `matmul_pair_latent`, `matmul_gather_adam`) read them
+/// ([`Kernel::parts`]); the other matmul kernels read partial sums only across a
+/// dispatch boundary, as plain f32 (`matmul_partial.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Partials {
+    /// as the bits of f32 in atomics (`matmul_partial_atomic.wgsl`; every device)
+    Atomic,
+    /// as plain f32 loads of a buffer declared `@coherent`
+    /// (`matmul_partial_coherent.wgsl`; devices with
+    /// `Features::MEMORY_DECORATION_COHERENT` and the FMA walk, where
+    /// [`GpuOptions::coherent`] asks for it)
+    Coherent,
+}
+
+impl Partials {
+    pub const ALL: [Partials; 2] = [Partials::Atomic, Partials::Coherent];
+
+    /// (file name, WGSL source) of the last-block kernels' partial sums.
+    pub fn source(self) -> (&'static str, &'static str) {
+        match self {
+            Partials::Atomic => wgsl!("matmul_partial_atomic.wgsl"),
+            Partials::Coherent => wgsl!("matmul_partial_coherent.wgsl"),
+        }
+    }
+
+    /// The naga capabilities a module of this variant needs.
+    pub fn capabilities(self) -> naga::valid::Capabilities {
+        match self {
+            Partials::Atomic => naga::valid::Capabilities::empty(),
+            Partials::Coherent => naga::valid::Capabilities::MEMORY_DECORATION_COHERENT,
+        }
+    }
+}
+
 /// Set to 1 to force the portable reductions on a device that offers subgroups.
 pub const NO_SUBGROUPS_ENV: &str = crate::knobs::NO_SUBGROUPS;
 
@@ -708,6 +756,12 @@ pub struct GpuOptions {
     /// before the work that comes first (`EARLY` in `latent.wgsl` and `matmul.wgsl`;
     /// `VAE_OOD_GPU_EARLY_READS=1`; identical bits; off by default)
     pub early_reads: bool,
+    /// the kernels whose last K share of a tile reads the others' partial sums in
+    /// the same dispatch read them as plain loads of a `@coherent` buffer where
+    /// the device offers it and the walk is the FMA one ([`Partials::Coherent`]),
+    /// not as atomics (`VAE_OOD_GPU_COHERENT=1`; identical bits; off by default:
+    /// level on an H200)
+    pub coherent: bool,
 }
 
 /// The most threads per workgroup the latent kernels use (`latent.wgsl`'s share
@@ -729,6 +783,7 @@ impl Default for GpuOptions {
             coop_step: COOP_STEP,
             double_tiles: false,
             early_reads: false,
+            coherent: false,
         }
     }
 }
@@ -776,7 +831,8 @@ impl GpuOptions {
     /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
     /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; the latent kernels' threads from
     /// `VAE_OOD_GPU_LATENT_THREADS`; tensor cores with `VAE_OOD_GPU_COOP=1`;
-    /// early reads with `VAE_OOD_GPU_EARLY_READS=1`.
+    /// early reads with `VAE_OOD_GPU_EARLY_READS=1`; `@coherent` partial sums
+    /// with `VAE_OOD_GPU_COHERENT=1`.
     pub fn from_env() -> GpuOptions {
         let off = crate::knobs::flag(NO_SUBGROUPS_ENV);
         GpuOptions {
@@ -793,6 +849,7 @@ impl GpuOptions {
                 .map_or(COOP_STEP, |v| v as u32),
             double_tiles: crate::knobs::flag(crate::knobs::GPU_DOUBLE_TILES),
             early_reads: crate::knobs::flag(crate::knobs::GPU_EARLY_READS),
+            coherent: crate::knobs::flag(crate::knobs::GPU_COHERENT),
         }
     }
 }
@@ -814,6 +871,12 @@ pub struct FeatureUse {
     /// in words: "tensor cores (16x16x16 f16 -> f32, subgroups of 32, K steps of
     /// 64)", "tensor cores offered (VAE_OOD_GPU_COOP=1)", "no tensor cores"
     pub coop_why: String,
+    /// the last-block kernels read other workgroups' partial sums as plain loads
+    /// of a `@coherent` buffer ([`Partials::Coherent`]), not as atomics
+    pub coherent: bool,
+    /// in words: "coherent partial sums", "atomic partial sums (@coherent offered:
+    /// VAE_OOD_GPU_COHERENT=1)", "atomic partial sums"
+    pub coherent_why: String,
 }
 
 impl FeatureUse {
@@ -864,12 +927,26 @@ impl FeatureUse {
             ),
             (false, Err(_)) => (None, "no tensor cores".to_string()),
         };
+        // (not beside the tensor-core walk: its device runs the Vulkan memory
+        // model, where SPIR-V forbids the Coherent decoration)
+        let offered = f.contains(wgpu::Features::MEMORY_DECORATION_COHERENT);
+        let coherent = opts.coherent && coop.is_none() && offered;
+        let coherent_why = match (coherent, offered) {
+            (true, _) => "coherent partial sums".to_string(),
+            (false, true) => format!(
+                "atomic partial sums (@coherent offered: {}=1)",
+                crate::knobs::GPU_COHERENT
+            ),
+            (false, false) => "atomic partial sums".to_string(),
+        };
         Ok(FeatureUse {
             subgroups,
             subgroups_why,
             timestamps: f.contains(TIMESTAMPS),
             coop,
             coop_why,
+            coherent,
+            coherent_why,
         })
     }
 
@@ -881,9 +958,21 @@ impl FeatureUse {
         }
     }
 
+    /// How the last-block kernels read the others' partial sums.
+    pub fn partials(&self) -> Partials {
+        if self.coherent {
+            Partials::Coherent
+        } else {
+            Partials::Atomic
+        }
+    }
+
     /// The features to request: those used.
     pub fn features(&self) -> wgpu::Features {
         let mut f = wgpu::Features::empty();
+        if self.coherent {
+            f |= wgpu::Features::MEMORY_DECORATION_COHERENT;
+        }
         if self.subgroups {
             f |= wgpu::Features::SUBGROUP;
         }
@@ -904,17 +993,19 @@ impl FeatureUse {
         }
     }
 
-    /// "subgroup reductions, sizes 8..8; timestamps; no tensor cores" and the like.
+    /// "subgroup reductions, sizes 8..8; timestamps; no tensor cores; atomic
+    /// partial sums" and the like.
     pub fn summary(&self) -> String {
         format!(
-            "{}; {}; {}",
+            "{}; {}; {}; {}",
             self.subgroups_why,
             if self.timestamps {
                 "timestamps"
             } else {
                 "no timestamps"
             },
-            self.coop_why
+            self.coop_why,
+            self.coherent_why
         )
     }
 }
@@ -1194,6 +1285,12 @@ pub fn build_pipeline(
         if device.features().contains(COOP) {
             caps |= Walk::Coop16.capabilities();
         }
+        if device
+            .features()
+            .contains(wgpu::Features::MEMORY_DECORATION_COHERENT)
+        {
+            caps |= Partials::Coherent.capabilities();
+        }
         let in_module = if parts.len() > 1 {
             format!(", module {label}")
         } else {
@@ -1391,6 +1488,7 @@ impl GpuContext {
         let mut pipelines = Vec::new();
         let reduce = features.reduce();
         let walk = features.walk();
+        let partials = features.partials();
         // one thread per kernel: the driver compiles each shader when its pipeline is
         // made, and these compilations are independent (error scopes are per thread,
         // so each build still catches its own validation errors); the first error in
@@ -1417,7 +1515,7 @@ impl GpuContext {
                             build_pipeline(
                                 device,
                                 uniform_layout,
-                                &k.parts(reduce, walk),
+                                &k.parts(reduce, walk, partials),
                                 k.entry(),
                                 k.bindings(),
                                 opts.checks,

@@ -9,7 +9,7 @@ mod lower;
 pub use backend::GpuBackend;
 pub use context::{
     build_pipeline, coop_support, coop_workgroup_bytes, Assembled, FeatureUse, GpuContext,
-    GpuOptions, Kernel, Reduce, ShaderChecks, Subgroups, Walk, NO_SUBGROUPS_ENV,
+    GpuOptions, Kernel, Partials, Reduce, ShaderChecks, Subgroups, Walk, NO_SUBGROUPS_ENV,
 };
 pub use lower::{choose_splits, Fusions};
 
