@@ -11,12 +11,13 @@
 # $OUT/logs.tgz, refreshed after each phase and every 30 s so a run cut short still
 # returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
-#   FOCUS=1: the tests, the device churn probe, a sweep of the default (atomic
-#   partial sums) against @coherent ones, the BCE kernel and the latent fusions
-#   either way, and whole runs of the default and the @coherent one
-#   QUICK=1: the tests, the sweep, seven whole runs (tensor cores, the unsplit
+#   FOCUS=1: the tests, the device churn probe, a sweep of the default (the
+#   tensor cores, K steps of 32, where offered) against the FMA walk, steps of 64
+#   and the FMA walk with @coherent partial sums, and whole runs of the default and
+#   the FMA walk
+#   QUICK=1: the tests, the sweep, seven whole runs (the FMA walk, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
-#   all in on the tensor cores and on the FMA walk, the default),
+#   all in on the tensor cores and on the FMA walk, the default: the tensor cores),
 #   matmul_micro on tensor cores,
 #   gpu_variants, last_block, grid_sync and persistent_chain only (no gpu.sh,
 #   default matmul_micro or K sweep)
@@ -125,24 +126,20 @@ snapshot
 timeout 120 .devbin/ex_device_churn "${CHURN_ROUNDS:-100}" 2>&1 | grep -v XDG_RUNTIME_DIR \
   | tee "$LOG/device_churn.txt" | grep -v ' round '
 snapshot
-# FOCUS=1: after the tests, the default (its split BCE epilogue's last shares read
-# the others' partial sums as atomics) against the same with them @coherent
-# (VAE_OOD_GPU_COHERENT=1), the BCE kernel, and the two last-block fusions that
-# lost on 2026-11-27 (the latent forward in fc1's product, the latent backward in
-# fc4's pair), atomic and @coherent, with PyTorch's CUDA graph in the same rounds;
-# then whole runs of the default and the @coherent one (the same bits: the same
-# AUROCs). On an H200 (2026-11-27, with @coherent then the default) every pair was
-# level: 86.1/86.1, 125.9/125.5, 118.7/118.8 µs per step
+# FOCUS=1: after the tests, the default (since 2026-11-27 the tensor cores with K
+# steps of 32 where the adapter has them) against the FMA walk (VAE_OOD_GPU_COOP=0,
+# the default before), steps of 64, and the FMA walk with @coherent partial sums
+# (VAE_OOD_GPU_COHERENT=1: level with the atomics on an H200, 86.1/86.1 µs), with
+# PyTorch's CUDA graph in the same rounds; then whole runs of the default and of the
+# FMA walk (the accuracy target side by side)
 if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
-  c=VAE_OOD_GPU_COHERENT=1
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
-    "coherent:$c" 'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' \
-    'latent_fc1:VAE_OOD_GPU_LATENT_FC1=1' "latent_fc1_coherent:VAE_OOD_GPU_LATENT_FC1=1,$c" \
-    'latent_pair:VAE_OOD_GPU_LATENT_PAIR=1' "latent_pair_coherent:VAE_OOD_GPU_LATENT_PAIR=1,$c" \
+    'fma:VAE_OOD_GPU_COOP=0' 'coop_64:VAE_OOD_GPU_COOP_STEP=64' \
+    'fma_coherent:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_COHERENT=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
-  whole_runs default:VAE_OOD_GPU_COOP=0 "coherent:$c"
+  whole_runs default: fma:VAE_OOD_GPU_COOP=0
   snapshot
   exit $status
 fi
@@ -163,32 +160,34 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # 2.35 (tensor cores): bench/results/h200-2026-11-27.md.) The default against
   # each of them again, for a card or driver where they may rank otherwise
   p=VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1,VAE_OOD_GPU_LATENT_FC1=1,VAE_OOD_GPU_LATENT_PAIR=1
+  # (since 2026-11-27 evening the default walks K on the tensor cores, K steps of
+  # 32: 0.909 × the FMA walk on an H200; `fma` is the default before)
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
-    'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' 'bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0' \
-    'coop:VAE_OOD_GPU_COOP=1' 'coop_128:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_COOP_STEP=128' \
-    'coop_split128:VAE_OOD_GPU_COOP=1,VAE_OOD_SPLIT_TARGET=128' \
-    'double_tiles:VAE_OOD_GPU_DOUBLE_TILES=1' 'early:VAE_OOD_GPU_EARLY_READS=1' \
+    'fma:VAE_OOD_GPU_COOP=0' 'bce_kernel:VAE_OOD_GPU_BCE_EPILOGUE=0' 'bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0' \
+    'coop_64:VAE_OOD_GPU_COOP_STEP=64' 'coop_128:VAE_OOD_GPU_COOP_STEP=128' \
+    'coop_split128:VAE_OOD_SPLIT_TARGET=128' \
+    'fma_double_tiles:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_DOUBLE_TILES=1' 'early:VAE_OOD_GPU_EARLY_READS=1' \
     'triple_adam_early:VAE_OOD_GPU_TRIPLE_ADAM=1,VAE_OOD_GPU_EARLY_READS=1' \
     'latent_fc1:VAE_OOD_GPU_LATENT_FC1=1' 'latent_pair:VAE_OOD_GPU_LATENT_PAIR=1' \
-    "all_in_pair:VAE_OOD_GPU_COOP=1,$p" "all_in_tail:VAE_OOD_GPU_COOP=1,$p,VAE_OOD_GPU_TAIL_FC1=1" \
-    "all_in_fma:$p,VAE_OOD_GPU_TAIL_FC1=1" \
+    "all_in_pair:$p" "all_in_tail:$p,VAE_OOD_GPU_TAIL_FC1=1" \
+    "all_in_fma:VAE_OOD_GPU_COOP=0,$p,VAE_OOD_GPU_TAIL_FC1=1" \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # whole default runs of those whose rounding differs from the default's (the
-  # tensor cores, the unsplit BCE epilogue, the latent fusions, all of them) and
+  # FMA walk, the unsplit BCE epilogue, the latent fusions, all of them) and
   # the default: wall time, training time and AUROCs side by side (the accuracy
   # target: clean AUROC within ±0.02)
-  whole_runs coop:VAE_OOD_GPU_COOP=1 bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0 \
+  whole_runs fma:VAE_OOD_GPU_COOP=0 bce_unsplit:VAE_OOD_GPU_BCE_SPLIT=0 \
     latent_fc1:VAE_OOD_GPU_LATENT_FC1=1 latent_pair:VAE_OOD_GPU_LATENT_PAIR=1 \
-    "all_in_pair:VAE_OOD_GPU_COOP=1,$p" "all_in_fma:$p,VAE_OOD_GPU_TAIL_FC1=1" \
-    default:VAE_OOD_GPU_COOP=0
+    "all_in_pair:$p" "all_in_fma:VAE_OOD_GPU_COOP=0,$p,VAE_OOD_GPU_TAIL_FC1=1" \
+    default:
   # the sweep's medians beside the whole runs' clean AUROCs: the fastest
   # configuration within the accuracy target (bench/decide.py)
   echo "## bench/decide.py: the fastest configuration within the accuracy target"
   python3 bench/decide.py "$LOG" 2>&1 | tee "$LOG/decide.txt"
   snapshot
-  # each product alone on the tensor cores (against the default's in matmul_micro.txt
-  # when not QUICK)
+  # each product alone on the tensor cores (against the FMA walk's in
+  # matmul_micro.txt when not QUICK)
   VAE_OOD_GPU_COOP=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
     | tee "$LOG/matmul_micro_coop.txt"
   snapshot
@@ -200,19 +199,20 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     probes
     exit $status
   fi
-  timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
+  # (the FMA walk: the program's default walks on tensor cores where offered)
+  VAE_OOD_GPU_COOP=0 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/matmul_micro.txt"
   # each product with its bias gradient as a column of ones (no row sums in any
   # multiply)
-  VAE_OOD_GPU_ONES_COLUMN=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
+  VAE_OOD_GPU_COOP=0 VAE_OOD_GPU_ONES_COLUMN=1 timeout 60 .devbin/ex_matmul_micro 200 2>&1 | grep -v XDG_RUNTIME_DIR \
     | tee "$LOG/matmul_micro_ones.txt"
   # unsplit products over K, a line fitted per output shape: µs per K step and fixed,
   # for the default and with the column of ones
-  echo "## matmul_micro ksweep: default | ones column"
+  echo "## matmul_micro ksweep (FMA walk): default | ones column"
   for v in "" VAE_OOD_GPU_ONES_COLUMN=1; do
     echo "# ${v:-default}" | tee -a "$LOG/matmul_ksweep.txt"
     # (every point to the log, the fitted lines here)
     # shellcheck disable=SC2086
-    env $v VAE_OOD_SPLIT_TARGET=1 timeout 60 .devbin/ex_matmul_micro 200 ksweep 2>&1 \
+    env $v VAE_OOD_GPU_COOP=0 VAE_OOD_SPLIT_TARGET=1 timeout 60 .devbin/ex_matmul_micro 200 ksweep 2>&1 \
       | grep -v XDG_RUNTIME_DIR | tee -a "$LOG/matmul_ksweep.txt" | grep 'fixed'
   done
   snapshot

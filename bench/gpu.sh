@@ -54,10 +54,11 @@ done
 #   no_prefetch  the matmul reads its next K step after the multiply of this one, not before
 #   ones_column  a weight gradient's bias gradient as a column of ones in B, not row sums
 #              beside every multiply-add
-#   coop       the matmul kernels walk K on tensor cores (cooperative matrices, f16
-#              operands into f32 sums), not f32 fmas (rounding-level differences);
-#              coop_32, coop_128: with K steps of 32 or 128, not 64
-#   double_tiles  the FMA walk's tiles double-buffered: one barrier per K step, not two
+#   fma        the matmul kernels walk K with f32 fmas, not on tensor cores (cooperative
+#              matrices, f16 operands into f32 sums: the default since 2026-11-27 where
+#              the adapter has them; rounding-level differences); coop_64, coop_128: the
+#              tensor cores with K steps of 64 or 128, not 32
+#   fma_double_tiles  the FMA walk's tiles double-buffered: one barrier per K step, not two
 #   bce_kernel  a training step's BCE and its gradient in a kernel of their own (8
 #              dispatches per step), not in the epilogue of fc4's split product with the
 #              loss finished by fc4's gradient pair (the default since 2026-11-27: 7; the
@@ -66,15 +67,16 @@ done
 #              (rounding-level differences)
 #   early_reads  the kernels issue the reads whose addresses they know from the start
 #              (the latent kernels', the BCE kernel's, the matmul epilogues' operands) before
-#              the work that comes first, not after it (same bits); coop_early: with
-#              the tensor cores
+#              the work that comes first, not after it (same bits); fma_early: with
+#              the FMA walk
 #   latent_fc1  the latent forward in the last workgroups of fc1's product (the head
 #              summed tile by tile: rounding-level differences): 7 dispatches per step
 #   latent_pair  the latent backward in the last workgroups of fc4's gradient pair (dz
 #              summed tile by tile: rounding-level differences): 7 dispatches per step
-#   coherent   the last K shares that read the others' partial sums in the same dispatch
-#              (the split BCE epilogue's) read them as plain loads of an @coherent buffer,
-#              not as atomics (same bits)
+#   fma_coherent  with the FMA walk, the last K shares that read the others' partial sums
+#              in the same dispatch (the split BCE epilogue's) read them as plain loads of
+#              an @coherent buffer, not as atomics (same bits as fma; the tensor-core
+#              walk's device runs the Vulkan memory model, which forbids @coherent)
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...
@@ -97,21 +99,21 @@ variant checked VAE_OOD_GPU_TRUSTED=0
 variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
 variant no_prefetch VAE_OOD_GPU_PREFETCH=0
 variant ones_column VAE_OOD_GPU_ONES_COLUMN=1
-variant coop VAE_OOD_GPU_COOP=1
-variant coop_32 VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_COOP_STEP=32
-variant coop_128 VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_COOP_STEP=128
-variant double_tiles VAE_OOD_GPU_DOUBLE_TILES=1
+variant fma VAE_OOD_GPU_COOP=0
+variant coop_64 VAE_OOD_GPU_COOP_STEP=64
+variant coop_128 VAE_OOD_GPU_COOP_STEP=128
+variant fma_double_tiles VAE_OOD_GPU_COOP=0 VAE_OOD_GPU_DOUBLE_TILES=1
 variant bce_kernel VAE_OOD_GPU_BCE_EPILOGUE=0
 variant bce_unsplit VAE_OOD_GPU_BCE_SPLIT=0
 variant early_reads VAE_OOD_GPU_EARLY_READS=1
-variant coop_early VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_EARLY_READS=1
+variant fma_early VAE_OOD_GPU_COOP=0 VAE_OOD_GPU_EARLY_READS=1
 variant latent_fc1 VAE_OOD_GPU_LATENT_FC1=1
 variant latent_pair VAE_OOD_GPU_LATENT_PAIR=1
-variant coherent VAE_OOD_GPU_COHERENT=1
+variant fma_coherent VAE_OOD_GPU_COOP=0 VAE_OOD_GPU_COHERENT=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,coop,coop_32,coop_128,double_tiles,bce_kernel,bce_unsplit,early_reads,coop_early,latent_fc1,latent_pair,coherent,split_64,split_512,split_1024}.json \
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,fma,coop_64,coop_128,fma_double_tiles,bce_kernel,bce_unsplit,early_reads,fma_early,latent_fc1,latent_pair,fma_coherent,split_64,split_512,split_1024}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

@@ -32,7 +32,7 @@
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use vae_ood::backend::Backend;
-use vae_ood::gpu::{self, Fusions, GpuBackend, GpuOptions, ShaderChecks, Subgroups};
+use vae_ood::gpu::{self, Coop, Fusions, GpuBackend, GpuOptions, ShaderChecks, Subgroups};
 use vae_ood::model::Layout;
 use vae_ood::plan::{self, Buf};
 
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     };
     // the tensor cores with early reads, as the sweep's all_in configurations run
     let tc_early = GpuOptions {
-        coop: true,
+        coop: Coop::Require,
         early_reads: true,
         ..d
     };
@@ -123,7 +123,14 @@ fn main() -> anyhow::Result<()> {
             },
             all,
         ),
-        ("tensor cores", GpuOptions { coop: true, ..d }, all),
+        (
+            "tensor cores",
+            GpuOptions {
+                coop: Coop::Require,
+                ..d
+            },
+            all,
+        ),
         (
             "double tiles",
             GpuOptions {
@@ -136,7 +143,10 @@ fn main() -> anyhow::Result<()> {
         ("bce unsplit", d, without(|f| f.bce_split = false)),
         (
             "tensor cores, bce kernel",
-            GpuOptions { coop: true, ..d },
+            GpuOptions {
+                coop: Coop::Require,
+                ..d
+            },
             without(|f| f.bce = false),
         ),
         (
@@ -206,7 +216,7 @@ fn main() -> anyhow::Result<()> {
         ("unfused", d, Fusions::NONE),
     ] {
         let a = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
-        if let (true, Err(why)) = (opts.coop, gpu::coop_support(&a)) {
+        if let (Coop::Require, Err(why)) = (opts.coop, gpu::coop_support(&a)) {
             println!("{name}: not run: the adapter {why}");
             continue;
         }

@@ -16,7 +16,7 @@ fn context() -> Option<GpuContext> {
         tiny_sizes(vae_ood::model::Dims { d: 4, h: 2, l: 1 }, 1),
     )?;
     let adapter = gpu::select_adapter().unwrap().unwrap();
-    Some(GpuContext::new(adapter, 1 << 20).unwrap())
+    Some(GpuContext::with_options(adapter, 1 << 20, test_options()).unwrap())
 }
 
 #[test]

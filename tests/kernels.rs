@@ -344,7 +344,7 @@ fn matmul_pair_input_and_weight_gradients() {
             assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
             return;
         };
-        let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
+        let mut gpu = GpuBackend::with_options(adapter, &[0; 4], 1, SIZES, test_options()).unwrap();
         let mut results = Vec::new();
         for pairs in [true, false] {
             gpu.set_fused(pairs);
@@ -759,7 +759,7 @@ fn gpu_fused_and_apart<const N: usize>(
         assert!(gpu_backend(store, idx_len, SIZES).is_none());
         return None;
     };
-    let mut gpu = GpuBackend::new(adapter, store, idx_len, SIZES).unwrap();
+    let mut gpu = GpuBackend::with_options(adapter, store, idx_len, SIZES, test_options()).unwrap();
     let results = [true, false].map(|fused| {
         gpu.set_fused(fused);
         assert_eq!(gpu.dispatches(ops), if fused { counts.0 } else { counts.1 });
@@ -1353,7 +1353,9 @@ fn check_latent_in_fc1(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu::
         };
         let mut gpu = match opts {
             Some(o) => GpuBackend::with_options(adapter, &store, idx.len(), sizes, o).unwrap(),
-            None => GpuBackend::new(adapter, &store, idx.len(), sizes).unwrap(),
+            None => {
+                GpuBackend::with_options(adapter, &store, idx.len(), sizes, test_options()).unwrap()
+            }
         };
         let kernel = if gather {
             Kernel::MatmulGatherLatent
@@ -1534,7 +1536,7 @@ fn check_latent_in_pair(rng: &mut rand::rngs::StdRng, opts: Option<vae_ood::gpu:
         };
         let mut gpu = match opts {
             Some(o) => GpuBackend::with_options(adapter, &store, 1, sizes, o).unwrap(),
-            None => GpuBackend::new(adapter, &store, 1, sizes).unwrap(),
+            None => GpuBackend::with_options(adapter, &store, 1, sizes, test_options()).unwrap(),
         };
         assert!(
             gpu.context().has(Kernel::MatmulPairLatent),
@@ -1964,7 +1966,8 @@ fn iwae_scoring_with_64_draws_through_the_latent_block() {
         assert!(gpu_backend(&store, idx.len(), sizes).is_none());
         return;
     };
-    let mut gpu = GpuBackend::new(adapter, &store, idx.len(), sizes).unwrap();
+    let mut gpu =
+        GpuBackend::with_options(adapter, &store, idx.len(), sizes, test_options()).unwrap();
     for latent in [true, false] {
         gpu.set_fusions(Fusions {
             latent,
@@ -2267,7 +2270,7 @@ fn tensor_core_walk_against_its_twin() {
     };
     let name = adapter.get_info().name;
     let coop = GpuOptions {
-        coop: true,
+        coop: gpu::Coop::Require,
         ..GpuOptions::default()
     };
     let store: Vec<u8> = (0..N_IMAGES * D)
@@ -2284,7 +2287,7 @@ fn tensor_core_walk_against_its_twin() {
                 "{REQUIRE_COOP_ENV}=1 but GPU adapter {name} {why}"
             );
             // the switch is refused with the reason, in one line
-            let e = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, coop)
+            let e = GpuBackend::with_options(adapter.clone(), &store, idx.len(), SIZES, coop)
                 .err()
                 .expect("VAE_OOD_GPU_COOP=1 on an adapter without tensor cores must fail");
             let msg = e.to_string();
@@ -2292,6 +2295,14 @@ fn tensor_core_walk_against_its_twin() {
                 msg.contains("VAE_OOD_GPU_COOP=1") && msg.contains(&why) && !msg.contains('\n'),
                 "{msg}"
             );
+            // and the program's default (tensor cores where offered) opens the FMA
+            // walk here, saying nothing of tensor cores in use
+            let auto = GpuOptions {
+                coop: gpu::Coop::Auto,
+                ..coop
+            };
+            let be = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, auto).unwrap();
+            assert!(!be.describe().contains("tensor cores"), "{}", be.describe());
             eprintln!(
                 "NOT RUN: the tensor-core walk's parity (GPU adapter {name} {why}); its refusal was checked instead ({REQUIRE_COOP_ENV}=1 makes this a failure)"
             );
@@ -2308,6 +2319,20 @@ fn tensor_core_walk_against_its_twin() {
             ..coop
         };
         let be = GpuBackend::with_options(adapter.clone(), &store, idx.len(), SIZES, opts);
+        // the program's default (Coop::Auto) at this step: the tensor cores where
+        // the step fits, else the FMA walk (after a notice), not an error
+        let auto = GpuOptions {
+            coop: gpu::Coop::Auto,
+            ..opts
+        };
+        let auto = GpuBackend::with_options(adapter.clone(), &store, idx.len(), SIZES, auto)
+            .unwrap()
+            .describe();
+        assert_eq!(
+            auto.contains("tensor cores ("),
+            gpu::coop_workgroup_bytes(step) <= most,
+            "K steps of {step}, auto: {auto}"
+        );
         if gpu::coop_workgroup_bytes(step) > most {
             let msg = be
                 .err()
@@ -2640,7 +2665,7 @@ fn bce_in_the_decoder_products_epilogue() {
         assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
         return;
     };
-    let mut gpu = GpuBackend::new(adapter, &[0; 4], 1, SIZES).unwrap();
+    let mut gpu = GpuBackend::with_options(adapter, &[0; 4], 1, SIZES, test_options()).unwrap();
     for h in [67, 150] {
         for rows in [37, 261] {
             check_bce_epilogue(&mut rng, &mut gpu, rows, h, false);

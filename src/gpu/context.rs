@@ -738,15 +738,16 @@ pub struct GpuOptions {
     /// of two, at least WebGPU's default 256). The context records the number it
     /// chose here.
     pub latent_threads: Option<u32>,
-    /// the matmul kernels walk K on tensor cores, f16 operands into f32 sums
-    /// (`VAE_OOD_GPU_COOP=1`, [`Walk::Coop16`]); off by default. Opening a device
-    /// that lacks them is then an error ([`FeatureUse::of`]).
-    pub coop: bool,
+    /// whether the matmul kernels walk K on tensor cores, f16 operands into f32
+    /// sums ([`Walk::Coop16`]): [`Coop::Off`] here (the exact f32 products the
+    /// tests compare with their CPU twins), [`Coop::Auto`] from the environment
+    /// unless `VAE_OOD_GPU_COOP` says otherwise ([`GpuOptions::from_env`])
+    pub coop: Coop,
     /// the tensor-core walk's (fragment size, subgroup size `SG`): the context
     /// records what it chose for the adapter here when `coop` is on
     pub coop_use: Option<(u32, u32)>,
-    /// the K the tensor-core walk consumes per step (and barrier): 32, 64 (the
-    /// default) or 128 (`VAE_OOD_GPU_COOP_STEP`)
+    /// the K the tensor-core walk consumes per step (and barrier): 32 (the
+    /// default), 64 or 128 (`VAE_OOD_GPU_COOP_STEP`)
     pub coop_step: u32,
     /// the FMA walk's tiles double-buffered, one barrier per K step
     /// (`VAE_OOD_GPU_DOUBLE_TILES=1`; identical bits; off by default)
@@ -764,6 +765,33 @@ pub struct GpuOptions {
     pub coherent: bool,
 }
 
+/// Whether the matmul kernels walk K on tensor cores (`VAE_OOD_GPU_COOP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coop {
+    /// never: the FMA walk, f32 products (`VAE_OOD_GPU_COOP=0`;
+    /// `GpuOptions::default()`, which the tests use)
+    Off,
+    /// where the adapter has tensor cores the walk can use ([`coop_support`]),
+    /// else the FMA walk; if the tensor-core device or its pipelines fail to open,
+    /// the FMA walk with a one-line notice (`VAE_OOD_GPU_COOP` unset: the
+    /// program's default since 2026-11-27, 0.909× the FMA walk's time per step on an
+    /// NVIDIA H200)
+    Auto,
+    /// always: opening a device without them is an error (`VAE_OOD_GPU_COOP=1`)
+    Require,
+}
+
+impl Coop {
+    /// `VAE_OOD_GPU_COOP`: `0` → off, `1` → required, unset or empty → auto.
+    pub fn from_env() -> Coop {
+        match std::env::var(crate::knobs::GPU_COOP).as_deref() {
+            Ok("0") => Coop::Off,
+            Ok("1") => Coop::Require,
+            _ => Coop::Auto,
+        }
+    }
+}
+
 /// The most threads per workgroup the latent kernels use (`latent.wgsl`'s share
 /// array holds one partial sum per thread).
 pub const LATENT_THREADS_MAX: u32 = 1024;
@@ -778,7 +806,7 @@ impl Default for GpuOptions {
             ones_column: false,
             storage_buffers: None,
             latent_threads: None,
-            coop: false,
+            coop: Coop::Off,
             coop_use: None,
             coop_step: COOP_STEP,
             double_tiles: false,
@@ -843,7 +871,7 @@ impl GpuOptions {
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),
-            coop: crate::knobs::flag(crate::knobs::GPU_COOP),
+            coop: Coop::from_env(),
             coop_use: None,
             coop_step: crate::knobs::number(crate::knobs::GPU_COOP_STEP, 32..=128)
                 .map_or(COOP_STEP, |v| v as u32),
@@ -909,23 +937,26 @@ impl FeatureUse {
         };
         let (coop, coop_why) = match (opts.coop, coop_support(adapter)) {
             // (whether its K step fits the workgroup memory: GpuContext::with_options)
-            (true, Ok((f, sg))) => (
+            (Coop::Auto | Coop::Require, Ok((f, sg))) => (
                 Some((f, sg)),
                 format!(
                     "tensor cores ({f}x{f}x{f} f16 -> f32, subgroups of {sg}, K steps of {})",
                     opts.coop_step
                 ),
             ),
-            (true, Err(why)) => bail!(
+            (Coop::Require, Err(why)) => bail!(
                 "{}=1: GPU adapter {} {why}",
                 crate::knobs::GPU_COOP,
                 info.name
             ),
-            (false, Ok(_)) => (
+            (Coop::Off, Ok(_)) => (
                 None,
-                format!("tensor cores offered ({}=1)", crate::knobs::GPU_COOP),
+                format!(
+                    "tensor cores offered, not used ({}=0)",
+                    crate::knobs::GPU_COOP
+                ),
             ),
-            (false, Err(_)) => (None, "no tensor cores".to_string()),
+            (_, Err(_)) => (None, "no tensor cores".to_string()),
         };
         // (not beside the tensor-core walk: its device runs the Vulkan memory
         // model, where SPIR-V forbids the Coherent decoration)
@@ -1032,8 +1063,12 @@ pub const BCE_ROW_SHARES_BYTES: u32 = 256 * 4;
 /// band's z) and a band's head (`matmul_latent.wgsl`, 3,072 f32 and one u32).
 pub const LATENT_TAIL_BYTES: u32 = 3072 * 4 + 16;
 
-/// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise.
-pub const COOP_STEP: u32 = 64;
+/// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise:
+/// 32 since 2026-11-27 (NVIDIA H200, medians of 5 interleaved rounds: 78.1 µs per
+/// step against 86.0 for the FMA walk; steps of 64 took 99.2 and of 128 101.8 in
+/// an earlier call, their wider tiles of workgroup memory fitting fewer
+/// workgroups on an SM).
+pub const COOP_STEP: u32 = 32;
 
 /// Workgroup memory the tensor-core matmul kernels need with K steps of `step`:
 /// the walk's two f16 tiles of A (32 × (step + 8)) and of B (step × 40), its sums
@@ -1333,12 +1368,38 @@ impl GpuContext {
         Self::with_options(adapter, max_buffer, GpuOptions::from_env())
     }
 
-    /// [`GpuContext::new`] with explicit options.
+    /// [`GpuContext::new`] with explicit options. With [`Coop::Auto`] on an
+    /// adapter with tensor cores, a device or pipeline that fails to open with
+    /// them is opened again with the FMA walk, after a one-line notice on stderr.
     pub fn with_options(
         adapter: wgpu::Adapter,
         max_buffer: u64,
         opts: GpuOptions,
     ) -> Result<GpuContext> {
+        match Self::open(adapter.clone(), max_buffer, opts) {
+            Err(e) if opts.coop == Coop::Auto && coop_support(&adapter).is_ok() => {
+                let first = format!("{e:#}");
+                eprintln!(
+                    "vae-ood: the tensor-core walk failed on {} ({}); using the FMA walk ({}=0 says so without trying)",
+                    adapter.get_info().name,
+                    first.lines().next().unwrap_or(""),
+                    crate::knobs::GPU_COOP
+                );
+                Self::open(
+                    adapter,
+                    max_buffer,
+                    GpuOptions {
+                        coop: Coop::Off,
+                        ..opts
+                    },
+                )
+            }
+            r => r,
+        }
+    }
+
+    /// [`GpuContext::with_options`] without the fallback.
+    fn open(adapter: wgpu::Adapter, max_buffer: u64, opts: GpuOptions) -> Result<GpuContext> {
         let info = adapter.get_info();
         let features = FeatureUse::of(&adapter, opts)?;
         let have = adapter.limits();

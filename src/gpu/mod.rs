@@ -8,7 +8,7 @@ mod lower;
 
 pub use backend::GpuBackend;
 pub use context::{
-    build_pipeline, coop_support, coop_workgroup_bytes, Assembled, FeatureUse, GpuContext,
+    build_pipeline, coop_support, coop_workgroup_bytes, Assembled, Coop, FeatureUse, GpuContext,
     GpuOptions, Kernel, Partials, Reduce, ShaderChecks, Subgroups, Walk, NO_SUBGROUPS_ENV,
 };
 pub use lower::{choose_splits, Fusions};
@@ -58,13 +58,17 @@ pub fn shared_instance() -> &'static wgpu::Instance {
 
 /// Every adapter wgpu can see, GL ones included (see [`backend_used`]), with the
 /// optional features vae-ood would use on it (options from the environment, but
-/// tensor cores only said to be offered or not: `VAE_OOD_GPU_COOP=1` is an error
-/// only where a device is opened).
+/// `VAE_OOD_GPU_COOP=1` taken as unset: it is an error only where a device is
+/// opened).
 pub fn list_adapters() -> Vec<(wgpu::AdapterInfo, FeatureUse)> {
     let inst = instance(wgpu::Backends::all());
+    let env = GpuOptions::from_env();
     let opts = GpuOptions {
-        coop: false,
-        ..GpuOptions::from_env()
+        coop: match env.coop {
+            Coop::Require => Coop::Auto,
+            c => c,
+        },
+        ..env
     };
     pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
         .iter()

@@ -4,20 +4,23 @@
 use rand::{Rng, SeedableRng};
 use vae_ood::backend::Backend;
 use vae_ood::cpu_backend::CpuBackend;
-use vae_ood::gpu::{self, GpuBackend, GpuOptions, Reduce, ShaderChecks, Subgroups};
+use vae_ood::gpu::{self, Coop, GpuBackend, GpuOptions, Reduce, ShaderChecks, Subgroups};
 use vae_ood::plan::Sizes;
 
 /// Set to 1 to let GPU tests pass without an adapter (for users without Vulkan).
 /// CI never sets it: there a missing adapter fails the GPU tests.
 pub const SKIP_ENV: &str = "VAE_OOD_SKIP_GPU_TESTS";
 
-/// The wgpu backend on whatever adapter wgpu picks (lavapipe in CI). Panics when
-/// there is none, unless VAE_OOD_SKIP_GPU_TESTS=1, in which case it returns None
-/// and the test says it skipped.
+/// The wgpu backend on whatever adapter wgpu picks (lavapipe in CI), with the
+/// options of the environment but the FMA walk unless `VAE_OOD_GPU_COOP=1` asks
+/// for the tensor cores ([`test_options`]). Panics when there is none, unless
+/// VAE_OOD_SKIP_GPU_TESTS=1, in which case it returns None and the test says it
+/// skipped.
 pub fn gpu_backend(store: &[u8], idx_len: usize, sizes: Sizes) -> Option<Box<dyn Backend>> {
     match gpu::select_adapter().expect("adapter selection") {
         Some(a) => Some(Box::new(
-            GpuBackend::new(a, store, idx_len, sizes).expect("GPU backend"),
+            GpuBackend::with_options(a, store, idx_len, sizes, test_options())
+                .expect("GPU backend"),
         )),
         None => {
             if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
@@ -29,6 +32,22 @@ pub fn gpu_backend(store: &[u8], idx_len: usize, sizes: Sizes) -> Option<Box<dyn
                 );
             }
         }
+    }
+}
+
+/// The environment's options ([`GpuOptions::from_env`]) with the FMA walk where
+/// the program would choose the tensor cores by itself (`VAE_OOD_GPU_COOP` unset):
+/// the tests compare f32 products with their CPU twins within f32 tolerances, which
+/// f16 operands would not meet; the tensor-core walk has a test of its own with its
+/// own tolerances (`tests/kernels.rs`, `tensor_core_walk_against_its_twin`).
+pub fn test_options() -> GpuOptions {
+    let env = GpuOptions::from_env();
+    GpuOptions {
+        coop: match env.coop {
+            Coop::Auto => Coop::Off,
+            c => c,
+        },
+        ..env
     }
 }
 
