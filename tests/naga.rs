@@ -18,6 +18,38 @@ fn validate(label: &str, src: &str, caps: naga::valid::Capabilities) -> naga::Mo
     module
 }
 
+/// The SPIR-V that wgpu's Vulkan backend would get for entry point `entry` of a
+/// valid `module`: validated with `caps`, its overridable constants at their
+/// defaults.
+fn spirv(
+    label: &str,
+    module: &naga::Module,
+    caps: naga::valid::Capabilities,
+    entry: &str,
+) -> Vec<u32> {
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(module)
+        .unwrap_or_else(|e| panic!("{label}: {e:?}"));
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &naga::back::PipelineConstants::default(),
+    )
+    .unwrap_or_else(|e| panic!("{label}: overrides: {e}"));
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: entry.to_string(),
+    };
+    naga::back::spv::write_vec(
+        &module,
+        &info,
+        &naga::back::spv::Options::default(),
+        Some(&pipeline),
+    )
+    .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"))
+}
+
 /// Every kernel's parts in every variant it is built in.
 fn all_parts() -> Vec<Vec<(&'static str, &'static str)>> {
     let mut v = Vec::new();
@@ -50,24 +82,7 @@ fn every_kernel_validates_in_every_variant() {
                     "{label} lacks entry point {}",
                     k.entry()
                 );
-                let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-                    .validate(&module)
-                    .unwrap();
-                // the overridable constants at their defaults, then SPIR-V
-                let (module, info) = naga::back::pipeline_constants::process_overrides(
-                    &module,
-                    &info,
-                    Some((naga::ShaderStage::Compute, k.entry())),
-                    &naga::back::PipelineConstants::default(),
-                )
-                .unwrap_or_else(|e| panic!("{label}: overrides: {e}"));
-                let opts = naga::back::spv::Options::default();
-                let pipeline = naga::back::spv::PipelineOptions {
-                    shader_stage: naga::ShaderStage::Compute,
-                    entry_point: k.entry().to_string(),
-                };
-                naga::back::spv::write_vec(&module, &info, &opts, Some(&pipeline))
-                    .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+                spirv(&label, &module, caps, k.entry());
             }
         }
     }
@@ -136,27 +151,12 @@ fn coherent_partials_only_where_a_last_share_reads_the_others() {
             )
             .validate(&module)
             .expect_err("@coherent must need its capability");
-            let caps = Partials::Coherent.capabilities();
-            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-                .validate(&module)
-                .unwrap();
-            let (module, info) = naga::back::pipeline_constants::process_overrides(
+            let words = spirv(
+                &format!("{k:?}"),
                 &module,
-                &info,
-                Some((naga::ShaderStage::Compute, k.entry())),
-                &naga::back::PipelineConstants::default(),
-            )
-            .unwrap();
-            let words = naga::back::spv::write_vec(
-                &module,
-                &info,
-                &naga::back::spv::Options::default(),
-                Some(&naga::back::spv::PipelineOptions {
-                    shader_stage: naga::ShaderStage::Compute,
-                    entry_point: k.entry().to_string(),
-                }),
-            )
-            .unwrap();
+                Partials::Coherent.capabilities(),
+                k.entry(),
+            );
             assert_eq!(
                 coherent_decorations(&words),
                 1,
@@ -268,20 +268,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let coherent_ids = |attr: &str| -> usize {
         let module = naga::front::wgsl::parse_str(&src(attr)).unwrap();
         let caps = naga::valid::Capabilities::MEMORY_DECORATION_COHERENT;
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{attr}: {e:?}"));
-        let words = naga::back::spv::write_vec(
-            &module,
-            &info,
-            &naga::back::spv::Options::default(),
-            Some(&naga::back::spv::PipelineOptions {
-                shader_stage: naga::ShaderStage::Compute,
-                entry_point: "main".into(),
-            }),
-        )
-        .unwrap();
-        coherent_decorations(&words)
+        coherent_decorations(&spirv(attr, &module, caps, "main"))
     };
     assert_eq!(coherent_ids("@coherent"), 1);
     assert_eq!(coherent_ids(""), 0);
