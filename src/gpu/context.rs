@@ -858,7 +858,8 @@ impl GpuOptions {
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
     /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
     /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; the latent kernels' threads from
-    /// `VAE_OOD_GPU_LATENT_THREADS`; tensor cores with `VAE_OOD_GPU_COOP=1`;
+    /// `VAE_OOD_GPU_LATENT_THREADS`; tensor cores where the adapter has them
+    /// ([`Coop::Auto`]), never with `VAE_OOD_GPU_COOP=0`, required with `=1`;
     /// early reads with `VAE_OOD_GPU_EARLY_READS=1`; `@coherent` partial sums
     /// with `VAE_OOD_GPU_COHERENT=1`.
     pub fn from_env() -> GpuOptions {
@@ -897,7 +898,8 @@ pub struct FeatureUse {
     /// ([`coop_support`]); None: on the FMA units
     pub coop: Option<(u32, u32)>,
     /// in words: "tensor cores (16x16x16 f16 -> f32, subgroups of 32, K steps of
-    /// 64)", "tensor cores offered (VAE_OOD_GPU_COOP=1)", "no tensor cores"
+    /// 32)", "tensor cores offered, not used (VAE_OOD_GPU_COOP=0)", "no tensor
+    /// cores"
     pub coop_why: String,
     /// the last-block kernels read other workgroups' partial sums as plain loads
     /// of a `@coherent` buffer ([`Partials::Coherent`]), not as atomics
@@ -1064,10 +1066,9 @@ pub const BCE_ROW_SHARES_BYTES: u32 = 256 * 4;
 pub const LATENT_TAIL_BYTES: u32 = 3072 * 4 + 16;
 
 /// K per step of the tensor-core walk unless `VAE_OOD_GPU_COOP_STEP` says otherwise:
-/// 32 since 2026-11-27 (NVIDIA H200, medians of 5 interleaved rounds: 78.1 µs per
-/// step against 86.0 for the FMA walk; steps of 64 took 99.2 and of 128 101.8 in
-/// an earlier call, their wider tiles of workgroup memory fitting fewer
-/// workgroups on an SM).
+/// 32 since 2026-11-27 (NVIDIA H200, medians of 5 interleaved rounds: 77.9 µs per
+/// step against 97.7 for steps of 64 and 86.0 for the FMA walk; 128 took 101.8
+/// in an earlier call).
 pub const COOP_STEP: u32 = 32;
 
 /// Workgroup memory the tensor-core matmul kernels need with K steps of `step`:
@@ -1370,7 +1371,9 @@ impl GpuContext {
 
     /// [`GpuContext::new`] with explicit options. With [`Coop::Auto`] on an
     /// adapter with tensor cores, a device or pipeline that fails to open with
-    /// them is opened again with the FMA walk, after a one-line notice on stderr.
+    /// them is opened again with the FMA walk, with a one-line notice on stderr
+    /// when that works (when it fails too, its error is the one returned: the
+    /// failure was not the tensor cores').
     pub fn with_options(
         adapter: wgpu::Adapter,
         max_buffer: u64,
@@ -1378,21 +1381,24 @@ impl GpuContext {
     ) -> Result<GpuContext> {
         match Self::open(adapter.clone(), max_buffer, opts) {
             Err(e) if opts.coop == Coop::Auto && coop_support(&adapter).is_ok() => {
-                let first = format!("{e:#}");
-                eprintln!(
-                    "vae-ood: the tensor-core walk failed on {} ({}); using the FMA walk ({}=0 says so without trying)",
-                    adapter.get_info().name,
-                    first.lines().next().unwrap_or(""),
-                    crate::knobs::GPU_COOP
-                );
-                Self::open(
-                    adapter,
+                let fma = Self::open(
+                    adapter.clone(),
                     max_buffer,
                     GpuOptions {
                         coop: Coop::Off,
                         ..opts
                     },
-                )
+                );
+                if fma.is_ok() {
+                    let why = format!("{e:#}");
+                    eprintln!(
+                        "vae-ood: the tensor-core walk failed on {} ({}); using the FMA walk ({}=0 says so without trying)",
+                        adapter.get_info().name,
+                        why.lines().next().unwrap_or(""),
+                        crate::knobs::GPU_COOP
+                    );
+                }
+                fma
             }
             r => r,
         }
