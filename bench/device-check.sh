@@ -12,9 +12,9 @@
 # returns what it finished.
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
 #   FOCUS=1: the tests, the device churn probe, a sweep of the default (the
-#   tensor cores, K steps of 32, where offered) against the FMA walk, steps of 64
-#   and the FMA walk with @coherent partial sums, and whole runs of the default and
-#   the FMA walk
+#   tensor cores, K steps of 32, where offered) against the FMA walk, steps of 64,
+#   the FMA walk with @coherent partial sums, split-K aiming at 512 workgroups and
+#   latent kernels of 512 threads, and whole runs of the default and the FMA walk
 #   QUICK=1: the tests, the sweep, seven whole runs (the FMA walk, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default: the tensor cores),
@@ -129,7 +129,10 @@ snapshot
 # FOCUS=1: after the tests, the default (since 2026-11-27 the tensor cores with K
 # steps of 32 where the adapter has them) against the FMA walk (VAE_OOD_GPU_COOP=0,
 # the default before), steps of 64, and the FMA walk with @coherent partial sums
-# (VAE_OOD_GPU_COHERENT=1: level with the atomics on an H200, 86.1/86.1 µs), with
+# (VAE_OOD_GPU_COHERENT=1: level with the atomics on an H200, 86.1/86.1 µs), and
+# the two knobs nearest to even on the FMA walk, re-tried on the tensor cores
+# (split-K products aiming for 512 workgroups, 0.99× in one gpu.sh run; latent
+# kernels of 512 threads, 0.990–0.993× but another order of sums), with
 # PyTorch's CUDA graph in the same rounds; then whole runs of the default and of the
 # FMA walk (the accuracy target side by side)
 if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
@@ -137,6 +140,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'fma:VAE_OOD_GPU_COOP=0' 'coop_64:VAE_OOD_GPU_COOP_STEP=64' \
     'fma_coherent:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_COHERENT=1' \
+    'split_512:VAE_OOD_SPLIT_TARGET=512' 'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   whole_runs default: fma:VAE_OOD_GPU_COOP=0
