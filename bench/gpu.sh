@@ -76,7 +76,7 @@ done
 #   fma_coherent  with the FMA walk, the last K shares that read the others' partial sums
 #              in the same dispatch (the split BCE epilogue's) read them as plain loads of
 #              an @coherent buffer, not as atomics (same bits as fma; the tensor-core
-#              walk's device runs the Vulkan memory model, which forbids @coherent)
+#              walk's modules declare the Vulkan memory model, which forbids @coherent)
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
 variant() { # name, then VAR=value ...

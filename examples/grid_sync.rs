@@ -37,7 +37,7 @@
 //! GLSL's `coherent` buffers), so the grid barrier runs a third time with the
 //! slots declared `@coherent` (added 2026-11-27, not yet run on a GPU): if its
 //! stale count is 0 at a cost near the plain one, a persistent kernel is back on
-//! the table. (Not with the tensor-core walk: its device runs the Vulkan memory
+//! the table. (Not with the tensor-core walk: its modules declare the Vulkan memory
 //! model, where SPIR-V forbids the decoration.)
 //!
 //!   cargo run --release --example grid_sync [phases] [max_groups]

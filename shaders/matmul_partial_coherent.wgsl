@@ -12,8 +12,9 @@
 // loads of a buffer without the decoration did, and a last-block reduce with them
 // took 6.93 µs against 7.47 with atomic loads (100 tiles × 2 shares: fc4's forward).
 // The same values: the same bits as the atomics and as the plain partial sums.
-// Not with the tensor-core walk, whose device runs the Vulkan memory model, where
-// SPIR-V forbids the decoration.
+// Not with the tensor-core walk, whose modules naga declares under the Vulkan memory
+// model (any entry point using cooperative matrices), where SPIR-V forbids the
+// decoration (tests/naga.rs).
 @group(0) @binding(4) @coherent var<storage, read_write> partial: array<f32>;
 
 fn put_partial(at: u32, v: f32) {

@@ -116,7 +116,7 @@ fn coop_walk_needs_its_capabilities_and_is_only_in_the_matmuls() {
 
 /// The `@coherent` partial sums (`matmul_partial_coherent.wgsl`) are in exactly
 /// the kernels whose last K share of a tile reads the others' in the same dispatch,
-/// only with the FMA walk (the tensor-core walk's device runs the Vulkan memory
+/// only with the FMA walk (the tensor-core walk's modules declare the Vulkan memory
 /// model, where SPIR-V forbids the decoration: it keeps the atomics), need their
 /// capability, and reach the SPIR-V as the Coherent decoration on one variable.
 #[test]
@@ -162,6 +162,47 @@ fn coherent_partials_only_where_a_last_share_reads_the_others() {
                 1,
                 "{k:?}: the partial sums alone"
             );
+        }
+    }
+}
+
+/// Why `@coherent` partial sums go only with the FMA walk, and why they are
+/// possible on a device with tensor cores at all: naga declares SPIR-V's Vulkan
+/// memory model (in which the Coherent decoration is not allowed) in exactly the
+/// entry points that use cooperative-matrix types — the matmul kernels that walk
+/// K on the tensor cores — and GLSL450's in every other, whatever the device
+/// enables (wgpu turns on its `vulkanMemoryModel` feature with the tensor cores).
+#[test]
+fn only_tensor_core_modules_declare_the_vulkan_memory_model() {
+    const GLSL450: u32 = 1;
+    const VULKAN: u32 = 3;
+    // the memory model operand of OpMemoryModel (opcode 14: addressing, memory)
+    let memory_model = |words: &[u32]| -> u32 {
+        let mut at = 5;
+        while at < words.len() {
+            let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
+            assert!(count > 0, "malformed SPIR-V at word {at}");
+            if op == 14 {
+                return words[at + 2];
+            }
+            at += count;
+        }
+        panic!("no OpMemoryModel")
+    };
+    for k in Kernel::ALL {
+        for w in [Walk::Fma, Walk::Coop16] {
+            let src = Assembled::new(&k.parts(Reduce::Portable, w, Partials::Atomic));
+            let caps = w.capabilities();
+            let module = validate(&src.label(), &src.text, caps);
+            let model = memory_model(&spirv(&src.label(), &module, caps, k.entry()));
+            // (matmul_reduce shares matmul.wgsl's module but walks no K: the
+            // SPIR-V of its entry point has no cooperative matrices)
+            let want = if k.is_matmul() && k != Kernel::MatmulReduce && w != Walk::Fma {
+                VULKAN
+            } else {
+                GLSL450
+            };
+            assert_eq!(model, want, "{k:?} ({w:?})");
         }
     }
 }

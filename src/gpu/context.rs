@@ -339,8 +339,9 @@ impl Kernel {
             v.push(walk.source());
         }
         // (the split-K partial sums: atomics or @coherent where a tile's last K
-        // share reads the others' in the same dispatch; the tensor-core walk's
-        // device runs the Vulkan memory model, where SPIR-V forbids Coherent)
+        // share reads the others' in the same dispatch; naga declares the Vulkan
+        // memory model, where SPIR-V forbids Coherent, in the entry points that walk
+        // K on the tensor cores: tests/naga.rs)
         match self {
             Kernel::MatmulBce
             | Kernel::MatmulLatent
@@ -960,7 +961,7 @@ impl FeatureUse {
             ),
             (_, Err(_)) => (None, "no tensor cores".to_string()),
         };
-        // (not beside the tensor-core walk: its device runs the Vulkan memory
+        // (not beside the tensor-core walk: its modules declare the Vulkan memory
         // model, where SPIR-V forbids the Coherent decoration)
         let offered = f.contains(wgpu::Features::MEMORY_DECORATION_COHERENT);
         let coherent = opts.coherent && coop.is_none() && offered;
