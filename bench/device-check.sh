@@ -22,11 +22,12 @@
 #   gpu_variants, last_block, grid_sync and persistent_chain only (no gpu.sh,
 #   default matmul_micro or K sweep)
 #   PROBE=1: only the kernel experiments on cross-workgroup reads inside a
-#   dispatch (last_block, grid_sync, persistent_chain), with their @coherent
-#   columns (about a minute): whether coherent loads see other workgroups' stores at plain loads'
-#   cost, which decides whether a persistent kernel or ticketed waits can take
-#   the dispatch boundaries' time off a step (README, "What could still get to
-#   70 µs")
+#   dispatch (last_block, grid_sync, persistent_chain, and persistent_chain again
+#   with rows under the Vulkan memory model), with their @coherent columns
+#   (about a minute; run on an H200 on 2026-11-27 but for the last): whether
+#   coherent loads see other workgroups' stores at plain loads' cost, and whether
+#   plain loads do under the memory model the tensor cores' kernels run under
+#   (README, "The @coherent lever, measured")
 #   SWEEP_ROUNDS, SWEEP_EPOCHS: the sweep's rounds (5) and epochs (10); 0 rounds
 #   skips it (a dry run of this script on lavapipe, where it would take hours)
 set -uo pipefail
@@ -80,6 +81,14 @@ probes() {
   # repetitions of 8)
   echo "## examples/persistent_chain.rs: a chain of split-K products, dispatches vs one persistent dispatch"
   timeout 60 .devbin/ex_persistent_chain 200 416 2>&1 | grep -v XDG_RUNTIME_DIR | tee "$LOG/persistent_chain.txt"
+  snapshot
+  # the same on a device with the tensor cores' features, with rows whose entry
+  # points naga puts under the Vulkan memory model (where @coherent is not
+  # allowed): whether plain loads after naga's barriers see the stores there, which
+  # decides whether a persistent step could run on the tensor cores
+  echo "## persistent_chain with PERSISTENT_CHAIN_VMM=1: the plain ways under the Vulkan memory model"
+  PERSISTENT_CHAIN_VMM=1 timeout 60 .devbin/ex_persistent_chain 200 416 2>&1 | grep -v XDG_RUNTIME_DIR \
+    | tee "$LOG/persistent_chain_vmm.txt"
   snapshot
 }
 if [ -n "${PROBE:-}" ]; then

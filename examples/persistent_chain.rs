@@ -49,7 +49,17 @@
 //! wgpu's loop bounding on), and 1–4 ticketed workgroups per run leave their wait
 //! loop before its condition holds (counted with a debug counter: 0 on 26.1), so
 //! there those rows show mismatches. A lavapipe defect, not a stale read. README,
-//! "One lever not yet measured".
+//! "The `@coherent` lever, measured" (run on an H200 on 2026-11-27).
+//!
+//! With `PERSISTENT_CHAIN_VMM=1`, where the adapter has the tensor cores' cooperative
+//! matrices, the device is opened with them (wgpu then enables its Vulkan memory
+//! model) and the persistent and ticketed ways run a third time, plain, with a
+//! cooperative-matrix variable declared in their entry points: naga then declares
+//! the Vulkan memory model for them (checked here by translating them with naga),
+//! the model the tensor-core walk's kernels run under and in which `@coherent` is
+//! not allowed. Its rows say whether plain loads after naga's barriers (which carry
+//! no MakeAvailable/MakeVisible semantics) see the other workgroups' stores there:
+//! whether a persistent step could run on the tensor cores.
 //!
 //! With `PERSISTENT_CHAIN_STRICT=1` any mismatch is an error (exit 1): how
 //! `tools/coop-lavapipe.sh` (CI) checks the ways on Mesa 26.1's lavapipe, where
@@ -67,7 +77,7 @@ const CHAIN: u32 = 8;
 /// (m, n, k, K shares) of the two shapes: fc1's forward, then fc4's.
 const SHAPES: [[u32; 4]; 2] = [[128, 400, 784, 8], [128, 784, 400, 2]];
 
-const SHADER: &str = r#"
+const SHADER: &str = r#"/*header*/
 struct Shape { m: u32, n: u32, k: u32, splits: u32 }
 struct P { a: Shape, b: Shape, reps: u32, groups: u32, chain: u32, _pad: u32 }
 // (the product's index in the chain: dispatch mode's per-dispatch uniform)
@@ -204,6 +214,7 @@ fn dispatched(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 // to arrive writes; the stores before it made visible at device scope)
 @compute @workgroup_size(256)
 fn persistent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    /*vmm*/
     let all = prm.reps * prm.chain;
     for (var g = 0u; g < all; g++) {
         let n = items(shape_of(g % prm.chain));
@@ -234,6 +245,7 @@ fn persistent(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 // barrier; examples/last_block.rs's fan-out waits)
 @compute @workgroup_size(256)
 fn ticketed(@builtin(local_invocation_index) li: u32) {
+    /*vmm*/
     if (li == 0u) {
         ticket_ws = atomicAdd(&counter[0], 1u);
     }
@@ -280,6 +292,55 @@ fn ticketed(@builtin(local_invocation_index) li: u32) {
     }
 }
 "#;
+
+/// OpMemoryModel's memory-model operands.
+const GLSL450: u32 = 1;
+const VULKAN: u32 = 3;
+
+/// The plain source with a cooperative-matrix variable (fragments of `frag`, the
+/// adapter's) declared in the persistent and ticketed entry points, and the
+/// directives it needs: naga then declares the Vulkan memory model for them.
+fn vmm_source(frag: u32) -> String {
+    SHADER
+        .replace("/*acts*/", "")
+        .replace(
+            "/*header*/",
+            "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        )
+        .replace(
+            "/*vmm*/",
+            &format!("var vmm_marker: coop_mat{frag}x{frag}<f32, C>;"),
+        )
+}
+
+/// The memory model naga declares in the SPIR-V of `entry` of `src` (OpMemoryModel,
+/// opcode 14: addressing model, memory model).
+fn memory_model(src: &str, entry: &str) -> anyhow::Result<u32> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let caps = naga::valid::Capabilities::all();
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let words = naga::back::spv::write_vec(
+        &module,
+        &info,
+        &naga::back::spv::Options::default(),
+        Some(&naga::back::spv::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: entry.to_string(),
+        }),
+    )?;
+    let mut at = 5;
+    while at < words.len() {
+        let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
+        anyhow::ensure!(count > 0, "malformed SPIR-V at word {at}");
+        if op == 14 {
+            return Ok(words[at + 2]);
+        }
+        at += count;
+    }
+    anyhow::bail!("no OpMemoryModel in {entry}'s SPIR-V")
+}
 
 /// How a run separates the products.
 #[derive(Clone, Copy)]
@@ -340,7 +401,8 @@ fn main() -> anyhow::Result<()> {
     let adapter = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
     let info = adapter.get_info();
     let hardware = !matches!(info.device_type, wgpu::DeviceType::Cpu);
-    let (device, queue, coherent) = common::device_with_coherent(&adapter)?;
+    let vmm_asked = std::env::var_os("PERSISTENT_CHAIN_VMM").is_some_and(|v| v == "1");
+    let (device, queue, coherent, frag) = common::device_with(&adapter, vmm_asked)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     // input in [0, 1) as pixels; weights uniform with unit variance per output
     // (each product keeps its scale)
@@ -434,18 +496,43 @@ fn main() -> anyhow::Result<()> {
             }),
         }],
     });
-    let pipeline = |acts_attr: &str, entry: &str| {
+    let pipeline = |src: &str, entry: &str| {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(entry),
-            source: wgpu::ShaderSource::Wgsl(SHADER.replace("/*acts*/", acts_attr).into()),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
         });
         common::compute_pipeline(&device, Some(&layout), &module, entry)
     };
-    let dispatched = pipeline("", "dispatched");
-    let persistent = pipeline("", "persistent");
-    let persistent_co = coherent.then(|| pipeline("@coherent", "persistent"));
-    let ticketed = pipeline("", "ticketed");
-    let ticketed_co = coherent.then(|| pipeline("@coherent", "ticketed"));
+    let plain = SHADER.replace("/*acts*/", "");
+    let co = SHADER.replace("/*acts*/", "@coherent");
+    let dispatched = pipeline(&plain, "dispatched");
+    let persistent = pipeline(&plain, "persistent");
+    let persistent_co = coherent.then(|| pipeline(&co, "persistent"));
+    let ticketed = pipeline(&plain, "ticketed");
+    let ticketed_co = coherent.then(|| pipeline(&co, "ticketed"));
+    // (with PERSISTENT_CHAIN_VMM=1 where the tensor cores are there: the plain ways
+    // with their entry points under the Vulkan memory model)
+    let vmm = match frag {
+        Some(f) => {
+            let src = vmm_source(f);
+            for entry in ["persistent", "ticketed"] {
+                anyhow::ensure!(
+                    memory_model(&plain, entry)? == GLSL450 && memory_model(&src, entry)? == VULKAN,
+                    "naga did not declare the memory models expected for {entry}"
+                );
+            }
+            Some((pipeline(&src, "persistent"), pipeline(&src, "ticketed")))
+        }
+        None => {
+            if vmm_asked {
+                println!(
+                    "PERSISTENT_CHAIN_VMM=1: not run, {}",
+                    gpu::coop_support(&adapter).err().unwrap_or_default()
+                );
+            }
+            None
+        }
+    };
     // (the totals come back through this)
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("staging"),
@@ -569,6 +656,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = &ticketed_co {
         ways.push(("ticketed, @coherent".to_string(), p, Way::Ticketed));
     }
+    if let Some((_, p)) = &vmm {
+        ways.push(("ticketed, plain, VMM".to_string(), p, Way::Ticketed));
+    }
     for g in groups {
         ways.push((
             format!("persistent {g}, plain"),
@@ -577,6 +667,9 @@ fn main() -> anyhow::Result<()> {
         ));
         if let Some(p) = &persistent_co {
             ways.push((format!("persistent {g}, @coherent"), p, Way::Persistent(g)));
+        }
+        if let Some((p, _)) = &vmm {
+            ways.push((format!("persistent {g}, plain, VMM"), p, Way::Persistent(g)));
         }
     }
     let strict = std::env::var_os("PERSISTENT_CHAIN_STRICT").is_some_and(|v| v == "1");

@@ -13,8 +13,9 @@
 #     2026-11-27 eight of them ran on the tensor cores before they did, and failed);
 #   - examples/persistent_chain.rs with two repetitions, strict: its dispatch chain
 #     against its CPU twin, and its one-dispatch ways (ticketed; persistent with
-#     one workgroup) against the chain, bit for bit (Debian 12's lavapipe 22.3
-#     cuts their long loops short, so only here);
+#     one workgroup; plain, @coherent, and plain under the Vulkan memory model,
+#     PERSISTENT_CHAIN_VMM=1) against the chain, bit for bit (Debian 12's lavapipe
+#     22.3 cuts their long loops short, so only here);
 #   - with `--run`, also a one-epoch run on the first 1,024 images with the walk and
 #     without, printing both (output under /tmp in the root).
 # Needs root (debootstrap, chroot, mount) and Debian's package mirror. CI runs it
@@ -61,7 +62,7 @@ inside() {
 }
 inside "vulkaninfo --summary 2>/dev/null | grep -m1 driverInfo; ./target/release/vae-ood devices 2>/dev/null || true"
 inside "VAE_OOD_TEST_REQUIRE_COOP=1 $bin --test-threads 2"
-inside "PERSISTENT_CHAIN_STRICT=1 ./target/release/examples/persistent_chain 2"
+inside "PERSISTENT_CHAIN_VMM=1 PERSISTENT_CHAIN_STRICT=1 ./target/release/examples/persistent_chain 2"
 if [ "${1:-}" = --run ]; then
   for coop in 1 0; do
     echo "## VAE_OOD_GPU_COOP=$coop"

@@ -16,18 +16,49 @@ use std::time::{Duration, Instant};
 pub fn device_with_coherent(
     adapter: &wgpu::Adapter,
 ) -> anyhow::Result<(wgpu::Device, wgpu::Queue, bool)> {
+    let (device, queue, coherent, _) = device_with(adapter, false)?;
+    Ok((device, queue, coherent))
+}
+
+/// [`device_with_coherent`], and with `coop` also the tensor cores' features
+/// (cooperative matrices, f16 in shaders; wgpu then enables the device's Vulkan
+/// memory model) where the walk can use the adapter's ([`vae_ood::gpu::coop_support`]):
+/// then a module may use cooperative-matrix types, and naga declares the Vulkan
+/// memory model in the entry points that do. Whether `@coherent` and whether the
+/// tensor cores were enabled, with the fragment size (8 or 16), are the last values.
+pub fn device_with(
+    adapter: &wgpu::Adapter,
+    coop: bool,
+) -> anyhow::Result<(wgpu::Device, wgpu::Queue, bool, Option<u32>)> {
     let coherent = adapter
         .features()
         .contains(wgpu::Features::MEMORY_DECORATION_COHERENT);
+    let frag = if coop {
+        vae_ood::gpu::coop_support(adapter).ok().map(|(f, _)| f)
+    } else {
+        None
+    };
+    let mut required_features = wgpu::Features::empty();
+    if coherent {
+        required_features |= wgpu::Features::MEMORY_DECORATION_COHERENT;
+    }
+    let experimental_features = if frag.is_some() {
+        required_features |=
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        // SAFETY: wgpu marks cooperative matrices experimental (bugs in them may be
+        // unsound); the probes only declare a fragment to put their entry point
+        // under the Vulkan memory model, and compare every result with the
+        // dispatch chain's
+        unsafe { wgpu::ExperimentalFeatures::enabled() }
+    } else {
+        wgpu::ExperimentalFeatures::disabled()
+    };
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: if coherent {
-            wgpu::Features::MEMORY_DECORATION_COHERENT
-        } else {
-            wgpu::Features::empty()
-        },
+        required_features,
+        experimental_features,
         ..Default::default()
     }))?;
-    Ok((device, queue, coherent))
+    Ok((device, queue, coherent, frag))
 }
 
 /// A storage buffer that can be cleared and copied from.
