@@ -178,16 +178,10 @@ fn only_tensor_core_modules_declare_the_vulkan_memory_model() {
     const VULKAN: u32 = 3;
     // the memory model operand of OpMemoryModel (opcode 14: addressing, memory)
     let memory_model = |words: &[u32]| -> u32 {
-        let mut at = 5;
-        while at < words.len() {
-            let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
-            assert!(count > 0, "malformed SPIR-V at word {at}");
-            if op == 14 {
-                return words[at + 2];
-            }
-            at += count;
-        }
-        panic!("no OpMemoryModel")
+        instructions(words)
+            .find(|(op, _)| *op == 14)
+            .map(|(_, w)| w[2])
+            .expect("no OpMemoryModel")
     };
     for k in Kernel::ALL {
         for w in [Walk::Fma, Walk::Coop16] {
@@ -328,15 +322,21 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 fn coherent_decorations(words: &[u32]) -> usize {
     const DECORATE: u32 = 71; // OpDecorate
     const COHERENT: u32 = 23; // Decoration Coherent
-                              // walk the instructions after the 5-word header
-    let (mut at, mut n) = (5, 0);
-    while at < words.len() {
-        let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
+    instructions(words)
+        .filter(|(op, w)| *op == DECORATE && w.len() == 3 && w[2] == COHERENT)
+        .count()
+}
+
+/// A SPIR-V module's instructions after its 5-word header: (opcode, its words,
+/// the first holding the word count and opcode).
+fn instructions(words: &[u32]) -> impl Iterator<Item = (u32, &[u32])> {
+    let mut at = 5;
+    std::iter::from_fn(move || {
+        let first = *words.get(at)?;
+        let count = (first >> 16) as usize;
         assert!(count > 0, "malformed SPIR-V at word {at}");
-        if op == DECORATE && count == 3 && words[at + 2] == COHERENT {
-            n += 1;
-        }
+        let inst = &words[at..at + count];
         at += count;
-    }
-    n
+        Some((first & 0xffff, inst))
+    })
 }
