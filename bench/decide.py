@@ -37,6 +37,12 @@ SAME_BITS = {
     "early": "default",
     "triple_adam_early": "default",
     "all_in_tail": "all_in_pair",
+    # (the persistent step gives its dispatches' bits whatever its workgroups and
+    # phases per dispatch: tests/train_step.rs)
+    "persistent_264": "persistent",
+    "persistent_416": "persistent",
+    "persistent_528": "persistent",
+    "persistent_416_14": "persistent",
 }
 
 

@@ -15,6 +15,12 @@
 #   tensor cores, K steps of 32, where offered) against the FMA walk, steps of 64,
 #   the FMA walk with @coherent partial sums, split-K aiming at 512 workgroups and
 #   latent kernels of 512 threads, and whole runs of the default and the FMA walk
+#   PERSIST=1: the tests, then a sweep of the default against the FMA walk and the
+#   persistent step (VAE_OOD_GPU_PERSISTENT: a training step as one dispatch of G
+#   workgroups, grid barriers between its seven phases; built 2026-11-27 without a
+#   GPU) with G = 264, 416 and 528, and with 416 and two steps per dispatch
+#   (VAE_OOD_GPU_PERSISTENT_PHASES=14), then whole runs of the default and of the
+#   persistent step with 416 (about 4 minutes)
 #   QUICK=1: the tests, the sweep, seven whole runs (the FMA walk, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default: the tensor cores),
@@ -144,6 +150,22 @@ snapshot
 # kernels of 512 threads, 0.990–0.993× but another order of sums), with
 # PyTorch's CUDA graph in the same rounds; then whole runs of the default and of the
 # FMA walk (the accuracy target side by side)
+# PERSIST=1: the persistent step (src/gpu/persistent.rs) against the default and
+# the FMA walk it runs on. A G above what the card runs at once is an error after
+# a few seconds (its barriers' waits give up), not a hang: its row then says so
+if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
+  echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
+  ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
+    'fma:VAE_OOD_GPU_COOP=0' \
+    'persistent_264:VAE_OOD_GPU_PERSISTENT=264' 'persistent_416:VAE_OOD_GPU_PERSISTENT=416' \
+    'persistent_528:VAE_OOD_GPU_PERSISTENT=528' \
+    'persistent_416_14:VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PHASES=14' \
+    2>&1 | tee "$LOG/sweep.txt"
+  snapshot
+  whole_runs default: persistent:VAE_OOD_GPU_PERSISTENT=416
+  snapshot
+  exit $status
+fi
 if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \

@@ -124,6 +124,18 @@ pub const GPU_COHERENT: &str = "VAE_OOD_GPU_COHERENT";
 pub const GPU_LATENT_THREADS: &str = "VAE_OOD_GPU_LATENT_THREADS";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
+/// `G` (1 to 65535): the persistent step (`src/gpu/persistent.rs`): each training
+/// step's dispatches as one dispatch of G workgroups, grid barriers over
+/// `@coherent` buffers between its phases instead of dispatch boundaries. Needs
+/// the FMA walk (chosen then where `VAE_OOD_GPU_COOP` is unset) and runs the
+/// latent kernels with 256 threads; G must not exceed the workgroups the GPU runs
+/// at once (a wait that gives up is an error, not a hang). The same bits as the
+/// dispatches with those options; off by default (added 2026-11-27 without a GPU:
+/// not yet timed on one).
+pub const GPU_PERSISTENT: &str = "VAE_OOD_GPU_PERSISTENT";
+/// Dispatches per persistent dispatch, 2 to 64 (default 7, a training step's; a
+/// device must allow as many dynamic uniform buffers per pipeline layout).
+pub const GPU_PERSISTENT_PHASES: &str = "VAE_OOD_GPU_PERSISTENT_PHASES";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
@@ -193,9 +205,14 @@ pub fn check() -> Result<()> {
             }
         }
     }
-    for (name, range) in [(GPU_CHUNK, 0..=1 << 24), (SPLIT_TARGET, 1..=65_536)] {
+    for (name, range) in [
+        (GPU_CHUNK, 0..=1 << 24),
+        (SPLIT_TARGET, 1..=65_536),
+        (GPU_PERSISTENT, 1..=65_535),
+        (GPU_PERSISTENT_PHASES, 2..=64),
+    ] {
         if let Ok(v) = std::env::var(name) {
-            if number(name, range.clone()).is_none() {
+            if !v.is_empty() && number(name, range.clone()).is_none() {
                 bail!(
                     "{name}={v}: expected a whole number from {} to {}",
                     range.start(),

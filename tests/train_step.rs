@@ -1202,6 +1202,74 @@ fn the_triples_tail_in_the_next_fc1_gives_the_same_bits() {
 /// sum in other orders: as in three_training_steps_gpu_equal_cpu, a gradient at
 /// rounding level may take either sign, moving its parameter by up to 2·lr a step;
 /// all but a handful move by less than 1e-5.
+/// The persistent step (`VAE_OOD_GPU_PERSISTENT`, `src/gpu/persistent.rs`) against
+/// the dispatches it replaces, with the same options (the FMA walk, the latent
+/// kernels of 256 threads, which it needs): three training steps and an IWAE
+/// scoring batch, every buffer bit for bit, each training step one persistent
+/// dispatch (the scoring batch's dispatches run as they are). One
+/// workgroup: lavapipe cannot run workgroups that wait on each other, so the G
+/// workgroups' loops over each phase's workgroups are checked with G = 1 here
+/// (they compute the same whatever G, each phase workgroup on its own). Then more
+/// workgroups than any device runs at once: the first barrier's wait gives up and
+/// the next read says so, and the backend runs again after it.
+#[test]
+fn the_persistent_step_gives_the_dispatches_bits() {
+    use vae_ood::backend::Backend;
+    use vae_ood::gpu::{GpuBackend, GpuOptions};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let case = GpuRunCase::new("the_persistent_step_gives_the_dispatches_bits", 3);
+    let base = GpuOptions {
+        latent_threads: Some(256),
+        ..GpuOptions::default()
+    };
+    let mut plain = case.backend(base);
+    let want = case.run(&mut plain);
+    assert_eq!(plain.persistent_dispatches(), 0);
+    let persistent = |groups| GpuOptions {
+        persistent: Some(groups),
+        ..base
+    };
+    let mut one = case.backend(persistent(1));
+    assert!(
+        one.describe().contains("persistent step of 1 workgroups"),
+        "{}",
+        one.describe()
+    );
+    let got = case.run(&mut one);
+    // (each training step up to its Adam; the scoring batch as dispatches)
+    assert_eq!(one.persistent_dispatches(), 3, "{}", one.describe());
+    assert_ne!(
+        f32s(&got, Buf::Params),
+        case.params,
+        "parameters must have moved"
+    );
+    for ((buf, g), (_, w)) in got.iter().zip(&want) {
+        assert!(g == w, "{buf:?} differs from the dispatches'");
+    }
+    // more workgroups than run at once anywhere (an NVIDIA H200 runs ~1,056 of
+    // 256 threads): an error at the next read, not a hang, and not again after
+    let mut many: GpuBackend = case.backend(persistent(4096));
+    let n = case.params.len();
+    many.write_idx(0, &case.idx).unwrap();
+    many.write(Buf::Params, 0, &case.params).unwrap();
+    many.write(Buf::AdamM, 0, &vec![0.0; n]).unwrap();
+    many.write(Buf::AdamV, 0, &vec![0.0; n]).unwrap();
+    many.run(&case.ops).unwrap();
+    let err = match many.read(Buf::Params, 0..n) {
+        Ok(_) => panic!("4,096 workgroups waiting on each other: no error"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("VAE_OOD_GPU_PERSISTENT=4096") && err.contains("gave up waiting"),
+        "{err}"
+    );
+    if let Err(e) = many.read(Buf::Params, 0..n) {
+        panic!("the error said twice: {e}");
+    }
+}
+
 fn assert_params_close(got: &[f32], want: &[f32], steps: usize) {
     let lr = AdamConfig::default().lr;
     let mut loose = 0;

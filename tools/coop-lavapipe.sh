@@ -16,6 +16,14 @@
 #     one workgroup; plain, @coherent, and plain under the Vulkan memory model,
 #     PERSISTENT_CHAIN_VMM=1) against the chain, bit for bit (Debian 12's lavapipe
 #     22.3 cuts their long loops short, so only here);
+#   - the persistent step (VAE_OOD_GPU_PERSISTENT, src/gpu/persistent.rs) against
+#     the dispatches it replaces: tests/train_step.rs's test of it, and a one-epoch
+#     run of 640 images (hidden width 64) with one workgroup and with two, whose
+#     scores and weights must be byte for byte the dispatches'. Two workgroups
+#     wait on each other at every grid barrier: Mesa 26.1's lavapipe runs two at
+#     once on two cores (CI's machines have two), where 22.3's barrier waits give
+#     up (the run is then an error, as on a GPU given more workgroups than it runs
+#     at once);
 #   - with `--run`, also a one-epoch run on the first 1,024 images with the walk and
 #     without, printing both (output under /tmp in the root).
 # Needs root (debootstrap, chroot, mount) and Debian's package mirror. CI runs it
@@ -48,10 +56,11 @@ fi
 bin=$(cargo test --release --test kernels --no-run 2>&1 |
   sed -n 's/.*Executable tests\/kernels.rs (\(.*\))/\1/p' | tail -1)
 [ -n "$bin" ] || { echo "coop-lavapipe: no kernels test binary"; exit 1; }
+steps=$(cargo test --release --test train_step --no-run 2>&1 |
+  sed -n 's/.*Executable tests\/train_step.rs (\(.*\))/\1/p' | tail -1)
+[ -n "$steps" ] || { echo "coop-lavapipe: no train_step test binary"; exit 1; }
+cargo build --release --quiet
 cargo build --release --quiet --example persistent_chain
-if [ "${1:-}" = --run ]; then
-  cargo build --release --quiet
-fi
 
 mkdir -p "$root/work"
 mountpoint -q "$root/work" || mount --bind "$repo" "$root/work"
@@ -63,6 +72,13 @@ inside() {
 inside "vulkaninfo --summary 2>/dev/null | grep -m1 driverInfo; ./target/release/vae-ood devices 2>/dev/null || true"
 inside "VAE_OOD_TEST_REQUIRE_COOP=1 $bin --test-threads 2"
 inside "PERSISTENT_CHAIN_VMM=1 PERSISTENT_CHAIN_STRICT=1 ./target/release/examples/persistent_chain 2"
+inside "$steps --test-threads 1 persistent"
+for p in "" 1 2; do
+  inside "VAE_OOD_GPU_COOP=0 VAE_OOD_GPU_LATENT_THREADS=256 VAE_OOD_GPU_PERSISTENT=$p ./target/release/vae-ood --device gpu --epochs 1 --train-limit 640 --hidden 64 --out /tmp/persistent$p 2>&1 | grep -v '^vae-ood: \\|wrote'"
+done
+for p in 1 2; do
+  inside "cmp /tmp/persistent/scores.csv /tmp/persistent$p/scores.csv && cmp /tmp/persistent/model.safetensors /tmp/persistent$p/model.safetensors && echo 'persistent step of $p workgroups: the same scores and weights, byte for byte'"
+done
 if [ "${1:-}" = --run ]; then
   for coop in 1 0; do
     echo "## VAE_OOD_GPU_COOP=$coop"

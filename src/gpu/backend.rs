@@ -11,6 +11,7 @@ use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
 use super::lower::{
     last_block_len, lower_all, partial_len, rowloss_len, split_target, Fusions, Res, SPLIT_TARGET,
 };
+use super::persistent::{self, ChainPipeline, Phase};
 use crate::backend::{Backend, Pending, PendingRead};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{anyhow, ensure, Result};
@@ -46,6 +47,136 @@ pub struct GpuBackend {
     /// gather; a training step's BCE with its loss), and split-K reduces folded
     /// into the kernel that reads the product ([`absorbs`])
     fusions: Fusions,
+    /// the persistent step's state, where it is on (`VAE_OOD_GPU_PERSISTENT`)
+    persist: Option<Persist>,
+}
+
+/// The persistent step (`persistent.rs`): its pipelines, bind groups, barrier
+/// counters and status word.
+struct Persist {
+    /// workgroups per persistent dispatch
+    groups: u32,
+    /// the most phases (dispatches) per persistent dispatch
+    max_phases: usize,
+    /// whether each kernel can be a phase (its module transforms)
+    phase_ok: HashMap<Kernel, bool>,
+    /// by chain (its phases and what each binds): its pipeline, or None where it
+    /// could not be built (its dispatches then run as they are)
+    pipelines: HashMap<ChainKey, Option<ChainPipeline>>,
+    bind_groups: HashMap<ChainKey, wgpu::BindGroup>,
+    /// group 1 of a chain of n phases (n bindings of the uniform buffer), by n
+    uniform_bgs: HashMap<usize, wgpu::BindGroup>,
+    grid_layout: wgpu::BindGroupLayout,
+    /// the barrier counters: one slot of `align` bytes per persistent dispatch
+    /// of a run, zeroed before it
+    grid: wgpu::Buffer,
+    grid_bg: wgpu::BindGroup,
+    align: usize,
+    /// [0]: 1 where a barrier's wait gave up; copied into `status_staging` with a
+    /// read, checked when it is collected
+    status: wgpu::Buffer,
+    status_staging: wgpu::Buffer,
+    status_mapped: Option<std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>>,
+    /// persistent dispatches were recorded since the status was last copied
+    unchecked: bool,
+    /// persistent dispatches in the last run recorded
+    last_run: usize,
+}
+
+impl Persist {
+    fn new(ctx: &GpuContext, groups: u32) -> Persist {
+        let dev = &ctx.device;
+        let grid_layout = persistent::grid_layout(dev);
+        let align = dev.limits().min_storage_buffer_offset_alignment.max(16) as usize;
+        let status = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("persistent step status"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let status_staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("persistent step status readback"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let (grid, grid_bg) = Self::make_grid(dev, &grid_layout, &status, align, 1);
+        // each phase takes a dynamic uniform offset
+        let most = dev.limits().max_dynamic_uniform_buffers_per_pipeline_layout as usize;
+        Persist {
+            groups,
+            max_phases: (ctx.options.persistent_phases as usize).min(most),
+            phase_ok: HashMap::new(),
+            pipelines: HashMap::new(),
+            bind_groups: HashMap::new(),
+            uniform_bgs: HashMap::new(),
+            grid_layout,
+            grid,
+            grid_bg,
+            align,
+            status,
+            status_staging,
+            status_mapped: None,
+            unchecked: false,
+            last_run: 0,
+        }
+    }
+
+    fn make_grid(
+        dev: &wgpu::Device,
+        layout: &wgpu::BindGroupLayout,
+        status: &wgpu::Buffer,
+        align: usize,
+        slots: usize,
+    ) -> (wgpu::Buffer, wgpu::BindGroup) {
+        let grid = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("grid barrier counters"),
+            size: (slots.max(1) * align) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("grid barrier"),
+            layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &grid,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(16),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: status.as_entire_binding(),
+                },
+            ],
+        });
+        (grid, bg)
+    }
+}
+
+/// A persistent dispatch's phases and the resources each binds (which buffers
+/// share a variable: `persistent::resources`).
+type ChainKey = (Vec<Phase>, Vec<Vec<Res>>);
+
+/// Whether a dispatch of kernel `k` starts a training step (it gathers the batch)
+/// or ends one (its Adam): a persistent dispatch holds at most one step.
+fn starts_step(k: Kernel) -> bool {
+    matches!(
+        k,
+        Kernel::Gather
+            | Kernel::MatmulGather
+            | Kernel::MatmulGatherLatent
+            | Kernel::MatmulGatherAdam
+    )
+}
+
+fn ends_step(k: Kernel) -> bool {
+    matches!(k, Kernel::Adam | Kernel::AdamGather)
 }
 
 /// A query set of `len` timestamps, the buffer it resolves into and a mappable copy.
@@ -123,6 +254,12 @@ impl GpuBackend {
     /// How many dispatches `ops` take (pairs and split-K reduces counted).
     pub fn dispatches(&self, ops: &[Op]) -> usize {
         lower_all(ops, self.fusions).0.len()
+    }
+
+    /// How many persistent dispatches the last run recorded (0 where the
+    /// persistent step is off: `VAE_OOD_GPU_PERSISTENT`).
+    pub fn persistent_dispatches(&self) -> usize {
+        self.persist.as_ref().map_or(0, |p| p.last_run)
     }
 
     /// The kernel of each dispatch `ops` take, in order.
@@ -214,7 +351,9 @@ impl GpuBackend {
             images: store.len() / sizes.dims.d.max(1),
             idx_len,
             fusions: Fusions::NONE,
+            persist: None,
         };
+        me.persist = me.ctx.features.persistent.map(|g| Persist::new(&me.ctx, g));
         me.set_fusions(Fusions::from_env());
         me.ctx.check("buffer creation")?;
         Ok(me)
@@ -301,6 +440,142 @@ impl GpuBackend {
         self.bind_groups.len() - 1
     }
 
+    /// The plan's dispatches as recorded: runs of consecutive dispatches [d0, d1)
+    /// of one training step (up to its Adam) as one persistent dispatch (with its
+    /// phases), where
+    /// the persistent step is on (`chains`), the pipeline for those phases builds
+    /// and the run is not timed; every other dispatch on its own (phases None).
+    /// Creates the chains' pipelines, bind groups and uniform bind groups on first
+    /// use. A chain whose pipeline cannot be built is said once on stderr and its
+    /// dispatches run as they are.
+    #[allow(clippy::type_complexity)]
+    fn units(
+        &mut self,
+        plan: &[(usize, Kernel, usize, (u32, u32, u32))],
+        plan_res: &[Vec<Res>],
+        chains: bool,
+    ) -> Vec<(Range<usize>, Option<ChainKey>)> {
+        let one = |d: usize| (d..d + 1, None);
+        let Some(p) = self.persist.as_mut().filter(|_| chains) else {
+            return (0..plan.len()).map(one).collect();
+        };
+        let mut units = Vec::new();
+        let mut d = 0;
+        while d < plan.len() {
+            // the longest run from d of kernels that can be phases, within a step
+            let mut e = d;
+            while e < plan.len() && e - d < p.max_phases {
+                let k = plan[e].1;
+                if e > d && starts_step(k) {
+                    break;
+                }
+                let ok = *p.phase_ok.entry(k).or_insert_with(|| {
+                    let phase = [Phase {
+                        kernel: k,
+                        groups: (1, 1, 1),
+                    }];
+                    let f = &self.ctx.features;
+                    persistent::chain_module(
+                        &phase,
+                        &|k| k.parts(f.reduce(), f.walk(), f.partials()),
+                        &|k| k.constants(&self.ctx.options),
+                        &|_, b| Some(b as usize),
+                        true,
+                    )
+                    .is_ok()
+                });
+                if !ok {
+                    break;
+                }
+                e += 1;
+                if ends_step(k) {
+                    break;
+                }
+            }
+            // (training steps only: a scoring run has few batches, and each chain
+            // of other phases would be one more pipeline to compile)
+            if e - d < 2 || !ends_step(plan[e - 1].1) {
+                units.push(one(d));
+                d += 1;
+                continue;
+            }
+            let phases: Vec<Phase> = plan[d..e]
+                .iter()
+                .map(|&(_, kernel, _, groups)| Phase { kernel, groups })
+                .collect();
+            let key: ChainKey = (phases, plan_res[d..e].to_vec());
+            let (distinct, map) = persistent::resources(&key.0, &key.1);
+            if !p.pipelines.contains_key(&key) {
+                let built = persistent::build_chain(&self.ctx, &p.grid_layout, &key.0, &map);
+                if let Err(e) = &built {
+                    let names: Vec<String> =
+                        key.0.iter().map(|ph| format!("{:?}", ph.kernel)).collect();
+                    eprintln!(
+                        "vae-ood: the persistent step could not be built for {} ({e:#}); running them as dispatches",
+                        names.join(", ")
+                    );
+                }
+                p.pipelines.insert(key.clone(), built.ok());
+            }
+            let Some(cp) = p.pipelines[&key].as_ref() else {
+                units.extend((d..e).map(one));
+                d = e;
+                continue;
+            };
+            if !p.bind_groups.contains_key(&key) {
+                let entries: Vec<wgpu::BindGroupEntry> = cp
+                    .bindings
+                    .iter()
+                    .enumerate()
+                    .map(|(binding, &r)| wgpu::BindGroupEntry {
+                        binding: binding as u32,
+                        resource: match distinct[r] {
+                            Res::F(b) => &self.bufs[b as usize],
+                            Res::Data => &self.data,
+                            Res::Idx => &self.idx,
+                            Res::Partial => &self.partial,
+                            Res::RowLoss => &self.rowloss,
+                            Res::Counts => &self.counts,
+                            Res::HeadParts => &self.head_parts,
+                        }
+                        .as_entire_binding(),
+                    })
+                    .collect();
+                let bg = self
+                    .ctx
+                    .device
+                    .create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("persistent step"),
+                        layout: &cp.storage,
+                        entries: &entries,
+                    });
+                p.bind_groups.insert(key.clone(), bg);
+            }
+            let uniforms = &self.uniforms;
+            let device = &self.ctx.device;
+            p.uniform_bgs.entry(key.0.len()).or_insert_with(|| {
+                let entries: Vec<wgpu::BindGroupEntry> = (0..key.0.len() as u32)
+                    .map(|binding| wgpu::BindGroupEntry {
+                        binding,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: uniforms,
+                            offset: 0,
+                            size: wgpu::BufferSize::new(UNIFORM_BYTES),
+                        }),
+                    })
+                    .collect();
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("persistent step: uniforms"),
+                    layout: &cp.uniforms,
+                    entries: &entries,
+                })
+            });
+            units.push((d..e, Some(key)));
+            d = e;
+        }
+        units
+    }
+
     fn make_timing(ctx: &GpuContext, len: u32) -> Timing {
         let bytes = len as u64 * 8;
         Timing {
@@ -337,7 +612,8 @@ impl GpuBackend {
         // clear errors for bad plans, and what makes trusted shaders sound (see
         // build_pipeline)
         crate::plan::check_ops(ops, &self.sizes, self.idx_len)?;
-        if ops.len() > self.slots {
+        let grow_uniforms = ops.len() > self.slots;
+        if grow_uniforms {
             let slots = ops.len().next_power_of_two();
             let (u, bg) = Self::make_uniforms(&self.ctx, slots, self.stride);
             self.uniforms = u;
@@ -382,6 +658,9 @@ impl GpuBackend {
             // bind groups hold the old scratch buffers: rebuild them all lazily
             self.bind_group_index.clear();
             self.bind_groups.clear();
+            if let Some(p) = self.persist.as_mut() {
+                p.bind_groups.clear();
+            }
         }
         let mut bytes = vec![0u8; ops.len() * self.stride];
         // (uniform slot, kernel, bind group, workgroups) per dispatch
@@ -391,11 +670,39 @@ impl GpuBackend {
             bytes[i * self.stride..i * self.stride + pbytes.len()].copy_from_slice(pbytes);
         }
         let mut plan = Vec::with_capacity(lowered.len());
+        let mut plan_res = Vec::with_capacity(lowered.len());
         for (i, (k, res, groups)) in lowered {
             let bg = self.bind_group(k, &res);
             plan.push((i, k, bg, groups));
+            plan_res.push(res);
         }
         self.ctx.queue.write_buffer(&self.uniforms, 0, &bytes);
+        if grow_uniforms {
+            if let Some(p) = self.persist.as_mut() {
+                p.uniform_bgs.clear();
+            }
+        }
+        // what each recorded dispatch is: the plan's dispatches [d0, d1) as they
+        // are (one each), or as one persistent dispatch (chain slot, its phases)
+        let units = self.units(&plan, &plan_res, timed.is_none());
+        let chains = units.iter().filter(|u| u.1.is_some()).count();
+        if let Some(p) = self.persist.as_mut() {
+            p.last_run = chains;
+            if chains > 0 {
+                if ((p.grid.size() as usize) / p.align) < chains {
+                    let (g, bg) = Persist::make_grid(
+                        &self.ctx.device,
+                        &p.grid_layout,
+                        &p.status,
+                        p.align,
+                        chains.next_power_of_two(),
+                    );
+                    p.grid = g;
+                    p.grid_bg = bg;
+                }
+                p.unchecked = true;
+            }
+        }
         // Recording is cheap but turning a pass into Vulkan commands (`finish`) costs
         // the host ~2 µs per dispatch (~15 ms for an epoch on a 2-core machine),
         // during which the GPU would sit idle: submit the run in pieces — a small
@@ -412,11 +719,17 @@ impl GpuBackend {
         } else {
             self.submit_chunk
         };
-        let mut d0 = 0;
-        while d0 < plan.len() {
-            // this piece: the dispatches of ops [plan[d0].0, op_end)
-            let op_end = (plan[d0].0 + chunk).min(ops.len());
-            let d1 = d0 + plan[d0..].iter().take_while(|p| p.0 < op_end).count();
+        let mut u0 = 0;
+        let mut slot = 0;
+        while u0 < units.len() {
+            // this piece: the units whose first dispatch is of an op in
+            // [plan[units[u0].0.start].0, op_end)
+            let op_end = (plan[units[u0].0.start].0 + chunk).min(ops.len());
+            let u1 = u0
+                + units[u0..]
+                    .iter()
+                    .take_while(|u| plan[u.0.start].0 < op_end)
+                    .count();
             if self.submit_chunk > 0 {
                 chunk = (chunk * 2).min(self.submit_chunk * 8);
             }
@@ -424,13 +737,34 @@ impl GpuBackend {
                 .ctx
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+            if u0 == 0 && chains > 0 {
+                let p = self.persist.as_ref().expect("chains need it");
+                enc.clear_buffer(&p.grid, 0, Some((chains * p.align) as u64));
+            }
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("ops"),
                     timestamp_writes: None,
                 });
                 let mut current: Option<Kernel> = None;
-                for d in d0..d1 {
+                for (range, chain) in &units[u0..u1] {
+                    if let Some(key) = chain {
+                        let p = self.persist.as_ref().expect("chains need it");
+                        let cp = p.pipelines[key].as_ref().expect("units keep built chains");
+                        let offsets: Vec<u32> = plan[range.clone()]
+                            .iter()
+                            .map(|d| (d.0 * self.stride) as u32)
+                            .collect();
+                        pass.set_pipeline(&cp.pipeline);
+                        current = None;
+                        pass.set_bind_group(0, &p.bind_groups[key], &[]);
+                        pass.set_bind_group(1, &p.uniform_bgs[&key.0.len()], &offsets);
+                        pass.set_bind_group(2, &p.grid_bg, &[(slot * p.align) as u32]);
+                        pass.dispatch_workgroups(p.groups, 1, 1);
+                        slot += 1;
+                        continue;
+                    }
+                    let d = range.start;
                     let (i, k, bg, (gx, gy, gz)) = plan[d];
                     if let Some((t, q)) = &queries {
                         if i >= t.start && (d == 0 || plan[d - 1].0 < t.start) {
@@ -456,7 +790,7 @@ impl GpuBackend {
                     }
                 }
             }
-            if d1 == plan.len() {
+            if u1 == units.len() {
                 if let Some(t) = &timed {
                     let tm = self.timing.as_ref().expect("run_timed creates it");
                     let n = t.len() as u32 + 1;
@@ -465,15 +799,60 @@ impl GpuBackend {
                 }
             }
             self.ctx.queue.submit([enc.finish()]);
-            d0 = d1;
+            u0 = u1;
         }
         self.ctx.check("kernel submission")?;
         Ok(plan.iter().map(|d| d.0).collect())
     }
 }
 
+impl GpuBackend {
+    /// Whether a persistent dispatch's barrier gave up waiting (its status copied
+    /// with an earlier read whose submission has finished): an error, and the
+    /// status cleared.
+    fn check_status(&mut self) -> Result<()> {
+        let Some(p) = self.persist.as_mut() else {
+            return Ok(());
+        };
+        let Some(rx) = &p.status_mapped else {
+            return Ok(());
+        };
+        let mapped = match rx.try_recv() {
+            Ok(r) => r,
+            // (its submission not finished yet: checked at a later read)
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(wgpu::BufferAsyncError),
+        };
+        p.status_mapped = None;
+        mapped.map_err(|e| anyhow!("GPU status readback failed: {e}"))?;
+        let view = p
+            .status_staging
+            .get_mapped_range(..)
+            .map_err(|e| anyhow!("GPU status mapping failed: {e}"))?;
+        let gave_up = bytemuck::cast_slice::<u8, u32>(&view)[0] != 0;
+        drop(view);
+        p.status_staging.unmap();
+        if gave_up {
+            self.ctx.queue.write_buffer(&p.status, 0, &[0u8; 16]);
+            anyhow::bail!(
+                "{}={}: a grid barrier of the persistent step gave up waiting: the GPU did not run that many workgroups at once, and the run's results are wrong; use fewer workgroups",
+                crate::knobs::GPU_PERSISTENT,
+                p.groups
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
+        let persistent = match &self.persist {
+            Some(p) => format!(
+                ", persistent step of {} workgroups (up to {} dispatches each)",
+                p.groups, p.max_phases
+            ),
+            None => String::new(),
+        };
         format!(
             "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{}{}{})",
             self.ctx.info.name,
@@ -523,7 +902,7 @@ impl Backend for GpuBackend {
             } else {
                 ""
             }
-        )
+        ) + &persistent
     }
     fn kind(&self) -> &'static str {
         "gpu"
@@ -670,7 +1049,24 @@ impl Backend for GpuBackend {
             0,
             size,
         );
+        // the persistent step's status with it, where it ran since the last copy
+        let status = self
+            .persist
+            .as_mut()
+            .filter(|p| p.unchecked && p.status_mapped.is_none());
+        let status = status.inspect(|p| {
+            enc.copy_buffer_to_buffer(&p.status, 0, &p.status_staging, 0, 16);
+        });
         let index = self.ctx.queue.submit([enc.finish()]);
+        if let Some(p) = status {
+            p.unchecked = false;
+            let (tx, rx) = std::sync::mpsc::channel();
+            p.status_staging
+                .map_async(wgpu::MapMode::Read, .., move |r| {
+                    let _ = tx.send(r);
+                });
+            p.status_mapped = Some(rx);
+        }
         let (tx, mapped) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
@@ -700,6 +1096,7 @@ impl Backend for GpuBackend {
             })
             .map_err(|e| anyhow!("GPU wait failed during readback: {e}"))?;
         self.ctx.check("readback")?;
+        self.check_status()?;
         mapped
             .recv()
             .map_err(|_| anyhow!("GPU readback was never answered"))?

@@ -764,6 +764,13 @@ pub struct GpuOptions {
     /// not as atomics (`VAE_OOD_GPU_COHERENT=1`; identical bits; off by default:
     /// level on an H200)
     pub coherent: bool,
+    /// the persistent step (`VAE_OOD_GPU_PERSISTENT=G`, `src/gpu/persistent.rs`):
+    /// runs of up to `persistent_phases` consecutive dispatches as one dispatch of
+    /// G workgroups with grid barriers between its phases; None: off (the default)
+    pub persistent: Option<u32>,
+    /// the most dispatches one persistent dispatch runs as its phases
+    /// (`VAE_OOD_GPU_PERSISTENT_PHASES`; 7 by default, a training step's)
+    pub persistent_phases: u32,
 }
 
 /// Whether the matmul kernels walk K on tensor cores (`VAE_OOD_GPU_COOP`).
@@ -813,6 +820,8 @@ impl Default for GpuOptions {
             double_tiles: false,
             early_reads: false,
             coherent: false,
+            persistent: None,
+            persistent_phases: PERSISTENT_PHASES,
         }
     }
 }
@@ -880,9 +889,18 @@ impl GpuOptions {
             double_tiles: crate::knobs::flag(crate::knobs::GPU_DOUBLE_TILES),
             early_reads: crate::knobs::flag(crate::knobs::GPU_EARLY_READS),
             coherent: crate::knobs::flag(crate::knobs::GPU_COHERENT),
+            persistent: crate::knobs::number(crate::knobs::GPU_PERSISTENT, 1..=65_535)
+                .map(|v| v as u32),
+            persistent_phases: crate::knobs::number(crate::knobs::GPU_PERSISTENT_PHASES, 2..=64)
+                .map_or(PERSISTENT_PHASES, |v| v as u32),
         }
     }
 }
+
+/// Dispatches per persistent dispatch unless `VAE_OOD_GPU_PERSISTENT_PHASES` says
+/// otherwise: a training step's seven (each phase takes one of the pipeline
+/// layout's dynamic uniform offsets: WebGPU's default allows 8).
+pub const PERSISTENT_PHASES: u32 = 7;
 
 /// The optional adapter features vae-ood uses when offered: subgroup operations
 /// (for the workgroup reductions) and timestamps inside compute passes (for the
@@ -908,6 +926,9 @@ pub struct FeatureUse {
     /// in words: "coherent partial sums", "atomic partial sums (@coherent offered:
     /// VAE_OOD_GPU_COHERENT=1)", "atomic partial sums"
     pub coherent_why: String,
+    /// the persistent step's workgroups ([`GpuOptions::persistent`]), where asked
+    /// for (it needs `@coherent` and the FMA walk)
+    pub persistent: Option<u32>,
 }
 
 impl FeatureUse {
@@ -938,7 +959,29 @@ impl FeatureUse {
                 "portable reductions: no subgroups offered".to_string(),
             ),
         };
+        let persistent = opts.persistent;
+        if persistent.is_some() && !f.contains(wgpu::Features::MEMORY_DECORATION_COHERENT) {
+            bail!(
+                "{}: GPU adapter {} does not offer @coherent buffers, which the persistent step needs",
+                crate::knobs::GPU_PERSISTENT,
+                info.name
+            );
+        }
+        if persistent.is_some() && opts.coop == Coop::Require {
+            bail!(
+                "{} needs the FMA walk ({}=0 or unset), not the tensor cores: their modules are under the Vulkan memory model, where @coherent is forbidden",
+                crate::knobs::GPU_PERSISTENT,
+                crate::knobs::GPU_COOP
+            );
+        }
         let (coop, coop_why) = match (opts.coop, coop_support(adapter)) {
+            (Coop::Auto, Ok(_)) if persistent.is_some() => (
+                None,
+                format!(
+                    "tensor cores offered, not used (the persistent step, {}, needs the FMA walk)",
+                    crate::knobs::GPU_PERSISTENT
+                ),
+            ),
             // (whether its K step fits the workgroup memory: GpuContext::with_options)
             (Coop::Auto | Coop::Require, Ok((f, sg))) => (
                 Some((f, sg)),
@@ -981,6 +1024,7 @@ impl FeatureUse {
             coop_why,
             coherent,
             coherent_why,
+            persistent,
         })
     }
 
@@ -1004,7 +1048,7 @@ impl FeatureUse {
     /// The features to request: those used.
     pub fn features(&self) -> wgpu::Features {
         let mut f = wgpu::Features::empty();
-        if self.coherent {
+        if self.coherent || self.persistent.is_some() {
             f |= wgpu::Features::MEMORY_DECORATION_COHERENT;
         }
         if self.subgroups {
@@ -1031,7 +1075,7 @@ impl FeatureUse {
     /// partial sums" and the like.
     pub fn summary(&self) -> String {
         format!(
-            "{}; {}; {}; {}",
+            "{}; {}; {}; {}{}",
             self.subgroups_why,
             if self.timestamps {
                 "timestamps"
@@ -1039,7 +1083,11 @@ impl FeatureUse {
                 "no timestamps"
             },
             self.coop_why,
-            self.coherent_why
+            self.coherent_why,
+            match self.persistent {
+                Some(g) => format!("; persistent step of {g} workgroups"),
+                None => String::new(),
+            }
         )
     }
 }
@@ -1408,6 +1456,14 @@ impl GpuContext {
     /// [`GpuContext::with_options`] without the fallback.
     fn open(adapter: wgpu::Adapter, max_buffer: u64, opts: GpuOptions) -> Result<GpuContext> {
         let info = adapter.get_info();
+        // (the persistent step's phases run in workgroups of 256 threads)
+        let opts = match opts.persistent {
+            Some(_) => GpuOptions {
+                latent_threads: Some(super::persistent::THREADS),
+                ..opts
+            },
+            None => opts,
+        };
         let features = FeatureUse::of(&adapter, opts)?;
         let have = adapter.limits();
         if have.max_storage_buffer_binding_size < max_buffer || have.max_buffer_size < max_buffer {
@@ -1501,6 +1557,18 @@ impl GpuContext {
         if latent_bytes <= most {
             limits.max_compute_workgroup_storage_size =
                 limits.max_compute_workgroup_storage_size.max(latent_bytes);
+        }
+        if features.persistent.is_some() {
+            // the persistent step binds every phase's buffers and uniform, and its
+            // workgroup memory is the most of any phase's
+            limits.max_storage_buffers_per_shader_stage = have.max_storage_buffers_per_shader_stage;
+            limits.max_dynamic_uniform_buffers_per_pipeline_layout =
+                have.max_dynamic_uniform_buffers_per_pipeline_layout;
+            limits.max_bindings_per_bind_group = have.max_bindings_per_bind_group;
+            limits.max_compute_workgroup_storage_size = have.max_compute_workgroup_storage_size;
+            limits.max_buffers_and_acceleration_structures_per_shader_stage =
+                have.max_buffers_and_acceleration_structures_per_shader_stage;
+            limits.max_uniform_buffers_per_shader_stage = have.max_uniform_buffers_per_shader_stage;
         }
         let workgroup_bytes = limits.max_compute_workgroup_storage_size;
         let opts = GpuOptions {

@@ -5,6 +5,7 @@
 mod backend;
 mod context;
 mod lower;
+pub mod persistent;
 
 pub use backend::GpuBackend;
 pub use context::{

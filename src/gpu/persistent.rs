@@ -1,0 +1,1199 @@
+//! The persistent step (opt-in, `VAE_OOD_GPU_PERSISTENT=G`): a run of consecutive
+//! dispatches — a training step's seven by default — recorded as **one** dispatch
+//! of G workgroups, whose phases are the dispatches' kernels, unchanged, separated
+//! by grid barriers instead of dispatch boundaries. On an NVIDIA H200 a dispatch
+//! boundary costs ~4 µs more than a grid barrier over `@coherent` buffers at 416
+//! workgroups (`examples/persistent_chain.rs`, 2026-11-27: 49.26 against 53.41 µs
+//! per product), and a step has six boundaries inside it.
+//!
+//! The module is built from the kernels' own WGSL, not from rewritten copies
+//! ([`chain_module`]). Each phase's module (`Kernel::parts`, as its own pipeline
+//! would be built) is parsed into top-level declarations, and:
+//!
+//! - every name it declares gets the prefix `ph{i}_` (phase i), except the
+//!   declarations that are the same text in every phase that has them and refer
+//!   only to such declarations (structs, constants, pipeline constants with the
+//!   same value, workgroup memory): those appear once, shared. Workgroup memory
+//!   is shared that way — the phases run one after another, a workgroup barrier
+//!   after each workgroup's turn — so the module needs the most one kernel needs,
+//!   not their sum;
+//! - its storage buffers become one variable per buffer (and type) of the
+//!   chain, `buf{n}` at binding n of group 0, declared `read_write` (a buffer one
+//!   phase writes is bound by another too, and wgpu forbids read-only and writable
+//!   bindings of a buffer in one dispatch): phases that bind the same buffer share
+//!   the variable, as naga refuses two variables at one binding and lavapipe
+//!   allows 32 storage buffers per stage where the step's kernels bind 64 (a buffer one phase writes is bound by another too, and wgpu
+//!   forbids read-only and writable bindings of a buffer in one dispatch); those
+//!   the caller names get `@coherent` (the buffers some phase writes: after a grid
+//!   barrier only coherent loads are sure to see another workgroup's stores, as
+//!   `examples/persistent_chain.rs` measured on an H200). Its uniform moves to
+//!   group 1, binding i (a dynamic offset per phase: the op's slot);
+//! - its entry points become plain functions (builtins as arguments).
+//!
+//! The generated entry point (`persistent_step`) walks the phases: workgroup w of
+//! G runs phase i's workgroups w, w + G, … (their ids, `num_workgroups` and
+//! `global_invocation_id` as the dispatch would have given them), then waits at
+//! `grid_barrier` (`shaders/grid_barrier.wgsl`) until all G have finished the
+//! phase. Each workgroup of a phase computes what it computed in its own dispatch,
+//! in the same order: the same bits as the dispatches, whatever G (tested with G
+//! = 1 on lavapipe, which cannot run workgroups that wait on each other).
+//!
+//! G must not exceed the workgroups the GPU runs at once, or the first barrier
+//! waits for workgroups that cannot start. The wait is bounded: a workgroup that
+//! waits too long (2²² polls) marks the run failed in the status word, every
+//! later barrier stops waiting, and the backend turns the mark into an error at
+//! the next read (`GpuBackend::collect`). Needs the FMA walk (the tensor-core
+//! walk's modules are under the Vulkan memory model, where `@coherent` is
+//! forbidden) and workgroups of 256 threads in every phase (the latent kernels
+//! are built with 256 then).
+
+use super::context::Kernel;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The resources of a chain whose phase i binds `res[i]` (in its kernel's
+/// `bindings()` order): each distinct one once, in order of first use, and which
+/// of them each phase's binding b is ((phase, b) → index), for [`chain_module`]'s
+/// `resource`.
+pub(super) fn resources<R: PartialEq + Copy>(
+    phases: &[Phase],
+    res: &[Vec<R>],
+) -> (Vec<R>, HashMap<(usize, u32), usize>) {
+    let mut distinct: Vec<R> = Vec::new();
+    let mut map = HashMap::new();
+    for (i, (p, r)) in phases.iter().zip(res).enumerate() {
+        for (&(b, _), &r) in p.kernel.bindings().iter().zip(r) {
+            let at = match distinct.iter().position(|&d| d == r) {
+                Some(at) => at,
+                None => {
+                    distinct.push(r);
+                    distinct.len() - 1
+                }
+            };
+            map.insert((i, b), at);
+        }
+    }
+    (distinct, map)
+}
+
+/// Where bindings no entry point uses go: phase i's binding b at
+/// `UNUSED_BINDINGS + 64 i + b` (not in the layout, which only needs those used).
+const UNUSED_BINDINGS: u32 = 1000;
+
+/// Threads per workgroup of every phase (and of the persistent entry point).
+pub const THREADS: u32 = 256;
+
+/// The grid barrier and its buffers (group 2).
+const GRID_BARRIER: &str = include_str!("../../shaders/grid_barrier.wgsl");
+
+/// One phase of a chain: a dispatch's kernel and workgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Phase {
+    pub kernel: Kernel,
+    pub groups: (u32, u32, u32),
+}
+
+/// A chain's module: WGSL text, its pipeline-overridable constants, and its
+/// entry point ([`ENTRY`]).
+#[derive(Debug)]
+pub struct ChainModule {
+    pub text: String,
+    pub constants: Vec<(String, f64)>,
+    /// group 0's bindings 0, 1, …: the resource each is (`resource`'s ids)
+    pub bindings: Vec<usize>,
+}
+
+/// The persistent module's entry point.
+pub const ENTRY: &str = "persistent_step";
+
+// ---------------------------------------------------------------------------
+// WGSL tokens and top-level declarations
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Ident,
+    Number,
+    Punct,
+    /// whitespace and comments
+    Trivia,
+}
+
+/// Split WGSL source into tokens (byte ranges), comments and whitespace kept as
+/// trivia, so that joining every token's text gives the source back.
+fn tokenize(src: &str) -> Vec<(Tok, usize, usize)> {
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        let c = b[i];
+        let kind = if c.is_ascii_whitespace() {
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            Tok::Trivia
+        } else if c == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            Tok::Trivia
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            // (block comments nest in WGSL)
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            Tok::Trivia
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            Tok::Ident
+        } else if c.is_ascii_digit() {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+            Tok::Number
+        } else {
+            // (UTF-8 outside comments does not occur in WGSL code)
+            i += src[i..].chars().next().map_or(1, char::len_utf8);
+            Tok::Punct
+        };
+        out.push((kind, start, i));
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeclKind {
+    /// `enable`, `requires`, `diagnostic`: module directives
+    Directive,
+    Fn,
+    Struct,
+    Const,
+    Override,
+    Alias,
+    /// `var<storage…>`, `var<uniform>`
+    Binding,
+    Workgroup,
+    Private,
+    ConstAssert,
+}
+
+/// A top-level declaration: tokens [start, end) of the module (its leading trivia
+/// included), what it declares.
+#[derive(Debug, Clone)]
+struct Decl {
+    kind: DeclKind,
+    name: String,
+    start: usize,
+    end: usize,
+    /// whether it carries `@compute` (an entry point)
+    entry: bool,
+}
+
+/// A parsed module: its source, tokens and top-level declarations.
+struct Parsed<'a> {
+    src: &'a str,
+    toks: Vec<(Tok, usize, usize)>,
+    decls: Vec<Decl>,
+}
+
+impl<'a> Parsed<'a> {
+    fn text(&self, t: usize) -> &'a str {
+        &self.src[self.toks[t].1..self.toks[t].2]
+    }
+
+    /// The next non-trivia token at or after `t`.
+    fn next(&self, mut t: usize) -> Option<usize> {
+        while t < self.toks.len() && self.toks[t].0 == Tok::Trivia {
+            t += 1;
+        }
+        (t < self.toks.len()).then_some(t)
+    }
+
+    /// The non-trivia token before `t`.
+    fn prev(&self, t: usize) -> Option<usize> {
+        (0..t).rev().find(|&u| self.toks[u].0 != Tok::Trivia)
+    }
+
+    fn parse(src: &'a str) -> Result<Parsed<'a>> {
+        let toks = tokenize(src);
+        let mut p = Parsed {
+            src,
+            toks,
+            decls: Vec::new(),
+        };
+        let mut t = 0;
+        while let Some(first) = p.next(t) {
+            let decl = p.decl(t, first)?;
+            t = decl.end;
+            p.decls.push(decl);
+        }
+        Ok(p)
+    }
+
+    /// The declaration whose first token is `first` (its leading trivia from `from`).
+    fn decl(&self, from: usize, first: usize) -> Result<Decl> {
+        let mut t = first;
+        let mut entry = false;
+        // attributes: @name or @name(…)
+        while self.text(t) == "@" {
+            let name = self.next(t + 1).context("an attribute without a name")?;
+            entry |= self.text(name) == "compute";
+            t = self
+                .next(name + 1)
+                .context("a declaration ends after an attribute")?;
+            if self.text(t) == "(" {
+                t = self.close(t)?;
+                t = self
+                    .next(t + 1)
+                    .context("a declaration ends after an attribute")?;
+            }
+        }
+        let keyword = self.text(t);
+        let kind = match keyword {
+            "enable" | "requires" | "diagnostic" => DeclKind::Directive,
+            "fn" => DeclKind::Fn,
+            "struct" => DeclKind::Struct,
+            "const" => DeclKind::Const,
+            "override" => DeclKind::Override,
+            "alias" => DeclKind::Alias,
+            "const_assert" => DeclKind::ConstAssert,
+            "var" => {
+                let open = self.next(t + 1).context("var without a name")?;
+                if self.text(open) == "<" {
+                    let space = self.next(open + 1).context("var<")?;
+                    match self.text(space) {
+                        "workgroup" => DeclKind::Workgroup,
+                        "private" => DeclKind::Private,
+                        _ => DeclKind::Binding,
+                    }
+                } else {
+                    DeclKind::Private
+                }
+            }
+            other => bail!("unexpected `{other}` at the top level of a module"),
+        };
+        // the declared name: the identifier after the keyword (after var's <…>)
+        let mut n = self.next(t + 1).context("a declaration without a name")?;
+        if kind != DeclKind::Directive && kind != DeclKind::ConstAssert && self.text(n) == "<" {
+            while self.text(n) != ">" {
+                n = self.next(n + 1).context("unclosed var<")?;
+            }
+            n = self.next(n + 1).context("var<…> without a name")?;
+        }
+        let name = match kind {
+            DeclKind::Directive | DeclKind::ConstAssert => String::new(),
+            _ => self.text(n).to_string(),
+        };
+        // the end: `;` at depth 0, or the body's closing brace for fn and struct
+        let mut u = n;
+        let end = loop {
+            let s = self.text(u);
+            if s == ";" {
+                break u + 1;
+            }
+            if s == "{" && matches!(kind, DeclKind::Fn | DeclKind::Struct) {
+                let close = self.close(u)?;
+                // (a `;` right after a struct's brace belongs to it)
+                break match self.next(close + 1) {
+                    Some(semi) if self.text(semi) == ";" => semi + 1,
+                    _ => close + 1,
+                };
+            }
+            if matches!(s, "(" | "[" | "{") {
+                u = self.close(u)?;
+            }
+            u = self.next(u + 1).context("a declaration without its end")?;
+        };
+        Ok(Decl {
+            kind,
+            name,
+            start: from,
+            end,
+            entry,
+        })
+    }
+
+    /// The token that closes the bracket opened at `t`.
+    fn close(&self, t: usize) -> Result<usize> {
+        let mut depth = 0i32;
+        for u in t..self.toks.len() {
+            if self.toks[u].0 != Tok::Punct {
+                continue;
+            }
+            match self.text(u) {
+                "(" | "[" | "{" => depth += 1,
+                ")" | "]" | "}" => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(u);
+                    }
+                }
+                _ => {}
+            }
+        }
+        bail!("an unclosed bracket")
+    }
+
+    /// Whether identifier token `t` names a top-level declaration where it stands:
+    /// not a member (after `.`, or a struct member's declared name), not an
+    /// attribute's name or argument.
+    fn is_reference(&self, t: usize, decl: &Decl) -> bool {
+        if self.toks[t].0 != Tok::Ident {
+            return false;
+        }
+        match self.prev(t).map(|p| self.text(p)) {
+            Some(".") | Some("@") => return false,
+            _ => {}
+        }
+        if decl.kind == DeclKind::Struct
+            && self.next(t + 1).map(|n| self.text(n)) == Some(":")
+            && self.depth_in(decl, t) == 1
+        {
+            return false;
+        }
+        // inside an attribute's parentheses: @name(…)
+        let mut depth = 0i32;
+        let mut u = t;
+        while u > decl.start {
+            u -= 1;
+            if self.toks[u].0 != Tok::Punct {
+                continue;
+            }
+            match self.text(u) {
+                ")" | "]" | "}" => depth += 1,
+                "(" | "[" | "{" => {
+                    if depth == 0 {
+                        if self.text(u) != "(" {
+                            return true;
+                        }
+                        let name = self.prev(u);
+                        let at = name.and_then(|n| self.prev(n));
+                        return at.is_none_or(|a| self.text(a) != "@");
+                    }
+                    depth -= 1;
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// Brace depth of token `t` inside `decl`.
+    fn depth_in(&self, decl: &Decl, t: usize) -> i32 {
+        let mut depth = 0;
+        for u in decl.start..t {
+            if self.toks[u].0 == Tok::Punct {
+                match self.text(u) {
+                    "{" => depth += 1,
+                    "}" => depth -= 1,
+                    _ => {}
+                }
+            }
+        }
+        depth
+    }
+
+    /// A binding declaration's (group, binding).
+    fn binding_attr(&self, d: &Decl) -> Result<(u32, u32)> {
+        let mut found = (None, None);
+        for t in d.start..d.end {
+            if self.text(t) != "@" {
+                continue;
+            }
+            let Some(name) = self.next(t + 1) else { break };
+            let slot = match self.text(name) {
+                "group" => &mut found.0,
+                "binding" => &mut found.1,
+                _ => continue,
+            };
+            let v = self
+                .next(name + 1)
+                .and_then(|open| self.next(open + 1))
+                .map(|v| self.text(v).trim_end_matches('u'));
+            *slot = v.and_then(|v| v.parse::<u32>().ok());
+        }
+        match found {
+            (Some(g), Some(b)) => Ok((g, b)),
+            _ => bail!("`{}` has no literal @group and @binding", d.name),
+        }
+    }
+
+    /// A variable declaration's type, as text (tokens after its name's `:`).
+    fn type_text(&self, d: &Decl) -> String {
+        let toks: Vec<usize> = (d.start..d.end)
+            .filter(|&t| self.toks[t].0 != Tok::Trivia)
+            .collect();
+        let colon = toks
+            .iter()
+            .position(|&t| self.text(t) == ":")
+            .unwrap_or(toks.len());
+        toks[(colon + 1).min(toks.len())..]
+            .iter()
+            .map(|&t| self.text(t))
+            .filter(|s| *s != ";")
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The declaration's tokens without trivia, joined by spaces (to compare).
+    fn normal(&self, d: &Decl) -> String {
+        (d.start..d.end)
+            .filter(|&t| self.toks[t].0 != Tok::Trivia)
+            .map(|t| self.text(t))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The top-level names a declaration refers to.
+    fn references(&self, d: &Decl, names: &BTreeSet<String>) -> BTreeSet<String> {
+        (d.start..d.end)
+            .filter(|&t| self.is_reference(t, d) && names.contains(self.text(t)))
+            .map(|t| self.text(t).to_string())
+            .filter(|n| *n != d.name)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The chain module
+
+/// A builtin an entry point takes, by name, and how the persistent entry point
+/// gives it to a phase.
+fn builtin_value(name: &str, dims: [u32; 3], groups: (u32, u32, u32)) -> Result<String> {
+    let lid = format!(
+        "vec3<u32>(pli % {x}u, (pli / {x}u) % {y}u, pli / {xy}u)",
+        x = dims[0],
+        y = dims[1],
+        xy = dims[0] * dims[1]
+    );
+    Ok(match name {
+        "workgroup_id" => "w".to_string(),
+        "local_invocation_index" => "pli".to_string(),
+        "local_invocation_id" => lid,
+        "global_invocation_id" => format!(
+            "w * vec3<u32>({}u, {}u, {}u) + {lid}",
+            dims[0], dims[1], dims[2]
+        ),
+        "num_workgroups" => format!("vec3<u32>({}u, {}u, {}u)", groups.0, groups.1, groups.2),
+        "subgroup_invocation_id" => "psg_lane".to_string(),
+        "subgroup_size" => "psg_size".to_string(),
+        "subgroup_id" => "psg_id".to_string(),
+        "num_subgroups" => "psg_count".to_string(),
+        other => bail!("builtin {other} is not passed to a persistent phase"),
+    })
+}
+
+/// A phase's entry point: its function's name (renamed), the builtins of its
+/// arguments, its workgroup size.
+struct EntryInfo {
+    name: String,
+    builtins: Vec<String>,
+    dims: [u32; 3],
+}
+
+/// The persistent module for `phases`: `parts(k)` gives kernel k's module files
+/// (as its own pipeline is built from them), `constants(k)` its pipeline-overridable
+/// constants, `coherent(i, b)` whether phase i's storage binding b (its own number)
+/// is to be declared `@coherent`. Errors where a kernel cannot be a phase (a
+/// builtin it takes is not passed, its workgroup is not [`THREADS`] threads, two
+/// phases' pipeline constants disagree on a shared name…), so that the caller can
+/// run the dispatches as they are.
+pub fn chain_module(
+    phases: &[Phase],
+    parts: &dyn Fn(Kernel) -> Vec<(&'static str, &'static str)>,
+    constants: &dyn Fn(Kernel) -> Vec<(&'static str, f64)>,
+    resource: &dyn Fn(usize, u32) -> Option<usize>,
+    coherent: bool,
+) -> Result<ChainModule> {
+    let sources: Vec<String> = phases
+        .iter()
+        .map(|p| super::context::Assembled::new(&parts(p.kernel)).text)
+        .collect();
+    let parsed: Vec<Parsed> = sources
+        .iter()
+        .zip(phases)
+        .map(|(s, p)| Parsed::parse(s).with_context(|| format!("parsing {:?}", p.kernel)))
+        .collect::<Result<_>>()?;
+    let consts: Vec<HashMap<&str, f64>> = phases
+        .iter()
+        .map(|p| constants(p.kernel).into_iter().collect())
+        .collect();
+
+    // which names are shared: declared as the same text in every phase that has
+    // them (pipeline constants with the same value), of a kind that can be, and
+    // referring only to shared names
+    let names: Vec<BTreeSet<String>> = parsed
+        .iter()
+        .map(|p| {
+            p.decls
+                .iter()
+                .map(|d| d.name.clone())
+                .filter(|n| !n.is_empty())
+                .collect()
+        })
+        .collect();
+    let mut forms: BTreeMap<String, Option<(String, Option<u64>)>> = BTreeMap::new();
+    for (i, p) in parsed.iter().enumerate() {
+        for d in &p.decls {
+            if d.name.is_empty() {
+                continue;
+            }
+            let sharable = matches!(
+                d.kind,
+                DeclKind::Struct
+                    | DeclKind::Const
+                    | DeclKind::Override
+                    | DeclKind::Alias
+                    | DeclKind::Workgroup
+            );
+            let form = sharable.then(|| {
+                let value = consts[i].get(d.name.as_str()).map(|v| v.to_bits());
+                (p.normal(d), value)
+            });
+            forms
+                .entry(d.name.clone())
+                .and_modify(|f| {
+                    if f.as_ref() != form.as_ref() {
+                        *f = None;
+                    }
+                })
+                .or_insert(form);
+        }
+    }
+    let mut shared: BTreeSet<String> = forms
+        .iter()
+        .filter(|(_, f)| f.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    loop {
+        let mut drop = Vec::new();
+        for (i, p) in parsed.iter().enumerate() {
+            for d in p.decls.iter().filter(|d| shared.contains(&d.name)) {
+                if p.references(d, &names[i])
+                    .iter()
+                    .any(|r| !shared.contains(r))
+                {
+                    drop.push(d.name.clone());
+                }
+            }
+        }
+        if drop.is_empty() {
+            break;
+        }
+        for n in drop {
+            shared.remove(&n);
+        }
+    }
+
+    // the storage buffers: one variable per resource and type, `buf{n}` at
+    // binding n, for every phase that binds the resource (naga refuses two
+    // variables at one binding); a binding the entry point does not use keeps a
+    // variable of its own at a number of its own
+    let mut slots: Vec<(usize, String)> = Vec::new();
+    let mut slot_of: HashMap<(usize, String), u32> = HashMap::new();
+    let mut numbers: HashMap<(usize, String), u32> = HashMap::new();
+    for (i, p) in parsed.iter().enumerate() {
+        for d in p.decls.iter().filter(|d| d.kind == DeclKind::Binding) {
+            let (group, b) = p.binding_attr(d)?;
+            if group != 0 {
+                numbers.insert((i, d.name.clone()), i as u32);
+                continue;
+            }
+            match resource(i, b) {
+                Some(r) => {
+                    let key = (r, p.type_text(d));
+                    let n = match slots.iter().position(|s| *s == key) {
+                        Some(n) => n,
+                        None => {
+                            slots.push(key);
+                            slots.len() - 1
+                        }
+                    } as u32;
+                    slot_of.insert((i, d.name.clone()), n);
+                    numbers.insert((i, d.name.clone()), n);
+                }
+                None => {
+                    numbers.insert((i, d.name.clone()), UNUSED_BINDINGS + i as u32 * 64 + b);
+                }
+            }
+        }
+    }
+
+    let mut directives = BTreeSet::new();
+    let mut emitted = BTreeSet::new();
+    let mut emitted_slots = BTreeSet::new();
+    let mut body = String::new();
+    let mut entries = Vec::new();
+    let mut out_constants: BTreeMap<String, f64> = BTreeMap::new();
+    for (i, (p, phase)) in parsed.iter().zip(phases).enumerate() {
+        let prefix = format!("ph{i}_");
+        let rename = |n: &str| -> String {
+            if let Some(slot) = slot_of.get(&(i, n.to_string())) {
+                format!("buf{slot}")
+            } else if names[i].contains(n) && !shared.contains(n) {
+                format!("{prefix}{n}")
+            } else {
+                n.to_string()
+            }
+        };
+        for (name, value) in &consts[i] {
+            if names[i].contains(*name) {
+                out_constants.insert(rename(name), *value);
+            }
+        }
+        let mut entry = None;
+        for d in &p.decls {
+            if d.kind == DeclKind::Directive {
+                directives.insert(p.normal(d));
+                continue;
+            }
+            if shared.contains(&d.name) && !emitted.insert(d.name.clone()) {
+                continue;
+            }
+            if let Some(&slot) = slot_of.get(&(i, d.name.clone())) {
+                if !emitted_slots.insert(slot) {
+                    continue;
+                }
+            }
+            let number = numbers.get(&(i, d.name.clone())).copied();
+            let selected = d.entry && d.name == phase.kernel.entry();
+            let (text, info) = emit(p, d, &rename, number, coherent, &consts[i], selected)
+                .with_context(|| format!("{:?}, `{}`", phase.kernel, d.name))?;
+            body.push_str(&text);
+            if selected {
+                entry = info;
+            }
+        }
+        body.push('\n');
+        let e = entry.with_context(|| {
+            format!(
+                "{:?}: entry point {} not found",
+                phase.kernel,
+                phase.kernel.entry()
+            )
+        })?;
+        // every argument a builtin (not a struct of them, as the reductions' are)
+        let module = naga::front::wgsl::parse_str(&sources[i])
+            .map_err(|err| anyhow::anyhow!("{:?}: {}", phase.kernel, err.message()))?;
+        let ep = module
+            .entry_points
+            .iter()
+            .find(|ep| ep.name == phase.kernel.entry())
+            .context("entry point")?;
+        let builtins = ep
+            .function
+            .arguments
+            .iter()
+            .filter(|a| matches!(a.binding, Some(naga::Binding::BuiltIn(_))))
+            .count();
+        if builtins != ep.function.arguments.len() || builtins != e.builtins.len() {
+            bail!(
+                "{:?}: its entry point takes more than builtins",
+                phase.kernel
+            );
+        }
+        if e.dims.iter().product::<u32>() != THREADS {
+            bail!(
+                "{:?}: workgroups of {:?} threads, not {THREADS}",
+                phase.kernel,
+                e.dims
+            );
+        }
+        entries.push(e);
+    }
+
+    // the entry point
+    let mut call = String::new();
+    let mut subgroups = false;
+    for (i, (e, phase)) in entries.iter().zip(phases).enumerate() {
+        let (gx, gy, gz) = phase.groups;
+        let args = e
+            .builtins
+            .iter()
+            .map(|b| builtin_value(b, e.dims, phase.groups))
+            .collect::<Result<Vec<_>>>()?;
+        subgroups |= args.iter().any(|a| a.starts_with("psg_"));
+        call.push_str(&format!(
+            "    // phase {i}: {:?}, ({gx}, {gy}, {gz}) workgroups\n    \
+             for (var v = pwg.x; v < {total}u; v += pn.x) {{\n        \
+             let w = vec3<u32>(v % {gx}u, (v / {gx}u) % {gy}u, v / {gxy}u);\n        \
+             {name}({args});\n        \
+             workgroupBarrier();\n    }}\n",
+            phase.kernel,
+            total = gx * gy * gz,
+            gxy = gx * gy,
+            name = e.name,
+            args = args.join(", ")
+        ));
+        if i + 1 < phases.len() {
+            call.push_str(&format!("    grid_barrier(pli, pn.x, {i}u);\n"));
+        }
+    }
+    let sg = if subgroups {
+        ", @builtin(subgroup_invocation_id) psg_lane: u32, @builtin(subgroup_size) psg_size: u32, \
+         @builtin(subgroup_id) psg_id: u32, @builtin(num_subgroups) psg_count: u32"
+    } else {
+        ""
+    };
+    let mut text = String::new();
+    for d in &directives {
+        text.push_str(d);
+        text.push('\n');
+    }
+    text.push_str(&body);
+    text.push_str(GRID_BARRIER);
+    text.push_str(&format!(
+        "\n// the phases, a grid barrier between them (src/gpu/persistent.rs)\n\
+         @compute @workgroup_size({THREADS})\n\
+         fn {ENTRY}(@builtin(workgroup_id) pwg: vec3<u32>, @builtin(num_workgroups) pn: vec3<u32>, \
+         @builtin(local_invocation_index) pli: u32{sg}) {{\n{call}}}\n"
+    ));
+    Ok(ChainModule {
+        text,
+        constants: out_constants.into_iter().collect(),
+        bindings: slots.into_iter().map(|s| s.0).collect(),
+    })
+}
+
+/// Declaration `d` of phase `i`'s module as it goes into the chain module:
+/// renamed, its binding moved, an entry point made a function (with what its
+/// arguments are).
+fn emit(
+    p: &Parsed,
+    d: &Decl,
+    rename: &dyn Fn(&str) -> String,
+    number: Option<u32>,
+    coherent: bool,
+    consts: &HashMap<&str, f64>,
+    selected: bool,
+) -> Result<(String, Option<EntryInfo>)> {
+    let mut out = String::new();
+    let mut info = None;
+    let mut t = d.start;
+    while t < d.end {
+        let s = p.text(t);
+        if p.toks[t].0 == Tok::Trivia {
+            out.push_str(s);
+            t += 1;
+            continue;
+        }
+        if s == "@" {
+            let name_t = p.next(t + 1).context("attribute")?;
+            let name = p.text(name_t);
+            let after = p.next(name_t + 1).context("attribute")?;
+            let (args_end, args) = if p.text(after) == "(" {
+                let close = p.close(after)?;
+                let args: Vec<&str> = (after + 1..close)
+                    .filter(|&u| p.toks[u].0 != Tok::Trivia && p.text(u) != ",")
+                    .map(|u| p.text(u))
+                    .collect();
+                (close + 1, args)
+            } else {
+                (name_t + 1, Vec::new())
+            };
+            let value = |a: &str| -> Result<u32> {
+                let lit = a.trim_end_matches(['u', 'i']);
+                match lit.parse::<u32>() {
+                    Ok(v) => Ok(v),
+                    Err(_) => consts
+                        .get(a)
+                        .map(|v| *v as u32)
+                        .with_context(|| format!("`{a}` is not a literal or a pipeline constant")),
+                }
+            };
+            match (name, d.entry) {
+                ("compute", true) => {}
+                ("workgroup_size", true) => {
+                    if selected {
+                        let mut dims = [1u32; 3];
+                        for (k, a) in args.iter().enumerate() {
+                            dims[k] = value(a)?;
+                        }
+                        info = Some(EntryInfo {
+                            name: rename(&d.name),
+                            builtins: Vec::new(),
+                            dims,
+                        });
+                    }
+                }
+                ("builtin", true) => {
+                    if let Some(e) = info.as_mut() {
+                        e.builtins.push(args[0].to_string());
+                    }
+                }
+                ("group", _) => {
+                    out.push_str(&p.src[p.toks[t].1..p.toks[args_end - 1].2]);
+                }
+                ("binding", _) => {
+                    let n = number.context("a binding without its number")?;
+                    out.push_str(&format!("@binding({n})"));
+                    let ty_atomic = (args_end..d.end)
+                        .any(|u| p.toks[u].0 == Tok::Ident && p.text(u).starts_with("atomic"));
+                    let has = (d.start..d.end).any(|u| p.text(u) == "coherent");
+                    let storage = (args_end..d.end).any(|u| p.text(u) == "storage");
+                    if coherent && storage && !ty_atomic && !has {
+                        out.push_str(" @coherent");
+                    }
+                    t = args_end;
+                    continue;
+                }
+                _ => out.push_str(&p.src[p.toks[t].1..p.toks[args_end - 1].2]),
+            }
+            t = args_end;
+            continue;
+        }
+        if d.kind == DeclKind::Binding
+            && s == "read"
+            && p.next(t + 1).map(|n| p.text(n)) == Some(">")
+        {
+            out.push_str("read_write");
+            t += 1;
+            continue;
+        }
+        if p.is_reference(t, d) {
+            out.push_str(&rename(s));
+        } else {
+            out.push_str(s);
+        }
+        t += 1;
+    }
+    if selected && info.is_none() {
+        bail!("an entry point without @workgroup_size");
+    }
+    Ok((out, info))
+}
+
+/// A chain's compute pipeline and the layouts of its groups 0 (the phases'
+/// storage buffers) and 1 (every phase's uniform slot, a dynamic offset each).
+pub(super) struct ChainPipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub storage: wgpu::BindGroupLayout,
+    pub uniforms: wgpu::BindGroupLayout,
+    /// group 0's binding n: the index of its resource (as [`resources`] lists them)
+    pub bindings: Vec<usize>,
+}
+
+/// The bind-group layout of group 2: this dispatch's barrier counters (a dynamic
+/// offset per dispatch) and the status word.
+pub(super) fn grid_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
+    let entry = |binding, dynamic| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only: false },
+            has_dynamic_offset: dynamic,
+            min_binding_size: wgpu::BufferSize::new(16),
+        },
+        count: None,
+    };
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("grid barrier"),
+        entries: &[entry(0, true), entry(1, false)],
+    })
+}
+
+/// Build the pipeline of a chain on the context's device (every storage buffer
+/// `@coherent`). Errors (the module or the device refusing it) come back as one
+/// line, for the caller to run the dispatches as they are instead.
+pub(super) fn build_chain(
+    ctx: &super::context::GpuContext,
+    grid: &wgpu::BindGroupLayout,
+    phases: &[Phase],
+    resource: &HashMap<(usize, u32), usize>,
+) -> Result<ChainPipeline> {
+    let f = &ctx.features;
+    let opts = &ctx.options;
+    let m = chain_module(
+        phases,
+        &|k| k.parts(f.reduce(), f.walk(), f.partials()),
+        &|k| k.constants(opts),
+        &|i, b| resource.get(&(i, b)).copied(),
+        true,
+    )?;
+    let device = &ctx.device;
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some("persistent step"),
+        source: wgpu::ShaderSource::Wgsl(m.text.as_str().into()),
+    };
+    let module = match opts.checks {
+        super::context::ShaderChecks::All => device.create_shader_module(desc),
+        // SAFETY: the phases are the kernels' own code (see build_pipeline's list);
+        // the grid barrier's wait is bounded (GRID_SPINS) and indexes a fixed array
+        // with constants.
+        super::context::ShaderChecks::NoLoopBounds => unsafe {
+            device.create_shader_module_trusted(
+                desc,
+                wgpu::ShaderRuntimeChecks {
+                    force_loop_bounding: false,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                },
+            )
+        },
+        // SAFETY: as above
+        super::context::ShaderChecks::Trusted => unsafe {
+            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        },
+    };
+    let storage_entries: Vec<wgpu::BindGroupLayoutEntry> = (0..m.bindings.len() as u32)
+        .map(|binding| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: false },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let storage = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("persistent step: storage"),
+        entries: &storage_entries,
+    });
+    let uniform_entries: Vec<wgpu::BindGroupLayoutEntry> = (0..phases.len() as u32)
+        .map(|binding| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let uniforms = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("persistent step: uniforms"),
+        entries: &uniform_entries,
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("persistent step"),
+        bind_group_layouts: &[Some(&storage), Some(&uniforms), Some(grid)],
+        immediate_size: 0,
+    });
+    let constants: Vec<(&str, f64)> = m.constants.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("persistent step"),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some(ENTRY),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            zero_initialize_workgroup_memory: opts.checks != super::context::ShaderChecks::Trusted,
+            constants: &constants,
+        },
+        cache: None,
+    });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        let msg = e.to_string();
+        let parts: Vec<&str> = msg
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "Caused by:")
+            .collect();
+        bail!("{}", parts.join(": "));
+    }
+    Ok(ChainPipeline {
+        pipeline,
+        storage,
+        uniforms,
+        bindings: m.bindings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_give_the_source_back() {
+        let src = "// a\n@group(0) @binding(3) var<storage, read> a: array<f32>; /* b /* c */ d */ fn f() -> f32 { return a[0] * 1.5e3; }\n";
+        let toks = tokenize(src);
+        let joined: String = toks.iter().map(|&(_, s, e)| &src[s..e]).collect();
+        assert_eq!(joined, src);
+        let idents: Vec<&str> = toks
+            .iter()
+            .filter(|t| t.0 == Tok::Ident)
+            .map(|&(_, s, e)| &src[s..e])
+            .collect();
+        assert_eq!(
+            idents,
+            [
+                "group", "binding", "var", "storage", "read", "a", "array", "f32", "fn", "f",
+                "f32", "return", "a"
+            ]
+        );
+    }
+
+    #[test]
+    fn declarations_and_references() {
+        let src = "enable f16;\nstruct S { a: u32, b: T }\nconst N: u32 = 4u;\n@group(0) @binding(1) var<storage, read> x: array<f32>;\nvar<workgroup> w: array<f32, N>;\n@compute @workgroup_size(16, 16)\nfn main(@builtin(workgroup_id) wg: vec3<u32>) { let s = S(1u, 2u); w[s.a] = x[N]; }\n";
+        let p = Parsed::parse(src).unwrap();
+        let kinds: Vec<(DeclKind, &str, bool)> = p
+            .decls
+            .iter()
+            .map(|d| (d.kind, d.name.as_str(), d.entry))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (DeclKind::Directive, "", false),
+                (DeclKind::Struct, "S", false),
+                (DeclKind::Const, "N", false),
+                (DeclKind::Binding, "x", false),
+                (DeclKind::Workgroup, "w", false),
+                (DeclKind::Fn, "main", true),
+            ]
+        );
+        let names: BTreeSet<String> = ["S", "N", "x", "w", "main", "a", "T"]
+            .map(String::from)
+            .into();
+        // a member named like a declaration is not a reference to it
+        let refs = p.references(&p.decls[1], &names);
+        assert_eq!(refs, BTreeSet::from(["T".to_string()]));
+        let refs = p.references(&p.decls[5], &names);
+        let want: BTreeSet<String> = ["S", "N", "x", "w"].map(String::from).into();
+        assert_eq!(refs, want);
+    }
+
+    /// Two phases of one toy kernel: shared struct and workgroup memory once,
+    /// bindings moved and made read-write (coherent where asked), the entry
+    /// points as functions, and the module valid for naga.
+    #[test]
+    fn a_toy_chain_is_valid_wgsl() {
+        const TOY: &str = "struct P { n: u32, _a: u32, _b: u32, _c: u32 }\n\
+            @group(1) @binding(0) var<uniform> u: P;\n\
+            @group(0) @binding(0) var<storage, read> a: array<f32>;\n\
+            @group(0) @binding(1) var<storage, read_write> c: array<f32>;\n\
+            var<workgroup> t: array<f32, 256>;\n\
+            fn twice(x: f32) -> f32 { return 2.0 * x; }\n\
+            @compute @workgroup_size(16, 16)\n\
+            fn toy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {\n\
+                let i = wg.x * 256u + li;\n\
+                t[li] = a[i];\n\
+                workgroupBarrier();\n\
+                if (i < u.n) { c[i] = twice(t[255u - li]); }\n\
+            }\n";
+        let phases = [
+            Phase {
+                kernel: Kernel::Matmul,
+                groups: (3, 1, 1),
+            },
+            Phase {
+                kernel: Kernel::Matmul,
+                groups: (5, 2, 1),
+            },
+        ];
+        // (the toy stands in for matmul.wgsl: its entry point renamed to `matmul`)
+        let src: &'static str = Box::leak(TOY.replace("fn toy", "fn matmul").into_boxed_str());
+        let m = chain_module(
+            &phases,
+            &|_| vec![("toy.wgsl", src)],
+            &|_| Vec::new(),
+            // (phase 0's a and phase 1's c the same buffer)
+            &|i, b| Some([[0, 1], [2, 0]][i][b as usize]),
+            true,
+        )
+        .unwrap();
+        let text = &m.text;
+        assert_eq!(text.matches("var<workgroup> t").count(), 1, "{text}");
+        assert_eq!(text.matches("struct P ").count(), 1, "{text}");
+        // one variable per buffer, coherent, read-write; phase 1's c is phase 0's a
+        assert_eq!(m.bindings, [0, 1, 2]);
+        assert_eq!(text.matches("read_write> buf").count(), 3, "{text}");
+        assert!(
+            text.contains(
+                "@group(0) @binding(0) @coherent var<storage, read_write> buf0: array<f32>;"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("buf1[i] = ph0_twice("), "{text}");
+        assert!(text.contains("buf0[i] = ph1_twice(t[255u - li])"), "{text}");
+        assert!(text.contains("t[li] = buf2[i]"), "{text}");
+        assert!(
+            text.contains("@group(1) @binding(1) var<uniform> ph1_u: P"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fn ph1_matmul( wg: vec3<u32>,  li: u32)"),
+            "{text}"
+        );
+        assert!(text.contains("v < 10u"), "{text}");
+        let module = naga::front::wgsl::parse_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::MEMORY_DECORATION_COHERENT,
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use crate::gpu::lower::{lower_all, Fusions};
+    use crate::gpu::{GpuOptions, Partials, Reduce, Walk};
+
+    /// The default training step's dispatches in the steady state (the second
+    /// step's: fc1's product reading the batch the first step's Adam gathered) as
+    /// one module, each buffer bound once: valid for naga, with each reduction
+    /// variant and either way of reading partial sums.
+    #[test]
+    fn the_default_step_is_one_valid_module() {
+        let one = crate::plan::reference_step(128).1;
+        let ops: Vec<_> = [&one, &one, &one].into_iter().flatten().copied().collect();
+        let (plan, _) = lower_all(&ops, Fusions::DEFAULT);
+        // (the second step's ops, its Adam with the third step's gather)
+        let second = one.len()..2 * one.len();
+        let step: Vec<_> = plan.iter().filter(|(i, _)| second.contains(i)).collect();
+        assert_eq!(step.len(), 7, "{step:?}");
+        let phases: Vec<Phase> = step
+            .iter()
+            .map(|(_, d)| Phase {
+                kernel: d.0,
+                groups: d.2,
+            })
+            .collect();
+        let res: Vec<_> = step.iter().map(|(_, d)| d.1.clone()).collect();
+        let (distinct, map) = resources(&phases, &res);
+        assert!(distinct.len() < 28, "{} buffers", distinct.len());
+        let opts = GpuOptions {
+            latent_threads: Some(THREADS),
+            ..GpuOptions::default()
+        };
+        for reduce in [Reduce::Portable, Reduce::Subgroup] {
+            for partials in [Partials::Atomic, Partials::Coherent] {
+                let m = chain_module(
+                    &phases,
+                    &|k| k.parts(reduce, Walk::Fma, partials),
+                    &|k| k.constants(&opts),
+                    &|i, b| map.get(&(i, b)).copied(),
+                    true,
+                )
+                .unwrap();
+                let module = naga::front::wgsl::parse_str(&m.text)
+                    .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&m.text)));
+                let caps =
+                    reduce.capabilities() | naga::valid::Capabilities::MEMORY_DECORATION_COHERENT;
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&m.text)));
+            }
+        }
+    }
+}
