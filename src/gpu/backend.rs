@@ -480,7 +480,7 @@ impl GpuBackend {
                         &|k| k.parts(f.reduce(), f.walk(), f.partials()),
                         &|k| k.constants(&self.ctx.options),
                         &|_, b| Some(b as usize),
-                        true,
+                        &|_| true,
                     )
                     .is_ok()
                 });
@@ -506,7 +506,11 @@ impl GpuBackend {
             let key: ChainKey = (phases, plan_res[d..e].to_vec());
             let (distinct, map) = persistent::resources(&key.0, &key.1);
             if !p.pipelines.contains_key(&key) {
-                let built = persistent::build_chain(&self.ctx, &p.grid_layout, &key.0, &map);
+                let coherent = persistent::needs_coherent(&key.0, &map, distinct.len());
+                let built =
+                    persistent::build_chain(&self.ctx, &p.grid_layout, &key.0, &map, &|r| {
+                        coherent[r]
+                    });
                 if let Err(e) = &built {
                     let names: Vec<String> =
                         key.0.iter().map(|ph| format!("{:?}", ph.kernel)).collect();

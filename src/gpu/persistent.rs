@@ -18,15 +18,15 @@
 //!   after each workgroup's turn — so the module needs the most one kernel needs,
 //!   not their sum;
 //! - its storage buffers become one variable per buffer (and type) of the
-//!   chain, `buf{n}` at binding n of group 0, declared `read_write` (a buffer one
-//!   phase writes is bound by another too, and wgpu forbids read-only and writable
-//!   bindings of a buffer in one dispatch): phases that bind the same buffer share
-//!   the variable, as naga refuses two variables at one binding and lavapipe
-//!   allows 32 storage buffers per stage where the step's kernels bind 64 (a buffer one phase writes is bound by another too, and wgpu
-//!   forbids read-only and writable bindings of a buffer in one dispatch); those
-//!   the caller names get `@coherent` (the buffers some phase writes: after a grid
-//!   barrier only coherent loads are sure to see another workgroup's stores, as
-//!   `examples/persistent_chain.rs` measured on an H200). Its uniform moves to
+//!   chain, `buf{n}` at binding n of group 0 ([`resources`]): phases that bind
+//!   the same buffer share the variable, as naga refuses two variables at one
+//!   binding and lavapipe allows 32 storage buffers per stage where the step's
+//!   kernels bind 64. Each is declared `read_write` (a buffer one phase writes is
+//!   bound by another too, and wgpu forbids read-only and writable bindings of a
+//!   buffer in one dispatch), and `@coherent` where a phase reads it after an
+//!   earlier phase wrote it ([`needs_coherent`]): after a grid barrier only
+//!   coherent loads are sure to see another workgroup's stores, as
+//!   `examples/persistent_chain.rs` measured on an H200. Its uniform moves to
 //!   group 1, binding i (a dynamic offset per phase: the op's slot);
 //! - its entry points become plain functions (builtins as arguments).
 //!
@@ -35,8 +35,9 @@
 //! `global_invocation_id` as the dispatch would have given them), then waits at
 //! `grid_barrier` (`shaders/grid_barrier.wgsl`) until all G have finished the
 //! phase. Each workgroup of a phase computes what it computed in its own dispatch,
-//! in the same order: the same bits as the dispatches, whatever G (tested with G
-//! = 1 on lavapipe, which cannot run workgroups that wait on each other).
+//! in the same order: the same bits as the dispatches, whatever G (tested on
+//! lavapipe with G = 1, and with G = 2 on Mesa 26.1's, which runs two workgroups
+//! at once on two cores: `tools/coop-lavapipe.sh`).
 //!
 //! G must not exceed the workgroups the GPU runs at once, or the first barrier
 //! waits for workgroups that cannot start. The wait is bounded: a workgroup that
@@ -76,6 +77,34 @@ pub(super) fn resources<R: PartialEq + Copy>(
     (distinct, map)
 }
 
+/// Which of a chain's resources ([`resources`]' indices) need `@coherent`: those a
+/// phase binds writable and a later phase binds at all. A later phase may run on
+/// another SM than the stores it reads, and only coherent loads are sure to see
+/// them after the grid barrier; a buffer only read (the parameters until the last
+/// phase's Adam, the image store) or only read before it is written keeps
+/// cacheable loads — across the dispatch boundary after it, the driver makes
+/// every store visible, as between any two dispatches.
+pub(super) fn needs_coherent(
+    phases: &[Phase],
+    resource: &HashMap<(usize, u32), usize>,
+    resources: usize,
+) -> Vec<bool> {
+    let mut written_by = vec![usize::MAX; resources];
+    let mut need = vec![false; resources];
+    for (i, p) in phases.iter().enumerate() {
+        for &(b, read_only) in p.kernel.bindings() {
+            let r = resource[&(i, b)];
+            if written_by[r] < i {
+                need[r] = true;
+            }
+            if !read_only {
+                written_by[r] = written_by[r].min(i);
+            }
+        }
+    }
+    need
+}
+
 /// Where bindings no entry point uses go: phase i's binding b at
 /// `UNUSED_BINDINGS + 64 i + b` (not in the layout, which only needs those used).
 const UNUSED_BINDINGS: u32 = 1000;
@@ -93,8 +122,8 @@ pub struct Phase {
     pub groups: (u32, u32, u32),
 }
 
-/// A chain's module: WGSL text, its pipeline-overridable constants, and its
-/// entry point ([`ENTRY`]).
+/// A chain's module: WGSL text, its pipeline-overridable constants and its
+/// storage bindings (its entry point is [`ENTRY`]).
 #[derive(Debug)]
 pub struct ChainModule {
     pub text: String,
@@ -507,8 +536,9 @@ struct EntryInfo {
 
 /// The persistent module for `phases`: `parts(k)` gives kernel k's module files
 /// (as its own pipeline is built from them), `constants(k)` its pipeline-overridable
-/// constants, `coherent(i, b)` whether phase i's storage binding b (its own number)
-/// is to be declared `@coherent`. Errors where a kernel cannot be a phase (a
+/// constants, `resource(i, b)` which buffer phase i's storage binding b (its own
+/// number) is (None: one its entry point does not use), `coherent(r)` whether
+/// buffer r's variables are to be declared `@coherent` ([`needs_coherent`]). Errors where a kernel cannot be a phase (a
 /// builtin it takes is not passed, its workgroup is not [`THREADS`] threads, two
 /// phases' pipeline constants disagree on a shared name…), so that the caller can
 /// run the dispatches as they are.
@@ -517,7 +547,7 @@ pub fn chain_module(
     parts: &dyn Fn(Kernel) -> Vec<(&'static str, &'static str)>,
     constants: &dyn Fn(Kernel) -> Vec<(&'static str, f64)>,
     resource: &dyn Fn(usize, u32) -> Option<usize>,
-    coherent: bool,
+    coherent: &dyn Fn(usize) -> bool,
 ) -> Result<ChainModule> {
     let sources: Vec<String> = phases
         .iter()
@@ -670,6 +700,8 @@ pub fn chain_module(
                 }
             }
             let number = numbers.get(&(i, d.name.clone())).copied();
+            let slot = slot_of.get(&(i, d.name.clone()));
+            let coherent = slot.is_some_and(|&n| coherent(slots[n as usize].0));
             let selected = d.entry && d.name == phase.kernel.entry();
             let (text, info) = emit(p, d, &rename, number, coherent, &consts[i], selected)
                 .with_context(|| format!("{:?}, `{}`", phase.kernel, d.name))?;
@@ -906,14 +938,15 @@ pub(super) fn grid_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     })
 }
 
-/// Build the pipeline of a chain on the context's device (every storage buffer
-/// `@coherent`). Errors (the module or the device refusing it) come back as one
+/// Build the pipeline of a chain on the context's device, the buffers for which
+/// `coherent` says so `@coherent` ([`needs_coherent`]). Errors (the module or the device refusing it) come back as one
 /// line, for the caller to run the dispatches as they are instead.
 pub(super) fn build_chain(
     ctx: &super::context::GpuContext,
     grid: &wgpu::BindGroupLayout,
     phases: &[Phase],
     resource: &HashMap<(usize, u32), usize>,
+    coherent: &dyn Fn(usize) -> bool,
 ) -> Result<ChainPipeline> {
     let f = &ctx.features;
     let opts = &ctx.options;
@@ -922,7 +955,7 @@ pub(super) fn build_chain(
         &|k| k.parts(f.reduce(), f.walk(), f.partials()),
         &|k| k.constants(opts),
         &|i, b| resource.get(&(i, b)).copied(),
-        true,
+        coherent,
     )?;
     let device = &ctx.device;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -1106,7 +1139,7 @@ mod tests {
             &|_| Vec::new(),
             // (phase 0's a and phase 1's c the same buffer)
             &|i, b| Some([[0, 1], [2, 0]][i][b as usize]),
-            true,
+            &|r| r != 2,
         )
         .unwrap();
         let text = &m.text;
@@ -1124,6 +1157,10 @@ mod tests {
         assert!(text.contains("buf1[i] = ph0_twice("), "{text}");
         assert!(text.contains("buf0[i] = ph1_twice(t[255u - li])"), "{text}");
         assert!(text.contains("t[li] = buf2[i]"), "{text}");
+        assert!(
+            text.contains("@group(0) @binding(2) var<storage, read_write> buf2: array<f32>;"),
+            "{text}"
+        );
         assert!(
             text.contains("@group(1) @binding(1) var<uniform> ph1_u: P"),
             "{text}"
@@ -1172,6 +1209,26 @@ mod step_tests {
         let res: Vec<_> = step.iter().map(|(_, d)| d.1.clone()).collect();
         let (distinct, map) = resources(&phases, &res);
         assert!(distinct.len() < 28, "{} buffers", distinct.len());
+        // coherent: what a phase wrote and a later one reads; not the parameters
+        // (read until the last phase's Adam writes them) nor the image store
+        use crate::gpu::lower::Res;
+        use crate::plan::Buf;
+        let coherent = needs_coherent(&phases, &map, distinct.len());
+        let is = |r: Res| coherent[distinct.iter().position(|&d| d == r).unwrap()];
+        for r in [Res::F(Buf::Params), Res::Data, Res::Idx, Res::F(Buf::AdamM)] {
+            assert!(!is(r), "{r:?}");
+        }
+        for r in [
+            Res::F(Buf::H1),
+            Res::F(Buf::H3),
+            Res::F(Buf::Logits),
+            Res::F(Buf::Grads),
+            Res::F(Buf::Dh1),
+            Res::Partial,
+            Res::RowLoss,
+        ] {
+            assert!(is(r), "{r:?}");
+        }
         let opts = GpuOptions {
             latent_threads: Some(THREADS),
             ..GpuOptions::default()
@@ -1183,7 +1240,7 @@ mod step_tests {
                     &|k| k.parts(reduce, Walk::Fma, partials),
                     &|k| k.constants(&opts),
                     &|i, b| map.get(&(i, b)).copied(),
-                    true,
+                    &|_| true,
                 )
                 .unwrap();
                 let module = naga::front::wgsl::parse_str(&m.text)
