@@ -133,8 +133,9 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// dispatches with those options; off by default (added 2026-11-27 without a GPU:
 /// not yet timed on one).
 pub const GPU_PERSISTENT: &str = "VAE_OOD_GPU_PERSISTENT";
-/// Dispatches per persistent dispatch, 2 to 64 (default 7, a training step's; a
-/// device must allow as many dynamic uniform buffers per pipeline layout).
+/// The most dispatches one persistent dispatch runs, 2 to 64, whole training
+/// steps only (default 7, one step; 14: two); a device must allow as many
+/// dynamic uniform buffers per pipeline layout (one per phase).
 pub const GPU_PERSISTENT_PHASES: &str = "VAE_OOD_GPU_PERSISTENT_PHASES";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";

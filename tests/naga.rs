@@ -52,7 +52,9 @@ fn spirv(
 
 /// Every kernel's parts in every variant it is built in.
 fn all_parts() -> Vec<Vec<(&'static str, &'static str)>> {
-    let mut v = Vec::new();
+    // (the persistent step's barrier, appended to its modules: validated with them,
+    // the default training step's, by the library's unit tests)
+    let mut v = vec![vec![vae_ood::gpu::persistent::GRID_BARRIER]];
     for k in Kernel::ALL {
         for r in Reduce::ALL {
             for w in Walk::ALL {

@@ -1209,7 +1209,8 @@ fn the_triples_tail_in_the_next_fc1_gives_the_same_bits() {
 /// dispatch (the scoring batch's dispatches run as they are). One
 /// workgroup: lavapipe cannot run workgroups that wait on each other, so the G
 /// workgroups' loops over each phase's workgroups are checked with G = 1 here
-/// (they compute the same whatever G, each phase workgroup on its own). Then more
+/// (they compute the same whatever G, each phase workgroup on its own); and with
+/// two steps per persistent dispatch (`VAE_OOD_GPU_PERSISTENT_PHASES=14`). Then more
 /// workgroups than any device runs at once: the first barrier's wait gives up and
 /// the next read says so, and the backend runs again after it.
 #[test]
@@ -1247,6 +1248,28 @@ fn the_persistent_step_gives_the_dispatches_bits() {
     );
     for ((buf, g), (_, w)) in got.iter().zip(&want) {
         assert!(g == w, "{buf:?} differs from the dispatches'");
+    }
+    // up to 14 phases: two whole steps per persistent dispatch, steps 1 and 2,
+    // then 3 (where the device allows 14 dynamic uniform offsets, one per phase;
+    // else one step each)
+    let mut two = case.backend(GpuOptions {
+        persistent_phases: 14,
+        ..persistent(1)
+    });
+    let got = case.run(&mut two);
+    let offsets = two
+        .context()
+        .device
+        .limits()
+        .max_dynamic_uniform_buffers_per_pipeline_layout;
+    let want_chains = if offsets >= 14 { 2 } else { 3 };
+    assert_eq!(
+        two.persistent_dispatches(),
+        want_chains,
+        "{offsets} offsets"
+    );
+    for ((buf, g), (_, w)) in got.iter().zip(&want) {
+        assert!(g == w, "{buf:?} differs from the dispatches' (14 phases)");
     }
     // more workgroups than run at once anywhere (an NVIDIA H200 runs ~1,056 of
     // 256 threads): an error at the next read, not a hang, and not again after

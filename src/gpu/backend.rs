@@ -163,18 +163,8 @@ impl Persist {
 /// share a variable: `persistent::resources`).
 type ChainKey = (Vec<Phase>, Vec<Vec<Res>>);
 
-/// Whether a dispatch of kernel `k` starts a training step (it gathers the batch)
-/// or ends one (its Adam): a persistent dispatch holds at most one step.
-fn starts_step(k: Kernel) -> bool {
-    matches!(
-        k,
-        Kernel::Gather
-            | Kernel::MatmulGather
-            | Kernel::MatmulGatherLatent
-            | Kernel::MatmulGatherAdam
-    )
-}
-
+/// Whether a dispatch of kernel `k` ends a training step (its Adam): a
+/// persistent dispatch holds whole steps.
 fn ends_step(k: Kernel) -> bool {
     matches!(k, Kernel::Adam | Kernel::AdamGather)
 }
@@ -462,13 +452,12 @@ impl GpuBackend {
         let mut units = Vec::new();
         let mut d = 0;
         while d < plan.len() {
-            // the longest run from d of kernels that can be phases, within a step
-            let mut e = d;
+            // the longest run from d of kernels that can be phases, up to
+            // max_phases, cut back to the end of its last whole training step
+            // (its Adam): a step's dispatches always in one persistent dispatch
+            let (mut e, mut step_end) = (d, None);
             while e < plan.len() && e - d < p.max_phases {
                 let k = plan[e].1;
-                if e > d && starts_step(k) {
-                    break;
-                }
                 let ok = *p.phase_ok.entry(k).or_insert_with(|| {
                     let phase = [Phase {
                         kernel: k,
@@ -489,16 +478,19 @@ impl GpuBackend {
                 }
                 e += 1;
                 if ends_step(k) {
-                    break;
+                    step_end = Some(e);
                 }
             }
             // (training steps only: a scoring run has few batches, and each chain
             // of other phases would be one more pipeline to compile)
-            if e - d < 2 || !ends_step(plan[e - 1].1) {
-                units.push(one(d));
-                d += 1;
-                continue;
-            }
+            let e = match step_end {
+                Some(e) if e - d >= 2 => e,
+                _ => {
+                    units.push(one(d));
+                    d += 1;
+                    continue;
+                }
+            };
             let phases: Vec<Phase> = plan[d..e]
                 .iter()
                 .map(|&(_, kernel, _, groups)| Phase { kernel, groups })

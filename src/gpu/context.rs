@@ -768,8 +768,8 @@ pub struct GpuOptions {
     /// runs of up to `persistent_phases` consecutive dispatches as one dispatch of
     /// G workgroups with grid barriers between its phases; None: off (the default)
     pub persistent: Option<u32>,
-    /// the most dispatches one persistent dispatch runs as its phases
-    /// (`VAE_OOD_GPU_PERSISTENT_PHASES`; 7 by default, a training step's)
+    /// the most dispatches one persistent dispatch runs as its phases, whole
+    /// training steps only (`VAE_OOD_GPU_PERSISTENT_PHASES`; 7 by default, one step)
     pub persistent_phases: u32,
 }
 

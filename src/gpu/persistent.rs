@@ -112,8 +112,12 @@ const UNUSED_BINDINGS: u32 = 1000;
 /// Threads per workgroup of every phase (and of the persistent entry point).
 pub const THREADS: u32 = 256;
 
-/// The grid barrier and its buffers (group 2).
-const GRID_BARRIER: &str = include_str!("../../shaders/grid_barrier.wgsl");
+/// The grid barrier and its buffers (group 2): (file name, WGSL source), appended
+/// to every persistent module.
+pub const GRID_BARRIER: (&str, &str) = (
+    "grid_barrier.wgsl",
+    include_str!("../../shaders/grid_barrier.wgsl"),
+);
 
 /// One phase of a chain: a dispatch's kernel and workgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -787,7 +791,7 @@ pub fn chain_module(
         text.push('\n');
     }
     text.push_str(&body);
-    text.push_str(GRID_BARRIER);
+    text.push_str(GRID_BARRIER.1);
     text.push_str(&format!(
         "\n// the phases, a grid barrier between them (src/gpu/persistent.rs)\n\
          @compute @workgroup_size({THREADS})\n\
