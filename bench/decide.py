@@ -43,6 +43,7 @@ SAME_BITS = {
     "persistent_416": "persistent",
     "persistent_528": "persistent",
     "persistent_416_14": "persistent",
+    "persistent_coop_416": "persistent_coop",
 }
 
 

@@ -18,9 +18,11 @@
 #   PERSIST=1: the tests, then a sweep of the default against the FMA walk and the
 #   persistent step (VAE_OOD_GPU_PERSISTENT: a training step as one dispatch of G
 #   workgroups, grid barriers between its seven phases; built 2026-11-27 without a
-#   GPU) with G = 264, 416 and 528, and with 416 and two steps per dispatch
-#   (VAE_OOD_GPU_PERSISTENT_PHASES=14), then whole runs of the default and of the
-#   persistent step with 416 (about 4 minutes)
+#   GPU) with G = 264, 416 and 528, with 416 and two steps per dispatch
+#   (VAE_OOD_GPU_PERSISTENT_PHASES=14), and with 416 on the tensor cores, then
+#   whole runs of the default and of the persistent step, and whether the
+#   persistent step's weights and scores are its dispatches' byte for byte on the
+#   FMA walk and on the tensor cores (about 5 minutes)
 #   QUICK=1: the tests, the sweep, seven whole runs (the FMA walk, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default: the tensor cores),
@@ -160,9 +162,27 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
     'persistent_264:VAE_OOD_GPU_PERSISTENT=264' 'persistent_416:VAE_OOD_GPU_PERSISTENT=416' \
     'persistent_528:VAE_OOD_GPU_PERSISTENT=528' \
     'persistent_416_14:VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PHASES=14' \
+    'persistent_coop_416:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
-  whole_runs default: persistent:VAE_OOD_GPU_PERSISTENT=416
+  # whole runs, and whether the persistent step gives its dispatches' bits on this
+  # card (the same options: latent kernels of 256 threads): on the FMA walk, where
+  # the buffers read across its barriers are @coherent, and on the tensor cores,
+  # where they cannot be (the Vulkan memory model): DIFFER there means plain loads
+  # read stale values after naga's barriers, and the tensor-core persistent step
+  # is wrong on this card
+  whole_runs default: persistent:VAE_OOD_GPU_PERSISTENT=416 \
+    fma_256:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_LATENT_THREADS=256 \
+    coop_256:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_THREADS=256 \
+    persistent_coop:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416
+  for pair in fma_256:persistent coop_256:persistent_coop; do
+    a=$LOG/run_${pair%%:*} b=$LOG/run_${pair#*:}
+    if cmp -s "$a/model.safetensors" "$b/model.safetensors" && cmp -s "$a/scores.csv" "$b/scores.csv"; then
+      echo "## ${pair#*:} against ${pair%%:*}: SAME BITS (weights and scores)"
+    else
+      echo "## ${pair#*:} against ${pair%%:*}: DIFFER"
+    fi
+  done | tee "$LOG/persistent_bits.txt"
   snapshot
   exit $status
 fi

@@ -126,9 +126,9 @@ pub const GPU_LATENT_THREADS: &str = "VAE_OOD_GPU_LATENT_THREADS";
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// `G` (1 to 65535): the persistent step (`src/gpu/persistent.rs`): each training
 /// step's dispatches as one dispatch of G workgroups, grid barriers over
-/// `@coherent` buffers between its phases instead of dispatch boundaries. Needs
-/// the FMA walk (chosen then where `VAE_OOD_GPU_COOP` is unset) and runs the
-/// latent kernels with 256 threads; G must not exceed the workgroups the GPU runs
+/// `@coherent` buffers between its phases instead of dispatch boundaries. Takes
+/// the FMA walk where `VAE_OOD_GPU_COOP` is unset (the tensor cores with `=1`, an
+/// experiment without `@coherent`) and runs the latent kernels with 256 threads; G must not exceed the workgroups the GPU runs
 /// at once (a wait that gives up is an error, not a hang). The same bits as the
 /// dispatches with those options; off by default (added 2026-11-27 without a GPU:
 /// not yet timed on one).

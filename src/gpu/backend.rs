@@ -498,7 +498,12 @@ impl GpuBackend {
             let key: ChainKey = (phases, plan_res[d..e].to_vec());
             let (distinct, map) = persistent::resources(&key.0, &key.1);
             if !p.pipelines.contains_key(&key) {
-                let coherent = persistent::needs_coherent(&key.0, &map, distinct.len());
+                // (none on the tensor cores: naga declares the Vulkan memory model
+                // for their modules, where SPIR-V forbids the decoration)
+                let coherent = match self.ctx.features.coop {
+                    None => persistent::needs_coherent(&key.0, &map, distinct.len()),
+                    Some(_) => vec![false; distinct.len()],
+                };
                 let built =
                     persistent::build_chain(&self.ctx, &p.grid_layout, &key.0, &map, &|r| {
                         coherent[r]

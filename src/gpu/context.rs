@@ -967,19 +967,16 @@ impl FeatureUse {
                 info.name
             );
         }
-        if persistent.is_some() && opts.coop == Coop::Require {
-            bail!(
-                "{} needs the FMA walk ({}=0 or unset), not the tensor cores: their modules are under the Vulkan memory model, where @coherent is forbidden",
-                crate::knobs::GPU_PERSISTENT,
-                crate::knobs::GPU_COOP
-            );
-        }
         let (coop, coop_why) = match (opts.coop, coop_support(adapter)) {
+            // (the persistent step's buffers are @coherent, which the tensor-core
+            // walk's memory model forbids: on them only where required, an
+            // experiment, `persistent.rs`)
             (Coop::Auto, Ok(_)) if persistent.is_some() => (
                 None,
                 format!(
-                    "tensor cores offered, not used (the persistent step, {}, needs the FMA walk)",
-                    crate::knobs::GPU_PERSISTENT
+                    "tensor cores offered, not used (the persistent step, {}, takes the FMA walk unless {}=1)",
+                    crate::knobs::GPU_PERSISTENT,
+                    crate::knobs::GPU_COOP
                 ),
             ),
             // (whether its K step fits the workgroup memory: GpuContext::with_options)

@@ -43,10 +43,18 @@
 //! waits for workgroups that cannot start. The wait is bounded: a workgroup that
 //! waits too long (2²² polls) marks the run failed in the status word, every
 //! later barrier stops waiting, and the backend turns the mark into an error at
-//! the next read (`GpuBackend::collect`). Needs the FMA walk (the tensor-core
-//! walk's modules are under the Vulkan memory model, where `@coherent` is
-//! forbidden) and workgroups of 256 threads in every phase (the latent kernels
-//! are built with 256 then).
+//! the next read (`GpuBackend::collect`). Needs workgroups of 256 threads in
+//! every phase (the latent kernels are built with 256 then).
+//!
+//! It takes the FMA walk unless `VAE_OOD_GPU_COOP=1` asks for the tensor cores.
+//! Their modules are under the Vulkan memory model (naga declares it for any entry
+//! point using cooperative matrices), where SPIR-V forbids `@coherent`: there no
+//! buffer is declared coherent, and whether a later phase's plain loads see an
+//! earlier phase's stores on another SM is up to the driver (naga's barriers
+//! carry no availability or visibility semantics). An experiment for a GPU call
+//! to settle by comparing its bits with the dispatches' (`bench/device-check.sh`,
+//! `PERSIST=1`; `examples/persistent_chain.rs`, `PERSISTENT_CHAIN_VMM=1`, is the
+//! probe of the same question); on lavapipe, which has no caches, they are equal.
 
 use super::context::Kernel;
 use anyhow::{bail, Context, Result};
@@ -1237,6 +1245,32 @@ mod step_tests {
             latent_threads: Some(THREADS),
             ..GpuOptions::default()
         };
+        // on the tensor cores (no @coherent: their memory model forbids it)
+        for walk in [Walk::Coop16, Walk::Coop8] {
+            let coop = GpuOptions {
+                coop_use: Some(if walk == Walk::Coop16 {
+                    (16, 32)
+                } else {
+                    (8, 8)
+                }),
+                ..opts
+            };
+            let m = chain_module(
+                &phases,
+                &|k| k.parts(Reduce::Subgroup, walk, Partials::Atomic),
+                &|k| k.constants(&coop),
+                &|i, b| map.get(&(i, b)).copied(),
+                &|_| false,
+            )
+            .unwrap();
+            assert!(m.text.starts_with("enable"), "directives first");
+            let module = naga::front::wgsl::parse_str(&m.text)
+                .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&m.text)));
+            let caps = walk.capabilities() | Reduce::Subgroup.capabilities();
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&m.text)));
+        }
         for reduce in [Reduce::Portable, Reduce::Subgroup] {
             for partials in [Partials::Atomic, Partials::Coherent] {
                 let m = chain_module(
