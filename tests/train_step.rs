@@ -1251,10 +1251,41 @@ fn the_persistent_step_gives_the_dispatches_bits() {
     }
     // up to 14 phases: two whole steps per persistent dispatch, steps 1 and 2,
     // then 3 (where the device allows 14 dynamic uniform offsets, one per phase;
-    // else one step each)
-    let mut two = case.backend(GpuOptions {
+    // else one step each). Not on Mesa 22's lavapipe (Debian 12's): after a run
+    // with 14 phases its teardown corrupted the heap in about one process in
+    // eight (SIGABRT after the test's last line; never on Mesa 26.1's, which CI
+    // runs this test on as well, tools/coop-lavapipe.sh, nor with 7 phases)
+    let driver = one.context().info.driver_info.clone();
+    if driver.contains("Mesa 22.") {
+        eprintln!("two steps per persistent dispatch: not checked on {driver} (see the test)");
+    } else {
+        two_steps_per_dispatch(&case, persistent(1), &want);
+    }
+    // more workgroups than run at once anywhere (an NVIDIA H200 runs ~1,056 of
+    // 256 threads): an error at the next read, not a hang, and not again after
+    let mut many: GpuBackend = case.backend(persistent(4096));
+    let n = case.params.len();
+    case.start(&mut many);
+    let err = match many.read(Buf::Params, 0..n) {
+        Ok(_) => panic!("4,096 workgroups waiting on each other: no error"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("VAE_OOD_GPU_PERSISTENT=4096") && err.contains("gave up waiting"),
+        "{err}"
+    );
+    if let Err(e) = many.read(Buf::Params, 0..n) {
+        panic!("the error said twice: {e}");
+    }
+}
+
+/// The case with `opts` and up to 14 phases per persistent dispatch: every buffer
+/// bit for bit `want`, two persistent dispatches where the device allows 14
+/// dynamic uniform offsets (three otherwise).
+fn two_steps_per_dispatch(case: &GpuRunCase, opts: vae_ood::gpu::GpuOptions, want: &Bits) {
+    let mut two = case.backend(vae_ood::gpu::GpuOptions {
         persistent_phases: 14,
-        ..persistent(1)
+        ..opts
     });
     let got = case.run(&mut two);
     let offsets = two
@@ -1268,28 +1299,8 @@ fn the_persistent_step_gives_the_dispatches_bits() {
         want_chains,
         "{offsets} offsets"
     );
-    for ((buf, g), (_, w)) in got.iter().zip(&want) {
+    for ((buf, g), (_, w)) in got.iter().zip(want) {
         assert!(g == w, "{buf:?} differs from the dispatches' (14 phases)");
-    }
-    // more workgroups than run at once anywhere (an NVIDIA H200 runs ~1,056 of
-    // 256 threads): an error at the next read, not a hang, and not again after
-    let mut many: GpuBackend = case.backend(persistent(4096));
-    let n = case.params.len();
-    many.write_idx(0, &case.idx).unwrap();
-    many.write(Buf::Params, 0, &case.params).unwrap();
-    many.write(Buf::AdamM, 0, &vec![0.0; n]).unwrap();
-    many.write(Buf::AdamV, 0, &vec![0.0; n]).unwrap();
-    many.run(&case.ops).unwrap();
-    let err = match many.read(Buf::Params, 0..n) {
-        Ok(_) => panic!("4,096 workgroups waiting on each other: no error"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        err.contains("VAE_OOD_GPU_PERSISTENT=4096") && err.contains("gave up waiting"),
-        "{err}"
-    );
-    if let Err(e) = many.read(Buf::Params, 0..n) {
-        panic!("the error said twice: {e}");
     }
 }
 
@@ -1402,9 +1413,9 @@ impl GpuRunCase {
         (built, be.describe(), dispatches, self.run(&mut be))
     }
 
-    /// Every op run on `be` from the initial parameters and zero Adam moments:
-    /// the bits of every buffer afterwards.
-    fn run(&self, be: &mut vae_ood::gpu::GpuBackend) -> Bits {
+    /// Every op submitted on `be` from the initial parameters and zero Adam
+    /// moments.
+    fn start(&self, be: &mut vae_ood::gpu::GpuBackend) {
         use vae_ood::backend::Backend;
         let n = self.params.len();
         be.write_idx(0, &self.idx).unwrap();
@@ -1412,6 +1423,13 @@ impl GpuRunCase {
         be.write(Buf::AdamM, 0, &vec![0.0; n]).unwrap();
         be.write(Buf::AdamV, 0, &vec![0.0; n]).unwrap();
         be.run(&self.ops).unwrap();
+    }
+
+    /// Every op run on `be` from the initial parameters and zero Adam moments:
+    /// the bits of every buffer afterwards.
+    fn run(&self, be: &mut vae_ood::gpu::GpuBackend) -> Bits {
+        use vae_ood::backend::Backend;
+        self.start(be);
         Buf::ALL
             .iter()
             .map(|&buf| {

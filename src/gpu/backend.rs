@@ -446,7 +446,9 @@ impl GpuBackend {
         chains: bool,
     ) -> Vec<(Range<usize>, Option<ChainKey>)> {
         let one = |d: usize| (d..d + 1, None);
-        let Some(p) = self.persist.as_mut().filter(|_| chains) else {
+        // (taken out while the chains are made, so that self's buffers can be read;
+        // put back below, nothing in between returns)
+        let Some(mut p) = self.persist.take_if(|_| chains) else {
             return (0..plan.len()).map(one).collect();
         };
         let mut units = Vec::new();
@@ -530,16 +532,7 @@ impl GpuBackend {
                     .enumerate()
                     .map(|(binding, &r)| wgpu::BindGroupEntry {
                         binding: binding as u32,
-                        resource: match distinct[r] {
-                            Res::F(b) => &self.bufs[b as usize],
-                            Res::Data => &self.data,
-                            Res::Idx => &self.idx,
-                            Res::Partial => &self.partial,
-                            Res::RowLoss => &self.rowloss,
-                            Res::Counts => &self.counts,
-                            Res::HeadParts => &self.head_parts,
-                        }
-                        .as_entire_binding(),
+                        resource: self.res(distinct[r]).as_entire_binding(),
                     })
                     .collect();
                 let bg = self
@@ -574,6 +567,7 @@ impl GpuBackend {
             units.push((d..e, Some(key)));
             d = e;
         }
+        self.persist = Some(p);
         units
     }
 

@@ -1241,6 +1241,21 @@ impl Assembled {
     }
 }
 
+/// A layout entry for an op's parameters: a uniform buffer at `binding` whose
+/// offset (the op's slot) is given with each dispatch.
+pub(super) fn op_params_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
 /// Size of the uniform window every kernel sees (the largest params: `matmul.wgsl`'s
 /// slot, three `MatmulParams`, an `AdamParams`, the Adam tail and the gather's
 /// index offset, 256 bytes).
@@ -1606,16 +1621,7 @@ impl GpuContext {
 
         let uniform_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("params uniform"),
-            entries: &[wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: true,
-                    min_binding_size: None,
-                },
-                count: None,
-            }],
+            entries: &[op_params_entry(0)],
         });
         let mut layouts = Vec::new();
         let mut pipelines = Vec::new();

@@ -1011,16 +1011,7 @@ pub(super) fn build_chain(
         entries: &storage_entries,
     });
     let uniform_entries: Vec<wgpu::BindGroupLayoutEntry> = (0..phases.len() as u32)
-        .map(|binding| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: true,
-                min_binding_size: None,
-            },
-            count: None,
-        })
+        .map(super::context::op_params_entry)
         .collect();
     let uniforms = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("persistent step: uniforms"),
