@@ -574,6 +574,26 @@ pub fn chain_module(
         .iter()
         .map(|p| constants(p.kernel).into_iter().collect())
         .collect();
+    // the names the module gives phases' declarations must not be taken: a
+    // kernel's local named like a merged buffer (`buf3`) or a renamed declaration
+    // (`ph0_tile`) would hide it in the kernel's code
+    for (p, phase) in parsed.iter().zip(phases) {
+        for t in 0..p.toks.len() {
+            let id = p.text(t);
+            let digits = |rest: &str| !rest.is_empty() && rest.bytes().all(|c| c.is_ascii_digit());
+            let made = id.strip_prefix("buf").is_some_and(digits)
+                || id
+                    .strip_prefix("ph")
+                    .and_then(|r| r.split_once('_'))
+                    .is_some_and(|(n, _)| digits(n));
+            if p.toks[t].0 == Tok::Ident && made {
+                bail!(
+                    "{:?}: its WGSL uses `{id}`, a name the persistent module makes",
+                    phase.kernel
+                );
+            }
+        }
+    }
 
     // which names are shared: declared as the same text in every phase that has
     // them (pipeline constants with the same value), of a kind that can be, and
@@ -645,6 +665,14 @@ pub fn chain_module(
     // binding n, for every phase that binds the resource (naga refuses two
     // variables at one binding); a binding the entry point does not use keeps a
     // variable of its own at a number of its own
+    // (nor may a shared declaration, declared once unrenamed, have the name of
+    // the barrier's or the entry point's)
+    if let Some(n) = ["grid", "grid_status", "grid_barrier", "GRID_SPINS", ENTRY]
+        .iter()
+        .find(|n| shared.contains(**n))
+    {
+        bail!("a kernel declares `{n}`, a name of the persistent module's own");
+    }
     let mut slots: Vec<(usize, String)> = Vec::new();
     let mut slot_of: HashMap<(usize, String), u32> = HashMap::new();
     let mut numbers: HashMap<(usize, String), u32> = HashMap::new();
@@ -1104,6 +1132,24 @@ mod tests {
         let refs = p.references(&p.decls[5], &names);
         let want: BTreeSet<String> = ["S", "N", "x", "w"].map(String::from).into();
         assert_eq!(refs, want);
+    }
+
+    /// A kernel that uses a name the module makes (a merged buffer's) is refused.
+    #[test]
+    fn a_kernel_using_a_made_name_is_refused() {
+        let src = "@compute @workgroup_size(256)\nfn matmul(@builtin(local_invocation_index) li: u32) { var buf0 = li; }\n";
+        let e = chain_module(
+            &[Phase {
+                kernel: Kernel::Matmul,
+                groups: (1, 1, 1),
+            }],
+            &|_| vec![("toy.wgsl", src)],
+            &|_| Vec::new(),
+            &|_, _| None,
+            &|_| false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`buf0`"), "{e}");
     }
 
     /// Two phases of one toy kernel: shared struct and workgroup memory once,
