@@ -927,7 +927,8 @@ pub struct FeatureUse {
     /// VAE_OOD_GPU_COHERENT=1)", "atomic partial sums"
     pub coherent_why: String,
     /// the persistent step's workgroups ([`GpuOptions::persistent`]), where asked
-    /// for (it needs `@coherent` and the FMA walk)
+    /// for (on the FMA walk, with `@coherent` buffers, unless `VAE_OOD_GPU_COOP=1`
+    /// puts it on the tensor cores, without)
     pub persistent: Option<u32>,
 }
 
