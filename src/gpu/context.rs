@@ -1300,6 +1300,61 @@ pub const UNIFORM_BYTES: u64 = 256;
 /// - workgroup memory is written before it is read (behind a barrier).
 ///
 /// Trusted and checked modules give the same bits (tested).
+/// The shader module of `desc` with the runtime checks `checks` asks for (see
+/// [`build_pipeline`] for why trusting is sound for the shaders in `shaders/`, and
+/// for the persistent step's module, which is built from them).
+pub(super) fn create_module(
+    device: &wgpu::Device,
+    desc: wgpu::ShaderModuleDescriptor,
+    checks: ShaderChecks,
+) -> wgpu::ShaderModule {
+    match checks {
+        ShaderChecks::All => device.create_shader_module(desc),
+        // SAFETY: see build_pipeline's list: every loop advances its own counter
+        // towards a bound from the op's sizes (the persistent step's grid barrier
+        // towards GRID_SPINS), so it ends without wgpu's counter.
+        ShaderChecks::NoLoopBounds => unsafe {
+            device.create_shader_module_trusted(
+                desc,
+                wgpu::ShaderRuntimeChecks {
+                    force_loop_bounding: false,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                },
+            )
+        },
+        // SAFETY: see build_pipeline's list: the shaders stay in bounds, terminate,
+        // never divide by zero and never read workgroup memory they did not write.
+        ShaderChecks::Trusted => unsafe {
+            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        },
+    }
+}
+
+/// A layout entry for a storage buffer at `binding`.
+pub(super) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// wgpu's error message ("Validation Error", "Caused by:", then the cause,
+/// indented, over several lines) as one line of its parts, the cause kept.
+pub(super) fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "Caused by:")
+        .collect();
+    parts.join(": ")
+}
+
 pub fn build_pipeline(
     device: &wgpu::Device,
     uniform_layout: &wgpu::BindGroupLayout,
@@ -1316,37 +1371,10 @@ pub fn build_pipeline(
         label: Some(&label),
         source: wgpu::ShaderSource::Wgsl(src.text.as_str().into()),
     };
-    let module = match checks {
-        ShaderChecks::All => device.create_shader_module(desc),
-        // SAFETY: see the list above: every loop advances its own counter towards
-        // a bound from the op's sizes, so it ends without wgpu's counter.
-        ShaderChecks::NoLoopBounds => unsafe {
-            device.create_shader_module_trusted(
-                desc,
-                wgpu::ShaderRuntimeChecks {
-                    force_loop_bounding: false,
-                    ..wgpu::ShaderRuntimeChecks::checked()
-                },
-            )
-        },
-        // SAFETY: see the list above: the shaders stay in bounds, terminate, never
-        // divide by zero and never read workgroup memory they did not write.
-        ShaderChecks::Trusted => unsafe {
-            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-        },
-    };
+    let module = create_module(device, desc, checks);
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
         .iter()
-        .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        })
+        .map(|&(binding, read_only)| storage_entry(binding, read_only))
         .collect();
     let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(entry),
@@ -1733,14 +1761,7 @@ impl GpuContext {
             return Err(anyhow!("GPU device lost during {what}: {m}"));
         }
         if let Some(m) = self.errors.lock().unwrap().take() {
-            // wgpu's message spans lines ("Validation Error", "Caused by:", then the
-            // cause, indented): one line of its parts, so the cause is not lost
-            let parts: Vec<&str> = m
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && *l != "Caused by:")
-                .collect();
-            return Err(anyhow!("GPU error during {what}: {}", parts.join(": ")));
+            return Err(anyhow!("GPU error during {what}: {}", one_line(&m)));
         }
         Ok(())
     }

@@ -642,36 +642,9 @@ pub(super) fn build_chain(
         label: Some("persistent step"),
         source: wgpu::ShaderSource::Wgsl(m.text.as_str().into()),
     };
-    let module = match opts.checks {
-        super::context::ShaderChecks::All => device.create_shader_module(desc),
-        // SAFETY: the phases are the kernels' own code (see build_pipeline's list);
-        // the grid barrier's wait is bounded (GRID_SPINS) and indexes a fixed array
-        // with constants.
-        super::context::ShaderChecks::NoLoopBounds => unsafe {
-            device.create_shader_module_trusted(
-                desc,
-                wgpu::ShaderRuntimeChecks {
-                    force_loop_bounding: false,
-                    ..wgpu::ShaderRuntimeChecks::checked()
-                },
-            )
-        },
-        // SAFETY: as above
-        super::context::ShaderChecks::Trusted => unsafe {
-            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-        },
-    };
+    let module = super::context::create_module(device, desc, opts.checks);
     let storage_entries: Vec<wgpu::BindGroupLayoutEntry> = (0..m.bindings.len() as u32)
-        .map(|binding| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only: false },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        })
+        .map(|binding| super::context::storage_entry(binding, false))
         .collect();
     let storage = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("persistent step: storage"),
@@ -702,13 +675,7 @@ pub(super) fn build_chain(
         cache: None,
     });
     if let Some(e) = pollster::block_on(scope.pop()) {
-        let msg = e.to_string();
-        let parts: Vec<&str> = msg
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && *l != "Caused by:")
-            .collect();
-        bail!("{}", parts.join(": "));
+        bail!("{}", super::context::one_line(&e.to_string()));
     }
     Ok(ChainPipeline {
         pipeline,
