@@ -42,6 +42,7 @@ SAME_BITS = {
     "persistent_264": "persistent",
     "persistent_416": "persistent",
     "persistent_528": "persistent",
+    "persistent_auto": "persistent",
     "persistent_416_14": "persistent",
     "persistent_coop_416": "persistent_coop",
 }

@@ -18,11 +18,13 @@
 #   PERSIST=1: the tests, then a sweep of the default against the FMA walk and the
 #   persistent step (VAE_OOD_GPU_PERSISTENT: a training step as one dispatch of G
 #   workgroups, grid barriers between its seven phases; built 2026-11-27 without a
-#   GPU) with G = 264, 416 and 528, with 416 and two steps per dispatch
-#   (VAE_OOD_GPU_PERSISTENT_PHASES=14), and with 416 on the tensor cores, then
-#   whole runs of the default and of the persistent step, and whether the
-#   persistent step's weights and scores are its dispatches' byte for byte on the
-#   FMA walk and on the tensor cores (about 5 minutes)
+#   GPU) with G = 264, 416 and 528, with `auto` (each pipeline's probe: as many
+#   as the card runs at once, up to its largest phase), with 416 and two steps
+#   per dispatch (VAE_OOD_GPU_PERSISTENT_PHASES=14), and with 416 on the tensor
+#   cores, then whole runs of the default and of the persistent step (416 and
+#   auto, and the G the probes found), and whether the persistent step's weights
+#   and scores are its dispatches' byte for byte on the FMA walk and on the
+#   tensor cores (about 6 minutes)
 #   QUICK=1: the tests, the sweep, seven whole runs (the FMA walk, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default: the tensor cores),
@@ -160,7 +162,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'fma:VAE_OOD_GPU_COOP=0' \
     'persistent_264:VAE_OOD_GPU_PERSISTENT=264' 'persistent_416:VAE_OOD_GPU_PERSISTENT=416' \
-    'persistent_528:VAE_OOD_GPU_PERSISTENT=528' \
+    'persistent_528:VAE_OOD_GPU_PERSISTENT=528' 'persistent_auto:VAE_OOD_GPU_PERSISTENT=auto' \
     'persistent_416_14:VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PHASES=14' \
     'persistent_coop_416:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416' \
     2>&1 | tee "$LOG/sweep.txt"
@@ -172,10 +174,13 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
   # read stale values after naga's barriers, and the tensor-core persistent step
   # is wrong on this card
   whole_runs default: persistent:VAE_OOD_GPU_PERSISTENT=416 \
+    persistent_auto:VAE_OOD_GPU_PERSISTENT=auto \
     fma_256:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_LATENT_THREADS=256 \
     coop_256:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_THREADS=256 \
     persistent_coop:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416
-  for pair in fma_256:persistent coop_256:persistent_coop; do
+  # (the workgroups auto's probes found, from the run's metrics.json)
+  echo "## persistent_auto: $(grep -ho 'persistent step of [^"]*' "$LOG/run_persistent_auto/metrics.json")"
+  for pair in fma_256:persistent fma_256:persistent_auto coop_256:persistent_coop; do
     a=$LOG/run_${pair%%:*} b=$LOG/run_${pair#*:}
     if cmp -s "$a/model.safetensors" "$b/model.safetensors" && cmp -s "$a/scores.csv" "$b/scores.csv"; then
       echo "## ${pair#*:} against ${pair%%:*}: SAME BITS (weights and scores)"

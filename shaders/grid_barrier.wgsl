@@ -12,12 +12,23 @@
 // grid_status[0], as does any wait that ends before the barrier is complete. Every
 // wait then stops at once, so the dispatch ends (with wrong results), and the
 // backend reports the mark as an error at its next read.
+//
+// A probe (`VAE_OOD_GPU_PERSISTENT=auto`: how many workgroups of this pipeline
+// the GPU runs at once) dispatches the module dry (grid_mode[0] ≠ 0: no phase
+// does any work, only the barriers run, with the pipeline's own registers and
+// workgroup memory) with a short bound (grid_mode[1] polls): where more were
+// dispatched than run at once, the first wait to give up saw exactly those that
+// were running (none has left before a wait gives up), and the fewest arrivals
+// any giving-up wait saw goes into grid_status[2].
 
 // this dispatch's counters (a dynamic offset per dispatch; zeroed before a run):
 // [0] arrivals, all phases; [1] phases every workgroup has finished
 @group(2) @binding(0) var<storage, read_write> grid: array<atomic<u32>, 4>;
-// [0]: 1 once a wait gave up (zeroed before a run)
+// [0]: 1 once a wait gave up (zeroed before a run); [2]: in a dry run, the fewest
+// arrivals a wait saw when it gave up (0xffffffff before the probe)
 @group(2) @binding(1) var<storage, read_write> grid_status: array<atomic<u32>, 4>;
+// [0]: ≠ 0 in a dry run (the probe); [1]: polls before a wait gives up (0: GRID_SPINS)
+@group(2) @binding(2) var<uniform> grid_mode: vec4<u32>;
 
 const GRID_SPINS: u32 = 4194304u;
 
@@ -30,7 +41,8 @@ fn grid_barrier(li: u32, groups: u32, phase: u32) {
         if (atomicAdd(&grid[0], 1u) + 1u == (phase + 1u) * groups) {
             atomicStore(&grid[1], phase + 1u);
         } else {
-            for (var n = 0u; n < GRID_SPINS; n++) {
+            let spins = select(GRID_SPINS, grid_mode.y, grid_mode.y != 0u);
+            for (var n = 0u; n < spins; n++) {
                 if (atomicLoad(&grid[1]) > phase) {
                     break;
                 }
@@ -44,6 +56,9 @@ fn grid_barrier(li: u32, groups: u32, phase: u32) {
             // does to long loops): the results are wrong, say so
             if (atomicLoad(&grid[1]) <= phase) {
                 atomicStore(&grid_status[0], 1u);
+                if (grid_mode.x != 0u) {
+                    atomicMin(&grid_status[2], atomicLoad(&grid[0]));
+                }
             }
         }
     }

@@ -124,14 +124,16 @@ pub const GPU_COHERENT: &str = "VAE_OOD_GPU_COHERENT";
 pub const GPU_LATENT_THREADS: &str = "VAE_OOD_GPU_LATENT_THREADS";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
-/// `G` (1 to 65535): the persistent step (`src/gpu/persistent.rs`): each training
-/// step's dispatches as one dispatch of G workgroups, grid barriers over
-/// `@coherent` buffers between its phases instead of dispatch boundaries. Takes
-/// the FMA walk where `VAE_OOD_GPU_COOP` is unset (the tensor cores with `=1`, an
-/// experiment without `@coherent`) and runs the latent kernels with 256 threads; G must not exceed the workgroups the GPU runs
-/// at once (a wait that gives up is an error, not a hang). The same bits as the
-/// dispatches with those options; off by default (added 2026-11-27 without a GPU:
-/// not yet timed on one).
+/// `G` (1 to 65535) or `auto`: the persistent step (`src/gpu/persistent.rs`):
+/// each training step's dispatches as one dispatch of G workgroups, grid barriers
+/// over `@coherent` buffers between its phases instead of dispatch boundaries.
+/// Takes the FMA walk where `VAE_OOD_GPU_COOP` is unset (the tensor cores with
+/// `=1`, an experiment without `@coherent`) and runs the latent kernels with 256
+/// threads; G must not exceed the workgroups the GPU runs at once (a wait that
+/// gives up is an error, not a hang); `auto` finds that number for each of its
+/// pipelines by a probe (dry runs), up to the pipeline's largest phase. The same
+/// bits as the dispatches with those options; off by default (added 2026-11-27
+/// without a GPU: not yet timed on one).
 pub const GPU_PERSISTENT: &str = "VAE_OOD_GPU_PERSISTENT";
 /// The most dispatches one persistent dispatch runs, 2 to 64, whole training
 /// steps only (default 7, one step; 14: two); a device must allow as many
@@ -213,9 +215,15 @@ pub fn check() -> Result<()> {
         (GPU_PERSISTENT_PHASES, 2..=64),
     ] {
         if let Ok(v) = std::env::var(name) {
-            if !v.is_empty() && number(name, range.clone()).is_none() {
+            let auto = name == GPU_PERSISTENT && v == "auto";
+            if !v.is_empty() && !auto && number(name, range.clone()).is_none() {
                 bail!(
-                    "{name}={v}: expected a whole number from {} to {}",
+                    "{name}={v}: expected {}a whole number from {} to {}",
+                    if name == GPU_PERSISTENT {
+                        "auto or "
+                    } else {
+                        ""
+                    },
                     range.start(),
                     range.end()
                 );

@@ -777,6 +777,9 @@ fn bad_environment_switches() {
         ("VAE_OOD_GPU_LATENT_PAIR", "pair"),
         ("VAE_OOD_GPU_TAIL_FC1", "tail"),
         ("VAE_OOD_GPU_EARLY_READS", "early"),
+        ("VAE_OOD_GPU_PERSISTENT", "0"),
+        ("VAE_OOD_GPU_PERSISTENT", "automatic"),
+        ("VAE_OOD_GPU_PERSISTENT_PHASES", "1"),
     ];
     // a one-epoch CPU run on 128 images, quiet
     let run = [
@@ -816,6 +819,8 @@ fn bad_environment_switches() {
         .env("VAE_OOD_GPU_DOUBLE_TILES", "1")
         .env("VAE_OOD_GPU_BCE_EPILOGUE", "1")
         .env("VAE_OOD_GPU_EARLY_READS", "1")
+        .env("VAE_OOD_GPU_PERSISTENT", "auto")
+        .env("VAE_OOD_GPU_PERSISTENT_PHASES", "14")
         .args(run)
         .args(["--out", s(&out)])
         .output()

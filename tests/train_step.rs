@@ -1216,7 +1216,7 @@ fn the_triples_tail_in_the_next_fc1_gives_the_same_bits() {
 #[test]
 fn the_persistent_step_gives_the_dispatches_bits() {
     use vae_ood::backend::Backend;
-    use vae_ood::gpu::{GpuBackend, GpuOptions};
+    use vae_ood::gpu::{GpuBackend, GpuOptions, PersistentGroups};
     if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
         return;
     }
@@ -1229,7 +1229,7 @@ fn the_persistent_step_gives_the_dispatches_bits() {
     let want = case.run(&mut plain);
     assert_eq!(plain.persistent_dispatches(), 0);
     let persistent = |groups| GpuOptions {
-        persistent: Some(groups),
+        persistent: Some(PersistentGroups::Fixed(groups)),
         ..base
     };
     let mut one = case.backend(persistent(1));
@@ -1277,6 +1277,76 @@ fn the_persistent_step_gives_the_dispatches_bits() {
     if let Err(e) = many.read(Buf::Params, 0..n) {
         panic!("the error said twice: {e}");
     }
+}
+
+/// `VAE_OOD_GPU_PERSISTENT=auto` (`persistent::probe`): each persistent pipeline's
+/// probe dispatches it dry with its largest phase's workgroups; where a wait gave
+/// up (as on lavapipe, which runs as many workgroups at once as it has threads),
+/// the first one's count of those running is between 1 and that, and the probe
+/// ends at the most that passed a dry run. The run takes that many workgroups on a
+/// GPU, one on a software adapter (lavapipe: no promise that two run at once),
+/// and gives the dispatches' bits.
+#[test]
+fn persistent_auto_probes_how_many_run_at_once() {
+    use vae_ood::backend::Backend;
+    use vae_ood::gpu::{GpuOptions, PersistentGroups};
+    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+        return;
+    }
+    let case = GpuRunCase::new("persistent_auto_probes_how_many_run_at_once", 3);
+    let base = GpuOptions {
+        latent_threads: Some(256),
+        ..GpuOptions::default()
+    };
+    let want = case.run(&mut case.backend(base));
+    let mut auto = case.backend(GpuOptions {
+        persistent: Some(PersistentGroups::Auto),
+        ..base
+    });
+    assert!(
+        auto.describe().contains("probed when built"),
+        "{}",
+        auto.describe()
+    );
+    let got = case.run(&mut auto);
+    assert_eq!(auto.persistent_dispatches(), 3, "{}", auto.describe());
+    for ((buf, g), (_, w)) in got.iter().zip(&want) {
+        assert!(g == w, "{buf:?} differs from the dispatches' (auto)");
+    }
+    let probes = auto.persistent_probes();
+    assert!(!probes.is_empty(), "no probe ran");
+    let software = auto.context().info.device_type == wgpu::DeviceType::Cpu;
+    for p in &probes {
+        assert_eq!(p.runs[0].0, p.most, "{p:?}");
+        assert!(p.most > 4, "{p:?}: the case's largest phase");
+        if p.runs[0].1 {
+            assert!(!software, "{p:?}: lavapipe ran them all at once");
+            assert_eq!(
+                (p.found, p.running, p.runs.len()),
+                (p.most, None, 1),
+                "{p:?}"
+            );
+            continue;
+        }
+        let running = p.running.expect("counted where it gave up");
+        assert!((1..=p.most).contains(&running), "{p:?}");
+        assert!(p.found >= 1 && p.found < p.most, "{p:?}");
+        if p.found > 1 {
+            assert_eq!(p.runs.last(), Some(&(p.found, true)), "{p:?}");
+        }
+        // (each run after the first is of fewer, the last one passed unless the
+        // probe ended at one, which never waits)
+        assert!(p.runs.windows(2).all(|w| w[1].0 < w[0].0), "{p:?}");
+    }
+    let mut want_groups: Vec<u32> = if software {
+        vec![1]
+    } else {
+        probes.iter().map(|p| p.found).collect()
+    };
+    want_groups.sort();
+    want_groups.dedup();
+    assert_eq!(auto.persistent_groups(), want_groups, "{probes:?}");
+    eprintln!("{}; probes {probes:?}", auto.describe());
 }
 
 /// The case with `opts` and up to 14 phases per persistent dispatch: every buffer

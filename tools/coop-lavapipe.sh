@@ -18,9 +18,10 @@
 #     22.3 cuts their long loops short, so only here);
 #   - the persistent step (VAE_OOD_GPU_PERSISTENT, src/gpu/persistent.rs) against
 #     the dispatches it replaces: tests/train_step.rs's test of it, and a one-epoch
-#     run of 640 images (hidden width 64) with one workgroup and with two, on the
-#     FMA walk and on the tensor cores, whose scores and weights must be byte for
-#     byte the dispatches'. Two workgroups
+#     run of 640 images (hidden width 64) with one workgroup, with two and with
+#     `auto` (its probe, then one workgroup on a software adapter), on the FMA walk
+#     and on the tensor cores, whose scores and weights must be byte for byte the
+#     dispatches'. Two workgroups
 #     wait on each other at every grid barrier: Mesa 26.1's lavapipe runs two at
 #     once on two cores (CI's machines have two), where 22.3's barrier waits give
 #     up (the run is then an error, as on a GPU given more workgroups than it runs
@@ -77,10 +78,10 @@ inside "$steps --test-threads 1 persistent"
 # (COOP: the FMA walk, then the tensor cores' 8x8x8; each run's log kept, for the
 # notice a persistent step that could not be built would print)
 for coop in 0 1; do
-  for p in "" 1 2; do
+  for p in "" 1 2 auto; do
     inside "VAE_OOD_GPU_COOP=$coop VAE_OOD_GPU_LATENT_THREADS=256 VAE_OOD_GPU_PERSISTENT=$p ./target/release/vae-ood --device gpu --epochs 1 --train-limit 640 --hidden 64 --out /tmp/persistent$coop$p >/tmp/persistent$coop$p.log 2>&1; grep -v '^vae-ood: \\|wrote' /tmp/persistent$coop$p.log"
   done
-  for p in 1 2; do
+  for p in 1 2 auto; do
     inside "! grep 'could not be built' /tmp/persistent$coop$p.log && cmp /tmp/persistent$coop/scores.csv /tmp/persistent$coop$p/scores.csv && cmp /tmp/persistent$coop/model.safetensors /tmp/persistent$coop$p/model.safetensors && echo 'persistent step of $p workgroups, VAE_OOD_GPU_COOP=$coop: the same scores and weights, byte for byte'"
   done
 done

@@ -7,7 +7,7 @@
 //! between the dispatches of chosen ops, into a query set kept across calls.
 //! Which dispatches an op list becomes is the lowering's (`lower.rs`).
 
-use super::context::{GpuContext, GpuOptions, Kernel, UNIFORM_BYTES};
+use super::context::{GpuContext, GpuOptions, Kernel, PersistentGroups, UNIFORM_BYTES};
 use super::lower::{
     last_block_len, lower_all, partial_len, rowloss_len, split_target, Fusions, Res, SPLIT_TARGET,
 };
@@ -15,7 +15,7 @@ use super::persistent::{self, ChainPipeline, Phase};
 use crate::backend::{Backend, Pending, PendingRead};
 use crate::plan::{Buf, Op, Sizes};
 use anyhow::{anyhow, ensure, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
 pub struct GpuBackend {
@@ -54,8 +54,9 @@ pub struct GpuBackend {
 /// The persistent step (`persistent.rs`): its pipelines, bind groups, barrier
 /// counters and status word.
 struct Persist {
-    /// workgroups per persistent dispatch
-    groups: u32,
+    /// workgroups per persistent dispatch, or `auto` (each pipeline's own:
+    /// `ChainPipeline::groups`)
+    groups: PersistentGroups,
     /// the most phases (dispatches) per persistent dispatch
     max_phases: usize,
     /// whether each kernel can be a phase (its module transforms)
@@ -76,6 +77,8 @@ struct Persist {
     /// read, checked when it is collected
     status: wgpu::Buffer,
     status_staging: wgpu::Buffer,
+    /// the grid barrier's mode (`grid_mode`): zeros, a run (the probe has its own)
+    mode: wgpu::Buffer,
     status_mapped: Option<std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>>,
     /// persistent dispatches were recorded since the status was last copied
     unchecked: bool,
@@ -84,7 +87,7 @@ struct Persist {
 }
 
 impl Persist {
-    fn new(ctx: &GpuContext, groups: u32) -> Persist {
+    fn new(ctx: &GpuContext, groups: PersistentGroups) -> Persist {
         let dev = &ctx.device;
         let grid_layout = persistent::grid_layout(dev);
         let align = dev.limits().min_storage_buffer_offset_alignment.max(16) as usize;
@@ -102,7 +105,14 @@ impl Persist {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let (grid, grid_bg) = Self::make_grid(dev, &grid_layout, &status, align, 1);
+        let mode = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("grid barrier mode: a run"),
+            size: 16,
+            usage: wgpu::BufferUsages::UNIFORM,
+            // (zeroed, as a new buffer is)
+            mapped_at_creation: false,
+        });
+        let (grid, grid_bg) = Self::make_grid(dev, &grid_layout, &status, &mode, align, 1);
         // each phase takes a dynamic uniform offset
         let most = dev.limits().max_dynamic_uniform_buffers_per_pipeline_layout as usize;
         Persist {
@@ -118,6 +128,7 @@ impl Persist {
             align,
             status,
             status_staging,
+            mode,
             status_mapped: None,
             unchecked: false,
             last_run: 0,
@@ -128,6 +139,7 @@ impl Persist {
         dev: &wgpu::Device,
         layout: &wgpu::BindGroupLayout,
         status: &wgpu::Buffer,
+        mode: &wgpu::Buffer,
         align: usize,
         slots: usize,
     ) -> (wgpu::Buffer, wgpu::BindGroup) {
@@ -137,24 +149,7 @@ impl Persist {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("grid barrier"),
-            layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &grid,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(16),
-                    }),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: status.as_entire_binding(),
-                },
-            ],
-        });
+        let bg = persistent::grid_bind_group(dev, layout, &grid, status, mode);
         (grid, bg)
     }
 }
@@ -244,6 +239,29 @@ impl GpuBackend {
     /// How many dispatches `ops` take (pairs and split-K reduces counted).
     pub fn dispatches(&self, ops: &[Op]) -> usize {
         lower_all(ops, self.fusions).0.len()
+    }
+
+    /// The workgroups of the persistent pipelines built so far (each G once, in
+    /// order; with `VAE_OOD_GPU_PERSISTENT=auto`, what each one's probe found).
+    pub fn persistent_groups(&self) -> Vec<u32> {
+        let Some(p) = &self.persist else {
+            return Vec::new();
+        };
+        let gs: BTreeSet<u32> = p.pipelines.values().flatten().map(|cp| cp.groups).collect();
+        gs.into_iter().collect()
+    }
+
+    /// What the probes of `VAE_OOD_GPU_PERSISTENT=auto` did, one per persistent
+    /// pipeline built so far (none with a fixed G).
+    pub fn persistent_probes(&self) -> Vec<persistent::Probe> {
+        let Some(p) = &self.persist else {
+            return Vec::new();
+        };
+        p.pipelines
+            .values()
+            .flatten()
+            .filter_map(|cp| cp.probe.clone())
+            .collect()
     }
 
     /// How many persistent dispatches the last run recorded (0 where the
@@ -518,7 +536,15 @@ impl GpuBackend {
                         names.join(", ")
                     );
                 }
-                p.pipelines.insert(key.clone(), built.ok());
+                let groups = match p.groups {
+                    PersistentGroups::Fixed(g) => g,
+                    // (probed below, once its bind groups are made)
+                    PersistentGroups::Auto => 0,
+                };
+                p.pipelines.insert(
+                    key.clone(),
+                    built.ok().map(|cp| ChainPipeline { groups, ..cp }),
+                );
             }
             let Some(cp) = p.pipelines[&key].as_ref() else {
                 units.extend((d..e).map(one));
@@ -564,6 +590,53 @@ impl GpuBackend {
                     entries: &entries,
                 })
             });
+            if cp.groups == 0 {
+                // `auto`: as many workgroups as the GPU runs of this pipeline at
+                // once, up to its largest phase's
+                let most = key
+                    .0
+                    .iter()
+                    .map(|ph| ph.groups.0 * ph.groups.1 * ph.groups.2)
+                    .max()
+                    .unwrap_or(1)
+                    .min(
+                        self.ctx
+                            .device
+                            .limits()
+                            .max_compute_workgroups_per_dimension,
+                    );
+                let probed = persistent::probe(
+                    &self.ctx,
+                    cp,
+                    &p.grid_layout,
+                    &p.bind_groups[&key],
+                    &p.uniform_bgs[&key.0.len()],
+                    key.0.len(),
+                    most,
+                );
+                // (a software adapter — lavapipe — runs workgroups on a thread
+                // pool with no promise that two run at once: Mesa 22.3's ran a dry
+                // pair at once in one probe and not in the next, and a run of two
+                // gave up; one workgroup there, whatever the probe found)
+                let software = self.ctx.info.device_type == wgpu::DeviceType::Cpu;
+                let slot = p.pipelines.get_mut(&key).expect("built above");
+                match probed {
+                    Ok(probe) => {
+                        let cp = slot.as_mut().expect("built");
+                        cp.groups = if software { 1 } else { probe.found };
+                        cp.probe = Some(probe);
+                    }
+                    Err(err) => {
+                        eprintln!(
+                            "vae-ood: the persistent step's probe failed ({err:#}); running its dispatches as they are"
+                        );
+                        *slot = None;
+                        units.extend((d..e).map(one));
+                        d = e;
+                        continue;
+                    }
+                }
+            }
             units.push((d..e, Some(key)));
             d = e;
         }
@@ -689,6 +762,7 @@ impl GpuBackend {
                         &self.ctx.device,
                         &p.grid_layout,
                         &p.status,
+                        &p.mode,
                         p.align,
                         chains.next_power_of_two(),
                     );
@@ -755,7 +829,7 @@ impl GpuBackend {
                         pass.set_bind_group(0, &p.bind_groups[key], &[]);
                         pass.set_bind_group(1, &p.uniform_bgs[&key.0.len()], &offsets);
                         pass.set_bind_group(2, &p.grid_bg, &[(slot * p.align) as u32]);
-                        pass.dispatch_workgroups(p.groups, 1, 1);
+                        pass.dispatch_workgroups(cp.groups, 1, 1);
                         slot += 1;
                         continue;
                     }
@@ -829,10 +903,19 @@ impl GpuBackend {
         p.status_staging.unmap();
         if gave_up {
             self.ctx.queue.write_buffer(&p.status, 0, &[0u8; 16]);
+            let asked = p.groups;
+            let fewer = match asked {
+                PersistentGroups::Fixed(_) => "use fewer workgroups".to_string(),
+                PersistentGroups::Auto => format!(
+                    "its probe found {:?} (other work on the GPU?): set {} to fewer",
+                    self.persistent_groups(),
+                    crate::knobs::GPU_PERSISTENT
+                ),
+            };
             anyhow::bail!(
-                "{}={}: a grid barrier of the persistent step gave up waiting: the GPU did not run that many workgroups at once, and the run's results are wrong; use fewer workgroups",
+                "{}={}: a grid barrier of the persistent step gave up waiting: the GPU did not run that many workgroups at once, and the run's results are wrong; {fewer}",
                 crate::knobs::GPU_PERSISTENT,
-                p.groups
+                asked
             );
         }
         Ok(())
@@ -843,8 +926,25 @@ impl Backend for GpuBackend {
     fn describe(&self) -> String {
         let persistent = match &self.persist {
             Some(p) => format!(
-                ", persistent step of {} workgroups (up to {} dispatches each)",
-                p.groups, p.max_phases
+                ", persistent step of {}, up to {} dispatches each",
+                match p.groups {
+                    PersistentGroups::Fixed(g) => format!("{g} workgroups"),
+                    PersistentGroups::Auto => match self.persistent_groups()[..] {
+                        [] => "as many workgroups as run at once (auto: probed when built)"
+                            .to_string(),
+                        [1] if self.ctx.info.device_type == wgpu::DeviceType::Cpu => {
+                            "1 workgroup (auto: one on a software adapter)".to_string()
+                        }
+                        ref gs => format!(
+                            "{} workgroups (auto: probed)",
+                            gs.iter()
+                                .map(|g| g.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    },
+                },
+                p.max_phases
             ),
             None => String::new(),
         };

@@ -764,10 +764,11 @@ pub struct GpuOptions {
     /// not as atomics (`VAE_OOD_GPU_COHERENT=1`; identical bits; off by default:
     /// level on an H200)
     pub coherent: bool,
-    /// the persistent step (`VAE_OOD_GPU_PERSISTENT=G`, `src/gpu/persistent.rs`):
-    /// runs of up to `persistent_phases` consecutive dispatches as one dispatch of
-    /// G workgroups with grid barriers between its phases; None: off (the default)
-    pub persistent: Option<u32>,
+    /// the persistent step (`VAE_OOD_GPU_PERSISTENT=G` or `auto`,
+    /// `src/gpu/persistent.rs`): runs of up to `persistent_phases` consecutive
+    /// dispatches as one dispatch of G workgroups with grid barriers between its
+    /// phases; None: off (the default)
+    pub persistent: Option<PersistentGroups>,
     /// the most dispatches one persistent dispatch runs as its phases, whole
     /// training steps only (`VAE_OOD_GPU_PERSISTENT_PHASES`; 7 by default, one step)
     pub persistent_phases: u32,
@@ -889,10 +890,43 @@ impl GpuOptions {
             double_tiles: crate::knobs::flag(crate::knobs::GPU_DOUBLE_TILES),
             early_reads: crate::knobs::flag(crate::knobs::GPU_EARLY_READS),
             coherent: crate::knobs::flag(crate::knobs::GPU_COHERENT),
-            persistent: crate::knobs::number(crate::knobs::GPU_PERSISTENT, 1..=65_535)
-                .map(|v| v as u32),
+            persistent: PersistentGroups::from_env(),
             persistent_phases: crate::knobs::number(crate::knobs::GPU_PERSISTENT_PHASES, 2..=64)
                 .map_or(PERSISTENT_PHASES, |v| v as u32),
+        }
+    }
+}
+
+/// How many workgroups a persistent dispatch has (`VAE_OOD_GPU_PERSISTENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistentGroups {
+    /// G (1 to 65,535), as asked: a G above what the GPU runs at once is an error
+    /// at the next read
+    Fixed(u32),
+    /// `auto`: for each persistent pipeline, the most workgroups of it the GPU runs
+    /// at once (its registers and workgroup memory set how many fit), up to its
+    /// largest phase's workgroups, found by a probe of dry runs when it is built
+    /// (`persistent::probe`)
+    Auto,
+}
+
+impl PersistentGroups {
+    /// From `VAE_OOD_GPU_PERSISTENT`: `auto` or G; None when unset or not
+    /// understood (which `knobs::check` reports at start-up).
+    pub fn from_env() -> Option<PersistentGroups> {
+        if std::env::var(crate::knobs::GPU_PERSISTENT).as_deref() == Ok("auto") {
+            return Some(PersistentGroups::Auto);
+        }
+        crate::knobs::number(crate::knobs::GPU_PERSISTENT, 1..=65_535)
+            .map(|g| PersistentGroups::Fixed(g as u32))
+    }
+}
+
+impl std::fmt::Display for PersistentGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PersistentGroups::Fixed(g) => write!(f, "{g}"),
+            PersistentGroups::Auto => write!(f, "auto"),
         }
     }
 }
@@ -929,7 +963,7 @@ pub struct FeatureUse {
     /// the persistent step's workgroups ([`GpuOptions::persistent`]), where asked
     /// for (on the FMA walk, with `@coherent` buffers, unless `VAE_OOD_GPU_COOP=1`
     /// puts it on the tensor cores, without)
-    pub persistent: Option<u32>,
+    pub persistent: Option<PersistentGroups>,
 }
 
 impl FeatureUse {
@@ -1083,7 +1117,10 @@ impl FeatureUse {
             self.coop_why,
             self.coherent_why,
             match self.persistent {
-                Some(g) => format!("; persistent step of {g} workgroups"),
+                Some(PersistentGroups::Fixed(g)) => format!("; persistent step of {g} workgroups"),
+                Some(PersistentGroups::Auto) => {
+                    "; persistent step, its workgroups probed (auto)".to_string()
+                }
                 None => String::new(),
             }
         )

@@ -306,9 +306,16 @@ pub fn chain_module(
     // variable of its own at a number of its own
     // (nor may a shared declaration, declared once unrenamed, have the name of
     // the barrier's or the entry point's)
-    if let Some(n) = ["grid", "grid_status", "grid_barrier", "GRID_SPINS", ENTRY]
-        .iter()
-        .find(|n| shared.contains(**n))
+    if let Some(n) = [
+        "grid",
+        "grid_status",
+        "grid_mode",
+        "grid_barrier",
+        "GRID_SPINS",
+        ENTRY,
+    ]
+    .iter()
+    .find(|n| shared.contains(**n))
     {
         bail!("a kernel declares `{n}`, a name of the persistent module's own");
     }
@@ -440,7 +447,7 @@ pub fn chain_module(
         subgroups |= args.iter().any(|a| a.starts_with("psg_"));
         call.push_str(&format!(
             "    // phase {i}: {:?}, ({gx}, {gy}, {gz}) workgroups\n    \
-             for (var v = pwg.x; v < {total}u; v += pn.x) {{\n        \
+             for (var v = pfirst; v < {total}u; v += pn.x) {{\n        \
              let w = vec3<u32>(v % {gx}u, (v / {gx}u) % {gy}u, v / {gxy}u);\n        \
              {name}({args});\n        \
              workgroupBarrier();\n    }}\n",
@@ -471,7 +478,9 @@ pub fn chain_module(
         "\n// the phases, a grid barrier between them (src/gpu/persistent.rs)\n\
          @compute @workgroup_size({THREADS})\n\
          fn {ENTRY}(@builtin(workgroup_id) pwg: vec3<u32>, @builtin(num_workgroups) pn: vec3<u32>, \
-         @builtin(local_invocation_index) pli: u32{sg}) {{\n{call}}}\n"
+         @builtin(local_invocation_index) pli: u32{sg}) {{\n    \
+         // (a dry run, the probe of how many run at once: no phase's work)\n    \
+         let pfirst = select(pwg.x, 0xffffffffu, grid_mode.x != 0u);\n{call}}}\n"
     ));
     Ok(ChainModule {
         text,
@@ -596,25 +605,207 @@ pub(super) struct ChainPipeline {
     pub uniforms: wgpu::BindGroupLayout,
     /// group 0's binding n: the index of its resource (as [`resources`] lists them)
     pub bindings: Vec<usize>,
+    /// workgroups per dispatch: `VAE_OOD_GPU_PERSISTENT`'s G, or with `auto`
+    /// what [`probe`] found for this pipeline (0 until then; 1 on a software
+    /// adapter, `GpuBackend::units`)
+    pub groups: u32,
+    /// with `auto`, what the probe did
+    pub probe: Option<Probe>,
 }
 
 /// The bind-group layout of group 2: this dispatch's barrier counters (a dynamic
-/// offset per dispatch) and the status word.
+/// offset per dispatch), the status word and the mode (`grid_mode`: a run or the
+/// probe's dry run).
 pub(super) fn grid_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
-    let entry = |binding, dynamic| wgpu::BindGroupLayoutEntry {
+    let entry = |binding, ty, dynamic| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only: false },
+            ty,
             has_dynamic_offset: dynamic,
             min_binding_size: wgpu::BufferSize::new(16),
         },
         count: None,
     };
+    let storage = wgpu::BufferBindingType::Storage { read_only: false };
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("grid barrier"),
-        entries: &[entry(0, true), entry(1, false)],
+        entries: &[
+            entry(0, storage, true),
+            entry(1, storage, false),
+            entry(2, wgpu::BufferBindingType::Uniform, false),
+        ],
     })
+}
+
+/// Group 2's bind group: `grid`'s first 16 bytes (the first dispatch's counters;
+/// a dynamic offset moves them), `status` and `mode` (16 bytes each).
+pub(super) fn grid_bind_group(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    grid: &wgpu::Buffer,
+    status: &wgpu::Buffer,
+    mode: &wgpu::Buffer,
+) -> wgpu::BindGroup {
+    let first16 = |buffer| {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(16),
+        })
+    };
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("grid barrier"),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: first16(grid),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: first16(status),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: first16(mode),
+            },
+        ],
+    })
+}
+
+/// Polls before a wait of the probe's dry run gives up: far more than the
+/// launch of every workgroup that runs at once takes (microseconds on a GPU,
+/// where this many polls of an L2 atomic take some 20–40 ms), far fewer than a
+/// run's bound, as the probe's first dispatch gives up wherever the GPU runs
+/// fewer workgroups than it asks for.
+pub const PROBE_SPINS: u32 = 1 << 16;
+
+/// `VAE_OOD_GPU_PERSISTENT=auto`: the most workgroups of `cp`'s pipeline, up to
+/// `most`, that the GPU runs at once, found by dry runs of it (its registers and
+/// workgroup memory, which set how many fit on each SM; no phase does any work,
+/// only the grid barriers run; `grid_barrier.wgsl`). The first dispatches `most`:
+/// every one arriving at the first barrier, it is the answer; else the first wait
+/// to give up counted the workgroups then running, R, and a dispatch of R must
+/// then pass. Should it not (a GPU that counts otherwise), halving from R down
+/// to one, which always passes. `storage` and `uniforms` are the chain's bind
+/// groups (bound, not read), with `phases` dynamic offsets of 0. Waits for the
+/// queue first, so that no other work of ours holds the SMs.
+pub(super) fn probe(
+    ctx: &super::context::GpuContext,
+    cp: &ChainPipeline,
+    grid_layout: &wgpu::BindGroupLayout,
+    storage: &wgpu::BindGroup,
+    uniforms: &wgpu::BindGroup,
+    phases: usize,
+    most: u32,
+) -> Result<Probe> {
+    use wgpu::util::DeviceExt;
+    let device = &ctx.device;
+    ctx.wait("the persistent step's probe")?;
+    let buffer = |label, usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 16,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let copy = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let grid = buffer(
+        "probe: grid barrier counters",
+        wgpu::BufferUsages::STORAGE | copy,
+    );
+    let status = buffer("probe: status", wgpu::BufferUsages::STORAGE | copy);
+    let staging = buffer(
+        "probe: status readback",
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    );
+    let mode = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("probe: dry run"),
+        contents: bytemuck::cast_slice(&[1u32, PROBE_SPINS, 0, 0]),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let bg = grid_bind_group(device, grid_layout, &grid, &status, &mode);
+    let offsets = vec![0u32; phases];
+    // (gave up, the fewest arrivals a giving-up wait saw) of a dry run of g
+    let run = |g: u32| -> Result<(bool, u32)> {
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("persistent step probe"),
+        });
+        enc.clear_buffer(&grid, 0, None);
+        // (status [0] = 0: none gave up; [2] = the most a u32 holds, for atomicMin)
+        ctx.queue
+            .write_buffer(&status, 0, bytemuck::cast_slice(&[0u32, 0, u32::MAX, 0]));
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("persistent step probe"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&cp.pipeline);
+            pass.set_bind_group(0, storage, &[]);
+            pass.set_bind_group(1, uniforms, &offsets);
+            pass.set_bind_group(2, &bg, &[0]);
+            pass.dispatch_workgroups(g, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&status, 0, &staging, 0, 16);
+        ctx.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        ctx.wait("the persistent step's probe")?;
+        rx.recv()
+            .context("the probe's readback was dropped")?
+            .map_err(|e| anyhow::anyhow!("the probe's readback failed: {e}"))?;
+        let words: [u32; 4] = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow::anyhow!("the probe's mapping failed: {e}"))?;
+            bytemuck::pod_read_unaligned(&view)
+        };
+        staging.unmap();
+        Ok((words[0] != 0, words[2]))
+    };
+    let most = most.max(1);
+    let mut report = Probe {
+        most,
+        runs: Vec::new(),
+        running: None,
+        found: most,
+    };
+    let (gave_up, running) = run(most)?;
+    report.runs.push((most, !gave_up));
+    if !gave_up {
+        return Ok(report);
+    }
+    report.running = Some(running);
+    // (most is at least 2 here: one workgroup never waits)
+    let mut g = running.min(most - 1).max(1);
+    while g > 1 {
+        let passed = !run(g)?.0;
+        report.runs.push((g, passed));
+        if passed {
+            break;
+        }
+        g /= 2;
+    }
+    report.found = g;
+    Ok(report)
+}
+
+/// What [`probe`] did for one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// the most it looked for (the pipeline's largest phase's workgroups)
+    pub most: u32,
+    /// its dry runs in order: (workgroups, whether every wait saw the barrier
+    /// complete)
+    pub runs: Vec<(u32, bool)>,
+    /// where the first gave up: the workgroups running when its first wait did
+    pub running: Option<u32>,
+    /// the most that passed (the last run's, or 1 where no run of more did)
+    pub found: u32,
 }
 
 /// Build the pipeline of a chain on the context's device, the buffers for which
@@ -682,6 +873,8 @@ pub(super) fn build_chain(
         storage,
         uniforms,
         bindings: m.bindings,
+        groups: 0,
+        probe: None,
     })
 }
 
@@ -774,6 +967,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("v < 10u"), "{text}");
+        // every phase's loop starts where a dry run (the probe's) skips it
+        assert!(
+            text.contains("let pfirst = select(pwg.x, 0xffffffffu, grid_mode.x != 0u);"),
+            "{text}"
+        );
+        assert_eq!(text.matches("for (var v = pfirst; ").count(), 2, "{text}");
         let module = naga::front::wgsl::parse_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
