@@ -1217,17 +1217,10 @@ fn the_triples_tail_in_the_next_fc1_gives_the_same_bits() {
 fn the_persistent_step_gives_the_dispatches_bits() {
     use vae_ood::backend::Backend;
     use vae_ood::gpu::{GpuBackend, GpuOptions, PersistentGroups};
-    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+    let Some((case, base, want)) = persistent_case("the_persistent_step_gives_the_dispatches_bits")
+    else {
         return;
-    }
-    let case = GpuRunCase::new("the_persistent_step_gives_the_dispatches_bits", 3);
-    let base = GpuOptions {
-        latent_threads: Some(256),
-        ..GpuOptions::default()
     };
-    let mut plain = case.backend(base);
-    let want = case.run(&mut plain);
-    assert_eq!(plain.persistent_dispatches(), 0);
     let persistent = |groups| GpuOptions {
         persistent: Some(PersistentGroups::Fixed(groups)),
         ..base
@@ -1290,15 +1283,10 @@ fn the_persistent_step_gives_the_dispatches_bits() {
 fn persistent_auto_probes_how_many_run_at_once() {
     use vae_ood::backend::Backend;
     use vae_ood::gpu::{GpuOptions, PersistentGroups};
-    if gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1)).is_none() {
+    let Some((case, base, want)) = persistent_case("persistent_auto_probes_how_many_run_at_once")
+    else {
         return;
-    }
-    let case = GpuRunCase::new("persistent_auto_probes_how_many_run_at_once", 3);
-    let base = GpuOptions {
-        latent_threads: Some(256),
-        ..GpuOptions::default()
     };
-    let want = case.run(&mut case.backend(base));
     let mut auto = case.backend(GpuOptions {
         persistent: Some(PersistentGroups::Auto),
         ..base
@@ -1347,6 +1335,23 @@ fn persistent_auto_probes_how_many_run_at_once() {
     want_groups.dedup();
     assert_eq!(auto.persistent_groups(), want_groups, "{probes:?}");
     eprintln!("{}; probes {probes:?}", auto.describe());
+}
+
+/// The persistent step's tests' case (three training steps and an IWAE scoring
+/// batch), the options the step takes (the FMA walk, latent kernels of 256
+/// threads) and every buffer as the dispatches end it with them; None without a
+/// GPU adapter (where `VAE_OOD_SKIP_GPU_TESTS` allows that).
+fn persistent_case(name: &str) -> Option<(GpuRunCase, vae_ood::gpu::GpuOptions, Bits)> {
+    gpu_backend(&[0; 4], 1, tiny_sizes(Dims { d: 4, h: 2, l: 1 }, 1))?;
+    let case = GpuRunCase::new(name, 3);
+    let base = vae_ood::gpu::GpuOptions {
+        latent_threads: Some(256),
+        ..vae_ood::gpu::GpuOptions::default()
+    };
+    let mut plain = case.backend(base);
+    let want = case.run(&mut plain);
+    assert_eq!(plain.persistent_dispatches(), 0);
+    Some((case, base, want))
 }
 
 /// The case with `opts` and up to 14 phases per persistent dispatch: every buffer
