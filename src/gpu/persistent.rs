@@ -676,10 +676,12 @@ pub(super) fn grid_bind_group(
 
 /// Polls before a wait of the probe's dry run gives up: far more than the
 /// launch of every workgroup that runs at once takes (microseconds on a GPU,
-/// where this many polls of an L2 atomic take some 20–40 ms), far fewer than a
-/// run's bound, as the probe's first dispatch gives up wherever the GPU runs
-/// fewer workgroups than it asks for.
-pub const PROBE_SPINS: u32 = 1 << 16;
+/// where this many polls of an L2 atomic should take some milliseconds: each
+/// ~0.3–0.7 µs, as the grid barrier's 1–2.6 µs on an H200 suggest), far fewer
+/// than a run's 2²², as the probe's first dispatch gives up wherever the GPU
+/// runs fewer workgroups than it asks for — at the step's sizes it asks for
+/// Adam's 2,943, so on most cards.
+pub const PROBE_SPINS: u32 = 1 << 14;
 
 /// `VAE_OOD_GPU_PERSISTENT=auto`: the most workgroups of `cp`'s pipeline, up to
 /// `most`, that the GPU runs at once, found by dry runs of it (its registers and
