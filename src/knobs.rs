@@ -133,7 +133,8 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// gives up is an error, not a hang); `auto` finds that number for each of its
 /// pipelines by a probe (dry runs), up to the pipeline's largest phase. The same
 /// bits as the dispatches with those options; off by default (added 2026-11-27
-/// without a GPU: not yet timed on one).
+/// without a GPU: not yet timed on one), and not built on Mesa 22's lavapipe
+/// (`gpu::persistent_refusal`).
 pub const GPU_PERSISTENT: &str = "VAE_OOD_GPU_PERSISTENT";
 /// The most dispatches one persistent dispatch runs, 2 to 64, whole training
 /// steps only (default 7, one step; 14: two); a device must allow as many

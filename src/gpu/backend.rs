@@ -946,7 +946,10 @@ impl Backend for GpuBackend {
                 },
                 p.max_phases
             ),
-            None => String::new(),
+            None => match &self.ctx.features.persistent_refused {
+                Some(why) => format!(", persistent step off: {why}"),
+                None => String::new(),
+            },
         };
         format!(
             "gpu: {} ({:?}, {}{}{}{}{}{}{}{}{}{}{}{})",

@@ -964,6 +964,27 @@ pub struct FeatureUse {
     /// for (on the FMA walk, with `@coherent` buffers, unless `VAE_OOD_GPU_COOP=1`
     /// puts it on the tensor cores, without)
     pub persistent: Option<PersistentGroups>,
+    /// why the persistent step is off though asked for, where the adapter is one
+    /// it is not built on ([`persistent_refusal`]): its dispatches run as they are
+    pub persistent_refused: Option<String>,
+}
+
+/// Where the persistent step is not built, and why: Mesa 22's lavapipe (Debian
+/// 12's), whose pipeline compiler wrote out of bounds of the process's heap while
+/// creating the persistent step's pipeline (valgrind's memcheck, 2026-11-27: an
+/// invalid write of 4 bytes inside `vkCreateComputePipelines`, libvulkan_lvp.so
+/// 22.3.6). Its corruption then surfaced elsewhere in the process: glibc aborts
+/// ("malloc(): unaligned tcache chunk detected"), a segfault, a wrong gradient in
+/// another test's device, in one `tests/train_step.rs` run of two to four.
+pub fn persistent_refusal(info: &wgpu::AdapterInfo) -> Option<String> {
+    (info.device_type == wgpu::DeviceType::Cpu && info.driver_info.contains("Mesa 22.")).then(
+        || {
+            format!(
+                "not on {}, whose pipeline compiler writes out of bounds on its module",
+                info.driver_info
+            )
+        },
+    )
 }
 
 impl FeatureUse {
@@ -994,7 +1015,8 @@ impl FeatureUse {
                 "portable reductions: no subgroups offered".to_string(),
             ),
         };
-        let persistent = opts.persistent;
+        let persistent_refused = opts.persistent.and_then(|_| persistent_refusal(&info));
+        let persistent = opts.persistent.filter(|_| persistent_refused.is_none());
         if persistent.is_some() && !f.contains(wgpu::Features::MEMORY_DECORATION_COHERENT) {
             bail!(
                 "{}: GPU adapter {} does not offer @coherent buffers, which the persistent step needs",
@@ -1057,6 +1079,7 @@ impl FeatureUse {
             coherent,
             coherent_why,
             persistent,
+            persistent_refused,
         })
     }
 
@@ -1116,12 +1139,15 @@ impl FeatureUse {
             },
             self.coop_why,
             self.coherent_why,
-            match self.persistent {
-                Some(PersistentGroups::Fixed(g)) => format!("; persistent step of {g} workgroups"),
-                Some(PersistentGroups::Auto) => {
+            match (self.persistent, &self.persistent_refused) {
+                (None, Some(why)) => format!("; persistent step off: {why}"),
+                (None, None) => String::new(),
+                (Some(PersistentGroups::Fixed(g)), _) => {
+                    format!("; persistent step of {g} workgroups")
+                }
+                (Some(PersistentGroups::Auto), _) => {
                     "; persistent step, its workgroups probed (auto)".to_string()
                 }
-                None => String::new(),
             }
         )
     }

@@ -9,9 +9,9 @@ pub mod persistent;
 
 pub use backend::GpuBackend;
 pub use context::{
-    build_pipeline, coop_support, coop_workgroup_bytes, Assembled, Coop, FeatureUse, GpuContext,
-    GpuOptions, Kernel, Partials, PersistentGroups, Reduce, ShaderChecks, Subgroups, Walk,
-    NO_SUBGROUPS_ENV,
+    build_pipeline, coop_support, coop_workgroup_bytes, persistent_refusal, Assembled, Coop,
+    FeatureUse, GpuContext, GpuOptions, Kernel, Partials, PersistentGroups, Reduce, ShaderChecks,
+    Subgroups, Walk, NO_SUBGROUPS_ENV,
 };
 pub use lower::{choose_splits, Fusions};
 

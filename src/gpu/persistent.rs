@@ -37,8 +37,10 @@
 //! `grid_barrier` (`shaders/grid_barrier.wgsl`) until all G have finished the
 //! phase. Each workgroup of a phase computes what it computed in its own dispatch,
 //! in the same order: the same bits as the dispatches, whatever G (tested on
-//! lavapipe with G = 1, and with G = 2 on Mesa 26.1's, which runs two workgroups
-//! at once on two cores: `tools/coop-lavapipe.sh`).
+//! Mesa 26.1's lavapipe with G = 1 and G = 2, two workgroups it runs at once on
+//! two cores: `tools/coop-lavapipe.sh`). Not built on Mesa 22's lavapipe, whose
+//! pipeline compiler writes out of bounds of the heap on this module
+//! (`context::persistent_refusal`).
 //!
 //! G must not exceed the workgroups the GPU runs at once, or the first barrier
 //! waits for workgroups that cannot start. The wait is bounded: a workgroup that
