@@ -1560,8 +1560,12 @@ impl GpuContext {
     /// [`GpuContext::with_options`] without the fallback.
     fn open(adapter: wgpu::Adapter, max_buffer: u64, opts: GpuOptions) -> Result<GpuContext> {
         let info = adapter.get_info();
-        // (the persistent step's phases run in workgroups of 256 threads)
-        let opts = match opts.persistent {
+        // (the persistent step's phases run in workgroups of 256 threads; not
+        // where it is refused, which runs the dispatches as the options say)
+        let opts = match opts
+            .persistent
+            .filter(|_| persistent_refusal(&info).is_none())
+        {
             Some(_) => GpuOptions {
                 latent_threads: Some(super::persistent::THREADS),
                 ..opts
