@@ -1235,9 +1235,7 @@ fn the_persistent_step_gives_the_dispatches_bits() {
         case.params,
         "parameters must have moved"
     );
-    for ((buf, g), (_, w)) in got.iter().zip(&want) {
-        assert!(g == w, "{buf:?} differs from the dispatches'");
-    }
+    assert_same_bits(&got, &want, "");
     // up to 14 phases: two whole steps per persistent dispatch, steps 1 and 2,
     // then 3 (where the device allows 14 dynamic uniform offsets, one per phase;
     // else one step each)
@@ -1286,9 +1284,7 @@ fn persistent_auto_probes_how_many_run_at_once() {
     );
     let got = case.run(&mut auto);
     assert_eq!(auto.persistent_dispatches(), 3, "{}", auto.describe());
-    for ((buf, g), (_, w)) in got.iter().zip(&want) {
-        assert!(g == w, "{buf:?} differs from the dispatches' (auto)");
-    }
+    assert_same_bits(&got, &want, " (auto)");
     let probes = auto.persistent_probes();
     assert!(!probes.is_empty(), "no probe ran");
     let software = auto.context().info.device_type == wgpu::DeviceType::Cpu;
@@ -1357,9 +1353,7 @@ fn persistent_case(name: &str) -> Option<(GpuRunCase, vae_ood::gpu::GpuOptions, 
     assert!(said.contains("persistent step off: not on"), "{said}");
     let got = case.run(&mut asked);
     assert_eq!(asked.persistent_dispatches(), 0, "{said}");
-    for ((buf, g), (_, w)) in got.iter().zip(&want) {
-        assert!(g == w, "{buf:?} differs from the dispatches' (refused)");
-    }
+    assert_same_bits(&got, &want, " (refused)");
     eprintln!("{name}: the persistent step is off here ({why}); its checks run on Mesa 26.1 in CI");
     None
 }
@@ -1384,8 +1378,15 @@ fn two_steps_per_dispatch(case: &GpuRunCase, opts: vae_ood::gpu::GpuOptions, wan
         want_chains,
         "{offsets} offsets"
     );
+    assert_same_bits(&got, want, " (14 phases)");
+}
+
+/// Every buffer of a persistent run `got` bit for bit as the dispatches left it
+/// (`want`); `how` names the run in the message.
+fn assert_same_bits(got: &Bits, want: &Bits, how: &str) {
+    assert_eq!(got.len(), want.len());
     for ((buf, g), (_, w)) in got.iter().zip(want) {
-        assert!(g == w, "{buf:?} differs from the dispatches' (14 phases)");
+        assert!(g == w, "{buf:?} differs from the dispatches'{how}");
     }
 }
 

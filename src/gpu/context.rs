@@ -1560,19 +1560,16 @@ impl GpuContext {
     /// [`GpuContext::with_options`] without the fallback.
     fn open(adapter: wgpu::Adapter, max_buffer: u64, opts: GpuOptions) -> Result<GpuContext> {
         let info = adapter.get_info();
-        // (the persistent step's phases run in workgroups of 256 threads; not
-        // where it is refused, which runs the dispatches as the options say)
-        let opts = match opts
-            .persistent
-            .filter(|_| persistent_refusal(&info).is_none())
-        {
+        let features = FeatureUse::of(&adapter, opts)?;
+        // (the persistent step's phases run in workgroups of 256 threads; where it
+        // is off or refused, the dispatches run as the options say)
+        let opts = match features.persistent {
             Some(_) => GpuOptions {
                 latent_threads: Some(super::persistent::THREADS),
                 ..opts
             },
             None => opts,
         };
-        let features = FeatureUse::of(&adapter, opts)?;
         let have = adapter.limits();
         if have.max_storage_buffer_binding_size < max_buffer || have.max_buffer_size < max_buffer {
             bail!(
