@@ -256,7 +256,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<String>(),
         names.join(", ")
     );
-    let hardware = !matches!(info.device_type, wgpu::DeviceType::Cpu);
+    let hardware = !gpu::is_software(&info);
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied()

@@ -400,7 +400,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(reps > 0, "reps must be at least 1");
     let adapter = gpu::select_adapter()?.ok_or_else(gpu::no_adapter_error)?;
     let info = adapter.get_info();
-    let hardware = !matches!(info.device_type, wgpu::DeviceType::Cpu);
+    let hardware = !gpu::is_software(&info);
     let vmm_asked = std::env::var_os("PERSISTENT_CHAIN_VMM").is_some_and(|v| v == "1");
     let (device, queue, coherent, frag) = common::device_with(&adapter, vmm_asked)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);

@@ -108,7 +108,7 @@ pub fn create(
             )?))
         }
         DeviceChoice::Auto => match crate::gpu::select_adapter()? {
-            Some(a) if a.get_info().device_type != wgpu::DeviceType::Cpu => Ok(Box::new(
+            Some(a) if !crate::gpu::is_software(&a.get_info()) => Ok(Box::new(
                 crate::gpu::GpuBackend::new(a, store, idx_len, sizes)?,
             )),
             other => {

@@ -1287,7 +1287,7 @@ fn persistent_auto_probes_how_many_run_at_once() {
     assert_same_bits(&got, &want, " (auto)");
     let probes = auto.persistent_probes();
     assert!(!probes.is_empty(), "no probe ran");
-    let software = auto.context().info.device_type == wgpu::DeviceType::Cpu;
+    let software = vae_ood::gpu::is_software(&auto.context().info);
     for p in &probes {
         assert_eq!(p.runs[0].0, p.most, "{p:?}");
         assert!(p.most > 4, "{p:?}: the case's largest phase");

@@ -516,7 +516,17 @@ impl GpuBackend {
                 .map(|&(_, kernel, _, groups)| Phase { kernel, groups })
                 .collect();
             let key: ChainKey = (phases, plan_res[d..e].to_vec());
-            let (distinct, map) = persistent::resources(&key.0, &key.1);
+            // (the chain's distinct buffers: only where its pipeline or bind group
+            // is made, once; every later step of the run only looks the key up)
+            let needs_resources = match p.pipelines.get(&key) {
+                None => true,
+                Some(built) => built.is_some() && !p.bind_groups.contains_key(&key),
+            };
+            let (distinct, map) = if needs_resources {
+                persistent::resources(&key.0, &key.1)
+            } else {
+                Default::default()
+            };
             if !p.pipelines.contains_key(&key) {
                 // (none on the tensor cores: naga declares the Vulkan memory model
                 // for their modules, where SPIR-V forbids the decoration)
@@ -618,7 +628,7 @@ impl GpuBackend {
                 // pool with no promise that two run at once: Mesa 22.3's ran a dry
                 // pair at once in one probe and not in the next, and a run of two
                 // gave up; one workgroup there, whatever the probe found)
-                let software = self.ctx.info.device_type == wgpu::DeviceType::Cpu;
+                let software = super::is_software(&self.ctx.info);
                 let slot = p.pipelines.get_mut(&key).expect("built above");
                 match probed {
                     Ok(probe) => {
@@ -932,7 +942,7 @@ impl Backend for GpuBackend {
                     PersistentGroups::Auto => match self.persistent_groups()[..] {
                         [] => "as many workgroups as run at once (auto: probed when built)"
                             .to_string(),
-                        [1] if self.ctx.info.device_type == wgpu::DeviceType::Cpu => {
+                        [1] if super::is_software(&self.ctx.info) => {
                             "1 workgroup (auto: one on a software adapter)".to_string()
                         }
                         ref gs => format!(

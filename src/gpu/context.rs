@@ -977,14 +977,12 @@ pub struct FeatureUse {
 /// ("malloc(): unaligned tcache chunk detected"), a segfault, a wrong gradient in
 /// another test's device, in one `tests/train_step.rs` run of two to four.
 pub fn persistent_refusal(info: &wgpu::AdapterInfo) -> Option<String> {
-    (info.device_type == wgpu::DeviceType::Cpu && info.driver_info.contains("Mesa 22.")).then(
-        || {
-            format!(
-                "not on {}, whose pipeline compiler writes out of bounds on its module",
-                info.driver_info
-            )
-        },
-    )
+    (super::is_software(info) && info.driver_info.contains("Mesa 22.")).then(|| {
+        format!(
+            "not on {}, whose pipeline compiler writes out of bounds on its module",
+            info.driver_info
+        )
+    })
 }
 
 impl FeatureUse {

@@ -33,6 +33,13 @@ pub const BACKENDS: wgpu::Backends = wgpu::Backends::all().difference(wgpu::Back
 /// `WGPU_BACKEND=gl` say it.
 pub const GL_NOT_USED: &str = "vae-ood does not run on wgpu's OpenGL backend (not tested there; naga's GLSL output has known layout bugs, gfx-rs/wgpu#4374)";
 
+/// Whether an adapter is a software one (lavapipe, WARP, SwiftShader): `auto`
+/// passes it over for the CPU backend, and the persistent step takes one
+/// workgroup there (a thread pool promises no two workgroups run at once).
+pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+}
+
 /// Whether vae-ood runs on adapters of backend `b` ([`BACKENDS`]).
 pub fn backend_used(b: wgpu::Backend) -> bool {
     BACKENDS.contains(b.into())
