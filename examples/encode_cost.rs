@@ -2,7 +2,8 @@
 //! steps in one compute pass) on the GPU backend — the part of an epoch the GPU
 //! waits for, since each epoch is recorded after the previous one's loss is read
 //! back. Measured on whatever adapter wgpu picks (a kernel experiment, not part of
-//! the training path; on lavapipe it exits without waiting for the slow execution).
+//! the training path; on lavapipe it times one rep and exits without waiting for
+//! the slow execution).
 //!
 //!   cargo run --release --example encode_cost [reps]
 use std::time::Instant;
@@ -31,6 +32,11 @@ fn main() -> anyhow::Result<()> {
         ex.backend.describe(),
         ops.len()
     );
+    // (on a software adapter a second rep would wait for the first epoch's
+    // execution, hours on lavapipe: one rep there)
+    let software =
+        vae_ood::gpu::select_adapter()?.is_some_and(|a| vae_ood::gpu::is_software(&a.get_info()));
+    let reps = if software { 1 } else { reps };
     for r in 0..reps {
         let t = Instant::now();
         ex.backend.run(&ops)?;
