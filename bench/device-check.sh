@@ -20,8 +20,8 @@
 #   workgroups, grid barriers between its seven phases; built 2026-11-27 without a
 #   GPU) with G = 264, 416 and 528, with `auto` (each pipeline's probe: as many
 #   as the card runs at once, up to its largest phase), with 416 and two steps
-#   per dispatch (VAE_OOD_GPU_PERSISTENT_PHASES=14), and with 416 on the tensor
-#   cores, then whole runs of the default and of the persistent step (416 and
+#   per dispatch (VAE_OOD_GPU_PERSISTENT_PHASES=14), and with 416 and auto on the
+#   tensor cores, then whole runs of the default and of the persistent step (416 and
 #   auto, and the G the probes found), and whether the persistent step's weights
 #   and scores are its dispatches' byte for byte on the FMA walk and on the
 #   tensor cores (about 6 minutes)
@@ -165,6 +165,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
     'persistent_528:VAE_OOD_GPU_PERSISTENT=528' 'persistent_auto:VAE_OOD_GPU_PERSISTENT=auto' \
     'persistent_416_14:VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PHASES=14' \
     'persistent_coop_416:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416' \
+    'persistent_coop_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # whole runs, and whether the persistent step gives its dispatches' bits on this
@@ -177,10 +178,13 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
     persistent_auto:VAE_OOD_GPU_PERSISTENT=auto \
     fma_256:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_LATENT_THREADS=256 \
     coop_256:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_THREADS=256 \
-    persistent_coop:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416
-  # (the workgroups auto's probes found, from the run's metrics.json)
-  echo "## persistent_auto: $(grep -ho 'persistent step of [^"]*' "$LOG/run_persistent_auto/metrics.json")"
-  for pair in fma_256:persistent fma_256:persistent_auto coop_256:persistent_coop; do
+    persistent_coop:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416 \
+    persistent_coop_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto
+  # (the workgroups auto's probes found, from the runs' metrics.json)
+  for name in persistent_auto persistent_coop_auto; do
+    echo "## $name: $(grep -ho 'persistent step of [^"]*' "$LOG/run_$name/metrics.json")"
+  done
+  for pair in fma_256:persistent fma_256:persistent_auto coop_256:persistent_coop coop_256:persistent_coop_auto; do
     a=$LOG/run_${pair%%:*} b=$LOG/run_${pair#*:}
     if cmp -s "$a/model.safetensors" "$b/model.safetensors" && cmp -s "$a/scores.csv" "$b/scores.csv"; then
       echo "## ${pair#*:} against ${pair%%:*}: SAME BITS (weights and scores)"
