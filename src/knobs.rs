@@ -124,7 +124,7 @@ pub const GPU_COHERENT: &str = "VAE_OOD_GPU_COHERENT";
 pub const GPU_LATENT_THREADS: &str = "VAE_OOD_GPU_LATENT_THREADS";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
-/// `G` (1 to 65535) or `auto`: the persistent step (`src/gpu/persistent.rs`):
+/// `G` (1 to 65535), `auto` or `off` (as unset): the persistent step (`src/gpu/persistent.rs`):
 /// each training step's dispatches as one dispatch of G workgroups, grid barriers
 /// over `@coherent` buffers between its phases instead of dispatch boundaries.
 /// Takes the FMA walk where `VAE_OOD_GPU_COOP` is unset (the tensor cores with
@@ -216,12 +216,12 @@ pub fn check() -> Result<()> {
         (GPU_PERSISTENT_PHASES, 2..=64),
     ] {
         if let Ok(v) = std::env::var(name) {
-            let auto = name == GPU_PERSISTENT && v == "auto";
-            if !v.is_empty() && !auto && number(name, range.clone()).is_none() {
+            let word = name == GPU_PERSISTENT && matches!(v.trim(), "auto" | "off");
+            if !v.is_empty() && !word && number(name, range.clone()).is_none() {
                 bail!(
                     "{name}={v}: expected {}a whole number from {} to {}",
                     if name == GPU_PERSISTENT {
-                        "auto or "
+                        "auto, off or "
                     } else {
                         ""
                     },

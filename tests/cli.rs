@@ -826,6 +826,14 @@ fn bad_environment_switches() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // (the persistent step's other word: the dispatches, as when unset)
+    let o = bin()
+        .env("VAE_OOD_GPU_PERSISTENT", "off")
+        .args(run)
+        .args(["--out", s(&out)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
     // `devices` describes every adapter whatever VAE_OOD_GPU_COOP says (it is an
     // error only where a device is opened): tensor cores offered or not
     let o = bin()

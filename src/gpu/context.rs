@@ -911,14 +911,27 @@ pub enum PersistentGroups {
 }
 
 impl PersistentGroups {
-    /// From `VAE_OOD_GPU_PERSISTENT`: `auto` or G; None when unset or not
-    /// understood (which `knobs::check` reports at start-up).
-    pub fn from_env() -> Option<PersistentGroups> {
-        if std::env::var(crate::knobs::GPU_PERSISTENT).as_deref() == Ok("auto") {
-            return Some(PersistentGroups::Auto);
+    /// A value of `VAE_OOD_GPU_PERSISTENT`: `auto`, G (1 to 65,535), or `off` (the
+    /// dispatches, as when unset: the word that will keep them where `auto`
+    /// becomes the default); None for `off` or a value not understood (which
+    /// `knobs::check` reports at start-up).
+    pub fn parse(value: &str) -> Option<PersistentGroups> {
+        match value.trim() {
+            "auto" => Some(PersistentGroups::Auto),
+            "off" => None,
+            g => g
+                .parse::<u32>()
+                .ok()
+                .filter(|g| (1..=65_535).contains(g))
+                .map(PersistentGroups::Fixed),
         }
-        crate::knobs::number(crate::knobs::GPU_PERSISTENT, 1..=65_535)
-            .map(|g| PersistentGroups::Fixed(g as u32))
+    }
+
+    /// From `VAE_OOD_GPU_PERSISTENT` ([`PersistentGroups::parse`]); None when unset.
+    pub fn from_env() -> Option<PersistentGroups> {
+        std::env::var(crate::knobs::GPU_PERSISTENT)
+            .ok()
+            .and_then(|v| Self::parse(&v))
     }
 }
 
@@ -1834,5 +1847,34 @@ impl GpuContext {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| anyhow!("GPU wait failed during {what}: {e}"))?;
         self.check(what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PersistentGroups;
+
+    #[test]
+    fn persistent_switch_values() {
+        assert_eq!(
+            PersistentGroups::parse("auto"),
+            Some(PersistentGroups::Auto)
+        );
+        assert_eq!(
+            PersistentGroups::parse(" 416 "),
+            Some(PersistentGroups::Fixed(416))
+        );
+        assert_eq!(
+            PersistentGroups::parse("1"),
+            Some(PersistentGroups::Fixed(1))
+        );
+        assert_eq!(
+            PersistentGroups::parse("65535"),
+            Some(PersistentGroups::Fixed(65_535))
+        );
+        // off, and what knobs::check refuses at start-up: the dispatches
+        for v in ["off", "", "0", "65536", "-1", "automatic", "4.5"] {
+            assert_eq!(PersistentGroups::parse(v), None, "{v:?}");
+        }
     }
 }
