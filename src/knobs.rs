@@ -212,23 +212,22 @@ pub fn check() -> Result<()> {
     for (name, range) in [
         (GPU_CHUNK, 0..=1 << 24),
         (SPLIT_TARGET, 1..=65_536),
-        (GPU_PERSISTENT, 1..=65_535),
         (GPU_PERSISTENT_PHASES, 2..=64),
     ] {
         if let Ok(v) = std::env::var(name) {
-            let word = name == GPU_PERSISTENT && matches!(v.trim(), "auto" | "off");
-            if !v.is_empty() && !word && number(name, range.clone()).is_none() {
+            if !v.is_empty() && number(name, range.clone()).is_none() {
                 bail!(
-                    "{name}={v}: expected {}a whole number from {} to {}",
-                    if name == GPU_PERSISTENT {
-                        "auto, off or "
-                    } else {
-                        ""
-                    },
+                    "{name}={v}: expected a whole number from {} to {}",
                     range.start(),
                     range.end()
                 );
             }
+        }
+    }
+    // (a word or a number: its one parser says what it takes)
+    if let Ok(v) = std::env::var(GPU_PERSISTENT) {
+        if !v.is_empty() {
+            crate::gpu::PersistentGroups::parse(&v)?;
         }
     }
     Ok(())

@@ -911,27 +911,31 @@ pub enum PersistentGroups {
 }
 
 impl PersistentGroups {
-    /// A value of `VAE_OOD_GPU_PERSISTENT`: `auto`, G (1 to 65,535), or `off` (the
-    /// dispatches, as when unset: the word that will keep them where `auto`
-    /// becomes the default); None for `off` or a value not understood (which
-    /// `knobs::check` reports at start-up).
-    pub fn parse(value: &str) -> Option<PersistentGroups> {
+    /// A value of `VAE_OOD_GPU_PERSISTENT`: `auto`, G (1 to 65,535), or `off`
+    /// (None: the dispatches, as when unset; the word that will keep them where
+    /// `auto` becomes the default). Anything else is the one-line error
+    /// `knobs::check` gives at start-up.
+    pub fn parse(value: &str) -> Result<Option<PersistentGroups>> {
+        const MOST: u32 = 65_535;
         match value.trim() {
-            "auto" => Some(PersistentGroups::Auto),
-            "off" => None,
-            g => g
-                .parse::<u32>()
-                .ok()
-                .filter(|g| (1..=65_535).contains(g))
-                .map(PersistentGroups::Fixed),
+            "auto" => Ok(Some(PersistentGroups::Auto)),
+            "off" => Ok(None),
+            g => match g.parse::<u32>() {
+                Ok(g) if (1..=MOST).contains(&g) => Ok(Some(PersistentGroups::Fixed(g))),
+                _ => bail!(
+                    "{}={value}: expected auto, off or a whole number from 1 to {MOST}",
+                    crate::knobs::GPU_PERSISTENT
+                ),
+            },
         }
     }
 
-    /// From `VAE_OOD_GPU_PERSISTENT` ([`PersistentGroups::parse`]); None when unset.
+    /// From `VAE_OOD_GPU_PERSISTENT` ([`PersistentGroups::parse`]); None when
+    /// unset, `off` or not understood (which `knobs::check` reports at start-up).
     pub fn from_env() -> Option<PersistentGroups> {
         std::env::var(crate::knobs::GPU_PERSISTENT)
             .ok()
-            .and_then(|v| Self::parse(&v))
+            .and_then(|v| Self::parse(&v).ok().flatten())
     }
 }
 
@@ -1856,25 +1860,20 @@ mod tests {
 
     #[test]
     fn persistent_switch_values() {
-        assert_eq!(
-            PersistentGroups::parse("auto"),
-            Some(PersistentGroups::Auto)
-        );
-        assert_eq!(
-            PersistentGroups::parse(" 416 "),
-            Some(PersistentGroups::Fixed(416))
-        );
-        assert_eq!(
-            PersistentGroups::parse("1"),
-            Some(PersistentGroups::Fixed(1))
-        );
-        assert_eq!(
-            PersistentGroups::parse("65535"),
-            Some(PersistentGroups::Fixed(65_535))
-        );
-        // off, and what knobs::check refuses at start-up: the dispatches
-        for v in ["off", "", "0", "65536", "-1", "automatic", "4.5"] {
-            assert_eq!(PersistentGroups::parse(v), None, "{v:?}");
+        let parse = |v| PersistentGroups::parse(v).unwrap();
+        assert_eq!(parse("auto"), Some(PersistentGroups::Auto));
+        assert_eq!(parse(" 416 "), Some(PersistentGroups::Fixed(416)));
+        assert_eq!(parse("1"), Some(PersistentGroups::Fixed(1)));
+        assert_eq!(parse("65535"), Some(PersistentGroups::Fixed(65_535)));
+        // off: the dispatches
+        assert_eq!(parse("off"), None);
+        // what knobs::check refuses at start-up, in one line naming the switch
+        for v in ["", "0", "65536", "-1", "automatic", "4.5"] {
+            let e = PersistentGroups::parse(v).expect_err(v).to_string();
+            assert_eq!(
+                e,
+                format!("VAE_OOD_GPU_PERSISTENT={v}: expected auto, off or a whole number from 1 to 65535"),
+            );
         }
     }
 }
