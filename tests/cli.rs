@@ -791,49 +791,47 @@ fn bad_environment_switches() {
         "128",
         "-q",
     ];
-    for (name, value) in cases {
-        let o = bin()
-            .env(name, value)
+    // that run with these switches set
+    let with = |envs: &[(&str, &str)]| {
+        bin()
+            .envs(envs.iter().copied())
             .args(run)
             .args(["--out", s(&out)])
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (name, value) in cases {
+        let o = with(&[(name, value)]);
         let what = format!("{name}={value}");
         let e = assert_one_line_error(&o, &what);
         assert!(e.contains(name) && e.contains(value), "{what}: {e}");
         assert!(!out.exists(), "{what}: created the output folder");
     }
     // understood values run
-    let o = bin()
-        .env("VAE_OOD_CPU_DENSE", "1")
-        .env("VAE_OOD_CPU_UNFUSED", "0")
-        .env("VAE_OOD_GPU_CHUNK", "64")
-        .env("VAE_OOD_GPU_UNFUSED", "reduces")
-        .env("VAE_OOD_GPU_TRUSTED", "loops")
-        .env("VAE_OOD_GPU_PREFETCH", "0")
-        .env("VAE_OOD_GPU_TRIPLE_ADAM", "1")
-        .env("VAE_OOD_GPU_ONES_COLUMN", "1")
-        .env("VAE_OOD_GPU_LATENT_THREADS", "512")
-        .env("VAE_OOD_GPU_COOP", "1")
-        .env("VAE_OOD_GPU_COOP_STEP", "128")
-        .env("VAE_OOD_GPU_DOUBLE_TILES", "1")
-        .env("VAE_OOD_GPU_BCE_EPILOGUE", "1")
-        .env("VAE_OOD_GPU_EARLY_READS", "1")
-        .env("VAE_OOD_GPU_PERSISTENT", "auto")
-        .env("VAE_OOD_GPU_PERSISTENT_PHASES", "14")
-        .args(run)
-        .args(["--out", s(&out)])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let runs = |envs: &[(&str, &str)]| {
+        let o = with(envs);
+        assert!(o.status.success(), "{envs:?}: {}", stderr(&o));
+    };
+    runs(&[
+        ("VAE_OOD_CPU_DENSE", "1"),
+        ("VAE_OOD_CPU_UNFUSED", "0"),
+        ("VAE_OOD_GPU_CHUNK", "64"),
+        ("VAE_OOD_GPU_UNFUSED", "reduces"),
+        ("VAE_OOD_GPU_TRUSTED", "loops"),
+        ("VAE_OOD_GPU_PREFETCH", "0"),
+        ("VAE_OOD_GPU_TRIPLE_ADAM", "1"),
+        ("VAE_OOD_GPU_ONES_COLUMN", "1"),
+        ("VAE_OOD_GPU_LATENT_THREADS", "512"),
+        ("VAE_OOD_GPU_COOP", "1"),
+        ("VAE_OOD_GPU_COOP_STEP", "128"),
+        ("VAE_OOD_GPU_DOUBLE_TILES", "1"),
+        ("VAE_OOD_GPU_BCE_EPILOGUE", "1"),
+        ("VAE_OOD_GPU_EARLY_READS", "1"),
+        ("VAE_OOD_GPU_PERSISTENT", "auto"),
+        ("VAE_OOD_GPU_PERSISTENT_PHASES", "14"),
+    ]);
     // (the persistent step's other word: the dispatches, as when unset)
-    let o = bin()
-        .env("VAE_OOD_GPU_PERSISTENT", "off")
-        .args(run)
-        .args(["--out", s(&out)])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    runs(&[("VAE_OOD_GPU_PERSISTENT", "off")]);
     // `devices` describes every adapter whatever VAE_OOD_GPU_COOP says (it is an
     // error only where a device is opened): tensor cores offered or not
     let o = bin()
