@@ -1082,22 +1082,9 @@ impl Backend for GpuBackend {
         }
         let dispatched = self.record(ops, Some(timed.clone()))?;
         let t = self.timing.as_ref().expect("created above");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let bytes = n as u64 * 8;
-        t.staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
-            let _ = tx.send(r);
-        });
-        self.ctx.wait("timestamp readback")?;
-        rx.recv()
-            .map_err(|_| anyhow!("GPU timestamp readback was never answered"))?
-            .map_err(|e| anyhow!("GPU timestamp readback failed: {e}"))?;
-        let view = t
-            .staging
-            .get_mapped_range(..bytes)
-            .map_err(|e| anyhow!("GPU timestamp mapping failed: {e}"))?;
-        let ticks: Vec<u64> = bytemuck::cast_slice::<u8, u64>(&view).to_vec();
-        drop(view);
-        t.staging.unmap();
+        let ticks: Vec<u64> = self
+            .ctx
+            .read_staging(&t.staging, n as u64 * 8, "timestamp")?;
         let period = self.ctx.queue.get_timestamp_period() as f64;
         let mut ns: Vec<f64> = ticks
             .windows(2)

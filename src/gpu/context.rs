@@ -1852,6 +1852,32 @@ impl GpuContext {
             .map_err(|e| anyhow!("GPU wait failed during {what}: {e}"))?;
         self.check(what)
     }
+
+    /// The first `bytes` of a MAP_READ staging buffer whose copy has been
+    /// submitted: map it, wait for all submitted work, read it as `T`s, unmap.
+    /// Errors name `what` ("GPU {what} readback failed: …").
+    pub fn read_staging<T: bytemuck::Pod>(
+        &self,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(&format!("{what} readback"))?;
+        rx.recv()
+            .map_err(|_| anyhow!("GPU {what} readback was never answered"))?
+            .map_err(|e| anyhow!("GPU {what} readback failed: {e}"))?;
+        let view = staging
+            .get_mapped_range(..bytes)
+            .map_err(|e| anyhow!("GPU {what} mapping failed: {e}"))?;
+        let out = bytemuck::pod_collect_to_vec::<u8, T>(&view);
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

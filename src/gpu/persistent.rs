@@ -754,21 +754,7 @@ pub(super) fn probe(
         }
         enc.copy_buffer_to_buffer(&status, 0, &staging, 0, 16);
         ctx.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.wait("the persistent step's probe")?;
-        rx.recv()
-            .context("the probe's readback was dropped")?
-            .map_err(|e| anyhow::anyhow!("the probe's readback failed: {e}"))?;
-        let words: [u32; 4] = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("the probe's mapping failed: {e}"))?;
-            bytemuck::pod_read_unaligned(&view)
-        };
-        staging.unmap();
+        let words: Vec<u32> = ctx.read_staging(&staging, 16, "persistent step probe")?;
         Ok((words[0] != 0, words[2]))
     };
     let most = most.max(1);
