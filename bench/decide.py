@@ -45,6 +45,7 @@ SAME_BITS = {
     "persistent_auto": "persistent",
     "persistent_416_14": "persistent",
     "persistent_coop_416": "persistent_coop",
+    "persistent_coop_plain_416": "persistent_coop_plain",
 }
 
 

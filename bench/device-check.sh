@@ -21,10 +21,11 @@
 #   GPU) with G = 264, 416 and 528, with `auto` (each pipeline's probe: as many
 #   as the card runs at once, up to its largest phase), with 416 and two steps
 #   per dispatch (VAE_OOD_GPU_PERSISTENT_PHASES=14), and with 416 and auto on the
-#   tensor cores, then whole runs of the default and of the persistent step (416 and
-#   auto, and the G the probes found), and whether the persistent step's weights
-#   and scores are its dispatches' byte for byte on the FMA walk and on the
-#   tensor cores (about 6 minutes)
+#   tensor cores (their loads across phases made visible in the SPIR-V; and 416
+#   plain, VAE_OOD_GPU_PERSISTENT_PLAIN=1), then whole runs of the default and of
+#   the persistent step (416 and auto, and the G the probes found), and whether the
+#   persistent step's weights and scores are its dispatches' byte for byte on the
+#   FMA walk and on the tensor cores, visible and plain (about 7 minutes)
 #   QUICK=1: the tests, the sweep, seven whole runs (the FMA walk, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default: the tensor cores),
@@ -166,25 +167,29 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
     'persistent_416_14:VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PHASES=14' \
     'persistent_coop_416:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416' \
     'persistent_coop_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto' \
+    'persistent_coop_plain_416:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PLAIN=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # whole runs, and whether the persistent step gives its dispatches' bits on this
   # card (the same options: latent kernels of 256 threads): on the FMA walk, where
-  # the buffers read across its barriers are @coherent, and on the tensor cores,
-  # where they cannot be (the Vulkan memory model): DIFFER there means plain loads
-  # read stale values after naga's barriers, and the tensor-core persistent step
-  # is wrong on this card
+  # the buffers read across its barriers are @coherent; on the tensor cores, where
+  # they cannot be (the Vulkan memory model) and the module goes to the driver as
+  # SPIR-V with those loads made visible (src/gpu/persistent/spirv.rs): DIFFER
+  # there means the driver did not honour them; and on the tensor cores from the
+  # WGSL (VAE_OOD_GPU_PERSISTENT_PLAIN=1): DIFFER there means plain loads read
+  # stale values after naga's barriers
   whole_runs default: persistent:VAE_OOD_GPU_PERSISTENT=416 \
     persistent_auto:VAE_OOD_GPU_PERSISTENT=auto \
     fma_256:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_LATENT_THREADS=256 \
     coop_256:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_THREADS=256 \
     persistent_coop:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416 \
-    persistent_coop_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto
+    persistent_coop_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto \
+    persistent_coop_plain:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PLAIN=1
   # (the workgroups auto's probes found, from the runs' metrics.json)
   for name in persistent_auto persistent_coop_auto; do
     echo "## $name: $(grep -ho 'persistent step of [^"]*' "$LOG/run_$name/metrics.json")"
   done
-  for pair in fma_256:persistent fma_256:persistent_auto coop_256:persistent_coop coop_256:persistent_coop_auto; do
+  for pair in fma_256:persistent fma_256:persistent_auto coop_256:persistent_coop coop_256:persistent_coop_auto coop_256:persistent_coop_plain; do
     a=$LOG/run_${pair%%:*} b=$LOG/run_${pair#*:}
     if cmp -s "$a/model.safetensors" "$b/model.safetensors" && cmp -s "$a/scores.csv" "$b/scores.csv"; then
       echo "## ${pair#*:} against ${pair%%:*}: SAME BITS (weights and scores)"

@@ -82,7 +82,9 @@ done
 #   persistent  each training step's seven dispatches as one dispatch of 416 workgroups,
 #              grid barriers between its phases (VAE_OOD_GPU_PERSISTENT=416, on the FMA
 #              walk with latent kernels of 256 threads: the bits of those dispatches);
-#              persistent_coop: on the tensor cores (an experiment: no @coherent there);
+#              persistent_coop: on the tensor cores (no @coherent there: the module
+#              goes to the driver as SPIR-V with its loads across phases made visible;
+#              persistent_coop_plain: as wgpu compiles its WGSL, plain loads);
 #              persistent_auto: as many workgroups as the card runs at once, up to
 #              the largest phase's (VAE_OOD_GPU_PERSISTENT=auto: a probe per pipeline);
 #              persistent_coop_auto: both
@@ -124,7 +126,8 @@ variant persistent VAE_OOD_GPU_PERSISTENT=416
 variant persistent_coop VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT=416
 variant persistent_auto VAE_OOD_GPU_PERSISTENT=auto
 variant persistent_coop_auto VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT=auto
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,fma,coop_64,coop_128,fma_double_tiles,bce_kernel,bce_unsplit,early_reads,fma_early,latent_fc1,latent_pair,fma_coherent,split_64,split_512,split_1024,persistent,persistent_coop,persistent_auto,persistent_coop_auto}.json \
+variant persistent_coop_plain VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT=416 VAE_OOD_GPU_PERSISTENT_PLAIN=1
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,fma,coop_64,coop_128,fma_double_tiles,bce_kernel,bce_unsplit,early_reads,fma_early,latent_fc1,latent_pair,fma_coherent,split_64,split_512,split_1024,persistent,persistent_coop,persistent_auto,persistent_coop_auto,persistent_coop_plain}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"

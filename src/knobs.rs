@@ -128,7 +128,8 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// each training step's dispatches as one dispatch of G workgroups, grid barriers
 /// over `@coherent` buffers between its phases instead of dispatch boundaries.
 /// Takes the FMA walk where `VAE_OOD_GPU_COOP` is unset (the tensor cores with
-/// `=1`, an experiment without `@coherent`) and runs the latent kernels with 256
+/// `=1`: no `@coherent` there, the loads made visible in the module's SPIR-V
+/// instead, [`GPU_PERSISTENT_PLAIN`]) and runs the latent kernels with 256
 /// threads; G must not exceed the workgroups the GPU runs at once (a wait that
 /// gives up is an error, not a hang); `auto` finds that number for each of its
 /// pipelines by a probe (dry runs), up to the pipeline's largest phase. The same
@@ -136,6 +137,13 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// without a GPU: not yet timed on one), and not built on Mesa 22's lavapipe
 /// (`gpu::persistent_refusal`).
 pub const GPU_PERSISTENT: &str = "VAE_OOD_GPU_PERSISTENT";
+/// `1`: the persistent step on the tensor cores built from its WGSL as wgpu
+/// compiles it — plain loads and barriers without availability or visibility, so
+/// whether a phase sees an earlier phase's stores on another SM is up to the
+/// driver — not as SPIR-V whose cross-phase loads and stores are made visible and
+/// available at device scope (`src/gpu/persistent/spirv.rs`, the default there).
+/// For comparison; no effect on the FMA walk, whose buffers are `@coherent`.
+pub const GPU_PERSISTENT_PLAIN: &str = "VAE_OOD_GPU_PERSISTENT_PLAIN";
 /// The most dispatches one persistent dispatch runs, 2 to 64, whole training
 /// steps only (default 7, one step; 14: two); a device must allow as many
 /// dynamic uniform buffers per pipeline layout (one per phase).
@@ -143,7 +151,7 @@ pub const GPU_PERSISTENT_PHASES: &str = "VAE_OOD_GPU_PERSISTENT_PHASES";
 /// Workgroups a split-K product aims for (1..=65536).
 pub const SPLIT_TARGET: &str = "VAE_OOD_SPLIT_TARGET";
 
-const FLAGS: [&str; 15] = [
+const FLAGS: [&str; 16] = [
     CPU_UNFUSED,
     CPU_DENSE,
     NO_SUBGROUPS,
@@ -159,6 +167,7 @@ const FLAGS: [&str; 15] = [
     GPU_LATENT_PAIR,
     GPU_TAIL_FC1,
     GPU_COHERENT,
+    GPU_PERSISTENT_PLAIN,
 ];
 
 /// Whether `VAE_OOD_GPU_UNFUSED` switches off `part` ("pairs", "reduces", "latent",

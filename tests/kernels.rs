@@ -2241,13 +2241,6 @@ fn bias_gradient_as_a_column_of_ones() {
     }
 }
 
-/// Set to 1 to make `tensor_core_walk_against_its_twin` fail where the adapter has
-/// no cooperative matrices it can use (bench/device-check.sh sets it on the GPU
-/// machines, whose tensor cores the walk is for; tools/coop-lavapipe.sh on a Mesa
-/// ≥ 25.1 lavapipe). Without it, such an adapter (CI's Mesa 22 lavapipe) gets the
-/// refusal checked instead, and the test says the parity part did not run.
-const REQUIRE_COOP_ENV: &str = "VAE_OOD_TEST_REQUIRE_COOP";
-
 /// The tensor-core K walk (`matmul_walk_coop.wgsl`, `VAE_OOD_GPU_COOP=1`) against
 /// its CPU twin, `matmul` on operands rounded to f16, in every matmul kernel:
 /// alone with bias and ReLU (37 × 129 → 67: partial blocks in every direction),

@@ -1258,6 +1258,75 @@ fn the_persistent_step_gives_the_dispatches_bits() {
     }
 }
 
+/// The persistent step on the tensor cores (`VAE_OOD_GPU_COOP=1`): their modules
+/// are under the Vulkan memory model, which forbids `@coherent`, so by default the
+/// step's module goes to the driver as SPIR-V whose cross-phase loads and stores
+/// are made visible and available (`persistent/spirv.rs`); with
+/// `VAE_OOD_GPU_PERSISTENT_PLAIN=1` as wgpu compiles its WGSL. Each, with one
+/// workgroup, gives every buffer bit for bit as the tensor-core dispatches, and says
+/// which it is. On lavapipe (no caches) this proves the modules, not the
+/// visibility: that takes a GPU (`bench/device-check.sh`, `PERSIST=1`). Where the
+/// adapter has no tensor cores the walk can use, the test says it did not run,
+/// and fails if `VAE_OOD_TEST_REQUIRE_COOP=1` (tools/coop-lavapipe.sh sets it).
+#[test]
+fn the_persistent_step_on_the_tensor_cores_gives_its_dispatches_bits() {
+    use vae_ood::backend::Backend;
+    use vae_ood::gpu::{self, Coop, GpuOptions, PersistentGroups};
+    let name = "the_persistent_step_on_the_tensor_cores_gives_its_dispatches_bits";
+    let Some((case, base, _)) = persistent_case(name) else {
+        return;
+    };
+    let adapter = gpu::select_adapter().unwrap().expect("an adapter");
+    if let Err(why) = gpu::coop_support(&adapter) {
+        let info = adapter.get_info().name;
+        assert!(
+            std::env::var(REQUIRE_COOP_ENV).as_deref() != Ok("1"),
+            "{REQUIRE_COOP_ENV}=1 but GPU adapter {info} {why}"
+        );
+        eprintln!(
+            "NOT RUN: {name} (GPU adapter {info} {why}; {REQUIRE_COOP_ENV}=1 makes this a failure)"
+        );
+        return;
+    }
+    let coop = GpuOptions {
+        coop: Coop::Require,
+        ..base
+    };
+    let mut dispatches = case.backend(coop);
+    let want = case.run(&mut dispatches);
+    assert!(
+        dispatches.describe().contains("tensor cores"),
+        "{}",
+        dispatches.describe()
+    );
+    for plain in [false, true] {
+        let mut one = case.backend(GpuOptions {
+            persistent: Some(PersistentGroups::Fixed(1)),
+            persistent_plain: plain,
+            ..coop
+        });
+        let got = case.run(&mut one);
+        let said = one.describe();
+        assert_eq!(one.persistent_dispatches(), 3, "{said}");
+        let made = one.persistent_visibility();
+        assert!(!made.is_empty(), "{said}");
+        if plain {
+            assert!(made.iter().all(Option::is_none), "{made:?}");
+            assert!(said.contains("its loads across phases plain"), "{said}");
+        } else {
+            for m in &made {
+                let m = m.expect("built as visible SPIR-V");
+                assert!(m.loads > 0 && m.stores > 0 && m.barriers >= 2, "{m:?}");
+            }
+            assert!(
+                said.contains("its loads across phases made visible"),
+                "{said}"
+            );
+        }
+        assert_same_bits(&got, &want, if plain { " (plain)" } else { " (visible)" });
+    }
+}
+
 /// `VAE_OOD_GPU_PERSISTENT=auto` (`persistent::probe`): each persistent pipeline's
 /// probe dispatches it dry with its largest phase's workgroups; where a wait gave
 /// up (as on lavapipe, which runs as many workgroups at once as it has threads),

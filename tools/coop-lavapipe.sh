@@ -16,12 +16,19 @@
 #     one workgroup; plain, @coherent, and plain under the Vulkan memory model,
 #     PERSISTENT_CHAIN_VMM=1) against the chain, bit for bit (Debian 12's lavapipe
 #     22.3 cuts their long loops short, so only here);
+#   - spirv-val (SPIRV-Tools 2025.1, in the root) on the persistent step's SPIR-V
+#     as built for the tensor cores, its cross-phase accesses made visible
+#     (src/gpu/persistent/spirv.rs: the default training step's module with each
+#     fragment shape, trusted and checked, written by the lib's unit test
+#     the_default_step_is_one_valid_module);
 #   - the persistent step (VAE_OOD_GPU_PERSISTENT, src/gpu/persistent.rs) against
-#     the dispatches it replaces: tests/train_step.rs's test of it, and a one-epoch
+#     the dispatches it replaces: tests/train_step.rs's tests of it (on the tensor
+#     cores too, required), and a one-epoch
 #     run of 640 images (hidden width 64) with one workgroup, with two and with
 #     `auto` (its probe, then one workgroup on a software adapter), on the FMA walk
-#     and on the tensor cores, whose scores and weights must be byte for byte the
-#     dispatches'. Two workgroups
+#     and on the tensor cores (there also with VAE_OOD_GPU_PERSISTENT_PLAIN=1: the
+#     module as wgpu compiles its WGSL), whose scores and weights must be byte for
+#     byte the dispatches'. Two workgroups
 #     wait on each other at every grid barrier: Mesa 26.1's lavapipe runs two at
 #     once on two cores (CI's machines have two), where 22.3's barrier waits give
 #     up (the run is then an error, as on a GPU given more workgroups than it runs
@@ -53,6 +60,14 @@ if [ ! -x "$root/usr/bin/vulkaninfo" ]; then
   [ -x "$root/usr/bin/vulkaninfo" ] ||
     { tail -20 "$root.log"; echo "coop-lavapipe: Mesa not installed in $root"; exit 1; }
 fi
+# (Debian 12's SPIRV-Tools 2023.1 does not know cooperative matrices; 13's does)
+if [ ! -x "$root/usr/bin/spirv-val" ]; then
+  { chroot "$root" apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
+      spirv-tools; } >>"$root.log" 2>&1 || true
+  [ -x "$root/usr/bin/spirv-val" ] ||
+    { tail -20 "$root.log"; echo "coop-lavapipe: spirv-tools not installed in $root"; exit 1; }
+fi
 
 # the test binary, built here (the root has no Rust)
 bin=$(cargo test --release --test kernels --no-run 2>&1 |
@@ -63,6 +78,10 @@ steps=$(cargo test --release --test train_step --no-run 2>&1 |
 [ -n "$steps" ] || { echo "coop-lavapipe: no train_step test binary"; exit 1; }
 cargo build --release --quiet
 cargo build --release --quiet --example persistent_chain
+# the persistent step's SPIR-V for the tensor cores, for spirv-val below
+rm -rf target/spirv
+VAE_OOD_TEST_SPIRV_OUT=target/spirv cargo test --release --quiet --lib the_default_step_is_one_valid_module >/dev/null
+[ "$(ls target/spirv/*.spv | wc -l)" = 4 ] || { echo "coop-lavapipe: no SPIR-V written"; exit 1; }
 
 mkdir -p "$root/work"
 mountpoint -q "$root/work" || mount --bind "$repo" "$root/work"
@@ -74,7 +93,10 @@ inside() {
 inside "vulkaninfo --summary 2>/dev/null | grep -m1 driverInfo; ./target/release/vae-ood devices 2>/dev/null || true"
 inside "VAE_OOD_TEST_REQUIRE_COOP=1 $bin --test-threads 2"
 inside "PERSISTENT_CHAIN_VMM=1 PERSISTENT_CHAIN_STRICT=1 ./target/release/examples/persistent_chain 2"
-inside "$steps --test-threads 1 persistent"
+for spv in target/spirv/*.spv; do
+  inside "spirv-val --target-env vulkan1.3 $spv && echo 'spirv-val: $spv valid'"
+done
+inside "VAE_OOD_TEST_REQUIRE_COOP=1 $steps --test-threads 1 persistent"
 # (COOP: the FMA walk, then the tensor cores' 8x8x8; each run's log kept, for the
 # notice a persistent step that could not be built would print)
 for coop in 0 1; do
@@ -84,6 +106,11 @@ for coop in 0 1; do
   for p in 1 2 auto; do
     inside "! grep 'could not be built' /tmp/persistent$coop$p.log && cmp /tmp/persistent$coop/scores.csv /tmp/persistent$coop$p/scores.csv && cmp /tmp/persistent$coop/model.safetensors /tmp/persistent$coop$p/model.safetensors && echo 'persistent step of $p workgroups, VAE_OOD_GPU_COOP=$coop: the same scores and weights, byte for byte'"
   done
+done
+# the tensor cores' persistent step from its WGSL (plain loads), against their dispatches
+for p in 1 2; do
+  inside "VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT_PLAIN=1 VAE_OOD_GPU_LATENT_THREADS=256 VAE_OOD_GPU_PERSISTENT=$p ./target/release/vae-ood --device gpu --epochs 1 --train-limit 640 --hidden 64 --out /tmp/plain$p >/tmp/plain$p.log 2>&1; grep -v '^vae-ood: \\|wrote' /tmp/plain$p.log"
+  inside "! grep 'could not be built' /tmp/plain$p.log && cmp /tmp/persistent1/scores.csv /tmp/plain$p/scores.csv && cmp /tmp/persistent1/model.safetensors /tmp/plain$p/model.safetensors && echo 'persistent step of $p workgroups, VAE_OOD_GPU_COOP=1, VAE_OOD_GPU_PERSISTENT_PLAIN=1: the same scores and weights, byte for byte'"
 done
 if [ "${1:-}" = --run ]; then
   for coop in 1 0; do

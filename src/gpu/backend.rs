@@ -264,6 +264,20 @@ impl GpuBackend {
             .collect()
     }
 
+    /// What making the persistent step's cross-phase accesses visible changed in
+    /// each of its pipelines built so far (on the tensor cores; None for a pipeline
+    /// built from the WGSL: the FMA walk, or `VAE_OOD_GPU_PERSISTENT_PLAIN=1`).
+    pub fn persistent_visibility(&self) -> Vec<Option<super::persistent::spirv::Visibility>> {
+        let Some(p) = self.persist.as_ref() else {
+            return Vec::new();
+        };
+        p.pipelines
+            .values()
+            .flatten()
+            .map(|cp| cp.visibility)
+            .collect()
+    }
+
     /// How many persistent dispatches the last run recorded (0 where the
     /// persistent step is off: `VAE_OOD_GPU_PERSISTENT`).
     pub fn persistent_dispatches(&self) -> usize {
@@ -528,15 +542,12 @@ impl GpuBackend {
                 Default::default()
             };
             if !p.pipelines.contains_key(&key) {
-                // (none on the tensor cores: naga declares the Vulkan memory model
-                // for their modules, where SPIR-V forbids the decoration)
-                let coherent = match self.ctx.features.coop {
-                    None => persistent::needs_coherent(&key.0, &map, distinct.len()),
-                    Some(_) => vec![false; distinct.len()],
-                };
+                // (@coherent on the FMA walk; made visible in the SPIR-V on the
+                // tensor cores, whose memory model forbids the decoration)
+                let visible = persistent::needs_coherent(&key.0, &map, distinct.len());
                 let built =
                     persistent::build_chain(&self.ctx, &p.grid_layout, &key.0, &map, &|r| {
-                        coherent[r]
+                        visible[r]
                     });
                 if let Err(e) = &built {
                     let names: Vec<String> =
@@ -934,9 +945,18 @@ impl GpuBackend {
 
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
+        // (how the persistent step's later phases see the earlier ones' stores on
+        // the tensor cores, where its buffers cannot be @coherent)
+        let visibility = match (self.ctx.features.coop, self.ctx.features.visible_spirv) {
+            (None, _) => "",
+            (Some(_), true) => {
+                ", on the tensor cores its loads across phases made visible (SPIR-V)"
+            }
+            (Some(_), false) => ", on the tensor cores its loads across phases plain",
+        };
         let persistent = match &self.persist {
             Some(p) => format!(
-                ", persistent step of {}, up to {} dispatches each",
+                ", persistent step of {}, up to {} dispatches each{visibility}",
                 match p.groups {
                     PersistentGroups::Fixed(g) => format!("{g} workgroups"),
                     PersistentGroups::Auto => match self.persistent_groups()[..] {

@@ -772,6 +772,10 @@ pub struct GpuOptions {
     /// the most dispatches one persistent dispatch runs as its phases, whole
     /// training steps only (`VAE_OOD_GPU_PERSISTENT_PHASES`; 7 by default, one step)
     pub persistent_phases: u32,
+    /// the persistent step on the tensor cores from its WGSL as wgpu compiles it
+    /// (plain loads), not as SPIR-V with its cross-phase accesses made visible
+    /// (`persistent/spirv.rs`; `VAE_OOD_GPU_PERSISTENT_PLAIN=1`; off by default)
+    pub persistent_plain: bool,
 }
 
 /// Whether the matmul kernels walk K on tensor cores (`VAE_OOD_GPU_COOP`).
@@ -823,6 +827,7 @@ impl Default for GpuOptions {
             coherent: false,
             persistent: None,
             persistent_phases: PERSISTENT_PHASES,
+            persistent_plain: false,
         }
     }
 }
@@ -893,6 +898,7 @@ impl GpuOptions {
             persistent: PersistentGroups::from_env(),
             persistent_phases: crate::knobs::number(crate::knobs::GPU_PERSISTENT_PHASES, 2..=64)
                 .map_or(PERSISTENT_PHASES, |v| v as u32),
+            persistent_plain: crate::knobs::flag(crate::knobs::GPU_PERSISTENT_PLAIN),
         }
     }
 }
@@ -979,11 +985,17 @@ pub struct FeatureUse {
     pub coherent_why: String,
     /// the persistent step's workgroups ([`GpuOptions::persistent`]), where asked
     /// for (on the FMA walk, with `@coherent` buffers, unless `VAE_OOD_GPU_COOP=1`
-    /// puts it on the tensor cores, without)
+    /// puts it on the tensor cores: [`FeatureUse::visible_spirv`])
     pub persistent: Option<PersistentGroups>,
     /// why the persistent step is off though asked for, where the adapter is one
     /// it is not built on ([`persistent_refusal`]): its dispatches run as they are
     pub persistent_refused: Option<String>,
+    /// the persistent step on the tensor cores is built as SPIR-V whose
+    /// cross-phase loads and stores are made visible and available
+    /// (`persistent/spirv.rs`, passed through to the driver:
+    /// `Features::PASSTHROUGH_SHADERS`), unless `VAE_OOD_GPU_PERSISTENT_PLAIN=1`
+    /// or the adapter does not take SPIR-V
+    pub visible_spirv: bool,
 }
 
 /// Where the persistent step is not built, and why: Mesa 22's lavapipe (Debian
@@ -1040,9 +1052,10 @@ impl FeatureUse {
             );
         }
         let (coop, coop_why) = match (opts.coop, coop_support(adapter)) {
-            // (the persistent step's buffers are @coherent, which the tensor-core
-            // walk's memory model forbids: on them only where required, an
-            // experiment, `persistent.rs`)
+            // (the persistent step takes the FMA walk, whose buffers can be
+            // @coherent, unless the tensor cores are required: there its loads are
+            // made visible in its SPIR-V instead, `persistent/spirv.rs`; not yet
+            // timed on a GPU)
             (Coop::Auto, Ok(_)) if persistent.is_some() => (
                 None,
                 format!(
@@ -1085,7 +1098,12 @@ impl FeatureUse {
             ),
             (false, false) => "atomic partial sums".to_string(),
         };
+        let visible_spirv = persistent.is_some()
+            && coop.is_some()
+            && !opts.persistent_plain
+            && f.contains(wgpu::Features::PASSTHROUGH_SHADERS);
         Ok(FeatureUse {
+            visible_spirv,
             subgroups,
             subgroups_why,
             timestamps: f.contains(TIMESTAMPS),
@@ -1129,6 +1147,9 @@ impl FeatureUse {
         }
         if self.coop.is_some() {
             f |= COOP;
+        }
+        if self.visible_spirv {
+            f |= wgpu::Features::PASSTHROUGH_SHADERS;
         }
         f
     }

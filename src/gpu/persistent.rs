@@ -51,18 +51,23 @@
 //!
 //! It takes the FMA walk unless `VAE_OOD_GPU_COOP=1` asks for the tensor cores.
 //! Their modules are under the Vulkan memory model (naga declares it for any entry
-//! point using cooperative matrices), where SPIR-V forbids `@coherent`: there no
-//! buffer is declared coherent, and whether a later phase's plain loads see an
-//! earlier phase's stores on another SM is up to the driver (naga's barriers
-//! carry no availability or visibility semantics). An experiment for a GPU call
-//! to settle by comparing its bits with the dispatches' (`bench/device-check.sh`,
-//! `PERSIST=1`; `examples/persistent_chain.rs`, `PERSISTENT_CHAIN_VMM=1`, is the
-//! probe of the same question); on lavapipe, which has no caches, they are equal.
+//! point using cooperative matrices), where SPIR-V forbids `@coherent`, and naga's
+//! loads and barriers carry none of the availability and visibility that model
+//! asks for instead. So there the module goes through naga to SPIR-V, and
+//! [`spirv::make_visible`] gives the loads and stores of the buffers the FMA walk
+//! would declare coherent, and the barriers over storage memory, what glslang
+//! gives a `coherent` buffer under that model; the driver gets those words as
+//! they are (`Features::PASSTHROUGH_SHADERS`). `VAE_OOD_GPU_PERSISTENT_PLAIN=1`
+//! builds it from the WGSL instead (plain loads: whether they see the stores is
+//! up to the driver). Both give the dispatches' bits on lavapipe, which has no
+//! caches: that proves the modules; the visibility takes a GPU
+//! (`bench/device-check.sh`, `PERSIST=1`, compares each with its dispatches).
 
 use super::context::Kernel;
 use anyhow::{bail, Context, Result};
 use wgsl::{Decl, DeclKind, Parsed, Tok};
 
+pub mod spirv;
 mod wgsl;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -613,6 +618,9 @@ pub(super) struct ChainPipeline {
     pub groups: u32,
     /// with `auto`, what the probe did
     pub probe: Option<Probe>,
+    /// on the tensor cores, what [`spirv::make_visible`] changed in its module
+    /// (None: built from the WGSL)
+    pub visibility: Option<spirv::Visibility>,
 }
 
 /// The bind-group layout of group 2: this dispatch's barrier counters (a dynamic
@@ -798,32 +806,71 @@ pub struct Probe {
     pub found: u32,
 }
 
-/// Build the pipeline of a chain on the context's device, the buffers for which
-/// `coherent` says so `@coherent` ([`needs_coherent`]). Errors (the module or the device refusing it) come back as one
-/// line, for the caller to run the dispatches as they are instead.
+/// Build the pipeline of a chain on the context's device; `visible` says which
+/// buffers a later phase reads after an earlier one wrote them
+/// ([`needs_coherent`]). On the FMA walk those are declared `@coherent`; on the
+/// tensor cores (the Vulkan memory model, which forbids that) the module goes to
+/// the driver as SPIR-V with their loads and stores made visible and available
+/// ([`spirv`]), or, with `VAE_OOD_GPU_PERSISTENT_PLAIN=1`, as wgpu compiles the
+/// WGSL. Errors (the module or the device refusing it) come back as one line, for
+/// the caller to run the dispatches as they are instead.
 pub(super) fn build_chain(
     ctx: &super::context::GpuContext,
     grid: &wgpu::BindGroupLayout,
     phases: &[Phase],
     resource: &HashMap<(usize, u32), usize>,
-    coherent: &dyn Fn(usize) -> bool,
+    visible: &dyn Fn(usize) -> bool,
 ) -> Result<ChainPipeline> {
     let f = &ctx.features;
     let opts = &ctx.options;
+    let fma = f.walk() == super::context::Walk::Fma;
     let m = chain_module(
         phases,
         &|k| k.parts(f.reduce(), f.walk(), f.partials()),
         &|k| k.constants(opts),
         &|i, b| resource.get(&(i, b)).copied(),
-        coherent,
+        &|r| fma && visible(r),
     )?;
     let device = &ctx.device;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let desc = wgpu::ShaderModuleDescriptor {
-        label: Some("persistent step"),
-        source: wgpu::ShaderSource::Wgsl(m.text.as_str().into()),
+    let (module, visibility) = if f.visible_spirv && !fma {
+        let caps =
+            f.walk().capabilities() | f.reduce().capabilities() | f.partials().capabilities();
+        let words = spirv::compile(&m.text, ENTRY, &m.constants, opts.checks, caps)
+            .context("the persistent step's SPIR-V")?;
+        let (words, done) = spirv::make_visible(&words, &|b| {
+            m.bindings.get(b as usize).is_some_and(|&r| visible(r))
+        })
+        .context("the persistent step's SPIR-V")?;
+        let entry = [wgpu::PassthroughShaderEntryPoint {
+            name: ENTRY.into(),
+            workgroup_size: (THREADS, 1, 1),
+        }];
+        // SAFETY: the words are naga's SPIR-V of a module naga validated (with
+        // the checks `opts.checks` asks for, as `create_module` gives the other
+        // modules; `build_pipeline` argues why trusting them is sound), changed
+        // only in memory operands and barrier semantics that the Vulkan memory
+        // model defines and the device enables with cooperative matrices
+        // (`spirv::make_visible`; its output passes spirv-val, tools/coop-lavapipe.sh).
+        let module = unsafe {
+            device.create_shader_module_passthrough(wgpu::ShaderModuleDescriptorPassthrough {
+                label: Some("persistent step (SPIR-V, visible)"),
+                entry_points: std::borrow::Cow::Borrowed(&entry),
+                spirv: Some(std::borrow::Cow::Owned(words)),
+                ..Default::default()
+            })
+        };
+        (module, Some(done))
+    } else {
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some("persistent step"),
+            source: wgpu::ShaderSource::Wgsl(m.text.as_str().into()),
+        };
+        (
+            super::context::create_module(device, desc, opts.checks),
+            None,
+        )
     };
-    let module = super::context::create_module(device, desc, opts.checks);
     let storage_entries: Vec<wgpu::BindGroupLayoutEntry> = (0..m.bindings.len() as u32)
         .map(|binding| super::context::storage_entry(binding, false))
         .collect();
@@ -843,7 +890,11 @@ pub(super) fn build_chain(
         bind_group_layouts: &[Some(&storage), Some(&uniforms), Some(grid)],
         immediate_size: 0,
     });
-    let constants: Vec<(&str, f64)> = m.constants.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    // (the SPIR-V has its constants' values in it already)
+    let constants: Vec<(&str, f64)> = match visibility {
+        Some(_) => Vec::new(),
+        None => m.constants.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
+    };
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("persistent step"),
         layout: Some(&pl),
@@ -865,6 +916,7 @@ pub(super) fn build_chain(
         bindings: m.bindings,
         groups: 0,
         probe: None,
+        visibility,
     })
 }
 
@@ -977,7 +1029,7 @@ mod tests {
 mod step_tests {
     use super::*;
     use crate::gpu::lower::{lower_all, Fusions};
-    use crate::gpu::{GpuOptions, Partials, Reduce, Walk};
+    use crate::gpu::{GpuOptions, Partials, Reduce, ShaderChecks, Walk};
 
     /// The default training step's dispatches in the steady state (the second
     /// step's: fc1's product reading the batch the first step's Adam gathered) as
@@ -1051,6 +1103,25 @@ mod step_tests {
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&m.text)));
+            // its SPIR-V with the cross-phase accesses made visible, as built for
+            // the device: every coherent buffer's loads and stores (the step reads
+            // and writes each), the grid barrier's two fences
+            for checks in [ShaderChecks::Trusted, ShaderChecks::All] {
+                let words = spirv::compile(&m.text, ENTRY, &m.constants, checks, caps).unwrap();
+                let visible = |b: u32| coherent[m.bindings[b as usize]];
+                let (out, done) = spirv::make_visible(&words, &visible).unwrap();
+                assert!(done.loads > 20 && done.stores > 10, "{done:?}");
+                assert!(done.barriers >= 2, "{done:?}");
+                let (_, none) = spirv::make_visible(&words, &|_| false).unwrap();
+                assert_eq!((none.loads, none.stores), (0, 0));
+                assert_eq!(none.barriers, done.barriers);
+                // (for spirv-val, which tools/coop-lavapipe.sh runs on them)
+                if let Ok(dir) = std::env::var("VAE_OOD_TEST_SPIRV_OUT") {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let name = format!("{dir}/step-{walk:?}-{checks:?}.spv");
+                    std::fs::write(name, bytemuck::cast_slice(&out)).unwrap();
+                }
+            }
         }
         for reduce in [Reduce::Portable, Reduce::Subgroup] {
             for partials in [Partials::Atomic, Partials::Coherent] {

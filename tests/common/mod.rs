@@ -11,6 +11,15 @@ use vae_ood::plan::Sizes;
 /// CI never sets it: there a missing adapter fails the GPU tests.
 pub const SKIP_ENV: &str = "VAE_OOD_SKIP_GPU_TESTS";
 
+/// Set to 1 to make the tensor-core tests (`tensor_core_walk_against_its_twin`,
+/// `the_persistent_step_on_the_tensor_cores_gives_its_dispatches_bits`) fail where
+/// the adapter has no cooperative matrices it can use (bench/device-check.sh sets
+/// it on the GPU machines, whose tensor cores the walk is for;
+/// tools/coop-lavapipe.sh on a Mesa ≥ 25.1 lavapipe). Without it, such an adapter
+/// (CI's Mesa 22 lavapipe) gets what can be checked there instead, and the test
+/// says the tensor-core part did not run.
+pub const REQUIRE_COOP_ENV: &str = "VAE_OOD_TEST_REQUIRE_COOP";
+
 /// The wgpu backend on whatever adapter wgpu picks (lavapipe in CI), with the
 /// options of the environment but the FMA walk unless `VAE_OOD_GPU_COOP=1` asks
 /// for the tensor cores ([`test_options`]). Panics when there is none, unless
