@@ -275,7 +275,7 @@ pub fn make_visible(
 
     let mut out: Vec<u32> = words[..5].to_vec();
     let mut done = Visibility::default();
-    let mut capability_added = false;
+    let mut model_capability = false;
     for i in &insts {
         let inst = &words[i.at..i.at + i.count];
         match i.op {
@@ -289,7 +289,7 @@ pub fn make_visible(
                         CAP_VULKAN_MEMORY_MODEL_DEVICE_SCOPE,
                     ]);
                 }
-                capability_added = true;
+                model_capability = true;
             }
             OP_LOAD if chosen(inst[3])? => {
                 out.extend(with_operands(
@@ -347,7 +347,7 @@ pub fn make_visible(
             _ => out.extend_from_slice(inst),
         }
     }
-    ensure!(capability_added, "no VulkanMemoryModel capability");
+    ensure!(model_capability, "no VulkanMemoryModel capability");
     // the new constants after naga's globals, before the first function
     if !new_constants.is_empty() {
         let first = instruction_at(&out, OP_FUNCTION)?;
