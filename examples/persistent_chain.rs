@@ -313,33 +313,12 @@ fn vmm_source(frag: u32) -> String {
         )
 }
 
-/// The memory model naga declares in the SPIR-V of `entry` of `src` (OpMemoryModel,
-/// opcode 14: addressing model, memory model).
+/// The memory model naga declares in the SPIR-V of `entry` of `src`
+/// (OpMemoryModel's: 1 GLSL450, 3 Vulkan).
 fn memory_model(src: &str, entry: &str) -> anyhow::Result<u32> {
-    let module = naga::front::wgsl::parse_str(src).map_err(|e| anyhow::anyhow!("{e}"))?;
+    use vae_ood::gpu::{persistent::spirv, ShaderChecks};
     let caps = naga::valid::Capabilities::all();
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-        .validate(&module)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let words = naga::back::spv::write_vec(
-        &module,
-        &info,
-        &naga::back::spv::Options::default(),
-        Some(&naga::back::spv::PipelineOptions {
-            shader_stage: naga::ShaderStage::Compute,
-            entry_point: entry.to_string(),
-        }),
-    )?;
-    let mut at = 5;
-    while at < words.len() {
-        let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
-        anyhow::ensure!(count > 0, "malformed SPIR-V at word {at}");
-        if op == 14 {
-            return Ok(words[at + 2]);
-        }
-        at += count;
-    }
-    anyhow::bail!("no OpMemoryModel in {entry}'s SPIR-V")
+    spirv::memory_model(&spirv::compile(src, entry, &[], ShaderChecks::All, caps)?)
 }
 
 /// How a run separates the products.

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use vae_ood::gpu::{Assembled, Kernel, Partials, Reduce, Walk};
+use vae_ood::gpu::{Assembled, Kernel, Partials, Reduce, ShaderChecks, Walk};
 
 fn validate(label: &str, src: &str, caps: naga::valid::Capabilities) -> naga::Module {
     let module = naga::front::wgsl::parse_str(src)
@@ -19,35 +19,16 @@ fn validate(label: &str, src: &str, caps: naga::valid::Capabilities) -> naga::Mo
 }
 
 /// The SPIR-V that wgpu's Vulkan backend would get for entry point `entry` of a
-/// valid `module`: validated with `caps`, its overridable constants at their
-/// defaults.
+/// valid `module` (checked shaders): validated with `caps`, its overridable
+/// constants at their defaults.
 fn spirv(
     label: &str,
     module: &naga::Module,
     caps: naga::valid::Capabilities,
     entry: &str,
 ) -> Vec<u32> {
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-        .validate(module)
-        .unwrap_or_else(|e| panic!("{label}: {e:?}"));
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        module,
-        &info,
-        Some((naga::ShaderStage::Compute, entry)),
-        &naga::back::PipelineConstants::default(),
-    )
-    .unwrap_or_else(|e| panic!("{label}: overrides: {e}"));
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: entry.to_string(),
-    };
-    naga::back::spv::write_vec(
-        &module,
-        &info,
-        &naga::back::spv::Options::default(),
-        Some(&pipeline),
-    )
-    .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"))
+    vae_ood::gpu::persistent::spirv::compile_module(module, entry, &[], ShaderChecks::All, caps)
+        .unwrap_or_else(|e| panic!("{label}: {e:#}"))
 }
 
 /// Every kernel's parts in every variant it is built in.
@@ -178,13 +159,8 @@ fn coherent_partials_only_where_a_last_share_reads_the_others() {
 fn only_tensor_core_modules_declare_the_vulkan_memory_model() {
     const GLSL450: u32 = 1;
     const VULKAN: u32 = 3;
-    // the memory model operand of OpMemoryModel (opcode 14: addressing, memory)
-    let memory_model = |words: &[u32]| -> u32 {
-        instructions(words)
-            .find(|(op, _)| *op == 14)
-            .map(|(_, w)| w[2])
-            .expect("no OpMemoryModel")
-    };
+    let memory_model =
+        |words: &[u32]| vae_ood::gpu::persistent::spirv::memory_model(words).unwrap();
     for k in Kernel::ALL {
         for w in [Walk::Fma, Walk::Coop16] {
             let src = Assembled::new(&k.parts(Reduce::Portable, w, Partials::Atomic));

@@ -61,7 +61,9 @@ const STORAGE_BUFFER: u32 = 12;
 const SCOPE_DEVICE: u32 = 1;
 
 // memory operands
+const MO_VOLATILE: u32 = 0x1;
 const MO_ALIGNED: u32 = 0x2;
+const MO_NONTEMPORAL: u32 = 0x4;
 const MO_MAKE_POINTER_AVAILABLE: u32 = 0x8;
 const MO_MAKE_POINTER_VISIBLE: u32 = 0x10;
 const MO_NON_PRIVATE_POINTER: u32 = 0x20;
@@ -94,17 +96,28 @@ pub fn compile(
     checks: ShaderChecks,
     caps: naga::valid::Capabilities,
 ) -> Result<Vec<u32>> {
-    use naga::back::spv;
     let module = naga::front::wgsl::parse_str(text).map_err(|e| anyhow!("{}", e.message()))?;
+    compile_module(&module, entry, constants, checks, caps)
+}
+
+/// [`compile`] of a parsed module.
+pub fn compile_module(
+    module: &naga::Module,
+    entry: &str,
+    constants: &[(String, f64)],
+    checks: ShaderChecks,
+    caps: naga::valid::Capabilities,
+) -> Result<Vec<u32>> {
+    use naga::back::spv;
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-        .validate(&module)
+        .validate(module)
         .map_err(|e| anyhow!("{}", e.as_inner()))?;
     let mut values = naga::back::PipelineConstants::default();
     for (name, v) in constants {
         values.insert(name.clone(), *v);
     }
     let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
+        module,
         &info,
         Some((naga::ShaderStage::Compute, entry)),
         &values,
@@ -175,6 +188,16 @@ fn instructions(words: &[u32]) -> Result<Vec<Inst>> {
     Ok(v)
 }
 
+/// The memory model a SPIR-V module declares (OpMemoryModel's second operand:
+/// 1 GLSL450, 3 Vulkan).
+pub fn memory_model(words: &[u32]) -> Result<u32> {
+    let model = instructions(words)?
+        .into_iter()
+        .find(|i| i.op == OP_MEMORY_MODEL)
+        .ok_or_else(|| anyhow!("no OpMemoryModel"))?;
+    Ok(words[model.at + 2])
+}
+
 /// The module `words` (naga's, under the Vulkan memory model) with the loads and
 /// stores of the storage buffers of descriptor set 0 whose binding `visible`
 /// chooses made visible and available at Device scope, and every barrier over
@@ -186,16 +209,12 @@ pub fn make_visible(
     words: &[u32],
     visible: &dyn Fn(u32) -> bool,
 ) -> Result<(Vec<u32>, Visibility)> {
-    let insts = instructions(words)?;
-    let w = |i: &Inst, k: usize| words[i.at + k];
-    let model = insts
-        .iter()
-        .find(|i| i.op == OP_MEMORY_MODEL)
-        .ok_or_else(|| anyhow!("no OpMemoryModel"))?;
     ensure!(
-        w(model, 2) == MEMORY_MODEL_VULKAN,
+        memory_model(words)? == MEMORY_MODEL_VULKAN,
         "the module is not under the Vulkan memory model"
     );
+    let insts = instructions(words)?;
+    let w = |i: &Inst, k: usize| words[i.at + k];
 
     // what the ids are: pointer types' storage classes, values' types, the
     // variable each pointer is into, bindings of set 0, u32 constants
@@ -380,7 +399,7 @@ fn instruction_at(words: &[u32], op: u32) -> Result<usize> {
 fn with_operands(head: &[u32], ops: &[u32], make: u32, scope: u32) -> Result<Vec<u32>> {
     let mask = ops.first().copied().unwrap_or(0);
     ensure!(
-        mask & !(MO_ALIGNED | 0x1 | 0x4) == 0,
+        mask & !(MO_VOLATILE | MO_ALIGNED | MO_NONTEMPORAL) == 0,
         "memory operands {mask:#x} already carry availability or visibility"
     );
     let mut v = head.to_vec();
