@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         (
             "ones column",
             GpuOptions {
-                ones_column: true,
+                ones_column: Some(true),
                 ..d
             },
             all,

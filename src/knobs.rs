@@ -22,11 +22,14 @@ pub const GPU_TRUSTED: &str = "VAE_OOD_GPU_TRUSTED";
 /// identical bits, 0.97× the time per training step on an H100 and an H200,
 /// bench/results/h100-2026-11-26.md).
 pub const GPU_PREFETCH: &str = "VAE_OOD_GPU_PREFETCH";
-/// `1`: the matmul gets a product's bias gradient as an extra column of ones in
+/// Whether the matmul gets a product's bias gradient as an extra column of ones in
 /// B (in the padding of its last tile) instead of adding row sums beside every
-/// multiply-add (`shaders/matmul.wgsl`, `ONES`): identical bits, two adds per
-/// four fmas fewer in every product's inner loop; off by default (0.996–1.032×
-/// the time per step on an H100 and an H200: level at best).
+/// multiply-add (`shaders/matmul.wgsl`, `ONES`). Unset: on the tensor cores only
+/// (since 2026-11-28: 74.0 against 77.8 µs per training step on an NVIDIA H200,
+/// medians of 5 interleaved rounds; there the bias gradient becomes f32 sums of
+/// the f16-rounded operand, as its weight gradient is), off on the FMA walk (there
+/// identical bits and 0.996–1.032× the time per step on an H100 and an H200:
+/// level at best); `1`: always; `0`: never.
 pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 /// `1`: a training step's Adam runs in the epilogue of the weight-gradient
 /// triple (`matmul_triple_adam`, seven dispatches per step) instead of in one
@@ -120,7 +123,9 @@ pub const GPU_UNFUSED: &str = "VAE_OOD_GPU_UNFUSED";
 /// medians of 5 interleaved rounds).
 pub const GPU_COHERENT: &str = "VAE_OOD_GPU_COHERENT";
 /// Threads per workgroup of the latent kernels: 256, 512 or 1024 (default: the
-/// most the device allows, up to 1024).
+/// most the device allows, up to 1024 on the FMA walk and up to 512 on the tensor
+/// cores — with the ones column there, 72.9–73.3 against 74.0 µs per step with
+/// 1,024 on an NVIDIA H200, 2026-11-28; rounding-level differences).
 pub const GPU_LATENT_THREADS: &str = "VAE_OOD_GPU_LATENT_THREADS";
 /// Ops in the first submission of a GPU run (0: each run in one submission).
 pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
@@ -179,6 +184,16 @@ pub fn gpu_unfused(part: &str) -> bool {
 /// Whether a flag is on: set to `1` (unset, empty or `0`: off).
 pub fn flag(name: &str) -> bool {
     std::env::var(name).as_deref() == Ok("1")
+}
+
+/// A flag whose default depends on the device: `Some(true)` when set to `1`,
+/// `Some(false)` when `0`, `None` when unset or empty.
+pub fn tristate(name: &str) -> Option<bool> {
+    match std::env::var(name).as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    }
 }
 
 /// Whether a flag that is on by default is on: unset, empty or `1` (`0`: off).

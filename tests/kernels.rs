@@ -2193,7 +2193,8 @@ fn bias_gradient_as_a_column_of_ones() {
         assert!(gpu_backend(&[0; 4], 1, SIZES).is_none());
         return;
     };
-    let mut gpus = [false, true].map(|ones_column| {
+    // (unset is off on the FMA walk: the row sums)
+    let mut gpus = [None, Some(true)].map(|ones_column| {
         let opts = GpuOptions {
             ones_column,
             ..GpuOptions::default()
@@ -2249,8 +2250,12 @@ fn bias_gradient_as_a_column_of_ones() {
 /// inputs that are f16 values already (the store's pixels 0 or 255) the walk must
 /// match `matmul` within the f32 tolerances of the FMA walk. On inputs that are
 /// not, it must match `matmul` on the rounded operands, and differ from the
-/// unrounded product (the tensor cores really ran), while the bias gradient, a
-/// row sum of the unrounded A, matches the unrounded one. With early reads
+/// unrounded product (the tensor cores really ran). The bias gradient there is, by
+/// default, a column of ones in the walk (`VAE_OOD_GPU_ONES_COLUMN` unset: on on the
+/// tensor cores), so it matches the twin's sums of the rounded A and moves from
+/// the unrounded one; with the ones column off, a row sum of the unrounded A, it
+/// matches the unrounded one. The default also gives the latent kernels 512
+/// threads there (where the adapter allows them). With early reads
 /// (`VAE_OOD_GPU_EARLY_READS=1`: bias and mask before the walk) every case gives the
 /// same bits as without.
 #[test]
@@ -2296,6 +2301,8 @@ fn tensor_core_walk_against_its_twin() {
             };
             let be = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, auto).unwrap();
             assert!(!be.describe().contains("tensor cores"), "{}", be.describe());
+            // (nor the ones column, the tensor cores' default only)
+            assert!(!be.describe().contains("ones column"), "{}", be.describe());
             eprintln!(
                 "NOT RUN: the tensor-core walk's parity (GPU adapter {name} {why}); its refusal was checked instead ({REQUIRE_COOP_ENV}=1 makes this a failure)"
             );
@@ -2347,6 +2354,19 @@ fn tensor_core_walk_against_its_twin() {
     }
     // steps of 32 and 64 fit every adapter the walk runs on (lavapipe: 32,768 bytes)
     assert!(gpus.len() >= 2, "K steps of 32 and 64 must run");
+    // the tensor cores' defaults: the bias gradients as a column of ones, and the
+    // latent kernels in workgroups of 512 threads (256 where the adapter allows fewer)
+    let allowed = {
+        let l = adapter.limits();
+        l.max_compute_invocations_per_workgroup
+            .min(l.max_compute_workgroup_size_x)
+    };
+    let threads = if allowed >= 512 { 512 } else { 256 };
+    for gpu in &gpus {
+        let on = gpu.describe();
+        assert!(on.contains("bias gradients as a ones column"), "{on}");
+        assert!(on.contains(&format!("latent kernels of {threads} threads")), "{on}");
+    }
     // K steps of 64 with the epilogues' reads before the walk (VAE_OOD_GPU_EARLY_READS)
     let early_opts = GpuOptions {
         coop_step: 64,
@@ -2354,7 +2374,7 @@ fn tensor_core_walk_against_its_twin() {
         ..coop
     };
     let mut early =
-        GpuBackend::with_options(adapter, &store, idx.len(), SIZES, early_opts).unwrap();
+        GpuBackend::with_options(adapter.clone(), &store, idx.len(), SIZES, early_opts).unwrap();
     let mut cpu = cpu_backend(&store, idx.len(), SIZES);
     // inputs into every backend, outputs poisoned, the ops, the outputs read back
     let run = |be: &mut dyn Backend, inputs: &[(Buf, Vec<f32>)], outs: &[Buf], ops: &[Op]| {
@@ -2539,6 +2559,15 @@ fn tensor_core_walk_against_its_twin() {
     let got = run(&mut gpus[0], &plain, &outs, &ops);
     let twin = run(&mut *cpu, &halved, &outs, &ops);
     let exact = run(&mut *cpu, &plain, &outs, &ops);
+    // (K steps of 32 with the row sums: the ones column switched off)
+    let sums_opts = GpuOptions {
+        coop_step: 32,
+        ones_column: Some(false),
+        ..coop
+    };
+    let mut sums = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, sums_opts).unwrap();
+    assert!(!sums.describe().contains("ones column"), "{}", sums.describe());
+    let got_sums = run(&mut sums, &plain, &outs, &ops);
     let (dx, dw, db) = (0..m * k, 9000..9000 + n * k, 18_500..18_500 + n);
     assert_close(
         "dX on tensor cores vs its twin",
@@ -2554,13 +2583,32 @@ fn tensor_core_walk_against_its_twin() {
         MM_ATOL,
         MM_RTOL,
     );
+    // (n = 101: column n lies in the last tile's padding, K = 37 is not split —
+    // where the ones column applies)
     assert_close(
-        "db on tensor cores vs f32 row sums",
+        "db on tensor cores, ones column, vs its twin",
         &got[1][db.clone()],
+        &twin[1][db.clone()],
+        MM_ATOL,
+        MM_RTOL,
+    );
+    assert_close(
+        "db on tensor cores, row sums, vs f32 row sums",
+        &got_sums[1][db.clone()],
         &exact[1][db.clone()],
         MM_ATOL,
         MM_RTOL,
     );
+    // the rest as with the ones column
+    for (what, g, w) in [
+        ("dX", &got_sums[0][dx.clone()], &got[0][dx.clone()]),
+        ("dW", &got_sums[1][dw.clone()], &got[1][dw.clone()]),
+    ] {
+        assert!(
+            g.iter().zip(w.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what} with row sums differs from {what} with the ones column"
+        );
+    }
     // f16 operands move a product by ~2⁻¹¹·√K·|terms| ≈ 1e-3; f32 sums by ~1e-6
     let far = |g: &[f32], e: &[f32]| {
         g.iter()
@@ -2572,6 +2620,12 @@ fn tensor_core_walk_against_its_twin() {
     assert!(
         moved > 1e-4,
         "dX on tensor cores is the unrounded product (moved {moved}): were the operands rounded?"
+    );
+    // 37 rounded terms of |dY| ≤ 1 in each of 101 sums: ~2.5e-3 at most
+    let moved = far(&got[1][db.clone()], &exact[1][db]);
+    assert!(
+        moved > 1e-4,
+        "db with the ones column is the unrounded row sum (moved {moved}): did the walk sum the column?"
     );
     // the latent forward in fc1's product and the latent backward in fc4's pair
     // on K steps of 32 (where they fit beside the walk: lavapipe's 32 KB of

@@ -523,7 +523,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
             opts.checks == ShaderChecks::NoLoopBounds
         );
         assert_eq!(says("no prefetching matmul"), !opts.prefetch);
-        assert_eq!(says("as a ones column"), opts.ones_column);
+        assert_eq!(says("as a ones column"), opts.ones_column == Some(true));
         assert_eq!(says("double-buffered matmul tiles"), opts.double_tiles);
         assert_eq!(says("early reads"), opts.early_reads);
         // (every Vulkan adapter offers @coherent buffers)
@@ -585,7 +585,7 @@ fn gpu_results_do_not_depend_on_submission_checks_or_fusions() {
         "parameters must have moved"
     );
     let ones = GpuOptions {
-        ones_column: true,
+        ones_column: Some(true),
         ..d
     };
     let early = GpuOptions {

@@ -996,7 +996,7 @@ impl Backend for GpuBackend {
             } else {
                 ", no prefetching matmul"
             },
-            if self.ctx.options.ones_column {
+            if self.ctx.options.ones_column == Some(true) {
                 ", bias gradients as a ones column"
             } else {
                 ""

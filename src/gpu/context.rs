@@ -446,7 +446,7 @@ impl Kernel {
             k if k.is_matmul() => {
                 let mut c = vec![
                     ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
-                    ("ONES", if opts.ones_column { 1.0 } else { 0.0 }),
+                    ("ONES", if opts.ones_column == Some(true) { 1.0 } else { 0.0 }),
                     ("EARLY", if opts.early_reads { 1.0 } else { 0.0 }),
                 ];
                 match opts.coop_use {
@@ -726,18 +726,22 @@ pub struct GpuOptions {
     /// identical bits)
     pub prefetch: bool,
     /// the matmul gets a bias gradient as an extra column of ones in B instead of
-    /// row sums beside the multiply (`matmul.wgsl`'s `ONES`; off by default,
-    /// `VAE_OOD_GPU_ONES_COLUMN=1` switches it on; identical bits)
-    pub ones_column: bool,
+    /// row sums beside the multiply (`matmul.wgsl`'s `ONES`; `VAE_OOD_GPU_ONES_COLUMN`):
+    /// None for on where the walk is the tensor cores (the default there since
+    /// 2026-11-28: 0.95× the time per step on an NVIDIA H200; f32 sums of the
+    /// f16-rounded operand, as the weight gradient's) and off on the FMA walk (where
+    /// it gives identical bits and was level at best). The context records what it
+    /// chose here.
+    pub ones_column: Option<bool>,
     /// the most storage buffers per shader stage to request (None: as many as the
     /// widest kernel binds, where the adapter has them). Kernels binding more are
     /// not built ([`GpuContext::has`]); tests set 8 (WebGPU's default) to run the
     /// path of a device without the latent kernels on any adapter.
     pub storage_buffers: Option<u32>,
     /// threads per workgroup of the latent kernels (`VAE_OOD_GPU_LATENT_THREADS`):
-    /// None for the most the device allows up to [`LATENT_THREADS_MAX`] (a power
-    /// of two, at least WebGPU's default 256). The context records the number it
-    /// chose here.
+    /// None for the most the device allows up to [`LATENT_THREADS_MAX`] on the FMA
+    /// walk and up to [`LATENT_THREADS_COOP`] on the tensor cores (a power of two, at
+    /// least WebGPU's default 256). The context records the number it chose here.
     pub latent_threads: Option<u32>,
     /// whether the matmul kernels walk K on tensor cores, f16 operands into f32
     /// sums ([`Walk::Coop16`]): [`Coop::Off`] here (the exact f32 products the
@@ -809,6 +813,12 @@ impl Coop {
 /// array holds one partial sum per thread).
 pub const LATENT_THREADS_MAX: u32 = 1024;
 
+/// The most threads per workgroup the latent kernels use by default where the
+/// matmul kernels walk K on the tensor cores: with the ones column there, 72.9–73.3
+/// against 74.0 µs per training step with 1,024 on an NVIDIA H200 (2026-11-28,
+/// medians of 5 interleaved rounds, `bench/results/h200-2026-11-28.md`).
+pub const LATENT_THREADS_COOP: u32 = 512;
+
 impl Default for GpuOptions {
     /// Subgroups where offered, trusted shader modules, prefetching matmul, no cap.
     fn default() -> Self {
@@ -816,7 +826,7 @@ impl Default for GpuOptions {
             subgroups: Subgroups::Auto,
             checks: ShaderChecks::Trusted,
             prefetch: true,
-            ones_column: false,
+            ones_column: None,
             storage_buffers: None,
             latent_threads: None,
             coop: Coop::Off,
@@ -873,7 +883,8 @@ impl GpuOptions {
     /// Subgroups `Auto`, or `Off` when `VAE_OOD_NO_SUBGROUPS=1`; shader checks from
     /// `VAE_OOD_GPU_TRUSTED` ([`ShaderChecks::from_env`]); prefetching matmul
     /// tiles unless `VAE_OOD_GPU_PREFETCH=0`; the bias gradient as a column of
-    /// ones with `VAE_OOD_GPU_ONES_COLUMN=1`; the latent kernels' threads from
+    /// ones on the tensor cores, always with `VAE_OOD_GPU_ONES_COLUMN=1`, never with
+    /// `=0`; the latent kernels' threads from
     /// `VAE_OOD_GPU_LATENT_THREADS`; tensor cores where the adapter has them
     /// ([`Coop::Auto`]), never with `VAE_OOD_GPU_COOP=0`, required with `=1`;
     /// early reads with `VAE_OOD_GPU_EARLY_READS=1`; `@coherent` partial sums
@@ -884,7 +895,7 @@ impl GpuOptions {
             subgroups: if off { Subgroups::Off } else { Subgroups::Auto },
             checks: ShaderChecks::from_env(),
             prefetch: crate::knobs::flag_unless_zero(crate::knobs::GPU_PREFETCH),
-            ones_column: crate::knobs::flag(crate::knobs::GPU_ONES_COLUMN),
+            ones_column: crate::knobs::tristate(crate::knobs::GPU_ONES_COLUMN),
             storage_buffers: None,
             latent_threads: crate::knobs::number(crate::knobs::GPU_LATENT_THREADS, 256..=1024)
                 .map(|v| v as u32),
@@ -1638,13 +1649,18 @@ impl GpuContext {
                     .min(opts.storage_buffers.unwrap_or(u32::MAX)),
             );
         let storage_per_stage = limits.max_storage_buffers_per_shader_stage;
-        // the latent kernels' workgroup: the most threads asked for (all by default)
+        // the latent kernels' workgroup: the most threads asked for (by default all,
+        // up to LATENT_THREADS_MAX, or up to LATENT_THREADS_COOP on the tensor cores)
         // that the adapter runs in one workgroup, a power of two from 256 (WebGPU's
         // default, which every adapter has) to LATENT_THREADS_MAX
+        let asked = opts.latent_threads.unwrap_or(match features.coop {
+            Some(_) => LATENT_THREADS_COOP,
+            None => LATENT_THREADS_MAX,
+        });
         let most = have
             .max_compute_invocations_per_workgroup
             .min(have.max_compute_workgroup_size_x)
-            .min(opts.latent_threads.unwrap_or(LATENT_THREADS_MAX))
+            .min(asked)
             .clamp(256, LATENT_THREADS_MAX);
         let latent_threads = 1u32 << (31 - most.leading_zeros());
         limits.max_compute_invocations_per_workgroup = limits
@@ -1714,6 +1730,8 @@ impl GpuContext {
         let workgroup_bytes = limits.max_compute_workgroup_storage_size;
         let opts = GpuOptions {
             latent_threads: Some(latent_threads),
+            // (on the tensor cores unless switched off; on the FMA walk only when asked)
+            ones_column: Some(opts.ones_column.unwrap_or(features.coop.is_some())),
             coop_use: features.coop,
             ..opts
         };
