@@ -39,13 +39,8 @@ SAME_BITS = {
     "all_in_tail": "all_in_pair",
     # (the persistent step gives its dispatches' bits whatever its workgroups and
     # phases per dispatch: tests/train_step.rs)
-    "persistent_264": "persistent",
-    "persistent_416": "persistent",
-    "persistent_528": "persistent",
-    "persistent_auto": "persistent",
-    "persistent_416_14": "persistent",
-    "persistent_coop_416": "persistent_coop",
-    "persistent_coop_plain_416": "persistent_coop_plain",
+    "persistent_auto_14": "persistent_auto",
+    "persistent_coop_plain_auto": "persistent_coop_plain",
 }
 
 

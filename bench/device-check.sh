@@ -14,18 +14,19 @@
 #   FOCUS=1: the tests, the device churn probe, a sweep of the default (the
 #   tensor cores, K steps of 32, where offered) against the FMA walk, steps of 64,
 #   the FMA walk with @coherent partial sums, split-K aiming at 512 workgroups and
-#   latent kernels of 512 threads, and whole runs of the default and the FMA walk
+#   latent kernels of 1024 threads, and whole runs of the default and the FMA walk
 #   PERSIST=1: the tests, then a sweep of the default against the FMA walk and the
 #   persistent step (VAE_OOD_GPU_PERSISTENT: a training step as one dispatch of G
-#   workgroups, grid barriers between its seven phases; built 2026-11-27 without a
-#   GPU) with G = 264, 416 and 528, with `auto` (each pipeline's probe: as many
-#   as the card runs at once, up to its largest phase), with 416 and two steps
-#   per dispatch (VAE_OOD_GPU_PERSISTENT_PHASES=14), and with 416 and auto on the
-#   tensor cores (their loads across phases made visible in the SPIR-V; and 416
-#   plain, VAE_OOD_GPU_PERSISTENT_PLAIN=1), then whole runs of the default and of
-#   the persistent step (416 and auto, and the G the probes found), and whether the
-#   persistent step's weights and scores are its dispatches' byte for byte on the
-#   FMA walk and on the tensor cores, visible and plain (about 7 minutes)
+#   workgroups, grid barriers between its seven phases) with `auto` (each
+#   pipeline's probe: as many as the card runs at once, up to its largest phase;
+#   on an H200 on 2026-11-28 264 on the FMA walk, 132 on the tensor cores, and
+#   1.13× and 1.67× the dispatches' time per step), also with two steps per
+#   dispatch (VAE_OOD_GPU_PERSISTENT_PHASES=14), and on the tensor cores (their
+#   loads across phases made visible in the SPIR-V; and plain,
+#   VAE_OOD_GPU_PERSISTENT_PLAIN=1), then whole runs of the default and of the
+#   persistent step, the G the probes found, and whether the persistent step's
+#   weights and scores are its dispatches' byte for byte on the FMA walk and on
+#   the tensor cores, visible and plain (about 4 minutes)
 #   QUICK=1: the tests, the sweep, seven whole runs (the FMA walk, the unsplit
 #   BCE epilogue, the latent forward in fc1, the latent backward in fc4's pair,
 #   all in on the tensor cores and on the FMA walk, the default: the tensor cores),
@@ -162,12 +163,10 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
   echo "## bench/gpu-sweep.sh: medians of 5 interleaved rounds, 10 epochs each"
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'fma:VAE_OOD_GPU_COOP=0' \
-    'persistent_264:VAE_OOD_GPU_PERSISTENT=264' 'persistent_416:VAE_OOD_GPU_PERSISTENT=416' \
-    'persistent_528:VAE_OOD_GPU_PERSISTENT=528' 'persistent_auto:VAE_OOD_GPU_PERSISTENT=auto' \
-    'persistent_416_14:VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PHASES=14' \
-    'persistent_coop_416:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416' \
+    'persistent_auto:VAE_OOD_GPU_PERSISTENT=auto' \
+    'persistent_auto_14:VAE_OOD_GPU_PERSISTENT=auto,VAE_OOD_GPU_PERSISTENT_PHASES=14' \
     'persistent_coop_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto' \
-    'persistent_coop_plain_416:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PLAIN=1' \
+    'persistent_coop_plain_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto,VAE_OOD_GPU_PERSISTENT_PLAIN=1' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   # whole runs, and whether the persistent step gives its dispatches' bits on this
@@ -178,20 +177,21 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${PERSIST:-}" ]; then
   # there means the driver did not honour them; and on the tensor cores from the
   # WGSL (VAE_OOD_GPU_PERSISTENT_PLAIN=1): DIFFER there means plain loads read
   # stale values after naga's barriers
-  whole_runs default: persistent:VAE_OOD_GPU_PERSISTENT=416 \
-    persistent_auto:VAE_OOD_GPU_PERSISTENT=auto \
+  whole_runs default: persistent_auto:VAE_OOD_GPU_PERSISTENT=auto \
     fma_256:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_LATENT_THREADS=256 \
     coop_256:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_LATENT_THREADS=256 \
-    persistent_coop:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416 \
     persistent_coop_auto:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto \
-    persistent_coop_plain:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=416,VAE_OOD_GPU_PERSISTENT_PLAIN=1
+    persistent_coop_plain:VAE_OOD_GPU_COOP=1,VAE_OOD_GPU_PERSISTENT=auto,VAE_OOD_GPU_PERSISTENT_PLAIN=1
   # (the workgroups auto's probes found, from the runs' metrics.json)
-  for name in persistent_auto persistent_coop_auto; do
+  for name in persistent_auto persistent_coop_auto persistent_coop_plain; do
     echo "## $name: $(grep -ho 'persistent step of [^"]*' "$LOG/run_$name/metrics.json")"
   done
-  for pair in fma_256:persistent fma_256:persistent_auto coop_256:persistent_coop coop_256:persistent_coop_auto coop_256:persistent_coop_plain; do
+  for pair in fma_256:persistent_auto coop_256:persistent_coop_auto coop_256:persistent_coop_plain; do
     a=$LOG/run_${pair%%:*} b=$LOG/run_${pair#*:}
-    if cmp -s "$a/model.safetensors" "$b/model.safetensors" && cmp -s "$a/scores.csv" "$b/scores.csv"; then
+    # (a run that stopped with an error wrote no files: nothing to compare)
+    if [ ! -f "$a/scores.csv" ] || [ ! -f "$b/scores.csv" ]; then
+      echo "## ${pair#*:} against ${pair%%:*}: NO RUN (one of them wrote no scores)"
+    elif cmp -s "$a/model.safetensors" "$b/model.safetensors" && cmp -s "$a/scores.csv" "$b/scores.csv"; then
       echo "## ${pair#*:} against ${pair%%:*}: SAME BITS (weights and scores)"
     else
       echo "## ${pair#*:} against ${pair%%:*}: DIFFER"
@@ -205,7 +205,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
   ROUNDS=${SWEEP_ROUNDS:-5} EPOCHS=${SWEEP_EPOCHS:-10} TORCH=1 OUTDIR="$LOG/sweep" bash bench/gpu-sweep.sh .devbin/vae-ood 'default:' \
     'fma:VAE_OOD_GPU_COOP=0' 'coop_64:VAE_OOD_GPU_COOP_STEP=64' \
     'fma_coherent:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_COHERENT=1' \
-    'split_512:VAE_OOD_SPLIT_TARGET=512' 'latent_512:VAE_OOD_GPU_LATENT_THREADS=512' \
+    'split_512:VAE_OOD_SPLIT_TARGET=512' 'latent_1024:VAE_OOD_GPU_LATENT_THREADS=1024' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   whole_runs default: fma:VAE_OOD_GPU_COOP=0

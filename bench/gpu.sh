@@ -46,14 +46,16 @@ done
 #   no_gather  a run's first gather its own dispatch, not read by fc1's product from
 #              the image store (matmul_gather; the later ones share the previous
 #              step's Adam dispatch either way)
-#   latent_256, latent_512  the latent kernels in workgroups of 256 or 512 threads,
-#              not the most the device allows (up to 1024; rounding-level differences)
+#   latent_256, latent_1024  the latent kernels in workgroups of 256 or 1024 threads,
+#              not the most the device allows up to 512 (on the tensor cores; up to
+#              1024 on the FMA walk; rounding-level differences)
 #   checked    shaders with wgpu's runtime checks (index clamps, loop counters, …);
 #              the default compiles them as trusted modules, without
 #   no_loop_counters  shaders with every check but wgpu's loop-bounding counters
 #   no_prefetch  the matmul reads its next K step after the multiply of this one, not before
-#   ones_column  a weight gradient's bias gradient as a column of ones in B, not row sums
-#              beside every multiply-add
+#   no_ones    a weight gradient's bias gradient as row sums beside every multiply-add,
+#              not as a column of ones in B (the default on the tensor cores since
+#              2026-11-28; there the column's sums are of f16-rounded values)
 #   fma        the matmul kernels walk K with f32 fmas, not on tensor cores (cooperative
 #              matrices, f16 operands into f32 sums: the default since 2026-11-27 where
 #              the adapter has them; rounding-level differences); coop_64, coop_128: the
@@ -79,15 +81,17 @@ done
 #              walk's modules declare the Vulkan memory model, which forbids @coherent)
 #   split_64, split_512, split_1024  split-K products aim for 64, 512 or 1024 workgroups, not 256
 #              (rounding-level differences in the results, as no_latent; the others: same bits)
-#   persistent  each training step's seven dispatches as one dispatch of 416 workgroups,
-#              grid barriers between its phases (VAE_OOD_GPU_PERSISTENT=416, on the FMA
-#              walk with latent kernels of 256 threads: the bits of those dispatches);
-#              persistent_coop: on the tensor cores (no @coherent there: the module
-#              goes to the driver as SPIR-V with its loads across phases made visible;
-#              persistent_coop_plain: as wgpu compiles its WGSL, plain loads);
-#              persistent_auto: as many workgroups as the card runs at once, up to
-#              the largest phase's (VAE_OOD_GPU_PERSISTENT=auto: a probe per pipeline);
-#              persistent_coop_auto: both
+#   persistent_auto  each training step's seven dispatches as one dispatch of as
+#              many workgroups as the card runs at once, up to the largest phase's,
+#              grid barriers between its phases (VAE_OOD_GPU_PERSISTENT=auto: a probe
+#              per pipeline; on the FMA walk with latent kernels of 256 threads: the
+#              bits of those dispatches; on an H200 264 workgroups, 1.13× those
+#              dispatches' time, 2026-11-28); persistent_coop_auto: on the tensor cores
+#              (no @coherent there: the module goes to the driver as SPIR-V with its
+#              loads across phases made visible; 132 workgroups, 1.67×);
+#              persistent_coop_plain: as wgpu compiles its WGSL, plain loads. (416
+#              workgroups, the estimate's, are more than an H200 runs at once of
+#              the step's module: an error after a few seconds)
 variant() { # name, then VAR=value ...
   local name=$1; shift
   env "$@" "$BIN" bench --device gpu --epochs "$EPOCHS" --warmup "$WARMUP" --breakdown off --json \
@@ -103,11 +107,11 @@ variant no_triple VAE_OOD_GPU_UNFUSED=triple
 variant triple_adam VAE_OOD_GPU_TRIPLE_ADAM=1
 variant no_gather VAE_OOD_GPU_UNFUSED=gather
 variant latent_256 VAE_OOD_GPU_LATENT_THREADS=256
-variant latent_512 VAE_OOD_GPU_LATENT_THREADS=512
+variant latent_1024 VAE_OOD_GPU_LATENT_THREADS=1024
 variant checked VAE_OOD_GPU_TRUSTED=0
 variant no_loop_counters VAE_OOD_GPU_TRUSTED=loops
 variant no_prefetch VAE_OOD_GPU_PREFETCH=0
-variant ones_column VAE_OOD_GPU_ONES_COLUMN=1
+variant no_ones VAE_OOD_GPU_ONES_COLUMN=0
 variant fma VAE_OOD_GPU_COOP=0
 variant coop_64 VAE_OOD_GPU_COOP_STEP=64
 variant coop_128 VAE_OOD_GPU_COOP_STEP=128
@@ -122,12 +126,10 @@ variant fma_coherent VAE_OOD_GPU_COOP=0 VAE_OOD_GPU_COHERENT=1
 variant split_64 VAE_OOD_SPLIT_TARGET=64
 variant split_512 VAE_OOD_SPLIT_TARGET=512
 variant split_1024 VAE_OOD_SPLIT_TARGET=1024
-variant persistent VAE_OOD_GPU_PERSISTENT=416
-variant persistent_coop VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT=416
 variant persistent_auto VAE_OOD_GPU_PERSISTENT=auto
 variant persistent_coop_auto VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT=auto
-variant persistent_coop_plain VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT=416 VAE_OOD_GPU_PERSISTENT_PLAIN=1
-$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_512,checked,no_loop_counters,no_prefetch,ones_column,fma,coop_64,coop_128,fma_double_tiles,bce_kernel,bce_unsplit,early_reads,fma_early,latent_fc1,latent_pair,fma_coherent,split_64,split_512,split_1024,persistent,persistent_coop,persistent_auto,persistent_coop_auto,persistent_coop_plain}.json \
+variant persistent_coop_plain VAE_OOD_GPU_COOP=1 VAE_OOD_GPU_PERSISTENT=auto VAE_OOD_GPU_PERSISTENT_PLAIN=1
+$PY bench/table.py "$OUTDIR/vae_gpu.json" "$OUTDIR"/torch_cuda_*.json "$OUTDIR"/vae_gpu_{portable,one_submit,no_pairs,no_folds,no_latent,no_triple,triple_adam,no_gather,latent_256,latent_1024,checked,no_loop_counters,no_prefetch,no_ones,fma,coop_64,coop_128,fma_double_tiles,bce_kernel,bce_unsplit,early_reads,fma_early,latent_fc1,latent_pair,fma_coherent,split_64,split_512,split_1024,persistent_auto,persistent_coop_auto,persistent_coop_plain}.json \
   | tee "$OUTDIR/table.md"
 
 echo "# the whole default run: cargo run --release -- --device gpu (20 epochs, scoring, plots)"
