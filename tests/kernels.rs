@@ -2365,7 +2365,10 @@ fn tensor_core_walk_against_its_twin() {
     for gpu in &gpus {
         let on = gpu.describe();
         assert!(on.contains("bias gradients as a ones column"), "{on}");
-        assert!(on.contains(&format!("latent kernels of {threads} threads")), "{on}");
+        assert!(
+            on.contains(&format!("latent kernels of {threads} threads")),
+            "{on}"
+        );
     }
     // K steps of 64 with the epilogues' reads before the walk (VAE_OOD_GPU_EARLY_READS)
     let early_opts = GpuOptions {
@@ -2566,7 +2569,11 @@ fn tensor_core_walk_against_its_twin() {
         ..coop
     };
     let mut sums = GpuBackend::with_options(adapter, &store, idx.len(), SIZES, sums_opts).unwrap();
-    assert!(!sums.describe().contains("ones column"), "{}", sums.describe());
+    assert!(
+        !sums.describe().contains("ones column"),
+        "{}",
+        sums.describe()
+    );
     let got_sums = run(&mut sums, &plain, &outs, &ops);
     let (dx, dw, db) = (0..m * k, 9000..9000 + n * k, 18_500..18_500 + n);
     assert_close(
@@ -2605,7 +2612,9 @@ fn tensor_core_walk_against_its_twin() {
         ("dW", &got_sums[1][dw.clone()], &got[1][dw.clone()]),
     ] {
         assert!(
-            g.iter().zip(w.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+            g.iter()
+                .zip(w.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{what} with row sums differs from {what} with the ones column"
         );
     }

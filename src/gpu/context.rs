@@ -444,9 +444,11 @@ impl Kernel {
             }
             Kernel::Bce => vec![("EARLY", if opts.early_reads { 1.0 } else { 0.0 })],
             k if k.is_matmul() => {
+                // (None — resolved by the context before it builds a pipeline — is off)
+                let ones = opts.ones_column == Some(true);
                 let mut c = vec![
                     ("PREFETCH", if opts.prefetch { 1.0 } else { 0.0 }),
-                    ("ONES", if opts.ones_column == Some(true) { 1.0 } else { 0.0 }),
+                    ("ONES", if ones { 1.0 } else { 0.0 }),
                     ("EARLY", if opts.early_reads { 1.0 } else { 0.0 }),
                 ];
                 match opts.coop_use {

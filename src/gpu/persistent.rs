@@ -1078,7 +1078,8 @@ mod step_tests {
             latent_threads: Some(THREADS),
             ..GpuOptions::default()
         };
-        // on the tensor cores (no @coherent: their memory model forbids it)
+        // on the tensor cores (no @coherent: their memory model forbids it), with
+        // their default bias gradients as a column of ones
         for walk in [Walk::Coop16, Walk::Coop8] {
             let coop = GpuOptions {
                 coop_use: Some(if walk == Walk::Coop16 {
@@ -1086,6 +1087,7 @@ mod step_tests {
                 } else {
                     (8, 8)
                 }),
+                ones_column: Some(true),
                 ..opts
             };
             let m = chain_module(
