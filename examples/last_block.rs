@@ -59,10 +59,10 @@
 //! only (its workgroups run nearly in ticket order), so there it checks the kernels'
 //! logic; on a GPU `two − wait` is what each such boundary would save.
 //!
-//! A third kind of partials (added 2026-11-27, not yet run on a GPU): plain vec4
-//! loads from a buffer declared `@coherent` (wgpu 30's
-//! `Features::MEMORY_DECORATION_COHERENT`, on every Vulkan adapter: SPIR-V's
-//! `Coherent` decoration, whose loads see the stores a barrier made visible
+//! A third kind of partials (added 2026-11-27; run on an H200 that day: no stale
+//! value, at plain loads' cost): plain vec4 loads from a buffer declared
+//! `@coherent` (wgpu 30's `Features::MEMORY_DECORATION_COHERENT`, on every
+//! Vulkan adapter: SPIR-V's `Coherent` decoration, whose loads see the stores a barrier made visible
 //! instead of the reader's cached copy). On an H200 the plain loads read stale
 //! partials only when warm, and plain waits cost 0.6–2.9 µs less than atomic
 //! ones; the `*_co` columns say whether coherent loads get the plain ones' speed

@@ -40,8 +40,8 @@ pub const GPU_ONES_COLUMN: &str = "VAE_OOD_GPU_ONES_COLUMN";
 pub const GPU_TRIPLE_ADAM: &str = "VAE_OOD_GPU_TRIPLE_ADAM";
 /// `1`: the FMA matmul walk keeps two tiles of each operand in workgroup memory and
 /// stashes each K step into the one not being read, one barrier per K step instead
-/// of two (`shaders/matmul_walk.wgsl`, `TILES`): identical bits; off by default (not
-/// yet timed on a GPU).
+/// of two (`shaders/matmul_walk.wgsl`, `TILES`): identical bits; off by default
+/// (1.004× the time per step on an NVIDIA H200, 2026-11-27).
 pub const GPU_DOUBLE_TILES: &str = "VAE_OOD_GPU_DOUBLE_TILES";
 /// Whether the matmul kernels walk K on tensor cores (`shaders/matmul_walk_coop.wgsl`:
 /// 16×16×16 cooperative matrices, operands rounded to f16, f32 sums) instead of
@@ -79,27 +79,31 @@ pub const GPU_BCE_SPLIT: &str = "VAE_OOD_GPU_BCE_SPLIT";
 /// columns' logits and pixels read together) and the matmul epilogues' operands
 /// (`shaders/matmul.wgsl`: bias, mask, the BCE epilogue's pixels, the Adam
 /// epilogue's parameters and moments, read before the K walk). Identical bits; off
-/// by default (not yet timed on a GPU).
+/// by default (on an NVIDIA H200: 0.991–0.993× with the BCE kernel, 1.005× with the
+/// BCE epilogue, 2026-11-27; on the tensor cores with the ones column 0.99–1.00×,
+/// 2026-11-28: inside the rounds' spread).
 pub const GPU_EARLY_READS: &str = "VAE_OOD_GPU_EARLY_READS";
 /// `1`: a training step's latent forward (the head product, the
 /// reparameterisation, fc3's product) in the last workgroups of fc1's split
 /// product (`shaders/matmul_latent.wgsl`): seven dispatches per step instead of
-/// eight. Off by default: not yet timed on a GPU, and it sums the head in another
-/// order (rounding-level differences).
+/// eight. Off by default: 1.45× the time per step on an NVIDIA H200 (2026-11-27;
+/// its last block runs while the rest of the card idles), and it sums the head in
+/// another order (rounding-level differences).
 pub const GPU_LATENT_FC1: &str = "VAE_OOD_GPU_LATENT_FC1";
 /// `1`: a training step's latent backward (fc3's input gradient, the
 /// reparameterisation backward, the head's input gradient) in the last workgroups
 /// of fc4's gradient pair, whose input gradient it reads as the pair finishes it
 /// (`shaders/matmul_latent_backward.wgsl`): one dispatch fewer per step. Off by
-/// default: not yet timed on a GPU, and it sums dz in another order
-/// (rounding-level differences).
+/// default: 1.37× the time per step on an NVIDIA H200 (2026-11-27), and it sums dz
+/// in another order (rounding-level differences).
 pub const GPU_LATENT_PAIR: &str = "VAE_OOD_GPU_LATENT_PAIR";
 /// `1`: with Adam in the triple and the latent forward in fc1's product, the
 /// triple's Adam tail (the parameters it does not write: fc4's, where the latent
 /// backward kernel is folded into fc4's pair) in extra workgroups of the next
 /// training step's fc1 dispatch (`shaders/matmul_gather_adam.wgsl`) instead of
 /// the triple's last workgroups; a run's last step keeps it in the triple. The
-/// same bits. Off by default: not yet timed on a GPU.
+/// same bits. Off by default: only timed inside the four-dispatch configurations,
+/// 1.9× the default's time per step on an NVIDIA H200 (2026-11-27).
 pub const GPU_TAIL_FC1: &str = "VAE_OOD_GPU_TAIL_FC1";
 /// GPU fusions to switch off: `1` (all), `pairs` (a layer's input and weight
 /// gradients as two dispatches, not one pair, a step's Adam and the next step's
@@ -138,9 +142,10 @@ pub const GPU_CHUNK: &str = "VAE_OOD_GPU_CHUNK";
 /// threads; G must not exceed the workgroups the GPU runs at once (a wait that
 /// gives up is an error, not a hang); `auto` finds that number for each of its
 /// pipelines by a probe (dry runs), up to the pipeline's largest phase. The same
-/// bits as the dispatches with those options; off by default (added 2026-11-27
-/// without a GPU: not yet timed on one), and not built on Mesa 22's lavapipe
-/// (`gpu::persistent_refusal`).
+/// bits as the dispatches with those options (also on an NVIDIA H200, both walks);
+/// off by default: slower — on an H200 (2026-11-28) `auto` found 264 workgroups on
+/// the FMA walk and 132 on the tensor cores, 1.13× and 1.67× those dispatches' time
+/// per step. Not built on Mesa 22's lavapipe (`gpu::persistent_refusal`).
 pub const GPU_PERSISTENT: &str = "VAE_OOD_GPU_PERSISTENT";
 /// `1`: the persistent step on the tensor cores built from its WGSL as wgpu
 /// compiles it — plain loads and barriers without availability or visibility, so
