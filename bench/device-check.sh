@@ -13,8 +13,10 @@
 #   bash bench/device-check.sh            SKIP_BENCH=1: the tests only
 #   FOCUS=1: the tests, the device churn probe, a sweep of the default (the
 #   tensor cores, K steps of 32, where offered) against the FMA walk, steps of 64,
-#   the FMA walk with @coherent partial sums, split-K aiming at 512 workgroups and
-#   latent kernels of 1024 threads, and whole runs of the default and the FMA walk
+#   the FMA walk with @coherent partial sums, split-K aiming at 512 workgroups,
+#   latent kernels of 1024 threads and the bias gradients as row sums (the last two:
+#   the tensor cores' defaults before 2026-11-28), and whole runs of the default and
+#   the FMA walk
 #   PERSIST=1: the tests, then a sweep of the default against the FMA walk and the
 #   persistent step (VAE_OOD_GPU_PERSISTENT: a training step as one dispatch of G
 #   workgroups, grid barriers between its seven phases) with `auto` (each
@@ -206,6 +208,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ -n "${FOCUS:-}" ]; then
     'fma:VAE_OOD_GPU_COOP=0' 'coop_64:VAE_OOD_GPU_COOP_STEP=64' \
     'fma_coherent:VAE_OOD_GPU_COOP=0,VAE_OOD_GPU_COHERENT=1' \
     'split_512:VAE_OOD_SPLIT_TARGET=512' 'latent_1024:VAE_OOD_GPU_LATENT_THREADS=1024' \
+    'no_ones:VAE_OOD_GPU_ONES_COLUMN=0' \
     2>&1 | tee "$LOG/sweep.txt"
   snapshot
   whole_runs default: fma:VAE_OOD_GPU_COOP=0
