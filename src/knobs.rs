@@ -191,7 +191,8 @@ pub fn flag(name: &str) -> bool {
     std::env::var(name).as_deref() == Ok("1")
 }
 
-/// A flag whose default depends on the device: `Some(true)` when set to `1`,
+/// A flag whose default depends on the device (`GPU_ONES_COLUMN`, `GPU_COOP`):
+/// `Some(true)` when set to `1`,
 /// `Some(false)` when `0`, `None` when unset or empty.
 pub fn tristate(name: &str) -> Option<bool> {
     match std::env::var(name).as_deref() {

@@ -803,10 +803,10 @@ pub enum Coop {
 impl Coop {
     /// `VAE_OOD_GPU_COOP`: `0` → off, `1` → required, unset or empty → auto.
     pub fn from_env() -> Coop {
-        match std::env::var(crate::knobs::GPU_COOP).as_deref() {
-            Ok("0") => Coop::Off,
-            Ok("1") => Coop::Require,
-            _ => Coop::Auto,
+        match crate::knobs::tristate(crate::knobs::GPU_COOP) {
+            Some(false) => Coop::Off,
+            Some(true) => Coop::Require,
+            None => Coop::Auto,
         }
     }
 }
